@@ -1,0 +1,338 @@
+//! Seed 2's routes (`/create_log`, `/get_log`, `/update_log`, `/delete_log`) in its response
+//! format: `{"result": "success", ...}` or `{"result": "failed", "reason": ...}`. The log is never
+//! edited in place: an update or a delete is a new event that names the original in `amends`.
+
+use std::net::IpAddr;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::body::{RawBody, parse};
+use super::events::{Recorded, parse_event_id, query_page, record, run_query, tenant_of};
+use super::{ApiError, AppState};
+use crate::auth::{AdminAccess, Principal, ReadAccess, WriteAccess};
+use crate::model::{
+    Action, Event, EventQuery, Field, FieldError, Filter, NewEvent, Outcome, RawEvent,
+};
+use crate::store::Store;
+
+pub fn router<S: Store>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/create_log/{user_id}", post(create::<S>))
+        .route("/get_log/customer/{user_id}", get(customer_logs::<S>))
+        .route("/get_log/event/{event_uuid}", get(event_log::<S>))
+        .route("/update_log/{event_uuid}", put(update::<S>))
+        .route("/delete_log/{event_uuid}", delete(remove::<S>))
+}
+
+/// An [`ApiError`] in seed 2's failure shape, keeping the standard `error` object beside it.
+pub struct Failed(ApiError);
+
+impl<E: Into<ApiError>> From<E> for Failed {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "result": "failed",
+            "reason": self.0.to_string(),
+            "error": self.0.body(),
+        });
+        self.0.into_response_with(body)
+    }
+}
+
+type Answer = Result<(StatusCode, Json<Value>), Failed>;
+
+/// One event in seed 2's vocabulary (`event_uuid`, `customer`, `datetime`), plus our fields.
+fn entry(event: &Event) -> Map<String, Value> {
+    let datetime = event.occurred_at.format(&Rfc3339).unwrap_or_default();
+    let value = json!({
+        "event_uuid": event.id,
+        "seq": event.seq,
+        "entity": event.entity,
+        "entity_id": event.entity_id,
+        "property": event.property,
+        "event_type": event.event_type,
+        "action": event.action,
+        "datetime": datetime,
+        "customer": event.user_identity,
+        "ip": event.ip,
+        "event_data": event.event_data,
+        "amends": event.amends,
+        "recorded_by": event.recorded_by,
+        "hash": event.hash,
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn success(status: StatusCode, mut body: Map<String, Value>) -> (StatusCode, Json<Value>) {
+    body.insert("result".into(), Value::from("success"));
+    (status, Json(Value::Object(body)))
+}
+
+fn recorded_answer(recorded: Recorded) -> Answer {
+    let status = recorded.status();
+    let event = recorded
+        .events
+        .first()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("append returned no event")))?;
+    Ok(success(status, entry(event)))
+}
+
+/// `datetime` as seed 2 writes it: RFC 3339, or a bare date meaning midnight UTC.
+fn parse_datetime(text: &str) -> Result<OffsetDateTime, FieldError> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, &format)
+        .map(|date| date.midnight().assume_utc())
+        .map_err(|_| {
+            FieldError::new(
+                "datetime",
+                "must be an RFC 3339 timestamp or a date (YYYY-MM-DD)",
+            )
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    entity: String,
+    event_type: String,
+    #[serde(default)]
+    datetime: Option<String>,
+    #[serde(default)]
+    property: Option<String>,
+    #[serde(default)]
+    entity_id: Option<String>,
+    #[serde(default)]
+    ip: Option<IpAddr>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    outcome: Option<Outcome>,
+    #[serde(default)]
+    event_data: Option<Map<String, Value>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+async fn create<S: Store>(
+    State(state): State<AppState<S>>,
+    access: Result<WriteAccess, ApiError>,
+    Path(user_id): Path<String>,
+    body: Result<RawBody, ApiError>,
+) -> Answer {
+    let WriteAccess(principal) = access?;
+    let RawBody(body) = body?;
+    let body: CreateBody = parse(&body)?;
+    let occurred_at = body
+        .datetime
+        .as_deref()
+        .map(parse_datetime)
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let raw = RawEvent {
+        action: Action::parse(&body.event_type),
+        event_type: body.event_type,
+        user_identity: user_id,
+        entity: Some(body.entity),
+        entity_id: body.entity_id,
+        property: body.property,
+        source: body.source,
+        ip: body.ip,
+        outcome: body.outcome,
+        occurred_at,
+        event_data: body.event_data,
+        idempotency_key: body.idempotency_key,
+    };
+    let event = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
+    recorded_answer(record(&state, &principal, vec![event]).await?)
+}
+
+type QueryPairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+async fn customer_logs<S: Store>(
+    State(state): State<AppState<S>>,
+    access: Result<ReadAccess, ApiError>,
+    Path(user_id): Path<String>,
+    pairs: QueryPairs,
+) -> Answer {
+    let ReadAccess(principal) = access?;
+    let pairs = pairs.map(|Query(mut pairs)| {
+        pairs.push(("user_identity".into(), user_id.clone()));
+        Query(pairs)
+    });
+    let page = run_query(&state, &principal, pairs).await?;
+    let logs: Vec<Value> = page
+        .events
+        .iter()
+        .map(|e| Value::Object(entry(e)))
+        .collect();
+    let mut body = Map::new();
+    body.insert("customer".into(), Value::from(user_id));
+    body.insert("logs".into(), Value::from(logs));
+    body.insert(
+        "next_cursor".into(),
+        json!(page.next_cursor.map(|c| c.encode())),
+    );
+    Ok(success(StatusCode::OK, body))
+}
+
+async fn find_original<S: Store>(
+    state: &AppState<S>,
+    principal: &Principal,
+    event_uuid: &str,
+) -> Result<Event, ApiError> {
+    let id = parse_event_id(event_uuid)?;
+    state
+        .store
+        .get(&tenant_of(principal), id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("event {id} does not exist")))
+}
+
+async fn event_log<S: Store>(
+    State(state): State<AppState<S>>,
+    access: Result<ReadAccess, ApiError>,
+    Path(event_uuid): Path<String>,
+) -> Answer {
+    let ReadAccess(principal) = access?;
+    let original = find_original(&state, &principal, &event_uuid).await?;
+    let amendments = EventQuery {
+        filters: vec![Filter::Equals(Field::Amends, original.id.to_string())],
+        limit: EventQuery::MAX_LIMIT,
+        ..EventQuery::default()
+    };
+    let page = query_page(&state, &principal, &amendments).await?;
+    let mut body = entry(&original);
+    let amendments: Vec<Value> = page
+        .events
+        .iter()
+        .map(|e| Value::Object(entry(e)))
+        .collect();
+    body.insert("amendments".into(), Value::from(amendments));
+    Ok(success(StatusCode::OK, body))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    user_identity: Option<String>,
+    #[serde(default)]
+    event_type: Option<String>,
+    #[serde(default)]
+    entity: Option<String>,
+    #[serde(default)]
+    entity_id: Option<String>,
+    #[serde(default)]
+    property: Option<String>,
+    #[serde(default)]
+    datetime: Option<String>,
+    #[serde(default)]
+    event_data: Option<Map<String, Value>>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Records an amendment: a new `update` event naming the original, which stays untouched.
+async fn update<S: Store>(
+    State(state): State<AppState<S>>,
+    access: Result<WriteAccess, ApiError>,
+    Path(event_uuid): Path<String>,
+    body: Result<RawBody, ApiError>,
+) -> Answer {
+    let WriteAccess(principal) = access?;
+    let RawBody(body) = body?;
+    let body: UpdateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        UpdateBody::default()
+    } else {
+        parse(&body)?
+    };
+    let original = find_original(&state, &principal, &event_uuid).await?;
+    let occurred_at = body
+        .datetime
+        .as_deref()
+        .map(parse_datetime)
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let raw = RawEvent {
+        event_type: body.event_type.unwrap_or(original.event_type),
+        user_identity: body.user_identity.unwrap_or_else(|| principal.name.clone()),
+        action: Some(Action::Update),
+        entity: body.entity.or(original.entity),
+        entity_id: body.entity_id.or(original.entity_id),
+        property: body.property.or(original.property),
+        source: original.source,
+        ip: None,
+        outcome: None,
+        occurred_at,
+        event_data: body.event_data,
+        idempotency_key: body.idempotency_key,
+    };
+    let mut amendment = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
+    amendment.amends = Some(original.id);
+    recorded_answer(record(&state, &principal, vec![amendment]).await?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Records a deletion request (admin only). The original stays; redaction is a separate step.
+async fn remove<S: Store>(
+    State(state): State<AppState<S>>,
+    access: Result<AdminAccess, ApiError>,
+    Path(event_uuid): Path<String>,
+    body: Result<RawBody, ApiError>,
+) -> Answer {
+    let AdminAccess(principal) = access?;
+    let RawBody(body) = body?;
+    let body: DeleteBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteBody::default()
+    } else {
+        parse(&body)?
+    };
+    let original = find_original(&state, &principal, &event_uuid).await?;
+    let event_data = body.reason.map(|reason| {
+        let mut data = Map::new();
+        data.insert("reason".into(), Value::from(reason));
+        data
+    });
+    let raw = RawEvent {
+        event_type: "audit.log_deleted".into(),
+        user_identity: principal.name.clone(),
+        action: Some(Action::Delete),
+        entity: original.entity,
+        entity_id: original.entity_id,
+        property: original.property,
+        source: None,
+        ip: None,
+        outcome: None,
+        occurred_at: None,
+        event_data,
+        idempotency_key: None,
+    };
+    let mut deletion = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
+    deletion.amends = Some(original.id);
+    recorded_answer(record(&state, &principal, vec![deletion]).await?)
+}

@@ -1,0 +1,159 @@
+//! The one error type at the HTTP edge: each variant maps to one status and one JSON shape,
+//! `{"error": {"code", "message", "field"?}}`. Internal causes are logged, never sent.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::auth::Role;
+use crate::model::{FieldError, QueryError};
+use crate::store::StoreError;
+use crate::writer::WriteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidQuery(QueryError),
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("authentication required: send valid HTTP Basic credentials")]
+    Unauthorized,
+    #[error("the `{}` role may not do this", .0.as_str())]
+    Forbidden(Role),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
+    #[error(
+        "idempotency key `{0}` was already used for a different event; use a new key for new content"
+    )]
+    IdempotencyConflict(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the service is busy; retry shortly")]
+    Overloaded,
+    #[error("the database is unavailable; retry shortly")]
+    Unavailable,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdempotencyConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Overloaded | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::Invalid(_) => "invalid_field",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::IdempotencyConflict(_) => "idempotency_conflict",
+            Self::Conflict(_) => "conflict",
+            Self::Overloaded => "overloaded",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::Invalid(e) => Some(&e.field),
+            Self::InvalidQuery(e) => Some(&e.param),
+            _ => None,
+        }
+    }
+
+    /// The `error` object of the body; seed 2's routes wrap the same object in their own shape.
+    pub fn body(&self) -> Value {
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        if let Some(field) = self.field() {
+            error["field"] = Value::from(field);
+        }
+        error
+    }
+
+    /// Logs what the client does not get to see, and answers with `body`.
+    pub fn into_response_with(self, body: Value) -> Response {
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            Self::Unavailable => tracing::warn!("request failed: database unavailable"),
+            _ => {}
+        }
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"auditor\", charset=\"UTF-8\""),
+                );
+            }
+            Self::Overloaded | Self::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.body() });
+        self.into_response_with(body)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => Self::NotFound("not found".into()),
+            StoreError::Conflict(message) => Self::Conflict(message),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                Self::Unavailable
+            }
+            StoreError::Other(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::QueueFull => Self::Overloaded,
+            WriteError::Stopped => Self::Unavailable,
+            WriteError::Store(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP API: one module per resource, one error type, one router.
+
+mod body;
+mod compat;
+mod error;
+mod events;
+mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+pub use body::BodyLimit;
+pub use error::ApiError;
+
+use crate::auth::Authenticator;
+use crate::model::Limits;
+use crate::store::Store;
+use crate::writer::Writer;
+
+/// Everything a handler may use; cheap to clone.
+pub struct AppState<S> {
+    pub store: S,
+    pub writer: Writer,
+    pub auth: Arc<Authenticator>,
+    pub limits: Limits,
+}
+
+impl<S: Clone> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            writer: self.writer.clone(),
+            auth: Arc::clone(&self.auth),
+            limits: self.limits,
+        }
+    }
+}
+
+/// HTTP-level limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The whole API, usable without a socket (tests may call it directly).
+pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
+    let body_limit = http.max_body_bytes;
+    Router::new()
+        .merge(health::router())
+        .merge(events::router())
+        .merge(compat::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(
+            move |mut request: Request, next: Next| {
+                request.extensions_mut().insert(BodyLimit(body_limit));
+                next.run(request)
+            },
+        ))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            deadline(request, next, http.request_timeout)
+        }))
+        .layer(CatchPanicLayer::custom(|_| {
+            use axum::response::IntoResponse;
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", MatchedPath::as_str);
+                    tracing::info_span!("request", method = %request.method(), route)
+                })
+                .on_request(())
+                .on_response(
+                    |response: &Response, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(
+                            status = response.status().as_u16(),
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            "request"
+                        );
+                    },
+                ),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        .with_state(state)
+}
+
+/// A request that outlives the timeout is answered 408, so no client can hold shutdown hostage.
+async fn deadline(request: Request, next: Next, timeout: Duration) -> Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}

@@ -1,0 +1,82 @@
+//! Managing users: creation with a hashed password, and the first admin on an empty database.
+
+use super::{NewUser, Role, password, validate_user_name};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Validates and hashes (on a blocking thread), then stores the user.
+pub async fn add<S: Store>(
+    store: &S,
+    name: &str,
+    role: Role,
+    secret: String,
+) -> Result<(), UserError> {
+    validate_user_name(name).map_err(|e| UserError::Invalid(e.to_owned()))?;
+    password::check_strength(&secret).map_err(UserError::Invalid)?;
+    let password_hash = tokio::task::spawn_blocking(move || password::hash(&secret))
+        .await
+        .map_err(|e| UserError::Invalid(e.to_string()))?
+        .map_err(|e| UserError::Invalid(e.to_string()))?;
+    let user = NewUser {
+        name: name.to_owned(),
+        password_hash,
+        role,
+    };
+    store.add_user(&user).await?;
+    Ok(())
+}
+
+/// Removes a user, refusing to remove the last admin (nobody could manage the log after).
+pub async fn remove<S: Store>(store: &S, name: &str) -> Result<(), UserError> {
+    let user = store.find_user(name).await?.ok_or(StoreError::NotFound)?;
+    if user.role == Role::Admin && store.count_users_with_role(Role::Admin).await? <= 1 {
+        return Err(UserError::Invalid(format!(
+            "`{name}` is the last admin; add another admin before removing it"
+        )));
+    }
+    store.remove_user(name).await?;
+    Ok(())
+}
+
+/// What became of the first admin on start-up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Users exist already; nothing was done.
+    NotNeeded,
+    /// `admin` was created with the configured password.
+    Configured,
+    /// `admin` was created with this generated password, to be shown once.
+    Generated(String),
+}
+
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// Creates `admin` when the database has no users, so no default password ever ships.
+pub async fn bootstrap_admin<S: Store>(
+    store: &S,
+    configured: Option<String>,
+) -> Result<Bootstrap, UserError> {
+    if !store.list_users().await?.is_empty() {
+        return Ok(Bootstrap::NotNeeded);
+    }
+    let (secret, outcome) = match configured {
+        Some(secret) => (secret, Bootstrap::Configured),
+        None => {
+            let secret = password::generate();
+            (secret.clone(), Bootstrap::Generated(secret))
+        }
+    };
+    match add(store, BOOTSTRAP_ADMIN, Role::Admin, secret).await {
+        // Another instance sharing the database created it first.
+        Err(UserError::Store(StoreError::Conflict(_))) => Ok(Bootstrap::NotNeeded),
+        Err(e) => Err(e),
+        Ok(()) => Ok(outcome),
+    }
+}

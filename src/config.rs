@@ -1,0 +1,364 @@
+//! One typed `Settings`, layered: built-in defaults (`auditor.example.toml`) < a TOML file <
+//! `AUDITOR_*` environment variables < command-line flags; validated once at load.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::api::HttpLimits;
+use crate::model::Limits;
+use crate::writer::WriterOptions;
+
+/// The documented defaults, embedded; `auditor default-config` prints them.
+pub const DEFAULT_CONFIG: &str = include_str!("../auditor.example.toml");
+
+const ENV_PREFIX: &str = "AUDITOR_";
+/// `AUDITOR_*` names that are read elsewhere, not configuration keys.
+const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
+/// Keys valid in the configuration but absent from the defaults (they default to unset).
+const OPTIONAL_KEYS: [&str; 2] = ["admin_password", "admin_password_file"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub admin_password: Option<Secret>,
+    #[serde(default)]
+    pub admin_password_file: Option<PathBuf>,
+    pub limits: LimitSettings,
+    pub writer: WriterSettings,
+    pub auth: AuthSettings,
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+    pub max_field_len: usize,
+    pub max_batch_events: usize,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterSettings {
+    pub queue_capacity: usize,
+    pub batch_max_events: usize,
+    pub batch_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub max_connections: u32,
+}
+
+/// Flags that override everything else; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl Settings {
+    /// Loads all layers from the process environment.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        for name in unknown_env_names(std::env::vars().map(|(k, _)| k)) {
+            tracing::warn!(variable = %name, "ignoring unknown AUDITOR_* environment variable");
+        }
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let known = known_keys();
+        let settings: Settings = figment
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .split("__")
+                    .filter(move |key| known.contains(&key.as_str().to_ascii_lowercase())),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults alone, for tests and embedding.
+    pub fn defaults() -> Self {
+        Figment::from(Toml::string(DEFAULT_CONFIG))
+            .extract()
+            .unwrap_or_else(|e| panic!("the embedded default configuration is invalid: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |ok: bool, message: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Rule(message.to_owned()))
+            }
+        };
+        rule(
+            self.limits.max_body_bytes >= 1024,
+            "limits.max_body_bytes must be at least 1024",
+        )?;
+        rule(
+            self.limits.max_field_len >= 1,
+            "limits.max_field_len must be at least 1",
+        )?;
+        rule(
+            self.limits.max_batch_events >= 1,
+            "limits.max_batch_events must be at least 1",
+        )?;
+        rule(
+            self.limits.request_timeout_secs >= 1,
+            "limits.request_timeout_secs must be at least 1",
+        )?;
+        rule(
+            self.writer.queue_capacity >= 1,
+            "writer.queue_capacity must be at least 1",
+        )?;
+        rule(
+            self.writer.batch_max_events >= 1,
+            "writer.batch_max_events must be at least 1",
+        )?;
+        rule(
+            self.database.max_connections >= 1,
+            "database.max_connections must be at least 1",
+        )?;
+        rule(
+            self.admin_password.is_none() || self.admin_password_file.is_none(),
+            "set admin_password or admin_password_file, not both",
+        )?;
+        crate::store::Backend::of(self.database_url.expose())
+            .map_err(|e| ConfigError::Rule(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_field_len: self.limits.max_field_len,
+            max_batch_events: self.limits.max_batch_events,
+        }
+    }
+
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: self.limits.max_body_bytes,
+            request_timeout: Duration::from_secs(self.limits.request_timeout_secs),
+        }
+    }
+
+    pub fn writer_options(&self) -> WriterOptions {
+        WriterOptions {
+            queue_capacity: self.writer.queue_capacity,
+            batch_max_events: self.writer.batch_max_events,
+            batch_wait: Duration::from_millis(self.writer.batch_wait_ms),
+        }
+    }
+}
+
+/// Dotted keys of every setting, read from the defaults so the list cannot drift.
+fn known_keys() -> BTreeSet<String> {
+    fn walk(prefix: &str, table: &toml::Table, keys: &mut BTreeSet<String>) {
+        for (key, value) in table {
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => walk(&dotted, inner, keys),
+                _ => {
+                    keys.insert(dotted);
+                }
+            }
+        }
+    }
+    let mut keys: BTreeSet<String> = OPTIONAL_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    if let Ok(table) = DEFAULT_CONFIG.parse::<toml::Table>() {
+        walk("", &table, &mut keys);
+    }
+    keys
+}
+
+fn unknown_env_names(names: impl Iterator<Item = String>) -> Vec<String> {
+    let known = known_keys();
+    names
+        .filter_map(|name| {
+            let key = name
+                .strip_prefix(ENV_PREFIX)?
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            let ignored = ENV_NOT_SETTINGS.contains(&key.as_str()) || known.contains(&key);
+            (!ignored).then_some(name)
+        })
+        .collect()
+}
+
+/// A database URL whose password never reaches a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        match rest.split_once('@') {
+            Some((credentials, host)) if credentials.contains(':') => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// A secret that prints as `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let settings = Settings::defaults();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(settings.database_url.expose(), "sqlite://auditor.db");
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn database_password_is_redacted() {
+        let url = DatabaseUrl::new("postgres://app:hunter2@db:5432/audit");
+        assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/audit");
+        assert!(!format!("{url}").contains("hunter2"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "auditor.toml",
+                "listen = \"127.0.0.1:7000\"\n[limits]\nmax_field_len = 10",
+            )?;
+            jail.set_env("AUDITOR_LIMITS__MAX_FIELD_LEN", "20");
+            jail.set_env("AUDITOR_DATABASE_URL", "postgres://u@h/d");
+            let settings = Settings::load(
+                Some(Path::new("auditor.toml")),
+                Overrides {
+                    database_url: Some("sqlite://x.db".into()),
+                    ..Overrides::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen.port(), 7000);
+            assert_eq!(settings.limits.max_field_len, 20);
+            assert_eq!(settings.database_url.expose(), "sqlite://x.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn unknown_keys_in_a_file_are_errors_and_in_the_environment_warnings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("auditor.toml", "listn = \"127.0.0.1:7000\"")?;
+            assert!(Settings::load(Some(Path::new("auditor.toml")), Overrides::default()).is_err());
+            Ok(())
+        });
+        let names = [
+            "AUDITOR_LISTN",
+            "AUDITOR_LISTEN",
+            "AUDITOR_CONFIG",
+            "AUDITOR_WRITER__BATCH_WAIT_MS",
+        ];
+        assert_eq!(
+            unknown_env_names(names.iter().map(|s| s.to_string())),
+            vec!["AUDITOR_LISTN".to_string()]
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! The `auditor` binary: parse the command line, set up logging, run the subcommand.
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use auditor::auth::users;
+use auditor::cli::{Cli, Command, UserCommand};
+use auditor::config::{DEFAULT_CONFIG, LogFormat, Overrides, Settings};
+use auditor::store::Store;
+use auditor::{telemetry, with_store};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut overrides = Overrides {
+        database_url: cli.database_url.clone(),
+        ..Overrides::default()
+    };
+    let migrate_on_start = match &cli.command {
+        Command::Serve {
+            listen,
+            migrate,
+            log_format,
+        } => {
+            overrides.listen = *listen;
+            overrides.log_format = *log_format;
+            *migrate
+        }
+        _ => false,
+    };
+    if let Command::DefaultConfig = cli.command {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    // Logging must be up before the settings load, which may warn; the format comes from the
+    // flag or the environment here and from the settings below.
+    let early_format = overrides.log_format.or_else(|| {
+        std::env::var("AUDITOR_LOG_FORMAT")
+            .ok()
+            .filter(|v| v == "json")
+            .map(|_| LogFormat::Json)
+    });
+    telemetry::init(early_format.unwrap_or(LogFormat::Text));
+    let settings = Settings::load(cli.config.as_deref(), overrides)?;
+
+    match cli.command {
+        Command::Serve { .. } => serve(settings, migrate_on_start).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::User { command } => user(&settings, command).await,
+        Command::DefaultConfig => Ok(()),
+    }
+}
+
+async fn serve(settings: Settings, migrate: bool) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    auditor::serve_with_listener(settings, listener, shutdown, migrate).await?;
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+    shutdown.cancel();
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    with_store!(settings.database_url.expose(), 2, |store| {
+        let pending = store.pending_migrations().await?;
+        store.migrate().await?;
+        println!(
+            "applied {} migration(s) to {}",
+            pending.len(),
+            settings.database_url
+        );
+        Ok(())
+    })
+}
+
+async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
+    with_store!(settings.database_url.expose(), 2, |store| {
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            bail!("the database has pending migrations; run `auditor migrate` first");
+        }
+        match command {
+            UserCommand::Add { name, role } => {
+                let secret = read_password(&name)?;
+                users::add(&store, &name, role, secret).await?;
+                println!("added user `{name}` with role {}", role.as_str());
+            }
+            UserCommand::List => {
+                println!("{:<32} ROLE", "NAME");
+                for user in store.list_users().await? {
+                    println!("{:<32} {}", user.name, user.role.as_str());
+                }
+            }
+            UserCommand::Remove { name } => {
+                users::remove(&store, &name).await?;
+                println!("removed user `{name}`");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// From standard input when it is piped, else prompted twice without echo.
+fn read_password(name: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        let secret = line.trim_end_matches(['\r', '\n']).to_owned();
+        if secret.is_empty() {
+            bail!("no password on standard input");
+        }
+        return Ok(secret);
+    }
+    let first = rpassword::prompt_password(format!("Password for {name}: "))?;
+    let second = rpassword::prompt_password("Repeat it: ")?;
+    if first != second {
+        bail!("the passwords differ");
+    }
+    Ok(first)
+}

@@ -1,0 +1,323 @@
+//! The event as a client sends it, as the service accepts it, and as the log stores it.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::ids::{EventId, Seq, TenantId};
+use crate::integrity::Digest;
+
+/// CRUD verb describing what was done to the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Read,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [Self::Create, Self::Read, Self::Update, Self::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Read => "read",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Case-insensitive, so seed 2's `CREATE`/`UPDATE` map onto the same verbs.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(Self::Success),
+            "failure" => Some(Self::Failure),
+            _ => None,
+        }
+    }
+}
+
+/// The body of `POST /events` exactly as accepted on the wire: anything not listed is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvent {
+    pub event_type: String,
+    pub user_identity: String,
+    #[serde(default)]
+    pub action: Option<Action>,
+    #[serde(default)]
+    pub entity: Option<String>,
+    #[serde(default)]
+    pub entity_id: Option<String>,
+    #[serde(default)]
+    pub property: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub occurred_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub event_data: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Size limits applied while parsing; configurable because deployments differ.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_field_len: usize,
+    pub max_batch_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_field_len: 1024,
+            max_batch_events: 1000,
+        }
+    }
+}
+
+/// Why an input was refused, naming the offending field (with its batch index when there is one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the field with the event's position in a batch: `[3].event_type`.
+    pub fn at_index(self, index: usize) -> Self {
+        Self {
+            field: format!("[{index}].{}", self.field),
+            message: self.message,
+        }
+    }
+}
+
+/// An event that passed validation and waits to be appended. It cannot be invalid.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub user_identity: String,
+    pub action: Option<Action>,
+    pub entity: Option<String>,
+    pub entity_id: Option<String>,
+    pub property: Option<String>,
+    pub source: Option<String>,
+    pub ip: Option<String>,
+    pub outcome: Option<Outcome>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub occurred_at: Option<OffsetDateTime>,
+    pub event_data: Option<Map<String, Value>>,
+    pub idempotency_key: Option<String>,
+    /// The event this one amends or asks to delete; set by the server, never by the client.
+    pub amends: Option<EventId>,
+}
+
+impl NewEvent {
+    pub fn parse(raw: RawEvent, limits: &Limits) -> Result<Self, FieldError> {
+        let required = |name: &str, value: String| -> Result<String, FieldError> {
+            check_text(name, &value, limits)?;
+            Ok(value)
+        };
+        let optional = |name: &str, value: Option<String>| -> Result<Option<String>, FieldError> {
+            if let Some(v) = &value {
+                check_text(name, v, limits)?;
+            }
+            Ok(value)
+        };
+        Ok(Self {
+            event_type: required("event_type", raw.event_type)?,
+            user_identity: required("user_identity", raw.user_identity)?,
+            action: raw.action,
+            entity: optional("entity", raw.entity)?,
+            entity_id: optional("entity_id", raw.entity_id)?,
+            property: optional("property", raw.property)?,
+            source: optional("source", raw.source)?,
+            ip: raw.ip.map(|ip| ip.to_string()),
+            outcome: raw.outcome,
+            occurred_at: raw.occurred_at.map(truncate_to_micros),
+            event_data: raw.event_data,
+            idempotency_key: optional("idempotency_key", raw.idempotency_key)?,
+            amends: None,
+        })
+    }
+
+    /// Fingerprint of what the client asked to record, so a retried request with the same
+    /// idempotency key can be told apart from a different request reusing the key.
+    pub fn fingerprint(&self) -> Digest {
+        Digest::of_canonical_json(self)
+    }
+}
+
+fn check_text(name: &str, value: &str, limits: &Limits) -> Result<(), FieldError> {
+    if value.trim().is_empty() {
+        return Err(FieldError::new(name, "must not be empty"));
+    }
+    let chars = value.chars().count();
+    if chars > limits.max_field_len {
+        return Err(FieldError::new(
+            name,
+            format!(
+                "is {chars} characters long; the limit is {}",
+                limits.max_field_len
+            ),
+        ));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(FieldError::new(name, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Both databases keep microseconds; truncating up front keeps what is hashed equal to what is stored.
+pub fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
+}
+
+/// One client request's events: appended all together or not at all.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub tenant: TenantId,
+    /// The authenticated user who sent it.
+    pub recorded_by: String,
+    pub events: Vec<NewEvent>,
+}
+
+/// An event as recorded in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    pub seq: Seq,
+    pub tenant: TenantId,
+    pub event_type: String,
+    pub user_identity: String,
+    pub action: Option<Action>,
+    pub entity: Option<String>,
+    pub entity_id: Option<String>,
+    pub property: Option<String>,
+    pub source: Option<String>,
+    pub ip: Option<String>,
+    pub outcome: Option<Outcome>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+    pub recorded_by: String,
+    pub event_data: Option<Map<String, Value>>,
+    pub idempotency_key: Option<String>,
+    pub amends: Option<EventId>,
+    /// Fingerprint of the request that created it (see [`NewEvent::fingerprint`]).
+    #[serde(skip)]
+    pub request_hash: Digest,
+    pub prev_hash: Digest,
+    pub hash: Digest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Result<RawEvent, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn seed_one_body_parses() {
+        let body = r#"{"event_type":"old_account","user_identity":"Asad_Zaman",
+            "event_data":{"account_id":1346,"email":"john.doe@example.com"}}"#;
+        let event = NewEvent::parse(raw(body).unwrap(), &Limits::default()).unwrap();
+        assert_eq!(event.event_type, "old_account");
+        assert_eq!(event.event_data.unwrap()["account_id"], 1346);
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let err = raw(r#"{"event_type":"a","user_identity":"b","colour":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"));
+    }
+
+    #[test]
+    fn event_data_must_be_an_object() {
+        assert!(raw(r#"{"event_type":"a","user_identity":"b","event_data":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn blank_and_over_long_strings_are_refused() {
+        let limits = Limits {
+            max_field_len: 4,
+            ..Limits::default()
+        };
+        let err = NewEvent::parse(
+            raw(r#"{"event_type":" ","user_identity":"b"}"#).unwrap(),
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "event_type");
+        let err = NewEvent::parse(
+            raw(r#"{"event_type":"a","user_identity":"bbbbb"}"#).unwrap(),
+            &limits,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "user_identity");
+    }
+
+    #[test]
+    fn action_is_case_insensitive_for_seed_two() {
+        assert_eq!(Action::parse("CREATE"), Some(Action::Create));
+        assert_eq!(Action::parse("frobnicate"), None);
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_in_payload() {
+        let a =
+            raw(r#"{"event_type":"a","user_identity":"b","event_data":{"x":1,"y":2}}"#).unwrap();
+        let b =
+            raw(r#"{"event_type":"a","user_identity":"b","event_data":{"y":2,"x":1}}"#).unwrap();
+        let limits = Limits::default();
+        assert_eq!(
+            NewEvent::parse(a, &limits).unwrap().fingerprint(),
+            NewEvent::parse(b, &limits).unwrap().fingerprint()
+        );
+    }
+}

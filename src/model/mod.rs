@@ -1,0 +1,9 @@
+//! The audit event and the query over events: pure types, no I/O.
+
+pub mod event;
+pub mod ids;
+pub mod query;
+
+pub use event::{Action, Event, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission};
+pub use ids::{EventId, Seq, TenantId};
+pub use query::{Cursor, EventQuery, Field, Filter, JsonScalar, Order, Page, QueryError};

@@ -1,0 +1,429 @@
+//! The query over events: parsed from a query string into a small filter AST whose every name was
+//! checked against a whitelist. Backends render it to SQL with bound values only.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::event::{Action, Event, Outcome};
+use super::ids::{EventId, Seq};
+
+/// A recorded field that can be filtered on by equality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Id,
+    EventType,
+    UserIdentity,
+    Action,
+    Entity,
+    EntityId,
+    Property,
+    Source,
+    Ip,
+    Outcome,
+    RecordedBy,
+    IdempotencyKey,
+    Amends,
+}
+
+impl Field {
+    pub const ALL: [Field; 13] = [
+        Self::Id,
+        Self::EventType,
+        Self::UserIdentity,
+        Self::Action,
+        Self::Entity,
+        Self::EntityId,
+        Self::Property,
+        Self::Source,
+        Self::Ip,
+        Self::Outcome,
+        Self::RecordedBy,
+        Self::IdempotencyKey,
+        Self::Amends,
+    ];
+
+    /// The query-string name, which is also the column name in both backends.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::EventType => "event_type",
+            Self::UserIdentity => "user_identity",
+            Self::Action => "action",
+            Self::Entity => "entity",
+            Self::EntityId => "entity_id",
+            Self::Property => "property",
+            Self::Source => "source",
+            Self::Ip => "ip",
+            Self::Outcome => "outcome",
+            Self::RecordedBy => "recorded_by",
+            Self::IdempotencyKey => "idempotency_key",
+            Self::Amends => "amends",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// A JSON value a payload field is compared with; numbers, booleans and strings compare as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonScalar {
+    Null,
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    String(String),
+}
+
+impl JsonScalar {
+    /// `1346` is a number, `true` a boolean, `"1346"` (quoted) the string; anything else a string.
+    pub fn parse(text: &str) -> Self {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Null) => Self::Null,
+            Ok(Value::Bool(b)) => Self::Bool(b),
+            Ok(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Self::Integer(i),
+                None => n
+                    .as_f64()
+                    .map_or_else(|| Self::String(text.into()), Self::Float),
+            },
+            Ok(Value::String(s)) => Self::String(s),
+            _ => Self::String(text.to_owned()),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Null => Value::Null,
+            Self::Bool(b) => Value::Bool(*b),
+            Self::Integer(i) => Value::from(*i),
+            Self::Float(f) => Value::from(*f),
+            Self::String(s) => Value::String(s.clone()),
+        }
+    }
+}
+
+/// A path into `event_data`: segments of letters, digits, `_` and `-` only, so a backend may
+/// inline it into SQL (which it must for an expression index to apply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPath(Vec<String>);
+
+impl JsonPath {
+    const MAX_DEPTH: usize = 8;
+
+    pub fn parse(dotted: &str) -> Option<Self> {
+        let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+        let valid = |s: &String| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        (segments.len() <= Self::MAX_DEPTH && segments.iter().all(valid)).then_some(Self(segments))
+    }
+
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The nested object `{"a":{"b":value}}` that contains exactly this path's value.
+    pub fn containing(&self, value: Value) -> Value {
+        self.0.iter().rev().fold(value, |inner, key| {
+            let mut object = Map::new();
+            object.insert(key.clone(), inner);
+            Value::Object(object)
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// A common field equals a string (uuids and enums already validated).
+    Equals(Field, String),
+    /// An `event_data` path holds this JSON value.
+    Data(JsonPath, JsonScalar),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// Where the previous page ended. Opaque to clients; tied to its order so it cannot be misapplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(rename = "s")]
+    pub after: Seq,
+    #[serde(rename = "o")]
+    pub order: Order,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct QueryError {
+    pub param: String,
+    pub message: String,
+}
+
+impl QueryError {
+    fn new(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: param.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A validated query: filters ANDed together, an optional time window on `occurred_at`, and a page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventQuery {
+    pub filters: Vec<Filter>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub limit: u32,
+    pub order: Order,
+    pub after: Option<Seq>,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        Self {
+            filters: Vec::new(),
+            since: None,
+            until: None,
+            limit: Self::DEFAULT_LIMIT,
+            order: Order::Asc,
+            after: None,
+        }
+    }
+}
+
+const PAGING_PARAMS: [&str; 5] = ["since", "until", "limit", "order", "cursor"];
+
+impl EventQuery {
+    pub const DEFAULT_LIMIT: u32 = 100;
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// Parses query-string pairs. An unknown name is an error listing the valid ones, because a
+    /// typo silently dropped would widen the query to everything.
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
+        let mut query = Self::default();
+        let mut cursor = None;
+        for (name, value) in pairs {
+            match name.as_str() {
+                "since" => query.since = Some(parse_time(name, value)?),
+                "until" => query.until = Some(parse_time(name, value)?),
+                "limit" => query.limit = parse_limit(value)?,
+                "order" => {
+                    query.order = match value.as_str() {
+                        "asc" => Order::Asc,
+                        "desc" => Order::Desc,
+                        _ => return Err(QueryError::new(name, "must be `asc` or `desc`")),
+                    }
+                }
+                "cursor" => {
+                    cursor = Some(Cursor::decode(value).ok_or_else(|| {
+                        QueryError::new(name, "is not a cursor this service issued")
+                    })?)
+                }
+                _ => query.filters.push(parse_filter(name, value)?),
+            }
+        }
+        if let Some(cursor) = cursor {
+            if cursor.order != query.order {
+                return Err(QueryError::new(
+                    "cursor",
+                    "was issued for the other `order`; repeat the query with the same order",
+                ));
+            }
+            query.after = Some(cursor.after);
+        }
+        Ok(query)
+    }
+
+    /// Names accepted by [`EventQuery::parse`], for error messages and documentation.
+    pub fn valid_params() -> String {
+        let mut names: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+        names.extend(PAGING_PARAMS);
+        names.push("event_data.<path>");
+        names.join(", ")
+    }
+
+    /// Turns rows fetched with `limit + 1` into a page whose cursor is set only if more remain.
+    pub fn page(&self, mut events: Vec<Event>) -> Page {
+        let limit = self.limit as usize;
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next_cursor = more.then(|| events.last()).flatten().map(|last| Cursor {
+            after: last.seq,
+            order: self.order,
+        });
+        Page {
+            events,
+            next_cursor,
+        }
+    }
+
+    /// Rows a backend should fetch: one more than the page, to learn whether another page exists.
+    pub fn fetch_limit(&self) -> i64 {
+        i64::from(self.limit) + 1
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub events: Vec<Event>,
+    pub next_cursor: Option<Cursor>,
+}
+
+fn parse_time(name: &str, value: &str) -> Result<OffsetDateTime, QueryError> {
+    OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        QueryError::new(
+            name,
+            "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z",
+        )
+    })
+}
+
+fn parse_limit(value: &str) -> Result<u32, QueryError> {
+    match value.parse::<u32>() {
+        Ok(n) if (1..=EventQuery::MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(QueryError::new(
+            "limit",
+            format!("must be a whole number from 1 to {}", EventQuery::MAX_LIMIT),
+        )),
+    }
+}
+
+fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
+    if let Some(path) = name.strip_prefix("event_data.") {
+        let path = JsonPath::parse(path).ok_or_else(|| {
+            QueryError::new(
+                name,
+                "event_data paths are dot-separated names of letters, digits, `_` and `-` (at most 8 deep)",
+            )
+        })?;
+        return Ok(Filter::Data(path, JsonScalar::parse(value)));
+    }
+    let field = Field::from_name(name).ok_or_else(|| {
+        QueryError::new(
+            name,
+            format!(
+                "unknown query parameter `{name}`; valid parameters are: {}",
+                EventQuery::valid_params()
+            ),
+        )
+    })?;
+    let valid = match field {
+        Field::Id | Field::Amends => value.parse::<EventId>().is_ok(),
+        Field::Action => Action::ALL.iter().any(|a| a.as_str() == value),
+        Field::Outcome => Outcome::parse(value).is_some(),
+        _ => true,
+    };
+    if !valid {
+        let expected = match field {
+            Field::Action => "one of create, read, update, delete",
+            Field::Outcome => "`success` or `failure`",
+            _ => "a UUID",
+        };
+        return Err(QueryError::new(name, format!("must be {expected}")));
+    }
+    Ok(Filter::Equals(field, value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_parameter_is_rejected_with_the_valid_list() {
+        let err = EventQuery::parse(&pairs(&[("user_identiy", "x")])).unwrap_err();
+        assert_eq!(err.param, "user_identiy");
+        assert!(err.message.contains("user_identity"));
+    }
+
+    #[test]
+    fn event_data_values_are_typed() {
+        assert_eq!(JsonScalar::parse("1346"), JsonScalar::Integer(1346));
+        assert_eq!(JsonScalar::parse("1.5"), JsonScalar::Float(1.5));
+        assert_eq!(JsonScalar::parse("true"), JsonScalar::Bool(true));
+        assert_eq!(
+            JsonScalar::parse("\"1346\""),
+            JsonScalar::String("1346".into())
+        );
+        assert_eq!(
+            JsonScalar::parse("john@example.com"),
+            JsonScalar::String("john@example.com".into())
+        );
+    }
+
+    #[test]
+    fn json_paths_are_whitelisted() {
+        assert!(JsonPath::parse("account.id").is_some());
+        assert!(JsonPath::parse("a'); drop table events; --").is_none());
+        assert!(JsonPath::parse("a..b").is_none());
+        let path = JsonPath::parse("a.b").unwrap();
+        assert_eq!(
+            path.containing(Value::from(1)),
+            serde_json::json!({"a": {"b": 1}})
+        );
+    }
+
+    #[test]
+    fn limit_out_of_range_is_rejected() {
+        assert!(EventQuery::parse(&pairs(&[("limit", "0")])).is_err());
+        assert!(EventQuery::parse(&pairs(&[("limit", "1001")])).is_err());
+        assert_eq!(
+            EventQuery::parse(&pairs(&[("limit", "1000")]))
+                .unwrap()
+                .limit,
+            1000
+        );
+    }
+
+    #[test]
+    fn cursor_round_trips_and_is_bound_to_its_order() {
+        let cursor = Cursor {
+            after: Seq(42),
+            order: Order::Desc,
+        };
+        let text = cursor.encode();
+        let q = EventQuery::parse(&pairs(&[("order", "desc"), ("cursor", &text)])).unwrap();
+        assert_eq!(q.after, Some(Seq(42)));
+        assert!(EventQuery::parse(&pairs(&[("cursor", &text)])).is_err());
+        assert!(EventQuery::parse(&pairs(&[("cursor", "garbage")])).is_err());
+    }
+
+    #[test]
+    fn enum_and_uuid_fields_are_validated() {
+        assert!(EventQuery::parse(&pairs(&[("action", "explode")])).is_err());
+        assert!(EventQuery::parse(&pairs(&[("id", "not-a-uuid")])).is_err());
+        assert!(EventQuery::parse(&pairs(&[("outcome", "success")])).is_ok());
+    }
+}

@@ -1,0 +1,118 @@
+//! Server lifecycle: open the store, check migrations, make sure an admin exists, run the writer
+//! and the HTTP server until `shutdown` fires, then drain in-flight requests and the write queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::auth::Authenticator;
+use crate::auth::users::{self, Bootstrap, UserError};
+use crate::config::Settings;
+use crate::store::{Store, StoreError, UnsupportedUrl};
+use crate::writer::Writer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Url(#[from] UnsupportedUrl),
+    #[error("could not open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "the database has {} pending migration(s) ({:?}); run `auditor migrate` first, or start with `auditor serve --migrate`",
+        .0.len(), .0
+    )]
+    PendingMigrations(Vec<i64>),
+    #[error("could not create the first admin: {0}")]
+    Bootstrap(#[from] UserError),
+    #[error("could not read admin_password_file: {0}")]
+    AdminPasswordFile(std::io::Error),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` is cancelled. Tests pass a `127.0.0.1:0` listener; `main` passes the
+/// configured address and a token cancelled by SIGTERM/SIGINT.
+pub async fn serve_with_listener(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    migrate: bool,
+) -> Result<(), ServeError> {
+    let url = settings.database_url.expose().to_owned();
+    crate::with_store!(&url, settings.database.max_connections, |store| {
+        serve_store(store, settings, listener, shutdown, migrate).await
+    })
+}
+
+async fn serve_store<S: Store>(
+    store: S,
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    migrate: bool,
+) -> Result<(), ServeError> {
+    if migrate {
+        store.migrate().await?;
+    }
+    let pending = store.pending_migrations().await?;
+    if !pending.is_empty() {
+        return Err(ServeError::PendingMigrations(pending));
+    }
+    bootstrap(&store, &settings).await?;
+
+    let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
+    let auth = Authenticator::new(Duration::from_secs(settings.auth.cache_ttl_secs))
+        .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
+    let state = AppState {
+        store,
+        writer,
+        auth: Arc::new(auth),
+        limits: settings.limits(),
+    };
+    let app = api::router(state, settings.http_limits());
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = %settings.database_url,
+        "auditor listening"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    // The router (and with it every writer handle) is gone: the writer drains and stops.
+    let _ = writer_task.await;
+    tracing::info!("auditor stopped");
+    Ok(())
+}
+
+async fn bootstrap<S: Store>(store: &S, settings: &Settings) -> Result<(), ServeError> {
+    let configured = match (&settings.admin_password, &settings.admin_password_file) {
+        (Some(secret), _) => Some(secret.expose().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(ServeError::AdminPasswordFile)?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    match users::bootstrap_admin(store, configured).await? {
+        Bootstrap::NotNeeded => {}
+        Bootstrap::Configured => {
+            tracing::info!(
+                user = users::BOOTSTRAP_ADMIN,
+                "created the first admin from the configured password"
+            );
+        }
+        Bootstrap::Generated(secret) => {
+            // Printed once, straight to the terminal, never through the log pipeline.
+            eprintln!(
+                "\n  No users existed, so an admin was created.\n  user:     {}\n  password: {secret}\n  This password is shown only once; store it now.\n",
+                users::BOOTSTRAP_ADMIN
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The backend-independent half of an append: given the chain heads and the events already
+//! recorded under the batch's idempotency keys, decide what each submission becomes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use time::OffsetDateTime;
+
+use super::Appended;
+use crate::integrity::{Chained, chain_events};
+use crate::model::{Event, Submission, TenantId};
+
+pub type KeyIndex = HashMap<(TenantId, String), Event>;
+
+/// The tenants a batch touches, sorted so that locks are always taken in the same order.
+pub fn tenants(batch: &[Submission]) -> Vec<TenantId> {
+    let set: BTreeSet<&str> = batch.iter().map(|s| s.tenant.as_str()).collect();
+    set.into_iter().map(TenantId::new).collect()
+}
+
+/// Every (tenant, idempotency key) the batch mentions.
+pub fn idempotency_keys(batch: &[Submission]) -> Vec<(TenantId, String)> {
+    let mut keys: Vec<(TenantId, String)> = batch
+        .iter()
+        .flat_map(|s| {
+            s.events
+                .iter()
+                .filter_map(|e| e.idempotency_key.clone().map(|k| (s.tenant.clone(), k)))
+        })
+        .collect();
+    keys.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+    keys.dedup();
+    keys
+}
+
+/// The rows to insert (in `seq` order per tenant), one outcome per submission, and the new heads.
+pub struct Assembled {
+    pub rows: Vec<Event>,
+    pub outcomes: Vec<Appended>,
+    pub heads: HashMap<TenantId, Chained>,
+}
+
+pub fn assemble(
+    batch: &[Submission],
+    mut known: KeyIndex,
+    mut heads: HashMap<TenantId, Chained>,
+    recorded_at: OffsetDateTime,
+) -> Assembled {
+    let mut rows = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for submission in batch {
+        let outcome = assemble_one(submission, &mut known, &mut heads, recorded_at, &mut rows);
+        outcomes.push(outcome);
+    }
+    Assembled {
+        rows,
+        outcomes,
+        heads,
+    }
+}
+
+fn assemble_one(
+    submission: &Submission,
+    known: &mut KeyIndex,
+    heads: &mut HashMap<TenantId, Chained>,
+    recorded_at: OffsetDateTime,
+    rows: &mut Vec<Event>,
+) -> Appended {
+    // Decide every event first, so a conflict anywhere leaves the whole submission unrecorded.
+    let mut slots: Vec<Option<Event>> = Vec::with_capacity(submission.events.len());
+    let mut fresh = Vec::new();
+    for event in &submission.events {
+        let fingerprint = event.fingerprint();
+        let replay = event
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| known.get(&(submission.tenant.clone(), key.clone())));
+        match replay {
+            Some(previous) if previous.request_hash == fingerprint => {
+                slots.push(Some(previous.clone()))
+            }
+            Some(previous) => {
+                let key = previous.idempotency_key.clone().unwrap_or_default();
+                return Appended::KeyConflict(key);
+            }
+            None => {
+                slots.push(None);
+                fresh.push((event.clone(), fingerprint));
+            }
+        }
+    }
+    if fresh.is_empty() {
+        return Appended::Replayed(slots.into_iter().flatten().collect());
+    }
+    let head = heads
+        .get(&submission.tenant)
+        .copied()
+        .unwrap_or(Chained::GENESIS);
+    let (created, new_head) = chain_events(
+        head,
+        &submission.tenant,
+        &submission.recorded_by,
+        recorded_at,
+        fresh,
+    );
+    heads.insert(submission.tenant.clone(), new_head);
+    let mut created = created.into_iter();
+    let events: Vec<Event> = slots
+        .into_iter()
+        .map(|slot| slot.or_else(|| created.next()))
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    for event in events.iter().filter(|e| e.seq > head.seq) {
+        if let Some(key) = &event.idempotency_key {
+            known.insert((event.tenant.clone(), key.clone()), event.clone());
+        }
+        rows.push(event.clone());
+    }
+    Appended::Created(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Limits, NewEvent, RawEvent, Seq};
+
+    fn submission(events: serde_json::Value) -> Submission {
+        let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
+        Submission {
+            tenant: TenantId::default(),
+            recorded_by: "writer".into(),
+            events: raws
+                .into_iter()
+                .map(|r| NewEvent::parse(r, &Limits::default()).unwrap())
+                .collect(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        crate::model::event::truncate_to_micros(OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn a_key_seen_earlier_in_the_batch_replays_and_a_changed_body_conflicts() {
+        let first = submission(
+            serde_json::json!([{"event_type":"a","user_identity":"u","idempotency_key":"k"}]),
+        );
+        let same = first.clone();
+        let changed = submission(
+            serde_json::json!([{"event_type":"b","user_identity":"u","idempotency_key":"k"}]),
+        );
+        let done = assemble(
+            &[first, same, changed],
+            KeyIndex::new(),
+            HashMap::new(),
+            now(),
+        );
+        assert_eq!(done.rows.len(), 1);
+        let Appended::Created(created) = &done.outcomes[0] else {
+            panic!()
+        };
+        assert_eq!(done.outcomes[1], Appended::Replayed(created.clone()));
+        assert_eq!(done.outcomes[2], Appended::KeyConflict("k".into()));
+    }
+
+    #[test]
+    fn a_conflicting_submission_records_none_of_its_events() {
+        let first = submission(
+            serde_json::json!([{"event_type":"a","user_identity":"u","idempotency_key":"k"}]),
+        );
+        let mixed = submission(serde_json::json!([
+            {"event_type":"new","user_identity":"u"},
+            {"event_type":"other","user_identity":"u","idempotency_key":"k"}
+        ]));
+        let done = assemble(&[first, mixed], KeyIndex::new(), HashMap::new(), now());
+        assert_eq!(done.rows.len(), 1);
+        assert_eq!(done.heads[&TenantId::default()].seq, Seq(1));
+    }
+
+    #[test]
+    fn seqs_continue_from_the_head_across_submissions() {
+        let a = submission(
+            serde_json::json!([{"event_type":"a","user_identity":"u"},{"event_type":"b","user_identity":"u"}]),
+        );
+        let b = submission(serde_json::json!([{"event_type":"c","user_identity":"u"}]));
+        let head = Chained {
+            seq: Seq(41),
+            hash: crate::integrity::Digest([7; 32]),
+        };
+        let heads = HashMap::from([(TenantId::default(), head)]);
+        let done = assemble(&[a, b], KeyIndex::new(), heads, now());
+        let seqs: Vec<i64> = done.rows.iter().map(|e| e.seq.0).collect();
+        assert_eq!(seqs, vec![42, 43, 44]);
+        assert_eq!(done.rows[0].prev_hash, head.hash);
+        assert_eq!(done.rows[2].prev_hash, done.rows[1].hash);
+    }
+}

@@ -1,0 +1,185 @@
+//! Storage: one `Store` trait with domain types in and out, one implementation per database.
+//! Only the writer calls [`Store::append`]; everything else reads.
+
+use std::future::Future;
+
+use crate::auth::{NewUser, Role, UserRecord};
+use crate::model::{Event, EventId, EventQuery, Submission, TenantId};
+
+mod assemble;
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Other(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => Self::Unavailable(error),
+            // Connection exceptions (08) and operator intervention such as a shutdown (57).
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
+            {
+                Self::Unavailable(error)
+            }
+            other => Self::Other(other.into()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Other(error.into())
+    }
+}
+
+/// What became of one submission inside an appended batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// At least one event was newly recorded; the list is in submission order and may include
+    /// events replayed by idempotency key.
+    Created(Vec<Event>),
+    /// Every event carried an idempotency key that was already recorded with the same content.
+    Replayed(Vec<Event>),
+    /// An idempotency key was reused with different content; nothing of the submission was kept.
+    KeyConflict(String),
+}
+
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Versions of embedded migrations not yet applied to the database.
+    fn pending_migrations(&self) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+
+    /// Cheap round trip, for readiness.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends submissions in order, each all-or-nothing, in one transaction: assigns `seq`,
+    /// commit time and chain hashes while holding each tenant's chain head. Returns one outcome
+    /// per submission only after the transaction committed.
+    fn append(
+        &self,
+        batch: &[Submission],
+    ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
+
+    fn get(
+        &self,
+        tenant: &TenantId,
+        id: EventId,
+    ) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
+
+    /// Up to `query.fetch_limit()` events matching the query, in its order.
+    fn query(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Creates a user; `Conflict` if the name is taken.
+    fn add_user(&self, user: &NewUser) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn find_user(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<UserRecord>, StoreError>> + Send;
+
+    fn list_users(&self) -> impl Future<Output = Result<Vec<UserRecord>, StoreError>> + Send;
+
+    /// Removes a user; `NotFound` if there is none by that name.
+    fn remove_user(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn count_users_with_role(
+        &self,
+        role: Role,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// The event columns, in the order both backends select them.
+const EVENT_COLUMNS: &str = "tenant, seq, id, event_type, user_identity, action, entity, \
+    entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, event_data, \
+    idempotency_key, amends, request_hash, prev_hash, hash";
+
+/// Embedded migrations that `applied` does not list.
+fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
+    migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .map(|m| m.version)
+        .collect()
+}
+
+/// A stored value that does not decode into the domain type: the database was altered by hand.
+fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(anyhow::anyhow!("stored {column} is invalid: {detail}"))
+}
+
+fn decode_digest(column: &str, bytes: &[u8]) -> Result<crate::integrity::Digest, StoreError> {
+    crate::integrity::Digest::from_slice(bytes).ok_or_else(|| corrupt(column, "not 32 bytes"))
+}
+
+fn decode_role(text: &str) -> Result<Role, StoreError> {
+    Role::parse(text).ok_or_else(|| corrupt("role", text))
+}
+
+/// Which implementation a database URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported database URL `{0}`: use sqlite://path/to/file.db or postgres://…")]
+pub struct UnsupportedUrl(String);
+
+impl Backend {
+    pub fn of(url: &str) -> Result<Self, UnsupportedUrl> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            let scheme = url.split("://").next().unwrap_or_default();
+            Err(UnsupportedUrl(format!("{scheme}://…")))
+        }
+    }
+}
+
+/// Opens the store a URL names and runs `$body` with it bound to `$store`, monomorphised per
+/// backend (static dispatch, no boxing). Errors convert with `?` in the caller.
+#[macro_export]
+macro_rules! with_store {
+    ($url:expr, $max_connections:expr, |$store:ident| $body:expr) => {{
+        let url: &str = $url;
+        match $crate::store::Backend::of(url)? {
+            $crate::store::Backend::Sqlite => {
+                let $store = $crate::store::SqliteStore::connect(url, $max_connections).await?;
+                $body
+            }
+            $crate::store::Backend::Postgres => {
+                let $store = $crate::store::PgStore::connect(url, $max_connections).await?;
+                $body
+            }
+        }
+    }};
+}

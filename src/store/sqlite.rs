@@ -1,0 +1,394 @@
+//! The embedded backend: one SQLite file in WAL mode. Appends go through a single-connection
+//! pool in `BEGIN IMMEDIATE` transactions; reads use a separate pool and never wait for them.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::assemble::{self, KeyIndex};
+use super::{
+    Appended, EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest, decode_role,
+    pending_versions,
+};
+use crate::auth::{NewUser, Role, UserRecord};
+use crate::integrity::Chained;
+use crate::model::event::truncate_to_micros;
+use crate::model::{
+    Action, Event, EventId, EventQuery, Field, Filter, JsonScalar, Order, Outcome, Seq, Submission,
+    TenantId,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://path` URL.
+    pub async fn connect(url: &str, max_readers: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        // FULL: a commit is on disk before the writer acknowledges it, even across power loss.
+        // Group commit amortises the fsync over every event in the batch.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(max_readers.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+}
+
+fn micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000) as i64
+}
+
+fn from_micros(column: &str, micros: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .map_err(|e| corrupt(column, e))
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
+    let uuid = |column: &str| -> Result<Option<EventId>, StoreError> {
+        let bytes: Option<Vec<u8>> = row.try_get(column)?;
+        bytes
+            .map(|b| {
+                Uuid::from_slice(&b)
+                    .map(EventId)
+                    .map_err(|e| corrupt(column, e))
+            })
+            .transpose()
+    };
+    let digest = |column: &str| -> Result<_, StoreError> {
+        let bytes: Vec<u8> = row.try_get(column)?;
+        decode_digest(column, &bytes)
+    };
+    let event_data: Option<String> = row.try_get("event_data")?;
+    let event_data = event_data
+        .map(|text| serde_json::from_str::<Map<String, Value>>(&text))
+        .transpose()
+        .map_err(|e| corrupt("event_data", e))?;
+    let action: Option<String> = row.try_get("action")?;
+    let outcome: Option<String> = row.try_get("outcome")?;
+    Ok(Event {
+        id: uuid("id")?.ok_or_else(|| corrupt("id", "missing"))?,
+        seq: Seq(row.try_get("seq")?),
+        tenant: TenantId::new(row.try_get::<String, _>("tenant")?),
+        event_type: row.try_get("event_type")?,
+        user_identity: row.try_get("user_identity")?,
+        action: action
+            .map(|a| Action::parse(&a).ok_or_else(|| corrupt("action", a)))
+            .transpose()?,
+        entity: row.try_get("entity")?,
+        entity_id: row.try_get("entity_id")?,
+        property: row.try_get("property")?,
+        source: row.try_get("source")?,
+        ip: row.try_get("ip")?,
+        outcome: outcome
+            .map(|o| Outcome::parse(&o).ok_or_else(|| corrupt("outcome", o)))
+            .transpose()?,
+        occurred_at: from_micros("occurred_at", row.try_get("occurred_at")?)?,
+        recorded_at: from_micros("recorded_at", row.try_get("recorded_at")?)?,
+        recorded_by: row.try_get("recorded_by")?,
+        event_data,
+        idempotency_key: row.try_get("idempotency_key")?,
+        amends: uuid("amends")?,
+        request_hash: digest("request_hash")?,
+        prev_hash: digest("prev_hash")?,
+        hash: digest("hash")?,
+    })
+}
+
+async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &Event) -> Result<(), StoreError> {
+    let event_data = event
+        .event_data
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Other(e.into()))?;
+    sqlx::query(
+        "INSERT INTO events (tenant, seq, id, event_type, user_identity, action, entity, \
+         entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, \
+         event_data, idempotency_key, amends, request_hash, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(event.tenant.as_str())
+    .bind(event.seq.0)
+    .bind(event.id.0)
+    .bind(&event.event_type)
+    .bind(&event.user_identity)
+    .bind(event.action.map(Action::as_str))
+    .bind(&event.entity)
+    .bind(&event.entity_id)
+    .bind(&event.property)
+    .bind(&event.source)
+    .bind(&event.ip)
+    .bind(event.outcome.map(Outcome::as_str))
+    .bind(micros(event.occurred_at))
+    .bind(micros(event.recorded_at))
+    .bind(&event.recorded_by)
+    .bind(event_data)
+    .bind(&event.idempotency_key)
+    .bind(event.amends.map(|a| a.0))
+    .bind(event.request_hash.as_bytes())
+    .bind(event.prev_hash.as_bytes())
+    .bind(event.hash.as_bytes())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `$."a"."b"`: segments are whitelisted by `JsonPath`, so quoting them is enough.
+fn sqlite_json_path(segments: &[String]) -> String {
+    let mut path = String::from("$");
+    for segment in segments {
+        path.push_str(&format!(".\"{segment}\""));
+    }
+    path
+}
+
+fn push_filter(builder: &mut QueryBuilder<Sqlite>, filter: &Filter) -> Result<(), StoreError> {
+    match filter {
+        Filter::Equals(field @ (Field::Id | Field::Amends), value) => {
+            let id = EventId::from_str(value).map_err(|e| StoreError::Other(e.into()))?;
+            builder.push(format!(" AND {} = ", field.name()));
+            builder.push_bind(id.0);
+        }
+        Filter::Equals(field, value) => {
+            builder.push(format!(" AND {} = ", field.name()));
+            builder.push_bind(value.clone());
+        }
+        Filter::Data(path, value) => {
+            let path = sqlite_json_path(path.segments());
+            let json_type = format!(" AND json_type(event_data, '{path}')");
+            let extract = format!(" AND json_extract(event_data, '{path}') = ");
+            match value {
+                JsonScalar::Null => {
+                    builder.push(json_type).push(" = 'null'");
+                }
+                JsonScalar::Bool(b) => {
+                    builder
+                        .push(json_type)
+                        .push(if *b { " = 'true'" } else { " = 'false'" });
+                }
+                JsonScalar::Integer(i) => {
+                    builder.push(json_type).push(" IN ('integer', 'real')");
+                    builder.push(extract).push_bind(*i);
+                }
+                JsonScalar::Float(f) => {
+                    builder.push(json_type).push(" IN ('integer', 'real')");
+                    builder.push(extract).push_bind(*f);
+                }
+                JsonScalar::String(s) => {
+                    builder.push(json_type).push(" = 'text'");
+                    builder.push(extract).push_bind(s.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        name: row.try_get("name")?,
+        password_hash: row.try_get("password_hash")?,
+        role: decode_role(&row.try_get::<String, _>("role")?)?,
+    })
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let has_table: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        let applied: Vec<i64> = if has_table {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.readers)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(pending_versions(&MIGRATOR, &applied))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut heads = HashMap::new();
+        for tenant in assemble::tenants(batch) {
+            let row = sqlx::query("SELECT seq, hash FROM chain_heads WHERE tenant = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let head = Chained {
+                    seq: Seq(row.try_get("seq")?),
+                    hash: decode_digest("chain_heads.hash", &hash)?,
+                };
+                heads.insert(tenant, head);
+            }
+        }
+        let mut known = KeyIndex::new();
+        let by_key =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND idempotency_key = ?");
+        for (tenant, key) in assemble::idempotency_keys(batch) {
+            let row = sqlx::query(sqlx::AssertSqlSafe(by_key.as_str()))
+                .bind(tenant.as_str())
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                known.insert((tenant, key), event_from_row(&row)?);
+            }
+        }
+        let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
+        let assembled = assemble::assemble(batch, known, heads, recorded_at);
+        for event in &assembled.rows {
+            insert_event(&mut tx, event).await?;
+        }
+        for (tenant, head) in &assembled.heads {
+            sqlx::query(
+                "INSERT INTO chain_heads (tenant, seq, hash) VALUES (?, ?, ?) \
+                 ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            )
+            .bind(tenant.as_str())
+            .bind(head.seq.0)
+            .bind(head.hash.as_bytes())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(assembled.outcomes)
+    }
+
+    async fn get(&self, tenant: &TenantId, id: EventId) -> Result<Option<Event>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(id.0)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn query(&self, tenant: &TenantId, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let mut builder = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+        ));
+        builder.push_bind(tenant.as_str().to_owned());
+        for filter in &query.filters {
+            push_filter(&mut builder, filter)?;
+        }
+        if let Some(since) = query.since {
+            builder
+                .push(" AND occurred_at >= ")
+                .push_bind(micros(since));
+        }
+        if let Some(until) = query.until {
+            builder.push(" AND occurred_at < ").push_bind(micros(until));
+        }
+        let (after, direction) = match query.order {
+            Order::Asc => (" AND seq > ", " ORDER BY seq ASC LIMIT "),
+            Order::Desc => (" AND seq < ", " ORDER BY seq DESC LIMIT "),
+        };
+        if let Some(seq) = query.after {
+            builder.push(after).push_bind(seq.0);
+        }
+        builder.push(direction).push_bind(query.fetch_limit());
+        let rows = builder.build().fetch_all(&self.readers).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(micros(OffsetDateTime::now_utc()))
+        .execute(&self.writer)
+        .await;
+        match result {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "a user named `{}` already exists",
+                user.name
+            ))),
+            other => other.map(|_| ()).map_err(StoreError::from),
+        }
+    }
+
+    async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, password_hash, role FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.readers)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, password_hash, role FROM users ORDER BY name")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn count_users_with_role(&self, role: Role) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = ?")
+                .bind(role.as_str())
+                .fetch_one(&self.readers)
+                .await?,
+        )
+    }
+}

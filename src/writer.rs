@@ -1,0 +1,137 @@
+//! The single write path. Every append in the process goes through one task that gathers
+//! concurrent submissions into one transaction (group commit), so `seq` and the chain are
+//! assigned in commit order and one fsync serves many requests. A caller is answered only after
+//! the transaction holding its events has committed.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::model::Submission;
+use crate::store::{Appended, Store, StoreError};
+
+/// How the writer gathers batches; see `[writer]` in the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Submissions that may wait for the writer; beyond it callers are turned away (503).
+    pub queue_capacity: usize,
+    /// Most events committed in one transaction.
+    pub batch_max_events: usize,
+    /// How long the writer waits for more submissions once it has one; zero takes only what is
+    /// already queued, which under load is already a full batch.
+    pub batch_wait: Duration,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 8192,
+            batch_max_events: 1000,
+            batch_wait: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the write queue is full")]
+    QueueFull,
+    #[error("the writer has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Job {
+    submission: Submission,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// A cheap, cloneable way to hand submissions to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task. It ends when every `Writer` handle is dropped and the queue drained.
+    pub fn spawn<S: Store>(store: S, options: WriterOptions) -> (Self, JoinHandle<()>) {
+        let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
+        let task = tokio::spawn(run(store, jobs, options));
+        (Self { queue }, task)
+    }
+
+    /// Appends one submission atomically and waits for its commit.
+    pub async fn append(&self, submission: Submission) -> Result<Appended, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { submission, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
+            })?;
+        Ok(answer.await.map_err(|_| WriteError::Stopped)??)
+    }
+}
+
+async fn run<S: Store>(store: S, mut jobs: mpsc::Receiver<Job>, options: WriterOptions) {
+    while let Some(first) = jobs.recv().await {
+        let batch = gather(first, &mut jobs, &options).await;
+        commit(&store, batch).await;
+    }
+    tracing::debug!("writer stopped: queue closed and drained");
+}
+
+async fn gather(first: Job, jobs: &mut mpsc::Receiver<Job>, options: &WriterOptions) -> Vec<Job> {
+    let mut events = first.submission.events.len();
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + options.batch_wait;
+    while events < options.batch_max_events {
+        let next = match jobs.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) if options.batch_wait.is_zero() => None,
+            Err(_) => tokio::time::timeout_at(deadline, jobs.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let Some(job) = next else { break };
+        events += job.submission.events.len();
+        batch.push(job);
+    }
+    batch
+}
+
+async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
+    let submissions: Vec<Submission> = batch.iter().map(|j| j.submission.clone()).collect();
+    tracing::trace!(submissions = submissions.len(), "committing batch");
+    match store.append(&submissions).await {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        // One bad submission must not sink the others that shared its transaction: retry each
+        // alone, so only the culprit (or everyone, if the database is down) sees the error.
+        Err(error) if batch.len() > 1 => {
+            tracing::warn!(error = %error, size = batch.len(), "batch append failed; retrying one by one");
+            for job in batch {
+                let result = store
+                    .append(std::slice::from_ref(&job.submission))
+                    .await
+                    .and_then(|mut outcomes| {
+                        outcomes.pop().ok_or_else(|| {
+                            StoreError::Other(anyhow::anyhow!("append returned no outcome"))
+                        })
+                    });
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(error) => {
+            if let Some(job) = batch.into_iter().next() {
+                let _ = job.reply.send(Err(error));
+            }
+        }
+    }
+}
