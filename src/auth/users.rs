@@ -18,8 +18,20 @@ pub async fn add<S: Store>(
     role: Role,
     secret: String,
 ) -> Result<(), UserError> {
-    validate_user_name(name).map_err(|e| UserError::Invalid(e.to_owned()))?;
     password::check_strength(&secret).map_err(UserError::Invalid)?;
+    insert(store, name, role, secret).await
+}
+
+async fn insert<S: Store>(
+    store: &S,
+    name: &str,
+    role: Role,
+    secret: String,
+) -> Result<(), UserError> {
+    validate_user_name(name).map_err(|e| UserError::Invalid(e.to_owned()))?;
+    if secret.is_empty() {
+        return Err(UserError::Invalid("the password is empty".into()));
+    }
     let password_hash = tokio::task::spawn_blocking(move || password::hash(&secret))
         .await
         .map_err(|e| UserError::Invalid(e.to_string()))?
@@ -58,7 +70,9 @@ pub enum Bootstrap {
 
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 
-/// Creates `admin` when the database has no users, so no default password ever ships.
+/// Creates `admin` when the database has no users, so no default password ever ships. A
+/// configured password is the operator's explicit choice: a short one is accepted with a warning
+/// (the seed documents' examples use `admin:secret`), a generated one is always strong.
 pub async fn bootstrap_admin<S: Store>(
     store: &S,
     configured: Option<String>,
@@ -67,13 +81,21 @@ pub async fn bootstrap_admin<S: Store>(
         return Ok(Bootstrap::NotNeeded);
     }
     let (secret, outcome) = match configured {
-        Some(secret) => (secret, Bootstrap::Configured),
+        Some(secret) => {
+            if password::check_strength(&secret).is_err() {
+                tracing::warn!(
+                    "the configured admin password is shorter than {} characters; change it",
+                    password::MIN_PASSWORD_LEN
+                );
+            }
+            (secret, Bootstrap::Configured)
+        }
         None => {
             let secret = password::generate();
             (secret.clone(), Bootstrap::Generated(secret))
         }
     };
-    match add(store, BOOTSTRAP_ADMIN, Role::Admin, secret).await {
+    match insert(store, BOOTSTRAP_ADMIN, Role::Admin, secret).await {
         // Another instance sharing the database created it first.
         Err(UserError::Store(StoreError::Conflict(_))) => Ok(Bootstrap::NotNeeded),
         Err(e) => Err(e),

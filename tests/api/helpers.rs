@@ -1,0 +1,287 @@
+//! `spawn_app(backend)`: a real server on a random port over its own fresh database.
+
+use std::path::PathBuf;
+
+use auditor::auth::Role;
+use auditor::auth::users;
+use auditor::config::{DatabaseUrl, Secret};
+use auditor::server::ServeError;
+use auditor::store::{PgStore, SqliteStore, Store};
+use auditor::{Settings, serve_with_listener};
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const ADMIN: (&str, &str) = ("admin", "secret");
+pub const WRITER: (&str, &str) = ("writer", "writer-password-1");
+pub const READER: (&str, &str) = ("reader", "reader-password-1");
+
+/// A database of its own for one test: a temp SQLite file, or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("AUDITOR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path: PathBuf = dir.path().join("auditor.db");
+                Self {
+                    backend,
+                    url: format!("sqlite://{}", path.display()),
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let name = format!("auditor_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL at {admin_url} (AUDITOR_TEST_DATABASE_URL): {e}; run ./scripts/test, which starts one")
+                    });
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("database URL ends with /database");
+                Self {
+                    backend,
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// Runs SQL directly, as someone with database access (not through the service) would.
+    pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
+                Ok(sqlx::raw_sql(sql).execute(&mut conn).await?.rows_affected())
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+                Ok(sqlx::raw_sql(sql).execute(&mut conn).await?.rows_affected())
+            }
+        }
+    }
+
+    pub async fn sqlite(&self) -> SqliteStore {
+        SqliteStore::connect(&self.url, 4)
+            .await
+            .expect("open sqlite")
+    }
+
+    pub async fn postgres(&self) -> PgStore {
+        PgStore::connect(&self.url, 4).await.expect("open postgres")
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+pub fn settings_for(db: &TestDb) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.database_url = DatabaseUrl::new(db.url.clone());
+    settings.admin_password = Some(Secret::new(ADMIN.1));
+    settings.database.max_connections = 4;
+    settings
+}
+
+/// Starts the server on `127.0.0.1:0` over a fresh database, with `admin`, `writer` and `reader`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let settings = settings_for(&db);
+    let app = spawn_with(db, settings).await;
+    app.add_user(WRITER.0, Role::Writer, WRITER.1).await;
+    app.add_user(READER.0, Role::Reader, READER.1).await;
+    app
+}
+
+pub async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {
+    let (address, shutdown, server) = start(settings.clone()).await;
+    let mut app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        settings,
+        shutdown,
+        server: Some(server),
+    };
+    app.wait_until_serving().await;
+    app
+}
+
+async fn start(
+    settings: Settings,
+) -> (
+    String,
+    CancellationToken,
+    JoinHandle<Result<(), ServeError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_with_listener(
+        settings,
+        listener,
+        shutdown.clone(),
+        true,
+    ));
+    (address, shutdown, server)
+}
+
+impl TestApp {
+    pub async fn add_user(&self, name: &str, role: Role, password: &str) {
+        match self.db.backend {
+            Backend::Sqlite => {
+                users::add(&self.db.sqlite().await, name, role, password.into()).await
+            }
+            Backend::Postgres => {
+                users::add(&self.db.postgres().await, name, role, password.into()).await
+            }
+        }
+        .expect("add user");
+    }
+
+    pub async fn remove_user(&self, name: &str) {
+        match self.db.backend {
+            Backend::Sqlite => self.db.sqlite().await.remove_user(name).await,
+            Backend::Postgres => self.db.postgres().await.remove_user(name).await,
+        }
+        .expect("remove user");
+    }
+
+    pub fn request(&self, method: Method, path: &str, who: Option<(&str, &str)>) -> RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        match who {
+            Some((user, password)) => builder.basic_auth(user, Some(password)),
+            None => builder,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, who: (&str, &str), body: &Value) -> Response {
+        self.request(Method::POST, path, Some(who))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str, who: (&str, &str)) -> Response {
+        self.request(Method::GET, path, Some(who))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET as admin, expecting 200, returning the JSON body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let response = self.get(path, ADMIN).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("json")
+    }
+
+    /// POSTs events as admin, expecting 201, returning the JSON body.
+    pub async fn record(&self, body: Value) -> Value {
+        let response = self.post_json("/events", ADMIN, &body).await;
+        assert_eq!(response.status(), 201, "POST /events {body}");
+        response.json().await.expect("json")
+    }
+
+    /// The listener is bound before the server starts, so this request waits in the backlog
+    /// until migrations and the admin bootstrap are done and the server accepts it.
+    async fn wait_until_serving(&mut self) {
+        let health = self
+            .client
+            .get(format!("{}/healthz", self.address))
+            .send()
+            .await;
+        if let Err(error) = health {
+            let outcome = match self.server.take() {
+                Some(server) => format!("{:?}", server.await),
+                None => "not running".into(),
+            };
+            panic!("the server did not start ({error}); it ended with {outcome}");
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        match self.server.take() {
+            Some(server) => server.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the server and starts a new one over the same database.
+    pub async fn restart(&mut self) {
+        self.stop().await.expect("clean stop");
+        let (address, shutdown, server) = start(self.settings.clone()).await;
+        self.address = address;
+        self.shutdown = shutdown;
+        self.server = Some(server);
+        self.wait_until_serving().await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Runs an async test body once per backend, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,12 @@
+//! Black-box tests: a real server on a random port, over a real database of its own, once on
+//! SQLite and once on PostgreSQL. One binary, so it links once.
+
+mod helpers;
+
+mod auth;
+mod compat;
+mod events;
+mod lifecycle;
+mod query;
+mod store;
+mod validation;
