@@ -1,5 +1,6 @@
 //! Black-box tests: a real server on a random port, over a real database of its own, once on
 //! SQLite and once on PostgreSQL. One binary, so it links once.
+#![allow(clippy::unwrap_used)]
 
 mod helpers;
 
