@@ -10,14 +10,23 @@ use crate::config::LogFormat;
 
 /// Auditor: an append-only, tamper-evident audit log with an HTTP JSON API.
 #[derive(Debug, Parser)]
-#[command(name = "auditor", version, propagate_version = true)]
+#[command(
+    name = "auditor",
+    version,
+    propagate_version = true,
+    after_help = "Environment:\n  \
+        AUDITOR_ADMIN_PASSWORD  password of the first admin, created when the database has no users\n  \
+        AUDITOR_<KEY>           any configuration key (AUDITOR_LIMITS__MAX_BODY_BYTES for [limits] max_body_bytes)\n  \
+        RUST_LOG                log filter, e.g. info or auditor=debug\n\n\
+        Quick start: AUDITOR_ADMIN_PASSWORD=... auditor serve --migrate"
+)]
 pub struct Cli {
     /// Configuration file (TOML); see `auditor default-config` for every key.
     #[arg(long, global = true, env = "AUDITOR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Database to use: sqlite://path/to/file.db or postgres://user:password@host/database
-    /// [default: sqlite://auditor.db]
+    /// (env AUDITOR_DATABASE_URL) [default: sqlite://auditor.db]
     #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
 

@@ -39,13 +39,27 @@ pub enum WriteError {
     QueueFull,
     #[error("the writer has stopped")]
     Stopped,
+    #[error("the database is unavailable")]
+    Unavailable,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "append failed: database unavailable");
+                Self::Unavailable
+            }
+            other => Self::Store(other),
+        }
+    }
 }
 
 struct Job {
     submission: Submission,
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
+    reply: oneshot::Sender<Result<Appended, WriteError>>,
 }
 
 /// A cheap, cloneable way to hand submissions to the writer task.
@@ -71,7 +85,7 @@ impl Writer {
                 mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
             })?;
-        Ok(answer.await.map_err(|_| WriteError::Stopped)??)
+        answer.await.map_err(|_| WriteError::Stopped)?
     }
 }
 
@@ -104,33 +118,44 @@ async fn gather(first: Job, jobs: &mut mpsc::Receiver<Job>, options: &WriterOpti
 }
 
 async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
-    let submissions: Vec<Submission> = batch.iter().map(|j| j.submission.clone()).collect();
+    let (submissions, replies): (Vec<Submission>, Vec<_>) =
+        batch.into_iter().map(|j| (j.submission, j.reply)).unzip();
     tracing::trace!(submissions = submissions.len(), "committing batch");
     match store.append(&submissions).await {
         Ok(outcomes) => {
-            for (job, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = job.reply.send(Ok(outcome));
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        // The database is down: every submission in the batch fails alike, and fast.
+        Err(StoreError::Unavailable(cause)) => {
+            tracing::warn!(error = %cause, size = submissions.len(), "append failed: database unavailable");
+            for reply in replies {
+                let _ = reply.send(Err(WriteError::Unavailable));
             }
         }
         // One bad submission must not sink the others that shared its transaction: retry each
-        // alone, so only the culprit (or everyone, if the database is down) sees the error.
-        Err(error) if batch.len() > 1 => {
-            tracing::warn!(error = %error, size = batch.len(), "batch append failed; retrying one by one");
-            for job in batch {
+        // alone, so only the culprit sees the error.
+        Err(error) if submissions.len() > 1 => {
+            tracing::warn!(error = %error, size = submissions.len(), "batch append failed; retrying one by one");
+            for (submission, reply) in submissions.iter().zip(replies) {
                 let result = store
-                    .append(std::slice::from_ref(&job.submission))
+                    .append(std::slice::from_ref(submission))
                     .await
+                    .map_err(WriteError::from)
                     .and_then(|mut outcomes| {
                         outcomes.pop().ok_or_else(|| {
-                            StoreError::Other(anyhow::anyhow!("append returned no outcome"))
+                            WriteError::Store(StoreError::Other(anyhow::anyhow!(
+                                "append returned no outcome"
+                            )))
                         })
                     });
-                let _ = job.reply.send(result);
+                let _ = reply.send(result);
             }
         }
         Err(error) => {
-            if let Some(job) = batch.into_iter().next() {
-                let _ = job.reply.send(Err(error));
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(error.into()));
             }
         }
     }

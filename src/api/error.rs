@@ -152,7 +152,7 @@ impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> Self {
         match error {
             WriteError::QueueFull => Self::Overloaded,
-            WriteError::Stopped => Self::Unavailable,
+            WriteError::Stopped | WriteError::Unavailable => Self::Unavailable,
             WriteError::Store(e) => e.into(),
         }
     }

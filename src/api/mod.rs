@@ -89,7 +89,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
                     |response: &Response, latency: Duration, _span: &tracing::Span| {
                         tracing::info!(
                             status = response.status().as_u16(),
-                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            latency_ms = %format_args!("{:.3}", latency.as_secs_f64() * 1000.0),
                             "request"
                         );
                     },

@@ -92,3 +92,149 @@ crate::both_backends!(
     readiness_reports_the_database,
     shutdown_is_clean_and_stops_serving,
 );
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore, to take the database
+/// away from the service without touching the shared server.
+mod outage {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Mutex;
+    use tokio::task::JoinHandle;
+
+    pub struct Proxy {
+        pub port: u16,
+        open: Arc<AtomicBool>,
+        links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+        _accept: JoinHandle<()>,
+    }
+
+    impl Proxy {
+        pub async fn to(upstream: String) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let open = Arc::new(AtomicBool::new(true));
+            let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+            let accept = {
+                let (open, links) = (open.clone(), links.clone());
+                tokio::spawn(async move {
+                    while let Ok((mut client, _)) = listener.accept().await {
+                        if !open.load(Ordering::SeqCst) {
+                            continue; // dropped: the connection is refused
+                        }
+                        let upstream = upstream.clone();
+                        links.lock().await.push(tokio::spawn(async move {
+                            if let Ok(mut server) = TcpStream::connect(upstream).await {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        }));
+                    }
+                })
+            };
+            Self {
+                port,
+                open,
+                links,
+                _accept: accept,
+            }
+        }
+
+        pub async fn cut(&self) {
+            self.open.store(false, Ordering::SeqCst);
+            for link in self.links.lock().await.drain(..) {
+                link.abort();
+            }
+        }
+
+        pub fn restore(&self) {
+            self.open.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// PostgreSQL disappears under a running service: it answers 503 (never a false 2xx), and once
+/// the database is back it recovers by itself with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_gives_503_then_recovers_by_itself() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = url_parts(&db.url);
+    let proxy = outage::Proxy::to(url.host_port.clone()).await;
+    let mut settings = settings_for(&db);
+    settings.database_url = auditor::config::DatabaseUrl::new(format!(
+        "{}127.0.0.1:{}/{}",
+        url.prefix, proxy.port, url.database
+    ));
+    let app = spawn_with(db, settings).await;
+    let before = app
+        .record(json!({"event_type": "a", "user_identity": "u"}))
+        .await;
+
+    proxy.cut().await;
+    let ready = app
+        .request(reqwest::Method::GET, "/readyz", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let write = app
+        .post_json(
+            "/events",
+            ADMIN,
+            &json!({"event_type": "b", "user_identity": "u"}),
+        )
+        .await;
+    assert_eq!(write.status(), 503);
+    assert!(write.headers().contains_key("retry-after"));
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..100 {
+        let ready = app
+            .request(reqwest::Method::GET, "/readyz", None)
+            .send()
+            .await
+            .unwrap();
+        if ready.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "ready again within 10 s of the database returning"
+    );
+    let after = app
+        .record(json!({"event_type": "c", "user_identity": "u"}))
+        .await;
+    assert_eq!(after["seq"], 2, "the failed write left no trace and no gap");
+    assert_eq!(after["prev_hash"], before["hash"]);
+}
+
+struct UrlParts {
+    prefix: String,
+    host_port: String,
+    database: String,
+}
+
+/// Splits `postgres://user@host:port/db` into `postgres://user@`, `host:port` and `db`.
+fn url_parts(url: &str) -> UrlParts {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, database) = rest.split_once('/').unwrap();
+    let (credentials, host_port) = match authority.rsplit_once('@') {
+        Some((credentials, host)) => (format!("{credentials}@"), host.to_owned()),
+        None => (String::new(), authority.to_owned()),
+    };
+    let host_port = if host_port.contains(':') {
+        host_port
+    } else {
+        format!("{host_port}:5432")
+    };
+    UrlParts {
+        prefix: format!("{scheme}://{credentials}"),
+        host_port,
+        database: database.to_owned(),
+    }
+}

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod cli;
 mod compat;
 mod events;
 mod lifecycle;

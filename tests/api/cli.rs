@@ -1,0 +1,176 @@
+//! The `auditor` binary itself: its subcommands, and shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_auditor");
+
+fn auditor(database_url: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--database-url")
+        .arg(database_url)
+        .args(args)
+        .env_remove("AUDITOR_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = text(&output.stdout);
+    for word in [
+        "serve",
+        "migrate",
+        "user",
+        "--database-url",
+        "--config",
+        "AUDITOR_ADMIN_PASSWORD",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+    let output = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&output.stdout);
+    for word in ["--listen", "--migrate", "--log-format", "AUDITOR_LISTEN"] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn users_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cli.db").display());
+
+    let early = auditor(&url, &["user", "list"], "");
+    assert!(!early.status.success());
+    assert!(
+        text(&early.stderr).contains("auditor migrate"),
+        "{}",
+        text(&early.stderr)
+    );
+
+    let migrated = auditor(&url, &["migrate"], "");
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+
+    let added = auditor(
+        &url,
+        &["user", "add", "billing", "--role", "writer"],
+        "a-long-password-1\n",
+    );
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let weak = auditor(
+        &url,
+        &["user", "add", "weak", "--role", "reader"],
+        "short\n",
+    );
+    assert!(!weak.status.success());
+    assert!(text(&weak.stderr).contains("at least 12"));
+    let again = auditor(
+        &url,
+        &["user", "add", "billing", "--role", "reader"],
+        "a-long-password-1\n",
+    );
+    assert!(text(&again.stderr).contains("already exists"));
+
+    let listed = auditor(&url, &["user", "list"], "");
+    let list = text(&listed.stdout);
+    assert!(
+        list.contains("billing") && list.contains("writer"),
+        "{list}"
+    );
+    assert!(!list.contains("a-long-password-1"));
+
+    let removed = auditor(&url, &["user", "remove", "billing"], "");
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let missing = auditor(&url, &["user", "remove", "billing"], "");
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn serve_finishes_in_flight_requests_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("term.db").display());
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--migrate",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ])
+        .env("AUDITOR_ADMIN_PASSWORD", "secret")
+        .env("RUST_LOG", "info")
+        .env_remove("AUDITOR_CONFIG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "server exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+
+    // Start a request and leave it half-sent, so it is in flight when the signal arrives.
+    let body = r#"{"event_type":"a","user_identity":"u"}"#;
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46c2VjcmV0\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..10]
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(&body.as_bytes()[10..]).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let json: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["seq"], 1);
+
+    let status = server.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("auditor stopped"), "{rest}");
+    assert!(!rest.contains("secret"), "no password in the logs");
+}
