@@ -98,11 +98,9 @@ pub enum ConfigError {
 }
 
 impl Settings {
-    /// Loads all layers from the process environment.
+    /// Loads all layers from the process environment. Unknown `AUDITOR_*` variables are ignored;
+    /// [`unknown_env_names`] lists them for a warning once logging is up.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
-        for name in unknown_env_names(std::env::vars().map(|(k, _)| k)) {
-            tracing::warn!(variable = %name, "ignoring unknown AUDITOR_* environment variable");
-        }
         let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
         if let Some(path) = file {
             if !path.exists() {
@@ -223,7 +221,8 @@ fn known_keys() -> BTreeSet<String> {
     keys
 }
 
-fn unknown_env_names(names: impl Iterator<Item = String>) -> Vec<String> {
+/// `AUDITOR_*` variables that name no setting: probably typos, which `load` ignores.
+pub fn unknown_env_names(names: impl Iterator<Item = String>) -> Vec<String> {
     let known = known_keys();
     names
         .filter_map(|name| {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use auditor::auth::users;
 use auditor::cli::{Cli, Command, UserCommand};
-use auditor::config::{DEFAULT_CONFIG, LogFormat, Overrides, Settings};
+use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings};
 use auditor::store::Store;
 use auditor::{telemetry, with_store};
 use clap::Parser;
@@ -44,16 +44,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{DEFAULT_CONFIG}");
         return Ok(());
     }
-    // Logging must be up before the settings load, which may warn; the format comes from the
-    // flag or the environment here and from the settings below.
-    let early_format = overrides.log_format.or_else(|| {
-        std::env::var("AUDITOR_LOG_FORMAT")
-            .ok()
-            .filter(|v| v == "json")
-            .map(|_| LogFormat::Json)
-    });
-    telemetry::init(early_format.unwrap_or(LogFormat::Text));
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
+    telemetry::init(settings.log_format);
+    for name in config::unknown_env_names(std::env::vars().map(|(name, _)| name)) {
+        tracing::warn!(variable = %name, "ignoring unknown AUDITOR_* environment variable");
+    }
 
     match cli.command {
         Command::Serve { .. } => serve(settings, migrate_on_start).await,

@@ -76,6 +76,11 @@ impl Writer {
         (Self { queue }, task)
     }
 
+    /// False once the writer task has ended (it only ends on shutdown, or by a bug).
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// Appends one submission atomically and waits for its commit.
     pub async fn append(&self, submission: Submission) -> Result<Appended, WriteError> {
         let (reply, answer) = oneshot::channel();

@@ -252,6 +252,11 @@ struct UpdateBody {
 }
 
 /// Records an amendment: a new `update` event naming the original, which stays untouched.
+///
+/// Fields the body leaves out are taken from the original only when the caller may read it
+/// (admin); a writer-only caller learns nothing about the original beyond its existence, so its
+/// amendment carries just what it sent (`event_type` defaulting to `audit.amendment`, the
+/// `user_identity` to the caller).
 async fn update<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<WriteAccess, ApiError>,
@@ -272,14 +277,20 @@ async fn update<S: Store>(
         .map(parse_datetime)
         .transpose()
         .map_err(ApiError::Invalid)?;
+    let inherited = principal.role.can_read().then_some(original.clone());
+    let inherit = |own: Option<String>, pick: fn(Event) -> Option<String>| {
+        own.or_else(|| inherited.clone().and_then(pick))
+    };
     let raw = RawEvent {
-        event_type: body.event_type.unwrap_or(original.event_type),
-        user_identity: body.user_identity.unwrap_or_else(|| principal.name.clone()),
+        event_type: inherit(body.event_type, |e| Some(e.event_type))
+            .unwrap_or_else(|| "audit.amendment".into()),
+        user_identity: inherit(body.user_identity, |e| Some(e.user_identity))
+            .unwrap_or_else(|| principal.name.clone()),
         action: Some(Action::Update),
-        entity: body.entity.or(original.entity),
-        entity_id: body.entity_id.or(original.entity_id),
-        property: body.property.or(original.property),
-        source: original.source,
+        entity: inherit(body.entity, |e| e.entity),
+        entity_id: inherit(body.entity_id, |e| e.entity_id),
+        property: inherit(body.property, |e| e.property),
+        source: inherit(None, |e| e.source),
         ip: None,
         outcome: None,
         occurred_at,

@@ -17,7 +17,7 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     InvalidQuery(QueryError),
-    #[error("{0}")]
+    #[error("{}", field_message(.0))]
     Invalid(FieldError),
     #[error("the body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
@@ -45,6 +45,20 @@ pub enum ApiError {
     Timeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// "`event_type` must not be empty", but not "`x` unknown field `x`…" (serde names it already).
+fn field_message(error: &FieldError) -> String {
+    let leaf = error
+        .field
+        .rsplit(['.', ']'])
+        .next()
+        .unwrap_or(&error.field);
+    if error.message.contains(&format!("`{leaf}`")) {
+        error.message.clone()
+    } else {
+        format!("`{}` {}", error.field, error.message)
+    }
 }
 
 impl ApiError {

@@ -174,8 +174,8 @@ impl NewEvent {
             source: optional("source", raw.source)?,
             ip: raw.ip.map(|ip| ip.to_string()),
             outcome: raw.outcome,
-            occurred_at: raw.occurred_at.map(truncate_to_micros),
-            event_data: raw.event_data,
+            occurred_at: raw.occurred_at.map(check_time).transpose()?,
+            event_data: raw.event_data.map(check_event_data).transpose()?,
             idempotency_key: optional("idempotency_key", raw.idempotency_key)?,
             amends: None,
         })
@@ -206,6 +206,67 @@ fn check_text(name: &str, value: &str, limits: &Limits) -> Result<(), FieldError
         return Err(FieldError::new(name, "must not contain control characters"));
     }
     Ok(())
+}
+
+/// Accepts instants from year 1 to 9999 in UTC (what RFC 3339 and both databases can represent),
+/// kept to the microsecond.
+fn check_time(t: OffsetDateTime) -> Result<OffsetDateTime, FieldError> {
+    let utc = t
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (1..=9999).contains(&utc.year()))
+        .ok_or_else(|| {
+            FieldError::new("occurred_at", "must fall between years 1 and 9999 in UTC")
+        })?;
+    Ok(truncate_to_micros(utc))
+}
+
+/// The largest integer every JSON consumer reads exactly (RFC 7493, I-JSON): beyond it, numbers
+/// silently round, and so would their canonical form and hash.
+const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+fn check_event_data(data: Map<String, Value>) -> Result<Map<String, Value>, FieldError> {
+    fn walk(value: &Value, path: &mut String) -> Result<(), FieldError> {
+        match value {
+            Value::Number(n) if n.as_f64().is_none_or(|f| !f.is_finite()) => {
+                Err(FieldError::new(path.clone(), "is not a finite number"))
+            }
+            Value::Number(n)
+                if (n.is_i64() || n.is_u64())
+                    && n.as_i64()
+                        .map_or(true, |i| i.unsigned_abs() > MAX_EXACT_INTEGER) =>
+            {
+                Err(FieldError::new(
+                    path.clone(),
+                    "integers must lie within ±(2^53 - 1) to be stored and hashed exactly; send larger ones as strings",
+                ))
+            }
+            Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                walk(item, path)?;
+                path.truncate(len);
+                Ok(())
+            }),
+            Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+                let len = path.len();
+                path.push('.');
+                path.push_str(key);
+                walk(item, path)?;
+                path.truncate(len);
+                Ok(())
+            }),
+            _ => Ok(()),
+        }
+    }
+    let mut path = String::from("event_data");
+    for (key, value) in &data {
+        let len = path.len();
+        path.push('.');
+        path.push_str(key);
+        walk(value, &mut path)?;
+        path.truncate(len);
+    }
+    Ok(data)
 }
 
 /// Both databases keep microseconds; truncating up front keeps what is hashed equal to what is stored.
@@ -300,6 +361,37 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "user_identity");
+    }
+
+    #[test]
+    fn times_outside_years_1_to_9999_in_utc_are_refused() {
+        let parse = |t: &str| {
+            let json = format!(r#"{{"event_type":"a","user_identity":"b","occurred_at":"{t}"}}"#);
+            NewEvent::parse(raw(&json).unwrap(), &Limits::default())
+        };
+        assert_eq!(
+            parse("0000-01-01T00:30:00+01:00").unwrap_err().field,
+            "occurred_at"
+        );
+        assert_eq!(
+            parse("9999-12-31T23:30:00-01:00").unwrap_err().field,
+            "occurred_at"
+        );
+        let ok = parse("2024-05-01T12:00:00.1234567+02:00").unwrap();
+        assert_eq!(ok.occurred_at.unwrap().nanosecond(), 123_456_000);
+    }
+
+    #[test]
+    fn integers_beyond_two_to_the_53_are_refused() {
+        let parse = |data: &str| {
+            let json = format!(r#"{{"event_type":"a","user_identity":"b","event_data":{data}}}"#);
+            NewEvent::parse(raw(&json).unwrap(), &Limits::default())
+        };
+        assert!(parse(r#"{"n": 9007199254740991, "f": 1.5e300, "s": "9007199254740993"}"#).is_ok());
+        let err = parse(r#"{"a": {"b": [1, 9007199254740993]}}"#).unwrap_err();
+        assert_eq!(err.field, "event_data.a.b[1]");
+        assert!(parse(r#"{"n": -9007199254740992}"#).is_err());
+        assert!(parse(r#"{"n": 18446744073709551615}"#).is_err());
     }
 
     #[test]

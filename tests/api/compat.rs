@@ -107,7 +107,7 @@ async fn update_log_appends_an_amendment_and_leaves_the_original(backend: Backen
     let uuid = original["event_uuid"].as_str().unwrap();
 
     let response = app
-        .request(Method::PUT, &format!("/update_log/{uuid}"), Some(WRITER))
+        .request(Method::PUT, &format!("/update_log/{uuid}"), Some(ADMIN))
         .json(&json!({"event_data": {"name": "Subin Jeong"}}))
         .send()
         .await
@@ -117,8 +117,26 @@ async fn update_log_appends_an_amendment_and_leaves_the_original(backend: Backen
     assert_eq!(amendment["result"], "success");
     assert_eq!(amendment["amends"], uuid);
     assert_eq!(amendment["action"], "update");
-    assert_eq!(amendment["entity"], "CustomerData");
+    assert_eq!(
+        amendment["entity"], "CustomerData",
+        "an admin's amendment inherits"
+    );
+    assert_eq!(amendment["customer"], "073");
     assert_ne!(amendment["event_uuid"], uuid);
+
+    // A writer cannot read, so its amendment reveals nothing of the original.
+    let response = app
+        .request(Method::PUT, &format!("/update_log/{uuid}"), Some(WRITER))
+        .json(&json!({"property": "email"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let blind: Value = response.json().await.unwrap();
+    assert_eq!(blind["amends"], uuid);
+    assert_eq!(blind["entity"], Value::Null);
+    assert_eq!(blind["event_type"], "audit.amendment");
+    assert_eq!(blind["customer"], "writer");
 
     let shown = app.get_ok(&format!("/get_log/event/{uuid}")).await;
     assert_eq!(
@@ -127,7 +145,7 @@ async fn update_log_appends_an_amendment_and_leaves_the_original(backend: Backen
         "original untouched"
     );
     assert_eq!(shown["hash"], original["hash"]);
-    assert_eq!(shown["amendments"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["amendments"].as_array().unwrap().len(), 2);
     assert_eq!(
         shown["amendments"][0]["event_data"],
         json!({"name": "Subin Jeong"})
