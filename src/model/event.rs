@@ -233,7 +233,7 @@ fn check_event_data(data: Map<String, Value>) -> Result<Map<String, Value>, Fiel
             Value::Number(n)
                 if (n.is_i64() || n.is_u64())
                     && n.as_i64()
-                        .map_or(true, |i| i.unsigned_abs() > MAX_EXACT_INTEGER) =>
+                        .is_none_or(|i| i.unsigned_abs() > MAX_EXACT_INTEGER) =>
             {
                 Err(FieldError::new(
                     path.clone(),
