@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::digest::{Digest, canonical_json};
+use super::merkle::{Frontier, NodeId};
 use crate::model::{Event, EventId, NewEvent, Seq, TenantId};
 
 /// Version of the leaf encoding; bumped whenever the set or meaning of hashed fields changes.
@@ -32,6 +33,7 @@ struct LeafFields<'a> {
     recorded_by: &'a str,
     idempotency_key: Option<&'a str>,
     amends: Option<String>,
+    amends_hash: Option<String>,
     event_data_hash: Option<String>,
 }
 
@@ -40,7 +42,8 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|e| panic!("formatting a UTC timestamp: {e}"))
 }
 
-/// RFC 6962 leaf hash: SHA-256(0x00 ‖ canonical leaf bytes).
+/// RFC 6962 leaf hash: SHA-256(0x00 ‖ canonical leaf bytes). Uses the stored
+/// `event_data_hash`, not the payload, so it is the same before and after a redaction.
 pub fn leaf_hash(event: &Event) -> Digest {
     let fields = LeafFields {
         v: LEAF_VERSION,
@@ -61,13 +64,15 @@ pub fn leaf_hash(event: &Event) -> Digest {
         recorded_by: &event.recorded_by,
         idempotency_key: event.idempotency_key.as_deref(),
         amends: event.amends.map(|id| id.to_string()),
-        event_data_hash: event.event_data.as_ref().map(event_data_hash),
+        amends_hash: event.amends_hash.map(|h| h.to_hex()),
+        event_data_hash: event.event_data_hash.map(|h| h.to_hex()),
     };
     Digest::sha256(&[&[0x00], &canonical_json(&fields)])
 }
 
-fn event_data_hash(data: &Map<String, Value>) -> String {
-    Digest::of_canonical_json(data).to_hex()
+/// What a payload contributes to its event's leaf.
+pub fn event_data_hash(data: &Map<String, Value>) -> Digest {
+    Digest::of_canonical_json(data)
 }
 
 /// The chain link: SHA-256(prev_hash ‖ leaf_hash).
@@ -75,31 +80,41 @@ pub fn chain_hash(prev: &Digest, leaf: &Digest) -> Digest {
     Digest::sha256(&[prev.as_bytes(), leaf.as_bytes()])
 }
 
-/// Where a tenant's chain currently ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a tenant's log currently ends: the chain's last link and the Merkle frontier.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chained {
     pub seq: Seq,
     pub hash: Digest,
+    pub frontier: Frontier,
 }
 
 impl Chained {
-    pub const GENESIS: Chained = Chained {
-        seq: Seq(0),
-        hash: Digest::ZERO,
-    };
+    pub fn genesis() -> Self {
+        Self {
+            seq: Seq(0),
+            hash: Digest::ZERO,
+            frontier: Frontier::default(),
+        }
+    }
+}
+
+/// Log entries made from accepted events, and the Merkle nodes they complete.
+pub struct Linked {
+    pub events: Vec<Event>,
+    pub nodes: Vec<(NodeId, Digest)>,
 }
 
 /// Turns accepted events into log entries following `head`: the next `seq`s, the commit time,
-/// and the chain hashes. Returns the entries and the new head.
+/// the leaf and chain hashes and the new Merkle nodes. Advances `head` past them.
 pub fn chain_events(
-    head: Chained,
+    head: &mut Chained,
     tenant: &TenantId,
     recorded_by: &str,
     recorded_at: time::OffsetDateTime,
     events: Vec<(NewEvent, Digest)>,
-) -> (Vec<Event>, Chained) {
-    let mut head = head;
-    let entries = events
+) -> Linked {
+    let mut nodes = Vec::new();
+    let events = events
         .into_iter()
         .map(|(new, request_hash)| {
             let seq = Seq(head.seq.0 + 1);
@@ -110,6 +125,8 @@ pub fn chain_events(
                 occurred_at: new.occurred_at.unwrap_or(recorded_at),
                 recorded_at,
                 recorded_by: recorded_by.to_owned(),
+                event_data_hash: new.event_data.as_ref().map(event_data_hash),
+                redacted_at: None,
                 event_type: new.event_type,
                 user_identity: new.user_identity,
                 action: new.action,
@@ -122,19 +139,21 @@ pub fn chain_events(
                 event_data: new.event_data,
                 idempotency_key: new.idempotency_key,
                 amends: new.amends,
+                amends_hash: new.amends_hash,
                 request_hash,
+                leaf_hash: Digest::ZERO,
                 prev_hash: head.hash,
                 hash: Digest::ZERO,
             };
-            event.hash = chain_hash(&head.hash, &leaf_hash(&event));
-            head = Chained {
-                seq,
-                hash: event.hash,
-            };
+            event.leaf_hash = leaf_hash(&event);
+            event.hash = chain_hash(&head.hash, &event.leaf_hash);
+            nodes.extend(head.frontier.push(event.leaf_hash));
+            head.seq = seq;
+            head.hash = event.hash;
             event
         })
         .collect();
-    (entries, head)
+    Linked { events, nodes }
 }
 
 #[cfg(test)]
@@ -153,7 +172,8 @@ mod tests {
     fn chain(n: i64) -> Vec<Event> {
         let events = (0..n).map(|i| (new_event(i), Digest::ZERO)).collect();
         let now = crate::model::event::truncate_to_micros(time::OffsetDateTime::now_utc());
-        chain_events(Chained::GENESIS, &TenantId::default(), "admin", now, events).0
+        let mut head = Chained::genesis();
+        chain_events(&mut head, &TenantId::default(), "admin", now, events).events
     }
 
     #[test]
@@ -166,7 +186,8 @@ mod tests {
             assert_eq!(pair[1].seq.0, pair[0].seq.0 + 1);
         }
         for event in &events {
-            assert_eq!(event.hash, chain_hash(&event.prev_hash, &leaf_hash(event)));
+            assert_eq!(event.leaf_hash, leaf_hash(event));
+            assert_eq!(event.hash, chain_hash(&event.prev_hash, &event.leaf_hash));
         }
     }
 
@@ -178,8 +199,11 @@ mod tests {
         changed.user_identity.push('x');
         assert_ne!(leaf_hash(&changed), original);
         let mut changed = event.clone();
-        changed.event_data = Some(Map::new());
+        changed.event_data_hash = Some(event_data_hash(&Map::new()));
         assert_ne!(leaf_hash(&changed), original);
+        let mut redacted = event.clone();
+        redacted.event_data = None;
+        assert_eq!(leaf_hash(&redacted), original, "redaction keeps the leaf");
         let mut changed = event;
         changed.seq = Seq(2);
         assert_ne!(leaf_hash(&changed), original);

@@ -148,8 +148,13 @@ pub struct NewEvent {
     pub occurred_at: Option<OffsetDateTime>,
     pub event_data: Option<Map<String, Value>>,
     pub idempotency_key: Option<String>,
-    /// The event this one amends or asks to delete; set by the server, never by the client.
+    /// The event this one amends or redacts; set by the server, never by the client.
     pub amends: Option<EventId>,
+    /// The chain hash of that event, so the reference itself is tamper-evident.
+    pub amends_hash: Option<Digest>,
+    /// This event records the redaction of `amends`: appending it erases that event's payload.
+    #[serde(skip)]
+    pub redacts: bool,
 }
 
 impl NewEvent {
@@ -178,6 +183,8 @@ impl NewEvent {
             event_data: raw.event_data.map(check_event_data).transpose()?,
             idempotency_key: optional("idempotency_key", raw.idempotency_key)?,
             amends: None,
+            amends_hash: None,
+            redacts: false,
         })
     }
 
@@ -305,12 +312,21 @@ pub struct Event {
     #[serde(with = "time::serde::rfc3339")]
     pub recorded_at: OffsetDateTime,
     pub recorded_by: String,
+    /// The payload; `None` when there was none or it was redacted (see `redacted_at`).
     pub event_data: Option<Map<String, Value>>,
+    /// SHA-256 of the payload's canonical form; survives redaction so the leaf still verifies.
+    pub event_data_hash: Option<Digest>,
+    /// When the payload was erased; a later `audit.redacted` event records who and why.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub redacted_at: Option<OffsetDateTime>,
     pub idempotency_key: Option<String>,
     pub amends: Option<EventId>,
+    pub amends_hash: Option<Digest>,
     /// Fingerprint of the request that created it (see [`NewEvent::fingerprint`]).
     #[serde(skip)]
     pub request_hash: Digest,
+    /// RFC 6962 leaf hash of the event's canonical encoding (`docs/integrity.md`).
+    pub leaf_hash: Digest,
     pub prev_hash: Digest,
     pub hash: Digest,
 }

@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use time::OffsetDateTime;
 
 use super::Appended;
-use crate::integrity::{Chained, chain_events};
-use crate::model::{Event, Submission, TenantId};
+use crate::integrity::merkle::NodeId;
+use crate::integrity::{Chained, Digest, chain_events};
+use crate::model::{Event, EventId, Submission, TenantId};
 
 pub type KeyIndex = HashMap<(TenantId, String), Event>;
 
@@ -32,9 +33,13 @@ pub fn idempotency_keys(batch: &[Submission]) -> Vec<(TenantId, String)> {
     keys
 }
 
-/// The rows to insert (in `seq` order per tenant), one outcome per submission, and the new heads.
+/// What to write: rows (in `seq` order per tenant), Merkle nodes, payloads to erase, the new
+/// heads; and one outcome per submission.
+#[derive(Default)]
 pub struct Assembled {
     pub rows: Vec<Event>,
+    pub nodes: Vec<(TenantId, NodeId, Digest)>,
+    pub redactions: Vec<(TenantId, EventId)>,
     pub outcomes: Vec<Appended>,
     pub heads: HashMap<TenantId, Chained>,
 }
@@ -45,17 +50,13 @@ pub fn assemble(
     mut heads: HashMap<TenantId, Chained>,
     recorded_at: OffsetDateTime,
 ) -> Assembled {
-    let mut rows = Vec::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut done = Assembled::default();
     for submission in batch {
-        let outcome = assemble_one(submission, &mut known, &mut heads, recorded_at, &mut rows);
-        outcomes.push(outcome);
+        let outcome = assemble_one(submission, &mut known, &mut heads, recorded_at, &mut done);
+        done.outcomes.push(outcome);
     }
-    Assembled {
-        rows,
-        outcomes,
-        heads,
-    }
+    done.heads = heads;
+    done
 }
 
 fn assemble_one(
@@ -63,7 +64,7 @@ fn assemble_one(
     known: &mut KeyIndex,
     heads: &mut HashMap<TenantId, Chained>,
     recorded_at: OffsetDateTime,
-    rows: &mut Vec<Event>,
+    done: &mut Assembled,
 ) -> Appended {
     // Decide every event first, so a conflict anywhere leaves the whole submission unrecorded.
     let mut slots: Vec<Option<Event>> = Vec::with_capacity(submission.events.len());
@@ -91,29 +92,32 @@ fn assemble_one(
     if fresh.is_empty() {
         return Appended::Replayed(slots.into_iter().flatten().collect());
     }
-    let head = heads
-        .get(&submission.tenant)
-        .copied()
-        .unwrap_or(Chained::GENESIS);
-    let (created, new_head) = chain_events(
-        head,
-        &submission.tenant,
-        &submission.recorded_by,
-        recorded_at,
-        fresh,
+    let tenant = &submission.tenant;
+    let head = heads.entry(tenant.clone()).or_insert_with(Chained::genesis);
+    let first_new = head.seq;
+    for (event, _) in &fresh {
+        if let (true, Some(target)) = (event.redacts, event.amends) {
+            done.redactions.push((tenant.clone(), target));
+        }
+    }
+    let linked = chain_events(head, tenant, &submission.recorded_by, recorded_at, fresh);
+    done.nodes.extend(
+        linked
+            .nodes
+            .into_iter()
+            .map(|(id, hash)| (tenant.clone(), id, hash)),
     );
-    heads.insert(submission.tenant.clone(), new_head);
-    let mut created = created.into_iter();
+    let mut created = linked.events.into_iter();
     let events: Vec<Event> = slots
         .into_iter()
         .map(|slot| slot.or_else(|| created.next()))
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
-    for event in events.iter().filter(|e| e.seq > head.seq) {
+    for event in events.iter().filter(|e| e.seq > first_new) {
         if let Some(key) = &event.idempotency_key {
             known.insert((event.tenant.clone(), key.clone()), event.clone());
         }
-        rows.push(event.clone());
+        done.rows.push(event.clone());
     }
     Appended::Created(events)
 }
@@ -182,15 +186,23 @@ mod tests {
             serde_json::json!([{"event_type":"a","user_identity":"u"},{"event_type":"b","user_identity":"u"}]),
         );
         let b = submission(serde_json::json!([{"event_type":"c","user_identity":"u"}]));
+        let mut frontier = crate::integrity::Frontier::default();
+        for _ in 0..41 {
+            frontier.push(Digest([1; 32]));
+        }
         let head = Chained {
             seq: Seq(41),
-            hash: crate::integrity::Digest([7; 32]),
+            hash: Digest([7; 32]),
+            frontier,
         };
-        let heads = HashMap::from([(TenantId::default(), head)]);
+        let heads = HashMap::from([(TenantId::default(), head.clone())]);
         let done = assemble(&[a, b], KeyIndex::new(), heads, now());
         let seqs: Vec<i64> = done.rows.iter().map(|e| e.seq.0).collect();
         assert_eq!(seqs, vec![42, 43, 44]);
         assert_eq!(done.rows[0].prev_hash, head.hash);
         assert_eq!(done.rows[2].prev_hash, done.rows[1].hash);
+        // Leaves 41, 42, 43 (0-based) complete the subtrees (1,21), (2,10) and (3,5) among others.
+        assert_eq!(done.heads[&TenantId::default()].frontier.size(), 44);
+        assert!(!done.nodes.is_empty());
     }
 }

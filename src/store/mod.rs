@@ -3,8 +3,12 @@
 
 use std::future::Future;
 
+use std::collections::HashMap;
+
 use crate::auth::{NewUser, Role, UserRecord};
-use crate::model::{Event, EventId, EventQuery, Submission, TenantId};
+use crate::integrity::merkle::NodeId;
+use crate::integrity::{Chained, Checkpoint, Digest};
+use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 
 mod assemble;
 pub mod postgres;
@@ -95,6 +99,49 @@ pub trait Store: Clone + Send + Sync + 'static {
         query: &EventQuery,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
+    /// Events of a tenant with `seq > after`, in `seq` order: the log as a stream, for verify.
+    fn scan(
+        &self,
+        tenant: &TenantId,
+        after: Seq,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Every tenant that has a log.
+    fn tenants(&self) -> impl Future<Output = Result<Vec<TenantId>, StoreError>> + Send;
+
+    /// Where the tenant's log ends now, if it has begun.
+    fn head(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Option<Chained>, StoreError>> + Send;
+
+    /// Hashes of the named complete subtrees (level 0: leaf hashes); absent ones are left out.
+    fn nodes(
+        &self,
+        tenant: &TenantId,
+        ids: &[NodeId],
+    ) -> impl Future<Output = Result<HashMap<NodeId, Digest>, StoreError>> + Send;
+
+    /// Stores a checkpoint; one for the same tenant and size already stored wins.
+    fn add_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The checkpoint of exactly this size, or the latest when `tree_size` is `None`.
+    fn checkpoint(
+        &self,
+        tenant: &TenantId,
+        tree_size: Option<u64>,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, StoreError>> + Send;
+
+    /// All of a tenant's checkpoints, smallest first.
+    fn checkpoints(
+        &self,
+        tenant: &TenantId,
+    ) -> impl Future<Output = Result<Vec<Checkpoint>, StoreError>> + Send;
+
     /// Creates a user; `Conflict` if the name is taken.
     fn add_user(&self, user: &NewUser) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -117,7 +164,15 @@ pub trait Store: Clone + Send + Sync + 'static {
 /// The event columns, in the order both backends select them.
 const EVENT_COLUMNS: &str = "tenant, seq, id, event_type, user_identity, action, entity, \
     entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, event_data, \
-    idempotency_key, amends, request_hash, prev_hash, hash";
+    event_data_hash, redacted_at, idempotency_key, amends, amends_hash, request_hash, leaf_hash, \
+    prev_hash, hash";
+
+/// The INSERT for one event row (SQLite placeholders).
+const INSERT_EVENT: &str = "INSERT INTO events (tenant, seq, id, event_type, user_identity, \
+    action, entity, entity_id, property, source, ip, outcome, occurred_at, recorded_at, \
+    recorded_by, event_data, event_data_hash, idempotency_key, amends, amends_hash, request_hash, \
+    leaf_hash, prev_hash, hash) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Embedded migrations that `applied` does not list.
 fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
@@ -135,6 +190,13 @@ fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {
 
 fn decode_digest(column: &str, bytes: &[u8]) -> Result<crate::integrity::Digest, StoreError> {
     crate::integrity::Digest::from_slice(bytes).ok_or_else(|| corrupt(column, "not 32 bytes"))
+}
+
+fn decode_frontier(seq: i64, bytes: &[u8]) -> Result<crate::integrity::Frontier, StoreError> {
+    u64::try_from(seq)
+        .ok()
+        .and_then(|size| crate::integrity::Frontier::from_bytes(size, bytes))
+        .ok_or_else(|| corrupt("chain_heads.frontier", "does not match the tree size"))
 }
 
 fn decode_role(text: &str) -> Result<Role, StoreError> {

@@ -13,11 +13,12 @@ use uuid::Uuid;
 
 use super::assemble::{self, KeyIndex};
 use super::{
-    Appended, EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest, decode_role,
-    pending_versions,
+    Appended, EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest, decode_frontier,
+    decode_role, pending_versions,
 };
 use crate::auth::{NewUser, Role, UserRecord};
-use crate::integrity::{Chained, Digest};
+use crate::integrity::merkle::NodeId;
+use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::{
     Action, Event, EventId, EventQuery, Field, Filter, Order, Outcome, Seq, Submission, TenantId,
@@ -46,6 +47,10 @@ fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
         let bytes: Vec<u8> = row.try_get(column)?;
         decode_digest(column, &bytes)
     };
+    let optional_digest = |column: &str| -> Result<Option<Digest>, StoreError> {
+        let bytes: Option<Vec<u8>> = row.try_get(column)?;
+        bytes.map(|b| decode_digest(column, &b)).transpose()
+    };
     let event_data: Option<Json<Map<String, Value>>> = row.try_get("event_data")?;
     let action: Option<String> = row.try_get("action")?;
     let outcome: Option<String> = row.try_get("outcome")?;
@@ -70,46 +75,139 @@ fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
         recorded_at: row.try_get("recorded_at")?,
         recorded_by: row.try_get("recorded_by")?,
         event_data: event_data.map(|Json(map)| map),
+        event_data_hash: optional_digest("event_data_hash")?,
+        redacted_at: row.try_get("redacted_at")?,
         idempotency_key: row.try_get("idempotency_key")?,
         amends: row.try_get::<Option<Uuid>, _>("amends")?.map(EventId),
+        amends_hash: optional_digest("amends_hash")?,
         request_hash: digest("request_hash")?,
+        leaf_hash: digest("leaf_hash")?,
         prev_hash: digest("prev_hash")?,
         hash: digest("hash")?,
     })
 }
 
-async fn insert_event(conn: &mut sqlx::PgConnection, event: &Event) -> Result<(), StoreError> {
+/// Inserts a batch's rows in one statement: one array per column, zipped by UNNEST.
+async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&Event) -> Option<&str>| -> Vec<Option<String>> {
+        events.iter().map(|e| f(e).map(str::to_owned)).collect()
+    };
+    let bytes = |f: fn(&Event) -> Option<&Digest>| -> Vec<Option<Vec<u8>>> {
+        events.iter().map(|e| f(e).map(|d| d.0.to_vec())).collect()
+    };
     sqlx::query(
         "INSERT INTO events (tenant, seq, id, event_type, user_identity, action, entity, \
          entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, \
-         event_data, idempotency_key, amends, request_hash, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21)",
+         event_data, event_data_hash, idempotency_key, amends, amends_hash, request_hash, \
+         leaf_hash, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+         $13::timestamptz[], $14::timestamptz[], $15::text[], $16::jsonb[], $17::bytea[], \
+         $18::text[], $19::uuid[], $20::bytea[], $21::bytea[], $22::bytea[], $23::bytea[], \
+         $24::bytea[])",
     )
-    .bind(event.tenant.as_str())
-    .bind(event.seq.0)
-    .bind(event.id.0)
-    .bind(&event.event_type)
-    .bind(&event.user_identity)
-    .bind(event.action.map(Action::as_str))
-    .bind(&event.entity)
-    .bind(&event.entity_id)
-    .bind(&event.property)
-    .bind(&event.source)
-    .bind(&event.ip)
-    .bind(event.outcome.map(Outcome::as_str))
-    .bind(event.occurred_at)
-    .bind(event.recorded_at)
-    .bind(&event.recorded_by)
-    .bind(event.event_data.as_ref().map(Json))
-    .bind(&event.idempotency_key)
-    .bind(event.amends.map(|a| a.0))
-    .bind(event.request_hash.as_bytes())
-    .bind(event.prev_hash.as_bytes())
-    .bind(event.hash.as_bytes())
+    .bind(text(|e| Some(e.tenant.as_str())))
+    .bind(events.iter().map(|e| e.seq.0).collect::<Vec<i64>>())
+    .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
+    .bind(text(|e| Some(&e.event_type)))
+    .bind(text(|e| Some(&e.user_identity)))
+    .bind(text(|e| e.action.map(Action::as_str)))
+    .bind(text(|e| e.entity.as_deref()))
+    .bind(text(|e| e.entity_id.as_deref()))
+    .bind(text(|e| e.property.as_deref()))
+    .bind(text(|e| e.source.as_deref()))
+    .bind(text(|e| e.ip.as_deref()))
+    .bind(text(|e| e.outcome.map(Outcome::as_str)))
+    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+    .bind(text(|e| Some(&e.recorded_by)))
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_data.as_ref().map(Json))
+            .collect::<Vec<_>>(),
+    )
+    .bind(bytes(|e| e.event_data_hash.as_ref()))
+    .bind(text(|e| e.idempotency_key.as_deref()))
+    .bind(
+        events
+            .iter()
+            .map(|e| e.amends.map(|a| a.0))
+            .collect::<Vec<Option<Uuid>>>(),
+    )
+    .bind(bytes(|e| e.amends_hash.as_ref()))
+    .bind(bytes(|e| Some(&e.request_hash)))
+    .bind(bytes(|e| Some(&e.leaf_hash)))
+    .bind(bytes(|e| Some(&e.prev_hash)))
+    .bind(bytes(|e| Some(&e.hash)))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+async fn insert_nodes(
+    conn: &mut sqlx::PgConnection,
+    nodes: &[(TenantId, NodeId, Digest)],
+) -> Result<(), StoreError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO merkle_nodes (tenant, level, idx, hash) \
+         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[])",
+    )
+    .bind(
+        nodes
+            .iter()
+            .map(|(t, _, _)| t.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nodes
+            .iter()
+            .map(|(_, n, _)| n.level as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nodes
+            .iter()
+            .map(|(_, n, _)| n.index as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nodes
+            .iter()
+            .map(|(_, _, h)| h.0.to_vec())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn head_from_row(row: &PgRow) -> Result<Chained, StoreError> {
+    let seq: i64 = row.try_get("seq")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    let frontier: Vec<u8> = row.try_get("frontier")?;
+    Ok(Chained {
+        seq: Seq(seq),
+        hash: decode_digest("chain_heads.hash", &hash)?,
+        frontier: decode_frontier(seq, &frontier)?,
+    })
+}
+
+fn checkpoint_from_row(row: &PgRow) -> Result<Checkpoint, StoreError> {
+    let root: Vec<u8> = row.try_get("root_hash")?;
+    Ok(Checkpoint {
+        tenant: TenantId::new(row.try_get::<String, _>("tenant")?),
+        tree_size: row.try_get::<i64, _>("tree_size")? as u64,
+        root: decode_digest("checkpoints.root_hash", &root)?,
+        issued_at: row.try_get("issued_at")?,
+        note: row.try_get("note")?,
+    })
 }
 
 /// Locks the tenant's chain head for the rest of the transaction, creating it on first use.
@@ -119,23 +217,28 @@ async fn lock_head(
     conn: &mut sqlx::PgConnection,
     tenant: &TenantId,
 ) -> Result<Chained, StoreError> {
+    let lock = "SELECT seq, hash, frontier FROM chain_heads WHERE tenant = $1 FOR UPDATE";
+    if let Some(row) = sqlx::query(lock)
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return head_from_row(&row);
+    }
     sqlx::query(
-        "INSERT INTO chain_heads (tenant, seq, hash) VALUES ($1, 0, $2) \
+        "INSERT INTO chain_heads (tenant, seq, hash, frontier) VALUES ($1, 0, $2, $3) \
          ON CONFLICT (tenant) DO NOTHING",
     )
     .bind(tenant.as_str())
     .bind(Digest::ZERO.as_bytes())
+    .bind(Vec::<u8>::new())
     .execute(&mut *conn)
     .await?;
-    let row = sqlx::query("SELECT seq, hash FROM chain_heads WHERE tenant = $1 FOR UPDATE")
+    let row = sqlx::query(lock)
         .bind(tenant.as_str())
         .fetch_one(&mut *conn)
         .await?;
-    let hash: Vec<u8> = row.try_get("hash")?;
-    Ok(Chained {
-        seq: Seq(row.try_get("seq")?),
-        hash: decode_digest("chain_heads.hash", &hash)?,
-    })
+    head_from_row(&row)
 }
 
 fn push_filter(builder: &mut QueryBuilder<Postgres>, filter: &Filter) -> Result<(), StoreError> {
@@ -222,16 +325,29 @@ impl Store for PgStore {
         }
         let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
         let assembled = assemble::assemble(batch, known, heads, recorded_at);
-        for event in &assembled.rows {
-            insert_event(&mut tx, event).await?;
+        insert_events(&mut tx, &assembled.rows).await?;
+        insert_nodes(&mut tx, &assembled.nodes).await?;
+        for (tenant, target) in &assembled.redactions {
+            sqlx::query(
+                "UPDATE events SET event_data = NULL, redacted_at = $1 \
+                 WHERE tenant = $2 AND id = $3 AND redacted_at IS NULL AND event_data IS NOT NULL",
+            )
+            .bind(recorded_at)
+            .bind(tenant.as_str())
+            .bind(target.0)
+            .execute(&mut *tx)
+            .await?;
         }
         for (tenant, head) in &assembled.heads {
-            sqlx::query("UPDATE chain_heads SET seq = $2, hash = $3 WHERE tenant = $1")
-                .bind(tenant.as_str())
-                .bind(head.seq.0)
-                .bind(head.hash.as_bytes())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE chain_heads SET seq = $2, hash = $3, frontier = $4 WHERE tenant = $1",
+            )
+            .bind(tenant.as_str())
+            .bind(head.seq.0)
+            .bind(head.hash.as_bytes())
+            .bind(head.frontier.to_bytes())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(assembled.outcomes)
@@ -271,6 +387,124 @@ impl Store for PgStore {
         builder.push(direction).push_bind(query.fetch_limit());
         let rows = builder.build().fetch_all(&self.pool).await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn scan(
+        &self,
+        tenant: &TenantId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(after.0)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT tenant FROM chain_heads UNION SELECT DISTINCT tenant FROM events ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names.into_iter().map(TenantId::new).collect())
+    }
+
+    async fn head(&self, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash, frontier FROM chain_heads WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(head_from_row).transpose()
+    }
+
+    async fn nodes(
+        &self,
+        tenant: &TenantId,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, Digest>, StoreError> {
+        let leaves: Vec<i64> = ids
+            .iter()
+            .filter(|id| id.level == 0)
+            .map(|id| id.index as i64 + 1)
+            .collect();
+        let (levels, indexes): (Vec<i32>, Vec<i64>) = ids
+            .iter()
+            .filter(|id| id.level > 0)
+            .map(|id| (id.level as i32, id.index as i64))
+            .unzip();
+        let rows = sqlx::query(
+            "SELECT 0 AS level, seq - 1 AS idx, leaf_hash AS hash FROM events \
+             WHERE tenant = $1 AND seq = ANY($2) \
+             UNION ALL \
+             SELECT n.level, n.idx, n.hash FROM merkle_nodes n \
+             JOIN UNNEST($3::int4[], $4::int8[]) AS w(level, idx) \
+             ON n.level = w.level AND n.idx = w.idx WHERE n.tenant = $1",
+        )
+        .bind(tenant.as_str())
+        .bind(&leaves)
+        .bind(&levels)
+        .bind(&indexes)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let level: i32 = row.try_get("level")?;
+                let index: i64 = row.try_get("idx")?;
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let id = NodeId {
+                    level: level as u32,
+                    index: index as u64,
+                };
+                Ok((id, decode_digest("merkle node", &hash)?))
+            })
+            .collect()
+    }
+
+    async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (tenant, tree_size, root_hash, issued_at, note) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, tree_size) DO NOTHING",
+        )
+        .bind(checkpoint.tenant.as_str())
+        .bind(checkpoint.tree_size as i64)
+        .bind(checkpoint.root.as_bytes())
+        .bind(checkpoint.issued_at)
+        .bind(&checkpoint.note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn checkpoint(
+        &self,
+        tenant: &TenantId,
+        tree_size: Option<u64>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM checkpoints WHERE tenant = $1 AND ($2::int8 IS NULL OR tree_size = $2) \
+             ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(tenant.as_str())
+        .bind(tree_size.map(|s| s as i64))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn checkpoints(&self, tenant: &TenantId) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE tenant = $1 ORDER BY tree_size")
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(checkpoint_from_row).collect()
     }
 
     async fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {

@@ -16,11 +16,12 @@ use uuid::Uuid;
 
 use super::assemble::{self, KeyIndex};
 use super::{
-    Appended, EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest, decode_role,
-    pending_versions,
+    Appended, EVENT_COLUMNS, INSERT_EVENT, Store, StoreError, corrupt, decode_digest,
+    decode_frontier, decode_role, pending_versions,
 };
 use crate::auth::{NewUser, Role, UserRecord};
-use crate::integrity::Chained;
+use crate::integrity::merkle::NodeId;
+use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::{
     Action, Event, EventId, EventQuery, Field, Filter, JsonScalar, Order, Outcome, Seq, Submission,
@@ -84,6 +85,11 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
         let bytes: Vec<u8> = row.try_get(column)?;
         decode_digest(column, &bytes)
     };
+    let optional_digest = |column: &str| -> Result<_, StoreError> {
+        let bytes: Option<Vec<u8>> = row.try_get(column)?;
+        bytes.map(|b| decode_digest(column, &b)).transpose()
+    };
+    let redacted_at: Option<i64> = row.try_get("redacted_at")?;
     let event_data: Option<String> = row.try_get("event_data")?;
     let event_data = event_data
         .map(|text| serde_json::from_str::<Map<String, Value>>(&text))
@@ -112,9 +118,15 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
         recorded_at: from_micros("recorded_at", row.try_get("recorded_at")?)?,
         recorded_by: row.try_get("recorded_by")?,
         event_data,
+        event_data_hash: optional_digest("event_data_hash")?,
+        redacted_at: redacted_at
+            .map(|t| from_micros("redacted_at", t))
+            .transpose()?,
         idempotency_key: row.try_get("idempotency_key")?,
         amends: uuid("amends")?,
+        amends_hash: optional_digest("amends_hash")?,
         request_hash: digest("request_hash")?,
+        leaf_hash: digest("leaf_hash")?,
         prev_hash: digest("prev_hash")?,
         hash: digest("hash")?,
     })
@@ -127,35 +139,33 @@ async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &Event) -> Resul
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::Other(e.into()))?;
-    sqlx::query(
-        "INSERT INTO events (tenant, seq, id, event_type, user_identity, action, entity, \
-         entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, \
-         event_data, idempotency_key, amends, request_hash, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(event.tenant.as_str())
-    .bind(event.seq.0)
-    .bind(event.id.0)
-    .bind(&event.event_type)
-    .bind(&event.user_identity)
-    .bind(event.action.map(Action::as_str))
-    .bind(&event.entity)
-    .bind(&event.entity_id)
-    .bind(&event.property)
-    .bind(&event.source)
-    .bind(&event.ip)
-    .bind(event.outcome.map(Outcome::as_str))
-    .bind(micros(event.occurred_at))
-    .bind(micros(event.recorded_at))
-    .bind(&event.recorded_by)
-    .bind(event_data)
-    .bind(&event.idempotency_key)
-    .bind(event.amends.map(|a| a.0))
-    .bind(event.request_hash.as_bytes())
-    .bind(event.prev_hash.as_bytes())
-    .bind(event.hash.as_bytes())
-    .execute(conn)
-    .await?;
+    sqlx::query(INSERT_EVENT)
+        .bind(event.tenant.as_str())
+        .bind(event.seq.0)
+        .bind(event.id.0)
+        .bind(&event.event_type)
+        .bind(&event.user_identity)
+        .bind(event.action.map(Action::as_str))
+        .bind(&event.entity)
+        .bind(&event.entity_id)
+        .bind(&event.property)
+        .bind(&event.source)
+        .bind(&event.ip)
+        .bind(event.outcome.map(Outcome::as_str))
+        .bind(micros(event.occurred_at))
+        .bind(micros(event.recorded_at))
+        .bind(&event.recorded_by)
+        .bind(event_data)
+        .bind(event.event_data_hash.as_ref().map(Digest::as_bytes))
+        .bind(&event.idempotency_key)
+        .bind(event.amends.map(|a| a.0))
+        .bind(event.amends_hash.as_ref().map(Digest::as_bytes))
+        .bind(event.request_hash.as_bytes())
+        .bind(event.leaf_hash.as_bytes())
+        .bind(event.prev_hash.as_bytes())
+        .bind(event.hash.as_bytes())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -210,6 +220,38 @@ fn push_filter(builder: &mut QueryBuilder<Sqlite>, filter: &Filter) -> Result<()
     Ok(())
 }
 
+async fn read_head(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &TenantId,
+) -> Result<Option<Chained>, StoreError> {
+    let row = sqlx::query("SELECT seq, hash, frontier FROM chain_heads WHERE tenant = ?")
+        .bind(tenant.as_str())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|row| {
+        let seq: i64 = row.try_get("seq")?;
+        let hash: Vec<u8> = row.try_get("hash")?;
+        let frontier: Vec<u8> = row.try_get("frontier")?;
+        Ok(Chained {
+            seq: Seq(seq),
+            hash: decode_digest("chain_heads.hash", &hash)?,
+            frontier: decode_frontier(seq, &frontier)?,
+        })
+    })
+    .transpose()
+}
+
+fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint, StoreError> {
+    let root: Vec<u8> = row.try_get("root_hash")?;
+    Ok(Checkpoint {
+        tenant: TenantId::new(row.try_get::<String, _>("tenant")?),
+        tree_size: row.try_get::<i64, _>("tree_size")? as u64,
+        root: decode_digest("checkpoints.root_hash", &root)?,
+        issued_at: from_micros("issued_at", row.try_get("issued_at")?)?,
+        note: row.try_get("note")?,
+    })
+}
+
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: row.try_get("name")?,
@@ -254,16 +296,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut heads = HashMap::new();
         for tenant in assemble::tenants(batch) {
-            let row = sqlx::query("SELECT seq, hash FROM chain_heads WHERE tenant = ?")
-                .bind(tenant.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = row {
-                let hash: Vec<u8> = row.try_get("hash")?;
-                let head = Chained {
-                    seq: Seq(row.try_get("seq")?),
-                    hash: decode_digest("chain_heads.hash", &hash)?,
-                };
+            if let Some(head) = read_head(&mut tx, &tenant).await? {
                 heads.insert(tenant, head);
             }
         }
@@ -285,14 +318,36 @@ impl Store for SqliteStore {
         for event in &assembled.rows {
             insert_event(&mut tx, event).await?;
         }
+        for (tenant, node, hash) in &assembled.nodes {
+            sqlx::query("INSERT INTO merkle_nodes (tenant, level, idx, hash) VALUES (?, ?, ?, ?)")
+                .bind(tenant.as_str())
+                .bind(i64::from(node.level))
+                .bind(node.index as i64)
+                .bind(hash.as_bytes())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (tenant, target) in &assembled.redactions {
+            sqlx::query(
+                "UPDATE events SET event_data = NULL, redacted_at = ? \
+                 WHERE tenant = ? AND id = ? AND redacted_at IS NULL AND event_data IS NOT NULL",
+            )
+            .bind(micros(recorded_at))
+            .bind(tenant.as_str())
+            .bind(target.0)
+            .execute(&mut *tx)
+            .await?;
+        }
         for (tenant, head) in &assembled.heads {
             sqlx::query(
-                "INSERT INTO chain_heads (tenant, seq, hash) VALUES (?, ?, ?) \
-                 ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                "INSERT INTO chain_heads (tenant, seq, hash, frontier) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (tenant) DO UPDATE \
+                 SET seq = excluded.seq, hash = excluded.hash, frontier = excluded.frontier",
             )
             .bind(tenant.as_str())
             .bind(head.seq.0)
             .bind(head.hash.as_bytes())
+            .bind(head.frontier.to_bytes())
             .execute(&mut *tx)
             .await?;
         }
@@ -336,6 +391,116 @@ impl Store for SqliteStore {
         builder.push(direction).push_bind(query.fetch_limit());
         let rows = builder.build().fetch_all(&self.readers).await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn scan(
+        &self,
+        tenant: &TenantId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(after.0)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT tenant FROM chain_heads UNION SELECT DISTINCT tenant FROM events ORDER BY 1",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(names.into_iter().map(TenantId::new).collect())
+    }
+
+    async fn head(&self, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        read_head(&mut conn, tenant).await
+    }
+
+    async fn nodes(
+        &self,
+        tenant: &TenantId,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, Digest>, StoreError> {
+        let mut found = HashMap::new();
+        let mut conn = self.readers.acquire().await?;
+        for id in ids {
+            let bytes: Option<Vec<u8>> = if id.level == 0 {
+                sqlx::query_scalar("SELECT leaf_hash FROM events WHERE tenant = ? AND seq = ?")
+                    .bind(tenant.as_str())
+                    .bind(id.index as i64 + 1)
+                    .fetch_optional(&mut *conn)
+                    .await?
+            } else {
+                sqlx::query_scalar(
+                    "SELECT hash FROM merkle_nodes WHERE tenant = ? AND level = ? AND idx = ?",
+                )
+                .bind(tenant.as_str())
+                .bind(i64::from(id.level))
+                .bind(id.index as i64)
+                .fetch_optional(&mut *conn)
+                .await?
+            };
+            if let Some(bytes) = bytes {
+                found.insert(*id, decode_digest("merkle node", &bytes)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (tenant, tree_size, root_hash, issued_at, note) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, tree_size) DO NOTHING",
+        )
+        .bind(checkpoint.tenant.as_str())
+        .bind(checkpoint.tree_size as i64)
+        .bind(checkpoint.root.as_bytes())
+        .bind(micros(checkpoint.issued_at))
+        .bind(&checkpoint.note)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn checkpoint(
+        &self,
+        tenant: &TenantId,
+        tree_size: Option<u64>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let row =
+            match tree_size {
+                Some(size) => {
+                    sqlx::query("SELECT * FROM checkpoints WHERE tenant = ? AND tree_size = ?")
+                        .bind(tenant.as_str())
+                        .bind(size as i64)
+                        .fetch_optional(&self.readers)
+                        .await?
+                }
+                None => sqlx::query(
+                    "SELECT * FROM checkpoints WHERE tenant = ? ORDER BY tree_size DESC LIMIT 1",
+                )
+                .bind(tenant.as_str())
+                .fetch_optional(&self.readers)
+                .await?,
+            };
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn checkpoints(&self, tenant: &TenantId) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE tenant = ? ORDER BY tree_size")
+            .bind(tenant.as_str())
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(checkpoint_from_row).collect()
     }
 
     async fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {

@@ -16,9 +16,13 @@ CREATE TABLE events (
     recorded_at     TIMESTAMPTZ NOT NULL,
     recorded_by     TEXT        NOT NULL,
     event_data      JSONB       CHECK (event_data IS NULL OR jsonb_typeof(event_data) = 'object'),
+    event_data_hash BYTEA,      -- kept when event_data is redacted, so the leaf still verifies
+    redacted_at     TIMESTAMPTZ,
     idempotency_key TEXT,
     amends          UUID,
+    amends_hash     BYTEA,
     request_hash    BYTEA       NOT NULL,
+    leaf_hash       BYTEA       NOT NULL,
     prev_hash       BYTEA       NOT NULL,
     hash            BYTEA       NOT NULL,
     PRIMARY KEY (tenant, seq)
@@ -33,24 +37,67 @@ CREATE INDEX events_occurred_at ON events (tenant, occurred_at);
 CREATE INDEX events_amends ON events (tenant, amends) WHERE amends IS NOT NULL;
 CREATE INDEX events_event_data ON events USING GIN (event_data jsonb_path_ops);
 
-CREATE FUNCTION events_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    RAISE EXCEPTION 'the % table is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+
+-- The one change ever made to a row is a redaction: the payload erased, everything else kept.
+CREATE FUNCTION events_allow_only_redaction() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+        AND OLD.redacted_at IS NULL AND NEW.redacted_at IS NOT NULL
+        AND OLD.event_data IS NOT NULL AND NEW.event_data IS NULL
+        AND to_jsonb(NEW) - 'event_data' - 'redacted_at'
+            = to_jsonb(OLD) - 'event_data' - 'redacted_at'
+    THEN
+        RETURN NEW;
+    END IF;
     RAISE EXCEPTION 'the events table is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
 
 CREATE TRIGGER events_are_never_changed BEFORE UPDATE OR DELETE ON events
-    FOR EACH ROW EXECUTE FUNCTION events_reject_change();
+    FOR EACH ROW EXECUTE FUNCTION events_allow_only_redaction();
 CREATE TRIGGER events_are_never_truncated BEFORE TRUNCATE ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION events_reject_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_change();
 
--- Where each tenant's chain ends; appenders lock its row, which serialises them across instances.
+-- Where each tenant's chain ends, and the Merkle frontier (complete subtree hashes, largest
+-- first) of its tree; appenders lock its row, which serialises them across instances.
 CREATE TABLE chain_heads (
-    tenant TEXT   PRIMARY KEY,
-    seq    BIGINT NOT NULL,
-    hash   BYTEA  NOT NULL
+    tenant   TEXT   PRIMARY KEY,
+    seq      BIGINT NOT NULL,
+    hash     BYTEA  NOT NULL,
+    frontier BYTEA  NOT NULL
 );
+
+-- Interior nodes of each tenant's Merkle tree (level >= 1; level 0 is events.leaf_hash), so a
+-- proof reads O(log n) rows.
+CREATE TABLE merkle_nodes (
+    tenant TEXT   NOT NULL,
+    level  INT    NOT NULL,
+    idx    BIGINT NOT NULL,
+    hash   BYTEA  NOT NULL,
+    PRIMARY KEY (tenant, level, idx)
+);
+
+-- Signed tree heads, as C2SP signed notes.
+CREATE TABLE checkpoints (
+    tenant    TEXT        NOT NULL,
+    tree_size BIGINT      NOT NULL,
+    root_hash BYTEA       NOT NULL,
+    issued_at TIMESTAMPTZ NOT NULL,
+    note      TEXT        NOT NULL,
+    PRIMARY KEY (tenant, tree_size)
+);
+
+CREATE TRIGGER merkle_nodes_are_never_changed BEFORE UPDATE OR DELETE OR TRUNCATE ON merkle_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_change();
+CREATE TRIGGER checkpoints_are_never_changed BEFORE UPDATE OR DELETE OR TRUNCATE ON checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION reject_change();
 
 CREATE TABLE users (
     name          TEXT        PRIMARY KEY,

@@ -1,0 +1,268 @@
+//! Signed checkpoints in the transparency-log ecosystem's own formats: the text is a C2SP
+//! `tlog-checkpoint` (origin, tree size, base64 root), signed as a C2SP `signed-note` with
+//! Ed25519, so tools nobody here wrote (Go's `sumdb/note`, witnesses) can check it.
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::digest::Digest;
+use crate::model::TenantId;
+
+/// The signed-note signature algorithm byte for Ed25519.
+const ED25519: u8 = 0x01;
+
+/// A signed tree head of one tenant's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checkpoint {
+    pub tenant: TenantId,
+    pub tree_size: u64,
+    pub root: Digest,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// The complete signed note, as served by `GET /checkpoint`.
+    pub note: String,
+}
+
+/// The checkpoint text: origin line, decimal tree size, base64 root hash, each ending in `\n`.
+pub fn checkpoint_text(origin: &str, tree_size: u64, root: &Digest) -> String {
+    format!(
+        "{origin}\n{tree_size}\n{}\n",
+        STANDARD.encode(root.as_bytes())
+    )
+}
+
+/// C2SP signed-note key ID: the first 4 bytes of SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key).
+pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    let digest = Digest::sha256(&[name.as_bytes(), b"\n", &[ED25519], key.as_bytes()]);
+    let mut id = [0; 4];
+    id.copy_from_slice(&digest.0[..4]);
+    id
+}
+
+/// The verifier key string: `<name>+<hex key id>+<base64(0x01 ‖ public key)>`.
+pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
+    let mut encoded = vec![ED25519];
+    encoded.extend_from_slice(key.as_bytes());
+    format!(
+        "{name}+{}+{}",
+        hex::encode(key_id(name, key)),
+        STANDARD.encode(encoded)
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read signing key {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write signing key {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("signing key {0} is not an Ed25519 PKCS#8 PEM private key")]
+    Format(String),
+    #[error("`{0}` is not a signed-note Ed25519 verifier key (<name>+<hex id>+<base64 key>)")]
+    Verifier(String),
+}
+
+/// The log's Ed25519 key and origin; signs each tenant's checkpoints as `<origin>/<tenant>`.
+pub struct LogSigner {
+    key: SigningKey,
+    origin: String,
+}
+
+impl LogSigner {
+    pub fn new(key: SigningKey, origin: impl Into<String>) -> Self {
+        Self {
+            key,
+            origin: origin.into(),
+        }
+    }
+
+    /// Loads the PEM key at `path`, or generates one there (mode 0600) when none exists yet.
+    pub fn load_or_generate(path: &Path, origin: &str) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(pem) => {
+                let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::Format(shown))?;
+                Ok(Self::new(key, origin))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::from_bytes(&rand::random());
+                write_private(path, &key).map_err(|source| KeyError::Write {
+                    path: shown.clone(),
+                    source,
+                })?;
+                tracing::info!(path = %shown, "generated a new checkpoint signing key");
+                Ok(Self::new(key, origin))
+            }
+            Err(source) => Err(KeyError::Read {
+                path: shown,
+                source,
+            }),
+        }
+    }
+
+    /// The origin line (and signed-note key name) of a tenant's log.
+    pub fn origin(&self, tenant: &TenantId) -> String {
+        format!("{}/{}", self.origin, tenant)
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn verifier_key(&self, tenant: &TenantId) -> String {
+        verifier_key(&self.origin(tenant), &self.public_key())
+    }
+
+    /// Signs the tree head as a signed note.
+    pub fn sign(
+        &self,
+        tenant: &TenantId,
+        tree_size: u64,
+        root: Digest,
+        issued_at: OffsetDateTime,
+    ) -> Checkpoint {
+        let name = self.origin(tenant);
+        let text = checkpoint_text(&name, tree_size, &root);
+        let signature: Signature = self.key.sign(text.as_bytes());
+        let mut blob = key_id(&name, &self.public_key()).to_vec();
+        blob.extend_from_slice(&signature.to_bytes());
+        let note = format!("{text}\n\u{2014} {name} {}\n", STANDARD.encode(blob));
+        Checkpoint {
+            tenant: tenant.clone(),
+            tree_size,
+            root,
+            issued_at,
+            note,
+        }
+    }
+}
+
+fn write_private(path: &Path, key: &SigningKey) -> std::io::Result<()> {
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()
+}
+
+/// A parsed verifier key.
+#[derive(Debug, Clone)]
+pub struct NoteVerifier {
+    pub name: String,
+    pub id: [u8; 4],
+    pub key: VerifyingKey,
+}
+
+impl NoteVerifier {
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let bad = || KeyError::Verifier(text.to_owned());
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let id: [u8; 4] = hex::decode(id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?;
+        let key = STANDARD.decode(key).map_err(|_| bad())?;
+        let (&[ED25519], key) = key.split_at_checked(1).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let key: [u8; 32] = key.try_into().map_err(|_| bad())?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| bad())?;
+        if key_id(name, &key) != id {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            id,
+            key,
+        })
+    }
+
+    /// Checks a signed note and returns its text, if this key signed it.
+    pub fn open<'n>(&self, note: &'n str) -> Option<&'n str> {
+        let split = note.find("\n\n")? + 1;
+        let (text, signatures) = note.split_at(split);
+        signatures[1..].lines().find_map(|line| {
+            let rest = line.strip_prefix("\u{2014} ")?;
+            let (name, blob) = rest.split_once(' ')?;
+            let blob = STANDARD.decode(blob).ok()?;
+            if name != self.name || blob.len() != 68 || blob[..4] != self.id {
+                return None;
+            }
+            let signature = Signature::from_slice(&blob[4..]).ok()?;
+            self.key.verify(text.as_bytes(), &signature).ok()?;
+            Some(text)
+        })
+    }
+}
+
+/// Parses a checkpoint text into (origin, tree size, root).
+pub fn parse_checkpoint_text(text: &str) -> Option<(&str, u64, Digest)> {
+    let mut lines = text.split('\n');
+    let origin = lines.next()?;
+    let size = lines.next()?.parse().ok()?;
+    let root = STANDARD.decode(lines.next()?).ok()?;
+    Some((origin, size, Digest::from_slice(&root)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_checkpoint_opens_with_its_verifier_key_only() {
+        let signer = LogSigner::new(SigningKey::from_bytes(&[7; 32]), "example.com/log");
+        let tenant = TenantId::default();
+        let root = Digest::sha256(&[b"root"]);
+        let checkpoint = signer.sign(&tenant, 42, root, OffsetDateTime::now_utc());
+        assert!(checkpoint.note.starts_with("example.com/log/default\n42\n"));
+        let verifier = NoteVerifier::parse(&signer.verifier_key(&tenant)).unwrap();
+        let text = verifier.open(&checkpoint.note).unwrap();
+        assert_eq!(
+            parse_checkpoint_text(text),
+            Some(("example.com/log/default", 42, root))
+        );
+
+        let forged = checkpoint.note.replace("\n42\n", "\n43\n");
+        assert!(verifier.open(&forged).is_none());
+        let other = LogSigner::new(SigningKey::from_bytes(&[8; 32]), "example.com/log");
+        let other_verifier = NoteVerifier::parse(&other.verifier_key(&tenant)).unwrap();
+        assert!(other_verifier.open(&checkpoint.note).is_none());
+    }
+
+    #[test]
+    fn a_generated_key_file_is_private_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.key");
+        let first = LogSigner::load_or_generate(&path, "o").unwrap();
+        let again = LogSigner::load_or_generate(&path, "o").unwrap();
+        assert_eq!(first.public_key(), again.public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
