@@ -74,7 +74,7 @@ impl Frontier {
 
     /// Rebuilds a frontier from its stored form; `None` if it does not fit `size`.
     pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 32 != 0 || bytes.len() / 32 != size.count_ones() as usize {
+        if !bytes.len().is_multiple_of(32) || bytes.len() / 32 != size.count_ones() as usize {
             return None;
         }
         let hashes = bytes.chunks(32).filter_map(Digest::from_slice).collect();
@@ -103,7 +103,7 @@ impl Span {
         while start < self.end {
             let remaining = self.end - start;
             let mut size = 1u64 << (63 - remaining.leading_zeros());
-            while start % size != 0 {
+            while !start.is_multiple_of(size) {
                 size >>= 1;
             }
             nodes.push(NodeId {
