@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::api::HttpLimits;
+use crate::integrity::checkpointer::Schedule;
 use crate::model::Limits;
 use crate::writer::WriterOptions;
 
@@ -37,6 +38,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub writer: WriterSettings,
     pub auth: AuthSettings,
+    pub integrity: IntegritySettings,
     pub database: DatabaseSettings,
 }
 
@@ -68,6 +70,15 @@ pub struct WriterSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegritySettings {
+    pub log_origin: String,
+    pub signing_key_file: PathBuf,
+    pub checkpoint_every_events: u64,
+    pub checkpoint_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +177,20 @@ impl Settings {
             "database.max_connections must be at least 1",
         )?;
         rule(
+            self.integrity.checkpoint_every_events >= 1,
+            "integrity.checkpoint_every_events must be at least 1",
+        )?;
+        rule(
+            self.integrity.checkpoint_interval_secs >= 1,
+            "integrity.checkpoint_interval_secs must be at least 1",
+        )?;
+        rule(
+            !self.integrity.log_origin.is_empty()
+                && !self.integrity.log_origin.contains(char::is_whitespace)
+                && !self.integrity.log_origin.contains('+'),
+            "integrity.log_origin must be non-empty, without spaces or `+`",
+        )?;
+        rule(
             self.admin_password.is_none() || self.admin_password_file.is_none(),
             "set admin_password or admin_password_file, not both",
         )?;
@@ -185,6 +210,13 @@ impl Settings {
         HttpLimits {
             max_body_bytes: self.limits.max_body_bytes,
             request_timeout: Duration::from_secs(self.limits.request_timeout_secs),
+        }
+    }
+
+    pub fn checkpoint_schedule(&self) -> Schedule {
+        Schedule {
+            every_events: self.integrity.checkpoint_every_events,
+            interval: Duration::from_secs(self.integrity.checkpoint_interval_secs),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::api::{self, AppState};
 use crate::auth::Authenticator;
 use crate::auth::users::{self, Bootstrap, UserError};
 use crate::config::Settings;
+use crate::integrity::{LogSigner, checkpointer};
 use crate::store::{Store, StoreError, UnsupportedUrl};
 use crate::writer::Writer;
 
@@ -27,6 +28,8 @@ pub enum ServeError {
     PendingMigrations(Vec<i64>),
     #[error("could not create the first admin: {0}")]
     Bootstrap(#[from] UserError),
+    #[error(transparent)]
+    SigningKey(#[from] crate::integrity::checkpoint::KeyError),
     #[error("could not read admin_password_file: {0}")]
     AdminPasswordFile(std::io::Error),
     #[error("server error: {0}")]
@@ -63,13 +66,25 @@ async fn serve_store<S: Store>(
     }
     bootstrap(&store, &settings).await?;
 
+    let signer = Arc::new(LogSigner::load_or_generate(
+        &settings.integrity.signing_key_file,
+        &settings.integrity.log_origin,
+    )?);
     let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
+    let stop_checkpoints = CancellationToken::new();
+    let checkpoints = checkpointer::spawn(
+        store.clone(),
+        Arc::clone(&signer),
+        settings.checkpoint_schedule(),
+        stop_checkpoints.clone(),
+    );
     let auth = Authenticator::new(Duration::from_secs(settings.auth.cache_ttl_secs))
         .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
     let state = AppState {
         store,
         writer,
         auth: Arc::new(auth),
+        signer,
         limits: settings.limits(),
     };
     let app = api::router(state, settings.http_limits());
@@ -83,6 +98,8 @@ async fn serve_store<S: Store>(
         .await?;
     // The router (and with it every writer handle) is gone: the writer drains and stops.
     let _ = writer_task.await;
+    stop_checkpoints.cancel();
+    let _ = checkpoints.await;
     tracing::info!("auditor stopped");
     Ok(())
 }

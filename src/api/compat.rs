@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::body::{RawBody, parse};
 use super::events::{Recorded, parse_event_id, query_page, record, run_query, tenant_of};
+use super::redaction::redact;
 use super::{ApiError, AppState};
 use crate::auth::{AdminAccess, Principal, ReadAccess, WriteAccess};
 use crate::model::{
@@ -70,6 +71,8 @@ fn entry(event: &Event) -> Map<String, Value> {
         "ip": event.ip,
         "event_data": event.event_data,
         "amends": event.amends,
+        "amends_hash": event.amends_hash,
+        "redacted": event.redacted_at.is_some(),
         "recorded_by": event.recorded_by,
         "hash": event.hash,
     });
@@ -299,6 +302,7 @@ async fn update<S: Store>(
     };
     let mut amendment = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
     amendment.amends = Some(original.id);
+    amendment.amends_hash = Some(original.hash);
     recorded_answer(record(&state, &principal, vec![amendment]).await?)
 }
 
@@ -309,7 +313,8 @@ struct DeleteBody {
     reason: Option<String>,
 }
 
-/// Records a deletion request (admin only). The original stays; redaction is a separate step.
+/// Deletes an event the only way an audit log may (admin only): its payload is redacted, its
+/// hash kept, and an `audit.redacted` event records who, when and why.
 async fn remove<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<AdminAccess, ApiError>,
@@ -323,27 +328,8 @@ async fn remove<S: Store>(
     } else {
         parse(&body)?
     };
-    let original = find_original(&state, &principal, &event_uuid).await?;
-    let event_data = body.reason.map(|reason| {
-        let mut data = Map::new();
-        data.insert("reason".into(), Value::from(reason));
-        data
-    });
-    let raw = RawEvent {
-        event_type: "audit.log_deleted".into(),
-        user_identity: principal.name.clone(),
-        action: Some(Action::Delete),
-        entity: original.entity,
-        entity_id: original.entity_id,
-        property: original.property,
-        source: None,
-        ip: None,
-        outcome: None,
-        occurred_at: None,
-        event_data,
-        idempotency_key: None,
-    };
-    let mut deletion = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
-    deletion.amends = Some(original.id);
-    recorded_answer(record(&state, &principal, vec![deletion]).await?)
+    let reason = body
+        .reason
+        .unwrap_or_else(|| "deleted with DELETE /delete_log".to_owned());
+    recorded_answer(redact(&state, &principal, &event_uuid, reason).await?)
 }

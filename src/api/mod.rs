@@ -1,10 +1,13 @@
 //! The HTTP API: one module per resource, one error type, one router.
 
 mod body;
+mod checkpoints;
 mod compat;
 mod error;
 mod events;
 mod health;
+mod proofs;
+mod redaction;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ pub use body::BodyLimit;
 pub use error::ApiError;
 
 use crate::auth::Authenticator;
+use crate::integrity::LogSigner;
 use crate::model::Limits;
 use crate::store::Store;
 use crate::writer::Writer;
@@ -31,6 +35,7 @@ pub struct AppState<S> {
     pub store: S,
     pub writer: Writer,
     pub auth: Arc<Authenticator>,
+    pub signer: Arc<LogSigner>,
     pub limits: Limits,
 }
 
@@ -40,6 +45,7 @@ impl<S: Clone> Clone for AppState<S> {
             store: self.store.clone(),
             writer: self.writer.clone(),
             auth: Arc::clone(&self.auth),
+            signer: Arc::clone(&self.signer),
             limits: self.limits,
         }
     }
@@ -59,6 +65,9 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(health::router())
         .merge(events::router())
         .merge(compat::router())
+        .merge(checkpoints::router())
+        .merge(proofs::router())
+        .merge(redaction::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,10 +1,13 @@
-//! Tamper evidence: every event's leaf hash and the per-tenant hash chain over them.
+//! Tamper evidence: each event's leaf hash, the per-tenant hash chain and Merkle tree over them,
+//! signed checkpoints of the tree, proofs, and verification of the whole log.
 //! The exact encoding is specified in `docs/integrity.md`; change both together.
 
 mod chain;
 pub mod checkpoint;
+pub mod checkpointer;
 mod digest;
 pub mod merkle;
+pub mod proofs;
 
 pub use chain::{Chained, chain_events, chain_hash, leaf_hash};
 pub use checkpoint::{Checkpoint, LogSigner, NoteVerifier};

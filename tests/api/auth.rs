@@ -54,7 +54,7 @@ async fn every_route_but_health_needs_credentials(backend: Backend) {
 
 async fn roles_allow_only_their_own_operations(backend: Backend) {
     let app = spawn_app(backend).await;
-    let body = json!({"event_type": "a", "user_identity": "u"});
+    let body = json!({"event_type": "a", "user_identity": "u", "event_data": {"k": 1}});
 
     assert_eq!(app.post_json("/events", WRITER, &body).await.status(), 201);
     let response = app.get("/events", WRITER).await;

@@ -171,11 +171,12 @@ async fn update_log_appends_an_amendment_and_leaves_the_original(backend: Backen
     );
 }
 
-async fn delete_log_records_a_deletion_event_for_admins_only(backend: Backend) {
+async fn delete_log_redacts_the_payload_for_admins_only(backend: Backend) {
     let app = spawn_app(backend).await;
     let original = app
         .record(
-            json!({"event_type": "a", "user_identity": "u", "entity": "account", "entity_id": "9"}),
+            json!({"event_type": "a", "user_identity": "u", "entity": "account",
+                       "entity_id": "9", "event_data": {"email": "x@example.com"}}),
         )
         .await;
     let id = original["id"].as_str().unwrap();
@@ -194,13 +195,27 @@ async fn delete_log_records_a_deletion_event_for_admins_only(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), 201);
     let deletion: Value = response.json().await.unwrap();
-    assert_eq!(deletion["event_type"], "audit.log_deleted");
+    assert_eq!(deletion["event_type"], "audit.redacted");
     assert_eq!(deletion["action"], "delete");
     assert_eq!(deletion["amends"], id);
+    assert_eq!(deletion["amends_hash"], original["hash"]);
     assert_eq!(deletion["event_data"]["reason"], "customer asked");
+    assert_eq!(deletion["customer"], "admin");
 
-    let still_there = app.get_ok(&format!("/events/{id}")).await;
-    assert_eq!(still_there, original);
+    let redacted = app.get_ok(&format!("/events/{id}")).await;
+    assert_eq!(redacted["event_data"], Value::Null, "the payload is erased");
+    assert!(redacted["redacted_at"].is_string());
+    assert_eq!(
+        redacted["event_data_hash"], original["event_data_hash"],
+        "its hash is kept"
+    );
+    assert_eq!(redacted["hash"], original["hash"]);
+    let again = app
+        .request(Method::DELETE, &format!("/delete_log/{id}"), Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "already redacted");
     let by_amends = app.get_ok(&format!("/events?amends={id}")).await;
     assert_eq!(by_amends["events"].as_array().unwrap().len(), 1);
 }
@@ -210,5 +225,5 @@ crate::both_backends!(
     create_log_records_an_event_for_the_customer,
     create_log_refuses_bad_bodies_in_seed_format,
     update_log_appends_an_amendment_and_leaves_the_original,
-    delete_log_records_a_deletion_event_for_admins_only,
+    delete_log_redacts_the_payload_for_admins_only,
 );

@@ -28,7 +28,8 @@ pub const READER: (&str, &str) = ("reader", "reader-password-1");
 pub struct TestDb {
     pub backend: Backend,
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    /// Holds the SQLite file and the signing key.
+    pub dir: tempfile::TempDir,
 }
 
 fn postgres_admin_url() -> String {
@@ -45,7 +46,7 @@ impl TestDb {
                 Self {
                     backend,
                     url: format!("sqlite://{}", path.display()),
-                    _dir: Some(dir),
+                    dir,
                 }
             }
             Backend::Postgres => {
@@ -66,7 +67,7 @@ impl TestDb {
                 Self {
                     backend,
                     url: format!("{base}/{name}"),
-                    _dir: None,
+                    dir: tempfile::tempdir().expect("temp dir"),
                 }
             }
         }
@@ -112,6 +113,8 @@ pub fn settings_for(db: &TestDb) -> Settings {
     settings.database_url = DatabaseUrl::new(db.url.clone());
     settings.admin_password = Some(Secret::new(ADMIN.1));
     settings.database.max_connections = 4;
+    settings.integrity.signing_key_file = db.dir.path().join("auditor.key");
+    settings.integrity.log_origin = "auditor.test/log".into();
     settings
 }
 

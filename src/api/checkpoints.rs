@@ -1,0 +1,124 @@
+//! Signed checkpoints and the key that signs them: `/checkpoint` (the signed note as text, where
+//! transparency clients look), `/checkpoints/...` (JSON) and `/keys`.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::events::tenant_of;
+use super::{ApiError, AppState};
+use crate::auth::{AdminAccess, ReadAccess};
+use crate::integrity::Checkpoint;
+use crate::integrity::checkpointer;
+use crate::model::QueryError;
+use crate::store::Store;
+
+pub fn router<S: Store>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/checkpoint", get(note::<S>))
+        .route("/checkpoints", axum::routing::post(create::<S>))
+        .route("/checkpoints/latest", get(latest::<S>))
+        .route("/checkpoints/{tree_size}", get(by_size::<S>))
+        .route("/keys", get(keys::<S>))
+}
+
+fn describe(checkpoint: &Checkpoint) -> Value {
+    json!({
+        "tenant": checkpoint.tenant,
+        "tree_size": checkpoint.tree_size,
+        "root": checkpoint.root,
+        "issued_at": checkpoint.issued_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "note": checkpoint.note,
+    })
+}
+
+fn none_yet() -> ApiError {
+    ApiError::NotFound("no checkpoint has been issued yet".into())
+}
+
+/// The latest signed note, verbatim, as `text/plain`.
+async fn note<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+) -> Result<impl IntoResponse, ApiError> {
+    let checkpoint = state
+        .store
+        .checkpoint(&tenant_of(&principal), None)
+        .await?
+        .ok_or_else(none_yet)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        checkpoint.note,
+    ))
+}
+
+async fn latest<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+) -> Result<Json<Value>, ApiError> {
+    let checkpoint = state
+        .store
+        .checkpoint(&tenant_of(&principal), None)
+        .await?
+        .ok_or_else(none_yet)?;
+    Ok(Json(describe(&checkpoint)))
+}
+
+async fn by_size<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+    Path(tree_size): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let size: u64 = tree_size.parse().map_err(|_| {
+        ApiError::InvalidQuery(QueryError {
+            param: "tree_size".into(),
+            message: format!("`{tree_size}` is not a tree size (a positive whole number)"),
+        })
+    })?;
+    let checkpoint = state
+        .store
+        .checkpoint(&tenant_of(&principal), Some(size))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no checkpoint of tree size {size}")))?;
+    Ok(Json(describe(&checkpoint)))
+}
+
+/// Signs the current tree head now (admin).
+async fn create<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = tenant_of(&principal);
+    let before = state.store.checkpoint(&tenant, None).await?;
+    let checkpoint = checkpointer::issue(&state.store, &state.signer, &tenant)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("the log is empty; there is nothing to sign".into()))?;
+    let status = if before.is_some_and(|b| b.tree_size == checkpoint.tree_size) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(describe(&checkpoint))))
+}
+
+/// The verifier key of the caller's log, in signed-note form.
+async fn keys<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant_of(&principal);
+    Ok(Json(json!({
+        "keys": [{
+            "tenant": tenant,
+            "origin": state.signer.origin(&tenant),
+            "algorithm": "ed25519",
+            "verifier_key": state.signer.verifier_key(&tenant),
+            "public_key": hex::encode(state.signer.public_key().as_bytes()),
+        }]
+    })))
+}

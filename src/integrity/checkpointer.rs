@@ -1,0 +1,101 @@
+//! Issues signed checkpoints: on demand, and in the background every N events or T seconds.
+//! Instances sharing a database may race to sign the same size; the first stored wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::{Checkpoint, LogSigner};
+use crate::model::TenantId;
+use crate::store::{Store, StoreError};
+
+/// When the background task signs: after `every_events` new events, or `interval` after the
+/// last checkpoint if the log grew at all.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub every_events: u64,
+    pub interval: Duration,
+}
+
+/// Signs the tenant's current tree head, unless a checkpoint of that size exists (returned
+/// instead). `None` while the log is empty.
+pub async fn issue<S: Store>(
+    store: &S,
+    signer: &LogSigner,
+    tenant: &TenantId,
+) -> Result<Option<Checkpoint>, StoreError> {
+    let Some(head) = store.head(tenant).await? else {
+        return Ok(None);
+    };
+    let size = head.frontier.size();
+    if size == 0 {
+        return Ok(None);
+    }
+    if let Some(existing) = store.checkpoint(tenant, Some(size)).await? {
+        return Ok(Some(existing));
+    }
+    let issued_at = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
+    let checkpoint = signer.sign(tenant, size, head.frontier.root(), issued_at);
+    store.add_checkpoint(&checkpoint).await?;
+    // Another instance may have stored one for this size first; serve what is stored.
+    Ok(store
+        .checkpoint(tenant, Some(size))
+        .await?
+        .or(Some(checkpoint)))
+}
+
+/// Runs until `shutdown`, checking every second which tenants are due.
+pub fn spawn<S: Store>(
+    store: S,
+    signer: Arc<LogSigner>,
+    schedule: Schedule,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_issued: HashMap<TenantId, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(schedule.interval));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = run_once(&store, &signer, schedule, &mut last_issued).await {
+                tracing::warn!(error = %error, "checkpointing failed; will retry");
+            }
+        }
+    })
+}
+
+async fn run_once<S: Store>(
+    store: &S,
+    signer: &LogSigner,
+    schedule: Schedule,
+    last_issued: &mut HashMap<TenantId, Instant>,
+) -> Result<(), StoreError> {
+    for tenant in store.tenants().await? {
+        let Some(head) = store.head(&tenant).await? else {
+            continue;
+        };
+        let size = head.frontier.size();
+        let signed = store
+            .checkpoint(&tenant, None)
+            .await?
+            .map_or(0, |c| c.tree_size);
+        if size <= signed {
+            continue;
+        }
+        let since = last_issued.get(&tenant).map(Instant::elapsed);
+        let due = size - signed >= schedule.every_events
+            || since.is_none_or(|elapsed| elapsed >= schedule.interval);
+        if due {
+            if let Some(checkpoint) = issue(store, signer, &tenant).await? {
+                tracing::info!(tenant = %tenant, tree_size = checkpoint.tree_size, "checkpoint issued");
+            }
+            last_issued.insert(tenant, Instant::now());
+        }
+    }
+    Ok(())
+}

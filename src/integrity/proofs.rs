@@ -1,0 +1,165 @@
+//! Inclusion and consistency proofs from the stored tree: each names O(log n) complete
+//! subtrees, fetched in one store call, so a proof on a huge log costs a handful of lookups.
+
+use serde::Serialize;
+
+use super::digest::Digest;
+use super::merkle::{NodeId, Span, consistency_spans, inclusion_spans};
+use crate::model::{Seq, TenantId};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("the stored tree is missing node {0:?}; run `auditor verify`")]
+    MissingNode(NodeId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An RFC 9162 inclusion proof for one event.
+#[derive(Debug, Clone, Serialize)]
+pub struct InclusionProof {
+    /// Zero-based position of the leaf: `seq - 1`.
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    pub leaf_hash: Digest,
+    pub root: Digest,
+    pub proof: Vec<Digest>,
+}
+
+/// An RFC 9162 consistency proof between two tree sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub to: u64,
+    pub from_root: Digest,
+    pub to_root: Digest,
+    pub proof: Vec<Digest>,
+}
+
+/// The size of a tenant's tree now.
+pub async fn current_size<S: Store>(store: &S, tenant: &TenantId) -> Result<u64, StoreError> {
+    Ok(store
+        .head(tenant)
+        .await?
+        .map_or(0, |head| head.frontier.size()))
+}
+
+/// Hashes of the given spans, in order, from one fetch of their subtrees.
+async fn span_hashes<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    spans: &[Span],
+) -> Result<Vec<Digest>, ProofError> {
+    let mut ids: Vec<NodeId> = spans.iter().flat_map(Span::subtrees).collect();
+    ids.sort();
+    ids.dedup();
+    let nodes = store.nodes(tenant, &ids).await?;
+    spans
+        .iter()
+        .map(|span| {
+            span.hash(|id| nodes.get(&id).copied()).ok_or_else(|| {
+                let missing = span
+                    .subtrees()
+                    .into_iter()
+                    .find(|id| !nodes.contains_key(id));
+                ProofError::MissingNode(missing.unwrap_or(NodeId { level: 0, index: 0 }))
+            })
+        })
+        .collect()
+}
+
+fn check_size(tree_size: u64, current: u64) -> Result<(), ProofError> {
+    if tree_size == 0 || tree_size > current {
+        return Err(ProofError::OutOfRange(format!(
+            "tree_size must be between 1 and the log's size, {current}"
+        )));
+    }
+    Ok(())
+}
+
+/// The root of the tenant's tree when it had `tree_size` leaves.
+pub async fn root_at<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    tree_size: u64,
+) -> Result<Digest, ProofError> {
+    check_size(tree_size, current_size(store, tenant).await?)?;
+    let span = Span {
+        start: 0,
+        end: tree_size,
+    };
+    Ok(span_hashes(store, tenant, &[span]).await?.remove(0))
+}
+
+pub async fn inclusion<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    seq: Seq,
+    tree_size: u64,
+) -> Result<InclusionProof, ProofError> {
+    check_size(tree_size, current_size(store, tenant).await?)?;
+    let leaf_index = u64::try_from(seq.0 - 1).unwrap_or(u64::MAX);
+    if leaf_index >= tree_size {
+        return Err(ProofError::OutOfRange(format!(
+            "event {seq} is not in the tree of size {tree_size}"
+        )));
+    }
+    let mut spans = vec![
+        Span {
+            start: leaf_index,
+            end: leaf_index + 1,
+        },
+        Span {
+            start: 0,
+            end: tree_size,
+        },
+    ];
+    spans.extend(inclusion_spans(leaf_index, tree_size));
+    let mut hashes = span_hashes(store, tenant, &spans).await?.into_iter();
+    let (Some(leaf_hash), Some(root)) = (hashes.next(), hashes.next()) else {
+        unreachable!("two spans requested first")
+    };
+    Ok(InclusionProof {
+        leaf_index,
+        tree_size,
+        leaf_hash,
+        root,
+        proof: hashes.collect(),
+    })
+}
+
+pub async fn consistency<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    from: u64,
+    to: u64,
+) -> Result<ConsistencyProof, ProofError> {
+    check_size(to, current_size(store, tenant).await?)?;
+    if from == 0 || from > to {
+        return Err(ProofError::OutOfRange(format!(
+            "from must be between 1 and to ({to})"
+        )));
+    }
+    let mut spans = vec![
+        Span {
+            start: 0,
+            end: from,
+        },
+        Span { start: 0, end: to },
+    ];
+    spans.extend(consistency_spans(from, to));
+    let mut hashes = span_hashes(store, tenant, &spans).await?.into_iter();
+    let (Some(from_root), Some(to_root)) = (hashes.next(), hashes.next()) else {
+        unreachable!("two spans requested first")
+    };
+    Ok(ConsistencyProof {
+        from,
+        to,
+        from_root,
+        to_root,
+        proof: hashes.collect(),
+    })
+}
