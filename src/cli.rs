@@ -55,8 +55,41 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Verify the whole log: every payload hash, leaf, chain link and signed checkpoint.
+    /// Reports the first bad `seq` of each tenant and exits non-zero if anything is wrong.
+    Verify {
+        /// Trusted checkpoint key, as `GET /keys` or `auditor key show` print it
+        /// (<name>+<id>+<key>); repeat for several tenants. Default: the configured key file.
+        #[arg(long = "public-key", value_name = "KEY")]
+        public_keys: Vec<String>,
+        /// A signed checkpoint saved earlier (the text of `GET /checkpoint`); the log must
+        /// still contain the tree it signs, which catches a truncated tail. Repeatable.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// Verify an NDJSON export (from `auditor export`) instead of the database.
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+    },
+    /// Write the whole log (checkpoints and events with every hashed field) as NDJSON.
+    Export {
+        /// Output file [default: standard output]
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// The checkpoint signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Print the default configuration file, with every key documented.
     DefaultConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print the verifier key of the default tenant's log (signed-note form), generating the
+    /// key file first if it does not exist.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use auditor::auth::users;
-use auditor::cli::{Cli, Command, UserCommand};
+use auditor::cli::{Cli, Command, KeyCommand, UserCommand};
 use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings};
+use auditor::integrity::verify::{self, Problem, Verified};
+use auditor::integrity::{LogSigner, NoteVerifier, export as log_export};
+use auditor::model::TenantId;
 use auditor::store::Store;
 use auditor::{telemetry, with_store};
 use clap::Parser;
@@ -54,6 +57,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { .. } => serve(settings, migrate_on_start).await,
         Command::Migrate => migrate(&settings).await,
         Command::User { command } => user(&settings, command).await,
+        Command::Verify {
+            public_keys,
+            checkpoints,
+            export,
+        } => verify(&settings, &public_keys, &checkpoints, export.as_deref()).await,
+        Command::Export { output } => export(&settings, output.as_deref()).await,
+        Command::Key {
+            command: KeyCommand::Show,
+        } => {
+            let signer = signer(&settings)?;
+            println!("{}", signer.verifier_key(&TenantId::default()));
+            Ok(())
+        }
         Command::DefaultConfig => Ok(()),
     }
 }
@@ -147,4 +163,116 @@ fn read_password(name: &str) -> anyhow::Result<String> {
         bail!("the passwords differ");
     }
     Ok(first)
+}
+
+fn signer(settings: &Settings) -> anyhow::Result<LogSigner> {
+    Ok(LogSigner::load_or_generate(
+        &settings.integrity.signing_key_file,
+        &settings.integrity.log_origin,
+    )?)
+}
+
+async fn verify(
+    settings: &Settings,
+    public_keys: &[String],
+    checkpoint_files: &[std::path::PathBuf],
+    export: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut keys = public_keys
+        .iter()
+        .map(|k| NoteVerifier::parse(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kept = checkpoint_files
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    let results = match export {
+        Some(path) => {
+            if keys.is_empty() {
+                bail!("verifying an export needs the trusted key: pass --public-key");
+            }
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let lines = std::io::BufReader::new(file).lines();
+            tokio::task::spawn_blocking({
+                let keys = keys.clone();
+                move || verify::verify_export(lines, &keys, &kept)
+            })
+            .await??
+        }
+        None => {
+            with_store!(settings.database_url.expose(), 2, |store| {
+                if keys.is_empty() {
+                    let signer = signer(settings)?;
+                    for tenant in store.tenants().await? {
+                        keys.push(NoteVerifier::parse(&signer.verifier_key(&tenant))?);
+                    }
+                }
+                let terminal = std::io::stderr().is_terminal();
+                verify::verify_store(&store, &keys, &kept, |tenant, seq| {
+                    if terminal {
+                        eprint!("\rverifying {tenant}: {seq} events");
+                    }
+                })
+                .await?
+            })
+        }
+    };
+    report(results, started.elapsed())
+}
+
+fn report(
+    results: Vec<Result<Verified, Problem>>,
+    elapsed: std::time::Duration,
+) -> anyhow::Result<()> {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let mut failed = 0;
+    let mut events = 0;
+    for result in &results {
+        match result {
+            Ok(verified) => {
+                events += verified.events;
+                println!(
+                    "ok: tenant {}: {} events, {} checkpoints, root {}",
+                    verified.tenant, verified.events, verified.checkpoints, verified.root
+                );
+            }
+            Err(problem) => {
+                failed += 1;
+                println!("FAILED: {problem}");
+            }
+        }
+    }
+    let rate = events as f64 / elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "verified {events} events in {:.2} s ({rate:.0} events/s)",
+        elapsed.as_secs_f64()
+    );
+    if failed > 0 {
+        bail!("{failed} log(s) failed verification");
+    }
+    Ok(())
+}
+
+async fn export(settings: &Settings, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    with_store!(settings.database_url.expose(), 2, |store| {
+        let written = match output {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                log_export::export(&store, &mut std::io::BufWriter::new(file)).await?
+            }
+            None => {
+                let stdout = std::io::stdout();
+                log_export::export(&store, &mut std::io::BufWriter::new(stdout.lock())).await?
+            }
+        };
+        eprintln!("exported {written} events");
+        Ok(())
+    })
 }

@@ -15,7 +15,7 @@ use crate::auth::{AdminAccess, Principal};
 use crate::model::{Action, Event, FieldError, NewEvent, RawEvent};
 use crate::store::Store;
 
-pub const REDACTION_EVENT_TYPE: &str = "audit.redacted";
+use crate::integrity::verify::REDACTION_EVENT_TYPE;
 
 pub fn router<S: Store>() -> Router<AppState<S>> {
     Router::new().route("/events/{id}/redact", post(create::<S>))

@@ -6,8 +6,10 @@ mod chain;
 pub mod checkpoint;
 pub mod checkpointer;
 mod digest;
+pub mod export;
 pub mod merkle;
 pub mod proofs;
+pub mod verify;
 
 pub use chain::{Chained, chain_events, chain_hash, leaf_hash};
 pub use checkpoint::{Checkpoint, LogSigner, NoteVerifier};

@@ -1,0 +1,338 @@
+//! Verification of a whole log, streamed in `seq` order with constant memory: every payload
+//! hash, leaf, chain link and signed checkpoint is recomputed, and the first problem reported
+//! with the `seq` where it shows. The same checker reads the database or an NDJSON export.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::chain::{chain_hash, event_data_hash, leaf_hash};
+use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text};
+use super::digest::Digest;
+use super::merkle::Frontier;
+use crate::model::{Event, EventId, Seq, TenantId};
+
+/// The redaction event type; a redacted row must be followed by one naming it.
+pub const REDACTION_EVENT_TYPE: &str = "audit.redacted";
+
+/// What is wrong, and where it first shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant {tenant}: {}{message}", .seq.map(|s| format!("seq {s}: ")).unwrap_or_default())]
+pub struct Problem {
+    pub tenant: TenantId,
+    pub seq: Option<i64>,
+    pub message: String,
+}
+
+/// A log that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub tenant: TenantId,
+    pub events: u64,
+    pub checkpoints: u64,
+    pub root: Digest,
+}
+
+/// Checks one tenant's events, fed in `seq` order.
+pub struct TenantVerifier {
+    tenant: TenantId,
+    keys: Vec<NoteVerifier>,
+    last: Option<(Seq, Digest)>,
+    frontier: Frontier,
+    /// Checkpoints still to reach, smallest first.
+    checkpoints: VecDeque<Checkpoint>,
+    checked: u64,
+    /// Redacted rows not yet matched by their redaction event.
+    redacted: HashMap<EventId, Seq>,
+}
+
+impl TenantVerifier {
+    /// `checkpoints` are the tree heads to check on the way (stored ones and any the auditor
+    /// kept); each must carry a signature by one of `keys`.
+    pub fn new(
+        tenant: TenantId,
+        keys: Vec<NoteVerifier>,
+        mut checkpoints: Vec<Checkpoint>,
+    ) -> Self {
+        checkpoints.sort_by_key(|c| c.tree_size);
+        Self {
+            tenant,
+            keys,
+            last: None,
+            frontier: Frontier::default(),
+            checkpoints: checkpoints.into(),
+            checked: 0,
+            redacted: HashMap::new(),
+        }
+    }
+
+    fn problem(&self, seq: Option<i64>, message: impl Into<String>) -> Problem {
+        Problem {
+            tenant: self.tenant.clone(),
+            seq,
+            message: message.into(),
+        }
+    }
+
+    pub fn push(&mut self, event: &Event) -> Result<(), Problem> {
+        let (expected, prev) = self
+            .last
+            .map_or((Seq(1), Digest::ZERO), |(seq, hash)| (Seq(seq.0 + 1), hash));
+        let at = Some(expected.0);
+        if event.tenant != self.tenant {
+            return Err(self.problem(at, format!("row belongs to tenant {}", event.tenant)));
+        }
+        if event.seq != expected {
+            return Err(self.problem(
+                at,
+                format!("missing or out of order: found seq {} here", event.seq),
+            ));
+        }
+        match (&event.event_data, event.redacted_at) {
+            (Some(data), _) if event.event_data_hash != Some(event_data_hash(data)) => {
+                return Err(self.problem(at, "event_data does not match its recorded hash"));
+            }
+            (None, None) if event.event_data_hash.is_some() => {
+                return Err(self.problem(at, "event_data is missing but was never redacted"));
+            }
+            (None, Some(_)) if event.event_data_hash.is_some() => {
+                self.redacted.insert(event.id, event.seq);
+            }
+            (None, Some(_)) => {
+                return Err(self.problem(at, "marked redacted but never had a payload"));
+            }
+            _ => {}
+        }
+        if event.event_type == REDACTION_EVENT_TYPE
+            && let Some(target) = event.amends
+        {
+            self.redacted.remove(&target);
+        }
+        let leaf = leaf_hash(event);
+        if leaf != event.leaf_hash {
+            return Err(self.problem(at, "a recorded field was changed (leaf hash mismatch)"));
+        }
+        if event.prev_hash != prev {
+            return Err(self.problem(at, "prev_hash does not link to the previous event"));
+        }
+        if event.hash != chain_hash(&prev, &leaf) {
+            return Err(self.problem(at, "chain hash mismatch"));
+        }
+        self.frontier.push(leaf);
+        self.last = Some((event.seq, event.hash));
+        while let Some(checkpoint) = self.checkpoints.front() {
+            if checkpoint.tree_size > self.frontier.size() {
+                break;
+            }
+            let checkpoint = self
+                .checkpoints
+                .pop_front()
+                .unwrap_or_else(|| unreachable!());
+            self.check_checkpoint(&checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn check_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), Problem> {
+        let size = checkpoint.tree_size;
+        let at = Some(size as i64);
+        if size != self.frontier.size() {
+            return Err(self.problem(at, format!("checkpoint of size {size} cannot be checked")));
+        }
+        let opened = self.keys.iter().find_map(|key| key.open(&checkpoint.note));
+        let Some(text) = opened else {
+            return Err(self.problem(
+                at,
+                format!("checkpoint {size} is not signed by a trusted key"),
+            ));
+        };
+        let Some((_, signed_size, signed_root)) = parse_checkpoint_text(text) else {
+            return Err(self.problem(at, format!("checkpoint {size} is not a tlog-checkpoint")));
+        };
+        if signed_size != size || signed_root != checkpoint.root {
+            return Err(self.problem(at, format!("checkpoint {size} does not match its note")));
+        }
+        if self.frontier.root() != signed_root {
+            return Err(self.problem(
+                at,
+                format!("the log's tree at size {size} differs from the signed checkpoint"),
+            ));
+        }
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// Ends the stream. `head` is where the database says the log ends, when known.
+    pub fn finish(self, head: Option<(Seq, Digest)>) -> Result<Verified, Problem> {
+        let size = self.frontier.size();
+        if let Some(checkpoint) = self.checkpoints.front() {
+            return Err(self.problem(
+                Some(size as i64 + 1),
+                format!(
+                    "log truncated: a signed checkpoint covers {} events, the log has {size}",
+                    checkpoint.tree_size
+                ),
+            ));
+        }
+        if let Some((head_seq, head_hash)) = head
+            && Some((head_seq, head_hash)) != self.last
+            && !(head_seq.0 == 0 && self.last.is_none())
+        {
+            return Err(self.problem(
+                Some(size as i64 + 1),
+                format!("log truncated or rewritten: the chain head is at seq {head_seq}, the last event at {size}"),
+            ));
+        }
+        if let Some((_, seq)) = self.redacted.iter().min_by_key(|(_, seq)| **seq) {
+            return Err(self.problem(
+                Some(seq.0),
+                "payload erased without a redaction event recording it",
+            ));
+        }
+        Ok(Verified {
+            tenant: self.tenant,
+            events: size,
+            checkpoints: self.checked,
+            root: self.frontier.root(),
+        })
+    }
+}
+
+/// Events read per round trip while streaming the database.
+const PAGE: u32 = 10_000;
+
+/// The tenant a checkpoint's origin line names (`<log_origin>/<tenant>`).
+fn names_tenant(checkpoint_note: &str, tenant: &TenantId) -> bool {
+    checkpoint_note
+        .split('\n')
+        .next()
+        .is_some_and(|origin| origin.ends_with(&format!("/{tenant}")))
+}
+
+/// A checkpoint the auditor kept: a signed note, checked against the log like stored ones.
+pub fn kept_checkpoint(note: &str, tenant: TenantId) -> Option<Checkpoint> {
+    let text_end = note.find("\n\n")? + 1;
+    let (_, tree_size, root) = parse_checkpoint_text(&note[..text_end])?;
+    Some(Checkpoint {
+        tenant,
+        tree_size,
+        root,
+        issued_at: time::OffsetDateTime::UNIX_EPOCH,
+        note: note.to_owned(),
+    })
+}
+
+fn for_tenant(kept: &[String], tenant: &TenantId) -> Vec<Checkpoint> {
+    kept.iter()
+        .filter(|note| names_tenant(note, tenant))
+        .filter_map(|note| kept_checkpoint(note, tenant.clone()))
+        .collect()
+}
+
+/// Verifies every tenant's log in the database. `kept` are signed notes the auditor saved
+/// earlier (they catch a truncation the database itself no longer shows).
+pub async fn verify_store<S: crate::store::Store>(
+    store: &S,
+    keys: &[NoteVerifier],
+    kept: &[String],
+    mut progress: impl FnMut(&TenantId, u64),
+) -> Result<Vec<Result<Verified, Problem>>, crate::store::StoreError> {
+    let mut results = Vec::new();
+    for tenant in store.tenants().await? {
+        let mut checkpoints = store.checkpoints(&tenant).await?;
+        checkpoints.extend(for_tenant(kept, &tenant));
+        let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints);
+        let mut after = Seq(0);
+        let mut failed = None;
+        'pages: loop {
+            let page = store.scan(&tenant, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for event in &page {
+                if let Err(problem) = verifier.push(event) {
+                    failed = Some(problem);
+                    break 'pages;
+                }
+            }
+            progress(&tenant, after.0 as u64);
+        }
+        let result = match failed {
+            Some(problem) => Err(problem),
+            None => {
+                let head = store.head(&tenant).await?.map(|h| (h.seq, h.hash));
+                verifier.finish(head)
+            }
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// A line of an NDJSON export: a checkpoint (written before its tenant's events) or an event.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ExportLine {
+    Checkpoint { checkpoint: Checkpoint },
+    Event(Box<Event>),
+}
+
+/// Verifies an NDJSON export offline, with no database, against trusted keys and kept notes.
+pub fn verify_export(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    keys: &[NoteVerifier],
+    kept: &[String],
+) -> Result<Vec<Result<Verified, Problem>>, ExportError> {
+    let mut tenants: Vec<TenantVerifier> = Vec::new();
+    let mut failed: HashMap<TenantId, Problem> = HashMap::new();
+    let mut pending: HashMap<TenantId, Vec<Checkpoint>> = HashMap::new();
+    for (number, line) in lines.enumerate() {
+        let line = line.map_err(ExportError::Read)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: ExportLine = serde_json::from_str(&line)
+            .map_err(|e| ExportError::Line(number + 1, e.to_string()))?;
+        match parsed {
+            ExportLine::Checkpoint { checkpoint } => {
+                pending
+                    .entry(checkpoint.tenant.clone())
+                    .or_default()
+                    .push(checkpoint);
+            }
+            ExportLine::Event(event) => {
+                if failed.contains_key(&event.tenant) {
+                    continue;
+                }
+                let index = match tenants.iter().position(|t| t.tenant == event.tenant) {
+                    Some(index) => index,
+                    None => {
+                        let mut checkpoints = pending.remove(&event.tenant).unwrap_or_default();
+                        checkpoints.extend(for_tenant(kept, &event.tenant));
+                        tenants.push(TenantVerifier::new(
+                            event.tenant.clone(),
+                            keys.to_vec(),
+                            checkpoints,
+                        ));
+                        tenants.len() - 1
+                    }
+                };
+                if let Err(problem) = tenants[index].push(&event) {
+                    failed.insert(event.tenant.clone(), problem);
+                }
+            }
+        }
+    }
+    Ok(tenants
+        .into_iter()
+        .map(|verifier| match failed.remove(&verifier.tenant) {
+            Some(problem) => Err(problem),
+            None => verifier.finish(None),
+        })
+        .collect())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot read the export: {0}")]
+    Read(std::io::Error),
+    #[error("export line {0} is neither an event nor a checkpoint: {1}")]
+    Line(usize, String),
+}
