@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod compat;
 mod events;
+mod integrity;
 mod lifecycle;
 mod query;
 mod store;

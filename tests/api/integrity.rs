@@ -1,0 +1,636 @@
+//! Tamper evidence, checked from the outside: checkpoint notes by a verifier written from the
+//! C2SP `signed-note` and `tlog-checkpoint` texts alone, proofs by recomputing roots, and
+//! tampering the way an attacker with database access would, caught by `auditor verify`.
+
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::helpers::{ADMIN, Backend, TestApp, spawn_app};
+
+const BIN: &str = env!("CARGO_BIN_EXE_auditor");
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    sha256(&[&[1], left, right])
+}
+
+fn unhex(text: &Value) -> [u8; 32] {
+    hex::decode(text.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// MTH(D[n]) by RFC 9162 §2.1.1, over the leaf hashes.
+fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => sha256(&[]),
+        1 => leaves[0],
+        n => {
+            let k = 1 << (usize::BITS - 1 - (n - 1).leading_zeros());
+            node(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}
+
+/// Recomputes the root from an inclusion proof, by the RFC 9162 §2.1.3.2 steps.
+fn root_from_inclusion(
+    index: u64,
+    size: u64,
+    leaf: [u8; 32],
+    proof: &[[u8; 32]],
+) -> Option<[u8; 32]> {
+    let (mut fnode, mut snode, mut r) = (index, size - 1, leaf);
+    for p in proof {
+        if snode == 0 {
+            return None;
+        }
+        if fnode % 2 == 1 || fnode == snode {
+            r = node(p, &r);
+            while fnode % 2 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            r = node(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    (snode == 0).then_some(r)
+}
+
+/// Recomputes both roots from a consistency proof, by the RFC 9162 §2.1.4.2 steps.
+fn roots_from_consistency(
+    first: u64,
+    second: u64,
+    old_root: [u8; 32],
+    proof: &[[u8; 32]],
+) -> Option<([u8; 32], [u8; 32])> {
+    let mut path = proof.to_vec();
+    if first.is_power_of_two() {
+        path.insert(0, old_root);
+    }
+    let (mut fnode, mut snode) = (first - 1, second - 1);
+    while fnode % 2 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (path[0], path[0]);
+    for c in &path[1..] {
+        if snode == 0 {
+            return None;
+        }
+        if fnode % 2 == 1 || fnode == snode {
+            fr = node(c, &fr);
+            sr = node(c, &sr);
+            while fnode % 2 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            sr = node(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    (snode == 0).then_some((fr, sr))
+}
+
+/// A C2SP signed-note verifier key: `<name>+<hex key id>+<base64(0x01 ‖ key)>`.
+struct VerifierKey {
+    name: String,
+    id: [u8; 4],
+    key: VerifyingKey,
+}
+
+fn parse_verifier_key(text: &str) -> VerifierKey {
+    let parts: Vec<&str> = text.splitn(3, '+').collect();
+    assert_eq!(parts.len(), 3, "{text}");
+    let id: [u8; 4] = hex::decode(parts[1]).unwrap().try_into().unwrap();
+    let encoded = STANDARD.decode(parts[2]).unwrap();
+    assert_eq!(encoded[0], 0x01, "Ed25519 algorithm byte");
+    let key: [u8; 32] = encoded[1..].try_into().unwrap();
+    // Key ID = SHA-256(key name || 0x0A || 0x01 || 32-byte public key)[:4].
+    let expected = sha256(&[parts[0].as_bytes(), b"\n", &[0x01], &key]);
+    assert_eq!(id, expected[..4], "key id");
+    VerifierKey {
+        name: parts[0].to_owned(),
+        id,
+        key: VerifyingKey::from_bytes(&key).unwrap(),
+    }
+}
+
+/// Checks a signed note line by line; returns (origin, tree size, root).
+fn open_checkpoint(note: &str, key: &VerifierKey) -> (String, u64, [u8; 32]) {
+    let (text, signatures) = note
+        .split_once("\n\n")
+        .expect("blank line before signatures");
+    let text = format!("{text}\n");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "origin, size and root, no extension lines: {text:?}"
+    );
+    assert!(!lines[0].is_empty());
+    let size: u64 = lines[1].parse().expect("decimal size");
+    assert_eq!(lines[1], size.to_string(), "no leading zeros");
+    let root: [u8; 32] = STANDARD.decode(lines[2]).unwrap().try_into().unwrap();
+    assert!(signatures.ends_with('\n'));
+    let mut verified = false;
+    for line in signatures.lines() {
+        let rest = line
+            .strip_prefix("\u{2014} ")
+            .expect("signature lines start with an em dash and a space");
+        let (name, blob) = rest.split_once(' ').unwrap();
+        let blob = STANDARD.decode(blob).unwrap();
+        if name == key.name && blob[..4] == key.id {
+            let signature = Signature::from_slice(&blob[4..]).unwrap();
+            key.key
+                .verify(text.as_bytes(), &signature)
+                .expect("valid Ed25519 signature over the text");
+            verified = true;
+        }
+    }
+    assert!(verified, "a signature by {}", key.name);
+    (lines[0].to_owned(), size, root)
+}
+
+async fn seed(app: &TestApp, n: usize) -> Vec<Value> {
+    let events: Vec<Value> = (0..n)
+        .map(|i| json!({"event_type": "billed", "user_identity": format!("u{}", i % 3), "event_data": {"amount": i, "note": "x"}}))
+        .collect();
+    app.record(Value::from(events))
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn checkpoint(app: &TestApp) -> Value {
+    let response = app
+        .request(Method::POST, "/checkpoints", Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    response.json().await.unwrap()
+}
+
+async fn checkpoints_are_c2sp_signed_notes_over_the_rfc6962_root(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let events = seed(&app, 13).await;
+    let issued = checkpoint(&app).await;
+
+    let keys = app.get_ok("/keys").await;
+    let key = parse_verifier_key(keys["keys"][0]["verifier_key"].as_str().unwrap());
+    assert_eq!(key.name, "auditor.test/log/default");
+
+    let note = app.get("/checkpoint", ADMIN).await;
+    assert!(
+        note.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let note = note.text().await.unwrap();
+    assert_eq!(note, issued["note"].as_str().unwrap());
+    let (origin, size, root) = open_checkpoint(&note, &key);
+    assert_eq!(origin, "auditor.test/log/default");
+    assert_eq!(size, 13);
+    let leaves: Vec<[u8; 32]> = events.iter().map(|e| unhex(&e["leaf_hash"])).collect();
+    assert_eq!(
+        root,
+        mth(&leaves),
+        "the signed root is the RFC 6962 tree head"
+    );
+    assert_eq!(unhex(&issued["root"]), root);
+    assert!(issued["issued_at"].is_string());
+
+    let by_size = app.get_ok("/checkpoints/13").await;
+    assert_eq!(by_size["note"], issued["note"]);
+    assert_eq!(app.get_ok("/checkpoints/latest").await["tree_size"], 13);
+    assert_eq!(app.get("/checkpoints/12", ADMIN).await.status(), 404);
+
+    let tampered = note.replace("\n13\n", "\n14\n");
+    let (text, _) = tampered.split_once("\n\n").unwrap();
+    let signature_line = tampered.lines().last().unwrap();
+    let blob = STANDARD
+        .decode(signature_line.rsplit(' ').next().unwrap())
+        .unwrap();
+    let signature = Signature::from_slice(&blob[4..]).unwrap();
+    assert!(
+        key.key
+            .verify(format!("{text}\n").as_bytes(), &signature)
+            .is_err()
+    );
+}
+
+async fn inclusion_and_consistency_proofs_recompute_the_roots(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let events = seed(&app, 11).await;
+    let leaves: Vec<[u8; 32]> = events.iter().map(|e| unhex(&e["leaf_hash"])).collect();
+    for size in [1u64, 2, 3, 7, 8, 11] {
+        let root = mth(&leaves[..size as usize]);
+        for event in events.iter().take(size as usize) {
+            let id = event["id"].as_str().unwrap();
+            let proof = app
+                .get_ok(&format!("/events/{id}/proof?tree_size={size}"))
+                .await;
+            let hashes: Vec<[u8; 32]> = proof["proof"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(unhex)
+                .collect();
+            let index = proof["leaf_index"].as_u64().unwrap();
+            assert_eq!(index + 1, event["seq"].as_u64().unwrap());
+            let computed = root_from_inclusion(index, size, unhex(&event["leaf_hash"]), &hashes);
+            assert_eq!(computed, Some(root), "event {index} in tree {size}");
+            assert_eq!(unhex(&proof["root"]), root);
+        }
+        for from in 1..=size {
+            let proof = app
+                .get_ok(&format!("/checkpoints/consistency?from={from}&to={size}"))
+                .await;
+            let hashes: Vec<[u8; 32]> = proof["proof"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(unhex)
+                .collect();
+            let old_root = mth(&leaves[..from as usize]);
+            assert_eq!(unhex(&proof["from_root"]), old_root);
+            if from == size {
+                assert!(hashes.is_empty());
+                continue;
+            }
+            assert_eq!(
+                roots_from_consistency(from, size, old_root, &hashes),
+                Some((old_root, root)),
+                "{from} -> {size}"
+            );
+        }
+    }
+    // The default proof is against the latest checkpoint, and says so.
+    let issued = checkpoint(&app).await;
+    let id = events[4]["id"].as_str().unwrap();
+    let proof = app.get_ok(&format!("/events/{id}/proof")).await;
+    assert_eq!(proof["tree_size"], 11);
+    assert_eq!(proof["checkpoint"], issued["note"]);
+    for bad in ["tree_size=0", "tree_size=12", "tree_size=abc"] {
+        assert_eq!(
+            app.get(&format!("/events/{id}/proof?{bad}"), ADMIN)
+                .await
+                .status(),
+            400,
+            "{bad}"
+        );
+    }
+    let early = events[9]["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/events/{early}/proof?tree_size=5"), ADMIN)
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        app.get("/checkpoints/consistency?from=5&to=3", ADMIN)
+            .await
+            .status(),
+        400
+    );
+}
+
+async fn redaction_erases_the_payload_and_the_log_still_verifies(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let events = seed(&app, 3).await;
+    let id = events[1]["id"].as_str().unwrap();
+    let missing_reason = app
+        .post_json(&format!("/events/{id}/redact"), ADMIN, &json!({}))
+        .await;
+    assert_eq!(missing_reason.status(), 422);
+    let as_writer = app
+        .post_json(
+            &format!("/events/{id}/redact"),
+            crate::helpers::WRITER,
+            &json!({"reason": "gdpr"}),
+        )
+        .await;
+    assert_eq!(as_writer.status(), 403);
+
+    let response = app
+        .post_json(
+            &format!("/events/{id}/redact"),
+            ADMIN,
+            &json!({"reason": "GDPR art. 17 request #42"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let redaction: Value = response.json().await.unwrap();
+    assert_eq!(redaction["event_type"], "audit.redacted");
+    assert_eq!(redaction["recorded_by"], "admin");
+    assert_eq!(redaction["amends"], id);
+    assert_eq!(
+        redaction["event_data"]["reason"],
+        "GDPR art. 17 request #42"
+    );
+
+    let shown = app.get_ok(&format!("/events/{id}")).await;
+    assert_eq!(shown["event_data"], Value::Null);
+    assert!(shown["redacted_at"].is_string());
+    assert_eq!(shown["leaf_hash"], events[1]["leaf_hash"]);
+    assert_eq!(
+        app.get_ok(&format!("/events/{id}/proof")).await["leaf_hash"],
+        events[1]["leaf_hash"]
+    );
+    checkpoint(&app).await;
+    let report = verify(&app, &[]);
+    assert!(report.status.success(), "{}", text(&report.stdout));
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn verify(app: &TestApp, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--database-url", &app.db.url, "verify"])
+        .args(args)
+        .env(
+            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+            &app.settings.integrity.signing_key_file,
+        )
+        .env(
+            "AUDITOR_INTEGRITY__LOG_ORIGIN",
+            &app.settings.integrity.log_origin,
+        )
+        .env_remove("AUDITOR_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// Runs `auditor verify` and expects it to fail, naming `seq` and a phrase.
+fn expect_caught(app: &TestApp, args: &[&str], seq: i64, phrase: &str) {
+    let report = verify(app, args);
+    let out = text(&report.stdout);
+    assert!(!report.status.success(), "tampering went unnoticed:\n{out}");
+    assert!(
+        out.contains(&format!("seq {seq}:")),
+        "expected seq {seq}:\n{out}"
+    );
+    assert!(out.contains(phrase), "expected `{phrase}`:\n{out}");
+}
+
+/// A log of 10 events with a checkpoint at 10, and the append-only triggers dropped, as an
+/// attacker with database access would.
+async fn tamperable(backend: Backend) -> (TestApp, Vec<Value>, String) {
+    let app = spawn_app(backend).await;
+    let events = seed(&app, 10).await;
+    let note = checkpoint(&app).await["note"].as_str().unwrap().to_owned();
+    let ok = verify(&app, &[]);
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+    let drop = match backend {
+        Backend::Sqlite => {
+            "DROP TRIGGER events_are_never_updated; DROP TRIGGER events_are_never_deleted; \
+                            DROP TRIGGER checkpoints_are_never_changed; DROP TRIGGER checkpoints_are_never_deleted;"
+        }
+        Backend::Postgres => {
+            "DROP TRIGGER events_are_never_changed ON events; \
+                              DROP TRIGGER checkpoints_are_never_changed ON checkpoints;"
+        }
+    };
+    app.db.execute(drop).await.unwrap();
+    (app, events, note)
+}
+
+async fn a_changed_field_is_caught(backend: Backend) {
+    let (app, _, _) = tamperable(backend).await;
+    app.db
+        .execute("UPDATE events SET user_identity = 'mallory' WHERE seq = 3")
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 3, "a recorded field was changed");
+}
+
+async fn a_changed_payload_is_caught(backend: Backend) {
+    let (app, _, _) = tamperable(backend).await;
+    app.db
+        .execute(
+            "UPDATE events SET event_data = '{\"amount\": 1000, \"note\": \"x\"}' WHERE seq = 4",
+        )
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 4, "event_data does not match");
+    app.db
+        .execute("UPDATE events SET event_data = NULL WHERE seq = 4")
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 4, "missing but was never redacted");
+}
+
+async fn a_deleted_row_is_caught(backend: Backend) {
+    let (app, _, _) = tamperable(backend).await;
+    app.db
+        .execute("DELETE FROM events WHERE seq = 5")
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 5, "missing or out of order");
+}
+
+async fn swapped_rows_are_caught(backend: Backend) {
+    let (app, _, _) = tamperable(backend).await;
+    app.db
+        .execute("UPDATE events SET seq = -1 WHERE seq = 6; UPDATE events SET seq = 6 WHERE seq = 7; UPDATE events SET seq = 7 WHERE seq = -1;")
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 6, "seq 6:");
+}
+
+async fn a_truncated_tail_is_caught(backend: Backend) {
+    let (app, _, note) = tamperable(backend).await;
+    app.db
+        .execute("DELETE FROM events WHERE seq > 7")
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 8, "log truncated");
+    // A thorough attacker also removes the head and the checkpoints that cover the tail...
+    app.db
+        .execute("DELETE FROM chain_heads; DELETE FROM checkpoints WHERE tree_size > 7")
+        .await
+        .unwrap();
+    let fooled = verify(&app, &[]);
+    assert!(
+        fooled.status.success(),
+        "the database alone now looks whole"
+    );
+    // ...which a checkpoint the auditor kept still reveals.
+    let kept = app.db.dir.path().join("kept-checkpoint.txt");
+    std::fs::write(&kept, &note).unwrap();
+    expect_caught(
+        &app,
+        &["--checkpoint", kept.to_str().unwrap()],
+        8,
+        "log truncated",
+    );
+}
+
+async fn a_forged_checkpoint_is_caught(backend: Backend) {
+    let (app, _, note) = tamperable(backend).await;
+    let forged = note.replace("\n10\n", "\n9\n");
+    let sql = format!(
+        "UPDATE checkpoints SET tree_size = 9, note = '{}' WHERE tree_size = 10",
+        forged.replace('\'', "''")
+    );
+    app.db.execute(&sql).await.unwrap();
+    expect_caught(&app, &[], 9, "not signed by a trusted key");
+}
+
+async fn a_replaced_signing_key_is_caught(backend: Backend) {
+    let (app, _, note) = tamperable(backend).await;
+    let trusted = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The attacker swaps in a key of their own and re-signs the stored checkpoint with it.
+    let key_file = &app.settings.integrity.signing_key_file;
+    std::fs::remove_file(key_file).unwrap();
+    let attacker =
+        auditor::integrity::LogSigner::load_or_generate(key_file, "auditor.test/log").unwrap();
+    let (origin, size, root) =
+        auditor::integrity::checkpoint::parse_checkpoint_text(note.split_once("\n\n").unwrap().0)
+            .map(|(o, s, r)| (o.to_owned(), s, r))
+            .unwrap();
+    assert_eq!(origin, "auditor.test/log/default");
+    let resigned = attacker.sign(
+        &auditor::model::TenantId::default(),
+        size,
+        root,
+        time::OffsetDateTime::now_utc(),
+    );
+    let sql = format!(
+        "UPDATE checkpoints SET note = '{}' WHERE tree_size = 10",
+        resigned.note.replace('\'', "''")
+    );
+    app.db.execute(&sql).await.unwrap();
+    assert!(
+        verify(&app, &[]).status.success(),
+        "trusting the key file, the swap is invisible"
+    );
+    expect_caught(
+        &app,
+        &["--public-key", &trusted],
+        10,
+        "not signed by a trusted key",
+    );
+}
+
+async fn an_export_verifies_offline_and_tampering_in_it_is_caught(backend: Backend) {
+    let app = spawn_app(backend).await;
+    seed(&app, 6).await;
+    let note = checkpoint(&app).await["note"].as_str().unwrap().to_owned();
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = app.db.dir.path().join("export.ndjson");
+    let exported = Command::new(BIN)
+        .args([
+            "--database-url",
+            &app.db.url,
+            "export",
+            "--output",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let offline = |path: &std::path::Path, extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "verify",
+                "--export",
+                path.to_str().unwrap(),
+                "--public-key",
+                &key,
+            ])
+            .args(extra)
+            .env(
+                "AUDITOR_DATABASE_URL",
+                "sqlite:///nonexistent/never-opened.db",
+            )
+            .output()
+            .unwrap()
+    };
+    let ok = offline(&file, &[]);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        text(&ok.stdout),
+        text(&ok.stderr)
+    );
+    assert!(text(&ok.stdout).contains("6 events, 1 checkpoints"));
+
+    let content = std::fs::read_to_string(&file).unwrap();
+    let changed = content.replacen("\"user_identity\":\"u1\"", "\"user_identity\":\"eve\"", 1);
+    let tampered = app.db.dir.path().join("tampered.ndjson");
+    std::fs::write(&tampered, changed).unwrap();
+    let report = offline(&tampered, &[]);
+    assert!(!report.status.success());
+    assert!(
+        text(&report.stdout).contains("seq 2:"),
+        "{}",
+        text(&report.stdout)
+    );
+
+    // The tail and the stored checkpoints cut away: only a kept checkpoint can tell.
+    let truncated: String = content
+        .lines()
+        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .take(3)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let short = app.db.dir.path().join("short.ndjson");
+    std::fs::write(&short, truncated).unwrap();
+    assert!(
+        offline(&short, &[]).status.success(),
+        "alone, a cut export looks whole"
+    );
+    let kept = app.db.dir.path().join("kept.txt");
+    std::fs::write(&kept, &note).unwrap();
+    let report = offline(&short, &["--checkpoint", kept.to_str().unwrap()]);
+    assert!(!report.status.success(), "{}", text(&report.stdout));
+    assert!(
+        text(&report.stdout).contains("log truncated"),
+        "{}",
+        text(&report.stdout)
+    );
+}
+
+crate::both_backends!(
+    checkpoints_are_c2sp_signed_notes_over_the_rfc6962_root,
+    inclusion_and_consistency_proofs_recompute_the_roots,
+    redaction_erases_the_payload_and_the_log_still_verifies,
+    a_changed_field_is_caught,
+    a_changed_payload_is_caught,
+    a_deleted_row_is_caught,
+    swapped_rows_are_caught,
+    a_truncated_tail_is_caught,
+    a_forged_checkpoint_is_caught,
+    a_replaced_signing_key_is_caught,
+    an_export_verifies_offline_and_tampering_in_it_is_caught,
+);
