@@ -87,6 +87,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Like [`parse`], but an empty body means "all defaults" (seed 2's bodiless PUT and DELETE).
+pub fn parse_or_default<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse(bytes)
+    }
+}
+
 /// serde_json appends " at line 1 column 9" to data errors; the field name says more.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {

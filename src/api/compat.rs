@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::body::{RawBody, parse};
+use super::body::{RawBody, parse, parse_or_default};
 use super::events::{Recorded, parse_event_id, query_page, record, run_query, tenant_of};
 use super::redaction::redact;
 use super::{ApiError, AppState};
@@ -268,11 +268,7 @@ async fn update<S: Store>(
 ) -> Answer {
     let WriteAccess(principal) = access?;
     let RawBody(body) = body?;
-    let body: UpdateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        UpdateBody::default()
-    } else {
-        parse(&body)?
-    };
+    let body: UpdateBody = parse_or_default(&body)?;
     let original = find_original(&state, &principal, &event_uuid).await?;
     let occurred_at = body
         .datetime
@@ -323,11 +319,7 @@ async fn remove<S: Store>(
 ) -> Answer {
     let AdminAccess(principal) = access?;
     let RawBody(body) = body?;
-    let body: DeleteBody = if body.iter().all(u8::is_ascii_whitespace) {
-        DeleteBody::default()
-    } else {
-        parse(&body)?
-    };
+    let body: DeleteBody = parse_or_default(&body)?;
     let reason = body
         .reason
         .unwrap_or_else(|| "deleted with DELETE /delete_log".to_owned());

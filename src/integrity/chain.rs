@@ -3,7 +3,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::digest::{Digest, canonical_json};
+use super::canonical;
+use super::digest::Digest;
 use super::merkle::{Frontier, NodeId};
 use crate::model::{Event, EventId, NewEvent, Seq, TenantId};
 
@@ -13,28 +14,31 @@ const LEAF_VERSION: u32 = 1;
 /// The fields that enter the leaf hash, in the form hashed (see `docs/integrity.md`).
 /// `event_data` enters only through its own hash, so a payload can later be redacted while the
 /// leaf — and so the chain — still verifies.
+///
+/// Declared in sorted key order, with only strings and small integers, so serde_json's compact
+/// output of it *is* its RFC 8785 form (a unit test holds this to `serde_jcs`).
 #[derive(Serialize)]
 struct LeafFields<'a> {
-    v: u32,
-    tenant: &'a str,
-    seq: i64,
-    id: String,
-    event_type: &'a str,
-    user_identity: &'a str,
     action: Option<&'a str>,
-    entity: Option<&'a str>,
-    entity_id: Option<&'a str>,
-    property: Option<&'a str>,
-    source: Option<&'a str>,
-    ip: Option<&'a str>,
-    outcome: Option<&'a str>,
-    occurred_at: String,
-    recorded_at: String,
-    recorded_by: &'a str,
-    idempotency_key: Option<&'a str>,
     amends: Option<String>,
     amends_hash: Option<String>,
+    entity: Option<&'a str>,
+    entity_id: Option<&'a str>,
     event_data_hash: Option<String>,
+    event_type: &'a str,
+    id: String,
+    idempotency_key: Option<&'a str>,
+    ip: Option<&'a str>,
+    occurred_at: String,
+    outcome: Option<&'a str>,
+    property: Option<&'a str>,
+    recorded_at: String,
+    recorded_by: &'a str,
+    seq: i64,
+    source: Option<&'a str>,
+    tenant: &'a str,
+    user_identity: &'a str,
+    v: u32,
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -45,6 +49,11 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 /// RFC 6962 leaf hash: SHA-256(0x00 ‖ canonical leaf bytes). Uses the stored
 /// `event_data_hash`, not the payload, so it is the same before and after a redaction.
 pub fn leaf_hash(event: &Event) -> Digest {
+    Digest::sha256(&[&[0x00], &leaf_bytes(event)])
+}
+
+/// The canonical encoding of an event's leaf.
+pub fn leaf_bytes(event: &Event) -> Vec<u8> {
     let fields = LeafFields {
         v: LEAF_VERSION,
         tenant: event.tenant.as_str(),
@@ -67,12 +76,12 @@ pub fn leaf_hash(event: &Event) -> Digest {
         amends_hash: event.amends_hash.map(|h| h.to_hex()),
         event_data_hash: event.event_data_hash.map(|h| h.to_hex()),
     };
-    Digest::sha256(&[&[0x00], &canonical_json(&fields)])
+    serde_json::to_vec(&fields).unwrap_or_else(|e| unreachable!("strings and integers: {e}"))
 }
 
 /// What a payload contributes to its event's leaf.
 pub fn event_data_hash(data: &Map<String, Value>) -> Digest {
-    Digest::of_canonical_json(data)
+    Digest::sha256(&[&canonical::object_bytes(data)])
 }
 
 /// The chain link: SHA-256(prev_hash ‖ leaf_hash).
@@ -189,6 +198,24 @@ mod tests {
             assert_eq!(event.leaf_hash, leaf_hash(event));
             assert_eq!(event.hash, chain_hash(&event.prev_hash, &event.leaf_hash));
         }
+    }
+
+    #[test]
+    fn the_leaf_encoding_is_rfc_8785() {
+        let mut event = chain(1).remove(0);
+        event.action = Some(crate::model::Action::Update);
+        event.entity = Some("é \"quoted\" \\ / \u{1F600}".into());
+        event.entity_id = Some("42".into());
+        event.property = Some("p".into());
+        event.source = Some("s".into());
+        event.ip = Some("::1".into());
+        event.outcome = Some(crate::model::Outcome::Success);
+        event.idempotency_key = Some("k".into());
+        event.amends = Some(EventId::new());
+        event.amends_hash = Some(Digest([3; 32]));
+        let bytes = leaf_bytes(&event);
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(bytes, serde_jcs::to_vec(&value).unwrap());
     }
 
     #[test]

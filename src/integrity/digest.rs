@@ -20,12 +20,6 @@ impl Digest {
         Self(hasher.finalize().into())
     }
 
-    /// SHA-256 of the RFC 8785 (JCS) canonical form of a value: the same bytes for the same
-    /// data whatever key order or number spelling it arrived with.
-    pub fn of_canonical_json<T: Serialize + ?Sized>(value: &T) -> Self {
-        Self::sha256(&[&canonical_json(value)])
-    }
-
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Self)
     }
@@ -37,12 +31,6 @@ impl Digest {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
-}
-
-/// RFC 8785 canonical JSON. Serialising our own types cannot fail (no non-string map keys, no
-/// non-finite floats survive JSON parsing), so an error here is a programming error.
-pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    serde_jcs::to_vec(value).unwrap_or_else(|e| panic!("canonical JSON of an owned value: {e}"))
 }
 
 impl fmt::Debug for Digest {

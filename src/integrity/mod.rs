@@ -2,6 +2,7 @@
 //! signed checkpoints of the tree, proofs, and verification of the whole log.
 //! The exact encoding is specified in `docs/integrity.md`; change both together.
 
+pub mod canonical;
 mod chain;
 pub mod checkpoint;
 pub mod checkpointer;

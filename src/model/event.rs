@@ -146,6 +146,8 @@ pub struct NewEvent {
     pub outcome: Option<Outcome>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub occurred_at: Option<OffsetDateTime>,
+    /// Enters the fingerprint in canonical form, not through this derive.
+    #[serde(skip)]
     pub event_data: Option<Map<String, Value>>,
     pub idempotency_key: Option<String>,
     /// The event this one amends or redacts; set by the server, never by the client.
@@ -191,7 +193,13 @@ impl NewEvent {
     /// Fingerprint of what the client asked to record, so a retried request with the same
     /// idempotency key can be told apart from a different request reusing the key.
     pub fn fingerprint(&self) -> Digest {
-        Digest::of_canonical_json(self)
+        let fields = serde_json::to_vec(self).unwrap_or_default();
+        let data = self
+            .event_data
+            .as_ref()
+            .map(crate::integrity::canonical::object_bytes)
+            .unwrap_or_default();
+        Digest::sha256(&[&fields, &[0], &data])
     }
 }
 

@@ -167,12 +167,11 @@ const EVENT_COLUMNS: &str = "tenant, seq, id, event_type, user_identity, action,
     event_data_hash, redacted_at, idempotency_key, amends, amends_hash, request_hash, leaf_hash, \
     prev_hash, hash";
 
-/// The INSERT for one event row (SQLite placeholders).
-const INSERT_EVENT: &str = "INSERT INTO events (tenant, seq, id, event_type, user_identity, \
-    action, entity, entity_id, property, source, ip, outcome, occurred_at, recorded_at, \
-    recorded_by, event_data, event_data_hash, idempotency_key, amends, amends_hash, request_hash, \
-    leaf_hash, prev_hash, hash) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// The head of an INSERT of event rows, in the column order both backends bind.
+const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, seq, id, event_type, \
+    user_identity, action, entity, entity_id, property, source, ip, outcome, occurred_at, \
+    recorded_at, recorded_by, event_data, event_data_hash, idempotency_key, amends, amends_hash, \
+    request_hash, leaf_hash, prev_hash, hash) ";
 
 /// Embedded migrations that `applied` does not list.
 fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {

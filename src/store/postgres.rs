@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::assemble::{self, KeyIndex};
 use super::{
-    Appended, EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest, decode_frontier,
-    decode_role, pending_versions,
+    Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
+    decode_frontier, decode_role, pending_versions,
 };
 use crate::auth::{NewUser, Role, UserRecord};
 use crate::integrity::merkle::NodeId;
@@ -98,53 +98,50 @@ async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Resul
     let bytes = |f: fn(&Event) -> Option<&Digest>| -> Vec<Option<Vec<u8>>> {
         events.iter().map(|e| f(e).map(|d| d.0.to_vec())).collect()
     };
-    sqlx::query(
-        "INSERT INTO events (tenant, seq, id, event_type, user_identity, action, entity, \
-         entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, \
-         event_data, event_data_hash, idempotency_key, amends, amends_hash, request_hash, \
-         leaf_hash, prev_hash, hash) \
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], \
+    let sql = format!(
+        "{INSERT_EVENT_COLUMNS} SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
          $13::timestamptz[], $14::timestamptz[], $15::text[], $16::jsonb[], $17::bytea[], \
          $18::text[], $19::uuid[], $20::bytea[], $21::bytea[], $22::bytea[], $23::bytea[], \
-         $24::bytea[])",
-    )
-    .bind(text(|e| Some(e.tenant.as_str())))
-    .bind(events.iter().map(|e| e.seq.0).collect::<Vec<i64>>())
-    .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
-    .bind(text(|e| Some(&e.event_type)))
-    .bind(text(|e| Some(&e.user_identity)))
-    .bind(text(|e| e.action.map(Action::as_str)))
-    .bind(text(|e| e.entity.as_deref()))
-    .bind(text(|e| e.entity_id.as_deref()))
-    .bind(text(|e| e.property.as_deref()))
-    .bind(text(|e| e.source.as_deref()))
-    .bind(text(|e| e.ip.as_deref()))
-    .bind(text(|e| e.outcome.map(Outcome::as_str)))
-    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
-    .bind(text(|e| Some(&e.recorded_by)))
-    .bind(
-        events
-            .iter()
-            .map(|e| e.event_data.as_ref().map(Json))
-            .collect::<Vec<_>>(),
-    )
-    .bind(bytes(|e| e.event_data_hash.as_ref()))
-    .bind(text(|e| e.idempotency_key.as_deref()))
-    .bind(
-        events
-            .iter()
-            .map(|e| e.amends.map(|a| a.0))
-            .collect::<Vec<Option<Uuid>>>(),
-    )
-    .bind(bytes(|e| e.amends_hash.as_ref()))
-    .bind(bytes(|e| Some(&e.request_hash)))
-    .bind(bytes(|e| Some(&e.leaf_hash)))
-    .bind(bytes(|e| Some(&e.prev_hash)))
-    .bind(bytes(|e| Some(&e.hash)))
-    .execute(conn)
-    .await?;
+         $24::bytea[])"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(text(|e| Some(e.tenant.as_str())))
+        .bind(events.iter().map(|e| e.seq.0).collect::<Vec<i64>>())
+        .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
+        .bind(text(|e| Some(&e.event_type)))
+        .bind(text(|e| Some(&e.user_identity)))
+        .bind(text(|e| e.action.map(Action::as_str)))
+        .bind(text(|e| e.entity.as_deref()))
+        .bind(text(|e| e.entity_id.as_deref()))
+        .bind(text(|e| e.property.as_deref()))
+        .bind(text(|e| e.source.as_deref()))
+        .bind(text(|e| e.ip.as_deref()))
+        .bind(text(|e| e.outcome.map(Outcome::as_str)))
+        .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+        .bind(text(|e| Some(&e.recorded_by)))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_data.as_ref().map(Json))
+                .collect::<Vec<_>>(),
+        )
+        .bind(bytes(|e| e.event_data_hash.as_ref()))
+        .bind(text(|e| e.idempotency_key.as_deref()))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.amends.map(|a| a.0))
+                .collect::<Vec<Option<Uuid>>>(),
+        )
+        .bind(bytes(|e| e.amends_hash.as_ref()))
+        .bind(bytes(|e| Some(&e.request_hash)))
+        .bind(bytes(|e| Some(&e.leaf_hash)))
+        .bind(bytes(|e| Some(&e.prev_hash)))
+        .bind(bytes(|e| Some(&e.hash)))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::assemble::{self, KeyIndex};
 use super::{
-    Appended, EVENT_COLUMNS, INSERT_EVENT, Store, StoreError, corrupt, decode_digest,
+    Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
     decode_frontier, decode_role, pending_versions,
 };
 use crate::auth::{NewUser, Role, UserRecord};
@@ -132,40 +132,66 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
     })
 }
 
-async fn insert_event(conn: &mut sqlx::SqliteConnection, event: &Event) -> Result<(), StoreError> {
-    let event_data = event
-        .event_data
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Other(e.into()))?;
-    sqlx::query(INSERT_EVENT)
-        .bind(event.tenant.as_str())
-        .bind(event.seq.0)
-        .bind(event.id.0)
-        .bind(&event.event_type)
-        .bind(&event.user_identity)
-        .bind(event.action.map(Action::as_str))
-        .bind(&event.entity)
-        .bind(&event.entity_id)
-        .bind(&event.property)
-        .bind(&event.source)
-        .bind(&event.ip)
-        .bind(event.outcome.map(Outcome::as_str))
-        .bind(micros(event.occurred_at))
-        .bind(micros(event.recorded_at))
-        .bind(&event.recorded_by)
-        .bind(event_data)
-        .bind(event.event_data_hash.as_ref().map(Digest::as_bytes))
-        .bind(&event.idempotency_key)
-        .bind(event.amends.map(|a| a.0))
-        .bind(event.amends_hash.as_ref().map(Digest::as_bytes))
-        .bind(event.request_hash.as_bytes())
-        .bind(event.leaf_hash.as_bytes())
-        .bind(event.prev_hash.as_bytes())
-        .bind(event.hash.as_bytes())
-        .execute(conn)
-        .await?;
+/// Rows per multi-row INSERT: 24 binds each stays well under SQLite's 32766 bind limit.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Inserts a batch's rows with a few multi-row statements instead of one per row.
+async fn insert_events(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut builder = QueryBuilder::<Sqlite>::new(INSERT_EVENT_COLUMNS);
+        builder.push_values(chunk, |mut row, event| {
+            let event_data = event
+                .event_data
+                .as_ref()
+                .map(|data| serde_json::to_string(data).unwrap_or_default());
+            row.push_bind(event.tenant.as_str().to_owned())
+                .push_bind(event.seq.0)
+                .push_bind(event.id.0)
+                .push_bind(event.event_type.clone())
+                .push_bind(event.user_identity.clone())
+                .push_bind(event.action.map(Action::as_str))
+                .push_bind(event.entity.clone())
+                .push_bind(event.entity_id.clone())
+                .push_bind(event.property.clone())
+                .push_bind(event.source.clone())
+                .push_bind(event.ip.clone())
+                .push_bind(event.outcome.map(Outcome::as_str))
+                .push_bind(micros(event.occurred_at))
+                .push_bind(micros(event.recorded_at))
+                .push_bind(event.recorded_by.clone())
+                .push_bind(event_data)
+                .push_bind(event.event_data_hash.map(|d| d.0.to_vec()))
+                .push_bind(event.idempotency_key.clone())
+                .push_bind(event.amends.map(|a| a.0))
+                .push_bind(event.amends_hash.map(|d| d.0.to_vec()))
+                .push_bind(event.request_hash.0.to_vec())
+                .push_bind(event.leaf_hash.0.to_vec())
+                .push_bind(event.prev_hash.0.to_vec())
+                .push_bind(event.hash.0.to_vec());
+        });
+        builder.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_nodes(
+    conn: &mut sqlx::SqliteConnection,
+    nodes: &[(TenantId, NodeId, Digest)],
+) -> Result<(), StoreError> {
+    for chunk in nodes.chunks(ROWS_PER_INSERT) {
+        let mut builder =
+            QueryBuilder::<Sqlite>::new("INSERT INTO merkle_nodes (tenant, level, idx, hash) ");
+        builder.push_values(chunk, |mut row, (tenant, node, hash)| {
+            row.push_bind(tenant.as_str().to_owned())
+                .push_bind(i64::from(node.level))
+                .push_bind(node.index as i64)
+                .push_bind(hash.0.to_vec());
+        });
+        builder.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -315,18 +341,8 @@ impl Store for SqliteStore {
         }
         let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
         let assembled = assemble::assemble(batch, known, heads, recorded_at);
-        for event in &assembled.rows {
-            insert_event(&mut tx, event).await?;
-        }
-        for (tenant, node, hash) in &assembled.nodes {
-            sqlx::query("INSERT INTO merkle_nodes (tenant, level, idx, hash) VALUES (?, ?, ?, ?)")
-                .bind(tenant.as_str())
-                .bind(i64::from(node.level))
-                .bind(node.index as i64)
-                .bind(hash.as_bytes())
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_events(&mut tx, &assembled.rows).await?;
+        insert_nodes(&mut tx, &assembled.nodes).await?;
         for (tenant, target) in &assembled.redactions {
             sqlx::query(
                 "UPDATE events SET event_data = NULL, redacted_at = ? \
