@@ -240,17 +240,31 @@ pub async fn verify_store<S: crate::store::Store>(
         let mut checkpoints = store.checkpoints(&tenant).await?;
         checkpoints.extend(for_tenant(kept, &tenant));
         let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints);
-        let mut after = Seq(0);
+        // Fetch the next page while this one is checked on a blocking thread: the database
+        // decode and the hashing then run side by side.
+        let fetch = |after: Seq| {
+            let (store, tenant) = (store.clone(), tenant.clone());
+            tokio::spawn(async move { store.scan(&tenant, after, PAGE).await })
+        };
+        let mut next = fetch(Seq(0));
         let mut failed = None;
-        'pages: loop {
-            let page = store.scan(&tenant, after, PAGE).await?;
+        loop {
+            let page = next
+                .await
+                .map_err(|e| crate::store::StoreError::Other(e.into()))??;
             let Some(last) = page.last() else { break };
-            after = last.seq;
-            for event in &page {
-                if let Err(problem) = verifier.push(event) {
-                    failed = Some(problem);
-                    break 'pages;
-                }
+            let after = last.seq;
+            next = fetch(after);
+            let (checked, outcome) = tokio::task::spawn_blocking(move || {
+                let outcome = page.iter().try_for_each(|event| verifier.push(event));
+                (verifier, outcome)
+            })
+            .await
+            .map_err(|e| crate::store::StoreError::Other(e.into()))?;
+            verifier = checked;
+            if let Err(problem) = outcome {
+                failed = Some(problem);
+                break;
             }
             progress(&tenant, after.0 as u64);
         }
