@@ -206,7 +206,13 @@ async fn verify(
         None => {
             with_store!(settings.database_url.expose(), 2, |store| {
                 if keys.is_empty() {
-                    let signer = signer(settings)?;
+                    let signer = LogSigner::load(
+                        &settings.integrity.signing_key_file,
+                        &settings.integrity.log_origin,
+                    )
+                    .context(
+                        "no trusted key: pass --public-key, or run where the signing key file is",
+                    )?;
                     for tenant in store.tenants().await? {
                         keys.push(NoteVerifier::parse(&signer.verifier_key(&tenant))?);
                     }

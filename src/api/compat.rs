@@ -19,6 +19,7 @@ use super::events::{Recorded, parse_event_id, query_page, record, run_query, ten
 use super::redaction::redact;
 use super::{ApiError, AppState};
 use crate::auth::{AdminAccess, Principal, ReadAccess, WriteAccess};
+use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{
     Action, Event, EventQuery, Field, FieldError, Filter, NewEvent, Outcome, RawEvent,
 };
@@ -276,12 +277,22 @@ async fn update<S: Store>(
         .map(parse_datetime)
         .transpose()
         .map_err(ApiError::Invalid)?;
+    if let Some(event_type) = &body.event_type
+        && event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX)
+    {
+        return Err(ApiError::Invalid(FieldError::new(
+            "event_type",
+            format!("`{RESERVED_EVENT_TYPE_PREFIX}*` event types are reserved for the service's own records"),
+        ))
+        .into());
+    }
     let inherited = principal.role.can_read().then_some(original.clone());
     let inherit = |own: Option<String>, pick: fn(Event) -> Option<String>| {
         own.or_else(|| inherited.clone().and_then(pick))
     };
     let raw = RawEvent {
         event_type: inherit(body.event_type, |e| Some(e.event_type))
+            .filter(|t| !t.starts_with(RESERVED_EVENT_TYPE_PREFIX))
             .unwrap_or_else(|| "audit.amendment".into()),
         user_identity: inherit(body.user_identity, |e| Some(e.user_identity))
             .unwrap_or_else(|| principal.name.clone()),
@@ -296,7 +307,8 @@ async fn update<S: Store>(
         event_data: body.event_data,
         idempotency_key: body.idempotency_key,
     };
-    let mut amendment = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
+    // The client's own event_type was checked above; the default is the service's own type.
+    let mut amendment = NewEvent::parse_own(raw, &state.limits).map_err(ApiError::Invalid)?;
     amendment.amends = Some(original.id);
     amendment.amends_hash = Some(original.hash);
     recorded_answer(record(&state, &principal, vec![amendment]).await?)

@@ -24,10 +24,12 @@ pub fn router<S: Store>() -> Router<AppState<S>> {
         .route("/events/{id}", get(show::<S>))
 }
 
-/// What an append did: `created` is false when every event was an idempotent replay.
+/// What an append did: `created` is false when every event was an idempotent replay;
+/// `replayed[i]` says whether `events[i]` was one.
 pub struct Recorded {
     pub created: bool,
     pub events: Vec<Event>,
+    pub replayed: Vec<bool>,
 }
 
 impl Recorded {
@@ -57,12 +59,14 @@ pub async fn record<S: Store>(
         events,
     };
     match state.writer.append(submission).await? {
-        Appended::Created(events) => Ok(Recorded {
+        Appended::Created { events, replayed } => Ok(Recorded {
             created: true,
             events,
+            replayed,
         }),
         Appended::Replayed(events) => Ok(Recorded {
             created: false,
+            replayed: vec![true; events.len()],
             events,
         }),
         Appended::KeyConflict(key) => Err(ApiError::IdempotencyConflict(key)),

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, one error type, one router.
 
 mod body;
+mod bulk;
 mod checkpoints;
 mod compat;
 mod error;
@@ -64,6 +65,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     Router::new()
         .merge(health::router())
         .merge(events::router())
+        .merge(bulk::router())
         .merge(compat::router())
         .merge(checkpoints::router())
         .merge(proofs::router())

@@ -22,9 +22,9 @@ pub fn router<S: Store>() -> Router<AppState<S>> {
 impl From<ProofError> for ApiError {
     fn from(error: ProofError) -> Self {
         match error {
-            ProofError::OutOfRange(message) => Self::InvalidQuery(QueryError {
-                param: "tree_size".into(),
-                message,
+            ProofError::OutOfRange { param, message } => Self::InvalidQuery(QueryError {
+                param: param.into(),
+                message: format!("`{param}` {message}"),
             }),
             ProofError::MissingNode(_) => Self::Internal(error.into()),
             ProofError::Store(e) => e.into(),

@@ -84,7 +84,7 @@ pub async fn redact<S: Store>(
         idempotency_key: None,
     };
     let mut redaction =
-        NewEvent::parse(raw, &state.limits).map_err(|e| match e.field.as_str() {
+        NewEvent::parse_own(raw, &state.limits).map_err(|e| match e.field.as_str() {
             "event_data" => ApiError::Invalid(FieldError::new("reason", e.message)),
             _ => ApiError::Invalid(e),
         })?;

@@ -90,6 +90,17 @@ impl LogSigner {
         }
     }
 
+    /// Loads the PEM key at `path`; it must exist.
+    pub fn load(path: &Path, origin: &str) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::Format(shown))?;
+        Ok(Self::new(key, origin))
+    }
+
     /// Loads the PEM key at `path`, or generates one there (mode 0600) when none exists yet.
     pub fn load_or_generate(path: &Path, origin: &str) -> Result<Self, KeyError> {
         let shown = path.display().to_string();

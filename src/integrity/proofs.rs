@@ -10,9 +10,12 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProofError {
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("the stored tree is missing node {0:?}; run `auditor verify`")]
+    #[error("{message}")]
+    OutOfRange {
+        param: &'static str,
+        message: String,
+    },
+    #[error("the stored Merkle tree is missing node {0:?}")]
     MissingNode(NodeId),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -73,9 +76,10 @@ async fn span_hashes<S: Store>(
 
 fn check_size(tree_size: u64, current: u64) -> Result<(), ProofError> {
     if tree_size == 0 || tree_size > current {
-        return Err(ProofError::OutOfRange(format!(
-            "tree_size must be between 1 and the log's size, {current}"
-        )));
+        return Err(ProofError::OutOfRange {
+            param: "tree_size",
+            message: format!("must be between 1 and the log's size, {current}"),
+        });
     }
     Ok(())
 }
@@ -103,9 +107,10 @@ pub async fn inclusion<S: Store>(
     check_size(tree_size, current_size(store, tenant).await?)?;
     let leaf_index = u64::try_from(seq.0 - 1).unwrap_or(u64::MAX);
     if leaf_index >= tree_size {
-        return Err(ProofError::OutOfRange(format!(
-            "event {seq} is not in the tree of size {tree_size}"
-        )));
+        return Err(ProofError::OutOfRange {
+            param: "tree_size",
+            message: format!("event {seq} is not in the tree of size {tree_size}"),
+        });
     }
     let mut spans = vec![
         Span {
@@ -137,11 +142,18 @@ pub async fn consistency<S: Store>(
     from: u64,
     to: u64,
 ) -> Result<ConsistencyProof, ProofError> {
-    check_size(to, current_size(store, tenant).await?)?;
+    check_size(to, current_size(store, tenant).await?).map_err(|e| match e {
+        ProofError::OutOfRange { message, .. } => ProofError::OutOfRange {
+            param: "to",
+            message,
+        },
+        other => other,
+    })?;
     if from == 0 || from > to {
-        return Err(ProofError::OutOfRange(format!(
-            "from must be between 1 and to ({to})"
-        )));
+        return Err(ProofError::OutOfRange {
+            param: "from",
+            message: format!("must be between 1 and to ({to})"),
+        });
     }
     let mut spans = vec![
         Span {

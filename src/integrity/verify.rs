@@ -40,8 +40,8 @@ pub struct TenantVerifier {
     /// Checkpoints still to reach, smallest first.
     checkpoints: VecDeque<Checkpoint>,
     checked: u64,
-    /// Redacted rows not yet matched by their redaction event.
-    redacted: HashMap<EventId, Seq>,
+    /// Redacted rows not yet matched by their redaction event: seq, chain hash, redaction time.
+    redacted: HashMap<EventId, (Seq, Digest, time::OffsetDateTime)>,
 }
 
 impl TenantVerifier {
@@ -93,16 +93,22 @@ impl TenantVerifier {
             (None, None) if event.event_data_hash.is_some() => {
                 return Err(self.problem(at, "event_data is missing but was never redacted"));
             }
-            (None, Some(_)) if event.event_data_hash.is_some() => {
-                self.redacted.insert(event.id, event.seq);
+            (None, Some(when)) if event.event_data_hash.is_some() => {
+                self.redacted
+                    .insert(event.id, (event.seq, event.hash, when));
             }
             (None, Some(_)) => {
                 return Err(self.problem(at, "marked redacted but never had a payload"));
             }
             _ => {}
         }
+        // A redaction record must name the erased event by id and chain hash, and be the
+        // append whose commit erased it; anything else leaves the erasure unexplained.
         if event.event_type == REDACTION_EVENT_TYPE
             && let Some(target) = event.amends
+            && let Some((_, hash, when)) = self.redacted.get(&target)
+            && event.amends_hash == Some(*hash)
+            && event.recorded_at == *when
         {
             self.redacted.remove(&target);
         }
@@ -144,9 +150,19 @@ impl TenantVerifier {
                 format!("checkpoint {size} is not signed by a trusted key"),
             ));
         };
-        let Some((_, signed_size, signed_root)) = parse_checkpoint_text(text) else {
+        let Some((origin, signed_size, signed_root)) = parse_checkpoint_text(text) else {
             return Err(self.problem(at, format!("checkpoint {size} is not a tlog-checkpoint")));
         };
+        let signer_is_origin = self
+            .keys
+            .iter()
+            .any(|k| k.name == origin && k.open(&checkpoint.note).is_some());
+        if !signer_is_origin || !origin.ends_with(&format!("/{}", self.tenant)) {
+            return Err(self.problem(
+                at,
+                format!("checkpoint {size} names log `{origin}`, not this tenant's"),
+            ));
+        }
         if signed_size != size || signed_root != checkpoint.root {
             return Err(self.problem(at, format!("checkpoint {size} does not match its note")));
         }
@@ -181,7 +197,7 @@ impl TenantVerifier {
                 format!("log truncated or rewritten: the chain head is at seq {head_seq}, the last event at {size}"),
             ));
         }
-        if let Some((_, seq)) = self.redacted.iter().min_by_key(|(_, seq)| **seq) {
+        if let Some((seq, _, _)) = self.redacted.values().min_by_key(|(seq, _, _)| *seq) {
             return Err(self.problem(
                 Some(seq.0),
                 "payload erased without a redaction event recording it",
@@ -235,8 +251,24 @@ pub async fn verify_store<S: crate::store::Store>(
     kept: &[String],
     mut progress: impl FnMut(&TenantId, u64),
 ) -> Result<Vec<Result<Verified, Problem>>, crate::store::StoreError> {
+    let mut tenants = store.tenants().await?;
+    // A kept checkpoint of a tenant the database no longer knows is a deleted log.
+    for note in kept {
+        if let Some(name) = note
+            .split('\n')
+            .next()
+            .and_then(|origin| origin.rsplit('/').next())
+            && !tenants.iter().any(|t| t.as_str() == name)
+        {
+            tenants.push(TenantId::new(name));
+        }
+    }
     let mut results = Vec::new();
-    for tenant in store.tenants().await? {
+    for tenant in tenants {
+        // Read the head first and verify up to it: events appended meanwhile are not this
+        // run's business, and must not look like a rewritten tail.
+        let head = store.head(&tenant).await?.map(|h| (h.seq, h.hash));
+        let until = head.map(|(seq, _)| seq);
         let mut checkpoints = store.checkpoints(&tenant).await?;
         checkpoints.extend(for_tenant(kept, &tenant));
         let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints);
@@ -249,9 +281,12 @@ pub async fn verify_store<S: crate::store::Store>(
         let mut next = fetch(Seq(0));
         let mut failed = None;
         loop {
-            let page = next
+            let mut page = next
                 .await
                 .map_err(|e| crate::store::StoreError::Other(e.into()))??;
+            if let Some(until) = until {
+                page.retain(|e| e.seq <= until);
+            }
             let Some(last) = page.last() else { break };
             let after = last.seq;
             next = fetch(after);
@@ -267,15 +302,14 @@ pub async fn verify_store<S: crate::store::Store>(
                 break;
             }
             progress(&tenant, after.0 as u64);
-        }
-        let result = match failed {
-            Some(problem) => Err(problem),
-            None => {
-                let head = store.head(&tenant).await?.map(|h| (h.seq, h.hash));
-                verifier.finish(head)
+            if until == Some(after) {
+                break;
             }
-        };
-        results.push(result);
+        }
+        results.push(match failed {
+            Some(problem) => Err(problem),
+            None => verifier.finish(head),
+        });
     }
     Ok(results)
 }
@@ -333,6 +367,10 @@ pub fn verify_export(
                 }
             }
         }
+    }
+    // Checkpoints of a tenant with no events left: its whole log was cut away.
+    for (tenant, checkpoints) in pending {
+        tenants.push(TenantVerifier::new(tenant, keys.to_vec(), checkpoints));
     }
     Ok(tenants
         .into_iter()

@@ -91,6 +91,9 @@ pub struct RawEvent {
     pub idempotency_key: Option<String>,
 }
 
+/// Event types the service records itself (amendment, redaction); clients may not send them.
+pub const RESERVED_EVENT_TYPE_PREFIX: &str = "audit.";
+
 /// Size limits applied while parsing; configurable because deployments differ.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -160,7 +163,21 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// Validates a client's event.
     pub fn parse(raw: RawEvent, limits: &Limits) -> Result<Self, FieldError> {
+        if raw.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX) {
+            return Err(FieldError::new(
+                "event_type",
+                format!(
+                    "`{RESERVED_EVENT_TYPE_PREFIX}*` event types are reserved for the service's own records"
+                ),
+            ));
+        }
+        Self::parse_own(raw, limits)
+    }
+
+    /// Validates an event the service records itself, which may use a reserved type.
+    pub fn parse_own(raw: RawEvent, limits: &Limits) -> Result<Self, FieldError> {
         let required = |name: &str, value: String| -> Result<String, FieldError> {
             check_text(name, &value, limits)?;
             Ok(value)

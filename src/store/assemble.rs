@@ -107,6 +107,7 @@ fn assemble_one(
             .into_iter()
             .map(|(id, hash)| (tenant.clone(), id, hash)),
     );
+    let replayed: Vec<bool> = slots.iter().map(Option::is_some).collect();
     let mut created = linked.events.into_iter();
     let events: Vec<Event> = slots
         .into_iter()
@@ -119,7 +120,7 @@ fn assemble_one(
         }
         done.rows.push(event.clone());
     }
-    Appended::Created(events)
+    Appended::Created { events, replayed }
 }
 
 #[cfg(test)]
@@ -159,7 +160,10 @@ mod tests {
             now(),
         );
         assert_eq!(done.rows.len(), 1);
-        let Appended::Created(created) = &done.outcomes[0] else {
+        let Appended::Created {
+            events: created, ..
+        } = &done.outcomes[0]
+        else {
             panic!()
         };
         assert_eq!(done.outcomes[1], Appended::Replayed(created.clone()));

@@ -59,9 +59,12 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// What became of one submission inside an appended batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
-    /// At least one event was newly recorded; the list is in submission order and may include
-    /// events replayed by idempotency key.
-    Created(Vec<Event>),
+    /// At least one event was newly recorded. `events` is in submission order and may include
+    /// events replayed by idempotency key; `replayed[i]` says whether `events[i]` was.
+    Created {
+        events: Vec<Event>,
+        replayed: Vec<bool>,
+    },
     /// Every event carried an idempotency key that was already recorded with the same content.
     Replayed(Vec<Event>),
     /// An idempotency key was reused with different content; nothing of the submission was kept.

@@ -407,7 +407,8 @@ impl Store for PgStore {
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT tenant FROM chain_heads UNION SELECT DISTINCT tenant FROM events ORDER BY 1",
+            "SELECT tenant FROM chain_heads UNION SELECT tenant FROM events \
+             UNION SELECT tenant FROM checkpoints ORDER BY 1",
         )
         .fetch_all(&self.pool)
         .await?;

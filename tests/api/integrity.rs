@@ -489,6 +489,55 @@ async fn a_truncated_tail_is_caught(backend: Backend) {
     );
 }
 
+async fn a_payload_erased_without_a_redaction_record_is_caught(backend: Backend) {
+    // No trigger needs dropping: the schema allows a redaction-shaped UPDATE.
+    let app = spawn_app(backend).await;
+    seed(&app, 4).await;
+    let now = match backend {
+        Backend::Sqlite => "1700000000000000",
+        Backend::Postgres => "now()",
+    };
+    app.db
+        .execute(&format!(
+            "UPDATE events SET event_data = NULL, redacted_at = {now} WHERE seq = 2"
+        ))
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 2, "payload erased without a redaction event");
+    // A writer cannot forge the record through the API either: `audit.*` types are reserved.
+    let id = app.get_ok("/events?limit=1").await["events"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged = app
+        .request(
+            Method::PUT,
+            &format!("/update_log/{id}"),
+            Some(crate::helpers::WRITER),
+        )
+        .json(&json!({"event_type": "audit.redacted"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 422);
+}
+
+async fn a_deleted_tenant_is_caught_by_a_kept_checkpoint(backend: Backend) {
+    let (app, _, note) = tamperable(backend).await;
+    app.db
+        .execute("DELETE FROM events; DELETE FROM chain_heads; DELETE FROM checkpoints")
+        .await
+        .unwrap();
+    let kept = app.db.dir.path().join("kept-checkpoint.txt");
+    std::fs::write(&kept, &note).unwrap();
+    expect_caught(
+        &app,
+        &["--checkpoint", kept.to_str().unwrap()],
+        1,
+        "log truncated",
+    );
+}
+
 async fn a_forged_checkpoint_is_caught(backend: Backend) {
     let (app, _, note) = tamperable(backend).await;
     let forged = note.replace("\n10\n", "\n9\n");
@@ -631,6 +680,8 @@ crate::both_backends!(
     swapped_rows_are_caught,
     a_truncated_tail_is_caught,
     a_forged_checkpoint_is_caught,
+    a_payload_erased_without_a_redaction_record_is_caught,
+    a_deleted_tenant_is_caught_by_a_kept_checkpoint,
     a_replaced_signing_key_is_caught,
     an_export_verifies_offline_and_tampering_in_it_is_caught,
 );

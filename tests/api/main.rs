@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod bulk;
 mod cli;
 mod compat;
 mod events;

@@ -22,7 +22,7 @@ fn submission(tenant: &str, events: serde_json::Value) -> Submission {
 
 fn created(outcome: &Appended) -> &[auditor::model::Event] {
     match outcome {
-        Appended::Created(events) => events,
+        Appended::Created { events, .. } => events,
         other => panic!("expected Created, got {other:?}"),
     }
 }
@@ -124,7 +124,7 @@ async fn idempotency_keys_replay_or_conflict<S: Store>(store: S, _db: &TestDb) {
     assert_eq!(again[0], Appended::Replayed(original));
     assert_eq!(again[1], Appended::KeyConflict("k".into()));
     assert!(
-        matches!(again[2], Appended::Created(_)),
+        matches!(again[2], Appended::Created { .. }),
         "keys are per tenant"
     );
 }

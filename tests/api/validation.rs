@@ -56,6 +56,10 @@ async fn invalid_events_are_refused_with_the_field_named(backend: Backend) {
             json!({"event_type": "a", "user_identity": "u", "idempotency_key": ""}),
             "idempotency_key",
         ),
+        (
+            json!({"event_type": "audit.redacted", "user_identity": "u"}),
+            "event_type",
+        ),
         (json!([]), "[]"),
         (
             json!([{"event_type": "a", "user_identity": "u"}, {"event_type": "b", "user_identity": "u", "x": 1}]),
