@@ -110,7 +110,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
-    /// Every tenant that has a log.
+    /// Every tenant with events, a chain head or a checkpoint. Cheap on any log size: the
+    /// events are walked by their primary key one tenant at a time (a loose index scan).
     fn tenants(&self) -> impl Future<Output = Result<Vec<TenantId>, StoreError>> + Send;
 
     /// Where the tenant's log ends now, if it has begun.

@@ -429,8 +429,13 @@ impl Store for SqliteStore {
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
         let names: Vec<String> = sqlx::query_scalar(
-            "SELECT tenant FROM chain_heads UNION SELECT tenant FROM events \
-             UNION SELECT tenant FROM checkpoints ORDER BY 1",
+            "WITH RECURSIVE logged(tenant) AS ( \
+                 SELECT MIN(tenant) FROM events \
+                 UNION ALL \
+                 SELECT (SELECT MIN(tenant) FROM events WHERE tenant > logged.tenant) \
+                 FROM logged WHERE logged.tenant IS NOT NULL) \
+             SELECT tenant FROM logged WHERE tenant IS NOT NULL \
+             UNION SELECT tenant FROM chain_heads UNION SELECT tenant FROM checkpoints ORDER BY 1",
         )
         .fetch_all(&self.readers)
         .await?;
