@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, one error type, one router.
 
 mod body;
+pub mod ceiling;
 mod compat;
 mod error;
 mod events;
