@@ -83,6 +83,13 @@ pub enum Command {
     },
     /// Print the default configuration file, with every key documented.
     DefaultConfig,
+    /// Serve a no-op `POST /events` (parse the JSON, store nothing) as the ceiling for `bench/run`.
+    #[command(hide = true)]
+    BenchCeiling {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5099")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,9 +43,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => false,
     };
-    if let Command::DefaultConfig = cli.command {
-        print!("{DEFAULT_CONFIG}");
-        return Ok(());
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            return Ok(());
+        }
+        // Needs no configuration or database: it is only a yardstick for the benchmark.
+        Command::BenchCeiling { listen } => return bench_ceiling(listen).await,
+        _ => {}
     }
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     telemetry::init(settings.log_format);
@@ -70,7 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", signer.verifier_key(&TenantId::default()));
             Ok(())
         }
-        Command::DefaultConfig => Ok(()),
+        Command::DefaultConfig | Command::BenchCeiling { .. } => Ok(()),
     }
 }
 
@@ -81,6 +86,17 @@ async fn serve(settings: Settings, migrate: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     auditor::serve_with_listener(settings, listener, shutdown, migrate).await?;
+    Ok(())
+}
+
+async fn bench_ceiling(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    telemetry::init(config::LogFormat::Text);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    auditor::api::ceiling::serve(listener, shutdown).await?;
     Ok(())
 }
 

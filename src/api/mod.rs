@@ -2,6 +2,7 @@
 
 mod body;
 mod bulk;
+pub mod ceiling;
 mod checkpoints;
 mod compat;
 mod error;
