@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use auditor::auth::Role;
 use auditor::auth::users;
 use auditor::config::{DatabaseUrl, Secret};
+use auditor::integrity::{Digest, chain_hash, leaf_hash};
+use auditor::model::Event;
 use auditor::server::ServeError;
 use auditor::store::{PgStore, SqliteStore, Store};
 use auditor::{Settings, serve_with_listener};
@@ -70,6 +72,16 @@ impl TestDb {
                     dir: tempfile::tempdir().expect("temp dir"),
                 }
             }
+        }
+    }
+
+    /// Another handle on the same database, for a second server. The original must outlive it:
+    /// it owns the SQLite file and the signing key, which `settings_for(original)` points at.
+    pub fn share(&self) -> Self {
+        Self {
+            backend: self.backend,
+            url: self.url.clone(),
+            dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
@@ -216,6 +228,21 @@ impl TestApp {
         response.json().await.expect("json")
     }
 
+    /// The whole log, page by page, in `seq` order.
+    pub async fn all_events(&self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut path = "/events?limit=1000".to_owned();
+        loop {
+            let page = self.get_ok(&path).await;
+            let batch: Vec<Event> = serde_json::from_value(page["events"].clone()).expect("events");
+            events.extend(batch);
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/events?limit=1000&cursor={cursor}"),
+                None => return events,
+            }
+        }
+    }
+
     /// POSTs events as admin, expecting 201, returning the JSON body.
     pub async fn record(&self, body: Value) -> Value {
         let response = self.post_json("/events", ADMIN, &body).await;
@@ -263,6 +290,23 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// Asserts that `events` (one tenant's log, in order) is the whole chain: `seq` 1..=n without
+/// gaps, each `prev_hash` the previous `hash`, and each `hash` recomputed from the event.
+pub fn assert_gapless_chain(events: &[Event]) {
+    let mut prev = Digest::ZERO;
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(event.seq.0, index as i64 + 1, "seq without gaps");
+        assert_eq!(event.prev_hash, prev, "prev_hash of seq {}", event.seq);
+        assert_eq!(
+            event.hash,
+            chain_hash(&prev, &leaf_hash(event)),
+            "hash of seq {}",
+            event.seq
+        );
+        prev = event.hash;
     }
 }
 

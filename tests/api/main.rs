@@ -12,5 +12,6 @@ mod events;
 mod integrity;
 mod lifecycle;
 mod query;
+mod scale;
 mod store;
 mod validation;
