@@ -1,10 +1,12 @@
 //! The `auditor` binary itself: its subcommands, and shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::helpers::{Backend, ServerProcess, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_auditor");
 
@@ -107,40 +109,14 @@ fn users_are_managed_from_the_command_line() {
     assert!(!missing.status.success());
 }
 
-#[test]
-fn serve_finishes_in_flight_requests_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("term.db").display());
-    let mut server = Command::new(BIN)
-        .args([
-            "serve",
-            "--migrate",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &url,
-        ])
-        .env("AUDITOR_ADMIN_PASSWORD", "secret")
-        .env("RUST_LOG", "info")
-        .env_remove("AUDITOR_CONFIG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let address = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited before listening"
-        );
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+#[tokio::test]
+async fn serve_finishes_in_flight_requests_on_sigterm() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut server = ServerProcess::serve(&db);
 
     // Start a request and leave it half-sent, so it is in flight when the signal arrives.
     let body = r#"{"event_type":"a","user_identity":"u"}"#;
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let mut stream = std::net::TcpStream::connect(&server.address).unwrap();
     write!(
         stream,
         "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46c2VjcmV0\r\n\
@@ -150,8 +126,9 @@ fn serve_finishes_in_flight_requests_on_sigterm() {
     )
     .unwrap();
     stream.flush().unwrap();
+    // Give the server time to read the headers, so the request is in flight, not queued.
     std::thread::sleep(Duration::from_millis(300));
-    let pid = server.id().to_string();
+    let pid = server.pid().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -167,10 +144,8 @@ fn serve_finishes_in_flight_requests_on_sigterm() {
     let json: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(json["seq"], 1);
 
-    let status = server.wait().unwrap();
+    let (status, log) = server.wait();
     assert!(status.success(), "clean exit after SIGTERM: {status}");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert!(rest.contains("auditor stopped"), "{rest}");
-    assert!(!rest.contains("secret"), "no password in the logs");
+    assert!(log.contains("auditor stopped"), "{log}");
+    assert!(!log.contains("secret"), "no password in the logs");
 }

@@ -293,6 +293,82 @@ impl Drop for TestApp {
     }
 }
 
+/// The `auditor` binary serving `db` on a random port, its log collected. SIGKILLed on drop.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub address: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    pub fn serve(db: &TestDb) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+            .args(["serve", "--migrate", "--listen", "127.0.0.1:0"])
+            .args(["--database-url", &db.url])
+            .env(
+                "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+                &settings_for(db).integrity.signing_key_file,
+            )
+            .env("AUDITOR_ADMIN_PASSWORD", ADMIN.1)
+            .env("RUST_LOG", "info")
+            .env_remove("AUDITOR_CONFIG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start auditor");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let address = loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).expect("read the log");
+            assert!(read > 0, "server exited before listening");
+            log.lock().expect("log").push_str(&line);
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        // The server logs every request: keep draining, or a full pipe would stall it.
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().expect("log").push_str(&format!("{line}\n"));
+            }
+        });
+        Self {
+            child,
+            address,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns its status and everything it logged.
+    pub fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().expect("wait");
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let log = self.log.lock().expect("log").clone();
+        (status, log)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Asserts that `events` (one tenant's log, in order) is the whole chain: `seq` 1..=n without
 /// gaps, each `prev_hash` the previous `hash`, and each `hash` recomputed from the event.
 pub fn assert_gapless_chain(events: &[Event]) {

@@ -2,8 +2,6 @@
 //! killed with SIGKILL under write load. Acknowledged events must survive and the chain hold.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +10,8 @@ use auditor::model::EventId;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN, Backend, TestDb, WRITER, assert_gapless_chain, settings_for, spawn_app, spawn_with,
+    ADMIN, Backend, ServerProcess, TestDb, WRITER, assert_gapless_chain, settings_for, spawn_app,
+    spawn_with,
 };
 
 /// The id of an event in a `201` answer.
@@ -69,58 +68,6 @@ async fn two_servers_on_one_postgres_database_keep_one_gapless_chain() {
     assert_eq!(second.all_events().await, events, "both see one log");
 }
 
-/// The `auditor` binary, serving on a random port. Killed (SIGKILL) when dropped.
-struct Process {
-    child: Child,
-    address: String,
-}
-
-impl Process {
-    fn serve(db: &TestDb) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_auditor"))
-            .args(["serve", "--migrate", "--listen", "127.0.0.1:0"])
-            .args(["--database-url", &db.url])
-            .env(
-                "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
-                &settings_for(db).integrity.signing_key_file,
-            )
-            .env("AUDITOR_ADMIN_PASSWORD", ADMIN.1)
-            .env("RUST_LOG", "info")
-            .env_remove("AUDITOR_CONFIG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let address = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "server exited before listening"
-            );
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // The server logs every request; an undrained pipe would fill up and stall it.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self {
-            child,
-            address: format!("http://{address}"),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Eight clients write until the process is SIGKILLed mid-stream. After a restart on the same
 /// database, every event that was answered `201` is there and the chain verifies: a 2xx is only
 /// sent after the commit (fsynced, on SQLite).
@@ -128,14 +75,17 @@ async fn sigkill_under_load_loses_no_acknowledged_event(backend: Backend) {
     const CLIENTS: usize = 8;
     const BEFORE_KILL: usize = 200;
     let db = TestDb::new(backend).await;
-    let mut server = Process::serve(&db);
+    let mut server = ServerProcess::serve(&db);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
-            let (address, acknowledged, stop) =
-                (server.address.clone(), acknowledged.clone(), stop.clone());
+            let (address, acknowledged, stop) = (
+                format!("http://{}", server.address),
+                acknowledged.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 let http = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
