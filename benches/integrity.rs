@@ -14,6 +14,10 @@ use auditor::store::{PgStore, SqliteStore, Store};
 
 const BATCH: usize = 1000;
 
+/// The same allocator as the `auditor` binary, so the figures match the service.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

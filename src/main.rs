@@ -15,6 +15,11 @@ use auditor::{telemetry, with_store};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+/// glibc's allocator fragments under the service's many small, short-lived allocations across
+/// threads (JSON values, rows): mimalloc is faster here and keeps peak RSS down.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
