@@ -102,6 +102,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         query: &EventQuery,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
+    /// The database's plan for [`Store::query`], one line per step, for checking that a filter
+    /// is served by an index.
+    fn explain(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
     /// Events of a tenant with `seq > after`, in `seq` order: the log as a stream, for verify.
     fn scan(
         &self,

@@ -258,6 +258,36 @@ fn push_filter(builder: &mut QueryBuilder<Postgres>, filter: &Filter) -> Result<
     Ok(())
 }
 
+/// The SQL of an event query (optionally prefixed, e.g. by `EXPLAIN`), with bound values only.
+fn build_query(
+    prefix: &str,
+    tenant: &TenantId,
+    query: &EventQuery,
+) -> Result<QueryBuilder<Postgres>, StoreError> {
+    let mut builder = QueryBuilder::<Postgres>::new(format!(
+        "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+    ));
+    builder.push_bind(tenant.as_str().to_owned());
+    for filter in &query.filters {
+        push_filter(&mut builder, filter)?;
+    }
+    if let Some(since) = query.since {
+        builder.push(" AND occurred_at >= ").push_bind(since);
+    }
+    if let Some(until) = query.until {
+        builder.push(" AND occurred_at < ").push_bind(until);
+    }
+    let (after, direction) = match query.order {
+        Order::Asc => (" AND seq > ", " ORDER BY seq ASC LIMIT "),
+        Order::Desc => (" AND seq < ", " ORDER BY seq DESC LIMIT "),
+    };
+    if let Some(seq) = query.after {
+        builder.push(after).push_bind(seq.0);
+    }
+    builder.push(direction).push_bind(query.fetch_limit());
+    Ok(builder)
+}
+
 fn user_from_row(row: &PgRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: row.try_get("name")?,
@@ -361,29 +391,19 @@ impl Store for PgStore {
     }
 
     async fn query(&self, tenant: &TenantId, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut builder = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
-        ));
-        builder.push_bind(tenant.as_str().to_owned());
-        for filter in &query.filters {
-            push_filter(&mut builder, filter)?;
-        }
-        if let Some(since) = query.since {
-            builder.push(" AND occurred_at >= ").push_bind(since);
-        }
-        if let Some(until) = query.until {
-            builder.push(" AND occurred_at < ").push_bind(until);
-        }
-        let (after, direction) = match query.order {
-            Order::Asc => (" AND seq > ", " ORDER BY seq ASC LIMIT "),
-            Order::Desc => (" AND seq < ", " ORDER BY seq DESC LIMIT "),
-        };
-        if let Some(seq) = query.after {
-            builder.push(after).push_bind(seq.0);
-        }
-        builder.push(direction).push_bind(query.fetch_limit());
+        let mut builder = build_query("", tenant, query)?;
         let rows = builder.build().fetch_all(&self.pool).await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn explain(&self, tenant: &TenantId, query: &EventQuery) -> Result<String, StoreError> {
+        let mut builder = build_query("EXPLAIN ", tenant, query)?;
+        let rows = builder.build().fetch_all(&self.pool).await?;
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        Ok(lines.join("\n"))
     }
 
     async fn scan(

@@ -278,6 +278,38 @@ fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint, StoreError> {
     })
 }
 
+/// The SQL of an event query (optionally prefixed, e.g. by `EXPLAIN`), with bound values only.
+fn build_query(
+    prefix: &str,
+    tenant: &TenantId,
+    query: &EventQuery,
+) -> Result<QueryBuilder<Sqlite>, StoreError> {
+    let mut builder = QueryBuilder::<Sqlite>::new(format!(
+        "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+    ));
+    builder.push_bind(tenant.as_str().to_owned());
+    for filter in &query.filters {
+        push_filter(&mut builder, filter)?;
+    }
+    if let Some(since) = query.since {
+        builder
+            .push(" AND occurred_at >= ")
+            .push_bind(micros(since));
+    }
+    if let Some(until) = query.until {
+        builder.push(" AND occurred_at < ").push_bind(micros(until));
+    }
+    let (after, direction) = match query.order {
+        Order::Asc => (" AND seq > ", " ORDER BY seq ASC LIMIT "),
+        Order::Desc => (" AND seq < ", " ORDER BY seq DESC LIMIT "),
+    };
+    if let Some(seq) = query.after {
+        builder.push(after).push_bind(seq.0);
+    }
+    builder.push(direction).push_bind(query.fetch_limit());
+    Ok(builder)
+}
+
 fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: row.try_get("name")?,
@@ -382,31 +414,19 @@ impl Store for SqliteStore {
     }
 
     async fn query(&self, tenant: &TenantId, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut builder = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
-        ));
-        builder.push_bind(tenant.as_str().to_owned());
-        for filter in &query.filters {
-            push_filter(&mut builder, filter)?;
-        }
-        if let Some(since) = query.since {
-            builder
-                .push(" AND occurred_at >= ")
-                .push_bind(micros(since));
-        }
-        if let Some(until) = query.until {
-            builder.push(" AND occurred_at < ").push_bind(micros(until));
-        }
-        let (after, direction) = match query.order {
-            Order::Asc => (" AND seq > ", " ORDER BY seq ASC LIMIT "),
-            Order::Desc => (" AND seq < ", " ORDER BY seq DESC LIMIT "),
-        };
-        if let Some(seq) = query.after {
-            builder.push(after).push_bind(seq.0);
-        }
-        builder.push(direction).push_bind(query.fetch_limit());
+        let mut builder = build_query("", tenant, query)?;
         let rows = builder.build().fetch_all(&self.readers).await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn explain(&self, tenant: &TenantId, query: &EventQuery) -> Result<String, StoreError> {
+        let mut builder = build_query("EXPLAIN QUERY PLAN ", tenant, query)?;
+        let rows = builder.build().fetch_all(&self.readers).await?;
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("detail"))
+            .collect::<Result<_, _>>()?;
+        Ok(lines.join("\n"))
     }
 
     async fn scan(
