@@ -303,8 +303,13 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn serve(db: &TestDb) -> Self {
+        Self::serve_with_env(db, &[])
+    }
+
+    pub fn serve_with_env(db: &TestDb, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+            .envs(env.iter().copied())
             .args(["serve", "--migrate", "--listen", "127.0.0.1:0"])
             .args(["--database-url", &db.url])
             .env(
@@ -324,8 +329,8 @@ impl ServerProcess {
             let read = stderr.read_line(&mut line).expect("read the log");
             assert!(read > 0, "server exited before listening");
             log.lock().expect("log").push_str(&line);
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_owned();
+            if let Some(address) = listening_address(&line) {
+                break address;
             }
         };
         // The server logs every request: keep draining, or a full pipe would stall it.
@@ -361,6 +366,15 @@ impl ServerProcess {
         let log = self.log.lock().expect("log").clone();
         (status, log)
     }
+}
+
+/// The address from the "listening" line, in either log format.
+fn listening_address(line: &str) -> Option<String> {
+    if let Ok(json) = serde_json::from_str::<Value>(line) {
+        return json["address"].as_str().map(str::to_owned);
+    }
+    let rest = line.split("address=").nth(1)?;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 impl Drop for ServerProcess {

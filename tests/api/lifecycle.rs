@@ -238,3 +238,97 @@ fn url_parts(url: &str) -> UrlParts {
         database: database.to_owned(),
     }
 }
+
+/// While the writer is stuck (here: another process holds SQLite's write lock), at most one
+/// submission is in its hands and `queue_capacity` wait; everyone else is turned away at once
+/// with 503 and Retry-After instead of piling up in memory. Nothing accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_answers_503_with_retry_after() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut settings = settings_for(&db);
+    settings.writer.queue_capacity = 1;
+    let app = spawn_with(db, settings).await;
+
+    let mut blocker = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let posts = (0..6).map(|i| {
+        let app = &app;
+        async move {
+            let body = json!({"event_type": "a", "user_identity": format!("u{i}")});
+            app.post_json("/events", ADMIN, &body).await
+        }
+    });
+    let pending = futures::future::join_all(posts);
+    tokio::pin!(pending);
+    // Release the lock only after the turned-away answers had their chance to come back.
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+    };
+    let (responses, ()) = tokio::join!(pending, release);
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    let refused = responses.iter().filter(|r| r.status() == 503).count();
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        refused >= 4,
+        "at most one in hand and one queued: {statuses:?}"
+    );
+    assert_eq!(accepted + refused, 6, "{statuses:?}");
+    for response in responses.iter().filter(|r| r.status() == 503) {
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+    let stored = app.get_ok("/events").await["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(stored, accepted, "every 201 is stored, nothing else");
+}
+
+/// `--log-format json`: one JSON object per request line, with the matched route, never the
+/// credentials.
+#[tokio::test]
+async fn json_logs_have_one_object_per_request() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut server =
+        crate::helpers::ServerProcess::serve_with_env(&db, &[("AUDITOR_LOG_FORMAT", "json")]);
+    let client = reqwest::Client::new();
+    let url = format!(
+        "http://{}/events/01920000-0000-7000-8000-000000000000",
+        server.address
+    );
+    let response = client
+        .get(&url)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let pid = server.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_, log) = server.wait();
+    let request_line = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "request" && line["status"] == 404)
+        .unwrap_or_else(|| panic!("no JSON request line in:\n{log}"));
+    assert_eq!(request_line["span"]["route"], "/events/{id}");
+    assert_eq!(request_line["span"]["method"], "GET");
+    assert!(request_line["latency_ms"].is_string() || request_line["latency_ms"].is_number());
+    assert!(
+        !log.contains(ADMIN.1) && !log.contains("YWRtaW46c2VjcmV0"),
+        "no credentials logged"
+    );
+}
