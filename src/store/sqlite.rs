@@ -24,8 +24,8 @@ use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::{
-    Action, Event, EventId, EventQuery, Field, Filter, JsonScalar, Order, Outcome, Seq, Submission,
-    TenantId,
+    Action, Event, EventId, EventQuery, Field, Filter, JsonPath, JsonScalar, Order, Outcome, Seq,
+    Submission, TenantId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
@@ -278,15 +278,78 @@ fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint, StoreError> {
     })
 }
 
+/// Strings longer than this many characters are indexed by this long a prefix (migration 0003).
+const INDEXED_TEXT_PREFIX: usize = 128;
+
+/// `value` as `event_data_index` stores it (see migration 0003). A string goes through the same
+/// SQL expression as the stored leaf, so SQLite decides "longer than 128 characters" both times.
+fn push_index_value(builder: &mut QueryBuilder<Sqlite>, value: &JsonScalar) {
+    match value {
+        JsonScalar::Null => builder.push_bind(b"null".to_vec()),
+        JsonScalar::Bool(true) => builder.push_bind(b"true".to_vec()),
+        JsonScalar::Bool(false) => builder.push_bind(b"false".to_vec()),
+        JsonScalar::Integer(i) => builder.push_bind(*i),
+        JsonScalar::Float(f) => builder.push_bind(*f),
+        JsonScalar::String(s) => {
+            builder.push("CASE WHEN length(");
+            builder.push_bind(s.clone());
+            builder.push(format!(") > {INDEXED_TEXT_PREFIX} THEN CAST(substr("));
+            builder.push_bind(s.clone());
+            builder.push(format!(", 1, {INDEXED_TEXT_PREFIX}) AS BLOB) ELSE "));
+            builder.push_bind(s.clone());
+            builder.push(" END")
+        }
+    };
+}
+
 /// The SQL of an event query (optionally prefixed, e.g. by `EXPLAIN`), with bound values only.
+///
+/// Without `event_data` filters this reads `events` alone. With them, each filter joins
+/// `event_data_index` (as `d0`, `d1`, …) on `(tenant, path, value)`, and the query pages by
+/// `d0.seq`, so it reads the index in `seq` order and stops after one page. The JSON predicate
+/// of each filter stays in the WHERE clause as a recheck: the index only narrows the candidates.
 fn build_query(
     prefix: &str,
     tenant: &TenantId,
     query: &EventQuery,
 ) -> Result<QueryBuilder<Sqlite>, StoreError> {
-    let mut builder = QueryBuilder::<Sqlite>::new(format!(
-        "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
-    ));
+    let data: Vec<(&JsonPath, &JsonScalar)> = query
+        .filters
+        .iter()
+        .filter_map(|filter| match filter {
+            Filter::Data(path, value) => Some((path, value)),
+            Filter::Equals(..) => None,
+        })
+        .collect();
+    let mut builder = if data.is_empty() {
+        QueryBuilder::<Sqlite>::new(format!(
+            "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+        ))
+    } else {
+        let columns: Vec<String> = EVENT_COLUMNS
+            .split(',')
+            .map(|column| format!("events.{}", column.trim()))
+            .collect();
+        let mut sql = format!("{prefix}SELECT {} FROM events", columns.join(", "));
+        for i in 0..data.len() {
+            sql.push_str(&format!(
+                " JOIN event_data_index AS d{i} ON d{i}.tenant = events.tenant AND d{i}.seq = events.seq"
+            ));
+        }
+        let mut builder = QueryBuilder::<Sqlite>::new(sql);
+        builder.push(" WHERE ");
+        for (i, (path, value)) in data.iter().enumerate() {
+            builder.push(format!("d{i}.tenant = "));
+            builder.push_bind(tenant.as_str().to_owned());
+            builder.push(format!(" AND d{i}.path = "));
+            builder.push_bind(path.segments().join("."));
+            builder.push(format!(" AND d{i}.value = "));
+            push_index_value(&mut builder, value);
+            builder.push(" AND ");
+        }
+        builder.push("events.tenant = ");
+        builder
+    };
     builder.push_bind(tenant.as_str().to_owned());
     for filter in &query.filters {
         push_filter(&mut builder, filter)?;
@@ -299,14 +362,21 @@ fn build_query(
     if let Some(until) = query.until {
         builder.push(" AND occurred_at < ").push_bind(micros(until));
     }
+    // With `event_data` filters, `d0.seq` (equal to `events.seq`) is the column whose order the
+    // index yields; naming it lets SQLite stop after one page instead of sorting every match.
+    let seq = if data.is_empty() { "seq" } else { "d0.seq" };
     let (after, direction) = match query.order {
-        Order::Asc => (" AND seq > ", " ORDER BY seq ASC LIMIT "),
-        Order::Desc => (" AND seq < ", " ORDER BY seq DESC LIMIT "),
+        Order::Asc => (">", "ASC"),
+        Order::Desc => ("<", "DESC"),
     };
-    if let Some(seq) = query.after {
-        builder.push(after).push_bind(seq.0);
+    if let Some(after_seq) = query.after {
+        builder
+            .push(format!(" AND {seq} {after} "))
+            .push_bind(after_seq.0);
     }
-    builder.push(direction).push_bind(query.fetch_limit());
+    builder
+        .push(format!(" ORDER BY {seq} {direction} LIMIT "))
+        .push_bind(query.fetch_limit());
     Ok(builder)
 }
 

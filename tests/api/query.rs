@@ -200,6 +200,53 @@ async fn bad_query_parameters_are_rejected_not_ignored(backend: Backend) {
     );
 }
 
+/// Redacted data must not be discoverable: once a payload is erased, a query on one of its
+/// values no longer finds the event, and on SQLite its `event_data_index` rows are gone too.
+async fn a_redacted_payload_is_no_longer_found_by_its_values(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let secret = app
+        .record(json!({"event_type": "kyc", "user_identity": "alice",
+                       "event_data": {"ssn": "123-45-6789", "plan": {"tier": "gold"}, "n": 7}}))
+        .await;
+    app.record(json!({"event_type": "kyc", "user_identity": "bob",
+                      "event_data": {"plan": {"tier": "gold"}, "n": 7.0}}))
+        .await;
+    assert_eq!(
+        seqs(&app.get_ok("/events?event_data.ssn=123-45-6789").await),
+        vec![1]
+    );
+    let id = secret["id"].as_str().unwrap();
+    let response = app
+        .post_json(
+            &format!("/events/{id}/redact"),
+            ADMIN,
+            &json!({"reason": "erasure request"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    for (query, expected) in [
+        ("event_data.ssn=123-45-6789", vec![]),
+        ("event_data.plan.tier=gold", vec![2]),
+        ("event_data.n=7", vec![2]),
+        ("event_data.n=7&order=desc", vec![2]),
+        ("event_data.ssn=123-45-6789&user_identity=alice", vec![]),
+    ] {
+        let page = app.get_ok(&format!("/events?{query}")).await;
+        assert_eq!(seqs(&page), expected, "{query}");
+    }
+    if backend == Backend::Sqlite {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+        let left: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT path, seq FROM event_data_index WHERE seq = 1 OR value = '123-45-6789'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(left, vec![], "no index row of the redacted event is left");
+    }
+}
+
 crate::both_backends!(
     every_common_field_filters_by_equality,
     event_data_paths_compare_as_json_values,
@@ -207,4 +254,5 @@ crate::both_backends!(
     order_and_limit_shape_the_page,
     pagination_is_stable_while_events_arrive,
     bad_query_parameters_are_rejected_not_ignored,
+    a_redacted_payload_is_no_longer_found_by_its_values,
 );

@@ -2,7 +2,7 @@
 
 use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
-use auditor::model::{EventQuery, Limits, NewEvent, RawEvent, Seq, Submission, TenantId};
+use auditor::model::{EventQuery, Limits, NewEvent, Order, RawEvent, Seq, Submission, TenantId};
 use auditor::store::{Appended, Store, StoreError};
 use serde_json::json;
 
@@ -27,8 +27,12 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
     }
 }
 
-async fn migrations_are_reported_then_applied<S: Store>(store: S, _db: &TestDb) {
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![1, 2]);
+async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
+    let all = match db.backend {
+        Backend::Sqlite => vec![1, 2, 3],
+        Backend::Postgres => vec![1, 2],
+    };
+    assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
     assert!(store.pending_migrations().await.unwrap().is_empty());
     store.migrate().await.unwrap();
@@ -249,8 +253,46 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             Some("events_occurred_at"),
         ),
     ];
-    if db.backend == Backend::Postgres {
-        cases.push(("event_data.n=77".to_owned(), Some("events_event_data")));
+    // SQLite: `event_data_index` (migration 0003) is the only table keyed by `path`; reading it
+    // by `(tenant, path, value)` with the cursor bound on `seq` is what keeps a page cheap.
+    let data_index = match db.backend {
+        Backend::Sqlite => "d0 USING PRIMARY KEY (tenant=? AND path=? AND value=?",
+        Backend::Postgres => "events_event_data",
+    };
+    cases.push(("event_data.n=77".to_owned(), Some(data_index)));
+    if db.backend == Backend::Sqlite {
+        for query in [
+            "event_data.n=77.0",
+            "event_data.group=3&event_data.n=77",
+            "event_data.missing=\"some text\"",
+            "event_data.group=true",
+            "event_data.group=3&user_identity=u7",
+        ] {
+            cases.push((query.to_owned(), Some(data_index)));
+        }
+        // Paging forward and backward reads the index from the cursor on, without a sort.
+        let page = EventQuery::parse(&[
+            ("event_data.group".to_owned(), "3".to_owned()),
+            ("order".to_owned(), "desc".to_owned()),
+        ])
+        .unwrap();
+        for (order, after) in [(Order::Asc, Some(Seq(100))), (Order::Desc, Some(Seq(2000)))] {
+            let query = EventQuery {
+                order,
+                after,
+                ..page.clone()
+            };
+            let plan = store.explain(&TenantId::default(), &query).await.unwrap();
+            let bound = match order {
+                Order::Asc => "seq>?",
+                Order::Desc => "seq<?",
+            };
+            assert!(
+                plan.contains(&format!("{data_index} AND {bound})"))
+                    && !plan.contains("TEMP B-TREE"),
+                "{order:?}: {plan}"
+            );
+        }
     }
     for (query, index) in cases {
         let pairs: Vec<(String, String)> = query
@@ -272,10 +314,221 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             Backend::Postgres => assert!(!plan.contains("Seq Scan"), "{query}: {plan}"),
         }
         if let Some(index) = index {
-            let used = plan.contains(&format!("{index} "));
+            let used = plan.contains(&format!("{index} ")) || plan.contains(&format!("{index})"));
             assert!(used, "{query} should use the {index} index: {plan}");
         }
     }
+}
+
+/// What `event_data.<path>=value` means, written out: the path goes through objects only and
+/// ends at a scalar; numbers compare by value (1 = 1.0), and no other type equals across types.
+fn holds(
+    data: Option<&serde_json::Map<String, serde_json::Value>>,
+    path: &str,
+    value: &str,
+) -> bool {
+    use auditor::model::JsonScalar;
+    use serde_json::Value;
+    let mut segments = path.split('.');
+    let first = segments
+        .next()
+        .and_then(|key| data.and_then(|d| d.get(key)));
+    let leaf = segments.fold(first, |node, key| {
+        node.and_then(|n| n.as_object()?.get(key))
+    });
+    match (leaf, JsonScalar::parse(value)) {
+        (Some(Value::Null), JsonScalar::Null) => true,
+        (Some(Value::Bool(a)), JsonScalar::Bool(b)) => *a == b,
+        (Some(Value::Number(a)), JsonScalar::Integer(b)) => match a.as_i64() {
+            Some(a) => a == b,
+            None => a.as_f64() == Some(b as f64),
+        },
+        (Some(Value::Number(a)), JsonScalar::Float(b)) => a.as_f64() == Some(b),
+        (Some(Value::String(a)), JsonScalar::String(b)) => *a == b,
+        _ => false,
+    }
+}
+
+/// Path queries return exactly the events whose payload holds the value, in both orders and
+/// across pages; on SQLite they are answered through `event_data_index` (migration 0003).
+async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
+    store: S,
+    _db: &TestDb,
+) {
+    store.migrate().await.unwrap();
+    let long = "é".repeat(150);
+    let long_other = format!("{}x", "é".repeat(149));
+    let prefix = "é".repeat(128);
+    let payloads = json!([
+        {"n": 1}, {"n": 1.0}, {"n": "1"}, {"n": true}, {"n": null}, {"n": [1]}, {"n": {"m": 1}},
+        {"n": 1.5}, {"n": -0.0}, {"n": 0}, {"n": 9007199254740991_i64}, {"n": 1e3},
+        {"a": {"b": {"c": "deep"}}, "n": 2}, {"a": {"b": "x"}}, {"a": {"b": 1}},
+        {"a.b": 1}, {"a.b": 5, "a": {"b": 5}}, {"a": [{"b": 1}]},
+        {"a-b": {"c_d": 7}}, {"9": 9}, {"tags": ["x", "y"]}, {"tags": "x"},
+        {"text": long}, {"text": long_other}, {"text": prefix}, {"text": ""}, {"text": "1"},
+        {"text": "ünï\"cödé"}, {"flag": false}, {"flag": true}, {"flag": "true"},
+    ]);
+    let mut events: Vec<serde_json::Value> = payloads
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|data| json!({"event_type": "t", "user_identity": "u", "event_data": data}))
+        .collect();
+    for i in 0..40 {
+        let data = match i % 3 {
+            0 => json!({"page": 1, "i": i % 4}),
+            1 => json!({"page": "1", "i": i % 4}),
+            _ => json!({"page": 1.0, "i": i % 4, "other": true}),
+        };
+        events.push(json!({"event_type": "t", "user_identity": "u", "event_data": data}));
+    }
+    events.push(json!({"event_type": "t", "user_identity": "u"}));
+    store
+        .append(&[submission("default", json!(events))])
+        .await
+        .unwrap();
+    // Another tenant's identical payloads must not show up.
+    store
+        .append(&[submission("other", events[..5].to_vec().into())])
+        .await
+        .unwrap();
+    let tenant = TenantId::default();
+    let all = store.scan(&tenant, Seq(0), 1000).await.unwrap();
+
+    let quoted = |s: &str| format!("\"{s}\"");
+    let cases: Vec<Vec<(String, String)>> = [
+        vec![("n", "1")],
+        vec![("n", "1.0")],
+        vec![("n", "\"1\"")],
+        vec![("n", "true")],
+        vec![("n", "null")],
+        vec![("n", "1.5")],
+        vec![("n", "0")],
+        vec![("n", "-0.0")],
+        vec![("n", "9007199254740991")],
+        vec![("n", "1000")],
+        vec![("n", "[1]")],
+        vec![("n.m", "1")],
+        vec![("a.b.c", "deep")],
+        vec![("a.b", "x")],
+        vec![("a.b", "1")],
+        vec![("a.b", "5")],
+        vec![("a-b.c_d", "7")],
+        vec![("9", "9")],
+        vec![("tags", "x")],
+        vec![("tags.0", "x")],
+        vec![("text", long.as_str())],
+        vec![("text", long_other.as_str())],
+        vec![("text", prefix.as_str())],
+        vec![("text", "")],
+        vec![("text", "1")],
+        vec![("text", "ünï\"cödé")],
+        vec![("flag", "false")],
+        vec![("flag", "true")],
+        vec![("flag", &quoted("true"))],
+        vec![("page", "1"), ("i", "2")],
+        vec![("page", "\"1\""), ("i", "1")],
+        vec![("page", "1"), ("other", "true"), ("i", "2")],
+        vec![("missing", "1")],
+    ]
+    .into_iter()
+    .map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(path, value)| (format!("event_data.{path}"), value.to_owned()))
+            .collect()
+    })
+    .chain([vec![("event_data.page".to_owned(), "1".to_owned())]])
+    .collect();
+    for pairs in cases {
+        let expected: Vec<Seq> = all
+            .iter()
+            .filter(|event| {
+                pairs.iter().all(|(name, value)| {
+                    holds(
+                        event.event_data.as_ref(),
+                        &name["event_data.".len()..],
+                        value,
+                    )
+                })
+            })
+            .map(|event| event.seq)
+            .collect();
+        for (order, limit) in [(Order::Asc, 1000), (Order::Asc, 3), (Order::Desc, 4)] {
+            let mut query = EventQuery::parse(&pairs).unwrap();
+            query.order = order;
+            query.limit = limit;
+            let mut seen = Vec::new();
+            loop {
+                let rows = store.query(&tenant, &query).await.unwrap();
+                assert!(rows.iter().all(|e| e.tenant == tenant));
+                let page = query.page(rows);
+                seen.extend(page.events.iter().map(|e| e.seq));
+                match page.next_cursor {
+                    Some(cursor) => query.after = Some(cursor.after),
+                    None => break,
+                }
+            }
+            if order == Order::Desc {
+                seen.reverse();
+            }
+            assert_eq!(seen, expected, "{pairs:?} {order:?} by {limit}");
+        }
+    }
+}
+
+/// Migration 0003 indexes the events stored before it exactly as appends index new ones.
+#[tokio::test]
+async fn the_event_data_index_migration_backfills_existing_events() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.sqlite().await;
+    store.migrate().await.unwrap();
+    let events: Vec<serde_json::Value> = (0..1200)
+        .map(|i| {
+            json!({"event_type": "t", "user_identity": "u",
+                   "event_data": {"n": i, "group": i % 7, "plan": {"tier": format!("t{}", i % 3)},
+                                  "ok": i % 2 == 0, "tags": [i], "gone": null}})
+        })
+        .collect();
+    store
+        .append(&[submission("default", json!(events))])
+        .await
+        .unwrap();
+    let snapshot = async || {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT tenant, path, quote(value), seq FROM event_data_index ORDER BY 1, 2, 3, 4",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        rows
+    };
+    let appended = snapshot().await;
+    assert_eq!(
+        appended.len(),
+        1200 * 5,
+        "five scalar leaves outside arrays"
+    );
+
+    // Back to the schema before 0003, with the events still there; then migrate again.
+    db.execute(
+        "DROP TRIGGER event_data_index_on_insert; DROP TRIGGER event_data_index_on_redaction; \
+         DROP VIEW event_data_leaves; DROP TABLE event_data_index; \
+         DELETE FROM _sqlx_migrations WHERE version = 3",
+    )
+    .await
+    .unwrap();
+    let store = db.sqlite().await;
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![3]);
+    store.migrate().await.unwrap();
+    assert_eq!(snapshot().await, appended);
+    let mut query = EventQuery::parse(&[("event_data.plan.tier".into(), "t2".into())]).unwrap();
+    query.limit = 1000;
+    let found = store.query(&TenantId::default(), &query).await.unwrap();
+    assert_eq!(found.len(), 400);
+    assert!(found.iter().all(|e| e.seq.0 % 3 == 0));
 }
 
 macro_rules! conformance {
@@ -309,4 +562,5 @@ conformance!(
     users_are_added_found_listed_and_removed,
     the_last_admin_cannot_be_removed,
     every_documented_filter_is_planned_through_an_index,
+    event_data_paths_match_exactly_the_events_holding_the_value,
 );
