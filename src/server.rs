@@ -65,8 +65,8 @@ async fn serve_store<S: Store>(
         return Err(ServeError::PendingMigrations(pending));
     }
     bootstrap(&store, &settings).await?;
-    // Before serving, so a start in a month without a partition fails loudly rather than at
-    // the first append (which would still create it).
+    // Before serving: a database where this cannot work (e.g. PostgreSQL partitions that this
+    // user may not create) fails the start rather than an append at the next month.
     store.maintain().await?;
 
     let signer = Arc::new(LogSigner::load_or_generate(
