@@ -85,19 +85,20 @@ impl PgStore {
         Ok(added)
     }
 
-    /// [`Store::append`] with a given commit time instead of the clock's. The service always
-    /// uses the clock; this is for tests (a month without a partition) and tools. `recorded_at`
-    /// must be in UTC with microsecond precision, or the stored event will not match its hash.
+    /// [`Store::append`] with a given commit time instead of the clock's (converted to UTC and
+    /// truncated to microseconds, as stored). The service always uses the clock; this is for
+    /// tests (a month without a partition) and tools.
     pub async fn append_at(
         &self,
         batch: &[Submission],
         recorded_at: OffsetDateTime,
     ) -> Result<Vec<Appended>, StoreError> {
+        let recorded_at = truncate_to_micros(recorded_at);
         match self.append_once(batch, recorded_at).await {
             Err(error) if is_missing_partition(&error) => {
                 // The months ahead were not created (maintenance failing, or a clock far ahead):
                 // add this one and try again. The failed transaction left nothing behind.
-                let day = recorded_at.to_offset(time::UtcOffset::UTC).date();
+                let day = recorded_at.date();
                 tracing::warn!(
                     partition = %partition_name(day),
                     "no partition for an append; adding it"
@@ -125,18 +126,12 @@ impl PgStore {
         if !keys.is_empty() {
             let tenants: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
             let names: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-            // The key table gives the event's full primary key, so only its month's partition
-            // is read (run-time partition pruning).
-            let columns = EVENT_COLUMNS
-                .split(", ")
-                .map(|c| format!("e.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            // The key's row gives the event's full primary key, so only the partition of its
+            // month is read (run-time partition pruning).
             let sql = format!(
-                "SELECT {columns} FROM idempotency_keys k JOIN events e \
-                 ON e.tenant = k.tenant AND e.seq = k.seq AND e.recorded_at = k.recorded_at \
-                 WHERE (k.tenant, k.idempotency_key) IN \
-                 (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+                "SELECT {EVENT_COLUMNS} FROM idempotency_keys \
+                 JOIN events USING (tenant, idempotency_key, seq, recorded_at) \
+                 WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&tenants)
@@ -504,8 +499,7 @@ impl Store for PgStore {
     }
 
     async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
-        let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
-        self.append_at(batch, recorded_at).await
+        self.append_at(batch, OffsetDateTime::now_utc()).await
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {
