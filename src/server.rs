@@ -65,19 +65,23 @@ async fn serve_store<S: Store>(
         return Err(ServeError::PendingMigrations(pending));
     }
     bootstrap(&store, &settings).await?;
+    // Before serving: a database where this cannot work (e.g. PostgreSQL partitions that this
+    // user may not create) fails the start rather than an append at the next month.
+    store.maintain().await?;
 
     let signer = Arc::new(LogSigner::load_or_generate(
         &settings.integrity.signing_key_file,
         &settings.integrity.log_origin,
     )?);
     let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
-    let stop_checkpoints = CancellationToken::new();
+    let stop_background = CancellationToken::new();
     let checkpoints = checkpointer::spawn(
         store.clone(),
         Arc::clone(&signer),
         settings.checkpoint_schedule(),
-        stop_checkpoints.clone(),
+        stop_background.clone(),
     );
+    let maintenance = crate::store::spawn_maintenance(store.clone(), stop_background.clone());
     let auth = Authenticator::new(Duration::from_secs(settings.auth.cache_ttl_secs))
         .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
     let state = AppState {
@@ -98,8 +102,9 @@ async fn serve_store<S: Store>(
         .await?;
     // The router (and with it every writer handle) is gone: the writer drains and stops.
     let _ = writer_task.await;
-    stop_checkpoints.cancel();
+    stop_background.cancel();
     let _ = checkpoints.await;
+    let _ = maintenance.await;
     tracing::info!("auditor stopped");
     Ok(())
 }

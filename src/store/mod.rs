@@ -81,6 +81,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Cheap round trip, for readiness.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Housekeeping the backend needs to keep accepting appends, run at start and then every
+    /// [`MAINTENANCE_INTERVAL`]: PostgreSQL creates the `events` partitions of the months ahead.
+    /// Idempotent, and safe to run from several instances at once. Nothing to do on SQLite.
+    fn maintain(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Appends submissions in order, each all-or-nothing, in one transaction: assigns `seq`,
     /// commit time and chain hashes while holding each tenant's chain head. Returns one outcome
     /// per submission only after the transaction committed.
@@ -171,6 +178,31 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         role: Role,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// How often the server runs [`Store::maintain`] after start.
+pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Runs [`Store::maintain`] every [`MAINTENANCE_INTERVAL`] until `shutdown`; a failure is logged
+/// and retried on the next tick (appends create a missing partition themselves meanwhile).
+pub fn spawn_maintenance<S: Store>(
+    store: S,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate: the server ran it before starting
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = store.maintain().await {
+                tracing::warn!(error = %error, "store maintenance failed; will retry");
+            }
+        }
+    })
 }
 
 /// The event columns, in the order both backends select them.

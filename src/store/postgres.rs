@@ -1,5 +1,6 @@
 //! The PostgreSQL backend, for many stateless instances sharing one database. `event_data` is
 //! JSONB with a GIN index; appenders from every instance serialise on the tenant's chain-head row.
+//! `events` is partitioned by month of `recorded_at`; this backend keeps the months ahead created.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -8,7 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
-use time::OffsetDateTime;
+use time::{Date, Month, OffsetDateTime};
 use uuid::Uuid;
 
 use super::assemble::{self, KeyIndex};
@@ -26,6 +27,16 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
+/// Partitions of `events` kept ready beyond the current month. Three months of slack means a
+/// maintenance pass (at start, then hourly) can fail for weeks before an insert has to create
+/// its month on demand. Migration 0003 creates the same span.
+pub const PARTITION_MONTHS_AHEAD: u32 = 3;
+
+/// How long adding a partition may wait for its locks (ATTACH takes SHARE UPDATE EXCLUSIVE on
+/// `events`, which waits for a running VACUUM or ANALYZE): better to fail and retry on the next
+/// pass than to stall.
+const PARTITION_LOCK_TIMEOUT: &str = "5s";
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -39,6 +50,159 @@ impl PgStore {
             .connect(url)
             .await?;
         Ok(Self { pool })
+    }
+
+    /// Adds the `events` partition of the UTC month containing `day` (`events_y2026m11`);
+    /// `false` if it was already there. Safe to call from several instances at once: the SQL
+    /// function `events_add_partition` (migration 0003) serialises callers on an advisory lock.
+    pub async fn add_partition(&self, day: Date) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let created: bool = sqlx::query_scalar("SELECT events_add_partition($1)")
+            .bind(first_of_month(day))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if created {
+            tracing::info!(partition = %partition_name(day), "added an events partition");
+        }
+        Ok(created)
+    }
+
+    /// Makes sure the partitions of `now`'s month and the [`PARTITION_MONTHS_AHEAD`] after it
+    /// exist. Returns how many were added.
+    pub async fn ensure_partitions(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut month = first_of_month(now.to_offset(time::UtcOffset::UTC).date());
+        let mut added = 0;
+        for _ in 0..=PARTITION_MONTHS_AHEAD {
+            added += usize::from(self.add_partition(month).await?);
+            month = next_month(month);
+        }
+        Ok(added)
+    }
+
+    /// [`Store::append`] with a given commit time instead of the clock's (converted to UTC and
+    /// truncated to microseconds, as stored). The service always uses the clock; this is for
+    /// tests (a month without a partition) and tools.
+    pub async fn append_at(
+        &self,
+        batch: &[Submission],
+        recorded_at: OffsetDateTime,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let recorded_at = truncate_to_micros(recorded_at);
+        match self.append_once(batch, recorded_at).await {
+            Err(error) if is_missing_partition(&error) => {
+                // The months ahead were not created (maintenance failing, or a clock far ahead):
+                // add this one and try again. The failed transaction left nothing behind.
+                let day = recorded_at.date();
+                tracing::warn!(
+                    partition = %partition_name(day),
+                    "no partition for an append; adding it"
+                );
+                self.add_partition(day).await?;
+                self.append_once(batch, recorded_at).await
+            }
+            other => other,
+        }
+    }
+
+    async fn append_once(
+        &self,
+        batch: &[Submission],
+        recorded_at: OffsetDateTime,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut heads = HashMap::new();
+        for tenant in assemble::tenants(batch) {
+            let head = lock_head(&mut tx, &tenant).await?;
+            heads.insert(tenant, head);
+        }
+        let mut known = KeyIndex::new();
+        let keys = assemble::idempotency_keys(batch);
+        if !keys.is_empty() {
+            let tenants: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+            let names: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
+            // The key's row gives the event's full primary key, so only the partition of its
+            // month is read (run-time partition pruning).
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM idempotency_keys \
+                 JOIN events USING (tenant, idempotency_key, seq, recorded_at) \
+                 WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&tenants)
+                .bind(&names)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in &rows {
+                let event = event_from_row(row)?;
+                if let Some(key) = event.idempotency_key.clone() {
+                    known.insert((event.tenant.clone(), key), event);
+                }
+            }
+        }
+        let assembled = assemble::assemble(batch, known, heads, recorded_at);
+        insert_events(&mut tx, &assembled.rows).await?;
+        insert_nodes(&mut tx, &assembled.nodes).await?;
+        for (tenant, target) in &assembled.redactions {
+            sqlx::query(
+                "UPDATE events SET event_data = NULL, redacted_at = $1 \
+                 WHERE tenant = $2 AND id = $3 AND redacted_at IS NULL AND event_data IS NOT NULL",
+            )
+            .bind(recorded_at)
+            .bind(tenant.as_str())
+            .bind(target.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (tenant, head) in &assembled.heads {
+            sqlx::query(
+                "UPDATE chain_heads SET seq = $2, hash = $3, frontier = $4 WHERE tenant = $1",
+            )
+            .bind(tenant.as_str())
+            .bind(head.seq.0)
+            .bind(head.hash.as_bytes())
+            .bind(head.frontier.to_bytes())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(assembled.outcomes)
+    }
+}
+
+fn first_of_month(day: Date) -> Date {
+    day.replace_day(1).unwrap_or(day)
+}
+
+fn next_month(day: Date) -> Date {
+    let (year, month) = match day.month() {
+        Month::December => (day.year() + 1, Month::January),
+        month => (day.year(), month.next()),
+    };
+    Date::from_calendar_date(year, month, 1).unwrap_or(day)
+}
+
+/// The partition holding the UTC month of `day`, as `events_add_partition` names it.
+pub fn partition_name(day: Date) -> String {
+    format!("events_y{:04}m{:02}", day.year(), u8::from(day.month()))
+}
+
+/// An insert found no partition for its `recorded_at`: SQLSTATE 23514 (check_violation) like a
+/// failed CHECK constraint, but without a constraint name (the message text is translated).
+fn is_missing_partition(error: &StoreError) -> bool {
+    let StoreError::Other(error) = error else {
+        return false;
+    };
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => {
+            db.code().as_deref() == Some("23514") && db.constraint().is_none()
+        }
+        _ => false,
     }
 }
 
@@ -87,7 +251,9 @@ fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
     })
 }
 
-/// Inserts a batch's rows in one statement: one array per column, zipped by UNNEST.
+/// Inserts a batch's rows in one statement: one array per column, zipped by UNNEST. The same
+/// statement records each idempotency key in `idempotency_keys`, whose primary key keeps keys
+/// unique per tenant across partitions.
 async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
@@ -99,11 +265,19 @@ async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Resul
         events.iter().map(|e| f(e).map(|d| d.0.to_vec())).collect()
     };
     let sql = format!(
-        "{INSERT_EVENT_COLUMNS} SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-         $13::timestamptz[], $14::timestamptz[], $15::text[], $16::jsonb[], $17::bytea[], \
-         $18::text[], $19::uuid[], $20::bytea[], $21::bytea[], $22::bytea[], $23::bytea[], \
-         $24::bytea[])"
+        "WITH batch AS (SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+         $12::text[], $13::timestamptz[], $14::timestamptz[], $15::text[], $16::jsonb[], \
+         $17::bytea[], $18::text[], $19::uuid[], $20::bytea[], $21::bytea[], $22::bytea[], \
+         $23::bytea[], $24::bytea[]) \
+         AS b(tenant, seq, id, event_type, user_identity, action, entity, entity_id, property, \
+         source, ip, outcome, occurred_at, recorded_at, recorded_by, event_data, \
+         event_data_hash, idempotency_key, amends, amends_hash, request_hash, leaf_hash, \
+         prev_hash, hash)), \
+         keys AS (INSERT INTO idempotency_keys (tenant, idempotency_key, seq, recorded_at) \
+         SELECT tenant, idempotency_key, seq, recorded_at FROM batch \
+         WHERE idempotency_key IS NOT NULL) \
+         {INSERT_EVENT_COLUMNS} SELECT * FROM batch"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(text(|e| Some(e.tenant.as_str())))
@@ -299,6 +473,8 @@ fn user_from_row(row: &PgRow) -> Result<UserRecord, StoreError> {
 impl Store for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        // Migration 0003 went by the database's clock; appends go by this instance's.
+        self.ensure_partitions(OffsetDateTime::now_utc()).await?;
         Ok(())
     }
 
@@ -323,61 +499,12 @@ impl Store for PgStore {
     }
 
     async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut heads = HashMap::new();
-        for tenant in assemble::tenants(batch) {
-            let head = lock_head(&mut tx, &tenant).await?;
-            heads.insert(tenant, head);
-        }
-        let mut known = KeyIndex::new();
-        let keys = assemble::idempotency_keys(batch);
-        if !keys.is_empty() {
-            let tenants: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
-            let names: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM events \
-                 WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&tenants)
-                .bind(&names)
-                .fetch_all(&mut *tx)
-                .await?;
-            for row in &rows {
-                let event = event_from_row(row)?;
-                if let Some(key) = event.idempotency_key.clone() {
-                    known.insert((event.tenant.clone(), key), event);
-                }
-            }
-        }
-        let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
-        let assembled = assemble::assemble(batch, known, heads, recorded_at);
-        insert_events(&mut tx, &assembled.rows).await?;
-        insert_nodes(&mut tx, &assembled.nodes).await?;
-        for (tenant, target) in &assembled.redactions {
-            sqlx::query(
-                "UPDATE events SET event_data = NULL, redacted_at = $1 \
-                 WHERE tenant = $2 AND id = $3 AND redacted_at IS NULL AND event_data IS NOT NULL",
-            )
-            .bind(recorded_at)
-            .bind(tenant.as_str())
-            .bind(target.0)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (tenant, head) in &assembled.heads {
-            sqlx::query(
-                "UPDATE chain_heads SET seq = $2, hash = $3, frontier = $4 WHERE tenant = $1",
-            )
-            .bind(tenant.as_str())
-            .bind(head.seq.0)
-            .bind(head.hash.as_bytes())
-            .bind(head.frontier.to_bytes())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(assembled.outcomes)
+        self.append_at(batch, OffsetDateTime::now_utc()).await
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.ensure_partitions(OffsetDateTime::now_utc()).await?;
+        Ok(())
     }
 
     async fn get(&self, tenant: &TenantId, id: EventId) -> Result<Option<Event>, StoreError> {

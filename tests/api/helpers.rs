@@ -100,6 +100,19 @@ impl TestDb {
         }
     }
 
+    /// Runs a query directly and returns its first column, which must be text (PostgreSQL).
+    pub async fn fetch_strings(&self, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "fetch_strings is for PostgreSQL"
+        );
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut conn)
+            .await
+    }
+
     pub async fn sqlite(&self) -> SqliteStore {
         SqliteStore::connect(&self.url, 4)
             .await

@@ -11,6 +11,7 @@ mod compat;
 mod events;
 mod integrity;
 mod lifecycle;
+mod partitions;
 mod query;
 mod scale;
 mod store;

@@ -30,7 +30,7 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
         Backend::Sqlite => vec![1, 2, 3],
-        Backend::Postgres => vec![1, 2],
+        Backend::Postgres => vec![1, 2, 3],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -294,6 +294,17 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             );
         }
     }
+    // PostgreSQL: the partitions that hold rows must be read through an index. The months
+    // ahead are empty and analysed as such, so a Seq Scan of them is the right plan (it reads
+    // nothing).
+    let mut populated = Vec::new();
+    if db.backend == Backend::Postgres {
+        populated = db
+            .fetch_strings("SELECT DISTINCT tableoid::regclass::text FROM events")
+            .await
+            .unwrap();
+        assert!(!populated.is_empty());
+    }
     for (query, index) in cases {
         let pairs: Vec<(String, String)> = query
             .split('&')
@@ -311,11 +322,26 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
                     || plan.contains("USING PRIMARY KEY"),
                 "{query}: {plan}"
             ),
-            Backend::Postgres => assert!(!plan.contains("Seq Scan"), "{query}: {plan}"),
+            Backend::Postgres => {
+                for partition in &populated {
+                    let scanned = plan.contains(&format!("Seq Scan on {partition} "));
+                    assert!(!scanned, "{query}: {plan}");
+                }
+            }
         }
         if let Some(index) = index {
-            let used = plan.contains(&format!("{index} ")) || plan.contains(&format!("{index})"));
-            assert!(used, "{query} should use the {index} index: {plan}");
+            // On PostgreSQL the plan names the partitions' indexes, which derive from `index`.
+            let names = match db.backend {
+                Backend::Sqlite => vec![index.to_owned()],
+                Backend::Postgres => partition_indexes(db, index).await,
+            };
+            let used = names.iter().any(|name| {
+                plan.contains(&format!("{name} ")) || plan.contains(&format!("{name})"))
+            });
+            assert!(
+                used,
+                "{query} should use the {index} index ({names:?}): {plan}"
+            );
         }
     }
 }
@@ -529,6 +555,20 @@ async fn the_event_data_index_migration_backfills_existing_events() {
     let found = store.query(&TenantId::default(), &query).await.unwrap();
     assert_eq!(found.len(), 400);
     assert!(found.iter().all(|e| e.seq.0 % 3 == 0));
+}
+
+/// The indexes the partitions of `events` have for the partitioned index `index`; fails when
+/// there is no such index.
+async fn partition_indexes(db: &TestDb, index: &str) -> Vec<String> {
+    let names = db
+        .fetch_strings(&format!(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = to_regclass('{index}')"
+        ))
+        .await
+        .unwrap();
+    assert!(!names.is_empty(), "no index {index} on the partitions");
+    names
 }
 
 macro_rules! conformance {
