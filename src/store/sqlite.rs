@@ -30,6 +30,11 @@ use crate::model::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
+/// The writer's page cache, in KiB (SQLite's negative `cache_size`). Every append walks the
+/// right-hand edge of a dozen indexes and random leaves of the high-cardinality ones; with the
+/// default 2 MiB those pages are re-read from the OS on every transaction.
+const WRITER_CACHE_KIB: &str = "-65536";
+
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -51,7 +56,12 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
+            .connect_with(
+                options
+                    .clone()
+                    .synchronous(SqliteSynchronous::Full)
+                    .pragma("cache_size", WRITER_CACHE_KIB),
+            )
             .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(max_readers.max(1))
@@ -171,6 +181,100 @@ async fn insert_events(
                 .push_bind(event.leaf_hash.0.to_vec())
                 .push_bind(event.prev_hash.0.to_vec())
                 .push_bind(event.hash.0.to_vec());
+        });
+        builder.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A leaf of `event_data` as `event_data_index` stores it (migration 0003): SQLite's own typing of
+/// the JSON value, `null`/`true`/`false` as blobs, long strings as the blob of their prefix.
+enum IndexedValue<'a> {
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl<'a> IndexedValue<'a> {
+    fn of(value: &'a Value) -> Option<Self> {
+        Some(match value {
+            Value::Null => Self::Blob(b"null"),
+            Value::Bool(true) => Self::Blob(b"true"),
+            Value::Bool(false) => Self::Blob(b"false"),
+            // As SQLite's JSON parser: an integer beyond i64 is a real.
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Self::Integer(i),
+                None => Self::Real(n.as_f64()?),
+            },
+            Value::String(s) => match s.char_indices().nth(INDEXED_TEXT_PREFIX) {
+                Some((end, _)) => Self::Blob(&s.as_bytes()[..end]),
+                None => Self::Text(s),
+            },
+            Value::Array(_) | Value::Object(_) => return None,
+        })
+    }
+}
+
+/// Every scalar leaf reached through objects only, with its dotted path: exactly the rows the
+/// migration's `event_data_leaves` view derives in SQL. Computed here rather than by a trigger
+/// running `json_tree` per row, which tripled the cost of an append.
+fn indexed_leaves<'a>(
+    prefix: &str,
+    data: &'a Map<String, Value>,
+    leaves: &mut Vec<(String, IndexedValue<'a>)>,
+) {
+    for (key, value) in data {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Object(inner) => indexed_leaves(&path, inner, leaves),
+            other => {
+                if let Some(indexed) = IndexedValue::of(other) {
+                    leaves.push((path, indexed));
+                }
+            }
+        }
+    }
+}
+
+/// Binds of one `event_data_index` row; 8000 rows stay under SQLite's 32766 bind limit.
+const INDEX_ROWS_PER_INSERT: usize = 8000;
+
+async fn insert_index_rows(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for event in events {
+        let Some(data) = &event.event_data else {
+            continue;
+        };
+        let mut leaves = Vec::new();
+        indexed_leaves("", data, &mut leaves);
+        rows.extend(
+            leaves
+                .into_iter()
+                .map(|(path, value)| (event.tenant.as_str(), path, value, event.seq.0)),
+        );
+    }
+    for chunk in rows.chunks(INDEX_ROWS_PER_INSERT) {
+        // OR IGNORE: `{"a.b": 1, "a": {"b": 1}}` yields one row twice.
+        let mut builder = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO event_data_index (tenant, path, value, seq) ",
+        );
+        builder.push_values(chunk, |mut row, (tenant, path, value, seq)| {
+            row.push_bind(*tenant).push_bind(path.as_str());
+            match value {
+                IndexedValue::Integer(i) => row.push_bind(*i),
+                IndexedValue::Real(f) => row.push_bind(*f),
+                IndexedValue::Text(t) => row.push_bind(*t),
+                IndexedValue::Blob(b) => row.push_bind(*b),
+            };
+            row.push_bind(*seq);
         });
         builder.build().execute(&mut *conn).await?;
     }
@@ -444,6 +548,7 @@ impl Store for SqliteStore {
         let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
         let assembled = assemble::assemble(batch, known, heads, recorded_at);
         insert_events(&mut tx, &assembled.rows).await?;
+        insert_index_rows(&mut tx, &assembled.rows).await?;
         insert_nodes(&mut tx, &assembled.nodes).await?;
         for (tenant, target) in &assembled.redactions {
             sqlx::query(

@@ -514,7 +514,9 @@ async fn the_event_data_index_migration_backfills_existing_events() {
         .map(|i| {
             json!({"event_type": "t", "user_identity": "u",
                    "event_data": {"n": i, "group": i % 7, "plan": {"tier": format!("t{}", i % 3)},
-                                  "ok": i % 2 == 0, "tags": [i], "gone": null}})
+                                  "ok": i % 2 == 0, "tags": [i], "gone": null,
+                                  "f": i as f64 + 0.5, "big": 9_007_199_254_740_991_i64, "e": 1e3, "neg": -0.0,
+                                  "long": "é".repeat(127 + i % 3), "k-ey": {"x_y": "ü"}}})
         })
         .collect();
     store
@@ -534,13 +536,13 @@ async fn the_event_data_index_migration_backfills_existing_events() {
     let appended = snapshot().await;
     assert_eq!(
         appended.len(),
-        1200 * 5,
-        "five scalar leaves outside arrays"
+        1200 * 11,
+        "eleven scalar leaves outside arrays"
     );
 
     // Back to the schema before 0003, with the events still there; then migrate again.
     db.execute(
-        "DROP TRIGGER event_data_index_on_insert; DROP TRIGGER event_data_index_on_redaction; \
+        "DROP TRIGGER event_data_index_on_redaction; \
          DROP VIEW event_data_leaves; DROP TABLE event_data_index; \
          DELETE FROM _sqlx_migrations WHERE version = 3",
     )
