@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -10,7 +11,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -35,10 +36,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/
 /// default 2 MiB those pages are re-read from the OS on every transaction.
 const WRITER_CACHE_KIB: &str = "-65536";
 
+/// How often the background checkpointer copies the WAL into the database file.
+const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// WAL pages after which the writer checkpoints by itself: only a safety net for when the
+/// background checkpointer cannot keep up (SQLite's default is 1000).
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "16384";
+
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// The background checkpointer stops once every clone of the store is gone.
+    _checkpointer_guard: Arc<()>,
 }
 
 impl SqliteStore {
@@ -60,14 +70,47 @@ impl SqliteStore {
                 options
                     .clone()
                     .synchronous(SqliteSynchronous::Full)
-                    .pragma("cache_size", WRITER_CACHE_KIB),
+                    .pragma("cache_size", WRITER_CACHE_KIB)
+                    .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES),
             )
+            .await?;
+        let checkpointer = options
+            .clone()
+            .synchronous(SqliteSynchronous::Full)
+            .connect()
             .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(max_readers.max(1))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers })
+        let guard = Arc::new(());
+        tokio::spawn(checkpoint_wal(checkpointer, Arc::downgrade(&guard)));
+        Ok(Self {
+            writer,
+            readers,
+            _checkpointer_guard: guard,
+        })
+    }
+}
+
+/// Copies the WAL back into the database file on a connection of its own. Left to the writer,
+/// every thousandth page of WAL makes one commit also write and fsync the database file, which
+/// cost a third of the append rate; here that work runs beside the appends, which keep writing
+/// to the WAL meanwhile (a PASSIVE checkpoint never blocks them).
+async fn checkpoint_wal(mut conn: sqlx::SqliteConnection, store: Weak<()>) {
+    let mut tick = tokio::time::interval(WAL_CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if store.strong_count() == 0 {
+            break;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(%error, "WAL checkpoint failed; the writer's own checkpoints remain");
+        }
     }
 }
 
