@@ -39,6 +39,10 @@ const WRITER_CACHE_KIB: &str = "-65536";
 /// How often the background checkpointer copies the WAL into the database file.
 const WAL_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How often the planner's statistics are brought up to date (`PRAGMA optimize`), in ticks of
+/// the checkpointer: every 30 s.
+const OPTIMIZE_EVERY_TICKS: u32 = 150;
+
 /// WAL pages after which the writer checkpoints by itself: only a safety net for when the
 /// background checkpointer cannot keep up (SQLite's default is 1000).
 const WRITER_AUTOCHECKPOINT_PAGES: &str = "16384";
@@ -84,7 +88,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let guard = Arc::new(());
-        tokio::spawn(checkpoint_wal(checkpointer, Arc::downgrade(&guard)));
+        tokio::spawn(maintain_database_file(checkpointer, Arc::downgrade(&guard)));
         Ok(Self {
             writer,
             readers,
@@ -97,13 +101,26 @@ impl SqliteStore {
 /// every thousandth page of WAL makes one commit also write and fsync the database file, which
 /// cost a third of the append rate; here that work runs beside the appends, which keep writing
 /// to the WAL meanwhile (a PASSIVE checkpoint never blocks them).
-async fn checkpoint_wal(mut conn: sqlx::SqliteConnection, store: Weak<()>) {
+///
+/// The same connection keeps the planner's statistics current: without them SQLite cannot tell
+/// a one-hour `occurred_at` range (use its index, sort a few rows) from a year (walk `seq`), and
+/// guessed wrong on a 100k-event log (p99 65 ms instead of a few). `analysis_limit` bounds each
+/// ANALYZE to a sample, and `optimize` skips tables whose statistics are still good.
+async fn maintain_database_file(mut conn: sqlx::SqliteConnection, store: Weak<()>) {
     let mut tick = tokio::time::interval(WAL_CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for ticks in 0u32.. {
         tick.tick().await;
         if store.strong_count() == 0 {
             break;
+        }
+        if ticks % OPTIMIZE_EVERY_TICKS == OPTIMIZE_EVERY_TICKS - 1
+            && let Err(error) =
+                sqlx::raw_sql("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002")
+                    .execute(&mut conn)
+                    .await
+        {
+            tracing::warn!(%error, "updating the query planner's statistics failed");
         }
         if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&mut conn)

@@ -2,7 +2,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN, Backend, TestDb, settings_for, spawn_app, spawn_with};
+use crate::helpers::{
+    ADMIN, Backend, TestDb, assert_gapless_chain, settings_for, spawn_app, spawn_with,
+};
 
 async fn events_survive_a_restart(backend: Backend) {
     let mut app = spawn_app(backend).await;
@@ -211,6 +213,84 @@ async fn postgres_outage_gives_503_then_recovers_by_itself() {
         .await;
     assert_eq!(after["seq"], 2, "the failed write left no trace and no gap");
     assert_eq!(after["prev_hash"], before["hash"]);
+}
+
+/// The same outage while eight clients write: during it they get 503 (never a false 2xx), after
+/// it the service recovers by itself, and every event answered 201 is in one gapless chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_load_loses_no_acknowledged_event() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CLIENTS: usize = 8;
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = url_parts(&db.url);
+    let proxy = outage::Proxy::to(url.host_port.clone()).await;
+    let mut settings = settings_for(&db);
+    settings.database_url = auditor::config::DatabaseUrl::new(format!(
+        "{}127.0.0.1:{}/{}",
+        url.prefix, proxy.port, url.database
+    ));
+    let app = spawn_with(db, settings).await;
+    let stop = AtomicBool::new(false);
+
+    let client = |client: usize| {
+        let (app, stop) = (&app, &stop);
+        async move {
+            let (mut acknowledged, mut refused, mut recovered) = (Vec::new(), 0, false);
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body = json!({"event_type": "outage", "user_identity": format!("c{client}"),
+                                  "event_data": {"i": i}});
+                let response = app.post_json("/events", ADMIN, &body).await;
+                match response.status().as_u16() {
+                    201 => {
+                        recovered |= refused > 0;
+                        acknowledged.push(response.json::<Value>().await.unwrap()["id"].clone());
+                    }
+                    503 => {
+                        assert!(response.headers().contains_key("retry-after"));
+                        refused += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    status => panic!("only 201 or 503, got {status}"),
+                }
+                i += 1;
+            }
+            (acknowledged, refused, recovered)
+        }
+    };
+    let outage = async {
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        proxy.cut().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        proxy.restore();
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        stop.store(true, Ordering::SeqCst);
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all((0..CLIENTS).map(client)), outage);
+
+    assert!(
+        results.iter().any(|(_, refused, _)| *refused > 0),
+        "the outage was seen as 503s"
+    );
+    assert!(
+        results.iter().any(|(_, _, recovered)| *recovered),
+        "writes succeed again after it"
+    );
+    let acknowledged: Vec<Value> = results.into_iter().flat_map(|(a, _, _)| a).collect();
+    let events = app.all_events().await;
+    assert_gapless_chain(&events);
+    let stored: std::collections::HashSet<String> =
+        events.iter().map(|e| e.id.to_string()).collect();
+    for id in &acknowledged {
+        assert!(
+            stored.contains(id.as_str().unwrap()),
+            "acknowledged but lost: {id}"
+        );
+    }
+    let next = app
+        .record(json!({"event_type": "after", "user_identity": "u"}))
+        .await;
+    assert_eq!(next["seq"], events.len() as i64 + 1);
 }
 
 struct UrlParts {
