@@ -88,6 +88,16 @@ async fn the_current_and_next_months_have_partitions_once_the_server_runs() {
         .await;
     let seq = Seq(event["seq"].as_i64().unwrap());
     assert_eq!(partition_of(&app.db, seq).await, partition_name(today));
+    // Each month's statistics follow its growth closely (see events_add_partition).
+    let options = app
+        .db
+        .fetch_strings(&format!(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = '{}'",
+            partition_name(today)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(options, ["autovacuum_analyze_scale_factor=0.01"]);
 }
 
 #[tokio::test]

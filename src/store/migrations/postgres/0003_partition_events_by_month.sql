@@ -57,7 +57,11 @@ BEGIN
                WHERE relname = name AND relnamespace = current_schema()::regnamespace) THEN
         RETURN false;
     END IF;
-    EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    -- Statistics refreshed every 1 % of growth instead of 10 %: the current month only grows,
+    -- and with stale counts the planner misjudges how many rows a filter keeps (it ANDed the
+    -- tenant index into a selective `event_data` lookup, 29 ms instead of 1).
+    EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS) '
+                   'WITH (autovacuum_analyze_scale_factor = 0.01)', name);
     -- Bounds spelled out in UTC, whatever the session's TimeZone and DateStyle.
     EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', name,
                    to_char(first, 'YYYY-MM-DD') || ' 00:00:00+00',
