@@ -8,24 +8,17 @@
 //! `AUDITOR_BENCH_DATABASE_URL` (a PostgreSQL where a scratch database may be created and dropped;
 //! default postgres://postgres@127.0.0.1:5432/postgres).
 
+mod common;
+
+use common::env_number;
+
 use std::time::{Duration, Instant};
 
 use auditor::model::{Limits, NewEvent, RawEvent, Submission, TenantId};
 use auditor::store::{PgStore, SqliteStore, Store};
 use sqlx::Connection;
 
-/// The same allocator as the `auditor` binary, so the figures match the service.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BATCH_SIZES: [usize; 3] = [1, 64, 1000];
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The HTTP benchmark's event shape (bench/post.lua): random user and entity ids, a small payload.
 fn event(i: u64) -> NewEvent {

@@ -5,6 +5,10 @@
 //! `cargo bench --bench data_index` (SQLite in a temp dir). Environment: `BENCH_EVENTS`
 //! (default 100000), `BENCH_QUERIES` (samples per query, default 50).
 
+mod common;
+
+use common::env_number;
+
 use std::time::{Duration, Instant};
 
 use auditor::model::{EventQuery, Limits, NewEvent, RawEvent, Submission, TenantId};
@@ -12,17 +16,6 @@ use auditor::store::{SqliteStore, Store};
 use sqlx::Connection;
 
 const BATCH: u64 = 1000;
-
-/// The same allocator as the `auditor` binary, so the figures match the service.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Five scalar leaves: a unique number, a common one, a string, a boolean, a nested string.
 fn event(i: u64) -> NewEvent {

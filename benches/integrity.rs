@@ -5,6 +5,10 @@
 //! `BENCH_EVENTS` (default 1000000), `BENCH_DATABASE_URL` (e.g. a PostgreSQL database to use
 //! instead; it must be empty), `BENCH_PROOFS` (default 2000).
 
+mod common;
+
+use common::env_number;
+
 use std::time::{Duration, Instant};
 
 use auditor::integrity::verify::verify_store;
@@ -13,17 +17,6 @@ use auditor::model::{Limits, NewEvent, RawEvent, Seq, Submission, TenantId};
 use auditor::store::{PgStore, SqliteStore, Store};
 
 const BATCH: usize = 1000;
-
-/// The same allocator as the `auditor` binary, so the figures match the service.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn event(i: u64) -> NewEvent {
     let raw: RawEvent = serde_json::from_value(serde_json::json!({

@@ -156,10 +156,8 @@ mod outage {
     }
 }
 
-/// PostgreSQL disappears under a running service: it answers 503 (never a false 2xx), and once
-/// the database is back it recovers by itself with nothing acknowledged lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_gives_503_then_recovers_by_itself() {
+/// A service whose PostgreSQL connections go through a proxy that the test can cut.
+async fn spawn_behind_proxy() -> (crate::helpers::TestApp, outage::Proxy) {
     let db = TestDb::new(Backend::Postgres).await;
     let url = url_parts(&db.url);
     let proxy = outage::Proxy::to(url.host_port.clone()).await;
@@ -169,6 +167,14 @@ async fn postgres_outage_gives_503_then_recovers_by_itself() {
         url.prefix, proxy.port, url.database
     ));
     let app = spawn_with(db, settings).await;
+    (app, proxy)
+}
+
+/// PostgreSQL disappears under a running service: it answers 503 (never a false 2xx), and once
+/// the database is back it recovers by itself with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_gives_503_then_recovers_by_itself() {
+    let (app, proxy) = spawn_behind_proxy().await;
     let before = app
         .record(json!({"event_type": "a", "user_identity": "u"}))
         .await;
@@ -221,15 +227,7 @@ async fn postgres_outage_gives_503_then_recovers_by_itself() {
 async fn postgres_outage_under_load_loses_no_acknowledged_event() {
     use std::sync::atomic::{AtomicBool, Ordering};
     const CLIENTS: usize = 8;
-    let db = TestDb::new(Backend::Postgres).await;
-    let url = url_parts(&db.url);
-    let proxy = outage::Proxy::to(url.host_port.clone()).await;
-    let mut settings = settings_for(&db);
-    settings.database_url = auditor::config::DatabaseUrl::new(format!(
-        "{}127.0.0.1:{}/{}",
-        url.prefix, proxy.port, url.database
-    ));
-    let app = spawn_with(db, settings).await;
+    let (app, proxy) = spawn_behind_proxy().await;
     let stop = AtomicBool::new(false);
 
     let client = |client: usize| {
