@@ -3,7 +3,7 @@
 use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
 use auditor::model::{EventQuery, Limits, NewEvent, Order, RawEvent, Seq, Submission, TenantId};
-use auditor::store::{Appended, Store, StoreError};
+use auditor::store::{Appended, SqliteStore, Store, StoreError};
 use serde_json::json;
 
 use crate::helpers::{Backend, TestDb};
@@ -606,3 +606,66 @@ conformance!(
     every_documented_filter_is_planned_through_an_index,
     event_data_paths_match_exactly_the_events_holding_the_value,
 );
+
+/// Appends `count` small events to the default tenant in batches of 1000.
+async fn append_many(store: &SqliteStore, count: usize) {
+    let events: Vec<serde_json::Value> = (0..count)
+        .map(|i| json!({"event_type": "t", "user_identity": format!("u{}", i % 50)}))
+        .collect();
+    for chunk in events.chunks(1000) {
+        store
+            .append(&[submission("default", json!(chunk))])
+            .await
+            .unwrap();
+    }
+}
+
+/// SQLite's WAL is copied into the database file by the store's background connection, not left
+/// to the writer's commits (whose autocheckpoint is only a far-off safety net).
+#[tokio::test]
+async fn the_sqlite_wal_is_checkpointed_in_the_background() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.sqlite().await;
+    store.migrate().await.unwrap();
+    let file = db.url.trim_start_matches("sqlite://").to_owned();
+    let size = || std::fs::metadata(&file).unwrap().len();
+    let before = size();
+    append_many(&store, 3000).await;
+    let mut grew = false;
+    for _ in 0..50 {
+        if size() > before + 512 * 1024 {
+            grew = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        grew,
+        "the database file still holds {} bytes: nothing was checkpointed",
+        size()
+    );
+}
+
+/// The planner's statistics appear without anyone running ANALYZE (every 30 s).
+#[tokio::test]
+async fn sqlite_planner_statistics_are_kept_by_the_store() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.sqlite().await;
+    store.migrate().await.unwrap();
+    append_many(&store, 3000).await;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let mut analysed = false;
+    for _ in 0..45 {
+        let rows: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'events'")
+                .fetch_one(&mut conn)
+                .await;
+        if matches!(rows, Ok(n) if n > 0) {
+            analysed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    assert!(analysed, "no statistics for events after 45 s");
+}
