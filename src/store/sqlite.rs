@@ -32,8 +32,8 @@ use crate::model::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 /// The writer's page cache, in KiB (SQLite's negative `cache_size`). Every append walks the
-/// right-hand edge of a dozen indexes and random leaves of the high-cardinality ones; with the
-/// default 2 MiB those pages are re-read from the OS on every transaction.
+/// right-hand edge of some fifteen indexes and random leaves of the high-cardinality ones, more
+/// pages than the default 2 MiB holds once the log is large.
 const WRITER_CACHE_KIB: &str = "-65536";
 
 /// How often the background checkpointer copies the WAL into the database file.
@@ -102,10 +102,10 @@ impl SqliteStore {
 /// cost a third of the append rate; here that work runs beside the appends, which keep writing
 /// to the WAL meanwhile (a PASSIVE checkpoint never blocks them).
 ///
-/// The same connection keeps the planner's statistics current: without them SQLite cannot tell
-/// a one-hour `occurred_at` range (use its index, sort a few rows) from a year (walk `seq`), and
-/// guessed wrong on a 100k-event log (p99 65 ms instead of a few). `analysis_limit` bounds each
-/// ANALYZE to a sample, and `optimize` skips tables whose statistics are still good.
+/// The same connection keeps the planner's statistics current (nobody else runs ANALYZE on an
+/// embedded database): with them SQLite can weigh an index over a filter against walking `seq`
+/// for the page order. `analysis_limit` bounds each ANALYZE to a sample, and `optimize` skips
+/// tables whose statistics are still good.
 async fn maintain_database_file(mut conn: sqlx::SqliteConnection, store: Weak<()>) {
     let mut tick = tokio::time::interval(WAL_CHECKPOINT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
