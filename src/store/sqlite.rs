@@ -247,6 +247,9 @@ async fn insert_events(
     Ok(())
 }
 
+/// Strings longer than this many characters are indexed by this long a prefix (migration 0003).
+const INDEXED_TEXT_PREFIX: usize = 128;
+
 /// A leaf of `event_data` as `event_data_index` stores it (migration 0003): SQLite's own typing of
 /// the JSON value, `null`/`true`/`false` as blobs, long strings as the blob of their prefix.
 enum IndexedValue<'a> {
@@ -267,12 +270,29 @@ impl<'a> IndexedValue<'a> {
                 Some(i) => Self::Integer(i),
                 None => Self::Real(n.as_f64()?),
             },
-            Value::String(s) => match s.char_indices().nth(INDEXED_TEXT_PREFIX) {
-                Some((end, _)) => Self::Blob(&s.as_bytes()[..end]),
-                None => Self::Text(s),
-            },
+            Value::String(s) => Self::text(s),
             Value::Array(_) | Value::Object(_) => return None,
         })
+    }
+
+    /// A query's value in the form its leaves are stored in.
+    fn of_scalar(scalar: &'a JsonScalar) -> Self {
+        match scalar {
+            JsonScalar::Null => Self::Blob(b"null"),
+            JsonScalar::Bool(true) => Self::Blob(b"true"),
+            JsonScalar::Bool(false) => Self::Blob(b"false"),
+            JsonScalar::Integer(i) => Self::Integer(*i),
+            JsonScalar::Float(f) => Self::Real(*f),
+            JsonScalar::String(s) => Self::text(s),
+        }
+    }
+
+    /// Characters, not bytes, as SQLite's `length()` in the migration's view counts them.
+    fn text(s: &'a str) -> Self {
+        match s.char_indices().nth(INDEXED_TEXT_PREFIX) {
+            Some((end, _)) => Self::Blob(&s.as_bytes()[..end]),
+            None => Self::Text(s),
+        }
     }
 }
 
@@ -442,27 +462,13 @@ fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint, StoreError> {
     })
 }
 
-/// Strings longer than this many characters are indexed by this long a prefix (migration 0003).
-const INDEXED_TEXT_PREFIX: usize = 128;
-
-/// `value` as `event_data_index` stores it (see migration 0003). A string goes through the same
-/// SQL expression as the stored leaf, so SQLite decides "longer than 128 characters" both times.
+/// `value` as `event_data_index` stores it: the same conversion as the appender's.
 fn push_index_value(builder: &mut QueryBuilder<Sqlite>, value: &JsonScalar) {
-    match value {
-        JsonScalar::Null => builder.push_bind(b"null".to_vec()),
-        JsonScalar::Bool(true) => builder.push_bind(b"true".to_vec()),
-        JsonScalar::Bool(false) => builder.push_bind(b"false".to_vec()),
-        JsonScalar::Integer(i) => builder.push_bind(*i),
-        JsonScalar::Float(f) => builder.push_bind(*f),
-        JsonScalar::String(s) => {
-            builder.push("CASE WHEN length(");
-            builder.push_bind(s.clone());
-            builder.push(format!(") > {INDEXED_TEXT_PREFIX} THEN CAST(substr("));
-            builder.push_bind(s.clone());
-            builder.push(format!(", 1, {INDEXED_TEXT_PREFIX}) AS BLOB) ELSE "));
-            builder.push_bind(s.clone());
-            builder.push(" END")
-        }
+    match IndexedValue::of_scalar(value) {
+        IndexedValue::Integer(i) => builder.push_bind(i),
+        IndexedValue::Real(f) => builder.push_bind(f),
+        IndexedValue::Text(t) => builder.push_bind(t.to_owned()),
+        IndexedValue::Blob(b) => builder.push_bind(b.to_vec()),
     };
 }
 
