@@ -12,8 +12,8 @@
 -- when `json_extract(event_data, path)` does: an integer and a real compare numerically (1 = 1.0)
 -- and text never equals a number. `null`, `true` and `false` are the blobs 'null', 'true' and
 -- 'false', which equal no number and no text. A string longer than 128 characters is stored as
--- the blob of its first 128 characters (the appender and the query convert values in Rust the same way), which bounds the
--- size of a row; the recheck sorts out strings that share such a prefix. STRICT with ANY keeps
+-- the blob of its first 128 characters (appender and query convert values alike, in Rust), which
+-- bounds the size of a row; the recheck sorts out strings that share such a prefix. STRICT with ANY keeps
 -- each value's type as it is (a plain table's column affinity would turn the text '1' into 1).
 CREATE TABLE event_data_index (
     tenant TEXT    NOT NULL,
