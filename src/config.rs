@@ -153,8 +153,11 @@ impl Settings {
             "limits.max_body_bytes must be at least 1024",
         )?;
         rule(
-            self.limits.max_field_len >= 1,
-            "limits.max_field_len must be at least 1",
+            (1..=Limits::MAX_FIELD_LEN).contains(&self.limits.max_field_len),
+            &format!(
+                "limits.max_field_len must lie between 1 and {} bytes (PostgreSQL's index entry limit)",
+                Limits::MAX_FIELD_LEN
+            ),
         )?;
         rule(
             self.limits.max_batch_events >= 1,

@@ -131,7 +131,7 @@ struct CreateBody {
     #[serde(default)]
     outcome: Option<Outcome>,
     #[serde(default)]
-    event_data: Option<Map<String, Value>>,
+    event_data: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     idempotency_key: Option<String>,
 }
@@ -250,7 +250,7 @@ struct UpdateBody {
     #[serde(default)]
     datetime: Option<String>,
     #[serde(default)]
-    event_data: Option<Map<String, Value>>,
+    event_data: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     idempotency_key: Option<String>,
 }

@@ -80,7 +80,9 @@ pub async fn redact<S: Store>(
         ip: None,
         outcome: None,
         occurred_at: None,
-        event_data: Some(data),
+        event_data: Some(
+            serde_json::value::to_raw_value(&data).map_err(|e| ApiError::Internal(e.into()))?,
+        ),
         idempotency_key: None,
     };
     let mut redaction =

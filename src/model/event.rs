@@ -3,10 +3,12 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::ids::{EventId, Seq, TenantId};
+use super::payload;
 use crate::integrity::Digest;
 
 /// CRUD verb describing what was done to the entity.
@@ -85,8 +87,9 @@ pub struct RawEvent {
     pub outcome: Option<Outcome>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub occurred_at: Option<OffsetDateTime>,
+    /// Kept as the text received: numbers are checked against their digits (`model::payload`).
     #[serde(default)]
-    pub event_data: Option<Map<String, Value>>,
+    pub event_data: Option<Box<RawValue>>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
@@ -97,8 +100,16 @@ pub const RESERVED_EVENT_TYPE_PREFIX: &str = "audit.";
 /// Size limits applied while parsing; configurable because deployments differ.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Bytes of UTF-8 per text field, at most [`Limits::MAX_FIELD_LEN`].
     pub max_field_len: usize,
     pub max_batch_events: usize,
+}
+
+impl Limits {
+    /// The largest `max_field_len` that every backend can store: PostgreSQL refuses a B-tree entry
+    /// over 2704 bytes, and its widest index holds two text fields (`entity`, `entity_id`) beside
+    /// the tenant and `seq`.
+    pub const MAX_FIELD_LEN: usize = 1200;
 }
 
 impl Default for Limits {
@@ -199,7 +210,7 @@ impl NewEvent {
             ip: raw.ip.map(|ip| ip.to_string()),
             outcome: raw.outcome,
             occurred_at: raw.occurred_at.map(check_time).transpose()?,
-            event_data: raw.event_data.map(check_event_data).transpose()?,
+            event_data: raw.event_data.as_deref().map(payload::parse).transpose()?,
             idempotency_key: optional("idempotency_key", raw.idempotency_key)?,
             amends: None,
             amends_hash: None,
@@ -224,12 +235,12 @@ fn check_text(name: &str, value: &str, limits: &Limits) -> Result<(), FieldError
     if value.trim().is_empty() {
         return Err(FieldError::new(name, "must not be empty"));
     }
-    let chars = value.chars().count();
-    if chars > limits.max_field_len {
+    if value.len() > limits.max_field_len {
         return Err(FieldError::new(
             name,
             format!(
-                "is {chars} characters long; the limit is {}",
+                "is {} bytes long in UTF-8; the limit is {} bytes",
+                value.len(),
                 limits.max_field_len
             ),
         ));
@@ -250,55 +261,6 @@ fn check_time(t: OffsetDateTime) -> Result<OffsetDateTime, FieldError> {
             FieldError::new("occurred_at", "must fall between years 1 and 9999 in UTC")
         })?;
     Ok(truncate_to_micros(utc))
-}
-
-/// The largest integer every JSON consumer reads exactly (RFC 7493, I-JSON): beyond it, numbers
-/// silently round, and so would their canonical form and hash.
-const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
-
-fn check_event_data(data: Map<String, Value>) -> Result<Map<String, Value>, FieldError> {
-    fn walk(value: &Value, path: &mut String) -> Result<(), FieldError> {
-        match value {
-            Value::Number(n) if n.as_f64().is_none_or(|f| !f.is_finite()) => {
-                Err(FieldError::new(path.clone(), "is not a finite number"))
-            }
-            Value::Number(n)
-                if (n.is_i64() || n.is_u64())
-                    && n.as_i64()
-                        .is_none_or(|i| i.unsigned_abs() > MAX_EXACT_INTEGER) =>
-            {
-                Err(FieldError::new(
-                    path.clone(),
-                    "integers must lie within ±(2^53 - 1) to be stored and hashed exactly; send larger ones as strings",
-                ))
-            }
-            Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                walk(item, path)?;
-                path.truncate(len);
-                Ok(())
-            }),
-            Value::Object(map) => map.iter().try_for_each(|(key, item)| {
-                let len = path.len();
-                path.push('.');
-                path.push_str(key);
-                walk(item, path)?;
-                path.truncate(len);
-                Ok(())
-            }),
-            _ => Ok(()),
-        }
-    }
-    let mut path = String::from("event_data");
-    for (key, value) in &data {
-        let len = path.len();
-        path.push('.');
-        path.push_str(key);
-        walk(value, &mut path)?;
-        path.truncate(len);
-    }
-    Ok(data)
 }
 
 /// Both databases keep microseconds; truncating up front keeps what is hashed equal to what is stored.
@@ -381,7 +343,9 @@ mod tests {
 
     #[test]
     fn event_data_must_be_an_object() {
-        assert!(raw(r#"{"event_type":"a","user_identity":"b","event_data":[1]}"#).is_err());
+        let array = raw(r#"{"event_type":"a","user_identity":"b","event_data":[1]}"#).unwrap();
+        let err = NewEvent::parse(array, &Limits::default()).unwrap_err();
+        assert_eq!(err.field, "event_data");
     }
 
     #[test]
@@ -423,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn integers_beyond_two_to_the_53_are_refused() {
+    fn numbers_a_double_cannot_hold_exactly_are_refused() {
         let parse = |data: &str| {
             let json = format!(r#"{{"event_type":"a","user_identity":"b","event_data":{data}}}"#);
             NewEvent::parse(raw(&json).unwrap(), &Limits::default())
@@ -431,7 +395,8 @@ mod tests {
         assert!(parse(r#"{"n": 9007199254740991, "f": 1.5e300, "s": "9007199254740993"}"#).is_ok());
         let err = parse(r#"{"a": {"b": [1, 9007199254740993]}}"#).unwrap_err();
         assert_eq!(err.field, "event_data.a.b[1]");
-        assert!(parse(r#"{"n": -9007199254740992}"#).is_err());
+        assert!(parse(r#"{"n": -9007199254740993}"#).is_err());
+        assert!(parse(r#"{"n": 333333333.33333329}"#).is_err());
         assert!(parse(r#"{"n": 18446744073709551615}"#).is_err());
     }
 

@@ -2,6 +2,7 @@
 
 pub mod event;
 pub mod ids;
+pub mod payload;
 pub mod query;
 
 pub use event::{Action, Event, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission};

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use super::event::{Action, Event, Outcome};
 use super::ids::{EventId, Seq};
+use super::payload;
 
 /// A recorded field that can be filtered on by equality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,19 +82,21 @@ pub enum JsonScalar {
 
 impl JsonScalar {
     /// `1346` is a number, `true` a boolean, `"1346"` (quoted) the string; anything else a string.
-    pub fn parse(text: &str) -> Self {
-        match serde_json::from_str::<Value>(text) {
+    /// A number no event can hold (see `model::payload`) is an error, not a silent non-match.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match serde_json::from_str::<Value>(text) {
             Ok(Value::Null) => Self::Null,
             Ok(Value::Bool(b)) => Self::Bool(b),
-            Ok(Value::Number(n)) => match n.as_i64() {
-                Some(i) => Self::Integer(i),
-                None => n
-                    .as_f64()
-                    .map_or_else(|| Self::String(text.into()), Self::Float),
-            },
+            Ok(Value::Number(_)) => {
+                let number = payload::exact_number(text.trim())?;
+                match number.as_i64() {
+                    Some(i) => Self::Integer(i),
+                    None => Self::Float(number.as_f64().unwrap_or_default()),
+                }
+            }
             Ok(Value::String(s)) => Self::String(s),
             _ => Self::String(text.to_owned()),
-        }
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -315,6 +318,12 @@ fn parse_limit(value: &str) -> Result<u32, QueryError> {
 }
 
 fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
+    if value.contains('\0') {
+        return Err(QueryError::new(
+            name,
+            "must not contain U+0000, which no stored value holds",
+        ));
+    }
     if let Some(path) = name.strip_prefix("event_data.") {
         let path = JsonPath::parse(path).ok_or_else(|| {
             QueryError::new(
@@ -322,7 +331,8 @@ fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
                 "event_data paths are dot-separated names of letters, digits, `_` and `-` (at most 8 deep)",
             )
         })?;
-        return Ok(Filter::Data(path, JsonScalar::parse(value)));
+        let value = JsonScalar::parse(value).map_err(|message| QueryError::new(name, message))?;
+        return Ok(Filter::Data(path, value));
     }
     let field = Field::from_name(name).ok_or_else(|| {
         QueryError::new(
@@ -370,17 +380,18 @@ mod tests {
 
     #[test]
     fn event_data_values_are_typed() {
-        assert_eq!(JsonScalar::parse("1346"), JsonScalar::Integer(1346));
-        assert_eq!(JsonScalar::parse("1.5"), JsonScalar::Float(1.5));
-        assert_eq!(JsonScalar::parse("true"), JsonScalar::Bool(true));
+        let parse = |text: &str| JsonScalar::parse(text).unwrap();
+        assert_eq!(parse("1346"), JsonScalar::Integer(1346));
+        assert_eq!(parse("1.5"), JsonScalar::Float(1.5));
+        assert_eq!(parse("1.0"), JsonScalar::Integer(1));
+        assert_eq!(parse("true"), JsonScalar::Bool(true));
+        assert_eq!(parse("\"1346\""), JsonScalar::String("1346".into()));
         assert_eq!(
-            JsonScalar::parse("\"1346\""),
-            JsonScalar::String("1346".into())
-        );
-        assert_eq!(
-            JsonScalar::parse("john@example.com"),
+            parse("john@example.com"),
             JsonScalar::String("john@example.com".into())
         );
+        assert!(JsonScalar::parse("9007199254740993").is_err());
+        assert!(JsonScalar::parse("333333333.33333329").is_err());
     }
 
     #[test]

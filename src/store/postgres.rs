@@ -21,6 +21,7 @@ use crate::auth::{NewUser, Role, UserRecord};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
+use crate::model::payload;
 use crate::model::{
     Action, Event, EventId, EventQuery, Field, Filter, Order, Outcome, Seq, Submission, TenantId,
 };
@@ -238,7 +239,7 @@ fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
         occurred_at: row.try_get("occurred_at")?,
         recorded_at: row.try_get("recorded_at")?,
         recorded_by: row.try_get("recorded_by")?,
-        event_data: event_data.map(|Json(map)| map),
+        event_data: event_data.map(|Json(map)| payload::normalized(map)),
         event_data_hash: optional_digest("event_data_hash")?,
         redacted_at: row.try_get("redacted_at")?,
         idempotency_key: row.try_get("idempotency_key")?,

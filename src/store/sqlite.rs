@@ -24,6 +24,7 @@ use crate::auth::{NewUser, Role, UserRecord};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
+use crate::model::payload;
 use crate::model::{
     Action, Event, EventId, EventQuery, Field, Filter, JsonPath, JsonScalar, Order, Outcome, Seq,
     Submission, TenantId,
@@ -162,7 +163,7 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
     let redacted_at: Option<i64> = row.try_get("redacted_at")?;
     let event_data: Option<String> = row.try_get("event_data")?;
     let event_data = event_data
-        .map(|text| serde_json::from_str::<Map<String, Value>>(&text))
+        .map(|text| serde_json::from_str::<Map<String, Value>>(&text).map(payload::normalized))
         .transpose()
         .map_err(|e| corrupt("event_data", e))?;
     let action: Option<String> = row.try_get("action")?;

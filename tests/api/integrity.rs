@@ -181,7 +181,7 @@ async fn seed(app: &TestApp, n: usize) -> Vec<Value> {
         .clone()
 }
 
-async fn checkpoint(app: &TestApp) -> Value {
+pub(crate) async fn checkpoint(app: &TestApp) -> Value {
     let response = app
         .request(Method::POST, "/checkpoints", Some(ADMIN))
         .send()
@@ -367,7 +367,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn verify(app: &TestApp, args: &[&str]) -> std::process::Output {
+pub(crate) fn verify(app: &TestApp, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(["--database-url", &app.db.url, "verify"])
         .args(args)
@@ -382,6 +382,51 @@ fn verify(app: &TestApp, args: &[&str]) -> std::process::Output {
         .env_remove("AUDITOR_CONFIG")
         .output()
         .unwrap()
+}
+
+/// Runs `auditor export` into the test's directory, returning the file.
+pub(crate) fn export(app: &TestApp) -> std::path::PathBuf {
+    let file = app.db.dir.path().join("export.ndjson");
+    let exported = Command::new(BIN)
+        .args([
+            "--database-url",
+            &app.db.url,
+            "export",
+            "--output",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    file
+}
+
+/// Runs `auditor verify --export` with no database, trusting `key` only.
+fn verify_offline(path: &std::path::Path, key: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "verify",
+            "--export",
+            path.to_str().unwrap(),
+            "--public-key",
+            key,
+        ])
+        .args(extra)
+        .env(
+            "AUDITOR_DATABASE_URL",
+            "sqlite:///nonexistent/never-opened.db",
+        )
+        .output()
+        .unwrap()
+}
+
+/// Verifies an export offline against the app's published verifier key.
+pub(crate) async fn verify_export(app: &TestApp, path: &std::path::Path) -> std::process::Output {
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    verify_offline(path, &key, &[])
 }
 
 /// Runs `auditor verify` and expects it to fail, naming `seq` and a phrase.
@@ -596,35 +641,8 @@ async fn an_export_verifies_offline_and_tampering_in_it_is_caught(backend: Backe
         .as_str()
         .unwrap()
         .to_owned();
-    let file = app.db.dir.path().join("export.ndjson");
-    let exported = Command::new(BIN)
-        .args([
-            "--database-url",
-            &app.db.url,
-            "export",
-            "--output",
-            file.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(exported.status.success(), "{}", text(&exported.stderr));
-    let offline = |path: &std::path::Path, extra: &[&str]| {
-        Command::new(BIN)
-            .args([
-                "verify",
-                "--export",
-                path.to_str().unwrap(),
-                "--public-key",
-                &key,
-            ])
-            .args(extra)
-            .env(
-                "AUDITOR_DATABASE_URL",
-                "sqlite:///nonexistent/never-opened.db",
-            )
-            .output()
-            .unwrap()
-    };
+    let file = export(&app);
+    let offline = |path: &std::path::Path, extra: &[&str]| verify_offline(path, &key, extra);
     let ok = offline(&file, &[]);
     assert!(
         ok.status.success(),

@@ -9,6 +9,7 @@ mod bulk;
 mod cli;
 mod compat;
 mod events;
+mod fidelity;
 mod integrity;
 mod lifecycle;
 mod partitions;

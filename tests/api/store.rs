@@ -362,7 +362,10 @@ fn holds(
     let leaf = segments.fold(first, |node, key| {
         node.and_then(|n| n.as_object()?.get(key))
     });
-    match (leaf, JsonScalar::parse(value)) {
+    match (
+        leaf,
+        JsonScalar::parse(value).expect("an exact query value"),
+    ) {
         (Some(Value::Null), JsonScalar::Null) => true,
         (Some(Value::Bool(a)), JsonScalar::Bool(b)) => *a == b,
         (Some(Value::Number(a)), JsonScalar::Integer(b)) => match a.as_i64() {
