@@ -379,11 +379,19 @@ async fn insert_nodes(
     Ok(())
 }
 
-/// `$."a"."b"`: segments are whitelisted by `JsonPath`, so quoting them is enough.
+/// The SQLite JSON path of a query's path: `$."a.b"."we\\"ird"`, each key as its JSON string
+/// literal. Bound as a parameter, never inlined: the keys are the client's text.
+///
+/// Exact for every key a query can name: SQLite (3.51, as bundled) reads a quoted label up to
+/// its first unescaped `"` and compares it with the payload's keys after decoding JSON escapes
+/// on both sides, which the tests check for keys holding `.`, `"`, `\\` and control characters.
+/// The one key it cannot address is one holding U+0000 (the lookup stops at it), and
+/// `JsonPath` refuses those.
 fn sqlite_json_path(segments: &[String]) -> String {
     let mut path = String::from("$");
     for segment in segments {
-        path.push_str(&format!(".\"{segment}\""));
+        path.push('.');
+        path.push_str(&Value::from(segment.as_str()).to_string());
     }
     path
 }
@@ -401,28 +409,36 @@ fn push_filter(builder: &mut QueryBuilder<Sqlite>, filter: &Filter) -> Result<()
         }
         Filter::Data(path, value) => {
             let path = sqlite_json_path(path.segments());
-            let json_type = format!(" AND json_type(event_data, '{path}')");
-            let extract = format!(" AND json_extract(event_data, '{path}') = ");
+            let json_type = match value {
+                JsonScalar::Null => ") = 'null'",
+                JsonScalar::Bool(true) => ") = 'true'",
+                JsonScalar::Bool(false) => ") = 'false'",
+                JsonScalar::Integer(_) | JsonScalar::Float(_) => ") IN ('integer', 'real')",
+                JsonScalar::String(_) => ") = 'text'",
+            };
+            builder
+                .push(" AND json_type(event_data, ")
+                .push_bind(path.clone())
+                .push(json_type);
+            let extract = |builder: &mut QueryBuilder<Sqlite>| {
+                builder
+                    .push(" AND json_extract(event_data, ")
+                    .push_bind(path)
+                    .push(") = ");
+            };
             match value {
-                JsonScalar::Null => {
-                    builder.push(json_type).push(" = 'null'");
-                }
-                JsonScalar::Bool(b) => {
-                    builder
-                        .push(json_type)
-                        .push(if *b { " = 'true'" } else { " = 'false'" });
-                }
+                JsonScalar::Null | JsonScalar::Bool(_) => {}
                 JsonScalar::Integer(i) => {
-                    builder.push(json_type).push(" IN ('integer', 'real')");
-                    builder.push(extract).push_bind(*i);
+                    extract(builder);
+                    builder.push_bind(*i);
                 }
                 JsonScalar::Float(f) => {
-                    builder.push(json_type).push(" IN ('integer', 'real')");
-                    builder.push(extract).push_bind(*f);
+                    extract(builder);
+                    builder.push_bind(*f);
                 }
                 JsonScalar::String(s) => {
-                    builder.push(json_type).push(" = 'text'");
-                    builder.push(extract).push_bind(s.clone());
+                    extract(builder);
+                    builder.push_bind(s.clone());
                 }
             }
         }
