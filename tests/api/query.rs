@@ -206,7 +206,8 @@ async fn a_redacted_payload_is_no_longer_found_by_its_values(backend: Backend) {
     let app = spawn_app(backend).await;
     let secret = app
         .record(json!({"event_type": "kyc", "user_identity": "alice",
-                       "event_data": {"ssn": "123-45-6789", "plan": {"tier": "gold"}, "n": 7}}))
+                       "event_data": {"ssn": "123-45-6789", "plan": {"tier": "gold"}, "n": 7,
+                                      "a.b": {"c": "x"}, "we\"ird": "y", "имя": "Анна", "": 0}}))
         .await;
     app.record(json!({"event_type": "kyc", "user_identity": "bob",
                       "event_data": {"plan": {"tier": "gold"}, "n": 7.0}}))
