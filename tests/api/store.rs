@@ -223,7 +223,7 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
                 "outcome": if i % 100 == 0 { "failure" } else { "success" },
                 "idempotency_key": format!("k{i}"),
                 "occurred_at": format!("2024-01-{:02}T{:02}:00:00Z", 1 + i / 200, i % 24),
-                "event_data": {"n": i, "group": i % 7}
+                "event_data": {"n": i, "group": i % 7, "a.b": {"c": i}, "имя": format!("n{i}")}
             })
         })
         .collect();
@@ -260,6 +260,9 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
         Backend::Postgres => "events_event_data",
     };
     cases.push(("event_data.n=77".to_owned(), Some(data_index)));
+    // A key holding a dot, quoted, and a key in another script are served alike.
+    cases.push(("event_data.\"a.b\".c=77".to_owned(), Some(data_index)));
+    cases.push(("event_data.имя=n77".to_owned(), Some(data_index)));
     if db.backend == Backend::Sqlite {
         for query in [
             "event_data.n=77.0",
@@ -267,6 +270,7 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             "event_data.missing=\"some text\"",
             "event_data.group=true",
             "event_data.group=3&user_identity=u7",
+            "event_data.group=0&event_data.\"a.b\".c=77",
         ] {
             cases.push((query.to_owned(), Some(data_index)));
         }
@@ -355,7 +359,8 @@ fn holds(
 ) -> bool {
     use auditor::model::JsonScalar;
     use serde_json::Value;
-    let mut segments = path.split('.');
+    let path = auditor::model::JsonPath::parse(path).unwrap();
+    let mut segments = path.segments().iter();
     let first = segments
         .next()
         .and_then(|key| data.and_then(|d| d.get(key)));
@@ -393,6 +398,9 @@ async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
         {"a-b": {"c_d": 7}}, {"9": 9}, {"tags": ["x", "y"]}, {"tags": "x"},
         {"text": long}, {"text": long_other}, {"text": prefix}, {"text": ""}, {"text": "1"},
         {"text": "ünï\"cödé"}, {"flag": false}, {"flag": true}, {"flag": "true"},
+        {"имя": "Анна"}, {"имя": {"полное": "Анна"}}, {"a.b": {"c": 1}}, {"a": {"b": {"c": 1}}},
+        {"we\"ird": {"x": 1}}, {"we": {"ird": {"x": 1}}}, {"": 0}, {"": {"": 0}}, {"a b": 1},
+        {"k\\\n\u{1}.": true},
     ]);
     let mut events: Vec<serde_json::Value> = payloads
         .as_array()
@@ -456,6 +464,19 @@ async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
         vec![("page", "\"1\""), ("i", "1")],
         vec![("page", "1"), ("other", "true"), ("i", "2")],
         vec![("missing", "1")],
+        vec![("имя", "Анна")],
+        vec![("имя.полное", "Анна")],
+        vec![("\"a.b\".c", "1")],
+        vec![("a.b.c", "1")],
+        vec![("\"a.b\"", "1")],
+        vec![("\"a.b\"", "5")],
+        vec![("a.\"b.c\"", "1")],
+        vec![("\"we\\\"ird\".x", "1")],
+        vec![("we.ird.x", "1")],
+        vec![("\"\"", "0")],
+        vec![("\"\".\"\"", "0")],
+        vec![("\"a b\"", "1")],
+        vec![("\"k\\\\\\n\\u0001.\"", "true")],
     ]
     .into_iter()
     .map(|pairs| {
@@ -582,7 +603,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .map(|data| json!({"event_type": "t", "user_identity": "u", "event_data": data}))
         .collect();
     let appended = store
-        .append(&[submission("default", json!(events))])
+        .append(&[submission("default", json!(events.clone()))])
         .await
         .unwrap();
     let secret = created(&appended[0]).last().unwrap().clone();
@@ -657,6 +678,32 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
     assert_eq!(store.pending_migrations().await.unwrap(), vec![4]);
     store.migrate().await.unwrap();
     assert_eq!(index_rows(&target.url).await, expected);
+
+    // Queries find each awkward key's event through the rewritten rows, and only that event.
+    let seq_of = |data: serde_json::Value| {
+        let position = events.iter().position(|e| e["event_data"] == data);
+        Seq(position.unwrap() as i64 + 1)
+    };
+    for (name, value, data) in [
+        ("\"a.b\".c", "1", json!({"a.b": {"c": 1}})),
+        ("a.b.c", "2", json!({"a": {"b": {"c": 2}}})),
+        ("\"a.b\"", "5", json!({"a.b": 5, "a": {"b": 5}})),
+        ("a.b", "5", json!({"a.b": 5, "a": {"b": 5}})),
+        (
+            "\"we\\\"ird\".x",
+            "1",
+            json!({"we\"ird": {"x": 1}, "plain": 1}),
+        ),
+        ("\"back\\\\slash\"", "v", awkward_payloads()[5].clone()),
+        ("имя", "Анна", json!({"имя": "Анна"})),
+        ("\"\".\"\"", "0", json!({"": {"": 0}, "e": ""})),
+        ("\"a[1]\"", "3", json!({"a[1]": 3, "arr": [{"a.b": 1}]})),
+    ] {
+        let query = EventQuery::parse(&[(format!("event_data.{name}"), value.to_owned())]).unwrap();
+        let found = store.query(&TenantId::default(), &query).await.unwrap();
+        let seqs: Vec<Seq> = found.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![seq_of(data)], "{name}={value}");
+    }
 }
 
 /// The indexes the partitions of `events` have for the partitioned index `index`; fails when
