@@ -7,4 +7,6 @@ pub mod query;
 
 pub use event::{Action, Event, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission};
 pub use ids::{EventId, Seq, TenantId};
-pub use query::{Cursor, EventQuery, Field, Filter, JsonPath, JsonScalar, Order, Page, QueryError};
+pub use query::{
+    Cursor, EventQuery, Field, Filter, JsonPath, JsonScalar, Order, Page, PathError, QueryError,
+};

@@ -110,25 +110,91 @@ impl JsonScalar {
     }
 }
 
-/// A path into `event_data`: segments of letters, digits, `_` and `-` only, so a backend may
-/// inline it into SQL (which it must for an expression index to apply).
+/// A path into `event_data`: the keys leading from the payload's top level, through objects, to
+/// a value. Backends take its keys as data (bound values, or JSON they build), never as SQL.
+///
+/// Written as keys separated by `.`, each either bare — letters and digits of any script, `_`
+/// and `-` — or quoted as a JSON string literal, which can hold any other key: `plan.tier`,
+/// `имя`, `"a.b".c`, `"we\"ird"`, `""` (the empty key). A quoted key that could be bare means
+/// the same key: `"plan".tier` is `plan.tier`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPath(Vec<String>);
 
-impl JsonPath {
-    const MAX_DEPTH: usize = 8;
+/// Why a path was refused; the message is shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("a key is empty (write the empty key as `\"\"`)")]
+    EmptyKey,
+    #[error(
+        "`{0}` must be quoted as a JSON string, e.g. `\"a.b\"`: bare keys hold only letters, digits, `_` and `-`"
+    )]
+    NeedsQuotes(String),
+    #[error("a quoted key has no closing `\"`")]
+    Unterminated,
+    #[error("`{0}` is not a JSON string literal")]
+    BadQuoted(String),
+    #[error("a quoted key must be followed by `.` or end the path")]
+    NoDotAfterQuoted,
+    #[error("a key is longer than {} bytes", JsonPath::MAX_KEY_BYTES)]
+    KeyTooLong,
+    #[error("a key contains U+0000, which no backend can look up")]
+    NulInKey,
+    #[error("the path is more than {} keys deep", JsonPath::MAX_DEPTH)]
+    TooDeep,
+}
 
-    pub fn parse(dotted: &str) -> Option<Self> {
-        let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
-        let valid = |s: &String| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        };
-        (segments.len() <= Self::MAX_DEPTH && segments.iter().all(valid)).then_some(Self(segments))
+impl JsonPath {
+    pub const MAX_DEPTH: usize = 8;
+    /// In UTF-8, after a quoted key is decoded.
+    pub const MAX_KEY_BYTES: usize = 128;
+
+    /// Parses the text after `event_data.`.
+    ///
+    /// U+0000 is refused in a key: PostgreSQL's `jsonb` cannot hold it, and SQLite's JSON path
+    /// lookup ends a key at it (`$."a\u0000b"` finds the key `a`), so neither could answer exactly.
+    pub fn parse(text: &str) -> Result<Self, PathError> {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        loop {
+            let (key, after) = match rest.strip_prefix('"') {
+                Some(quoted) => {
+                    let end = closing_quote(quoted).ok_or(PathError::Unterminated)?;
+                    let literal = &rest[..end + 2];
+                    let key = serde_json::from_str::<String>(literal)
+                        .map_err(|_| PathError::BadQuoted(literal.to_owned()))?;
+                    (key, &rest[end + 2..])
+                }
+                None => {
+                    let end = rest.find('.').unwrap_or(rest.len());
+                    let bare = &rest[..end];
+                    if bare.is_empty() {
+                        return Err(PathError::EmptyKey);
+                    }
+                    if !is_bare(bare) {
+                        return Err(PathError::NeedsQuotes(bare.to_owned()));
+                    }
+                    (bare.to_owned(), &rest[end..])
+                }
+            };
+            if key.len() > Self::MAX_KEY_BYTES {
+                return Err(PathError::KeyTooLong);
+            }
+            if key.contains('\0') {
+                return Err(PathError::NulInKey);
+            }
+            segments.push(key);
+            if segments.len() > Self::MAX_DEPTH {
+                return Err(PathError::TooDeep);
+            }
+            match after.strip_prefix('.') {
+                Some(next) => rest = next,
+                None if after.is_empty() => return Ok(Self(segments)),
+                None => return Err(PathError::NoDotAfterQuoted),
+            }
+        }
     }
 
+    /// The keys, decoded.
     pub fn segments(&self) -> &[String] {
         &self.0
     }
@@ -141,6 +207,45 @@ impl JsonPath {
             Value::Object(object)
         })
     }
+}
+
+/// The path as a query writes it, keys bare where they can be: `JsonPath::parse` reads it back.
+impl std::fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, key) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            if is_bare(key) {
+                f.write_str(key)?;
+            } else {
+                write!(f, "{}", Value::from(key.as_str()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A key that may be written without quotes: Unicode letters and digits, `_` and `-`.
+fn is_bare(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The byte offset of the `"` that ends a JSON string whose opening quote was just stripped.
+fn closing_quote(quoted: &str) -> Option<usize> {
+    let bytes = quoted.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -325,10 +430,14 @@ fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
         ));
     }
     if let Some(path) = name.strip_prefix("event_data.") {
-        let path = JsonPath::parse(path).ok_or_else(|| {
+        let path = JsonPath::parse(path).map_err(|error| {
             QueryError::new(
                 name,
-                "event_data paths are dot-separated names of letters, digits, `_` and `-` (at most 8 deep)",
+                format!(
+                    "{error}; an event_data path is keys separated by `.`, each bare (letters, \
+                     digits, `_`, `-`) or a JSON string such as `\"a.b\"`, at most {} deep",
+                    JsonPath::MAX_DEPTH
+                ),
             )
         })?;
         let value = JsonScalar::parse(value).map_err(|message| QueryError::new(name, message))?;
@@ -394,16 +503,99 @@ mod tests {
         assert!(JsonScalar::parse("333333333.33333329").is_err());
     }
 
+    fn keys(text: &str) -> Vec<String> {
+        JsonPath::parse(text).unwrap().segments().to_vec()
+    }
+
     #[test]
-    fn json_paths_are_whitelisted() {
-        assert!(JsonPath::parse("account.id").is_some());
-        assert!(JsonPath::parse("a'); drop table events; --").is_none());
-        assert!(JsonPath::parse("a..b").is_none());
+    fn bare_keys_may_be_letters_and_digits_of_any_script() {
+        assert_eq!(keys("account.id"), ["account", "id"]);
+        assert_eq!(keys("имя"), ["имя"]);
+        assert_eq!(keys("名前.ünï_cödé-2.٣"), ["名前", "ünï_cödé-2", "٣"]);
         let path = JsonPath::parse("a.b").unwrap();
         assert_eq!(
             path.containing(Value::from(1)),
             serde_json::json!({"a": {"b": 1}})
         );
+    }
+
+    #[test]
+    fn quoted_keys_are_json_strings_and_may_hold_anything() {
+        assert_eq!(keys(r#""a.b".c"#), ["a.b", "c"]);
+        assert_eq!(keys(r#"a."b.c""#), ["a", "b.c"]);
+        assert_eq!(keys(r#""we\"ird".x"#), ["we\"ird", "x"]);
+        assert_eq!(keys(r#""back\\slash""#), ["back\\slash"]);
+        assert_eq!(keys(r#""\u00e9\n".x"#), ["é\n", "x"]);
+        assert_eq!(keys(r#""a b"."it's""#), ["a b", "it's"]);
+        assert_eq!(keys(r#""""#), [""]);
+        assert_eq!(keys(r#"a."".b"#), ["a", "", "b"]);
+        // Quoting a key that could be bare changes nothing.
+        assert_eq!(
+            JsonPath::parse(r#""plan"."tier""#),
+            JsonPath::parse("plan.tier")
+        );
+        let dotted = JsonPath::parse(r#""a.b".c"#).unwrap();
+        assert_eq!(
+            dotted.containing(Value::from(1)),
+            serde_json::json!({"a.b": {"c": 1}})
+        );
+        assert_ne!(Some(dotted), JsonPath::parse("a.b.c").ok());
+    }
+
+    #[test]
+    fn malformed_paths_are_refused() {
+        let refused = [
+            ("", PathError::EmptyKey),
+            ("a..b", PathError::EmptyKey),
+            ("a.", PathError::EmptyKey),
+            (".a", PathError::EmptyKey),
+            (
+                "a'); drop table events; --",
+                PathError::NeedsQuotes("a'); drop table events; --".into()),
+            ),
+            ("a b", PathError::NeedsQuotes("a b".into())),
+            ("a\"b", PathError::NeedsQuotes("a\"b".into())),
+            (r#""a.b"#, PathError::Unterminated),
+            (r#""a\""#, PathError::Unterminated),
+            (r#""a\q""#, PathError::BadQuoted(r#""a\q""#.into())),
+            (
+                r#""a
+b""#,
+                PathError::BadQuoted("\"a\nb\"".into()),
+            ),
+            (r#""a"b"#, PathError::NoDotAfterQuoted),
+            (r#""a""b""#, PathError::NoDotAfterQuoted),
+            (r#""a\u0000b""#, PathError::NulInKey),
+            ("a.b.c.d.e.f.g.h.i", PathError::TooDeep),
+        ];
+        for (text, error) in refused {
+            assert_eq!(JsonPath::parse(text), Err(error), "{text:?}");
+        }
+        assert!(JsonPath::parse("a.b.c.d.e.f.g.h").is_ok());
+        assert!(JsonPath::parse(&"й".repeat(64)).is_ok());
+        assert_eq!(JsonPath::parse(&"й".repeat(65)), Err(PathError::KeyTooLong));
+        assert_eq!(
+            JsonPath::parse(&format!("\"{}\"", "\\u0041".repeat(129))),
+            Err(PathError::KeyTooLong)
+        );
+    }
+
+    #[test]
+    fn a_bad_path_names_its_parameter() {
+        let err = EventQuery::parse(&pairs(&[("event_data.a b", "1")])).unwrap_err();
+        assert_eq!(err.param, "event_data.a b");
+        assert!(err.message.contains("JSON string"), "{}", err.message);
+    }
+
+    proptest::proptest! {
+        /// Any keys without U+0000 survive being written as a query path and read back.
+        #[test]
+        fn written_paths_parse_back_to_their_keys(
+            keys in proptest::collection::vec("[^\u{0}]{0,12}", 1..=JsonPath::MAX_DEPTH)
+        ) {
+            let path = JsonPath(keys);
+            proptest::prop_assert_eq!(JsonPath::parse(&path.to_string()), Ok(path));
+        }
     }
 
     #[test]

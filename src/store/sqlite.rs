@@ -297,20 +297,47 @@ impl<'a> IndexedValue<'a> {
     }
 }
 
-/// Every scalar leaf reached through objects only, with its dotted path: exactly the rows the
-/// migration's `event_data_leaves` view derives in SQL. Computed here rather than by a trigger
-/// running `json_tree` per row, which tripled the cost of an append.
+/// Appends one key to a path as `event_data_index.path` writes it (migration 0004): joined by
+/// `.`, each key as it is, unless it is empty or holds `.` or `"`; such a key is written as its
+/// JSON string literal (`"a.b".c` for `{"a.b": {"c": …}}`, `a.b.c` for `{"a": {"b": {"c": …}}}`).
+///
+/// Unambiguous: a key written as it is holds no `.` and does not start with `"`, and a literal
+/// ends at its unescaped closing quote. This is not the query syntax, which also quotes keys
+/// such as `a b`: the rule must be one that SQL can apply (the migration rewrote the rows of
+/// existing events with `json_quote`, which writes exactly what serde_json writes), and it keeps
+/// the rows written before 0004 valid for every key that holds neither character.
+fn push_index_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    if key.is_empty() || key.contains(['.', '"']) {
+        path.push_str(&Value::from(key).to_string());
+    } else {
+        path.push_str(key);
+    }
+}
+
+/// A query path as `event_data_index.path` writes it.
+fn index_path(segments: &[String]) -> String {
+    let mut path = String::new();
+    for key in segments {
+        push_index_key(&mut path, key);
+    }
+    path
+}
+
+/// Every scalar leaf reached through objects only, with its path: the rows of
+/// `event_data_index` for one payload, which the appender inserts and a redaction deletes.
+/// Computed here rather than by a trigger running `json_tree` per row, which tripled the cost
+/// of an append; migration 0004 derives the same rows in SQL for the events it rewrote.
 fn indexed_leaves<'a>(
     prefix: &str,
     data: &'a Map<String, Value>,
     leaves: &mut Vec<(String, IndexedValue<'a>)>,
 ) {
     for (key, value) in data {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let mut path = prefix.to_owned();
+        push_index_key(&mut path, key);
         match value {
             Value::Object(inner) => indexed_leaves(&path, inner, leaves),
             other => {
@@ -343,7 +370,8 @@ async fn insert_index_rows(
         );
     }
     for chunk in rows.chunks(INDEX_ROWS_PER_INSERT) {
-        // OR IGNORE: `{"a.b": 1, "a": {"b": 1}}` yields one row twice.
+        // OR IGNORE: no two leaves of a payload share a path (`push_index_key` is unambiguous),
+        // but derived data should never be the reason an append fails.
         let mut builder = QueryBuilder::<Sqlite>::new(
             "INSERT OR IGNORE INTO event_data_index (tenant, path, value, seq) ",
         );
@@ -359,6 +387,55 @@ async fn insert_index_rows(
         });
         builder.build().execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+/// Redacts one event: erases its payload and, in the same transaction, deletes the
+/// `event_data_index` rows derived from it, so that an erased value cannot be found again. The
+/// rows are computed by `indexed_leaves`, as the appender computed them, and deleted by primary
+/// key. (Until migration 0004 a trigger did this from a SQL view; no view can derive the
+/// encoding of `push_index_key` without a recursive query, which a trigger cannot run cheaply.)
+/// An UPDATE made by hand, outside the service, erases the payload but leaves its rows; it also
+/// records no `audit.redacted` event, so it is no redaction the log knows of.
+async fn erase_payload(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &TenantId,
+    target: EventId,
+    recorded_at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT seq, event_data FROM events \
+         WHERE tenant = ? AND id = ? AND redacted_at IS NULL AND event_data IS NOT NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(target.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((seq, data)) = row else {
+        return Ok(());
+    };
+    let data: Map<String, Value> =
+        serde_json::from_str(&data).map_err(|e| corrupt("event_data", e))?;
+    let mut leaves = Vec::new();
+    indexed_leaves("", &data, &mut leaves);
+    for (path, value) in leaves {
+        let mut builder =
+            QueryBuilder::<Sqlite>::new("DELETE FROM event_data_index WHERE tenant = ");
+        builder.push_bind(tenant.as_str());
+        builder.push(" AND path = ").push_bind(path);
+        builder.push(" AND value = ");
+        push_index_value(&mut builder, value);
+        builder.push(" AND seq = ").push_bind(seq);
+        builder.build().execute(&mut *conn).await?;
+    }
+    sqlx::query(
+        "UPDATE events SET event_data = NULL, redacted_at = ? WHERE tenant = ? AND seq = ?",
+    )
+    .bind(micros(recorded_at))
+    .bind(tenant.as_str())
+    .bind(seq)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -380,11 +457,19 @@ async fn insert_nodes(
     Ok(())
 }
 
-/// `$."a"."b"`: segments are whitelisted by `JsonPath`, so quoting them is enough.
+/// The SQLite JSON path of a query's path: `$."a.b"."we\\"ird"`, each key as its JSON string
+/// literal. Bound as a parameter, never inlined: the keys are the client's text.
+///
+/// Exact for every key a query can name: SQLite (3.51, as bundled) reads a quoted label up to
+/// its first unescaped `"` and compares it with the payload's keys after decoding JSON escapes
+/// on both sides, which the tests check for keys holding `.`, `"`, `\\` and control characters.
+/// The one key it cannot address is one holding U+0000 (the lookup stops at it), and
+/// `JsonPath` refuses those.
 fn sqlite_json_path(segments: &[String]) -> String {
     let mut path = String::from("$");
     for segment in segments {
-        path.push_str(&format!(".\"{segment}\""));
+        path.push('.');
+        path.push_str(&Value::from(segment.as_str()).to_string());
     }
     path
 }
@@ -402,28 +487,36 @@ fn push_filter(builder: &mut QueryBuilder<Sqlite>, filter: &Filter) -> Result<()
         }
         Filter::Data(path, value) => {
             let path = sqlite_json_path(path.segments());
-            let json_type = format!(" AND json_type(event_data, '{path}')");
-            let extract = format!(" AND json_extract(event_data, '{path}') = ");
+            let json_type = match value {
+                JsonScalar::Null => ") = 'null'",
+                JsonScalar::Bool(true) => ") = 'true'",
+                JsonScalar::Bool(false) => ") = 'false'",
+                JsonScalar::Integer(_) | JsonScalar::Float(_) => ") IN ('integer', 'real')",
+                JsonScalar::String(_) => ") = 'text'",
+            };
+            builder
+                .push(" AND json_type(event_data, ")
+                .push_bind(path.clone())
+                .push(json_type);
+            let extract = |builder: &mut QueryBuilder<Sqlite>| {
+                builder
+                    .push(" AND json_extract(event_data, ")
+                    .push_bind(path)
+                    .push(") = ");
+            };
             match value {
-                JsonScalar::Null => {
-                    builder.push(json_type).push(" = 'null'");
-                }
-                JsonScalar::Bool(b) => {
-                    builder
-                        .push(json_type)
-                        .push(if *b { " = 'true'" } else { " = 'false'" });
-                }
+                JsonScalar::Null | JsonScalar::Bool(_) => {}
                 JsonScalar::Integer(i) => {
-                    builder.push(json_type).push(" IN ('integer', 'real')");
-                    builder.push(extract).push_bind(*i);
+                    extract(builder);
+                    builder.push_bind(*i);
                 }
                 JsonScalar::Float(f) => {
-                    builder.push(json_type).push(" IN ('integer', 'real')");
-                    builder.push(extract).push_bind(*f);
+                    extract(builder);
+                    builder.push_bind(*f);
                 }
                 JsonScalar::String(s) => {
-                    builder.push(json_type).push(" = 'text'");
-                    builder.push(extract).push_bind(s.clone());
+                    extract(builder);
+                    builder.push_bind(s.clone());
                 }
             }
         }
@@ -463,9 +556,9 @@ fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint, StoreError> {
     })
 }
 
-/// `value` as `event_data_index` stores it: the same conversion as the appender's.
-fn push_index_value(builder: &mut QueryBuilder<Sqlite>, value: &JsonScalar) {
-    match IndexedValue::of_scalar(value) {
+/// Binds a value as `event_data_index` stores it.
+fn push_index_value(builder: &mut QueryBuilder<Sqlite>, value: IndexedValue) {
+    match value {
         IndexedValue::Integer(i) => builder.push_bind(i),
         IndexedValue::Real(f) => builder.push_bind(f),
         IndexedValue::Text(t) => builder.push_bind(t.to_owned()),
@@ -513,9 +606,9 @@ fn build_query(
             builder.push(format!("d{i}.tenant = "));
             builder.push_bind(tenant.as_str().to_owned());
             builder.push(format!(" AND d{i}.path = "));
-            builder.push_bind(path.segments().join("."));
+            builder.push_bind(index_path(path.segments()));
             builder.push(format!(" AND d{i}.value = "));
-            push_index_value(&mut builder, value);
+            push_index_value(&mut builder, IndexedValue::of_scalar(value));
             builder.push(" AND ");
         }
         builder.push("events.tenant = ");
@@ -618,15 +711,7 @@ impl Store for SqliteStore {
         insert_index_rows(&mut tx, &assembled.rows).await?;
         insert_nodes(&mut tx, &assembled.nodes).await?;
         for (tenant, target) in &assembled.redactions {
-            sqlx::query(
-                "UPDATE events SET event_data = NULL, redacted_at = ? \
-                 WHERE tenant = ? AND id = ? AND redacted_at IS NULL AND event_data IS NOT NULL",
-            )
-            .bind(micros(recorded_at))
-            .bind(tenant.as_str())
-            .bind(target.0)
-            .execute(&mut *tx)
-            .await?;
+            erase_payload(&mut tx, tenant, *target, recorded_at).await?;
         }
         for (tenant, head) in &assembled.heads {
             sqlx::query(

@@ -82,6 +82,58 @@ async fn event_data_paths_compare_as_json_values(backend: Backend) {
     }
 }
 
+/// A query string's name or value with every byte but ASCII letters and digits percent-encoded.
+fn encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Keys in any script are written bare; keys holding a dot, a quote or anything else are
+/// written quoted as JSON strings, and a dot inside quotes never means nesting.
+async fn event_data_keys_may_be_unicode_or_quoted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for data in [
+        json!({"имя": "Анна"}),
+        json!({"a.b": {"c": 1}}),
+        json!({"a": {"b": {"c": 2}}}),
+        json!({"we\"ird": {"x": 1}}),
+        json!({"a": {"b": {"c": 1}}}),
+        json!({"имя": "Анна", "a b": "c\\d"}),
+    ] {
+        app.record(json!({"event_type": "t", "user_identity": "u", "event_data": data}))
+            .await;
+    }
+    let cases = [
+        (vec![("event_data.имя", "Анна")], vec![1, 6]),
+        (vec![("event_data.\"имя\"", "Анна")], vec![1, 6]),
+        (vec![("event_data.\"a.b\".c", "1")], vec![2]),
+        (vec![("event_data.a.b.c", "1")], vec![5]),
+        (vec![("event_data.a.b.c", "2")], vec![3]),
+        (vec![("event_data.\"a.b\".c", "2")], vec![]),
+        (vec![("event_data.\"a\".\"b\".c", "2")], vec![3]),
+        (vec![("event_data.a.\"b.c\"", "2")], vec![]),
+        (vec![("event_data.\"we\\\"ird\".x", "1")], vec![4]),
+        (vec![("event_data.\"we\\u0022ird\".x", "1")], vec![4]),
+        (vec![("event_data.\"a b\"", "c\\d")], vec![6]),
+        (
+            vec![("event_data.\"a b\"", "c\\d"), ("event_data.имя", "Анна")],
+            vec![6],
+        ),
+    ];
+    for (pairs, expected) in cases {
+        let query: Vec<String> = pairs
+            .iter()
+            .map(|(name, value)| format!("{}={}", encoded(name), encoded(value)))
+            .collect();
+        let page = app.get_ok(&format!("/events?{}", query.join("&"))).await;
+        assert_eq!(seqs(&page), expected, "{pairs:?}");
+    }
+}
+
 async fn time_windows_apply_to_occurred_at(backend: Backend) {
     let app = spawn_app(backend).await;
     seed(&app).await;
@@ -182,6 +234,15 @@ async fn bad_query_parameters_are_rejected_not_ignored(backend: Backend) {
         ("id=42", "id"),
         ("event_data.a..b=1", "event_data.a..b"),
         ("event_data.a%27b=1", "event_data.a'b"),
+        ("event_data.a%20b=1", "event_data.a b"),
+        ("event_data.%22a.b=1", "event_data.\"a.b"),
+        ("event_data.%22a%22b=1", "event_data.\"a\"b"),
+        ("event_data.%22a%5Cq%22=1", "event_data.\"a\\q\""),
+        ("event_data.%22a%5Cu0000b%22=1", "event_data.\"a\\u0000b\""),
+        (
+            "event_data.a.b.c.d.e.f.g.h.i=1",
+            "event_data.a.b.c.d.e.f.g.h.i",
+        ),
         ("cursor=forged", "cursor"),
     ];
     for (query, field) in cases {
@@ -206,7 +267,8 @@ async fn a_redacted_payload_is_no_longer_found_by_its_values(backend: Backend) {
     let app = spawn_app(backend).await;
     let secret = app
         .record(json!({"event_type": "kyc", "user_identity": "alice",
-                       "event_data": {"ssn": "123-45-6789", "plan": {"tier": "gold"}, "n": 7}}))
+                       "event_data": {"ssn": "123-45-6789", "plan": {"tier": "gold"}, "n": 7,
+                                      "a.b": {"c": "x"}, "we\"ird": "y", "имя": "Анна", "": 0}}))
         .await;
     app.record(json!({"event_type": "kyc", "user_identity": "bob",
                       "event_data": {"plan": {"tier": "gold"}, "n": 7.0}}))
@@ -250,6 +312,7 @@ async fn a_redacted_payload_is_no_longer_found_by_its_values(backend: Backend) {
 crate::both_backends!(
     every_common_field_filters_by_equality,
     event_data_paths_compare_as_json_values,
+    event_data_keys_may_be_unicode_or_quoted,
     time_windows_apply_to_occurred_at,
     order_and_limit_shape_the_page,
     pagination_is_stable_while_events_arrive,

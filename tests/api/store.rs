@@ -29,7 +29,7 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
-        Backend::Sqlite => vec![1, 2, 3],
+        Backend::Sqlite => vec![1, 2, 3, 4],
         Backend::Postgres => vec![1, 2, 3],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
@@ -223,7 +223,7 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
                 "outcome": if i % 100 == 0 { "failure" } else { "success" },
                 "idempotency_key": format!("k{i}"),
                 "occurred_at": format!("2024-01-{:02}T{:02}:00:00Z", 1 + i / 200, i % 24),
-                "event_data": {"n": i, "group": i % 7}
+                "event_data": {"n": i, "group": i % 7, "a.b": {"c": i}, "имя": format!("n{i}")}
             })
         })
         .collect();
@@ -260,6 +260,9 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
         Backend::Postgres => "events_event_data",
     };
     cases.push(("event_data.n=77".to_owned(), Some(data_index)));
+    // A key holding a dot, quoted, and a key in another script are served alike.
+    cases.push(("event_data.\"a.b\".c=77".to_owned(), Some(data_index)));
+    cases.push(("event_data.имя=n77".to_owned(), Some(data_index)));
     if db.backend == Backend::Sqlite {
         for query in [
             "event_data.n=77.0",
@@ -267,6 +270,7 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             "event_data.missing=\"some text\"",
             "event_data.group=true",
             "event_data.group=3&user_identity=u7",
+            "event_data.group=0&event_data.\"a.b\".c=77",
         ] {
             cases.push((query.to_owned(), Some(data_index)));
         }
@@ -355,7 +359,8 @@ fn holds(
 ) -> bool {
     use auditor::model::JsonScalar;
     use serde_json::Value;
-    let mut segments = path.split('.');
+    let path = auditor::model::JsonPath::parse(path).unwrap();
+    let mut segments = path.segments().iter();
     let first = segments
         .next()
         .and_then(|key| data.and_then(|d| d.get(key)));
@@ -396,6 +401,9 @@ async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
         {"a-b": {"c_d": 7}}, {"9": 9}, {"tags": ["x", "y"]}, {"tags": "x"},
         {"text": long}, {"text": long_other}, {"text": prefix}, {"text": ""}, {"text": "1"},
         {"text": "ünï\"cödé"}, {"flag": false}, {"flag": true}, {"flag": "true"},
+        {"имя": "Анна"}, {"имя": {"полное": "Анна"}}, {"a.b": {"c": 1}}, {"a": {"b": {"c": 1}}},
+        {"we\"ird": {"x": 1}}, {"we": {"ird": {"x": 1}}}, {"": 0}, {"": {"": 0}}, {"a b": 1},
+        {"k\\\n\u{1}.": true},
     ]);
     let mut events: Vec<serde_json::Value> = payloads
         .as_array()
@@ -459,6 +467,19 @@ async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
         vec![("page", "\"1\""), ("i", "1")],
         vec![("page", "1"), ("other", "true"), ("i", "2")],
         vec![("missing", "1")],
+        vec![("имя", "Анна")],
+        vec![("имя.полное", "Анна")],
+        vec![("\"a.b\".c", "1")],
+        vec![("a.b.c", "1")],
+        vec![("\"a.b\"", "1")],
+        vec![("\"a.b\"", "5")],
+        vec![("a.\"b.c\"", "1")],
+        vec![("\"we\\\"ird\".x", "1")],
+        vec![("we.ird.x", "1")],
+        vec![("\"\"", "0")],
+        vec![("\"\".\"\"", "0")],
+        vec![("\"a b\"", "1")],
+        vec![("\"k\\\\\\n\\u0001.\"", "true")],
     ]
     .into_iter()
     .map(|pairs| {
@@ -506,60 +527,186 @@ async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
     }
 }
 
-/// Migration 0003 indexes the events stored before it exactly as appends index new ones.
-#[tokio::test]
-async fn the_event_data_index_migration_backfills_existing_events() {
+/// Every row of `event_data_index`, `value` quoted so that its SQLite type shows.
+async fn index_rows(url: &str) -> Vec<(String, String, String, i64)> {
     use sqlx::Connection;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let store = db.sqlite().await;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query_as(
+        "SELECT tenant, path, quote(value), seq FROM event_data_index ORDER BY 1, 2, 3, 4",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Applies the SQLite migrations numbered up to `last` only, as an older binary would have.
+async fn migrate_sqlite_to(url: &str, last: i64) {
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let migrations =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let version: i64 = name[..4].parse().unwrap();
+        if version <= last {
+            std::fs::copy(migrations.join(&name), dir.path().join(&name)).unwrap();
+        }
+    }
+    let mut conn = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .unwrap()
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Payloads whose keys `event_data_index` (migration 0003) wrote ambiguously or wrongly.
+fn awkward_payloads() -> Vec<serde_json::Value> {
+    vec![
+        json!({"имя": "Анна"}),
+        json!({"a.b": {"c": 1}}),
+        json!({"a": {"b": {"c": 2}}}),
+        json!({"a.b": 5, "a": {"b": 5}}),
+        json!({"we\"ird": {"x": 1}, "plain": 1}),
+        json!({"back\\slash": "v", "nl\nkey": 1, "tab\tkey": true, "c\u{1}x": null}),
+        json!({"": {"": 0}, "e": ""}),
+        json!({"a[1]": 3, "arr": [{"a.b": 1}]}),
+        json!({"a b": "space", "x'y": 1, "😀": 1.5, "\u{7f}": "del"}),
+        json!({"deep": {"k.1": {"k\"2": {"k3": "ü".repeat(140)}}}}),
+        json!({"nul\u{0}key": "v"}),
+    ]
+}
+
+/// Migrations 0003 and 0004 carry the events of an existing database into `event_data_index`:
+/// 0003 indexes them, and 0004 rewrites the rows of keys that 0003's encoding got wrong and
+/// drops those a redaction left. After both, the rows are exactly the ones the appender writes.
+#[tokio::test]
+async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
+    // The events, appended and indexed by today's code in a database of their own.
+    let source = TestDb::new(Backend::Sqlite).await;
+    let store = source.sqlite().await;
     store.migrate().await.unwrap();
-    let events: Vec<serde_json::Value> = (0..1200)
-        .map(|i| {
-            json!({"event_type": "t", "user_identity": "u",
-                   "event_data": {"n": i, "group": i % 7, "plan": {"tier": format!("t{}", i % 3)},
-                                  "ok": i % 2 == 0, "tags": [i], "gone": null,
-                                  "f": i as f64 + 0.5, "big": 9_007_199_254_740_991_i64, "e": 1e3, "neg": -0.0,
-                                  "long": "é".repeat(127 + i % 3), "k-ey": {"x_y": "ü"}}})
-        })
+    let ordinary = (0..1200).map(|i| {
+        json!({"n": i, "group": i % 7, "plan": {"tier": format!("t{}", i % 3)},
+               "ok": i % 2 == 0, "tags": [i], "gone": null,
+               "f": i as f64 + 0.5, "big": 9_007_199_254_740_991_i64, "e": 1e3, "neg": -0.0,
+               "long": "é".repeat(127 + i % 3), "k-ey": {"x_y": "ü"}})
+    });
+    let secret = json!({"we\"ird": "secret", "a.b": {"c": "secret"}, "n": "secret"});
+    let events: Vec<serde_json::Value> = ordinary
+        .chain(awkward_payloads())
+        .chain([secret])
+        .map(|data| json!({"event_type": "t", "user_identity": "u", "event_data": data}))
         .collect();
+    let appended = store
+        .append(&[submission("default", json!(events.clone()))])
+        .await
+        .unwrap();
+    let secret = created(&appended[0]).last().unwrap().clone();
+    let mut redaction = NewEvent::parse_own(
+        serde_json::from_value(json!({"event_type": "audit.redacted", "user_identity": "u"}))
+            .unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
+    redaction.redacts = true;
+    redaction.amends = Some(secret.id);
+    redaction.amends_hash = Some(secret.hash);
     store
-        .append(&[submission("default", json!(events))])
+        .append(&[Submission {
+            tenant: TenantId::default(),
+            recorded_by: "tester".into(),
+            events: vec![redaction],
+        }])
         .await
         .unwrap();
-    let snapshot = async || {
-        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT tenant, path, quote(value), seq FROM event_data_index ORDER BY 1, 2, 3, 4",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        rows
-    };
-    let appended = snapshot().await;
+    let expected = index_rows(&source.url).await;
+    assert!(
+        expected.iter().all(|row| row.3 != secret.seq.0),
+        "the redaction deleted the rows of the payload it erased"
+    );
+    let ordinary_rows: Vec<_> = expected
+        .iter()
+        .filter(|row| row.3 <= 1200)
+        .cloned()
+        .collect();
     assert_eq!(
-        appended.len(),
+        ordinary_rows.len(),
         1200 * 11,
         "eleven scalar leaves outside arrays"
     );
 
-    // Back to the schema before 0003, with the events still there; then migrate again.
-    db.execute(
-        "DROP TRIGGER event_data_index_on_redaction; \
-         DROP VIEW event_data_leaves; DROP TABLE event_data_index; \
-         DELETE FROM _sqlx_migrations WHERE version = 3",
-    )
-    .await
-    .unwrap();
-    let store = db.sqlite().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![3]);
+    // The same events in a database at migration 0002, as stored before the index existed.
+    let target = TestDb::new(Backend::Sqlite).await;
+    migrate_sqlite_to(&target.url, 2).await;
+    let source_file = source.url.trim_start_matches("sqlite://");
+    target
+        .execute(&format!(
+            "ATTACH DATABASE '{source_file}' AS source; \
+             INSERT INTO events SELECT * FROM source.events; \
+             INSERT INTO chain_heads SELECT * FROM source.chain_heads; \
+             INSERT INTO merkle_nodes SELECT * FROM source.merkle_nodes;"
+        ))
+        .await
+        .unwrap();
+
+    // 0003 indexes them; its rows of ordinary payloads are already what the appender writes.
+    migrate_sqlite_to(&target.url, 3).await;
+    let after_0003 = index_rows(&target.url).await;
+    let ordinary_after_0003: Vec<_> = after_0003
+        .iter()
+        .filter(|row| row.3 <= 1200)
+        .cloned()
+        .collect();
+    assert_eq!(ordinary_after_0003, ordinary_rows);
+    assert_ne!(after_0003, expected, "0003 got the awkward keys wrong");
+    // What an appender before 0004 wrote for a key holding `"` (keys joined as they are) and
+    // left behind when the event was redacted: 0003's trigger derived another path.
+    target
+        .execute(&format!(
+            "INSERT INTO event_data_index VALUES ('default', 'we\"ird', 'secret', {})",
+            secret.seq.0
+        ))
+        .await
+        .unwrap();
+
+    let store = target.sqlite().await;
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![4]);
     store.migrate().await.unwrap();
-    assert_eq!(snapshot().await, appended);
-    let mut query = EventQuery::parse(&[("event_data.plan.tier".into(), "t2".into())]).unwrap();
-    query.limit = 1000;
-    let found = store.query(&TenantId::default(), &query).await.unwrap();
-    assert_eq!(found.len(), 400);
-    assert!(found.iter().all(|e| e.seq.0 % 3 == 0));
+    assert_eq!(index_rows(&target.url).await, expected);
+
+    // Queries find each awkward key's event through the rewritten rows, and only that event.
+    let seq_of = |data: serde_json::Value| {
+        let position = events.iter().position(|e| e["event_data"] == data);
+        Seq(position.unwrap() as i64 + 1)
+    };
+    for (name, value, data) in [
+        ("\"a.b\".c", "1", json!({"a.b": {"c": 1}})),
+        ("a.b.c", "2", json!({"a": {"b": {"c": 2}}})),
+        ("\"a.b\"", "5", json!({"a.b": 5, "a": {"b": 5}})),
+        ("a.b", "5", json!({"a.b": 5, "a": {"b": 5}})),
+        (
+            "\"we\\\"ird\".x",
+            "1",
+            json!({"we\"ird": {"x": 1}, "plain": 1}),
+        ),
+        ("\"back\\\\slash\"", "v", awkward_payloads()[5].clone()),
+        ("имя", "Анна", json!({"имя": "Анна"})),
+        ("\"\".\"\"", "0", json!({"": {"": 0}, "e": ""})),
+        ("\"a[1]\"", "3", json!({"a[1]": 3, "arr": [{"a.b": 1}]})),
+    ] {
+        let query = EventQuery::parse(&[(format!("event_data.{name}"), value.to_owned())]).unwrap();
+        let found = store.query(&TenantId::default(), &query).await.unwrap();
+        let seqs: Vec<Seq> = found.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![seq_of(data)], "{name}={value}");
+    }
 }
 
 /// The indexes the partitions of `events` have for the partitioned index `index`; fails when
