@@ -90,6 +90,7 @@ async fn serve_store<S: Store>(
         auth: Arc::new(auth),
         signer,
         limits: settings.limits(),
+        shutdown: shutdown.clone(),
     };
     let app = api::router(state, settings.http_limits());
     tracing::info!(

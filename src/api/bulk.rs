@@ -1,17 +1,24 @@
 //! `POST /events/bulk`: NDJSON, one event per line, streamed. Lines are committed in chunks as
 //! they arrive (never the whole body in memory); the answer says exactly which lines were
 //! committed, which replayed an earlier event, and which were refused and why.
+//!
+//! An upload has no overall deadline: it may run as long as its client keeps sending. It ends
+//! early when no data arrives for the idle timeout, when the body breaks off, or when the
+//! server shuts down; the complete lines read by then are still committed and the answer,
+//! whatever the status, is the same exact report with `stopped` saying why.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::{Body, BodyDataStream, Bytes};
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use super::body::parse;
 use super::events::{Recorded, record};
@@ -20,9 +27,15 @@ use crate::auth::{Principal, WriteAccess};
 use crate::model::{NewEvent, RawEvent};
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new().route("/events/bulk", post(ingest::<S>))
+/// `idle`: how long the upload may go without receiving a byte (`limits.request_timeout_secs`).
+pub fn router<S: Store>(idle: Duration) -> Router<AppState<S>> {
+    Router::new()
+        .route("/events/bulk", post(ingest::<S>))
+        .layer(Extension(IdleTimeout(idle)))
 }
+
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeout(Duration);
 
 /// Inclusive ranges of 1-based line numbers.
 #[derive(Default, Serialize)]
@@ -44,8 +57,15 @@ struct Report {
     committed_lines: Lines,
     replayed_lines: Lines,
     rejected: Vec<Value>,
+    /// `{"line", "error"}` when the upload ended early: no line from `line` on was committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     stopped: Option<Value>,
+}
+
+/// Why an upload ended early, and the first line it left uncommitted.
+struct Stop {
+    line: u64,
+    error: ApiError,
 }
 
 struct Chunk {
@@ -75,75 +95,136 @@ impl Chunk {
 async fn ingest<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,
-    limit: Option<axum::Extension<BodyLimit>>,
+    Extension(IdleTimeout(idle)): Extension<IdleTimeout>,
+    limit: Option<Extension<BodyLimit>>,
     body: Body,
-) -> (StatusCode, Json<Report>) {
-    let max_line = limit.map_or(1 << 20, |axum::Extension(BodyLimit(n))| n);
+) -> Response {
+    let max_line = limit.map_or(1 << 20, |Extension(BodyLimit(n))| n);
     let mut report = Report::default();
     let mut chunk = Chunk::new();
     let mut buffer: Vec<u8> = Vec::new();
     let mut line_number = 0u64;
     let mut stream = body.into_data_stream();
-    let mut status = StatusCode::OK;
-    'read: loop {
-        let next: Option<Result<Bytes, axum::Error>> = stream.next().await;
-        let (data, done) = match next {
-            Some(Ok(data)) => (data, false),
-            Some(Err(error)) => {
-                report.stopped = Some(json!({"code": "body_error", "message": error.to_string()}));
-                status = StatusCode::BAD_REQUEST;
-                break 'read;
+    let stop = 'read: loop {
+        let data = match next_data(&mut stream, idle, &state.shutdown).await {
+            Ok(data) => data,
+            Err(error) => {
+                break 'read Some(Stop {
+                    line: line_number + 1,
+                    error,
+                });
             }
-            None => (Bytes::new(), true),
         };
-        buffer.extend_from_slice(&data);
+        let done = data.is_none();
+        buffer.extend_from_slice(&data.unwrap_or_default());
         let mut start = 0;
         while let Some(offset) = buffer[start..].iter().position(|b| *b == b'\n') {
             line_number += 1;
             let line = &buffer[start..start + offset];
-            let held = accept(&state, line_number, line, &mut chunk, &mut report);
             start += offset + 1;
-            if (held.is_some() || chunk.events.len() >= state.limits.max_batch_events)
-                && let Err(error) = flush(&state, &principal, &mut chunk, &mut report).await
+            if let Err(stop) = take_line(
+                &state,
+                &principal,
+                line_number,
+                line,
+                &mut chunk,
+                &mut report,
+            )
+            .await
             {
-                status = error.status();
-                report.stopped = Some(error.body());
-                break 'read;
-            }
-            if let Some(event) = held {
-                chunk.push(line_number, event);
+                break 'read Some(stop);
             }
         }
         buffer.drain(..start);
         if buffer.len() > max_line {
-            let error = ApiError::PayloadTooLarge(max_line);
-            status = error.status();
-            report.stopped = Some(json!({"line": line_number + 1, "error": error.body()}));
-            break 'read;
+            break 'read Some(Stop {
+                line: line_number + 1,
+                error: ApiError::PayloadTooLarge(max_line),
+            });
         }
         if done {
-            let mut held = None;
             if !buffer.iter().all(u8::is_ascii_whitespace) {
                 line_number += 1;
                 let line = std::mem::take(&mut buffer);
-                held = accept(&state, line_number, &line, &mut chunk, &mut report);
+                if let Err(stop) = take_line(
+                    &state,
+                    &principal,
+                    line_number,
+                    &line,
+                    &mut chunk,
+                    &mut report,
+                )
+                .await
+                {
+                    break 'read Some(stop);
+                }
             }
-            let mut result = flush(&state, &principal, &mut chunk, &mut report).await;
-            if let (Ok(()), Some(event)) = (&result, held) {
-                chunk.push(line_number, event);
-                result = flush(&state, &principal, &mut chunk, &mut report).await;
-            }
-            if let Err(error) = result {
-                status = error.status();
-                report.stopped = Some(error.body());
-            }
-            break 'read;
+            break 'read None;
         }
+    };
+    // Whatever ended the stream, the complete lines read so far are committed. A failure to
+    // commit them matters more than why reading stopped: it names the earlier line.
+    let stop = match flush(&state, &principal, &mut chunk, &mut report).await {
+        Ok(()) => stop,
+        Err(failed) => Some(failed),
+    };
+    let Some(Stop { line, error }) = stop else {
+        let status = if report.rejected.is_empty() {
+            axum::http::StatusCode::OK
+        } else {
+            axum::http::StatusCode::MULTI_STATUS
+        };
+        return (status, Json(report)).into_response();
+    };
+    tracing::info!(
+        committed = report.committed,
+        replayed = report.replayed,
+        line,
+        reason = error.code(),
+        "bulk upload ended early"
+    );
+    report.stopped = Some(json!({"line": line, "error": error.body()}));
+    error.into_response_with(json!(report))
+}
+
+/// The next piece of the body; `None` at its end. Gives up when no data arrives for `idle`, or
+/// at once when the server shuts down, but only here, between reads: a commit in progress is
+/// always awaited, so the report never misses one.
+async fn next_data(
+    stream: &mut BodyDataStream,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<Bytes>, ApiError> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(ApiError::ShuttingDown),
+        next = tokio::time::timeout(idle, stream.next()) => match next {
+            Err(_) => Err(ApiError::IdleTimeout(idle.as_secs())),
+            Ok(Some(Ok(data))) => Ok(Some(data)),
+            Ok(Some(Err(error))) => Err(ApiError::BodyUnreadable(error.to_string())),
+            Ok(None) => Ok(None),
+        },
     }
-    if status == StatusCode::OK && !report.rejected.is_empty() {
-        status = StatusCode::MULTI_STATUS;
+}
+
+/// Takes one line into the chunk, committing the chunk first when it is full or when the line
+/// must wait for it (see [`accept`]).
+async fn take_line<S: Store>(
+    state: &AppState<S>,
+    principal: &Principal,
+    number: u64,
+    line: &[u8],
+    chunk: &mut Chunk,
+    report: &mut Report,
+) -> Result<(), Stop> {
+    let held = accept(state, number, line, chunk, report);
+    if held.is_some() || chunk.events.len() >= state.limits.max_batch_events {
+        flush(state, principal, chunk, report).await?;
     }
-    (status, Json(report))
+    if let Some(event) = held {
+        chunk.push(number, event);
+    }
+    Ok(())
 }
 
 /// Parses one line into the chunk, or records why it was refused. An event reusing an
@@ -178,15 +259,16 @@ fn accept<S: Store>(
 }
 
 /// Commits the chunk as one atomic submission. A line whose idempotency key conflicts is
-/// refused and the rest committed without it.
+/// refused and the rest committed without it. On failure nothing of the chunk was committed,
+/// and the stop names its first line.
 async fn flush<S: Store>(
     state: &AppState<S>,
     principal: &Principal,
     chunk: &mut Chunk,
     report: &mut Report,
-) -> Result<(), ApiError> {
+) -> Result<(), Stop> {
     let mut pending = std::mem::replace(chunk, Chunk::new());
-    while !pending.events.is_empty() {
+    while let Some(&first) = pending.lines.first() {
         match record(state, principal, pending.events.clone()).await {
             Ok(Recorded { replayed, .. }) => {
                 for (line, replayed) in pending.lines.iter().zip(replayed) {
@@ -206,7 +288,10 @@ async fn flush<S: Store>(
                     .iter()
                     .position(|e| e.idempotency_key.as_deref() == Some(key.as_str()))
                 else {
-                    return Err(ApiError::IdempotencyConflict(key));
+                    return Err(Stop {
+                        line: first,
+                        error: ApiError::IdempotencyConflict(key),
+                    });
                 };
                 let line = pending.lines.remove(index);
                 pending.events.remove(index);
@@ -215,7 +300,9 @@ async fn flush<S: Store>(
                     .rejected
                     .push(json!({"line": line, "error": error.body()}));
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                return Err(Stop { line: first, error });
+            }
         }
     }
     Ok(())

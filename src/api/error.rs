@@ -43,6 +43,12 @@ pub enum ApiError {
     Unavailable,
     #[error("the request took too long")]
     Timeout,
+    #[error("no data arrived for {0} s")]
+    IdleTimeout(u64),
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
+    #[error("the server is shutting down; retry shortly")]
+    ShuttingDown,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -64,7 +70,9 @@ fn field_message(error: &FieldError) -> String {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::InvalidQuery(_) | Self::BodyUnreadable(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -73,8 +81,10 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdempotencyConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Overloaded | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Timeout | Self::IdleTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +105,9 @@ impl ApiError {
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::IdleTimeout(_) => "idle_timeout",
+            Self::BodyUnreadable(_) => "body_error",
+            Self::ShuttingDown => "shutting_down",
             Self::Internal(_) => "internal",
         }
     }
@@ -132,7 +145,7 @@ impl ApiError {
                     HeaderValue::from_static("Basic realm=\"auditor\", charset=\"UTF-8\""),
                 );
             }
-            Self::Overloaded | Self::Unavailable => {
+            Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -19,6 +19,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
@@ -39,6 +40,9 @@ pub struct AppState<S> {
     pub auth: Arc<Authenticator>,
     pub signer: Arc<LogSigner>,
     pub limits: Limits,
+    /// Cancelled when the server begins a graceful shutdown; a request that could run on
+    /// indefinitely (a bulk upload) watches it and ends early.
+    pub shutdown: CancellationToken,
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -49,6 +53,7 @@ impl<S: Clone> Clone for AppState<S> {
             auth: Arc::clone(&self.auth),
             signer: Arc::clone(&self.signer),
             limits: self.limits,
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -61,16 +66,25 @@ pub struct HttpLimits {
 }
 
 /// The whole API, usable without a socket (tests may call it directly).
+///
+/// Every route but `POST /events/bulk` must answer within `request_timeout`. A bulk upload may
+/// run as long as its client keeps sending: it ends when no data arrives for `request_timeout`
+/// or the server shuts down, and answers with what it committed either way.
 pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     let body_limit = http.max_body_bytes;
-    Router::new()
+    let deadlined = Router::new()
         .merge(health::router())
         .merge(events::router())
-        .merge(bulk::router())
         .merge(compat::router())
         .merge(checkpoints::router())
         .merge(proofs::router())
         .merge(redaction::router())
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            deadline(request, next, http.request_timeout)
+        }));
+    Router::new()
+        .merge(bulk::router(http.request_timeout))
+        .merge(deadlined)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -80,9 +94,6 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
                 next.run(request)
             },
         ))
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            deadline(request, next, http.request_timeout)
-        }))
         .layer(CatchPanicLayer::custom(|_| {
             use axum::response::IntoResponse;
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()

@@ -236,6 +236,13 @@ pub fn kept_checkpoint(note: &str, tenant: TenantId) -> Option<Checkpoint> {
     })
 }
 
+/// The tenant a kept note names at the end of its origin line.
+fn kept_tenant(note: &str) -> Option<&str> {
+    note.split('\n')
+        .next()
+        .and_then(|origin| origin.rsplit('/').next())
+}
+
 fn for_tenant(kept: &[String], tenant: &TenantId) -> Vec<Checkpoint> {
     kept.iter()
         .filter(|note| names_tenant(note, tenant))
@@ -253,13 +260,8 @@ pub async fn verify_store<S: crate::store::Store>(
 ) -> Result<Vec<Result<Verified, Problem>>, crate::store::StoreError> {
     let mut tenants = store.tenants().await?;
     // A kept checkpoint of a tenant the database no longer knows is a deleted log.
-    for note in kept {
-        if let Some(name) = note
-            .split('\n')
-            .next()
-            .and_then(|origin| origin.rsplit('/').next())
-            && !tenants.iter().any(|t| t.as_str() == name)
-        {
+    for name in kept.iter().filter_map(|note| kept_tenant(note)) {
+        if !tenants.iter().any(|t| t.as_str() == name) {
             tenants.push(TenantId::new(name));
         }
     }
@@ -323,6 +325,10 @@ enum ExportLine {
 }
 
 /// Verifies an NDJSON export offline, with no database, against trusted keys and kept notes.
+///
+/// An export with neither events nor checkpoints is [`ExportError::Empty`]: it proves nothing,
+/// and an `auditor export` of a log that has begun is never empty. A kept checkpoint of a tenant
+/// the export does not mention fails that tenant, as a deleted log.
 pub fn verify_export(
     lines: impl Iterator<Item = std::io::Result<String>>,
     keys: &[NoteVerifier],
@@ -369,8 +375,19 @@ pub fn verify_export(
         }
     }
     // Checkpoints of a tenant with no events left: its whole log was cut away.
-    for (tenant, checkpoints) in pending {
+    for (tenant, mut checkpoints) in pending {
+        checkpoints.extend(for_tenant(kept, &tenant));
         tenants.push(TenantVerifier::new(tenant, keys.to_vec(), checkpoints));
+    }
+    if tenants.is_empty() {
+        return Err(ExportError::Empty);
+    }
+    for name in kept.iter().filter_map(|note| kept_tenant(note)) {
+        if !tenants.iter().any(|t| t.tenant.as_str() == name) {
+            let tenant = TenantId::new(name);
+            let checkpoints = for_tenant(kept, &tenant);
+            tenants.push(TenantVerifier::new(tenant, keys.to_vec(), checkpoints));
+        }
     }
     Ok(tenants
         .into_iter()
@@ -387,4 +404,88 @@ pub enum ExportError {
     Read(std::io::Error),
     #[error("export line {0} is neither an event nor a checkpoint: {1}")]
     Line(usize, String),
+    #[error(
+        "the export holds no events and no checkpoints, so nothing was verified \
+         (`auditor export` writes at least one line for a log that has begun)"
+    )]
+    Empty,
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::integrity::{Chained, LogSigner, chain_events};
+    use crate::model::{Limits, NewEvent, RawEvent};
+
+    fn signer() -> LogSigner {
+        LogSigner::new(SigningKey::from_bytes(&[7; 32]), "example.com/log")
+    }
+
+    fn keys(tenants: &[&str]) -> Vec<NoteVerifier> {
+        tenants
+            .iter()
+            .map(|t| NoteVerifier::parse(&signer().verifier_key(&TenantId::new(*t))).unwrap())
+            .collect()
+    }
+
+    /// A tenant's log with one event recorded at each of `times`, and its final head.
+    fn log(tenant: &str, times: &[OffsetDateTime]) -> (Vec<Event>, Chained) {
+        let tenant = TenantId::new(tenant);
+        let mut head = Chained::genesis();
+        let mut events = Vec::new();
+        for at in times {
+            let raw: RawEvent = serde_json::from_value(
+                serde_json::json!({"event_type": "a", "user_identity": "u"}),
+            )
+            .unwrap();
+            let new = NewEvent::parse(raw, &Limits::default()).unwrap();
+            let fingerprint = new.fingerprint();
+            let linked = chain_events(&mut head, &tenant, "w", *at, vec![(new, fingerprint)]);
+            events.extend(linked.events);
+        }
+        (events, head)
+    }
+
+    fn lines(events: &[Event]) -> impl Iterator<Item = std::io::Result<String>> {
+        events
+            .iter()
+            .map(|e| Ok(serde_json::to_string(e).unwrap()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn an_export_without_events_or_checkpoints_is_an_error() {
+        for content in ["", "\n", "  \n\n"] {
+            let result = verify_export(
+                content.lines().map(|l| Ok(l.to_owned())),
+                &keys(&["default"]),
+                &[],
+            );
+            assert!(matches!(result, Err(ExportError::Empty)), "{content:?}");
+        }
+    }
+
+    #[test]
+    fn a_kept_checkpoint_of_a_tenant_missing_from_the_export_fails_it() {
+        let now = OffsetDateTime::now_utc();
+        let (events, _) = log("a", &[now, now]);
+        let (gone, head) = log("b", &[now]);
+        let kept = signer().sign(&TenantId::new("b"), 1, gone[0].leaf_hash, now);
+        assert_eq!(head.frontier.root(), kept.root);
+        let results = verify_export(
+            lines(&events),
+            &keys(&["a", "b"]),
+            std::slice::from_ref(&kept.note),
+        )
+        .unwrap();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].as_ref().map(|v| v.events), Ok(2));
+        let problem = results[1].clone().unwrap_err();
+        assert_eq!(problem.tenant, TenantId::new("b"));
+        assert!(problem.message.contains("log truncated"), "{problem}");
+    }
 }

@@ -1,8 +1,14 @@
 //! `POST /events/bulk`: NDJSON streamed and committed in chunks, with an exact account.
 
-use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
-use crate::helpers::{Backend, TestApp, WRITER, spawn_app};
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{
+    ADMIN, Backend, TestApp, TestDb, WRITER, settings_for, spawn_app, spawn_with,
+};
 
 async fn post_ndjson(app: &TestApp, body: String) -> (u16, Value) {
     let response = app
@@ -87,8 +93,211 @@ async fn readers_may_not_bulk_load(backend: Backend) {
     assert_eq!(response.status(), 403);
 }
 
+/// A server whose requests time out after 1 s (`request_timeout`) and whose bulk uploads
+/// commit every 4 lines, so a few lines span several commits.
+async fn spawn_impatient(backend: Backend, request_timeout_secs: u64) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.limits.request_timeout_secs = request_timeout_secs;
+    settings.limits.max_batch_events = 4;
+    spawn_with(db, settings).await
+}
+
+fn numbered(line: u64) -> String {
+    format!(
+        "{}\n",
+        json!({"event_type": "imported", "user_identity": "u", "event_data": {"line": line}})
+    )
+}
+
+/// Every line a report lists as committed, in order.
+fn committed_lines(report: &Value) -> Vec<u64> {
+    report["committed_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|range| range[0].as_u64().unwrap()..=range[1].as_u64().unwrap())
+        .collect()
+}
+
+/// The `line` of every stored event, in `seq` order.
+async fn stored_lines(app: &TestApp) -> Vec<u64> {
+    app.all_events()
+        .await
+        .iter()
+        .map(|e| e.event_data.as_ref().unwrap()["line"].as_u64().unwrap())
+        .collect()
+}
+
+/// A bulk upload over a raw connection, sent chunk by chunk at the test's own pace.
+struct Upload(tokio::net::TcpStream);
+
+impl Upload {
+    async fn start(app: &TestApp) -> Self {
+        let address = app.address.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", ADMIN.0, ADMIN.1));
+        let head = format!(
+            "POST /events/bulk HTTP/1.1\r\nHost: auditor\r\nAuthorization: Basic {credentials}\r\n\
+             Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        Self(stream)
+    }
+
+    async fn send(&mut self, data: &str) {
+        let chunk = format!("{:x}\r\n{data}\r\n", data.len());
+        self.0.write_all(chunk.as_bytes()).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).await.unwrap();
+    }
+
+    async fn finish(&mut self) {
+        self.0.write_all(b"0\r\n\r\n").await.unwrap();
+    }
+
+    /// The status and JSON body, read up to `Content-Length`.
+    async fn response(mut self) -> (u16, Value) {
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&received).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+                if body.len() >= length {
+                    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                    return (status, serde_json::from_str(&body[..length]).unwrap());
+                }
+            }
+            let read = self.0.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "connection closed before a full response: {text}");
+            received.extend_from_slice(&buffer[..read]);
+        }
+    }
+}
+
+/// Longer than `request_timeout` in all, but never idle that long: every line is committed.
+async fn an_upload_that_keeps_sending_outlasts_the_request_timeout(backend: Backend) {
+    let app = spawn_impatient(backend, 1).await;
+    let body: String = (1..=30).map(numbered).collect();
+    let started = Instant::now();
+    let mut upload = Upload::start(&app).await;
+    // 20 pieces cut across line boundaries, 100 ms apart: 2 s in all.
+    let piece = body.len().div_ceil(20);
+    for part in body.as_bytes().chunks(piece) {
+        upload.send(std::str::from_utf8(part).unwrap()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    upload.finish().await;
+    let (status, report) = upload.response().await;
+    assert!(started.elapsed() > Duration::from_millis(1500));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["committed"], 30);
+    assert_eq!(report["committed_lines"], json!([[1, 30]]));
+    assert!(report.get("stopped").is_none(), "{report}");
+    assert_eq!(stored_lines(&app).await, (1..=30).collect::<Vec<_>>());
+}
+
+/// A client that goes quiet mid-line for longer than the timeout: the complete lines are
+/// committed and the report lists exactly the stored ones.
+async fn an_upload_that_stops_sending_gets_a_report_of_what_was_committed(backend: Backend) {
+    let app = spawn_impatient(backend, 1).await;
+    let mut upload = Upload::start(&app).await;
+    let body: String = (1..=10).map(numbered).collect();
+    upload.send(&body).await;
+    upload.send(&numbered(11)[..20]).await;
+    let (status, report) = upload.response().await;
+    assert_eq!(status, 408, "{report}");
+    assert_eq!(
+        report["stopped"]["error"]["code"], "idle_timeout",
+        "{report}"
+    );
+    assert_eq!(report["stopped"]["line"], 11, "{report}");
+    assert_eq!(report["committed"], 10, "{report}");
+    assert_eq!(committed_lines(&report), stored_lines(&app).await);
+    assert_eq!(committed_lines(&report), (1..=10).collect::<Vec<_>>());
+}
+
+/// A body that breaks off (here: a malformed chunk) ends the upload the same way.
+async fn an_upload_whose_body_breaks_gets_a_report_of_what_was_committed(backend: Backend) {
+    let app = spawn_impatient(backend, 30).await;
+    let mut upload = Upload::start(&app).await;
+    let body: String = (1..=6).map(numbered).collect();
+    upload.send(&body).await;
+    upload.send_raw(b"zz\r\nnot a chunk\r\n").await;
+    let (status, report) = upload.response().await;
+    assert_eq!(status, 400, "{report}");
+    assert_eq!(report["stopped"]["error"]["code"], "body_error", "{report}");
+    assert_eq!(report["stopped"]["line"], 7, "{report}");
+    assert_eq!(committed_lines(&report), stored_lines(&app).await);
+    assert_eq!(committed_lines(&report), (1..=6).collect::<Vec<_>>());
+}
+
+/// Graceful shutdown does not wait for an upload to finish (it could go on for ever): the
+/// upload stops reading, commits the lines it has, and reports them.
+async fn shutdown_ends_an_upload_with_a_report_of_what_was_committed(backend: Backend) {
+    let mut app = spawn_impatient(backend, 30).await;
+    let mut upload = Upload::start(&app).await;
+    let body: String = (1..=10).map(numbered).collect();
+    upload.send(&body).await;
+    // Lines 1-8 are committed in two chunks of 4 once line 9 and 10 arrive: wait for them, so
+    // the upload is surely in progress when the shutdown begins.
+    while app.all_events().await.len() < 8 {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    let (stopped, (status, report)) = tokio::join!(app.stop(), upload.response());
+    stopped.expect("clean stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the upload"
+    );
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(
+        report["stopped"]["error"]["code"], "shutting_down",
+        "{report}"
+    );
+    assert_eq!(report["stopped"]["line"], 11, "{report}");
+    app.restart().await;
+    assert_eq!(committed_lines(&report), stored_lines(&app).await);
+    assert_eq!(committed_lines(&report), (1..=10).collect::<Vec<_>>());
+}
+
+/// Only the bulk route is exempt: a request body that stalls elsewhere still gets 408.
+async fn other_routes_keep_the_whole_request_deadline(backend: Backend) {
+    let app = spawn_impatient(backend, 1).await;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", ADMIN.0, ADMIN.1));
+    let head = format!(
+        "POST /events HTTP/1.1\r\nHost: auditor\r\nAuthorization: Basic {credentials}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (status, body) = Upload(stream).response().await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+}
+
 crate::both_backends!(
     a_large_stream_is_committed_in_chunks,
     bad_lines_are_refused_and_the_rest_committed,
     readers_may_not_bulk_load,
+    an_upload_that_keeps_sending_outlasts_the_request_timeout,
+    an_upload_that_stops_sending_gets_a_report_of_what_was_committed,
+    an_upload_whose_body_breaks_gets_a_report_of_what_was_committed,
+    shutdown_ends_an_upload_with_a_report_of_what_was_committed,
+    other_routes_keep_the_whole_request_deadline,
 );

@@ -109,6 +109,54 @@ fn users_are_managed_from_the_command_line() {
     assert!(!missing.status.success());
 }
 
+/// An export with no events and no checkpoints proves nothing: `verify --export` must not
+/// report it as verified.
+#[test]
+fn verifying_an_empty_export_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("never-opened.db").display());
+    let key_file = dir.path().join("auditor.key");
+    let shown = Command::new(BIN)
+        .args(["--database-url", &url, "key", "show"])
+        .env_remove("AUDITOR_CONFIG")
+        .env("AUDITOR_INTEGRITY__SIGNING_KEY_FILE", &key_file)
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let key = text(&shown.stdout).trim().to_owned();
+    for (name, content) in [("empty.ndjson", ""), ("blank.ndjson", "\n  \n")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let report = auditor(
+            &url,
+            &[
+                "verify",
+                "--export",
+                path.to_str().unwrap(),
+                "--public-key",
+                &key,
+            ],
+            "",
+        );
+        assert_eq!(
+            report.status.code(),
+            Some(1),
+            "{name}: {}",
+            text(&report.stdout)
+        );
+        assert!(
+            !text(&report.stdout).contains("verified"),
+            "{name}: {}",
+            text(&report.stdout)
+        );
+        assert!(
+            text(&report.stderr).contains("no events and no checkpoints"),
+            "{name}: {}",
+            text(&report.stderr)
+        );
+    }
+}
+
 #[tokio::test]
 async fn serve_finishes_in_flight_requests_on_sigterm() {
     let db = TestDb::new(Backend::Sqlite).await;

@@ -410,3 +410,45 @@ async fn json_logs_have_one_object_per_request() {
         "no credentials logged"
     );
 }
+
+/// The default text format escapes control characters in whatever a client sent: a user name
+/// with a newline, CR or ESC (logged when authentication fails) cannot start a line of its own
+/// or drive the terminal of whoever reads the log.
+#[tokio::test]
+async fn text_logs_escape_control_characters_from_clients() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut server = crate::helpers::ServerProcess::serve(&db);
+    let user = "x\nFORGED LINE level=ERROR\r\x1b[2J\u{2028}end";
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/events", server.address))
+        .basic_auth(user, Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let pid = server.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_, log) = server.wait();
+    assert!(
+        !log.lines().any(|line| line.starts_with("FORGED LINE")),
+        "a forged line:\n{log}"
+    );
+    assert!(
+        !log.contains(['\x1b', '\r', '\u{2028}']),
+        "raw controls in:\n{log:?}"
+    );
+    let failed = log
+        .lines()
+        .find(|line| line.contains("authentication failed"))
+        .unwrap_or_else(|| panic!("no authentication failure in:\n{log}"));
+    assert!(
+        failed.ends_with(r"user=x\nFORGED LINE level=ERROR\r\u{1b}[2J\u{2028}end"),
+        "{failed}"
+    );
+}

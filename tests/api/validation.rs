@@ -141,14 +141,16 @@ async fn unknown_routes_and_methods_answer_json(backend: Backend) {
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    let response = app
-        .request(Method::DELETE, "/events", Some(ADMIN))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 405);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "method_not_allowed");
+    for path in ["/events", "/events/bulk"] {
+        let response = app
+            .request(Method::DELETE, path, Some(ADMIN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+    }
 }
 
 crate::both_backends!(
