@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::HttpLimits;
 use crate::integrity::checkpointer::Schedule;
 use crate::model::Limits;
-use crate::writer::WriterOptions;
+use crate::log::WriterOptions;
 
 /// The documented defaults, embedded; `auditor default-config` prints them.
 pub const DEFAULT_CONFIG: &str = include_str!("../auditor.example.toml");

@@ -1,19 +1,20 @@
 //! Auditor: an append-only, tamper-evident audit-log service on SQLite or PostgreSQL.
 //!
-//! A request enters through [`api`], is authenticated by [`auth`], validated into [`model`]
-//! types, appended by the single [`writer`] (which chains it, see [`integrity`]) into a
-//! [`store`], and read back through the same store.
+//! A request enters through an adapter ([`api`] for HTTP, the CLI in `main`), is authenticated
+//! by [`auth`], and becomes a call on the core, [`log::AuditLog`]: it validates [`model`] types,
+//! appends through the single writer (which chains them, see [`integrity`]) into a [`store`],
+//! and reads back through the same store.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod integrity;
+pub mod log;
 pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod writer;
 
 pub use config::Settings;
 pub use server::serve_with_listener;

@@ -13,7 +13,7 @@ use crate::auth::users::{self, Bootstrap, UserError};
 use crate::config::Settings;
 use crate::integrity::{LogSigner, checkpointer};
 use crate::store::{Store, StoreError, UnsupportedUrl};
-use crate::writer::Writer;
+use crate::log::{AuditLog, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -82,14 +82,14 @@ async fn serve_store<S: Store>(
         stop_background.clone(),
     );
     let maintenance = crate::store::spawn_maintenance(store.clone(), stop_background.clone());
-    let auth = Authenticator::new(Duration::from_secs(settings.auth.cache_ttl_secs))
+    let auth = Authenticator::new(
+        store.clone(),
+        Duration::from_secs(settings.auth.cache_ttl_secs),
+    )
         .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
     let state = AppState {
-        store,
-        writer,
+        log: AuditLog::new(store, writer, signer, settings.limits()),
         auth: Arc::new(auth),
-        signer,
-        limits: settings.limits(),
         shutdown: shutdown.clone(),
     };
     let app = api::router(state, settings.http_limits());

@@ -21,9 +21,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::body::parse;
-use super::events::{Recorded, record};
 use super::{ApiError, AppState, BodyLimit};
-use crate::auth::{Principal, WriteAccess};
+use super::access::WriteAccess;
+use crate::auth::Principal;
+use crate::log::{LogError, Recorded};
 use crate::model::{NewEvent, RawEvent};
 use crate::store::Store;
 
@@ -218,7 +219,7 @@ async fn take_line<S: Store>(
     report: &mut Report,
 ) -> Result<(), Stop> {
     let held = accept(state, number, line, chunk, report);
-    if held.is_some() || chunk.events.len() >= state.limits.max_batch_events {
+    if held.is_some() || chunk.events.len() >= state.log.limits().max_batch_events {
         flush(state, principal, chunk, report).await?;
     }
     if let Some(event) = held {
@@ -241,7 +242,7 @@ fn accept<S: Store>(
         return None;
     }
     let parsed = parse::<RawEvent>(line)
-        .and_then(|raw| NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid));
+        .and_then(|raw| state.log.parse(raw).map_err(ApiError::from));
     match parsed {
         Ok(event) => {
             if let Some(key) = &event.idempotency_key
@@ -269,7 +270,7 @@ async fn flush<S: Store>(
 ) -> Result<(), Stop> {
     let mut pending = std::mem::replace(chunk, Chunk::new());
     while let Some(&first) = pending.lines.first() {
-        match record(state, principal, pending.events.clone()).await {
+        match state.log.record(principal, pending.events.clone()).await {
             Ok(Recorded { replayed, .. }) => {
                 for (line, replayed) in pending.lines.iter().zip(replayed) {
                     if replayed {
@@ -282,7 +283,7 @@ async fn flush<S: Store>(
                 }
                 return Ok(());
             }
-            Err(ApiError::IdempotencyConflict(key)) => {
+            Err(LogError::IdempotencyConflict(key)) => {
                 let Some(index) = pending
                     .events
                     .iter()
@@ -301,7 +302,10 @@ async fn flush<S: Store>(
                     .push(json!({"line": line, "error": error.body()}));
             }
             Err(error) => {
-                return Err(Stop { line: first, error });
+                return Err(Stop {
+                    line: first,
+                    error: error.into(),
+                });
             }
         }
     }

@@ -8,11 +8,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::events::tenant_of;
 use super::{ApiError, AppState};
-use crate::auth::{AdminAccess, ReadAccess};
+use super::access::{AdminAccess, ReadAccess};
 use crate::integrity::Checkpoint;
-use crate::integrity::checkpointer;
 use crate::model::QueryError;
 use crate::store::Store;
 
@@ -47,8 +45,8 @@ async fn note<S: Store>(
     ReadAccess(principal): ReadAccess,
 ) -> Result<impl IntoResponse, ApiError> {
     let checkpoint = state
-        .store
-        .checkpoint(&tenant_of(&principal), None)
+        .log
+        .checkpoint(&principal, None)
         .await?
         .ok_or_else(none_yet)?;
     Ok((
@@ -62,8 +60,8 @@ async fn latest<S: Store>(
     ReadAccess(principal): ReadAccess,
 ) -> Result<Json<Value>, ApiError> {
     let checkpoint = state
-        .store
-        .checkpoint(&tenant_of(&principal), None)
+        .log
+        .checkpoint(&principal, None)
         .await?
         .ok_or_else(none_yet)?;
     Ok(Json(describe(&checkpoint)))
@@ -81,8 +79,8 @@ async fn by_size<S: Store>(
         })
     })?;
     let checkpoint = state
-        .store
-        .checkpoint(&tenant_of(&principal), Some(size))
+        .log
+        .checkpoint(&principal, Some(size))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no checkpoint of tree size {size}")))?;
     Ok(Json(describe(&checkpoint)))
@@ -93,17 +91,13 @@ async fn create<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tenant = tenant_of(&principal);
-    let before = state.store.checkpoint(&tenant, None).await?;
-    let checkpoint = checkpointer::issue(&state.store, &state.signer, &tenant)
-        .await?
-        .ok_or_else(|| ApiError::Conflict("the log is empty; there is nothing to sign".into()))?;
-    let status = if before.is_some_and(|b| b.tree_size == checkpoint.tree_size) {
-        StatusCode::OK
-    } else {
+    let issued = state.log.issue_checkpoint(&principal).await?;
+    let status = if issued.created {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    Ok((status, Json(describe(&checkpoint))))
+    Ok((status, Json(describe(&issued.checkpoint))))
 }
 
 /// The verifier key of the caller's log, in signed-note form.
@@ -111,14 +105,14 @@ async fn keys<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant_of(&principal);
+    let key = state.log.verifier_key(&principal);
     Ok(Json(json!({
         "keys": [{
-            "tenant": tenant,
-            "origin": state.signer.origin(&tenant),
+            "tenant": key.tenant,
+            "origin": key.origin,
             "algorithm": "ed25519",
-            "verifier_key": state.signer.verifier_key(&tenant),
-            "public_key": hex::encode(state.signer.public_key().as_bytes()),
+            "verifier_key": key.verifier_key,
+            "public_key": hex::encode(key.public_key),
         }]
     })))
 }

@@ -15,14 +15,11 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::body::{RawBody, parse, parse_or_default};
-use super::events::{Recorded, parse_event_id, query_page, record, run_query, tenant_of};
-use super::redaction::redact;
+use super::events::{QueryPairs, parse_event_id, query_pairs, status_of};
 use super::{ApiError, AppState};
-use crate::auth::{AdminAccess, Principal, ReadAccess, WriteAccess};
-use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
-use crate::model::{
-    Action, Event, EventQuery, Field, FieldError, Filter, NewEvent, Outcome, RawEvent,
-};
+use super::access::{AdminAccess, ReadAccess, WriteAccess};
+use crate::log::{Amendment, Recorded};
+use crate::model::{Action, Event, FieldError, Outcome, RawEvent};
 use crate::store::Store;
 
 pub fn router<S: Store>() -> Router<AppState<S>> {
@@ -89,7 +86,7 @@ fn success(status: StatusCode, mut body: Map<String, Value>) -> (StatusCode, Jso
 }
 
 fn recorded_answer(recorded: Recorded) -> Answer {
-    let status = recorded.status();
+    let status = status_of(&recorded);
     let event = recorded
         .events
         .first()
@@ -165,11 +162,9 @@ async fn create<S: Store>(
         event_data: body.event_data,
         idempotency_key: body.idempotency_key,
     };
-    let event = NewEvent::parse(raw, &state.limits).map_err(ApiError::Invalid)?;
-    recorded_answer(record(&state, &principal, vec![event]).await?)
+    recorded_answer(state.log.record_one(&principal, raw).await?)
 }
 
-type QueryPairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
 async fn customer_logs<S: Store>(
     State(state): State<AppState<S>>,
@@ -182,7 +177,10 @@ async fn customer_logs<S: Store>(
         pairs.push(("user_identity".into(), user_id.clone()));
         Query(pairs)
     });
-    let page = run_query(&state, &principal, pairs).await?;
+    let page = state
+        .log
+        .query_params(&principal, &query_pairs(pairs)?)
+        .await?;
     let logs: Vec<Value> = page
         .events
         .iter()
@@ -198,35 +196,16 @@ async fn customer_logs<S: Store>(
     Ok(success(StatusCode::OK, body))
 }
 
-async fn find_original<S: Store>(
-    state: &AppState<S>,
-    principal: &Principal,
-    event_uuid: &str,
-) -> Result<Event, ApiError> {
-    let id = parse_event_id(event_uuid)?;
-    state
-        .store
-        .get(&tenant_of(principal), id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("event {id} does not exist")))
-}
-
 async fn event_log<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<ReadAccess, ApiError>,
     Path(event_uuid): Path<String>,
 ) -> Answer {
     let ReadAccess(principal) = access?;
-    let original = find_original(&state, &principal, &event_uuid).await?;
-    let amendments = EventQuery {
-        filters: vec![Filter::Equals(Field::Amends, original.id.to_string())],
-        limit: EventQuery::MAX_LIMIT,
-        ..EventQuery::default()
-    };
-    let page = query_page(&state, &principal, &amendments).await?;
+    let id = parse_event_id(&event_uuid)?;
+    let (original, amendments) = state.log.with_amendments(&principal, id).await?;
     let mut body = entry(&original);
-    let amendments: Vec<Value> = page
-        .events
+    let amendments: Vec<Value> = amendments
         .iter()
         .map(|e| Value::Object(entry(e)))
         .collect();
@@ -255,12 +234,8 @@ struct UpdateBody {
     idempotency_key: Option<String>,
 }
 
-/// Records an amendment: a new `update` event naming the original, which stays untouched.
-///
-/// Fields the body leaves out are taken from the original only when the caller may read it
-/// (admin); a writer-only caller learns nothing about the original beyond its existence, so its
-/// amendment carries just what it sent (`event_type` defaulting to `audit.amendment`, the
-/// `user_identity` to the caller).
+/// Records an amendment (see [`crate::log::AuditLog::amend`]): a new `update` event naming the
+/// original, which stays untouched.
 async fn update<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<WriteAccess, ApiError>,
@@ -270,48 +245,24 @@ async fn update<S: Store>(
     let WriteAccess(principal) = access?;
     let RawBody(body) = body?;
     let body: UpdateBody = parse_or_default(&body)?;
-    let original = find_original(&state, &principal, &event_uuid).await?;
+    let id = parse_event_id(&event_uuid)?;
     let occurred_at = body
         .datetime
         .as_deref()
         .map(parse_datetime)
         .transpose()
         .map_err(ApiError::Invalid)?;
-    if let Some(event_type) = &body.event_type
-        && event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX)
-    {
-        return Err(ApiError::Invalid(FieldError::new(
-            "event_type",
-            format!("`{RESERVED_EVENT_TYPE_PREFIX}*` event types are reserved for the service's own records"),
-        ))
-        .into());
-    }
-    let inherited = principal.role.can_read().then_some(original.clone());
-    let inherit = |own: Option<String>, pick: fn(Event) -> Option<String>| {
-        own.or_else(|| inherited.clone().and_then(pick))
-    };
-    let raw = RawEvent {
-        event_type: inherit(body.event_type, |e| Some(e.event_type))
-            .filter(|t| !t.starts_with(RESERVED_EVENT_TYPE_PREFIX))
-            .unwrap_or_else(|| "audit.amendment".into()),
-        user_identity: inherit(body.user_identity, |e| Some(e.user_identity))
-            .unwrap_or_else(|| principal.name.clone()),
-        action: Some(Action::Update),
-        entity: inherit(body.entity, |e| e.entity),
-        entity_id: inherit(body.entity_id, |e| e.entity_id),
-        property: inherit(body.property, |e| e.property),
-        source: inherit(None, |e| e.source),
-        ip: None,
-        outcome: None,
+    let amendment = Amendment {
+        user_identity: body.user_identity,
+        event_type: body.event_type,
+        entity: body.entity,
+        entity_id: body.entity_id,
+        property: body.property,
         occurred_at,
         event_data: body.event_data,
         idempotency_key: body.idempotency_key,
     };
-    // The client's own event_type was checked above; the default is the service's own type.
-    let mut amendment = NewEvent::parse_own(raw, &state.limits).map_err(ApiError::Invalid)?;
-    amendment.amends = Some(original.id);
-    amendment.amends_hash = Some(original.hash);
-    recorded_answer(record(&state, &principal, vec![amendment]).await?)
+    recorded_answer(state.log.amend(&principal, id, amendment).await?)
 }
 
 #[derive(Deserialize, Default)]
@@ -335,5 +286,6 @@ async fn remove<S: Store>(
     let reason = body
         .reason
         .unwrap_or_else(|| "deleted with DELETE /delete_log".to_owned());
-    recorded_answer(redact(&state, &principal, &event_uuid, reason).await?)
+    let id = parse_event_id(&event_uuid)?;
+    recorded_answer(state.log.redact(&principal, id, reason).await?)
 }

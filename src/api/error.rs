@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::auth::Role;
 use crate::model::{FieldError, QueryError};
 use crate::store::StoreError;
-use crate::writer::WriteError;
+use crate::log::{LogError, WriteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -181,6 +181,21 @@ impl From<WriteError> for ApiError {
             WriteError::QueueFull => Self::Overloaded,
             WriteError::Stopped | WriteError::Unavailable => Self::Unavailable,
             WriteError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::Invalid(e) => Self::Invalid(e),
+            LogError::InvalidQuery(e) => Self::InvalidQuery(e),
+            LogError::NotFound(message) => Self::NotFound(message),
+            LogError::Conflict(message) => Self::Conflict(message),
+            LogError::IdempotencyConflict(key) => Self::IdempotencyConflict(key),
+            LogError::Write(e) => e.into(),
+            LogError::Store(e) => e.into(),
+            LogError::Internal(e) => Self::Internal(e),
         }
     }
 }

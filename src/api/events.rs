@@ -1,7 +1,5 @@
 //! `/events`: record events, fetch one, and query them by any field.
 
-use std::collections::HashSet;
-
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -10,12 +8,10 @@ use serde_json::{Value, json};
 
 use super::body::{JsonBytes, OneOrMany, parse_one_or_many};
 use super::{ApiError, AppState};
-use crate::auth::{Principal, ReadAccess, WriteAccess};
-use crate::model::{
-    Event, EventId, EventQuery, FieldError, NewEvent, Page, QueryError, RawEvent, Submission,
-    TenantId,
-};
-use crate::store::{Appended, Store};
+use super::access::{ReadAccess, WriteAccess};
+use crate::log::Recorded;
+use crate::model::{Event, EventId, Page, QueryError, RawEvent};
+use crate::store::Store;
 
 pub fn router<S: Store>() -> Router<AppState<S>> {
     Router::new()
@@ -24,52 +20,12 @@ pub fn router<S: Store>() -> Router<AppState<S>> {
         .route("/events/{id}", get(show::<S>))
 }
 
-/// What an append did: `created` is false when every event was an idempotent replay;
-/// `replayed[i]` says whether `events[i]` was one.
-pub struct Recorded {
-    pub created: bool,
-    pub events: Vec<Event>,
-    pub replayed: Vec<bool>,
-}
-
-impl Recorded {
-    pub fn status(&self) -> StatusCode {
-        if self.created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        }
-    }
-}
-
-/// The tenant a caller acts on. One tenant for now; the tenants issue derives it from credentials.
-pub fn tenant_of(_principal: &Principal) -> TenantId {
-    TenantId::default()
-}
-
-/// Appends a request's events atomically through the writer.
-pub async fn record<S: Store>(
-    state: &AppState<S>,
-    principal: &Principal,
-    events: Vec<NewEvent>,
-) -> Result<Recorded, ApiError> {
-    let submission = Submission {
-        tenant: tenant_of(principal),
-        recorded_by: principal.name.clone(),
-        events,
-    };
-    match state.writer.append(submission).await? {
-        Appended::Created { events, replayed } => Ok(Recorded {
-            created: true,
-            events,
-            replayed,
-        }),
-        Appended::Replayed(events) => Ok(Recorded {
-            created: false,
-            replayed: vec![true; events.len()],
-            events,
-        }),
-        Appended::KeyConflict(key) => Err(ApiError::IdempotencyConflict(key)),
+/// `201 Created` when anything new was recorded, `200 OK` when every event was a replay.
+pub fn status_of(recorded: &Recorded) -> StatusCode {
+    if recorded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     }
 }
 
@@ -78,60 +34,17 @@ async fn create<S: Store>(
     WriteAccess(principal): WriteAccess,
     JsonBytes(body): JsonBytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let limits = state.limits;
     match parse_one_or_many::<RawEvent>(&body)? {
         OneOrMany::One(raw) => {
-            let event = NewEvent::parse(raw, &limits).map_err(ApiError::Invalid)?;
-            let recorded = record(&state, &principal, vec![event]).await?;
+            let recorded = state.log.record_one(&principal, raw).await?;
             let event = recorded.events.first().map(|e| json!(e));
-            Ok((recorded.status(), Json(event.unwrap_or(Value::Null))))
+            Ok((status_of(&recorded), Json(event.unwrap_or(Value::Null))))
         }
         OneOrMany::Many(raws) => {
-            let events = parse_batch(raws, &limits)?;
-            let recorded = record(&state, &principal, events).await?;
-            Ok((recorded.status(), Json(json!(recorded.events))))
+            let recorded = state.log.record_batch(&principal, raws).await?;
+            Ok((status_of(&recorded), Json(json!(recorded.events))))
         }
     }
-}
-
-fn parse_batch(
-    raws: Vec<RawEvent>,
-    limits: &crate::model::Limits,
-) -> Result<Vec<NewEvent>, ApiError> {
-    if raws.is_empty() {
-        return Err(ApiError::Invalid(FieldError::new(
-            "[]",
-            "a batch must contain at least one event",
-        )));
-    }
-    if raws.len() > limits.max_batch_events {
-        return Err(ApiError::Invalid(FieldError::new(
-            "[]",
-            format!(
-                "a batch holds at most {} events; this one has {}",
-                limits.max_batch_events,
-                raws.len()
-            ),
-        )));
-    }
-    let mut keys = HashSet::new();
-    raws.into_iter()
-        .enumerate()
-        .map(|(index, raw)| {
-            let event = NewEvent::parse(raw, limits).map_err(|e| e.at_index(index))?;
-            if let Some(key) = &event.idempotency_key
-                && !keys.insert(key.clone())
-            {
-                return Err(FieldError::new(
-                    "idempotency_key",
-                    "is used by another event of the same batch",
-                )
-                .at_index(index));
-            }
-            Ok(event)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(ApiError::Invalid)
 }
 
 async fn show<S: Store>(
@@ -140,10 +53,7 @@ async fn show<S: Store>(
     Path(id): Path<String>,
 ) -> Result<Json<Event>, ApiError> {
     let id = parse_event_id(&id)?;
-    let event = state.store.get(&tenant_of(&principal), id).await?;
-    event
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no event with id {id}")))
+    Ok(Json(state.log.get(&principal, id).await?))
 }
 
 pub fn parse_event_id(text: &str) -> Result<EventId, ApiError> {
@@ -155,31 +65,29 @@ pub fn parse_event_id(text: &str) -> Result<EventId, ApiError> {
     })
 }
 
-type QueryPairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+pub type QueryPairs =
+    Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
-/// Runs a query string against the caller's log.
-pub async fn run_query<S: Store>(
-    state: &AppState<S>,
-    principal: &Principal,
-    pairs: QueryPairs,
-) -> Result<Page, ApiError> {
+/// The query string's pairs, or why it could not be read.
+pub fn query_pairs(pairs: QueryPairs) -> Result<Vec<(String, String)>, ApiError> {
     let Query(pairs) = pairs.map_err(|e| {
         ApiError::InvalidQuery(QueryError {
             param: "query".into(),
             message: e.body_text(),
         })
     })?;
-    let query = EventQuery::parse(&pairs).map_err(ApiError::InvalidQuery)?;
-    query_page(state, principal, &query).await
+    Ok(pairs)
 }
 
-pub async fn query_page<S: Store>(
+async fn run_query<S: Store>(
     state: &AppState<S>,
-    principal: &Principal,
-    query: &EventQuery,
+    principal: &crate::auth::Principal,
+    pairs: QueryPairs,
 ) -> Result<Page, ApiError> {
-    let events = state.store.query(&tenant_of(principal), query).await?;
-    Ok(query.page(events))
+    Ok(state
+        .log
+        .query_params(principal, &query_pairs(pairs)?)
+        .await?)
 }
 
 async fn list<S: Store>(

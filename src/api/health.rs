@@ -28,11 +28,8 @@ async fn alive() -> Json<Value> {
 
 /// Ready while the writer runs and the database answers within a second.
 async fn ready<S: Store>(State(state): State<AppState<S>>) -> Result<Json<Value>, ApiError> {
-    if !state.writer.is_running() {
-        return Err(ApiError::Unavailable);
-    }
-    match tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ready" }))),
+    match tokio::time::timeout(Duration::from_secs(1), state.log.ready()).await {
+        Ok(true) => Ok(Json(json!({ "status": "ready" }))),
         _ => Err(ApiError::Unavailable),
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, one error type, one router.
 
+mod access;
 mod body;
 mod bulk;
 pub mod ceiling;
@@ -28,18 +29,14 @@ pub use body::BodyLimit;
 pub use error::ApiError;
 
 use crate::auth::Authenticator;
-use crate::integrity::LogSigner;
-use crate::model::Limits;
+use crate::log::AuditLog;
 use crate::store::Store;
-use crate::writer::Writer;
 
 /// Everything a handler may use; cheap to clone.
 pub struct AppState<S> {
-    pub store: S,
-    pub writer: Writer,
-    pub auth: Arc<Authenticator>,
-    pub signer: Arc<LogSigner>,
-    pub limits: Limits,
+    /// The core every route calls.
+    pub log: AuditLog<S>,
+    pub auth: Arc<Authenticator<S>>,
     /// Cancelled when the server begins a graceful shutdown; a request that could run on
     /// indefinitely (a bulk upload) watches it and ends early.
     pub shutdown: CancellationToken,
@@ -48,11 +45,8 @@ pub struct AppState<S> {
 impl<S: Clone> Clone for AppState<S> {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
-            writer: self.writer.clone(),
+            log: self.log.clone(),
             auth: Arc::clone(&self.auth),
-            signer: Arc::clone(&self.signer),
-            limits: self.limits,
             shutdown: self.shutdown.clone(),
         }
     }

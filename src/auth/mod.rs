@@ -1,15 +1,15 @@
-//! Who is calling and what they may do: users and roles, password checks, and the extractors
-//! handlers take to demand a capability.
+//! Who is calling and what they may do: users and roles, password checks and their cache. Knows
+//! nothing of HTTP; `api::access` turns a request's credentials into a [`Principal`] through it.
 
 mod cache;
-mod extract;
+mod authenticator;
 pub mod password;
 pub mod users;
 
 use serde::Serialize;
 
 pub use cache::CredentialCache;
-pub use extract::{AdminAccess, Authenticator, ReadAccess, WriteAccess};
+pub use authenticator::{AuthError, Authenticator};
 
 /// What a user may do. `writer` may only record, `reader` may only read, `admin` may do both and
 /// manage the log.
