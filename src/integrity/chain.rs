@@ -89,12 +89,14 @@ pub fn chain_hash(prev: &Digest, leaf: &Digest) -> Digest {
     Digest::sha256(&[prev.as_bytes(), leaf.as_bytes()])
 }
 
-/// Where a tenant's log currently ends: the chain's last link and the Merkle frontier.
+/// Where a tenant's log currently ends: the chain's last link, the Merkle frontier, and the last
+/// event's `recorded_at` (`None` before the first event), which the next may not precede.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chained {
     pub seq: Seq,
     pub hash: Digest,
     pub frontier: Frontier,
+    pub recorded_at: Option<time::OffsetDateTime>,
 }
 
 impl Chained {
@@ -103,6 +105,7 @@ impl Chained {
             seq: Seq(0),
             hash: Digest::ZERO,
             frontier: Frontier::default(),
+            recorded_at: None,
         }
     }
 }
@@ -159,6 +162,7 @@ pub fn chain_events(
             nodes.extend(head.frontier.push(event.leaf_hash));
             head.seq = seq;
             head.hash = event.hash;
+            head.recorded_at = Some(recorded_at);
             event
         })
         .collect();

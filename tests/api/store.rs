@@ -2,9 +2,11 @@
 
 use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
+use auditor::model::event::truncate_to_micros;
 use auditor::model::{EventQuery, Limits, NewEvent, Order, RawEvent, Seq, Submission, TenantId};
 use auditor::store::{Appended, SqliteStore, Store, StoreError};
 use serde_json::json;
+use time::OffsetDateTime;
 
 use crate::helpers::{Backend, TestDb};
 
@@ -29,8 +31,8 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
-        Backend::Sqlite => vec![1, 2, 3],
-        Backend::Postgres => vec![1, 2, 3],
+        Backend::Sqlite => vec![1, 2, 3, 4],
+        Backend::Postgres => vec![1, 2, 3, 4],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -573,6 +575,90 @@ async fn partition_indexes(db: &TestDb, index: &str) -> Vec<String> {
     names
 }
 
+fn one(event_type: &str) -> Submission {
+    submission(
+        "default",
+        json!([{"event_type": event_type, "user_identity": "u"}]),
+    )
+}
+
+/// Appends one event with `clock` standing for the clock; returns its `recorded_at`.
+async fn recorded_at_when_the_clock_says<S: Store>(
+    store: &S,
+    clock: OffsetDateTime,
+) -> OffsetDateTime {
+    let outcome = store.append_at(&[one("x")], clock).await.unwrap();
+    created(&outcome[0])[0].recorded_at
+}
+
+/// A second store on the same database: a restarted server, or another instance.
+async fn recorded_at_on_another_store(db: &TestDb, clock: OffsetDateTime) -> OffsetDateTime {
+    match db.backend {
+        Backend::Sqlite => recorded_at_when_the_clock_says(&db.sqlite().await, clock).await,
+        Backend::Postgres => recorded_at_when_the_clock_says(&db.postgres().await, clock).await,
+    }
+}
+
+/// A clock stepped back (here: two hours, after a restart) does not make `recorded_at` run
+/// backwards: the events get the previous one's until the clock catches up.
+async fn recorded_at_never_goes_backwards<S: Store>(store: S, db: &TestDb) {
+    store.migrate().await.unwrap();
+    let now = truncate_to_micros(OffsetDateTime::now_utc());
+    let hour = time::Duration::hours(1);
+    assert_eq!(recorded_at_when_the_clock_says(&store, now).await, now);
+    assert_eq!(recorded_at_on_another_store(db, now - 2 * hour).await, now);
+    assert_eq!(
+        recorded_at_when_the_clock_says(&store, now - hour).await,
+        now
+    );
+    let later = now + time::Duration::SECOND;
+    assert_eq!(recorded_at_when_the_clock_says(&store, later).await, later);
+    let head = store.head(&TenantId::default()).await.unwrap().unwrap();
+    assert_eq!(head.recorded_at, Some(later));
+
+    // A batch has one commit time, held back for every tenant in it.
+    let batch = [
+        submission(
+            "default",
+            json!([{"event_type": "y", "user_identity": "u"}]),
+        ),
+        submission("fresh", json!([{"event_type": "y", "user_identity": "u"}])),
+    ];
+    let outcomes = store.append_at(&batch, now).await.unwrap();
+    assert_eq!(created(&outcomes[0])[0].recorded_at, later);
+    assert_eq!(created(&outcomes[1])[0].recorded_at, later);
+
+    let events = store.scan(&TenantId::default(), Seq(0), 100).await.unwrap();
+    let times: Vec<OffsetDateTime> = events.iter().map(|e| e.recorded_at).collect();
+    assert_eq!(times, [now, now, now, later, later]);
+    crate::helpers::assert_gapless_chain(&events);
+}
+
+/// Migration 0004 gives existing chain heads their last event's `recorded_at`, so a clock
+/// stepped back right after the upgrade is held back too.
+async fn the_chain_head_recorded_at_migration_backfills_existing_logs<S: Store>(
+    store: S,
+    db: &TestDb,
+) {
+    store.migrate().await.unwrap();
+    let now = truncate_to_micros(OffsetDateTime::now_utc());
+    recorded_at_when_the_clock_says(&store, now - time::Duration::MINUTE).await;
+    recorded_at_when_the_clock_says(&store, now).await;
+    // Back to the schema before 0004, with the log still there; then migrate again.
+    db.execute(
+        "ALTER TABLE chain_heads DROP COLUMN recorded_at; \
+         DELETE FROM _sqlx_migrations WHERE version = 4",
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![4]);
+    store.migrate().await.unwrap();
+    let head = store.head(&TenantId::default()).await.unwrap().unwrap();
+    assert_eq!(head.recorded_at, Some(now));
+    let behind = now - time::Duration::hours(2);
+    assert_eq!(recorded_at_on_another_store(db, behind).await, now);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -605,6 +691,8 @@ conformance!(
     the_last_admin_cannot_be_removed,
     every_documented_filter_is_planned_through_an_index,
     event_data_paths_match_exactly_the_events_holding_the_value,
+    recorded_at_never_goes_backwards,
+    the_chain_head_recorded_at_migration_backfills_existing_logs,
 );
 
 /// Appends `count` small events to the default tenant in batches of 1000.
