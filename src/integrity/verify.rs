@@ -40,6 +40,8 @@ pub struct TenantVerifier {
     /// Checkpoints still to reach, smallest first.
     checkpoints: VecDeque<Checkpoint>,
     checked: u64,
+    /// The previous event's `recorded_at`: the next may equal it, never precede it.
+    last_recorded_at: Option<time::OffsetDateTime>,
     /// Redacted rows not yet matched by their redaction event: seq, chain hash, redaction time.
     redacted: HashMap<EventId, (Seq, Digest, time::OffsetDateTime)>,
 }
@@ -60,6 +62,7 @@ impl TenantVerifier {
             frontier: Frontier::default(),
             checkpoints: checkpoints.into(),
             checked: 0,
+            last_recorded_at: None,
             redacted: HashMap::new(),
         }
     }
@@ -122,6 +125,21 @@ impl TenantVerifier {
         if event.hash != chain_hash(&prev, &leaf) {
             return Err(self.problem(at, "chain hash mismatch"));
         }
+        // The service never records an event before the previous one (it holds the time back
+        // when its clock is behind), so a decrease means the log was not written by it.
+        if let Some(previous) = self.last_recorded_at
+            && event.recorded_at < previous
+        {
+            return Err(self.problem(
+                at,
+                format!(
+                    "recorded_at goes backwards: {} is before the previous event's {}",
+                    rfc3339(event.recorded_at),
+                    rfc3339(previous)
+                ),
+            ));
+        }
+        self.last_recorded_at = Some(event.recorded_at);
         self.frontier.push(leaf);
         self.last = Some((event.seq, event.hash));
         while let Some(checkpoint) = self.checkpoints.front() {
@@ -210,6 +228,11 @@ impl TenantVerifier {
             root: self.frontier.root(),
         })
     }
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
 }
 
 /// Events read per round trip while streaming the database.
@@ -455,6 +478,31 @@ mod tests {
             .map(|e| Ok(serde_json::to_string(e).unwrap()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn a_recorded_at_before_the_previous_one_fails_at_its_seq() {
+        let now = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
+        let earlier = now - time::Duration::hours(2);
+        let (events, _) = log(
+            "default",
+            &[now, now, now + time::Duration::SECOND, earlier],
+        );
+        let results = verify_export(lines(&events), &keys(&["default"]), &[]).unwrap();
+        let problem = results[0].clone().unwrap_err();
+        assert_eq!(problem.seq, Some(4), "{problem}");
+        assert!(
+            problem.message.contains("recorded_at goes backwards"),
+            "{problem}"
+        );
+
+        let (events, _) = log("default", &[earlier, now, now]);
+        let results = verify_export(lines(&events), &keys(&["default"]), &[]).unwrap();
+        assert_eq!(
+            results[0].as_ref().map(|v| v.events),
+            Ok(3),
+            "equal times are fine"
+        );
     }
 
     #[test]
