@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::HttpLimits;
 use crate::integrity::checkpointer::Schedule;
-use crate::model::Limits;
 use crate::log::WriterOptions;
+use crate::model::Limits;
 
 /// The documented defaults, embedded; `auditor default-config` prints them.
 pub const DEFAULT_CONFIG: &str = include_str!("../auditor.example.toml");

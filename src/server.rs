@@ -12,8 +12,8 @@ use crate::auth::Authenticator;
 use crate::auth::users::{self, Bootstrap, UserError};
 use crate::config::Settings;
 use crate::integrity::{LogSigner, checkpointer};
-use crate::store::{Store, StoreError, UnsupportedUrl};
 use crate::log::{AuditLog, Writer};
+use crate::store::{Store, StoreError, UnsupportedUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -86,7 +86,7 @@ async fn serve_store<S: Store>(
         store.clone(),
         Duration::from_secs(settings.auth.cache_ttl_secs),
     )
-        .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
+    .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
     let state = AppState {
         log: AuditLog::new(store, writer, signer, settings.limits()),
         auth: Arc::new(auth),

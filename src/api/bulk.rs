@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::access::WriteAccess;
 use super::body::parse;
 use super::{ApiError, AppState, BodyLimit};
-use super::access::WriteAccess;
 use crate::auth::Principal;
 use crate::log::{LogError, Recorded};
 use crate::model::{NewEvent, RawEvent};
@@ -241,8 +241,8 @@ fn accept<S: Store>(
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    let parsed = parse::<RawEvent>(line)
-        .and_then(|raw| state.log.parse(raw).map_err(ApiError::from));
+    let parsed =
+        parse::<RawEvent>(line).and_then(|raw| state.log.parse(raw).map_err(ApiError::from));
     match parsed {
         Ok(event) => {
             if let Some(key) = &event.idempotency_key

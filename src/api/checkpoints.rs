@@ -8,8 +8,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
 use super::access::{AdminAccess, ReadAccess};
+use super::{ApiError, AppState};
 use crate::integrity::Checkpoint;
 use crate::model::QueryError;
 use crate::store::Store;

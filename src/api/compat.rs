@@ -14,10 +14,10 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::access::{AdminAccess, ReadAccess, WriteAccess};
 use super::body::{RawBody, parse, parse_or_default};
 use super::events::{QueryPairs, parse_event_id, query_pairs, status_of};
 use super::{ApiError, AppState};
-use super::access::{AdminAccess, ReadAccess, WriteAccess};
 use crate::log::{Amendment, Recorded};
 use crate::model::{Action, Event, FieldError, Outcome, RawEvent};
 use crate::store::Store;
@@ -165,7 +165,6 @@ async fn create<S: Store>(
     recorded_answer(state.log.record_one(&principal, raw).await?)
 }
 
-
 async fn customer_logs<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<ReadAccess, ApiError>,
@@ -205,10 +204,7 @@ async fn event_log<S: Store>(
     let id = parse_event_id(&event_uuid)?;
     let (original, amendments) = state.log.with_amendments(&principal, id).await?;
     let mut body = entry(&original);
-    let amendments: Vec<Value> = amendments
-        .iter()
-        .map(|e| Value::Object(entry(e)))
-        .collect();
+    let amendments: Vec<Value> = amendments.iter().map(|e| Value::Object(entry(e))).collect();
     body.insert("amendments".into(), Value::from(amendments));
     Ok(success(StatusCode::OK, body))
 }

@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::auth::Role;
+use crate::log::{LogError, WriteError};
 use crate::model::{FieldError, QueryError};
 use crate::store::StoreError;
-use crate::log::{LogError, WriteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -6,9 +6,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::access::{ReadAccess, WriteAccess};
 use super::body::{JsonBytes, OneOrMany, parse_one_or_many};
 use super::{ApiError, AppState};
-use super::access::{ReadAccess, WriteAccess};
 use crate::log::Recorded;
 use crate::model::{Event, EventId, Page, QueryError, RawEvent};
 use crate::store::Store;

@@ -6,9 +6,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::access::ReadAccess;
 use super::events::parse_event_id;
 use super::{ApiError, AppState};
-use super::access::ReadAccess;
 use crate::model::QueryError;
 use crate::store::Store;
 

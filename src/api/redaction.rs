@@ -7,10 +7,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::access::AdminAccess;
 use super::body::{JsonBytes, parse};
 use super::events::{parse_event_id, status_of};
 use super::{ApiError, AppState};
-use super::access::AdminAccess;
 use crate::model::Event;
 use crate::store::Store;
 

@@ -1,15 +1,15 @@
 //! Who is calling and what they may do: users and roles, password checks and their cache. Knows
 //! nothing of HTTP; `api::access` turns a request's credentials into a [`Principal`] through it.
 
-mod cache;
 mod authenticator;
+mod cache;
 pub mod password;
 pub mod users;
 
 use serde::Serialize;
 
-pub use cache::CredentialCache;
 pub use authenticator::{AuthError, Authenticator};
+pub use cache::CredentialCache;
 
 /// What a user may do. `writer` may only record, `reader` may only read, `admin` may do both and
 /// manage the log.

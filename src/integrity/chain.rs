@@ -89,12 +89,17 @@ pub fn chain_hash(prev: &Digest, leaf: &Digest) -> Digest {
     Digest::sha256(&[prev.as_bytes(), leaf.as_bytes()])
 }
 
-/// Where a tenant's log currently ends: the chain's last link and the Merkle frontier.
+/// Where a tenant's log currently ends: the chain's last link, the Merkle frontier, and the last
+/// event's `recorded_at` (`None` before the first event), which the next may not precede.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chained {
     pub seq: Seq,
     pub hash: Digest,
     pub frontier: Frontier,
+    pub recorded_at: Option<time::OffsetDateTime>,
+    /// The first `seq` from which `recorded_at` never decreases: 1, or for a log that existed
+    /// before the service kept it in order, the first event recorded after that upgrade.
+    pub recorded_at_ordered_from: Seq,
 }
 
 impl Chained {
@@ -103,6 +108,8 @@ impl Chained {
             seq: Seq(0),
             hash: Digest::ZERO,
             frontier: Frontier::default(),
+            recorded_at: None,
+            recorded_at_ordered_from: Seq(1),
         }
     }
 }
@@ -159,6 +166,7 @@ pub fn chain_events(
             nodes.extend(head.frontier.push(event.leaf_hash));
             head.seq = seq;
             head.hash = event.hash;
+            head.recorded_at = Some(recorded_at);
             event
         })
         .collect();

@@ -1,10 +1,12 @@
-//! NDJSON export of the log: per tenant, its checkpoints, then its events in `seq` order, each
-//! with every hashed field, so `auditor verify --export` can check it with no database.
+//! NDJSON export of the log: per tenant, its checkpoints, its chain head's
+//! `recorded_at_ordered_from`, then its events in `seq` order, each with every hashed field, so
+//! `auditor verify --export` can check it with no database.
 
 use std::io::Write;
 
 use serde_json::json;
 
+use super::verify::ExportedHead;
 use crate::model::Seq;
 use crate::store::{Store, StoreError};
 
@@ -24,6 +26,15 @@ pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, Wr
     for tenant in store.tenants().await? {
         for checkpoint in store.checkpoints(&tenant).await? {
             serde_json::to_writer(&mut *out, &json!({ "checkpoint": checkpoint }))
+                .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        if let Some(head) = store.head(&tenant).await? {
+            let line = ExportedHead {
+                tenant: tenant.clone(),
+                recorded_at_ordered_from: head.recorded_at_ordered_from,
+            };
+            serde_json::to_writer(&mut *out, &json!({ "chain_head": line }))
                 .map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }

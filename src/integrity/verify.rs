@@ -40,6 +40,10 @@ pub struct TenantVerifier {
     /// Checkpoints still to reach, smallest first.
     checkpoints: VecDeque<Checkpoint>,
     checked: u64,
+    /// The previous event's `recorded_at`: the next may equal it, never precede it.
+    last_recorded_at: Option<time::OffsetDateTime>,
+    /// The first `seq` whose `recorded_at` is checked against the previous one's.
+    recorded_at_ordered_from: Seq,
     /// Redacted rows not yet matched by their redaction event: seq, chain hash, redaction time.
     redacted: HashMap<EventId, (Seq, Digest, time::OffsetDateTime)>,
 }
@@ -60,8 +64,18 @@ impl TenantVerifier {
             frontier: Frontier::default(),
             checkpoints: checkpoints.into(),
             checked: 0,
+            last_recorded_at: None,
+            recorded_at_ordered_from: Seq(1),
             redacted: HashMap::new(),
         }
+    }
+
+    /// Checks the order of `recorded_at` only from `seq` on: a log that existed before the
+    /// service kept it in order may step back earlier without anyone having touched it
+    /// (`Chained::recorded_at_ordered_from`).
+    pub fn recorded_at_ordered_from(mut self, seq: Seq) -> Self {
+        self.recorded_at_ordered_from = seq;
+        self
     }
 
     fn problem(&self, seq: Option<i64>, message: impl Into<String>) -> Problem {
@@ -122,6 +136,22 @@ impl TenantVerifier {
         if event.hash != chain_hash(&prev, &leaf) {
             return Err(self.problem(at, "chain hash mismatch"));
         }
+        // The service never records an event before the previous one (it holds the time back
+        // when its clock is behind), so a decrease means the log was not written by it.
+        if let Some(previous) = self.last_recorded_at
+            && event.seq >= self.recorded_at_ordered_from
+            && event.recorded_at < previous
+        {
+            return Err(self.problem(
+                at,
+                format!(
+                    "recorded_at goes backwards: {} is before the previous event's {}",
+                    rfc3339(event.recorded_at),
+                    rfc3339(previous)
+                ),
+            ));
+        }
+        self.last_recorded_at = Some(event.recorded_at);
         self.frontier.push(leaf);
         self.last = Some((event.seq, event.hash));
         while let Some(checkpoint) = self.checkpoints.front() {
@@ -212,6 +242,11 @@ impl TenantVerifier {
     }
 }
 
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
 /// Events read per round trip while streaming the database.
 const PAGE: u32 = 10_000;
 
@@ -269,11 +304,16 @@ pub async fn verify_store<S: crate::store::Store>(
     for tenant in tenants {
         // Read the head first and verify up to it: events appended meanwhile are not this
         // run's business, and must not look like a rewritten tail.
-        let head = store.head(&tenant).await?.map(|h| (h.seq, h.hash));
+        let chained = store.head(&tenant).await?;
+        let ordered_from = chained
+            .as_ref()
+            .map_or(Seq(1), |h| h.recorded_at_ordered_from);
+        let head = chained.map(|h| (h.seq, h.hash));
         let until = head.map(|(seq, _)| seq);
         let mut checkpoints = store.checkpoints(&tenant).await?;
         checkpoints.extend(for_tenant(kept, &tenant));
-        let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints);
+        let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints)
+            .recorded_at_ordered_from(ordered_from);
         // Fetch the next page while this one is checked on a blocking thread: the database
         // decode and the hashing then run side by side.
         let fetch = |after: Seq| {
@@ -316,10 +356,19 @@ pub async fn verify_store<S: crate::store::Store>(
     Ok(results)
 }
 
+/// What an export says of a tenant's chain head beyond its events (`{"chain_head": …}`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ExportedHead {
+    pub tenant: TenantId,
+    /// See `Chained::recorded_at_ordered_from`.
+    pub recorded_at_ordered_from: Seq,
+}
+
 /// A line of an NDJSON export: a checkpoint (written before its tenant's events) or an event.
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum ExportLine {
+    ChainHead { chain_head: ExportedHead },
     Checkpoint { checkpoint: Checkpoint },
     Event(Box<Event>),
 }
@@ -337,6 +386,9 @@ pub fn verify_export(
     let mut tenants: Vec<TenantVerifier> = Vec::new();
     let mut failed: HashMap<TenantId, Problem> = HashMap::new();
     let mut pending: HashMap<TenantId, Vec<Checkpoint>> = HashMap::new();
+    // An export written before `recorded_at` was kept in order has no `chain_head` lines; its
+    // order is then not judged.
+    let mut ordered_from: HashMap<TenantId, Seq> = HashMap::new();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(ExportError::Read)?;
         if line.trim().is_empty() {
@@ -345,6 +397,9 @@ pub fn verify_export(
         let parsed: ExportLine = serde_json::from_str(&line)
             .map_err(|e| ExportError::Line(number + 1, e.to_string()))?;
         match parsed {
+            ExportLine::ChainHead { chain_head } => {
+                ordered_from.insert(chain_head.tenant, chain_head.recorded_at_ordered_from);
+            }
             ExportLine::Checkpoint { checkpoint } => {
                 pending
                     .entry(checkpoint.tenant.clone())
@@ -360,11 +415,14 @@ pub fn verify_export(
                     None => {
                         let mut checkpoints = pending.remove(&event.tenant).unwrap_or_default();
                         checkpoints.extend(for_tenant(kept, &event.tenant));
-                        tenants.push(TenantVerifier::new(
-                            event.tenant.clone(),
-                            keys.to_vec(),
-                            checkpoints,
-                        ));
+                        let from = ordered_from
+                            .get(&event.tenant)
+                            .copied()
+                            .unwrap_or(Seq(i64::MAX));
+                        tenants.push(
+                            TenantVerifier::new(event.tenant.clone(), keys.to_vec(), checkpoints)
+                                .recorded_at_ordered_from(from),
+                        );
                         tenants.len() - 1
                     }
                 };
@@ -449,12 +507,71 @@ mod tests {
         (events, head)
     }
 
+    /// An export of `events`, as `auditor export` writes it: the chain head line first.
     fn lines(events: &[Event]) -> impl Iterator<Item = std::io::Result<String>> {
-        events
-            .iter()
-            .map(|e| Ok(serde_json::to_string(e).unwrap()))
+        exported(events, Some(Seq(1)))
+    }
+
+    fn exported(
+        events: &[Event],
+        ordered_from: Option<Seq>,
+    ) -> impl Iterator<Item = std::io::Result<String>> {
+        let head = events.first().zip(ordered_from).map(|(first, seq)| {
+            serde_json::json!({"chain_head": ExportedHead {
+                tenant: first.tenant.clone(),
+                recorded_at_ordered_from: seq,
+            }})
+            .to_string()
+        });
+        head.into_iter()
+            .chain(events.iter().map(|e| serde_json::to_string(e).unwrap()))
+            .map(Ok)
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn a_recorded_at_before_the_previous_one_fails_at_its_seq() {
+        let now = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
+        let earlier = now - time::Duration::hours(2);
+        let (events, _) = log(
+            "default",
+            &[now, now, now + time::Duration::SECOND, earlier],
+        );
+        let results = verify_export(lines(&events), &keys(&["default"]), &[]).unwrap();
+        let problem = results[0].clone().unwrap_err();
+        assert_eq!(problem.seq, Some(4), "{problem}");
+        assert!(
+            problem.message.contains("recorded_at goes backwards"),
+            "{problem}"
+        );
+
+        let (events, _) = log("default", &[earlier, now, now]);
+        let results = verify_export(lines(&events), &keys(&["default"]), &[]).unwrap();
+        assert_eq!(
+            results[0].as_ref().map(|v| v.events),
+            Ok(3),
+            "equal times are fine"
+        );
+    }
+
+    #[test]
+    fn recorded_at_order_is_judged_from_the_chain_heads_seq() {
+        let now = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
+        let earlier = now - time::Duration::hours(2);
+        let (events, _) = log("default", &[now, earlier, earlier]);
+        let verified = |ordered_from| {
+            verify_export(exported(&events, ordered_from), &keys(&["default"]), &[])
+                .unwrap()
+                .remove(0)
+        };
+        assert_eq!(verified(Some(Seq(2))).unwrap_err().seq, Some(2));
+        assert_eq!(verified(Some(Seq(3))).map(|v| v.events), Ok(3));
+        assert_eq!(
+            verified(None).map(|v| v.events),
+            Ok(3),
+            "an export written before the order was kept is not judged on it"
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ impl<S: Store> AuditLog<S> {
         let before = self.store.checkpoint(&tenant, None).await?;
         let checkpoint = checkpointer::issue(&self.store, &self.signer, &tenant)
             .await?
-            .ok_or_else(|| LogError::Conflict("the log is empty; there is nothing to sign".into()))?;
+            .ok_or_else(|| {
+                LogError::Conflict("the log is empty; there is nothing to sign".into())
+            })?;
         let created = before.is_none_or(|b| b.tree_size != checkpoint.tree_size);
         Ok(IssuedCheckpoint {
             checkpoint,

@@ -16,10 +16,7 @@ impl<S: Store> AuditLog<S> {
 
     /// One page of a query, in `seq` order, with the cursor of the next page.
     pub async fn query(&self, principal: &Principal, query: &EventQuery) -> Result<Page, LogError> {
-        let events = self
-            .store
-            .query(&Self::tenant_of(principal), query)
-            .await?;
+        let events = self.store.query(&Self::tenant_of(principal), query).await?;
         Ok(query.page(events))
     }
 

@@ -38,8 +38,8 @@ impl<S: Store> AuditLog<S> {
         }
         let mut data = Map::new();
         data.insert("reason".into(), Value::from(reason));
-        let data = serde_json::value::to_raw_value(&data)
-            .map_err(|e| LogError::Internal(e.into()))?;
+        let data =
+            serde_json::value::to_raw_value(&data).map_err(|e| LogError::Internal(e.into()))?;
         let raw = RawEvent {
             event_type: REDACTION_EVENT_TYPE.into(),
             user_identity: principal.name.clone(),

@@ -2,6 +2,8 @@
 //! recorded under the batch's idempotency keys, decide what each submission becomes.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
@@ -31,6 +33,50 @@ pub fn idempotency_keys(batch: &[Submission]) -> Vec<(TenantId, String)> {
     keys.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
     keys.dedup();
     keys
+}
+
+/// How often, at most, the clock being behind a log is logged while it lasts.
+const CLOCK_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Picks each batch's commit time so that `recorded_at` never decreases within a tenant's log.
+/// One per store, shared by its clones; it only remembers when it last warned.
+#[derive(Debug, Default)]
+pub struct CommitClock {
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl CommitClock {
+    /// `clock` (UTC, microseconds), unless a tenant the batch appends to already has a later
+    /// `recorded_at` (the clock was stepped back, or another instance's runs ahead): then that
+    /// latest one, so the whole batch keeps one commit time. `heads` must have been read under
+    /// the transaction's lock on them, so no append can slip in between.
+    pub fn commit_time(
+        &self,
+        clock: OffsetDateTime,
+        heads: &HashMap<TenantId, Chained>,
+    ) -> OffsetDateTime {
+        let latest = heads
+            .iter()
+            .filter_map(|(tenant, head)| Some((tenant, head.recorded_at?)))
+            .max_by_key(|(_, at)| *at);
+        let Some((tenant, latest)) = latest.filter(|(_, at)| *at > clock) else {
+            return clock;
+        };
+        let mut last = self
+            .last_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= CLOCK_WARNING_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                tenant = %tenant,
+                behind_secs = %format_args!("{:.6}", (latest - clock).as_seconds_f64()),
+                "the clock is behind the log's last recorded_at; recording at that time instead \
+                 until the clock catches up"
+            );
+        }
+        latest
+    }
 }
 
 /// What to write: rows (in `seq` order per tenant), Merkle nodes, payloads to erase, the new
@@ -198,6 +244,8 @@ mod tests {
             seq: Seq(41),
             hash: Digest([7; 32]),
             frontier,
+            recorded_at: None,
+            recorded_at_ordered_from: Seq(1),
         };
         let heads = HashMap::from([(TenantId::default(), head.clone())]);
         let done = assemble(&[a, b], KeyIndex::new(), heads, now());
@@ -208,5 +256,33 @@ mod tests {
         // Leaves 41, 42, 43 (0-based) complete the subtrees (1,21), (2,10) and (3,5) among others.
         assert_eq!(done.heads[&TenantId::default()].frontier.size(), 44);
         assert!(!done.nodes.is_empty());
+    }
+
+    #[test]
+    fn the_commit_time_is_never_before_a_touched_tenants_last_one() {
+        let clock = CommitClock::default();
+        let now = now();
+        let head = |at: Option<OffsetDateTime>| Chained {
+            recorded_at: at,
+            ..Chained::genesis()
+        };
+        let early = now - time::Duration::hours(2);
+        let late = now + time::Duration::hours(1);
+        let heads = HashMap::from([
+            (TenantId::new("a"), head(Some(early))),
+            (TenantId::new("b"), head(None)),
+        ]);
+        assert_eq!(clock.commit_time(now, &heads), now);
+        let heads = HashMap::from([
+            (TenantId::new("a"), head(Some(early))),
+            (TenantId::new("b"), head(Some(late))),
+        ]);
+        assert_eq!(clock.commit_time(now, &heads), late);
+        assert_eq!(
+            clock.commit_time(now, &heads),
+            late,
+            "again, without a warning"
+        );
+        assert_eq!(clock.commit_time(now, &HashMap::new()), now);
     }
 }

@@ -91,9 +91,23 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Appends submissions in order, each all-or-nothing, in one transaction: assigns `seq`,
     /// commit time and chain hashes while holding each tenant's chain head. Returns one outcome
     /// per submission only after the transaction committed.
+    ///
+    /// The commit time (`recorded_at`, one per batch) is the clock's, read once the chain heads
+    /// are held, or the latest `recorded_at` of a tenant the batch appends to if that is later:
+    /// it never decreases within a tenant's log, whatever the clocks of this or other instances
+    /// do.
     fn append(
         &self,
         batch: &[Submission],
+    ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
+
+    /// [`Store::append`] with `clock` standing in for the clock's reading (converted to UTC and
+    /// truncated to microseconds, as stored). The service always uses the clock; this is for
+    /// tests (a clock stepped back, a month without a partition) and tools.
+    fn append_at(
+        &self,
+        batch: &[Submission],
+        clock: time::OffsetDateTime,
     ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
 
     fn get(

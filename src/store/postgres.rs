@@ -12,7 +12,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use time::{Date, Month, OffsetDateTime};
 use uuid::Uuid;
 
-use super::assemble::{self, KeyIndex};
+use super::assemble::{self, CommitClock, KeyIndex};
 use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
     decode_frontier, decode_role, pending_versions,
@@ -41,6 +41,7 @@ const PARTITION_LOCK_TIMEOUT: &str = "5s";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    clock: std::sync::Arc<CommitClock>,
 }
 
 impl PgStore {
@@ -50,7 +51,10 @@ impl PgStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            clock: std::sync::Arc::default(),
+        })
     }
 
     /// Adds the `events` partition of the UTC month containing `day` (`events_y2026m11`);
@@ -86,35 +90,39 @@ impl PgStore {
         Ok(added)
     }
 
-    /// [`Store::append`] with a given commit time instead of the clock's (converted to UTC and
-    /// truncated to microseconds, as stored). The service always uses the clock; this is for
-    /// tests (a month without a partition) and tools.
-    pub async fn append_at(
+    /// [`Store::append`], with the clock read once the chain heads are locked unless `clock` is
+    /// given. An instance that waited for another's lock would otherwise hold a time older
+    /// than that one's commit.
+    async fn append_with(
         &self,
         batch: &[Submission],
-        recorded_at: OffsetDateTime,
+        clock: Option<OffsetDateTime>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let recorded_at = truncate_to_micros(recorded_at);
-        match self.append_once(batch, recorded_at).await {
+        let mut tried = OffsetDateTime::UNIX_EPOCH;
+        match self.append_once(batch, clock, &mut tried).await {
             Err(error) if is_missing_partition(&error) => {
                 // The months ahead were not created (maintenance failing, or a clock far ahead):
-                // add this one and try again. The failed transaction left nothing behind.
-                let day = recorded_at.date();
+                // add the month of the commit time tried and try again. The failed transaction
+                // left nothing behind.
+                let day = tried.date();
                 tracing::warn!(
                     partition = %partition_name(day),
                     "no partition for an append; adding it"
                 );
                 self.add_partition(day).await?;
-                self.append_once(batch, recorded_at).await
+                self.append_once(batch, clock, &mut tried).await
             }
             other => other,
         }
     }
 
+    /// One attempt at [`Self::append_with`]. Sets `tried` to the commit time it chose, whose
+    /// month's partition the insert needs.
     async fn append_once(
         &self,
         batch: &[Submission],
-        recorded_at: OffsetDateTime,
+        clock: Option<OffsetDateTime>,
+        tried: &mut OffsetDateTime,
     ) -> Result<Vec<Appended>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut heads = HashMap::new();
@@ -146,6 +154,9 @@ impl PgStore {
                 }
             }
         }
+        let clock = truncate_to_micros(clock.unwrap_or_else(OffsetDateTime::now_utc));
+        let recorded_at = self.clock.commit_time(clock, &heads);
+        *tried = recorded_at;
         let assembled = assemble::assemble(batch, known, heads, recorded_at);
         insert_events(&mut tx, &assembled.rows).await?;
         insert_nodes(&mut tx, &assembled.nodes).await?;
@@ -162,12 +173,14 @@ impl PgStore {
         }
         for (tenant, head) in &assembled.heads {
             sqlx::query(
-                "UPDATE chain_heads SET seq = $2, hash = $3, frontier = $4 WHERE tenant = $1",
+                "UPDATE chain_heads SET seq = $2, hash = $3, frontier = $4, recorded_at = $5 \
+                 WHERE tenant = $1",
             )
             .bind(tenant.as_str())
             .bind(head.seq.0)
             .bind(head.hash.as_bytes())
             .bind(head.frontier.to_bytes())
+            .bind(head.recorded_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -368,6 +381,8 @@ fn head_from_row(row: &PgRow) -> Result<Chained, StoreError> {
         seq: Seq(seq),
         hash: decode_digest("chain_heads.hash", &hash)?,
         frontier: decode_frontier(seq, &frontier)?,
+        recorded_at: row.try_get("recorded_at")?,
+        recorded_at_ordered_from: Seq(row.try_get("recorded_at_ordered_from")?),
     })
 }
 
@@ -389,7 +404,8 @@ async fn lock_head(
     conn: &mut sqlx::PgConnection,
     tenant: &TenantId,
 ) -> Result<Chained, StoreError> {
-    let lock = "SELECT seq, hash, frontier FROM chain_heads WHERE tenant = $1 FOR UPDATE";
+    let lock = "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from FROM chain_heads \
+         WHERE tenant = $1 FOR UPDATE";
     if let Some(row) = sqlx::query(lock)
         .bind(tenant.as_str())
         .fetch_optional(&mut *conn)
@@ -500,7 +516,15 @@ impl Store for PgStore {
     }
 
     async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
-        self.append_at(batch, OffsetDateTime::now_utc()).await
+        self.append_with(batch, None).await
+    }
+
+    async fn append_at(
+        &self,
+        batch: &[Submission],
+        clock: OffsetDateTime,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append_with(batch, Some(clock)).await
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {
@@ -569,10 +593,13 @@ impl Store for PgStore {
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash, frontier FROM chain_heads WHERE tenant = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from FROM chain_heads \
+             WHERE tenant = $1",
+        )
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(head_from_row).transpose()
     }
 

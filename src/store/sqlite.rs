@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::assemble::{self, KeyIndex};
+use super::assemble::{self, CommitClock, KeyIndex};
 use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
     decode_frontier, decode_role, pending_versions,
@@ -52,6 +52,7 @@ const WRITER_AUTOCHECKPOINT_PAGES: &str = "16384";
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    clock: Arc<CommitClock>,
     /// The background checkpointer stops once every clone of the store is gone.
     _checkpointer_guard: Arc<()>,
 }
@@ -93,6 +94,7 @@ impl SqliteStore {
         Ok(Self {
             writer,
             readers,
+            clock: Arc::default(),
             _checkpointer_guard: guard,
         })
     }
@@ -528,18 +530,26 @@ async fn read_head(
     conn: &mut sqlx::SqliteConnection,
     tenant: &TenantId,
 ) -> Result<Option<Chained>, StoreError> {
-    let row = sqlx::query("SELECT seq, hash, frontier FROM chain_heads WHERE tenant = ?")
-        .bind(tenant.as_str())
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from \
+             FROM chain_heads WHERE tenant = ?",
+    )
+    .bind(tenant.as_str())
+    .fetch_optional(conn)
+    .await?;
     row.map(|row| {
         let seq: i64 = row.try_get("seq")?;
         let hash: Vec<u8> = row.try_get("hash")?;
         let frontier: Vec<u8> = row.try_get("frontier")?;
+        let recorded_at: Option<i64> = row.try_get("recorded_at")?;
         Ok(Chained {
             seq: Seq(seq),
             hash: decode_digest("chain_heads.hash", &hash)?,
             frontier: decode_frontier(seq, &frontier)?,
+            recorded_at: recorded_at
+                .map(|t| from_micros("chain_heads.recorded_at", t))
+                .transpose()?,
+            recorded_at_ordered_from: Seq(row.try_get("recorded_at_ordered_from")?),
         })
     })
     .transpose()
@@ -656,6 +666,63 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+impl SqliteStore {
+    /// [`Store::append`], with the clock read once the write lock is held unless `clock` is
+    /// given.
+    async fn append_with(
+        &self,
+        batch: &[Submission],
+        clock: Option<OffsetDateTime>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut heads = HashMap::new();
+        for tenant in assemble::tenants(batch) {
+            if let Some(head) = read_head(&mut tx, &tenant).await? {
+                heads.insert(tenant, head);
+            }
+        }
+        let mut known = KeyIndex::new();
+        let by_key =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND idempotency_key = ?");
+        for (tenant, key) in assemble::idempotency_keys(batch) {
+            let row = sqlx::query(sqlx::AssertSqlSafe(by_key.as_str()))
+                .bind(tenant.as_str())
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                known.insert((tenant, key), event_from_row(&row)?);
+            }
+        }
+        let clock = truncate_to_micros(clock.unwrap_or_else(OffsetDateTime::now_utc));
+        let recorded_at = self.clock.commit_time(clock, &heads);
+        let assembled = assemble::assemble(batch, known, heads, recorded_at);
+        insert_events(&mut tx, &assembled.rows).await?;
+        insert_index_rows(&mut tx, &assembled.rows).await?;
+        insert_nodes(&mut tx, &assembled.nodes).await?;
+        for (tenant, target) in &assembled.redactions {
+            erase_payload(&mut tx, tenant, *target, recorded_at).await?;
+        }
+        for (tenant, head) in &assembled.heads {
+            sqlx::query(
+                "INSERT INTO chain_heads (tenant, seq, hash, frontier, recorded_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE \
+                 SET seq = excluded.seq, hash = excluded.hash, frontier = excluded.frontier, \
+                 recorded_at = excluded.recorded_at",
+            )
+            .bind(tenant.as_str())
+            .bind(head.seq.0)
+            .bind(head.hash.as_bytes())
+            .bind(head.frontier.to_bytes())
+            .bind(head.recorded_at.map(micros))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(assembled.outcomes)
+    }
+}
+
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
@@ -685,51 +752,16 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut heads = HashMap::new();
-        for tenant in assemble::tenants(batch) {
-            if let Some(head) = read_head(&mut tx, &tenant).await? {
-                heads.insert(tenant, head);
-            }
-        }
-        let mut known = KeyIndex::new();
-        let by_key =
-            format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND idempotency_key = ?");
-        for (tenant, key) in assemble::idempotency_keys(batch) {
-            let row = sqlx::query(sqlx::AssertSqlSafe(by_key.as_str()))
-                .bind(tenant.as_str())
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = row {
-                known.insert((tenant, key), event_from_row(&row)?);
-            }
-        }
-        let recorded_at = truncate_to_micros(OffsetDateTime::now_utc());
-        let assembled = assemble::assemble(batch, known, heads, recorded_at);
-        insert_events(&mut tx, &assembled.rows).await?;
-        insert_index_rows(&mut tx, &assembled.rows).await?;
-        insert_nodes(&mut tx, &assembled.nodes).await?;
-        for (tenant, target) in &assembled.redactions {
-            erase_payload(&mut tx, tenant, *target, recorded_at).await?;
-        }
-        for (tenant, head) in &assembled.heads {
-            sqlx::query(
-                "INSERT INTO chain_heads (tenant, seq, hash, frontier) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (tenant) DO UPDATE \
-                 SET seq = excluded.seq, hash = excluded.hash, frontier = excluded.frontier",
-            )
-            .bind(tenant.as_str())
-            .bind(head.seq.0)
-            .bind(head.hash.as_bytes())
-            .bind(head.frontier.to_bytes())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(assembled.outcomes)
+        self.append_with(batch, None).await
     }
 
+    async fn append_at(
+        &self,
+        batch: &[Submission],
+        clock: OffsetDateTime,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append_with(batch, Some(clock)).await
+    }
     async fn get(&self, tenant: &TenantId, id: EventId) -> Result<Option<Event>, StoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND id = ?");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

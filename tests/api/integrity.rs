@@ -688,6 +688,54 @@ async fn an_export_verifies_offline_and_tampering_in_it_is_caught(backend: Backe
     );
 }
 
+/// The service never records an event before the previous one. Someone with database access
+/// who resets the chain head's `recorded_at` can make it (every hash still matches): `verify`
+/// fails the log at that event, from the database and from an export.
+async fn a_recorded_at_that_goes_backwards_is_caught(backend: Backend) {
+    use auditor::model::{Limits, NewEvent, RawEvent, Submission, TenantId};
+    use auditor::store::Store;
+    let app = spawn_app(backend).await;
+    seed(&app, 3).await;
+    app.db
+        .execute("UPDATE chain_heads SET recorded_at = NULL")
+        .await
+        .unwrap();
+    let raw: RawEvent =
+        serde_json::from_value(json!({"event_type": "late", "user_identity": "u"})).unwrap();
+    let batch = [Submission {
+        tenant: TenantId::default(),
+        recorded_by: "admin".into(),
+        events: vec![NewEvent::parse(raw, &Limits::default()).unwrap()],
+    }];
+    let earlier = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+    match backend {
+        Backend::Sqlite => app.db.sqlite().await.append_at(&batch, earlier).await,
+        Backend::Postgres => app.db.postgres().await.append_at(&batch, earlier).await,
+    }
+    .unwrap();
+    expect_caught(&app, &[], 4, "recorded_at goes backwards");
+
+    let file = app.db.dir.path().join("export.ndjson");
+    let exported = Command::new(BIN)
+        .args(["--database-url", &app.db.url, "export", "--output"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = Command::new(BIN)
+        .args(["verify", "--public-key", &key, "--export"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = text(&report.stdout);
+    assert!(!report.status.success(), "{out}");
+    assert!(out.contains("seq 4: recorded_at goes backwards"), "{out}");
+}
+
 crate::both_backends!(
     checkpoints_are_c2sp_signed_notes_over_the_rfc6962_root,
     inclusion_and_consistency_proofs_recompute_the_roots,
@@ -702,4 +750,5 @@ crate::both_backends!(
     a_deleted_tenant_is_caught_by_a_kept_checkpoint,
     a_replaced_signing_key_is_caught,
     an_export_verifies_offline_and_tampering_in_it_is_caught,
+    a_recorded_at_that_goes_backwards_is_caught,
 );

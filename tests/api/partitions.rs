@@ -314,7 +314,7 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
     }
 
     let migrated = target.postgres().await;
-    assert_eq!(migrated.pending_migrations().await.unwrap(), vec![3]);
+    assert_eq!(migrated.pending_migrations().await.unwrap(), vec![3, 4]);
     migrated.migrate().await.unwrap();
     let after = migrated
         .scan(&TenantId::default(), Seq(0), 100)
@@ -322,6 +322,9 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
         .unwrap();
     assert_eq!(after, before);
     assert_gapless_chain(&after);
+    // Migration 0004 gave the head its last event's recorded_at.
+    let head = migrated.head(&TenantId::default()).await.unwrap().unwrap();
+    assert_eq!(head.recorded_at, Some(datetime!(2025-07-01 00:00:00 UTC)));
     for (seq, month) in [
         (1, "events_y2024m01"),
         (3, "events_y2024m02"),

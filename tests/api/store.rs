@@ -2,9 +2,11 @@
 
 use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
+use auditor::model::event::truncate_to_micros;
 use auditor::model::{EventQuery, Limits, NewEvent, Order, RawEvent, Seq, Submission, TenantId};
 use auditor::store::{Appended, SqliteStore, Store, StoreError};
 use serde_json::json;
+use time::OffsetDateTime;
 
 use crate::helpers::{Backend, TestDb};
 
@@ -29,8 +31,8 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
-        Backend::Sqlite => vec![1, 2, 3, 4],
-        Backend::Postgres => vec![1, 2, 3],
+        Backend::Sqlite => vec![1, 2, 3, 4, 5],
+        Backend::Postgres => vec![1, 2, 3, 4],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -650,7 +652,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .execute(&format!(
             "ATTACH DATABASE '{source_file}' AS source; \
              INSERT INTO events SELECT * FROM source.events; \
-             INSERT INTO chain_heads SELECT * FROM source.chain_heads; \
+             INSERT INTO chain_heads SELECT tenant, seq, hash, frontier FROM source.chain_heads; \
              INSERT INTO merkle_nodes SELECT * FROM source.merkle_nodes;"
         ))
         .await
@@ -677,7 +679,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .unwrap();
 
     let store = target.sqlite().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![4]);
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5]);
     store.migrate().await.unwrap();
     assert_eq!(index_rows(&target.url).await, expected);
 
@@ -722,6 +724,157 @@ async fn partition_indexes(db: &TestDb, index: &str) -> Vec<String> {
     names
 }
 
+fn one(event_type: &str) -> Submission {
+    submission(
+        "default",
+        json!([{"event_type": event_type, "user_identity": "u"}]),
+    )
+}
+
+/// Appends one event with `clock` standing for the clock; returns its `recorded_at`.
+async fn recorded_at_when_the_clock_says<S: Store>(
+    store: &S,
+    clock: OffsetDateTime,
+) -> OffsetDateTime {
+    let outcome = store.append_at(&[one("x")], clock).await.unwrap();
+    created(&outcome[0])[0].recorded_at
+}
+
+/// A second store on the same database: a restarted server, or another instance.
+async fn recorded_at_on_another_store(db: &TestDb, clock: OffsetDateTime) -> OffsetDateTime {
+    match db.backend {
+        Backend::Sqlite => recorded_at_when_the_clock_says(&db.sqlite().await, clock).await,
+        Backend::Postgres => recorded_at_when_the_clock_says(&db.postgres().await, clock).await,
+    }
+}
+
+/// A clock stepped back (here: two hours, after a restart) does not make `recorded_at` run
+/// backwards: the events get the previous one's until the clock catches up.
+async fn recorded_at_never_goes_backwards<S: Store>(store: S, db: &TestDb) {
+    store.migrate().await.unwrap();
+    let now = truncate_to_micros(OffsetDateTime::now_utc());
+    let hour = time::Duration::hours(1);
+    assert_eq!(recorded_at_when_the_clock_says(&store, now).await, now);
+    assert_eq!(recorded_at_on_another_store(db, now - 2 * hour).await, now);
+    assert_eq!(
+        recorded_at_when_the_clock_says(&store, now - hour).await,
+        now
+    );
+    let later = now + time::Duration::SECOND;
+    assert_eq!(recorded_at_when_the_clock_says(&store, later).await, later);
+    let head = store.head(&TenantId::default()).await.unwrap().unwrap();
+    assert_eq!(head.recorded_at, Some(later));
+
+    // A batch has one commit time, held back for every tenant in it.
+    let batch = [
+        submission(
+            "default",
+            json!([{"event_type": "y", "user_identity": "u"}]),
+        ),
+        submission("fresh", json!([{"event_type": "y", "user_identity": "u"}])),
+    ];
+    let outcomes = store.append_at(&batch, now).await.unwrap();
+    assert_eq!(created(&outcomes[0])[0].recorded_at, later);
+    assert_eq!(created(&outcomes[1])[0].recorded_at, later);
+
+    let events = store.scan(&TenantId::default(), Seq(0), 100).await.unwrap();
+    let times: Vec<OffsetDateTime> = events.iter().map(|e| e.recorded_at).collect();
+    assert_eq!(times, [now, now, now, later, later]);
+    crate::helpers::assert_gapless_chain(&events);
+}
+
+/// Back to the schema before the migration that keeps `recorded_at` in order (0004 on
+/// PostgreSQL, 0005 on SQLite), with the log as it is; returns the migration's version.
+async fn unapply_the_head_time_migration(db: &TestDb) -> i64 {
+    let version = match db.backend {
+        Backend::Sqlite => 5,
+        Backend::Postgres => 4,
+    };
+    db.execute(&format!(
+        "ALTER TABLE chain_heads DROP COLUMN recorded_at; \
+         ALTER TABLE chain_heads DROP COLUMN recorded_at_ordered_from; \
+         DELETE FROM _sqlx_migrations WHERE version = {version}"
+    ))
+    .await
+    .unwrap();
+    version
+}
+
+/// The problems `auditor verify` finds in the database, if any.
+async fn verify_problems<S: Store>(store: &S) -> Vec<String> {
+    auditor::integrity::verify::verify_store(store, &[], &[], |_, _| {})
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|result| result.err().map(|problem| problem.to_string()))
+        .collect()
+}
+
+/// A log from before `recorded_at` was kept in order may step back in time at events nobody
+/// touched (a clock stepped back, instances whose clocks disagreed): after the migration,
+/// `verify` judges the order from the next event on, and still catches a step back there.
+async fn recorded_at_order_is_judged_from_the_migration_on<S: Store>(store: S, db: &TestDb) {
+    store.migrate().await.unwrap();
+    let now = truncate_to_micros(OffsetDateTime::now_utc());
+    let hour = time::Duration::hours(1);
+    recorded_at_when_the_clock_says(&store, now).await;
+    // As an instance before the migration would append: no head time holds its clock back.
+    db.execute("UPDATE chain_heads SET recorded_at = NULL")
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded_at_on_another_store(db, now - hour).await,
+        now - hour
+    );
+    assert_eq!(
+        verify_problems(&store).await.len(),
+        1,
+        "a new log is judged from seq 1"
+    );
+
+    unapply_the_head_time_migration(db).await;
+    store.migrate().await.unwrap();
+    let head = store.head(&TenantId::default()).await.unwrap().unwrap();
+    assert_eq!(head.recorded_at_ordered_from, Seq(3));
+    assert_eq!(verify_problems(&store).await, Vec::<String>::new());
+    assert_eq!(
+        recorded_at_on_another_store(db, now - 2 * hour).await,
+        now - hour,
+        "held back from the first event after the migration"
+    );
+    assert_eq!(verify_problems(&store).await, Vec::<String>::new());
+
+    db.execute("UPDATE chain_heads SET recorded_at = NULL")
+        .await
+        .unwrap();
+    recorded_at_on_another_store(db, now - 3 * hour).await;
+    let problems = verify_problems(&store).await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("seq 4: recorded_at goes backwards"),
+        "{problems:?}"
+    );
+}
+
+/// Migration 0004 (PostgreSQL; 0005 on SQLite) gives existing chain heads their last event's `recorded_at`, so a clock
+/// stepped back right after the upgrade is held back too.
+async fn the_chain_head_recorded_at_migration_backfills_existing_logs<S: Store>(
+    store: S,
+    db: &TestDb,
+) {
+    store.migrate().await.unwrap();
+    let now = truncate_to_micros(OffsetDateTime::now_utc());
+    recorded_at_when_the_clock_says(&store, now - time::Duration::MINUTE).await;
+    recorded_at_when_the_clock_says(&store, now).await;
+    let version = unapply_the_head_time_migration(db).await;
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![version]);
+    store.migrate().await.unwrap();
+    let head = store.head(&TenantId::default()).await.unwrap().unwrap();
+    assert_eq!(head.recorded_at, Some(now));
+    let behind = now - time::Duration::hours(2);
+    assert_eq!(recorded_at_on_another_store(db, behind).await, now);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -754,6 +907,9 @@ conformance!(
     the_last_admin_cannot_be_removed,
     every_documented_filter_is_planned_through_an_index,
     event_data_paths_match_exactly_the_events_holding_the_value,
+    recorded_at_never_goes_backwards,
+    the_chain_head_recorded_at_migration_backfills_existing_logs,
+    recorded_at_order_is_judged_from_the_migration_on,
 );
 
 /// Appends `count` small events to the default tenant in batches of 1000.

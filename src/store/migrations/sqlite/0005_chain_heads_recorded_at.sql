@@ -1,0 +1,18 @@
+-- Each tenant's chain head also keeps the `recorded_at` of its last event, so that an append can
+-- keep `recorded_at` from going backwards when the clock is stepped back: the next commit time is
+-- at least this one (`CommitClock` in src/store/assemble.rs). Microseconds since the epoch, as
+-- in `events`; NULL until the tenant's first event.
+ALTER TABLE chain_heads ADD COLUMN recorded_at INTEGER;
+
+-- Logs that already exist: the head's own event, found by the primary key.
+UPDATE chain_heads SET recorded_at = (
+    SELECT events.recorded_at FROM events
+    WHERE events.tenant = chain_heads.tenant AND events.seq = chain_heads.seq
+);
+
+-- From which `seq` on `recorded_at` is kept in order (`auditor verify` checks it from there). A
+-- log that existed before this migration may step back in time at earlier events without anyone
+-- having touched it (a clock stepped back, instances whose clocks disagreed); a new log is in
+-- order from its first event.
+ALTER TABLE chain_heads ADD COLUMN recorded_at_ordered_from INTEGER NOT NULL DEFAULT 1;
+UPDATE chain_heads SET recorded_at_ordered_from = seq + 1;
