@@ -3,9 +3,9 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::canonical;
-use super::digest::Digest;
 use super::merkle::{Frontier, NodeId};
+use crate::model::Digest;
+use crate::model::canonical;
 use crate::model::{Event, EventId, NewEvent, Seq, TenantId};
 
 /// Version of the leaf encoding; bumped whenever the set or meaning of hashed fields changes.

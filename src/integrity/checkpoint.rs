@@ -13,7 +13,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::digest::Digest;
+use crate::model::Digest;
 use crate::model::TenantId;
 
 /// The signed-note signature algorithm byte for Ed25519.

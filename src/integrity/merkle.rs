@@ -5,7 +5,7 @@
 //! The append side only needs the *frontier* (the complete subtrees that make up the current
 //! tree, largest first); proofs name the subtrees they need so a store fetches O(log n) nodes.
 
-use super::digest::Digest;
+use crate::model::Digest;
 
 /// An interior node: SHA-256(0x01 ‖ left ‖ right).
 pub fn node_hash(left: &Digest, right: &Digest) -> Digest {

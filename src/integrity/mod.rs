@@ -2,17 +2,15 @@
 //! signed checkpoints of the tree, proofs, and verification of the whole log.
 //! The exact encoding is specified in `docs/integrity.md`; change both together.
 
-pub mod canonical;
 mod chain;
 pub mod checkpoint;
 pub mod checkpointer;
-mod digest;
 pub mod export;
 pub mod merkle;
 pub mod proofs;
 pub mod verify;
 
+pub use crate::model::Digest;
 pub use chain::{Chained, chain_events, chain_hash, leaf_hash};
 pub use checkpoint::{Checkpoint, LogSigner, NoteVerifier};
-pub use digest::Digest;
 pub use merkle::Frontier;

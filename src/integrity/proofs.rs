@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::digest::Digest;
 use super::merkle::{NodeId, Span, consistency_spans, inclusion_spans};
+use crate::model::Digest;
 use crate::model::{Seq, TenantId};
 use crate::store::{Store, StoreError};
 

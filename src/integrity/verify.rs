@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 
 use super::chain::{chain_hash, event_data_hash, leaf_hash};
 use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text};
-use super::digest::Digest;
 use super::merkle::Frontier;
+use crate::model::Digest;
 use crate::model::{Event, EventId, Seq, TenantId};
 
 /// The redaction event type; a redacted row must be followed by one naming it.

@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use super::digest::Digest;
 use super::ids::{EventId, Seq, TenantId};
 use super::payload;
-use crate::integrity::Digest;
 
 /// CRUD verb describing what was done to the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,7 +225,7 @@ impl NewEvent {
         let data = self
             .event_data
             .as_ref()
-            .map(crate::integrity::canonical::object_bytes)
+            .map(super::canonical::object_bytes)
             .unwrap_or_default();
         Digest::sha256(&[&fields, &[0], &data])
     }

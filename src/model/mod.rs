@@ -1,10 +1,14 @@
 //! The audit event and the query over events: pure types, no I/O.
 
+pub mod canonical;
+mod digest;
 pub mod event;
 pub mod ids;
 pub mod payload;
 pub mod query;
+pub mod user;
 
+pub use digest::Digest;
 pub use event::{Action, Event, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission};
 pub use ids::{EventId, Seq, TenantId};
 pub use query::{

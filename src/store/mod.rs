@@ -5,9 +5,9 @@ use std::future::Future;
 
 use std::collections::HashMap;
 
-use crate::auth::{NewUser, Role, UserRecord};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
+use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 
 mod assemble;

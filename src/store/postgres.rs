@@ -17,11 +17,11 @@ use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
     decode_frontier, decode_role, pending_versions,
 };
-use crate::auth::{NewUser, Role, UserRecord};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::payload;
+use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
     Action, Event, EventId, EventQuery, Field, Filter, Order, Outcome, Seq, Submission, TenantId,
 };
