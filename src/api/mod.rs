@@ -11,6 +11,7 @@ mod events;
 mod health;
 mod proofs;
 mod redaction;
+mod tiles;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(checkpoints::router())
         .merge(proofs::router())
         .merge(redaction::router())
+        .merge(tiles::router())
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             deadline(request, next, http.request_timeout)
         }));

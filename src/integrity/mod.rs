@@ -8,9 +8,10 @@ pub mod checkpointer;
 pub mod export;
 pub mod merkle;
 pub mod proofs;
+pub mod tiles;
 pub mod verify;
 
 pub use crate::model::Digest;
-pub use chain::{Chained, chain_events, chain_hash, leaf_hash};
+pub use chain::{Chained, chain_events, chain_hash, leaf_bytes, leaf_hash};
 pub use checkpoint::{Checkpoint, LogSigner, NoteVerifier};
 pub use merkle::Frontier;

@@ -6,6 +6,7 @@ mod checkpoints;
 mod read;
 mod record;
 mod redact;
+mod tiles;
 pub mod writer;
 
 use std::sync::Arc;

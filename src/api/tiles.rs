@@ -1,0 +1,70 @@
+//! `/logs/{tenant}/…`: a tenant's log at the paths of C2SP `tlog-tiles`, so that any tlog-tiles
+//! client can fetch its checkpoint, tiles and entry bundles (same credentials as other reads).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::access::ReadAccess;
+use super::{ApiError, AppState};
+use crate::integrity::tiles::{TILE_WIDTH, Tile};
+use crate::model::QueryError;
+use crate::store::Store;
+
+pub fn router<S: Store>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/logs/{tenant}/checkpoint", get(checkpoint::<S>))
+        .route("/logs/{tenant}/tile/{*path}", get(tile::<S>))
+}
+
+/// The latest signed checkpoint, as a C2SP `tlog-checkpoint` note.
+async fn checkpoint<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+    Path(tenant): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.log.named_log(&principal, &tenant)?;
+    let checkpoint = state
+        .log
+        .checkpoint(&principal, None)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no checkpoint has been issued yet".into()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "private, no-cache"),
+        ],
+        checkpoint.note,
+    ))
+}
+
+/// A hash tile or an entry bundle. A full tile never changes, so it may be cached for good; a
+/// partial one is superseded as the log grows.
+async fn tile<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+    Path((tenant, path)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.log.named_log(&principal, &tenant)?;
+    let tile = Tile::parse(&path).map_err(|e| {
+        ApiError::InvalidQuery(QueryError {
+            param: "path".into(),
+            message: e.to_string(),
+        })
+    })?;
+    let data = state.log.tile(&principal, tile).await?;
+    let cache = if u64::from(tile.width) == TILE_WIDTH {
+        "private, max-age=31536000, immutable"
+    } else {
+        "private, no-cache"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        data,
+    ))
+}

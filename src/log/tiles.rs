@@ -1,0 +1,72 @@
+//! A tenant's log as C2SP `tlog-tiles` resources: its checkpoint, its hash tiles and its entry
+//! bundles (`integrity::tiles`).
+
+use super::{AuditLog, LogError};
+use crate::auth::Principal;
+use crate::integrity::leaf_bytes;
+use crate::integrity::proofs;
+use crate::integrity::tiles::{Tile, TileKind, entry_bundle};
+use crate::model::{Seq, TenantId};
+use crate::store::Store;
+
+impl<S: Store> AuditLog<S> {
+    /// The tenant named in a log's path, if the caller may read it: its own. Any other name is
+    /// `NotFound`, so that the names of other logs are not disclosed.
+    pub fn named_log(&self, principal: &Principal, name: &str) -> Result<TenantId, LogError> {
+        let tenant = Self::tenant_of(principal);
+        if tenant.as_str() == name {
+            Ok(tenant)
+        } else {
+            Err(LogError::NotFound(format!("no log named `{name}`")))
+        }
+    }
+
+    /// The tile's bytes: `width` hashes of 32 bytes, or an entry bundle. `NotFound` while the
+    /// log is too small to hold every hash or entry of the tile.
+    pub async fn tile(&self, principal: &Principal, tile: Tile) -> Result<Vec<u8>, LogError> {
+        let tenant = Self::tenant_of(principal);
+        let size = proofs::current_size(&self.store, &tenant).await?;
+        if !tile.within(size) {
+            return Err(LogError::NotFound(format!(
+                "{} is beyond the log's {size} entries",
+                tile.path()
+            )));
+        }
+        match tile.kind {
+            TileKind::Hashes { .. } => {
+                let ids = tile.nodes();
+                let nodes = self.store.nodes(&tenant, &ids).await?;
+                let mut data = Vec::with_capacity(ids.len() * 32);
+                for id in &ids {
+                    let hash = nodes.get(id).ok_or_else(|| {
+                        LogError::Internal(anyhow::anyhow!(
+                            "tree node {id:?} of {} is missing from the store",
+                            tile.path()
+                        ))
+                    })?;
+                    data.extend_from_slice(hash.as_bytes());
+                }
+                Ok(data)
+            }
+            TileKind::Entries => {
+                let after = Seq(i64::try_from(tile.first()).unwrap_or(i64::MAX));
+                let events = self
+                    .store
+                    .scan(&tenant, after, u32::from(tile.width))
+                    .await?;
+                if events.len() != usize::from(tile.width) {
+                    return Err(LogError::Internal(anyhow::anyhow!(
+                        "{} has {} of its {} events",
+                        tile.path(),
+                        events.len(),
+                        tile.width
+                    )));
+                }
+                let entries: Vec<Vec<u8>> = events.iter().map(leaf_bytes).collect();
+                entry_bundle(entries.iter().map(Vec::as_slice)).ok_or_else(|| {
+                    LogError::Internal(anyhow::anyhow!("an entry of {} is too long", tile.path()))
+                })
+            }
+        }
+    }
+}
