@@ -108,7 +108,8 @@ fn strip_position(message: &str) -> String {
 fn named_field(message: &str) -> Option<&str> {
     let rest = message
         .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))?;
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
     rest.split('`').next()
 }
 
@@ -157,6 +158,10 @@ mod tests {
         );
         assert_eq!(
             field_of(r#"{"event_type":5,"user_identity":"u"}"#),
+            "event_type"
+        );
+        assert_eq!(
+            field_of(r#"{"event_type":"a","event_type":"b","user_identity":"u"}"#),
             "event_type"
         );
     }

@@ -63,6 +63,14 @@ struct Report {
     stopped: Option<Value>,
 }
 
+impl Report {
+    /// Records that line `line` was refused and why; the upload goes on.
+    fn reject(&mut self, line: u64, error: &ApiError) {
+        self.rejected
+            .push(json!({"line": line, "error": error.body()}));
+    }
+}
+
 /// Why an upload ended early, and the first line it left uncommitted.
 struct Stop {
     line: u64,
@@ -105,6 +113,7 @@ async fn ingest<S: Store>(
     let mut chunk = Chunk::new();
     let mut buffer: Vec<u8> = Vec::new();
     let mut line_number = 0u64;
+    let mut oversized = false;
     let mut stream = body.into_data_stream();
     let stop = 'read: loop {
         let data = match next_data(&mut stream, idle, &state.shutdown).await {
@@ -123,6 +132,11 @@ async fn ingest<S: Store>(
             line_number += 1;
             let line = &buffer[start..start + offset];
             start += offset + 1;
+            if oversized || line.len() > max_line {
+                oversized = false;
+                report.reject(line_number, &ApiError::PayloadTooLarge(max_line));
+                continue;
+            }
             if let Err(stop) = take_line(
                 &state,
                 &principal,
@@ -137,14 +151,16 @@ async fn ingest<S: Store>(
             }
         }
         buffer.drain(..start);
+        // A line already longer than the limit is refused whole, its bytes dropped as they come.
         if buffer.len() > max_line {
-            break 'read Some(Stop {
-                line: line_number + 1,
-                error: ApiError::PayloadTooLarge(max_line),
-            });
+            oversized = true;
+            buffer.clear();
         }
         if done {
-            if !buffer.iter().all(u8::is_ascii_whitespace) {
+            if oversized {
+                line_number += 1;
+                report.reject(line_number, &ApiError::PayloadTooLarge(max_line));
+            } else if !buffer.iter().all(u8::is_ascii_whitespace) {
                 line_number += 1;
                 let line = std::mem::take(&mut buffer);
                 if let Err(stop) = take_line(
@@ -252,9 +268,7 @@ fn accept<S: Store>(
             }
             chunk.push(number, event);
         }
-        Err(error) => report
-            .rejected
-            .push(json!({"line": number, "error": error.body()})),
+        Err(error) => report.reject(number, &error),
     }
     None
 }
@@ -296,10 +310,7 @@ async fn flush<S: Store>(
                 };
                 let line = pending.lines.remove(index);
                 pending.events.remove(index);
-                let error = ApiError::IdempotencyConflict(key);
-                report
-                    .rejected
-                    .push(json!({"line": line, "error": error.body()}));
+                report.reject(line, &ApiError::IdempotencyConflict(key));
             }
             Err(error) => {
                 return Err(Stop {

@@ -60,12 +60,12 @@ pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read signing key {path}: {source}")]
+    #[error("cannot read signing key {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot write signing key {path}: {source}")]
+    #[error("cannot write signing key {path}")]
     Write {
         path: String,
         source: std::io::Error,

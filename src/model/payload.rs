@@ -8,6 +8,8 @@
 //!   `12345678901234567.89` do not, and are to be sent as strings).
 //! - **Strings and keys** may hold any Unicode except U+0000, which PostgreSQL cannot store.
 //! - **Keys** are unique within an object (I-JSON, RFC 7493): a repeated key would be dropped.
+//! - **Nesting** is at most [`MAX_DEPTH`] objects and arrays deep, so that no reader, hasher or
+//!   database meets a payload deeper than it can handle (serde_json reads at most 128 levels).
 //!
 //! [`normalize`] gives every accepted number one representation (an integer when it is one
 //! within ±(2^53 − 1), a double otherwise), and readers apply it to what a database hands back,
@@ -25,11 +27,14 @@ use super::event::FieldError;
 /// The largest integer every JSON consumer reads exactly (RFC 7493, I-JSON).
 pub const MAX_EXACT_INTEGER: i64 = (1 << 53) - 1;
 
+/// The deepest nesting of objects and arrays accepted, `event_data` itself being level 1.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses a client's `event_data` from the JSON text it was sent as (`raw` is the value of the
 /// `event_data` member). Errors name the member, e.g. `event_data.amounts[2]`.
 pub fn parse(raw: &RawValue) -> Result<Map<String, Value>, FieldError> {
     let mut path = String::from("event_data");
-    match parse_value(raw, &mut path)? {
+    match parse_value(raw, &mut path, 1)? {
         Value::Object(map) => Ok(map),
         _ => Err(FieldError::new(
             path,
@@ -38,9 +43,16 @@ pub fn parse(raw: &RawValue) -> Result<Map<String, Value>, FieldError> {
     }
 }
 
-fn parse_value(raw: &RawValue, path: &mut String) -> Result<Value, FieldError> {
+fn parse_value(raw: &RawValue, path: &mut String, depth: usize) -> Result<Value, FieldError> {
     let text = raw.get();
     let malformed = |e: serde_json::Error| FieldError::new(path.clone(), e.to_string());
+    let container = matches!(text.as_bytes().first(), Some(b'{' | b'['));
+    if container && depth > MAX_DEPTH {
+        return Err(FieldError::new(
+            path.clone(),
+            format!("nests objects and arrays more than {MAX_DEPTH} levels deep"),
+        ));
+    }
     Ok(match text.as_bytes().first() {
         Some(b'{') => {
             let Members(members) = serde_json::from_str(text).map_err(malformed)?;
@@ -55,7 +67,7 @@ fn parse_value(raw: &RawValue, path: &mut String) -> Result<Value, FieldError> {
                         "appears twice in one object; keys must be unique",
                     ));
                 }
-                let value = parse_value(value, path)?;
+                let value = parse_value(value, path, depth + 1)?;
                 path.truncate(len);
                 map.insert(key, value);
             }
@@ -67,7 +79,7 @@ fn parse_value(raw: &RawValue, path: &mut String) -> Result<Value, FieldError> {
             for (index, item) in items.into_iter().enumerate() {
                 let len = path.len();
                 let _ = write!(path, "[{index}]");
-                values.push(parse_value(item, path)?);
+                values.push(parse_value(item, path, depth + 1)?);
                 path.truncate(len);
             }
             Value::Array(values)
@@ -296,6 +308,22 @@ mod tests {
         assert_eq!(refused(r#"{"k\u0000": 1}"#), "event_data.k\0");
         assert_eq!(refused(r#"{"a": 1, "a": 2}"#), "event_data.a");
         assert_eq!(refused("[1]"), "event_data");
+    }
+
+    #[test]
+    fn nesting_is_bounded_however_deep_the_input() {
+        let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        assert!(data(&nested(MAX_DEPTH)).is_ok());
+        let deep = data(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert_eq!(deep.field, format!("event_data{}", ".a".repeat(MAX_DEPTH)));
+        // Far deeper than any stack: refused, not a crash.
+        let raw: Box<RawValue> = serde_json::from_str(&nested(100_000))
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(&1).unwrap());
+        let _ = parse(&raw);
+        let arrays = format!("{{\"a\":{}1{}}}", "[".repeat(5000), "]".repeat(5000));
+        if let Ok(raw) = serde_json::from_str::<Box<RawValue>>(&arrays) {
+            assert!(parse(&raw).is_err());
+        }
     }
 
     #[test]

@@ -336,7 +336,14 @@ impl EventQuery {
     pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
         let mut query = Self::default();
         let mut cursor = None;
+        let mut seen = std::collections::HashSet::new();
         for (name, value) in pairs {
+            if !seen.insert(name.as_str()) {
+                return Err(QueryError::new(
+                    name,
+                    "is given more than once; give each parameter once (filters combine with AND)",
+                ));
+            }
             match name.as_str() {
                 "since" => query.since = Some(parse_time(name, value)?),
                 "until" => query.until = Some(parse_time(name, value)?),
@@ -452,6 +459,13 @@ fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
             ),
         )
     })?;
+    if field == Field::Ip {
+        // Stored in canonical form (`2001:DB8::1` as `2001:db8::1`), so compared in it.
+        let ip: std::net::IpAddr = value
+            .parse()
+            .map_err(|_| QueryError::new(name, "must be an IPv4 or IPv6 address"))?;
+        return Ok(Filter::Equals(field, ip.to_string()));
+    }
     let valid = match field {
         Field::Id | Field::Amends => value.parse::<EventId>().is_ok(),
         Field::Action => Action::ALL.iter().any(|a| a.as_str() == value),
@@ -478,6 +492,27 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn ip_filters_are_canonical_and_checked() {
+        let query = EventQuery::parse(&pairs(&[("ip", "2001:DB8:0:0:0:0:0:1")])).unwrap();
+        assert_eq!(
+            query.filters,
+            vec![Filter::Equals(Field::Ip, "2001:db8::1".into())]
+        );
+        assert_eq!(
+            EventQuery::parse(&pairs(&[("ip", "garbage")]))
+                .unwrap_err()
+                .param,
+            "ip"
+        );
+    }
+
+    #[test]
+    fn a_parameter_given_twice_is_rejected() {
+        let err = EventQuery::parse(&pairs(&[("event_type", "a"), ("event_type", "b")]));
+        assert_eq!(err.unwrap_err().param, "event_type");
     }
 
     #[test]

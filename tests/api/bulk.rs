@@ -291,7 +291,36 @@ async fn other_routes_keep_the_whole_request_deadline(backend: Backend) {
     assert_eq!(body["error"]["code"], "timeout");
 }
 
+/// A line over `limits.max_body_bytes` is refused whole, however the body arrives in pieces,
+/// and the lines around it are committed.
+async fn an_over_long_line_is_refused_and_the_rest_committed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let limit = app.settings.limits.max_body_bytes;
+    let line = |user: &str, pad: usize| {
+        format!(
+            "{}\n",
+            json!({"event_type": "t", "user_identity": user, "event_data": {"pad": "x".repeat(pad)}})
+        )
+    };
+    for _ in 0..3 {
+        let body = [
+            line("a", 10),
+            line("b", limit + 100),
+            line("c", 10),
+            line("d", limit + 100),
+        ]
+        .concat();
+        let (status, report) = post_ndjson(&app, body).await;
+        assert_eq!(status, 207, "{report}");
+        assert_eq!(report["committed"], 2, "{report}");
+        assert_eq!(report["rejected"][0]["line"], 2);
+        assert_eq!(report["rejected"][0]["error"]["code"], "payload_too_large");
+        assert_eq!(report["rejected"][1]["line"], 4);
+    }
+}
+
 crate::both_backends!(
+    an_over_long_line_is_refused_and_the_rest_committed,
     a_large_stream_is_committed_in_chunks,
     bad_lines_are_refused_and_the_rest_committed,
     readers_may_not_bulk_load,

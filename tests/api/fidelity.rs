@@ -142,6 +142,26 @@ async fn u0000_is_refused_everywhere(backend: Backend) {
     let (status, error) = post_text(&app, "/events", &with_data(r#"{"a":1,"a":2}"#)).await;
     assert_eq!(status, 422, "{error}");
     assert_eq!(error["error"]["field"], "event_data.a");
+    // `a\0b:pw` as Basic credentials: wrong credentials, not a database error.
+    let response = app
+        .request(Method::GET, "/events", None)
+        .header("authorization", "Basic YQBiOnB3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+async fn ip_filters_compare_the_canonical_form(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.record(json!({"event_type": "x", "user_identity": "u", "ip": "2001:DB8:0:0:0:0:0:1"}))
+        .await;
+    for spelling in ["2001:db8::1", "2001:DB8::1", "2001:0db8::1"] {
+        let page = app.get_ok(&format!("/events?ip={spelling}")).await;
+        assert_eq!(page["events"].as_array().unwrap().len(), 1, "{spelling}");
+    }
+    let response = app.get("/events?ip=garbage", ADMIN).await;
+    assert_eq!(response.status(), 400);
 }
 
 /// Characters of four UTF-8 bytes, varied so that no database can compress them away.
@@ -218,6 +238,8 @@ crate::both_backends!(
     u0000_is_refused_everywhere,
     text_fields_are_limited_in_bytes_and_storable_up_to_the_limit,
     a_bulk_line_over_the_byte_limit_is_rejected_and_the_rest_committed,
+    deep_nesting_is_refused_and_the_server_survives,
+    ip_filters_compare_the_canonical_form,
 );
 
 /// Raw JSON text for a payload, drawn from the classes that broke fidelity elsewhere: shortest
@@ -343,4 +365,48 @@ async fn both_backends_give_the_same_answer_to_the_same_input() {
             String::from_utf8_lossy(&report.stdout)
         );
     }
+}
+
+/// However deep a writer nests `event_data`, the answer is an error and the server stays up;
+/// what is accepted reads back, verifies and exports.
+async fn deep_nesting_is_refused_and_the_server_survives(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let nested = |depth: usize, open: &str, close: &str| {
+        format!(
+            r#"{{"event_type":"x","user_identity":"u","event_data":{{"k":{}1{}}}}}"#,
+            open.repeat(depth),
+            close.repeat(depth)
+        )
+    };
+    for body in [
+        nested(5000, r#"{"a":"#, "}"),
+        nested(5000, "[", "]"),
+        nested(200, "[", "]"),
+        nested(64, "[", "]"),
+    ] {
+        let (status, _) = post_text(&app, "/events", &body).await;
+        assert!(status == 400 || status == 422, "{status}");
+        let response = app
+            .request(Method::POST, "/events/bulk", Some(ADMIN))
+            .header("content-type", "application/x-ndjson")
+            .body(format!("{body}\n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 207);
+    }
+    let (status, event) = post_text(&app, "/events", &nested(63, "[", "]")).await;
+    assert_eq!(status, 201, "{event}");
+    let id = event["id"].as_str().unwrap();
+    assert_eq!(
+        app.get_ok(&format!("/events/{id}")).await["event_data"],
+        event["event_data"]
+    );
+    checkpoint(&app).await;
+    let report = verify(&app, &[]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
 }

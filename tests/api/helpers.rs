@@ -53,7 +53,9 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let admin_url = postgres_admin_url();
-                let name = format!("auditor_test_{}", uuid::Uuid::new_v4().simple());
+                // `scripts/test` names its run, so that it drops its own databases only.
+                let run = std::env::var("AUDITOR_TEST_RUN").unwrap_or_default();
+                let name = format!("auditor_test_{run}{}", uuid::Uuid::new_v4().simple());
                 let mut conn = sqlx::PgConnection::connect(&admin_url)
                     .await
                     .unwrap_or_else(|e| {
