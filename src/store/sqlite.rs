@@ -503,7 +503,7 @@ fn push_filter(builder: &mut QueryBuilder<Sqlite>, filter: &Filter) -> Result<()
             let extract = |builder: &mut QueryBuilder<Sqlite>| {
                 builder
                     .push(" AND json_extract(event_data, ")
-                    .push_bind(path)
+                    .push_bind(path.clone())
                     .push(") = ");
             };
             match value {
@@ -512,9 +512,20 @@ fn push_filter(builder: &mut QueryBuilder<Sqlite>, filter: &Filter) -> Result<()
                     extract(builder);
                     builder.push_bind(*i);
                 }
+                // SQLite's own reading of a stored double is not always correctly rounded (an
+                // exponent beyond ±100 can come out one unit off), so the number's stored text,
+                // which is serde_json's shortest form like the query's, is compared as well.
                 JsonScalar::Float(f) => {
-                    extract(builder);
-                    builder.push_bind(*f);
+                    builder
+                        .push(" AND (json_extract(event_data, ")
+                        .push_bind(path.clone())
+                        .push(") = ")
+                        .push_bind(*f)
+                        .push(" OR (event_data -> ")
+                        .push_bind(path)
+                        .push(") = ")
+                        .push_bind(serde_json::to_string(f).unwrap_or_default())
+                        .push(")");
                 }
                 JsonScalar::String(s) => {
                     extract(builder);
