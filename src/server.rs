@@ -15,6 +15,10 @@ use crate::integrity::{LogSigner, checkpointer};
 use crate::log::{AuditLog, Writer};
 use crate::store::{Store, StoreError, UnsupportedUrl};
 
+/// How long the start waits for the store to begin watching the users table (a first poll on
+/// SQLite, LISTEN on PostgreSQL); the server starts anyway after it.
+const USERS_WATCH_START_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
@@ -82,8 +86,19 @@ async fn serve_store<S: Store>(
         stop_background.clone(),
     );
     let maintenance = crate::store::spawn_maintenance(store.clone(), stop_background.clone());
+    let users = store.watch_users(stop_background.clone());
+    // Until the watch vouches for the users table, each request reads its user's row.
+    if tokio::time::timeout(USERS_WATCH_START_TIMEOUT, users.confirmed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "not yet watching the users table for changes; authenticating from the table until then"
+        );
+    }
     let auth = Authenticator::new(
         store.clone(),
+        users,
         Duration::from_secs(settings.auth.cache_ttl_secs),
     )
     .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;

@@ -1,13 +1,14 @@
 //! Checking a user name and password against the user table: constant-shape (an unknown name
-//! costs what a wrong password does), with argon2 off the async workers and successful checks
-//! cached.
+//! costs what a wrong password does), with argon2 off the async workers, successful checks
+//! cached, and the users themselves kept in memory for as long as the table does not change.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::password;
+use super::user_cache::UserCache;
 use super::{CredentialCache, Principal};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, UsersWatch};
 
 /// Why a caller was not authenticated. Deliberately one outcome for a wrong name and a wrong
 /// password.
@@ -23,7 +24,7 @@ pub enum AuthError {
 
 /// Checks credentials against the user table of its store, with the successful checks cached.
 pub struct Authenticator<S> {
-    users: S,
+    users: UserCache<S>,
     cache: CredentialCache,
     /// Verified when the user does not exist, so an unknown name costs what a wrong password does.
     dummy_hash: String,
@@ -34,10 +35,16 @@ pub struct Authenticator<S> {
 }
 
 impl<S: Store> Authenticator<S> {
-    /// Checks against the users of `users`; a verified password is remembered for `cache_ttl`.
-    pub fn new(users: S, cache_ttl: Duration) -> Result<Self, password::HashError> {
+    /// Checks against the users of `users`, kept in memory while `watch` (from
+    /// [`Store::watch_users`]) vouches that the table has not changed; a verified password is
+    /// remembered for `cache_ttl`.
+    pub fn new(
+        users: S,
+        watch: UsersWatch,
+        cache_ttl: Duration,
+    ) -> Result<Self, password::HashError> {
         Ok(Self {
-            users,
+            users: UserCache::new(users, watch),
             cache: CredentialCache::new(cache_ttl),
             dummy_hash: password::hash(&password::generate())?,
             verifications: tokio::sync::Semaphore::new(
@@ -52,9 +59,9 @@ impl<S: Store> Authenticator<S> {
         name: &str,
         secret: String,
     ) -> Result<Principal, AuthError> {
-        // The stored row is read on every request, so a removed user or a changed role takes
-        // effect at once; only the argon2 work is cached.
-        let user = self.users.find_user(name).await?;
+        // From memory unless the table changed (or its watcher is down), so a removed user or a
+        // changed role or password takes effect as soon as the store's watch sees it.
+        let user = self.users.find(name).await?;
         let stored_hash = user
             .as_ref()
             .map_or(self.dummy_hash.clone(), |u| u.password_hash.clone());

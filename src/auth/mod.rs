@@ -1,9 +1,10 @@
-//! Who is calling and what they may do: users and roles, password checks and their cache. Knows
+//! Who is calling and what they may do: users and roles, password checks and their caches. Knows
 //! nothing of HTTP; `api::access` turns a request's credentials into a [`Principal`] through it.
 
 mod authenticator;
 mod cache;
 pub mod password;
+mod user_cache;
 pub mod users;
 
 pub use authenticator::{AuthError, Authenticator};

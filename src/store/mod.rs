@@ -13,9 +13,11 @@ use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 mod assemble;
 pub mod postgres;
 pub mod sqlite;
+pub mod users_watch;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use users_watch::UsersWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -192,6 +194,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         role: Role,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Starts watching the users table, until `shutdown`, for changes made by anyone: this
+    /// process, another instance, `auditor user` in another process, SQL by hand. What was read
+    /// from the table stays true while the returned watch's generation does not change (see
+    /// [`UsersWatch`]). Spawns a task; call it from within the Tokio runtime.
+    fn watch_users(&self, shutdown: tokio_util::sync::CancellationToken) -> UsersWatch;
 }
 
 /// How often the server runs [`Store::maintain`] after start.

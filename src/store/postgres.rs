@@ -738,4 +738,123 @@ impl Store for PgStore {
                 .await?,
         )
     }
+
+    /// LISTENs, on a connection of its own, on the channel that migration 0005 notifies.
+    fn watch_users(&self, shutdown: tokio_util::sync::CancellationToken) -> super::UsersWatch {
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(USERS_LISTENER_APPLICATION);
+        // Two: a dropped listener hands its connection back from a task of its own, which its
+        // successor need not wait for.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let watch = super::UsersWatch::new();
+        tokio::spawn(listen_for_user_changes(pool, watch.clone(), shutdown));
+        watch
+    }
+}
+
+/// The channel migration 0005 notifies on every change to `users`.
+const USERS_CHANNEL: &str = "auditor_users_changed";
+
+/// The `application_name` of each server's users listener, by which its backend can be found in
+/// `pg_stat_activity`.
+pub const USERS_LISTENER_APPLICATION: &str = "auditor users listener";
+
+/// How often the listener proves its connection alive with a `SELECT 1`. A notification cannot
+/// tell a quiet connection from a dead one whose end never closed (a network partition): without
+/// these answers the watch's lease runs out and authentication reads the table.
+const USERS_LISTENER_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// First and longest wait before listening again after the connection was lost.
+const USERS_LISTENER_RETRY: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(5),
+);
+
+/// Keeps `watch` current from PostgreSQL's notifications until `shutdown`, listening again
+/// whenever the connection is lost; the watch vouches for nothing until it listens again.
+async fn listen_for_user_changes(
+    pool: PgPool,
+    watch: super::UsersWatch,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let (first_retry, last_retry) = USERS_LISTENER_RETRY;
+    let mut retry = first_retry;
+    loop {
+        let outcome = listen_until_lost(&pool, &watch, &shutdown, &mut retry).await;
+        watch.lost();
+        match outcome {
+            Ok(()) => break,
+            Err(error) => tracing::warn!(
+                %error,
+                "not listening for changes to users; authenticating from the users table until it listens again"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(last_retry);
+    }
+    pool.close().await;
+}
+
+/// Listens until `shutdown` (`Ok`) or until the connection fails or stops answering (`Err`).
+/// Resets `retry` once listening.
+async fn listen_until_lost(
+    pool: &PgPool,
+    watch: &super::UsersWatch,
+    shutdown: &tokio_util::sync::CancellationToken,
+    retry: &mut std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    let lost = |what: &str| sqlx::Error::Io(std::io::Error::other(what.to_owned()));
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    // A lost connection must surface here rather than be replaced behind our back: changes
+    // committed while it was down were never notified.
+    listener.eager_reconnect(false);
+    listener.ignore_pool_close_event(true);
+    listener.listen(USERS_CHANNEL).await?;
+    // Changes committed from now on are notified; earlier ones are covered by a new generation.
+    watch.changed();
+    watch.confirm(tokio::time::Instant::now());
+    *retry = USERS_LISTENER_RETRY.0;
+    tracing::debug!("listening for changes to users");
+    let mut heartbeat = tokio::time::interval(USERS_LISTENER_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // `try_recv` may be dropped at the heartbeat: with its connection in place it only
+        // awaits whole messages from the socket, which sqlx reads cancel-safely.
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            received = listener.try_recv() => Some(received),
+            _ = heartbeat.tick() => None,
+        };
+        match received {
+            Some(Ok(Some(_))) => watch.changed(),
+            Some(Ok(None)) => return Err(lost("the listener's connection was closed")),
+            Some(Err(error)) => return Err(error),
+            None => {
+                let sent = tokio::time::Instant::now();
+                tokio::time::timeout(
+                    super::users_watch::LEASE,
+                    sqlx::query("SELECT 1").execute(&mut listener),
+                )
+                .await
+                .map_err(|_| lost("the listener's connection stopped answering"))??;
+                // PostgreSQL sends the notifications of what committed before this query ahead
+                // of its answer, and sqlx keeps those that arrive during a query for `try_recv`:
+                // count them before confirming.
+                while listener.next_buffered().is_some() {
+                    watch.changed();
+                }
+                watch.confirm(sent);
+            }
+        }
+    }
 }

@@ -1,9 +1,17 @@
 //! Authentication on every route but health checks, and what each role may do.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use auditor::auth::Role;
+use auditor::store::postgres::USERS_LISTENER_APPLICATION;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN, Backend, READER, TestDb, WRITER, spawn_app};
+use crate::helpers::{
+    ADMIN, Backend, READER, TestApp, TestDb, WRITER, postgres_admin_url, settings_for, spawn_app,
+    spawn_app_with_users_in_place, spawn_with,
+};
 
 const EVENT: &str = r#"{"event_type":"a","user_identity":"u"}"#;
 const SOME_ID: &str = "01920000-0000-7000-8000-000000000000";
@@ -103,26 +111,66 @@ async fn roles_allow_only_their_own_operations(backend: Backend) {
     );
 }
 
-async fn a_removed_user_is_refused_at_once(backend: Backend) {
+/// Repeats `check` until it holds, failing if it does not within a second of `since`: the
+/// longest a change to the users table may take to reach a server.
+async fn within_a_second_of<F, Fut>(since: Instant, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "{what}: not within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The status of `method path` as `who`, sent with one event as the body (GETs ignore it).
+async fn status(app: &TestApp, method: Method, path: &str, who: (&str, &str)) -> u16 {
+    app.request(method, path, Some(who))
+        .json(&json!({"event_type": "a", "user_identity": "u"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn a_removed_user_is_refused_within_a_second(backend: Backend) {
     let app = spawn_app(backend).await;
-    // Authenticate once so the credential is cached, then remove the user behind the server's back.
+    // Authenticate twice so the user and the credential are both in memory, then remove the
+    // user through another store, behind the server's back.
     assert_eq!(app.get("/events", READER).await.status(), 200);
     assert_eq!(app.get("/events", READER).await.status(), 200);
     app.remove_user(READER.0).await;
-    assert_eq!(app.get("/events", READER).await.status(), 401);
+    let removed = Instant::now();
+    within_a_second_of(removed, "the removed user refused", || async {
+        app.get("/events", READER).await.status() == 401
+    })
+    .await;
+    assert_eq!(
+        app.get("/events", READER).await.status(),
+        401,
+        "and stays so"
+    );
 }
 
 async fn a_new_user_with_the_same_name_needs_the_new_password(backend: Backend) {
     let app = spawn_app(backend).await;
     assert_eq!(app.get("/events", READER).await.status(), 200);
     app.remove_user(READER.0).await;
-    app.add_user(READER.0, auditor::auth::Role::Reader, "another-password-2")
+    app.add_user(READER.0, Role::Reader, "another-password-2")
         .await;
-    assert_eq!(
-        app.get("/events", READER).await.status(),
-        401,
-        "old password no longer works"
-    );
+    let replaced = Instant::now();
+    within_a_second_of(replaced, "the old password refused", || async {
+        app.get("/events", READER).await.status() == 401
+    })
+    .await;
     assert_eq!(
         app.get("/events", (READER.0, "another-password-2"))
             .await
@@ -131,12 +179,180 @@ async fn a_new_user_with_the_same_name_needs_the_new_password(backend: Backend) 
     );
 }
 
+/// Two servers over one database (two instances on PostgreSQL; two processes' worth of stores
+/// on one SQLite file), and `auditor user remove` run as a third process.
+async fn a_user_removed_with_the_cli_is_refused_by_every_instance_within_a_second(
+    backend: Backend,
+) {
+    let first = spawn_app(backend).await;
+    let second = spawn_with(first.db.share(), settings_for(&first.db)).await;
+    for app in [&first, &second] {
+        assert_eq!(app.get("/events", READER).await.status(), 200);
+        assert_eq!(app.get("/events", READER).await.status(), 200);
+    }
+    let output = crate::cli::auditor(&first.db.url, &["user", "remove", READER.0], "");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let removed = Instant::now();
+    for app in [&first, &second] {
+        within_a_second_of(removed, "the removed user refused", || async {
+            app.get("/events", READER).await.status() == 401
+        })
+        .await;
+    }
+    for app in [&first, &second] {
+        assert_eq!(app.get("/events", READER).await.status(), 401);
+        assert_eq!(
+            app.get("/events", WRITER).await.status(),
+            403,
+            "others unaffected"
+        );
+    }
+}
+
+/// An UPDATE by hand (psql, the sqlite3 shell) is seen like any other change.
+async fn a_role_changed_in_the_database_takes_effect_within_a_second(backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert_eq!(status(&app, Method::POST, "/events", WRITER).await, 201);
+    assert_eq!(status(&app, Method::GET, "/events", WRITER).await, 403);
+    app.db
+        .execute("UPDATE users SET role = 'reader' WHERE name = 'writer'")
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    within_a_second_of(changed, "the new role applied", || async {
+        status(&app, Method::POST, "/events", WRITER).await == 403
+    })
+    .await;
+    assert_eq!(status(&app, Method::GET, "/events", WRITER).await, 200);
+}
+
+/// Once the users are in memory, requests do not read the table: with it renamed away (a
+/// change of schema, not of users, so nothing is notified) every request still authenticates,
+/// where a read would fail with "no such table". Requests go on for longer than the SQLite
+/// poll and the PostgreSQL heartbeat, with appends in between.
+async fn authentication_after_warm_up_does_not_read_the_users_table(backend: Backend) {
+    let app = spawn_app_with_users_in_place(backend).await;
+    assert_eq!(status(&app, Method::POST, "/events", WRITER).await, 201);
+    assert_eq!(status(&app, Method::GET, "/events", READER).await, 200);
+    assert_eq!(status(&app, Method::GET, "/events", ADMIN).await, 200);
+    app.db
+        .execute("ALTER TABLE users RENAME TO users_elsewhere")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) {
+        assert_eq!(status(&app, Method::POST, "/events", WRITER).await, 201);
+        assert_eq!(
+            status(&app, Method::GET, "/events?limit=1", READER).await,
+            200
+        );
+    }
+    assert_eq!(
+        status(&app, Method::GET, "/events", ("nobody", "secret")).await,
+        401,
+        "an unknown name is answered from memory too"
+    );
+    app.db
+        .execute("ALTER TABLE users_elsewhere RENAME TO users")
+        .await
+        .unwrap();
+}
+
 crate::both_backends!(
     every_route_but_health_needs_credentials,
     roles_allow_only_their_own_operations,
-    a_removed_user_is_refused_at_once,
+    a_removed_user_is_refused_within_a_second,
     a_new_user_with_the_same_name_needs_the_new_password,
+    a_user_removed_with_the_cli_is_refused_by_every_instance_within_a_second,
+    a_role_changed_in_the_database_takes_effect_within_a_second,
+    authentication_after_warm_up_does_not_read_the_users_table,
 );
+
+/// When the users listener's connection is cut, a user removed meanwhile (whose notification
+/// goes nowhere) is refused from the first request on, for as long as the listener cannot
+/// listen again (new connections to the database are refused meanwhile); once it listens again,
+/// requests are answered from memory again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_users_listener_does_not_let_a_removed_user_in() {
+    use sqlx::Connection;
+    let app = spawn_app_with_users_in_place(Backend::Postgres).await;
+    assert_eq!(app.get("/events", READER).await.status(), 200);
+    assert_eq!(app.get("/events", READER).await.status(), 200);
+    // Opened now: while connections are refused, these go on working. Only a connection to
+    // another database may refuse connections to this one.
+    let mut psql = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .unwrap();
+    let strings = async |psql: &mut sqlx::PgConnection, sql: String| -> Vec<String> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(psql)
+            .await
+            .unwrap()
+    };
+    let database = strings(&mut psql, "SELECT current_database()::text".into()).await;
+    let allow_connections = |allow: bool| {
+        format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+            database[0]
+        )
+    };
+    let listeners = format!(
+        "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = '{USERS_LISTENER_APPLICATION}'"
+    );
+    let pids = strings(&mut psql, listeners.clone()).await;
+    assert_eq!(pids.len(), 1, "one listener per server: {pids:?}");
+
+    strings(&mut admin, allow_connections(false)).await;
+    // Waits (up to 5 s) until the backend is gone.
+    let terminated = strings(
+        &mut psql,
+        format!("SELECT pg_terminate_backend({}, 5000)::text", pids[0]),
+    )
+    .await;
+    assert_eq!(terminated, ["true"]);
+    strings(&mut psql, "DELETE FROM users WHERE name = 'reader'".into()).await;
+    let (started, mut refused) = (Instant::now(), 0);
+    while started.elapsed() < Duration::from_millis(1500) {
+        // 401 from the table; or 500 when the server's pool wanted a new connection, which the
+        // database refuses for now. Never 200.
+        let status = app.get("/events", READER).await.status();
+        assert!(
+            status == 401 || status == 500,
+            "the removed user got {status}"
+        );
+        refused += u32::from(status == 401);
+    }
+    assert!(refused > 0, "found missing in the table");
+    assert!(strings(&mut psql, listeners.clone()).await.is_empty());
+
+    // Back: a new listener that has listened and proved its connection with a heartbeat...
+    strings(&mut admin, allow_connections(true)).await;
+    let listening = format!("{listeners} AND state = 'idle' AND query = 'SELECT 1'");
+    let mut back = Vec::new();
+    for _ in 0..500 {
+        back = strings(&mut psql, listening.clone()).await;
+        if back.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(back.len(), 1, "listening again");
+    // ...and the users in memory again (the table renamed away, as above).
+    assert_eq!(app.get("/events", ADMIN).await.status(), 200);
+    strings(
+        &mut psql,
+        "ALTER TABLE users RENAME TO users_elsewhere".into(),
+    )
+    .await;
+    assert_eq!(app.get("/events", ADMIN).await.status(), 200);
+    assert_eq!(app.get("/events", READER).await.status(), 401);
+}
 
 /// A credential not (or no longer) in the cache, used by 64 connections at once, runs argon2
 /// (19 MiB each) at most once per core at a time: memory stays bounded. Unbounded, the process

@@ -10,7 +10,8 @@ use crate::helpers::{Backend, ServerProcess, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_auditor");
 
-fn auditor(database_url: &str, args: &[&str], stdin: &str) -> Output {
+/// Runs the `auditor` binary on `database_url` with `args`, `stdin` piped in, and waits for it.
+pub(crate) fn auditor(database_url: &str, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)
         .arg("--database-url")
         .arg(database_url)

@@ -34,7 +34,8 @@ pub struct TestDb {
     pub dir: tempfile::TempDir,
 }
 
-fn postgres_admin_url() -> String {
+/// The PostgreSQL where tests create their databases (`AUDITOR_TEST_DATABASE_URL`).
+pub fn postgres_admin_url() -> String {
     std::env::var("AUDITOR_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
@@ -153,6 +154,34 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     app.add_user(WRITER.0, Role::Writer, WRITER.1).await;
     app.add_user(READER.0, Role::Reader, READER.1).await;
     app
+}
+
+/// Like [`spawn_app`], but with the users added before the server starts, so that no change to
+/// them is still on its way to the server (a notification, the next SQLite poll) when the test
+/// begins: for tests of what the server keeps in memory.
+pub async fn spawn_app_with_users_in_place(backend: Backend) -> TestApp {
+    let db = TestDb::new(backend).await;
+    match backend {
+        Backend::Sqlite => add_test_users(&db.sqlite().await).await,
+        Backend::Postgres => add_test_users(&db.postgres().await).await,
+    }
+    let settings = settings_for(&db);
+    spawn_with(db, settings).await
+}
+
+async fn add_test_users<S: Store>(store: &S) {
+    store.migrate().await.expect("migrate");
+    users::bootstrap_admin(store, Some(ADMIN.1.into()))
+        .await
+        .expect("add admin");
+    for (name, role, password) in [
+        (WRITER.0, Role::Writer, WRITER.1),
+        (READER.0, Role::Reader, READER.1),
+    ] {
+        users::add(store, name, role, password.into())
+            .await
+            .expect("add user");
+    }
 }
 
 pub async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {

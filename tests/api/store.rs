@@ -4,7 +4,7 @@ use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
 use auditor::model::event::truncate_to_micros;
 use auditor::model::{EventQuery, Limits, NewEvent, Order, RawEvent, Seq, Submission, TenantId};
-use auditor::store::{Appended, SqliteStore, Store, StoreError};
+use auditor::store::{Appended, SqliteStore, Store, StoreError, UsersWatch};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -31,8 +31,8 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
-        Backend::Sqlite => vec![1, 2, 3, 4, 5],
-        Backend::Postgres => vec![1, 2, 3, 4],
+        Backend::Sqlite => vec![1, 2, 3, 4, 5, 6],
+        Backend::Postgres => vec![1, 2, 3, 4, 5],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -189,6 +189,58 @@ async fn users_are_added_found_listed_and_removed<S: Store>(store: S, _db: &Test
         store.remove_user("ops").await,
         Err(StoreError::NotFound)
     ));
+}
+
+/// The watch's generation once it moves off `from`, within a second.
+async fn generation_after(watch: &UsersWatch, from: Option<u64>, what: &str) -> u64 {
+    let started = std::time::Instant::now();
+    loop {
+        match watch.generation() {
+            Some(now) if Some(now) != from => return now,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{what}: the users generation did not move within a second"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Every kind of change to `users` moves the generation, through this store or by hand;
+/// appending events does not.
+async fn the_users_watch_sees_every_change_to_users<S: Store>(store: S, db: &TestDb) {
+    store.migrate().await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = store.watch_users(shutdown.clone());
+    let mut generation = generation_after(&watch, None, "start").await;
+    let user = NewUser {
+        name: "ops".into(),
+        password_hash: "$argon2id$fake".into(),
+        role: Role::Reader,
+    };
+    store.add_user(&user).await.unwrap();
+    generation = generation_after(&watch, Some(generation), "insert").await;
+    db.execute("UPDATE users SET role = 'writer' WHERE name = 'ops'")
+        .await
+        .unwrap();
+    generation = generation_after(&watch, Some(generation), "update").await;
+    db.execute("DELETE FROM users").await.unwrap();
+    generation = generation_after(&watch, Some(generation), "delete").await;
+
+    store.append(&[one("x")]).await.unwrap();
+    let appended = std::time::Instant::now();
+    // Well past the SQLite poll and a PostgreSQL heartbeat.
+    while appended.elapsed() < std::time::Duration::from_millis(400) {
+        // `None` would only mean a heartbeat late on a busy machine, not a change.
+        let now = watch.generation();
+        assert!(
+            now.is_none_or(|g| g == generation),
+            "an append is no change"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
 }
 
 async fn the_last_admin_cannot_be_removed<S: Store>(store: S, _db: &TestDb) {
@@ -679,7 +731,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .unwrap();
 
     let store = target.sqlite().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5]);
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5, 6]);
     store.migrate().await.unwrap();
     assert_eq!(index_rows(&target.url).await, expected);
 
@@ -904,6 +956,7 @@ conformance!(
     idempotency_keys_replay_or_conflict,
     the_schema_refuses_updates_and_deletes,
     users_are_added_found_listed_and_removed,
+    the_users_watch_sees_every_change_to_users,
     the_last_admin_cannot_be_removed,
     every_documented_filter_is_planned_through_an_index,
     event_data_paths_match_exactly_the_events_holding_the_value,
