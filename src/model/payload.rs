@@ -298,6 +298,15 @@ mod tests {
         }
     }
 
+    /// When two 17-digit forms are equally near a double, RFC 8785 prints the even one, as
+    /// JavaScript and Python do; the other (which Rust's `{:?}` may print) denotes another value.
+    #[test]
+    fn of_two_equally_short_forms_the_one_rfc_8785_prints_is_the_value() {
+        assert!(exact_number("-1471777390254262.2").is_ok());
+        let err = exact_number("-1471777390254262.3").unwrap_err();
+        assert!(err.contains("-1471777390254262.2"), "{err}");
+    }
+
     #[test]
     fn refusals_name_the_member() {
         assert_eq!(
@@ -350,15 +359,15 @@ mod tests {
     }
 
     proptest! {
-        /// Any double printed in shortest form (as JavaScript, Python and Go print them) is
-        /// accepted, and what is stored, printed and read back again is that same double.
+        /// Any double printed in shortest form (as JavaScript, Python, Go and serde_json print
+        /// them) is accepted, and what is stored, printed and read back again is that double.
         #[test]
         fn shortest_doubles_survive_every_round_trip(bits in any::<u64>()) {
             let double = f64::from_bits(bits);
             prop_assume!(double.is_finite());
             for text in [
                 ryu_js::Buffer::new().format_finite(double).to_owned(),
-                format!("{double:?}"),
+                serde_json::to_string(&double).unwrap(),
             ] {
                 let number = exact_number(&text).unwrap();
                 prop_assert_eq!(number.as_f64(), Some(if double == 0.0 { 0.0 } else { double }));
