@@ -59,6 +59,12 @@ impl<S: Store> Authenticator<S> {
         name: &str,
         secret: String,
     ) -> Result<Principal, AuthError> {
+        // No user name holds a control character (`validate_user_name`), and PostgreSQL cannot
+        // even compare one holding U+0000: such a name is wrong credentials, found nowhere.
+        if name.chars().any(char::is_control) {
+            tracing::info!(user = %name, "authentication failed");
+            return Err(AuthError::InvalidCredentials);
+        }
         // From memory unless the table changed (or its watcher is down), so a removed user or a
         // changed role or password takes effect as soon as the store's watch sees it.
         let user = self.users.find(name).await?;
