@@ -19,6 +19,7 @@ use super::body::{RawBody, parse, parse_or_default};
 use super::events::{QueryPairs, parse_event_id, query_pairs, status_of};
 use super::{ApiError, AppState};
 use crate::log::{Amendment, Recorded};
+use crate::model::event::parse_rfc3339;
 use crate::model::{Action, Event, FieldError, Outcome, RawEvent};
 use crate::store::Store;
 
@@ -96,8 +97,8 @@ fn recorded_answer(recorded: Recorded) -> Answer {
 
 /// `datetime` as seed 2 writes it: RFC 3339, or a bare date meaning midnight UTC.
 fn parse_datetime(text: &str) -> Result<OffsetDateTime, FieldError> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t);
+    if text.len() > 10 {
+        return parse_rfc3339(text).map_err(|message| FieldError::new("datetime", message));
     }
     let format = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(text, &format)

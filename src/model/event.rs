@@ -85,13 +85,31 @@ pub struct RawEvent {
     pub ip: Option<IpAddr>,
     #[serde(default)]
     pub outcome: Option<Outcome>,
-    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[serde(default, deserialize_with = "rfc3339_without_leap_second")]
     pub occurred_at: Option<OffsetDateTime>,
     /// Kept as the text received: numbers are checked against their digits (`model::payload`).
     #[serde(default)]
     pub event_data: Option<Box<RawValue>>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+/// An RFC 3339 timestamp, refusing a leap second (`23:59:60`), which neither database can hold
+/// and which the `time` crate would silently turn into `23:59:59.999999999`.
+pub fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, &'static str> {
+    if text.get(17..19) == Some("60") {
+        return Err("a leap second (:60) cannot be stored; send :59.999999 or the next second");
+    }
+    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")
+}
+
+fn rfc3339_without_leap_second<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<OffsetDateTime>, D::Error> {
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| parse_rfc3339(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Event types the service records itself (amendment, redaction); clients may not send them.
@@ -381,6 +399,12 @@ mod tests {
         assert_eq!(
             parse("9999-12-31T23:30:00-01:00").unwrap_err().field,
             "occurred_at"
+        );
+        let leap = r#"{"event_type":"a","user_identity":"b","occurred_at":"2016-12-31T23:59:60Z"}"#;
+        let err = raw(leap).unwrap_err().to_string();
+        assert!(
+            err.contains("leap second"),
+            "a leap second is refused, not turned into another instant: {err}"
         );
         let ok = parse("2024-05-01T12:00:00.1234567+02:00").unwrap();
         assert_eq!(ok.occurred_at.unwrap().nanosecond(), 123_456_000);
