@@ -23,8 +23,9 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The database cannot be reached or is busy past its timeout: worth retrying later.
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("database error")]
     Other(#[source] anyhow::Error),
 }
@@ -36,14 +37,14 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => Self::Unavailable(error),
+            | sqlx::Error::Protocol(_) => Self::Unavailable(Box::new(error)),
             // Connection exceptions (08) and operator intervention such as a shutdown (57).
             sqlx::Error::Database(ref db)
                 if db
                     .code()
                     .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
             {
-                Self::Unavailable(error)
+                Self::Unavailable(Box::new(error))
             }
             other => Self::Other(other.into()),
         }
