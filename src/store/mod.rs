@@ -232,15 +232,6 @@ const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, seq, id, event_t
     recorded_at, recorded_by, event_data, event_data_hash, idempotency_key, amends, amends_hash, \
     request_hash, leaf_hash, prev_hash, hash) ";
 
-/// Embedded migrations that `applied` does not list.
-fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
-    migrator
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
-        .map(|m| m.version)
-        .collect()
-}
-
 /// A stored value that does not decode into the domain type: the database was altered by hand.
 fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Other(anyhow::anyhow!("stored {column} is invalid: {detail}"))

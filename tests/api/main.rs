@@ -16,4 +16,5 @@ mod partitions;
 mod query;
 mod scale;
 mod store;
+mod upgrade;
 mod validation;
