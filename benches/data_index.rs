@@ -1,6 +1,5 @@
-//! What SQLite's `event_data_index` (migration 0003) costs at append time and saves at query
-//! time: the store's append rate with and without its maintenance trigger, and path query
-//! latencies through the index against the scanning predicate it replaced.
+//! What SQLite's `event_data_index` (migration 0003) saves at query time: path query latencies
+//! through the index against the scanning predicate it replaced, and the append rate with it.
 //!
 //! `cargo bench --bench data_index` (SQLite in a temp dir). Environment: `BENCH_EVENTS`
 //! (default 100000), `BENCH_QUERIES` (samples per query, default 50).
@@ -13,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use auditor::model::{EventQuery, Limits, NewEvent, RawEvent, Submission, TenantId};
 use auditor::store::{SqliteStore, Store};
-use sqlx::Connection;
 
 const BATCH: u64 = 1000;
 
@@ -64,43 +62,22 @@ async fn main() {
     let samples = env_number("BENCH_QUERIES", 50);
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let (plain, plain_url) = open(&dir, "plain.db").await;
-    let mut conn = sqlx::SqliteConnection::connect(&plain_url)
-        .await
-        .expect("open");
-    sqlx::raw_sql("DROP TRIGGER event_data_index_on_insert")
-        .execute(&mut conn)
-        .await
-        .expect("drop trigger");
-    let without = append_all(&plain, events).await;
     let (indexed, indexed_url) = open(&dir, "indexed.db").await;
     let with = append_all(&indexed, events).await;
     println!("events:                            {events}, appended in batches of {BATCH}");
-    println!("append without index maintenance:  {without:.0} events/s");
-    println!(
-        "append with index maintenance:     {with:.0} events/s ({:+.0}% time per event)",
-        100.0 * (without / with - 1.0)
-    );
-    let mut conn = sqlx::SqliteConnection::connect(&indexed_url)
-        .await
-        .expect("open");
-    sqlx::raw_sql("ANALYZE")
-        .execute(&mut conn)
-        .await
-        .expect("analyze");
+    println!("append with index maintenance:     {with:.0} events/s");
+    let conn =
+        rusqlite::Connection::open(indexed_url.trim_start_matches("sqlite://")).expect("open");
+    conn.execute_batch("ANALYZE").expect("analyze");
     let size = |table: &'static str| {
         let sql = format!("SELECT SUM(pgsize) FROM dbstat WHERE name LIKE '{table}%'");
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        conn.query_row(&sql, [], |row| row.get::<_, i64>(0))
+            .unwrap_or(0)
     };
-    let events_bytes = size("events").fetch_one(&mut conn).await.unwrap_or(0);
-    let index_bytes = size("event_data_index")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
     println!(
         "size: events and their indexes {:.1} MiB, event_data_index {:.1} MiB",
-        events_bytes as f64 / 1048576.0,
-        index_bytes as f64 / 1048576.0
+        size("events") as f64 / 1048576.0,
+        size("event_data_index") as f64 / 1048576.0
     );
 
     let rare = events / 2;
@@ -153,11 +130,12 @@ async fn main() {
                 found.0 = indexed.query(&tenant, &query).await.expect("query").len();
                 through_index.push(started.elapsed());
                 let started = Instant::now();
-                found.1 = sqlx::raw_sql(sqlx::AssertSqlSafe(scan_sql.clone()))
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("scan")
-                    .len();
+                let mut scan = conn.prepare_cached(&scan_sql).expect("scan");
+                let mut rows = scan.query([]).expect("scan");
+                found.1 = 0;
+                while rows.next().expect("scan").is_some() {
+                    found.1 += 1;
+                }
                 scanning.push(started.elapsed());
             }
             assert_eq!(found.0, found.1, "{name}: both find the same rows");

@@ -25,8 +25,9 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The database cannot be reached or is busy past its timeout: worth retrying later.
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("database error")]
     Other(#[source] anyhow::Error),
 }
@@ -38,14 +39,14 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => Self::Unavailable(error),
+            | sqlx::Error::Protocol(_) => Self::Unavailable(Box::new(error)),
             // Connection exceptions (08) and operator intervention such as a shutdown (57).
             sqlx::Error::Database(ref db)
                 if db
                     .code()
                     .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
             {
-                Self::Unavailable(error)
+                Self::Unavailable(Box::new(error))
             }
             other => Self::Other(other.into()),
         }
@@ -238,15 +239,6 @@ const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, seq, id, event_t
     user_identity, action, entity, entity_id, property, source, ip, outcome, occurred_at, \
     recorded_at, recorded_by, event_data, event_data_hash, idempotency_key, amends, amends_hash, \
     request_hash, leaf_hash, prev_hash, hash) ";
-
-/// Embedded migrations that `applied` does not list.
-fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
-    migrator
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
-        .map(|m| m.version)
-        .collect()
-}
 
 /// A stored value that does not decode into the domain type: the database was altered by hand.
 fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {

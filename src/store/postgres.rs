@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
-    decode_frontier, decode_role, pending_versions,
+    decode_frontier, decode_role,
 };
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
@@ -507,7 +507,11 @@ impl Store for PgStore {
         } else {
             Vec::new()
         };
-        Ok(pending_versions(&MIGRATOR, &applied))
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

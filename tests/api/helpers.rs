@@ -26,6 +26,9 @@ pub const ADMIN: (&str, &str) = ("admin", "secret");
 pub const WRITER: (&str, &str) = ("writer", "writer-password-1");
 pub const READER: (&str, &str) = ("reader", "reader-password-1");
 
+/// An error of a statement run directly on the database.
+pub type DbError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A database of its own for one test: a temp SQLite file, or a fresh PostgreSQL database.
 pub struct TestDb {
     pub backend: Backend,
@@ -89,18 +92,38 @@ impl TestDb {
     }
 
     /// Runs SQL directly, as someone with database access (not through the service) would.
-    pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    pub async fn execute(&self, sql: &str) -> Result<u64, DbError> {
         match self.backend {
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await?;
-                Ok(sqlx::raw_sql(sql).execute(&mut conn).await?.rows_affected())
+                let path = self.sqlite_path();
+                let sql = sql.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path)?;
+                    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                    let before = conn.total_changes();
+                    conn.execute_batch(&sql)?;
+                    Ok(conn.total_changes() - before)
+                })
+                .await
+                .expect("the statement's thread")
             }
             Backend::Postgres => {
+                let sql = sqlx::AssertSqlSafe(sql.to_owned());
                 let mut conn = sqlx::PgConnection::connect(&self.url).await?;
                 Ok(sqlx::raw_sql(sql).execute(&mut conn).await?.rows_affected())
             }
         }
+    }
+
+    /// The SQLite database's file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        assert_eq!(self.backend, Backend::Sqlite, "sqlite_path is for SQLite");
+        PathBuf::from(self.url.trim_start_matches("sqlite://"))
+    }
+
+    /// A connection of its own to the SQLite file, outside the service.
+    pub fn sqlite_connection(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.sqlite_path()).expect("open the SQLite file")
     }
 
     /// Runs a query directly and returns its first column, which must be text (PostgreSQL).

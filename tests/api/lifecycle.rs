@@ -322,17 +322,13 @@ fn url_parts(url: &str) -> UrlParts {
 /// with 503 and Retry-After instead of piling up in memory. Nothing accepted is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_write_queue_answers_503_with_retry_after() {
-    use sqlx::Connection;
     let db = TestDb::new(Backend::Sqlite).await;
     let mut settings = settings_for(&db);
     settings.writer.queue_capacity = 1;
     let app = spawn_with(db, settings).await;
 
-    let mut blocker = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-    sqlx::raw_sql("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    let blocker = app.db.sqlite_connection();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let posts = (0..6).map(|i| {
         let app = &app;
         async move {
@@ -345,10 +341,7 @@ async fn a_full_write_queue_answers_503_with_retry_after() {
     // Release the lock only after the turned-away answers had their chance to come back.
     let release = async {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        sqlx::raw_sql("ROLLBACK")
-            .execute(&mut blocker)
-            .await
-            .unwrap();
+        blocker.execute_batch("ROLLBACK").unwrap();
     };
     let (responses, ()) = tokio::join!(pending, release);
     let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();

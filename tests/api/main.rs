@@ -17,4 +17,5 @@ mod query;
 mod scale;
 mod store;
 mod tiles;
+mod upgrade;
 mod validation;

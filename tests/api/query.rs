@@ -304,14 +304,16 @@ async fn a_redacted_payload_is_no_longer_found_by_its_values(backend: Backend) {
         assert_eq!(seqs(&page), expected, "{query}");
     }
     if backend == Backend::Sqlite {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
-        let left: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT path, seq FROM event_data_index WHERE seq = 1 OR value = '123-45-6789'",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+        let conn = app.db.sqlite_connection();
+        let left: Vec<(String, i64)> = conn
+            .prepare(
+                "SELECT path, seq FROM event_data_index WHERE seq = 1 OR value = '123-45-6789'",
+            )
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(left, vec![], "no index row of the redacted event is left");
     }
 }

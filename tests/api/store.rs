@@ -582,43 +582,44 @@ async fn event_data_paths_match_exactly_the_events_holding_the_value<S: Store>(
 }
 
 /// Every row of `event_data_index`, `value` quoted so that its SQLite type shows.
-async fn index_rows(url: &str) -> Vec<(String, String, String, i64)> {
-    use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-    sqlx::query_as(
-        "SELECT tenant, path, quote(value), seq FROM event_data_index ORDER BY 1, 2, 3, 4",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap()
+fn index_rows(db: &TestDb) -> Vec<(String, String, String, i64)> {
+    let conn = db.sqlite_connection();
+    let mut select = conn
+        .prepare("SELECT tenant, path, quote(value), seq FROM event_data_index ORDER BY 1, 2, 3, 4")
+        .unwrap();
+    select
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
-/// Applies the SQLite migrations numbered up to `last` only, as an older binary would have.
-async fn migrate_sqlite_to(url: &str, last: i64) {
-    use sqlx::ConnectOptions;
-    let dir = tempfile::tempdir().unwrap();
+/// Applies the SQLite migrations numbered up to `last` only, as an older binary would have:
+/// those after the database's `user_version`, which then says `last`.
+fn migrate_sqlite_to(db: &TestDb, last: i64) {
     let migrations =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations/sqlite");
-    for entry in std::fs::read_dir(&migrations).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let conn = db.sqlite_connection();
+    let applied: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    for name in names {
         let version: i64 = name[..4].parse().unwrap();
-        if version <= last {
-            std::fs::copy(migrations.join(&name), dir.path().join(&name)).unwrap();
+        if version > applied && version <= last {
+            let sql = std::fs::read_to_string(migrations.join(&name)).unwrap();
+            conn.execute_batch(&format!(
+                "BEGIN;\n{sql}\n;PRAGMA user_version = {version};\nCOMMIT;"
+            ))
+            .unwrap();
         }
     }
-    let mut conn = url
-        .parse::<sqlx::sqlite::SqliteConnectOptions>()
-        .unwrap()
-        .create_if_missing(true)
-        .connect()
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(dir.path())
-        .await
-        .unwrap()
-        .run(&mut conn)
-        .await
-        .unwrap();
 }
 
 /// Payloads whose keys `event_data_index` (migration 0003) wrote ambiguously or wrongly.
@@ -680,7 +681,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         }])
         .await
         .unwrap();
-    let expected = index_rows(&source.url).await;
+    let expected = index_rows(&source);
     assert!(
         expected.iter().all(|row| row.3 != secret.seq.0),
         "the redaction deleted the rows of the payload it erased"
@@ -698,7 +699,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
 
     // The same events in a database at migration 0002, as stored before the index existed.
     let target = TestDb::new(Backend::Sqlite).await;
-    migrate_sqlite_to(&target.url, 2).await;
+    migrate_sqlite_to(&target, 2);
     let source_file = source.url.trim_start_matches("sqlite://");
     target
         .execute(&format!(
@@ -711,8 +712,8 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .unwrap();
 
     // 0003 indexes them; its rows of ordinary payloads are already what the appender writes.
-    migrate_sqlite_to(&target.url, 3).await;
-    let after_0003 = index_rows(&target.url).await;
+    migrate_sqlite_to(&target, 3);
+    let after_0003 = index_rows(&target);
     let ordinary_after_0003: Vec<_> = after_0003
         .iter()
         .filter(|row| row.3 <= 1200)
@@ -733,7 +734,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
     let store = target.sqlite().await;
     assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5, 6]);
     store.migrate().await.unwrap();
-    assert_eq!(index_rows(&target.url).await, expected);
+    assert_eq!(index_rows(&target), expected);
 
     // Queries find each awkward key's event through the rewritten rows, and only that event.
     let seq_of = |data: serde_json::Value| {
@@ -836,20 +837,31 @@ async fn recorded_at_never_goes_backwards<S: Store>(store: S, db: &TestDb) {
 }
 
 /// Back to the schema before the migration that keeps `recorded_at` in order (0004 on
-/// PostgreSQL, 0005 on SQLite), with the log as it is; returns the migration's version.
-async fn unapply_the_head_time_migration(db: &TestDb) -> i64 {
-    let version = match db.backend {
-        Backend::Sqlite => 5,
-        Backend::Postgres => 4,
+/// PostgreSQL, 0005 on SQLite), with the log as it is; returns the migrations then pending. On
+/// SQLite, whose migrations are one version number, the later users-generation migration (0006)
+/// is undone with it.
+async fn unapply_the_head_time_migration(db: &TestDb) -> Vec<i64> {
+    let (pending, unrecord) = match db.backend {
+        Backend::Sqlite => (
+            vec![5, 6],
+            "DROP TRIGGER users_generation_on_insert; DROP TRIGGER users_generation_on_update; \
+             DROP TRIGGER users_generation_on_delete; DROP TABLE users_generation; \
+             PRAGMA user_version = 4"
+                .to_owned(),
+        ),
+        Backend::Postgres => (
+            vec![4],
+            "DELETE FROM _sqlx_migrations WHERE version = 4".to_owned(),
+        ),
     };
     db.execute(&format!(
         "ALTER TABLE chain_heads DROP COLUMN recorded_at; \
          ALTER TABLE chain_heads DROP COLUMN recorded_at_ordered_from; \
-         DELETE FROM _sqlx_migrations WHERE version = {version}"
+         {unrecord}"
     ))
     .await
     .unwrap();
-    version
+    pending
 }
 
 /// The problems `auditor verify` finds in the database, if any.
@@ -918,8 +930,8 @@ async fn the_chain_head_recorded_at_migration_backfills_existing_logs<S: Store>(
     let now = truncate_to_micros(OffsetDateTime::now_utc());
     recorded_at_when_the_clock_says(&store, now - time::Duration::MINUTE).await;
     recorded_at_when_the_clock_says(&store, now).await;
-    let version = unapply_the_head_time_migration(db).await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![version]);
+    let pending = unapply_the_head_time_migration(db).await;
+    assert_eq!(store.pending_migrations().await.unwrap(), pending);
     store.migrate().await.unwrap();
     let head = store.head(&TenantId::default()).await.unwrap().unwrap();
     assert_eq!(head.recorded_at, Some(now));
@@ -1007,18 +1019,18 @@ async fn the_sqlite_wal_is_checkpointed_in_the_background() {
 /// The planner's statistics appear without anyone running ANALYZE (every 30 s).
 #[tokio::test]
 async fn sqlite_planner_statistics_are_kept_by_the_store() {
-    use sqlx::Connection;
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.sqlite().await;
     store.migrate().await.unwrap();
     append_many(&store, 3000).await;
-    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let conn = db.sqlite_connection();
     let mut analysed = false;
     for _ in 0..45 {
-        let rows: Result<i64, _> =
-            sqlx::query_scalar("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'events'")
-                .fetch_one(&mut conn)
-                .await;
+        let rows: Result<i64, _> = conn.query_row(
+            "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'events'",
+            [],
+            |row| row.get(0),
+        );
         if matches!(rows, Ok(n) if n > 0) {
             analysed = true;
             break;

@@ -1,0 +1,181 @@
+//! The SQLite schema's migrations: the numbered files of `src/store/migrations/sqlite/`, embedded
+//! in the binary and applied by `rusqlite_migration`, which keeps the number applied in the
+//! database header (`PRAGMA user_version`).
+//!
+//! Databases created before this runner, by sqlx's migrator, record their migrations in a
+//! `_sqlx_migrations` table instead (`user_version` 0). They are carried forward, never
+//! recreated: while `user_version` is 0 that table says which migrations are applied, once its
+//! rows are checked against the embedded files (versions 1..=n in order, each applied
+//! successfully, each with the SHA-384 checksum of the same SQL), so a database migrated by
+//! another build, or left half-migrated, is refused rather than guessed at. [`migrate`] then
+//! moves that number into `user_version` and drops the table, in one transaction, before
+//! applying the migrations still pending.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite_migration::{M, Migrations, SchemaVersion};
+use sha2::{Digest as _, Sha384};
+
+use crate::store::StoreError;
+
+/// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
+/// A unit test checks this list against the folder.
+const FILES: [(&str, &str); 6] = [
+    (
+        "0001_events_and_users.sql",
+        include_str!("../migrations/sqlite/0001_events_and_users.sql"),
+    ),
+    (
+        "0002_filter_indexes.sql",
+        include_str!("../migrations/sqlite/0002_filter_indexes.sql"),
+    ),
+    (
+        "0003_event_data_index.sql",
+        include_str!("../migrations/sqlite/0003_event_data_index.sql"),
+    ),
+    (
+        "0004_event_data_index_quoted_keys.sql",
+        include_str!("../migrations/sqlite/0004_event_data_index_quoted_keys.sql"),
+    ),
+    (
+        "0005_chain_heads_recorded_at.sql",
+        include_str!("../migrations/sqlite/0005_chain_heads_recorded_at.sql"),
+    ),
+    (
+        "0006_users_generation.sql",
+        include_str!("../migrations/sqlite/0006_users_generation.sql"),
+    ),
+];
+
+static STEPS: [M<'static>; FILES.len()] = [
+    M::up(FILES[0].1),
+    M::up(FILES[1].1),
+    M::up(FILES[2].1),
+    M::up(FILES[3].1),
+    M::up(FILES[4].1),
+    M::up(FILES[5].1),
+];
+
+static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);
+
+/// The table in which sqlx's migrator recorded the migrations it applied.
+const SQLX_TABLE: &str = "_sqlx_migrations";
+
+fn migration_error(error: rusqlite_migration::Error) -> StoreError {
+    match error {
+        rusqlite_migration::Error::RusqliteError { err, .. } => err.into(),
+        other => StoreError::Other(anyhow::Error::new(other).context("migrating the database")),
+    }
+}
+
+/// How many of the embedded migrations the database has applied.
+fn applied(conn: &Connection) -> Result<usize, StoreError> {
+    match MIGRATIONS.current_version(conn).map_err(migration_error)? {
+        SchemaVersion::NoneSet => Ok(applied_by_sqlx(conn)?.unwrap_or(0)),
+        SchemaVersion::Inside(version) => Ok(version.get()),
+        SchemaVersion::Outside(version) => Err(StoreError::Other(anyhow::anyhow!(
+            "the database is at migration {version}, newer than this binary's {}: \
+             run the auditor version that migrated it",
+            FILES.len()
+        ))),
+    }
+}
+
+/// Versions of the embedded migrations the database has not applied, in order.
+pub(super) fn pending(conn: &Connection) -> Result<Vec<i64>, StoreError> {
+    let applied = applied(conn)?;
+    Ok((applied + 1..=FILES.len()).map(|v| v as i64).collect())
+}
+
+/// Applies the pending migrations, after carrying a database of sqlx's migrator forward.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Brings this connection's copy of the schema up to date under the write lock: SQLite checks
+    // it only when a statement reads the file, and the migrations' DDL is prepared against it
+    // (another process, or a tool, may have changed the schema since this connection last read).
+    tx.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    if MIGRATIONS.current_version(&tx).map_err(migration_error)? == SchemaVersion::NoneSet
+        && let Some(version) = applied_by_sqlx(&tx)?
+    {
+        tx.pragma_update(None, "user_version", version as i64)?;
+        tx.execute_batch(&format!("DROP TABLE {SQLX_TABLE}"))?;
+        tracing::info!(
+            version,
+            "carried the database forward from sqlx's migration table"
+        );
+    }
+    tx.commit()?;
+    MIGRATIONS.to_latest(conn).map_err(migration_error)
+}
+
+/// The number of migrations sqlx's migrator applied, if it migrated this database; an error if
+/// its record does not match the embedded migrations.
+fn applied_by_sqlx(conn: &Connection) -> Result<Option<usize>, StoreError> {
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            [SQLX_TABLE],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let mut rows = conn.prepare(&format!(
+        "SELECT version, success, checksum FROM {SQLX_TABLE} ORDER BY version"
+    ))?;
+    let rows = rows
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let refuse = |why: String| {
+        Err(StoreError::Other(anyhow::anyhow!(
+            "the database's {SQLX_TABLE} table (from an earlier auditor) {why}; \
+             it was left as it is"
+        )))
+    };
+    for (i, (version, success, checksum)) in rows.iter().enumerate() {
+        let Some((file, sql)) = FILES.get(i).filter(|_| *version == i as i64 + 1) else {
+            return refuse(format!(
+                "lists migration {version} where this binary has migration {} next",
+                i + 1
+            ));
+        };
+        if !success {
+            return refuse(format!("says migration {file} failed partway"));
+        }
+        if checksum.as_slice() != Sha384::digest(sql.as_bytes()).as_slice() {
+            return refuse(format!(
+                "lists a migration {version} whose SQL differs from this binary's {file}"
+            ));
+        }
+    }
+    Ok(Some(rows.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_list_is_the_migrations_folder() {
+        let folder =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations/sqlite");
+        let mut names: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let embedded: Vec<&str> = FILES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, embedded);
+        for (i, (name, sql)) in FILES.iter().enumerate() {
+            assert!(name.starts_with(&format!("{:04}_", i + 1)), "{name}");
+            assert_eq!(std::fs::read_to_string(folder.join(name)).unwrap(), *sql);
+        }
+        MIGRATIONS.validate().unwrap();
+    }
+}
