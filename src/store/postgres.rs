@@ -57,6 +57,8 @@ pub struct PgStore {
     statistics: Arc<Mutex<Statistics>>,
     /// `ANALYZE` and `VACUUM` started by appends, run beside them; [`PgStore::settle`] awaits them.
     background: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    /// Partitions with a post-redaction `VACUUM` queued but not yet started.
+    vacuum_waiting: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What this instance appended to each partition since it last analysed it.
@@ -115,6 +117,7 @@ impl PgStore {
             clock: Arc::default(),
             statistics: Arc::default(),
             background: Arc::default(),
+            vacuum_waiting: Arc::default(),
         })
     }
 
@@ -162,13 +165,39 @@ impl PgStore {
     /// After a redaction committed: `VACUUM` of the partitions holding the erased payloads, so
     /// that the row versions that still hold them, and their entries in `events_filters`, go.
     /// Until then no query can return them (they are dead), but their bytes are on disk.
+    ///
+    /// A run that has not started yet covers every redaction committed before it starts, so a
+    /// partition with one waiting gets no second (many erasures in a row queue one VACUUM,
+    /// not one each).
     fn vacuum_redacted(&self, partitions: HashSet<String>) {
         for partition in partitions {
+            let waiting = self.vacuum_waiting.clone();
+            if !waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(partition.clone())
+            {
+                continue;
+            }
             let pool = self.pool.clone();
             self.spawn_background(async move {
-                // `partition` is `tableoid::regclass::text`: PostgreSQL's own quoted name.
-                let sql = format!("VACUUM {partition}");
-                if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await {
+                let vacuum = async {
+                    let mut conn = pool.acquire().await?;
+                    waiting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&partition);
+                    // `partition` is `tableoid::regclass::text`: PostgreSQL's own quoted name.
+                    let sql = format!("VACUUM {partition}");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *conn)
+                        .await
+                };
+                if let Err(error) = vacuum.await {
+                    waiting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&partition);
                     tracing::warn!(partition, error = %error, "could not vacuum after a redaction");
                 }
             });
