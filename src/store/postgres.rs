@@ -43,8 +43,8 @@ const PARTITION_LOCK_TIMEOUT: &str = "5s";
 
 /// The document `events_filters` indexes (migration 0005), spelled as a query must spell it for
 /// the planner to match the index.
-pub const FILTER_DOCUMENT: &str = "events_filter_document(tenant, event_type, user_identity, action, \
-    entity, entity_id, property, source, ip, outcome, recorded_by, event_data)";
+pub const FILTER_DOCUMENT: &str = "events_filter_document(tenant, event_type, action, entity, \
+    entity_id, property, source, ip, outcome, recorded_by, event_data)";
 
 /// A partition is analysed once this many rows were appended to it since its last `ANALYZE`
 /// by this instance, or half as many as it then held if that is more (see [`Statistics`]).
