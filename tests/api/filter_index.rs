@@ -153,6 +153,8 @@ async fn rare_values_are_read_from_the_filter_index_and_frequent_ones_in_seq_ord
                 "event_type": v("type"), "user_identity": format!("u{i}"), "entity": v("entity"),
                 "entity_id": v("id"), "property": v("property"), "source": v("source"),
                 "ip": if i == 1234 { "10.9.9.9".to_owned() } else { format!("10.0.0.{}", i % 2) },
+                "action": if i == 1234 { "delete" } else { ["create", "read"][i % 2] },
+                "outcome": if i == 1234 { "failure" } else { "success" },
                 "event_data": {"kind": v("kind"), "n": i}
             })
         })
@@ -163,6 +165,12 @@ async fn rare_values_are_read_from_the_filter_index_and_frequent_ones_in_seq_ord
             .await
             .unwrap();
     }
+    let mut rare_writer = submission(
+        "default",
+        json!([{"event_type": "t", "user_identity": "u"}]),
+    );
+    rare_writer.recorded_by = "rare".into();
+    store.append(&[rare_writer]).await.unwrap();
     // As after the store's own ANALYZE and any VACUUM (which merges the index's pending list).
     db.execute("VACUUM ANALYZE").await.unwrap();
     let partition = this_month();
@@ -174,6 +182,9 @@ async fn rare_values_are_read_from_the_filter_index_and_frequent_ones_in_seq_ord
         ("source", "rare", "source1"),
         ("ip", "10.9.9.9", "10.0.0.1"),
         ("event_data.kind", "rare", "kind1"),
+        ("action", "delete", "read"),
+        ("outcome", "failure", "success"),
+        ("recorded_by", "rare", "tester"),
     ] {
         let plan = store
             .explain(&TenantId::default(), &query(&format!("{field}={rare}")))
