@@ -41,7 +41,7 @@ pub const PARTITION_MONTHS_AHEAD: u32 = 3;
 /// pass than to stall.
 const PARTITION_LOCK_TIMEOUT: &str = "5s";
 
-/// The document `events_filters` indexes (migration 0005), spelled as a query must spell it for
+/// The document `events_filters` indexes (migration 0006), spelled as a query must spell it for
 /// the planner to match the index.
 pub const FILTER_DOCUMENT: &str = "events_filter_document(tenant, event_type, action, entity, \
     entity_id, property, source, ip, outcome, recorded_by, event_data)";

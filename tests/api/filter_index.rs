@@ -1,4 +1,4 @@
-//! PostgreSQL only: one GIN index, `events_filters` (migration 0005), answers the equality
+//! PostgreSQL only: one GIN index, `events_filters` (migration 0006), answers the equality
 //! filters that have no B-tree of their own. A rare value is read from it, a frequent one by
 //! walking `seq`; a redaction takes the erased payload out of it; the migration carries an
 //! existing log over; the store keeps the planner's statistics current by itself.
@@ -260,10 +260,10 @@ async fn the_store_analyses_the_partition_it_appends_to() {
     assert_eq!(analysed, ["user_identity"]);
 }
 
-/// A log written before migration 0005 is found by every filter after it, the redacted payload
+/// A log written before migration 0006 is found by every filter after it, the redacted payload
 /// included (not found), and the B-trees the GIN index replaces are gone.
 #[tokio::test]
-async fn migration_0005_indexes_an_existing_log() {
+async fn migration_0006_indexes_an_existing_log() {
     let db = TestDb::new(Backend::Postgres).await;
     let old = tempfile::tempdir().unwrap();
     let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations/postgres");
@@ -282,9 +282,9 @@ async fn migration_0005_indexes_an_existing_log() {
         .run(&mut conn)
         .await
         .unwrap();
-    // Appending needs nothing of 0005, so today's store writes the log the old schema holds.
+    // Appending needs nothing of 0006, so today's store writes the log the old schema holds.
     let store: PgStore = db.postgres().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![5]);
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![6]);
     let outcome = store
         .append(&[
             submission(
