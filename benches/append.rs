@@ -60,7 +60,8 @@ async fn append_rate<S: Store>(store: &S, next: &mut u64, batch: usize, seconds:
     appended as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn run<S: Store>(store: &S, preload: u64, seconds: u64) {
+/// Preloads, then measures each batch size; returns the rate of the largest batches.
+async fn run<S: Store>(store: &S, preload: u64, seconds: u64) -> f64 {
     store.migrate().await.expect("migrate");
     let mut next = 0u64;
     while next < preload {
@@ -71,14 +72,17 @@ async fn run<S: Store>(store: &S, preload: u64, seconds: u64) {
             .await
             .expect("preload");
     }
+    let mut rate = 0.0;
     for batch in BATCH_SIZES {
-        let rate = append_rate(store, &mut next, batch, seconds).await;
+        rate = append_rate(store, &mut next, batch, seconds).await;
         println!("append, batches of {batch:>4}:          {rate:>9.0} events/s");
     }
+    rate
 }
 
-/// `COPY` of rows already in `events` into a table with the same indexes, and into a bare one.
-async fn copy_rates(url: &str, rows: u64) {
+/// `COPY` of rows already in `events` into a table with the same indexes, and into a bare one;
+/// returns the bare table's rate.
+async fn copy_rates(url: &str, rows: u64) -> f64 {
     let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
     let mut data = Vec::new();
     let mut out = conn
@@ -91,6 +95,7 @@ async fn copy_rates(url: &str, rows: u64) {
         data.extend_from_slice(&chunk.expect("copy chunk"));
     }
     drop(out);
+    let mut rate = 0.0;
     for (name, like) in [
         ("same indexes", "INCLUDING DEFAULTS INCLUDING INDEXES"),
         ("no indexes", "INCLUDING DEFAULTS"),
@@ -108,9 +113,10 @@ async fn copy_rates(url: &str, rows: u64) {
             .expect("copy in");
         copy.send(data.as_slice()).await.expect("copy send");
         copy.finish().await.expect("copy finish");
-        let rate = rows as f64 / started.elapsed().as_secs_f64();
+        rate = rows as f64 / started.elapsed().as_secs_f64();
         println!("raw COPY of {rows} rows, {name:<12}: {rate:>9.0} rows/s");
     }
+    rate
 }
 
 #[tokio::main]
@@ -138,8 +144,13 @@ async fn main() {
         let url = format!("{base}/{name}");
         println!("PostgreSQL, {preload} events preloaded");
         let store = PgStore::connect(&url, 4).await.expect("connect");
-        run(&store, preload, seconds).await;
-        copy_rates(&url, preload.min(100_000)).await;
+        let append = run(&store, preload, seconds).await;
+        let bare = copy_rates(&url, preload.min(100_000)).await;
+        println!(
+            "append in batches of {} / bare COPY:  {:>9.2}",
+            BATCH_SIZES[BATCH_SIZES.len() - 1],
+            append / bare
+        );
         drop(store);
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE {name} WITH (FORCE)"

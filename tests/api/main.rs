@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod events;
 mod fidelity;
+mod filter_index;
 mod integrity;
 mod lifecycle;
 mod partitions;

@@ -314,7 +314,7 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
     }
 
     let migrated = target.postgres().await;
-    assert_eq!(migrated.pending_migrations().await.unwrap(), vec![3, 4, 5]);
+    assert_eq!(migrated.pending_migrations().await.unwrap(), vec![3, 4, 5, 6]);
     migrated.migrate().await.unwrap();
     let after = migrated
         .scan(&TenantId::default(), Seq(0), 100)

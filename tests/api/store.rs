@@ -32,7 +32,7 @@ fn created(outcome: &Appended) -> &[auditor::model::Event] {
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
         Backend::Sqlite => vec![1, 2, 3, 4, 5, 6],
-        Backend::Postgres => vec![1, 2, 3, 4, 5],
+        Backend::Postgres => vec![1, 2, 3, 4, 5, 6],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -286,7 +286,13 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
         .await
         .unwrap();
     let some_id = created(&first[0])[5].id;
-    db.execute("ANALYZE").await.unwrap();
+    // PostgreSQL: VACUUM also merges the GIN pending list, which at this size holds every row
+    // (1 MiB, migration 0006) and makes the planner cost the index above a scan of 3000 rows.
+    let analyze = match db.backend {
+        Backend::Sqlite => "ANALYZE",
+        Backend::Postgres => "VACUUM ANALYZE",
+    };
+    db.execute(analyze).await.unwrap();
 
     let mut cases = vec![
         ("user_identity=u7".to_owned(), Some("events_user_identity")),
@@ -311,7 +317,7 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
     // by `(tenant, path, value)` with the cursor bound on `seq` is what keeps a page cheap.
     let data_index = match db.backend {
         Backend::Sqlite => "d0 USING PRIMARY KEY (tenant=? AND path=? AND value=?",
-        Backend::Postgres => "events_event_data",
+        Backend::Postgres => "events_filters",
     };
     cases.push(("event_data.n=77".to_owned(), Some(data_index)));
     // A key holding a dot, quoted, and a key in another script are served alike.
@@ -388,10 +394,19 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             }
         }
         if let Some(index) = index {
-            // On PostgreSQL the plan names the partitions' indexes, which derive from `index`.
+            // On PostgreSQL the plan names the partitions' indexes, which derive from `index`;
+            // since migration 0006 one GIN index, `events_filters`, serves the equality filters
+            // that have no B-tree, and idempotency keys are found in their own table.
             let names = match db.backend {
                 Backend::Sqlite => vec![index.to_owned()],
-                Backend::Postgres => partition_indexes(db, index).await,
+                Backend::Postgres => match index {
+                    "events_event_type" | "events_entity" | "events_entity_id"
+                    | "events_property" | "events_source" | "events_ip" => {
+                        partition_indexes(db, "events_filters").await
+                    }
+                    "events_idempotency" => vec!["idempotency_keys_pkey".to_owned()],
+                    index => partition_indexes(db, index).await,
+                },
             };
             let used = names.iter().any(|name| {
                 plan.contains(&format!("{name} ")) || plan.contains(&format!("{name})"))
