@@ -7,31 +7,12 @@ use std::path::Path;
 
 use auditor::model::{EventQuery, Limits, NewEvent, RawEvent, Submission, TenantId};
 use auditor::store::postgres::{FILTER_DOCUMENT, partition_name};
-use auditor::store::{Appended, PgStore, Store};
+use auditor::store::{PgStore, Store};
 use serde_json::json;
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-use crate::helpers::{Backend, TestDb};
-
-fn submission(tenant: &str, events: serde_json::Value) -> Submission {
-    let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
-    Submission {
-        tenant: TenantId::new(tenant),
-        recorded_by: "tester".into(),
-        events: raws
-            .into_iter()
-            .map(|raw| NewEvent::parse(raw, &Limits::default()).unwrap())
-            .collect(),
-    }
-}
-
-fn created(outcome: &Appended) -> &[auditor::model::Event] {
-    match outcome {
-        Appended::Created { events, .. } => events,
-        other => panic!("expected Created, got {other:?}"),
-    }
-}
+use crate::helpers::{Backend, TestDb, created, submission};
 
 fn query(text: &str) -> EventQuery {
     let pairs: Vec<(String, String)> = text

@@ -489,3 +489,25 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// A submission of `events` (client JSON) to `tenant`, validated as the service does.
+pub fn submission(tenant: &str, events: Value) -> auditor::model::Submission {
+    use auditor::model::{Limits, NewEvent, RawEvent, Submission, TenantId};
+    let raws: Vec<RawEvent> = serde_json::from_value(events).expect("raw events");
+    Submission {
+        tenant: TenantId::new(tenant),
+        recorded_by: "tester".into(),
+        events: raws
+            .into_iter()
+            .map(|raw| NewEvent::parse(raw, &Limits::default()).expect("a valid event"))
+            .collect(),
+    }
+}
+
+/// The events of an append outcome that recorded something; panics on any other outcome.
+pub fn created(outcome: &auditor::store::Appended) -> &[Event] {
+    match outcome {
+        auditor::store::Appended::Created { events, .. } => events,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}

@@ -13,7 +13,7 @@ use sqlx::Connection;
 use time::macros::datetime;
 use time::{Date, OffsetDateTime};
 
-use crate::helpers::{Backend, TestDb, assert_gapless_chain, spawn_app};
+use crate::helpers::{Backend, TestDb, assert_gapless_chain, created, spawn_app};
 
 fn submission(events: serde_json::Value) -> Submission {
     let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
@@ -29,13 +29,6 @@ fn submission(events: serde_json::Value) -> Submission {
 
 fn one(event_type: &str) -> Submission {
     submission(json!([{"event_type": event_type, "user_identity": "u"}]))
-}
-
-fn created(outcome: &Appended) -> &[auditor::model::Event] {
-    match outcome {
-        Appended::Created { events, .. } => events,
-        other => panic!("expected Created, got {other:?}"),
-    }
 }
 
 /// The partitions of `events`, by name, in order.
@@ -314,7 +307,10 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
     }
 
     let migrated = target.postgres().await;
-    assert_eq!(migrated.pending_migrations().await.unwrap(), vec![3, 4, 5, 6]);
+    assert_eq!(
+        migrated.pending_migrations().await.unwrap(),
+        vec![3, 4, 5, 6]
+    );
     migrated.migrate().await.unwrap();
     let after = migrated
         .scan(&TenantId::default(), Seq(0), 100)

@@ -3,31 +3,12 @@
 use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
 use auditor::model::event::truncate_to_micros;
-use auditor::model::{EventQuery, Limits, NewEvent, Order, RawEvent, Seq, Submission, TenantId};
+use auditor::model::{EventQuery, Limits, NewEvent, Order, Seq, Submission, TenantId};
 use auditor::store::{Appended, SqliteStore, Store, StoreError, UsersWatch};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::helpers::{Backend, TestDb};
-
-fn submission(tenant: &str, events: serde_json::Value) -> Submission {
-    let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
-    Submission {
-        tenant: TenantId::new(tenant),
-        recorded_by: "tester".into(),
-        events: raws
-            .into_iter()
-            .map(|raw| NewEvent::parse(raw, &Limits::default()).unwrap())
-            .collect(),
-    }
-}
-
-fn created(outcome: &Appended) -> &[auditor::model::Event] {
-    match outcome {
-        Appended::Created { events, .. } => events,
-        other => panic!("expected Created, got {other:?}"),
-    }
-}
+use crate::helpers::{Backend, TestDb, created, submission};
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
