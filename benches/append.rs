@@ -132,16 +132,8 @@ async fn main() {
         run(&store, preload, seconds).await;
     }
     if backends.contains("postgres") {
-        let admin = std::env::var("AUDITOR_BENCH_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("auditor_bench_append_{}", std::process::id());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
-        let url = format!("{base}/{name}");
+        let database = common::BenchDatabase::create("auditor_bench_append").await;
+        let url = database.url.clone();
         println!("PostgreSQL, {preload} events preloaded");
         let store = PgStore::connect(&url, 4).await.expect("connect");
         let append = run(&store, preload, seconds).await;
@@ -152,11 +144,6 @@ async fn main() {
             append / bare
         );
         drop(store);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await
-        .expect("drop database");
+        database.drop_now().await;
     }
 }

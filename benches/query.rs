@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use auditor::model::{EventQuery, Limits, NewEvent, RawEvent, Submission, TenantId};
 use auditor::store::{PgStore, SqliteStore, Store};
-use sqlx::Connection;
 
 /// Must match bench/populate.py and bench/query.lua.
 const USERS: u64 = 10_007;
@@ -175,26 +174,11 @@ async fn main() {
         run(&store, events, seconds, clients).await;
     }
     if backends.contains("postgres") {
-        let admin = std::env::var("AUDITOR_BENCH_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("auditor_bench_query_{}", std::process::id());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let (base, _) = admin.rsplit_once('/').expect("a database in the URL");
+        let database = common::BenchDatabase::create("auditor_bench_query").await;
         println!("PostgreSQL, {events} events");
-        let store = PgStore::connect(&format!("{base}/{name}"), 16)
-            .await
-            .expect("connect");
+        let store = PgStore::connect(&database.url, 16).await.expect("connect");
         run(&store, events, seconds, clients).await;
         drop(store);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await
-        .expect("drop database");
+        database.drop_now().await;
     }
 }

@@ -177,14 +177,7 @@ async fn serve_finishes_in_flight_requests_on_sigterm() {
     stream.flush().unwrap();
     // Give the server time to read the headers, so the request is in flight, not queued.
     std::thread::sleep(Duration::from_millis(300));
-    let pid = server.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.terminate();
     std::thread::sleep(Duration::from_millis(200));
     stream.write_all(&body.as_bytes()[10..]).unwrap();
     let mut response = String::new();

@@ -419,6 +419,15 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// Sends SIGTERM, as an operator stopping the service would.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM {}", self.pid());
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

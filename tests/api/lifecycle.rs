@@ -381,14 +381,7 @@ async fn json_logs_have_one_object_per_request() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let pid = server.pid().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.terminate();
     let (_, log) = server.wait();
     let request_line = log
         .lines()
@@ -419,14 +412,7 @@ async fn text_logs_escape_control_characters_from_clients() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    let pid = server.pid().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.terminate();
     let (_, log) = server.wait();
     assert!(
         !log.lines().any(|line| line.starts_with("FORGED LINE")),
