@@ -2,9 +2,10 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::access::{ReadAccess, WriteAccess};
 use super::body::{JsonBytes, OneOrMany, parse_one_or_many};
@@ -33,16 +34,17 @@ async fn create<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,
     JsonBytes(body): JsonBytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
+    // Serialised straight from the events: no `serde_json::Value` built in between.
     match parse_one_or_many::<RawEvent>(&body)? {
         OneOrMany::One(raw) => {
             let recorded = state.log.record_one(&principal, raw).await?;
-            let event = recorded.events.first().map(|e| json!(e));
-            Ok((status_of(&recorded), Json(event.unwrap_or(Value::Null))))
+            let status = status_of(&recorded);
+            Ok((status, Json(recorded.events.into_iter().next())).into_response())
         }
         OneOrMany::Many(raws) => {
             let recorded = state.log.record_batch(&principal, raws).await?;
-            Ok((status_of(&recorded), Json(json!(recorded.events))))
+            Ok((status_of(&recorded), Json(recorded.events)).into_response())
         }
     }
 }
@@ -94,12 +96,20 @@ async fn list<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
     pairs: QueryPairs,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
     let page = run_query(&state, &principal, pairs).await?;
-    Ok(Json(json!({
-        "events": page.events,
-        "next_cursor": page.next_cursor.map(|c| c.encode()),
-    })))
+    Ok(Json(EventsPage {
+        events: page.events,
+        next_cursor: page.next_cursor.map(|c| c.encode()),
+    }))
+}
+
+/// The body of `GET /events`: a page of events and the cursor of the next one (`null` at the
+/// end), serialised straight from the events.
+#[derive(Serialize)]
+struct EventsPage {
+    events: Vec<Event>,
+    next_cursor: Option<String>,
 }
 
 /// Seed 1's route: the same query, answered with a bare array.

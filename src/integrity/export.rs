@@ -7,10 +7,7 @@ use std::io::Write;
 use serde_json::json;
 
 use super::verify::ExportedHead;
-use crate::model::Seq;
-use crate::store::{Store, StoreError};
-
-const PAGE: u32 = 10_000;
+use crate::store::{Pages, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteExportError {
@@ -29,7 +26,10 @@ pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, Wr
                 .map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }
-        if let Some(head) = store.head(&tenant).await? {
+        // Events appended after this read are left to the next export: the export then ends at
+        // the head it names, after every checkpoint it carries (read before it).
+        let head = store.head(&tenant).await?;
+        if let Some(head) = &head {
             let line = ExportedHead {
                 tenant: tenant.clone(),
                 recorded_at_ordered_from: head.recorded_at_ordered_from,
@@ -38,11 +38,9 @@ pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, Wr
                 .map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }
-        let mut after = Seq(0);
-        loop {
-            let page = store.scan(&tenant, after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
+        let until = head.map(|head| head.seq);
+        let mut pages = Pages::new(store.clone(), tenant, until);
+        while let Some(page) = pages.next().await? {
             for event in &page {
                 serde_json::to_writer(&mut *out, event).map_err(std::io::Error::from)?;
                 out.write_all(b"\n")?;

@@ -247,9 +247,6 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| at.to_string())
 }
 
-/// Events read per round trip while streaming the database.
-const PAGE: u32 = 10_000;
-
 /// The tenant a checkpoint's origin line names (`<log_origin>/<tenant>`).
 fn names_tenant(checkpoint_note: &str, tenant: &TenantId) -> bool {
     checkpoint_note
@@ -314,24 +311,12 @@ pub async fn verify_store<S: crate::store::Store>(
         checkpoints.extend(for_tenant(kept, &tenant));
         let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints)
             .recorded_at_ordered_from(ordered_from);
-        // Fetch the next page while this one is checked on a blocking thread: the database
-        // decode and the hashing then run side by side.
-        let fetch = |after: Seq| {
-            let (store, tenant) = (store.clone(), tenant.clone());
-            tokio::spawn(async move { store.scan(&tenant, after, PAGE).await })
-        };
-        let mut next = fetch(Seq(0));
+        // Each page is checked on a blocking thread while the next one is fetched: the
+        // database's decoding and the hashing run side by side.
+        let mut pages = crate::store::Pages::new(store.clone(), tenant.clone(), until);
         let mut failed = None;
-        loop {
-            let mut page = next
-                .await
-                .map_err(|e| crate::store::StoreError::Other(e.into()))??;
-            if let Some(until) = until {
-                page.retain(|e| e.seq <= until);
-            }
-            let Some(last) = page.last() else { break };
-            let after = last.seq;
-            next = fetch(after);
+        while let Some(page) = pages.next().await? {
+            let last = page.last().map_or(0, |e| e.seq.0);
             let (checked, outcome) = tokio::task::spawn_blocking(move || {
                 let outcome = page.iter().try_for_each(|event| verifier.push(event));
                 (verifier, outcome)
@@ -343,10 +328,7 @@ pub async fn verify_store<S: crate::store::Store>(
                 failed = Some(problem);
                 break;
             }
-            progress(&tenant, after.0 as u64);
-            if until == Some(after) {
-                break;
-            }
+            progress(&tenant, last as u64);
         }
         results.push(match failed {
             Some(problem) => Err(problem),

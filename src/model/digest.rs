@@ -29,25 +29,40 @@ impl Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        ascii(&self.hex_bytes()).to_owned()
+    }
+
+    /// The lowercase hex on the stack: every event read serialises four digests, and
+    /// `hex::encode` builds its `String` a `char` at a time.
+    fn hex_bytes(&self) -> [u8; 64] {
+        let mut buffer = [0u8; 64];
+        // Cannot fail: the buffer is exactly twice the digest's length.
+        let _ = hex::encode_to_slice(self.0, &mut buffer);
+        buffer
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.to_hex())
+        let hex = self.hex_bytes();
+        write!(f, "Digest({})", ascii(&hex))
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(ascii(&self.hex_bytes()))
     }
+}
+
+/// Hex digits as text: they are ASCII.
+fn ascii(hex: &[u8; 64]) -> &str {
+    std::str::from_utf8(hex).unwrap_or_default()
 }
 
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
+        serializer.serialize_str(ascii(&self.hex_bytes()))
     }
 }
 

@@ -11,10 +11,12 @@ use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 
 mod assemble;
+pub mod pages;
 pub mod postgres;
 pub mod sqlite;
 pub mod users_watch;
 
+pub use pages::Pages;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use users_watch::UsersWatch;
