@@ -161,31 +161,25 @@ impl Scalar for TenantId {
     }
 }
 
-impl Scalar for Action {
-    const KIND: Kind = Kind::Text;
+/// Enums stored as their name (`Action::as_str`, read back by `Action::parse`).
+macro_rules! by_name {
+    ($($ty:ty),*) => {$(
+        impl Scalar for $ty {
+            const KIND: Kind = Kind::Text;
 
-    fn to_cell(&self) -> Cell<'_> {
-        Cell::Text(Cow::Borrowed(self.as_str()))
-    }
+            fn to_cell(&self) -> Cell<'_> {
+                Cell::Text(Cow::Borrowed(self.as_str()))
+            }
 
-    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
-        let text = String::from_cell(cell)?;
-        Action::parse(&text).ok_or(text)
-    }
+            fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+                let text = String::from_cell(cell)?;
+                <$ty>::parse(&text).ok_or(text)
+            }
+        }
+    )*};
 }
 
-impl Scalar for Outcome {
-    const KIND: Kind = Kind::Text;
-
-    fn to_cell(&self) -> Cell<'_> {
-        Cell::Text(Cow::Borrowed(self.as_str()))
-    }
-
-    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
-        let text = String::from_cell(cell)?;
-        Outcome::parse(&text).ok_or(text)
-    }
-}
+by_name!(Action, Outcome);
 
 impl Scalar for i64 {
     const KIND: Kind = Kind::Integer;

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::event::{Action, Event, Outcome};
+use super::fields::Kind;
 use super::ids::{EventId, Seq};
 use super::payload;
 
@@ -415,9 +416,9 @@ fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
         return Ok(Filter::Equals(field, ip.to_string()));
     }
     let valid = match field {
-        Field::Id | Field::Amends => value.parse::<EventId>().is_ok(),
         Field::Action => Action::ALL.iter().any(|a| a.as_str() == value),
         Field::Outcome => Outcome::parse(value).is_some(),
+        _ if field.kind() == Kind::Uuid => value.parse::<EventId>().is_ok(),
         _ => true,
     };
     if !valid {

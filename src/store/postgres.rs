@@ -1060,3 +1060,41 @@ async fn listen_until_lost(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field filtered through the filter document must be in it, or the filter matches
+    /// nothing: declaring a filterable field needs a migration that adds it to
+    /// `events_filter_document` (and the index), and `FILTER_DOCUMENT` to name it.
+    #[test]
+    fn every_field_filtered_through_the_document_is_in_it() {
+        let (_, arguments) = FILTER_DOCUMENT.split_once('(').unwrap();
+        let in_document: Vec<&str> = arguments
+            .trim_end_matches(')')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        for field in Field::ALL.iter().copied() {
+            let value = match field.kind() {
+                Kind::Uuid => EventId::new().to_string(),
+                _ => "x".to_owned(),
+            };
+            let mut builder = QueryBuilder::<Postgres>::new("");
+            push_filter(
+                &mut builder,
+                &TenantId::default(),
+                &Filter::Equals(field, value),
+            )
+            .unwrap();
+            if builder.into_string().contains(FILTER_DOCUMENT) {
+                assert!(
+                    in_document.contains(&field.name()),
+                    "{} is filtered through a document that does not hold it",
+                    field.name()
+                );
+            }
+        }
+    }
+}

@@ -33,10 +33,7 @@ fn get<'r, T: Stored>(row: &mut impl ReadRow<'r>, column: &'static str) -> Resul
 
 /// An event from a row of [`EVENT_COLUMNS`].
 pub fn event<'r>(row: &mut impl ReadRow<'r>) -> Result<Event, StoreError> {
-    Event::from_columns(
-        |column, kind| row.cell(column, kind),
-        |column, detail| corrupt(column, detail),
-    )
+    Event::from_columns(|column, kind| row.cell(column, kind), corrupt)
 }
 
 /// A user from a row of `name, password_hash, role` (the statements of `store::users`).
