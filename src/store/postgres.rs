@@ -17,7 +17,7 @@ use time::{Date, Month, OffsetDateTime};
 use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
-use super::rows::{self, EVENT_COLUMNS, HEAD_COLUMNS, ReadRow};
+use super::rows::{self, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
 use super::{Appended, Store, StoreError, decode_digest, users};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
@@ -565,6 +565,8 @@ fn checkpoint_from_row(row: &PgRow) -> Result<Checkpoint, StoreError> {
     rows::checkpoint(&mut Columns(row))
 }
 
+static LOCK_HEAD: LazyLock<String> = LazyLock::new(|| format!("{SELECT_HEAD} FOR UPDATE"));
+
 /// Locks the tenant's chain head for the rest of the transaction, creating it on first use.
 /// Every instance appending to the tenant queues here, which keeps `seq` gapless and the chain
 /// linear without any coordination between instances.
@@ -572,8 +574,7 @@ async fn lock_head(
     conn: &mut sqlx::PgConnection,
     tenant: &TenantId,
 ) -> Result<Chained, StoreError> {
-    let lock = format!("SELECT {HEAD_COLUMNS} FROM chain_heads WHERE tenant = $1 FOR UPDATE");
-    if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(lock.as_str()))
+    if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(LOCK_HEAD.as_str()))
         .bind(tenant.as_str())
         .fetch_optional(&mut *conn)
         .await?
@@ -589,7 +590,7 @@ async fn lock_head(
     .bind(Vec::<u8>::new())
     .execute(&mut *conn)
     .await?;
-    let row = sqlx::query(sqlx::AssertSqlSafe(lock.as_str()))
+    let row = sqlx::query(sqlx::AssertSqlSafe(LOCK_HEAD.as_str()))
         .bind(tenant.as_str())
         .fetch_one(&mut *conn)
         .await?;
@@ -807,8 +808,7 @@ impl Store for PgStore {
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
-        let sql = format!("SELECT {HEAD_COLUMNS} FROM chain_heads WHERE tenant = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(SELECT_HEAD)
             .bind(tenant.as_str())
             .fetch_optional(&self.pool)
             .await?;

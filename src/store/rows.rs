@@ -58,8 +58,10 @@ pub fn checkpoint<'r>(row: &mut impl ReadRow<'r>) -> Result<Checkpoint, StoreErr
     })
 }
 
-/// The columns [`head`] reads, in its order.
-pub const HEAD_COLUMNS: &str = "seq, hash, frontier, recorded_at, recorded_at_ordered_from";
+/// A tenant's chain head, as [`head`] reads it. `$1` is PostgreSQL's first parameter, and to
+/// SQLite a parameter named `$1`, bound at index 1 as the statement's only one.
+pub const SELECT_HEAD: &str = "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from \
+     FROM chain_heads WHERE tenant = $1";
 
 pub fn head<'r>(row: &mut impl ReadRow<'r>) -> Result<Chained, StoreError> {
     let seq = get::<Seq>(row, "seq")?;

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
-use super::rows::{self, CHECKPOINT_COLUMNS, EVENT_COLUMNS, HEAD_COLUMNS, ReadRow};
+use super::rows::{self, CHECKPOINT_COLUMNS, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
 use super::{Appended, Store, StoreError, corrupt, decode_digest, users};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
@@ -460,9 +460,7 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
 }
 
 fn read_head(conn: &Connection, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
-    let mut select = conn.prepare_cached(&format!(
-        "SELECT {HEAD_COLUMNS} FROM chain_heads WHERE tenant = ?"
-    ))?;
+    let mut select = conn.prepare_cached(SELECT_HEAD)?;
     let heads = decode_all(select.query([tenant.as_str()])?, |row| rows::head(row))?;
     Ok(heads.into_iter().next())
 }
