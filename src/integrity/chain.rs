@@ -226,6 +226,38 @@ mod tests {
         assert_eq!(bytes, serde_jcs::to_vec(&value).unwrap());
     }
 
+    /// The leaf keeps its explicit struct, so that its encoding cannot move with the declaration;
+    /// this holds the two together. A field declared later must be either added to the leaf
+    /// (with a new `LEAF_VERSION`) or declared `NotInLeaf`.
+    #[test]
+    fn the_leaf_holds_exactly_the_fields_declared_leaf() {
+        use crate::model::FIELDS;
+        use crate::model::fields::Flag;
+
+        for field in FIELDS {
+            assert!(
+                field.is(Flag::Leaf) != field.is(Flag::NotInLeaf),
+                "{} must be declared either Leaf or NotInLeaf",
+                field.name
+            );
+        }
+        let declared: Vec<&str> = FIELDS
+            .iter()
+            .filter(|field| field.is(Flag::Leaf))
+            .map(|field| field.name)
+            .collect();
+        let leaf: Map<String, Value> = serde_json::from_slice(&leaf_bytes(&chain(1)[0])).unwrap();
+        let mut hashed: Vec<&str> = leaf
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "v")
+            .collect();
+        let mut expected = declared.clone();
+        hashed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(hashed, expected);
+    }
+
     #[test]
     fn any_recorded_field_change_changes_the_leaf() {
         let event = chain(1).remove(0);

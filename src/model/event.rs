@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::digest::Digest;
+#[cfg(test)]
+use super::fields::Flag;
+use super::fields::event_fields;
 use super::ids::{EventId, Seq, TenantId};
 use super::payload;
 
@@ -297,43 +300,48 @@ pub struct Submission {
     pub events: Vec<NewEvent>,
 }
 
-/// An event as recorded in the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub id: EventId,
-    pub seq: Seq,
-    pub tenant: TenantId,
-    pub event_type: String,
-    pub user_identity: String,
-    pub action: Option<Action>,
-    pub entity: Option<String>,
-    pub entity_id: Option<String>,
-    pub property: Option<String>,
-    pub source: Option<String>,
-    pub ip: Option<String>,
-    pub outcome: Option<Outcome>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub occurred_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub recorded_at: OffsetDateTime,
-    pub recorded_by: String,
-    /// The payload; `None` when there was none or it was redacted (see `redacted_at`).
-    pub event_data: Option<Map<String, Value>>,
-    /// SHA-256 of the payload's canonical form; survives redaction so the leaf still verifies.
-    pub event_data_hash: Option<Digest>,
-    /// When the payload was erased; a later `audit.redacted` event records who and why.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub redacted_at: Option<OffsetDateTime>,
-    pub idempotency_key: Option<String>,
-    pub amends: Option<EventId>,
-    pub amends_hash: Option<Digest>,
-    /// Fingerprint of the request that created it (see [`NewEvent::fingerprint`]).
-    #[serde(skip)]
-    pub request_hash: Digest,
-    /// RFC 6962 leaf hash of the event's canonical encoding (`docs/integrity.md`).
-    pub leaf_hash: Digest,
-    pub prev_hash: Digest,
-    pub hash: Digest,
+event_fields! {
+    /// An event as recorded in the log: the one declaration of its stored fields (see
+    /// `model::fields`). Adding one here adds its column to both backends' statements; it then
+    /// needs a migration per backend, and a place in the leaf or `NotInLeaf`. `Client` fields
+    /// come from the body of `POST /events`, through [`RawEvent`] and [`NewEvent`].
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Event {
+        id: EventId [Leaf] => Id,
+        seq: Seq [Leaf],
+        tenant: TenantId [Leaf],
+        event_type: String [Client, Leaf] => EventType,
+        user_identity: String [Client, Leaf] => UserIdentity,
+        action: Option<Action> [Client, Leaf] => Action,
+        entity: Option<String> [Client, Leaf] => Entity,
+        entity_id: Option<String> [Client, Leaf] => EntityId,
+        property: Option<String> [Client, Leaf] => Property,
+        source: Option<String> [Client, Leaf] => Source,
+        ip: Option<String> [Client, Leaf] => Ip,
+        outcome: Option<Outcome> [Client, Leaf] => Outcome,
+        #[serde(with = "time::serde::rfc3339")]
+        occurred_at: OffsetDateTime [Client, Leaf],
+        #[serde(with = "time::serde::rfc3339")]
+        recorded_at: OffsetDateTime [Leaf],
+        recorded_by: String [Leaf] => RecordedBy,
+        /// The payload; `None` when there was none or it was redacted (see `redacted_at`).
+        event_data: Option<Map<String, Value>> [Client, NotInLeaf, Redactable],
+        /// SHA-256 of the payload's canonical form; survives redaction so the leaf still verifies.
+        event_data_hash: Option<Digest> [Leaf],
+        /// When the payload was erased; a later `audit.redacted` event records who and why.
+        #[serde(with = "time::serde::rfc3339::option")]
+        redacted_at: Option<OffsetDateTime> [NotInLeaf, Redactable],
+        idempotency_key: Option<String> [Client, Leaf] => IdempotencyKey,
+        amends: Option<EventId> [Leaf] => Amends,
+        amends_hash: Option<Digest> [Leaf],
+        /// Fingerprint of the request that created it (see [`NewEvent::fingerprint`]).
+        #[serde(skip)]
+        request_hash: Digest [NotInLeaf],
+        /// RFC 6962 leaf hash of the event's canonical encoding (`docs/integrity.md`).
+        leaf_hash: Digest [NotInLeaf],
+        prev_hash: Digest [NotInLeaf],
+        hash: Digest [NotInLeaf],
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +350,54 @@ mod tests {
 
     fn raw(json: &str) -> Result<RawEvent, serde_json::Error> {
         serde_json::from_str(json)
+    }
+
+    /// What a backend binds from an event decodes back into the same event, field by field in
+    /// declared order, each cell of its declared kind.
+    #[test]
+    fn an_event_decodes_from_its_columns() {
+        let hash = "ab".repeat(32);
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "id": "01a207d4-4d84-7636-8efc-db85b4ea489c", "seq": 7, "tenant": "t",
+            "event_type": "e", "user_identity": "u", "action": "update", "entity": "n",
+            "entity_id": "1", "property": "p", "source": "s", "ip": "::1", "outcome": "failure",
+            "occurred_at": "2024-05-01T12:00:00.5Z", "recorded_at": "2024-05-01T12:00:01Z",
+            "recorded_by": "admin", "event_data": {"a": [1, {"b": null}]},
+            "event_data_hash": hash, "redacted_at": "2024-05-02T00:00:00Z",
+            "idempotency_key": "k", "amends": "01a207d4-4d84-7636-8efc-db85b4ea489d",
+            "amends_hash": hash, "leaf_hash": hash, "prev_hash": hash, "hash": hash,
+        }))
+        .unwrap();
+        let columns = event.columns();
+        let mut declared = columns.iter().zip(FIELDS.iter());
+        let decoded = Event::from_columns(
+            |name, kind| {
+                let (cell, field) = declared.next().expect("no more columns than fields");
+                assert_eq!((field.name, field.kind), (name, kind));
+                assert!(
+                    cell.as_ref().is_none_or(|cell| cell.kind() == kind),
+                    "{name}"
+                );
+                Ok::<_, String>(cell.clone())
+            },
+            |name, detail| format!("{name}: {detail}"),
+        )
+        .unwrap();
+        assert_eq!(decoded, event);
+        assert!(columns.iter().all(Option::is_some), "every column was set");
+    }
+
+    /// Every field declared `Client` is accepted in a body; the compiler sees to the rest of the
+    /// way (`NewEvent`, then `chain_events` building the `Event`).
+    #[test]
+    fn every_client_field_is_accepted_in_a_body() {
+        for field in FIELDS.iter().filter(|field| field.is(Flag::Client)) {
+            let mut body = serde_json::json!({"event_type": "a", "user_identity": "b"});
+            body[field.name] = Value::Null;
+            if let Err(error) = serde_json::from_value::<RawEvent>(body) {
+                assert!(!error.to_string().contains("unknown field"), "{error}");
+            }
+        }
     }
 
     #[test]

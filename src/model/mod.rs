@@ -3,14 +3,17 @@
 pub mod canonical;
 mod digest;
 pub mod event;
+pub mod fields;
 pub mod ids;
 pub mod payload;
 pub mod query;
 pub mod user;
 
 pub use digest::Digest;
-pub use event::{Action, Event, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission};
+pub use event::{
+    Action, Event, FIELDS, Field, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission,
+};
 pub use ids::{EventId, Seq, TenantId};
 pub use query::{
-    Cursor, EventQuery, Field, Filter, JsonPath, JsonScalar, Order, Page, PathError, QueryError,
+    Cursor, EventQuery, Filter, JsonPath, JsonScalar, Order, Page, PathError, QueryError,
 };

@@ -8,66 +8,15 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::event::{Action, Event, Outcome};
+use super::fields::Kind;
 use super::ids::{EventId, Seq};
 use super::payload;
 
-/// A recorded field that can be filtered on by equality.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    Id,
-    EventType,
-    UserIdentity,
-    Action,
-    Entity,
-    EntityId,
-    Property,
-    Source,
-    Ip,
-    Outcome,
-    RecordedBy,
-    IdempotencyKey,
-    Amends,
-}
+/// Which fields may be filtered on is declared with the event (`event_fields!`).
+pub use super::event::Field;
 
-impl Field {
-    pub const ALL: [Field; 13] = [
-        Self::Id,
-        Self::EventType,
-        Self::UserIdentity,
-        Self::Action,
-        Self::Entity,
-        Self::EntityId,
-        Self::Property,
-        Self::Source,
-        Self::Ip,
-        Self::Outcome,
-        Self::RecordedBy,
-        Self::IdempotencyKey,
-        Self::Amends,
-    ];
-
-    /// The query-string name, which is also the column name in both backends.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Id => "id",
-            Self::EventType => "event_type",
-            Self::UserIdentity => "user_identity",
-            Self::Action => "action",
-            Self::Entity => "entity",
-            Self::EntityId => "entity_id",
-            Self::Property => "property",
-            Self::Source => "source",
-            Self::Ip => "ip",
-            Self::Outcome => "outcome",
-            Self::RecordedBy => "recorded_by",
-            Self::IdempotencyKey => "idempotency_key",
-            Self::Amends => "amends",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == name)
-    }
+fn field_named(name: &str) -> Option<Field> {
+    Field::ALL.iter().copied().find(|f| f.name() == name)
 }
 
 /// A JSON value a payload field is compared with; numbers, booleans and strings compare as JSON.
@@ -450,7 +399,7 @@ fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
         let value = JsonScalar::parse(value).map_err(|message| QueryError::new(name, message))?;
         return Ok(Filter::Data(path, value));
     }
-    let field = Field::from_name(name).ok_or_else(|| {
+    let field = field_named(name).ok_or_else(|| {
         QueryError::new(
             name,
             format!(
@@ -467,9 +416,9 @@ fn parse_filter(name: &str, value: &str) -> Result<Filter, QueryError> {
         return Ok(Filter::Equals(field, ip.to_string()));
     }
     let valid = match field {
-        Field::Id | Field::Amends => value.parse::<EventId>().is_ok(),
         Field::Action => Action::ALL.iter().any(|a| a.as_str() == value),
         Field::Outcome => Outcome::parse(value).is_some(),
+        _ if field.kind() == Kind::Uuid => value.parse::<EventId>().is_ok(),
         _ => true,
     };
     if !valid {

@@ -13,7 +13,9 @@ use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 mod assemble;
 pub mod pages;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+mod users;
 pub mod users_watch;
 
 pub use pages::Pages;
@@ -230,17 +232,14 @@ pub fn spawn_maintenance<S: Store>(
     })
 }
 
-/// The event columns, in the order both backends select them.
-const EVENT_COLUMNS: &str = "tenant, seq, id, event_type, user_identity, action, entity, \
-    entity_id, property, source, ip, outcome, occurred_at, recorded_at, recorded_by, event_data, \
-    event_data_hash, redacted_at, idempotency_key, amends, amends_hash, request_hash, leaf_hash, \
-    prev_hash, hash";
-
-/// The head of an INSERT of event rows, in the column order both backends bind.
-const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, seq, id, event_type, \
-    user_identity, action, entity, entity_id, property, source, ip, outcome, occurred_at, \
-    recorded_at, recorded_by, event_data, event_data_hash, idempotency_key, amends, amends_hash, \
-    request_hash, leaf_hash, prev_hash, hash) ";
+/// [`Store::tenants`]: the same statement on both backends.
+const TENANTS: &str = "WITH RECURSIVE logged(tenant) AS ( \
+         SELECT MIN(tenant) FROM events \
+         UNION ALL \
+         SELECT (SELECT MIN(tenant) FROM events WHERE tenant > logged.tenant) \
+         FROM logged WHERE logged.tenant IS NOT NULL) \
+     SELECT tenant FROM logged WHERE tenant IS NOT NULL \
+     UNION SELECT tenant FROM chain_heads UNION SELECT tenant FROM checkpoints ORDER BY 1";
 
 /// A stored value that does not decode into the domain type: the database was altered by hand.
 fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {

@@ -4,9 +4,10 @@
 //! `events` is partitioned by month of `recorded_at`; this backend keeps the months ahead created
 //! and the statistics of the month being appended to current.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -16,17 +17,15 @@ use time::{Date, Month, OffsetDateTime};
 use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
-use super::{
-    Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
-    decode_frontier, decode_role,
-};
+use super::rows::{self, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
+use super::{Appended, Store, StoreError, decode_digest, users};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
-use crate::model::payload;
+use crate::model::fields::{Cell, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    Action, Event, EventId, EventQuery, Field, Filter, Order, Outcome, Seq, Submission, TenantId,
+    Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Seq, Submission, TenantId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
@@ -285,9 +284,10 @@ impl PgStore {
             // The key's row gives the event's full primary key, so only the partition of its
             // month is read (run-time partition pruning).
             let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM idempotency_keys \
+                "SELECT {} FROM idempotency_keys \
                  JOIN events USING (tenant, idempotency_key, seq, recorded_at) \
-                 WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+                 WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+                *EVENT_COLUMNS
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&tenants)
@@ -396,49 +396,84 @@ fn is_missing_partition(error: &StoreError) -> bool {
     }
 }
 
+/// A row read by column name.
+struct Columns<'r>(&'r PgRow);
+
+impl<'r> ReadRow<'r> for Columns<'r> {
+    fn cell(&mut self, name: &'static str, kind: Kind) -> Result<Option<Cell<'r>>, StoreError> {
+        let row = self.0;
+        Ok(match kind {
+            Kind::Text => row
+                .try_get::<Option<&str>, _>(name)?
+                .map(|text| Cell::Text(Cow::Borrowed(text))),
+            Kind::Integer => row.try_get::<Option<i64>, _>(name)?.map(Cell::Integer),
+            Kind::Uuid => row.try_get::<Option<Uuid>, _>(name)?.map(Cell::Uuid),
+            Kind::Time => row
+                .try_get::<Option<OffsetDateTime>, _>(name)?
+                .map(Cell::Time),
+            Kind::Json => row
+                .try_get::<Option<Json<Map<String, Value>>>, _>(name)?
+                .map(|Json(map)| Cell::Json(Cow::Owned(map))),
+            Kind::Bytes => row
+                .try_get::<Option<&[u8]>, _>(name)?
+                .map(|bytes| Cell::Bytes(Cow::Borrowed(bytes))),
+        })
+    }
+}
+
 fn event_from_row(row: &PgRow) -> Result<Event, StoreError> {
-    let digest = |column: &str| -> Result<Digest, StoreError> {
-        let bytes: Vec<u8> = row.try_get(column)?;
-        decode_digest(column, &bytes)
-    };
-    let optional_digest = |column: &str| -> Result<Option<Digest>, StoreError> {
-        let bytes: Option<Vec<u8>> = row.try_get(column)?;
-        bytes.map(|b| decode_digest(column, &b)).transpose()
-    };
-    let event_data: Option<Json<Map<String, Value>>> = row.try_get("event_data")?;
-    let action: Option<String> = row.try_get("action")?;
-    let outcome: Option<String> = row.try_get("outcome")?;
-    Ok(Event {
-        id: EventId(row.try_get("id")?),
-        seq: Seq(row.try_get("seq")?),
-        tenant: TenantId::new(row.try_get::<String, _>("tenant")?),
-        event_type: row.try_get("event_type")?,
-        user_identity: row.try_get("user_identity")?,
-        action: action
-            .map(|a| Action::parse(&a).ok_or_else(|| corrupt("action", a)))
-            .transpose()?,
-        entity: row.try_get("entity")?,
-        entity_id: row.try_get("entity_id")?,
-        property: row.try_get("property")?,
-        source: row.try_get("source")?,
-        ip: row.try_get("ip")?,
-        outcome: outcome
-            .map(|o| Outcome::parse(&o).ok_or_else(|| corrupt("outcome", o)))
-            .transpose()?,
-        occurred_at: row.try_get("occurred_at")?,
-        recorded_at: row.try_get("recorded_at")?,
-        recorded_by: row.try_get("recorded_by")?,
-        event_data: event_data.map(|Json(map)| payload::normalized(map)),
-        event_data_hash: optional_digest("event_data_hash")?,
-        redacted_at: row.try_get("redacted_at")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        amends: row.try_get::<Option<Uuid>, _>("amends")?.map(EventId),
-        amends_hash: optional_digest("amends_hash")?,
-        request_hash: digest("request_hash")?,
-        leaf_hash: digest("leaf_hash")?,
-        prev_hash: digest("prev_hash")?,
-        hash: digest("hash")?,
-    })
+    rows::event(&mut Columns(row))
+}
+
+/// The INSERT of [`insert_events`]: one array parameter per declared column, of its kind's type.
+static INSERT_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    let arrays: Vec<String> = FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, field)| format!("${}::{}[]", i + 1, column_type(field.kind)))
+        .collect();
+    format!(
+        "WITH batch AS (SELECT * FROM UNNEST({arrays}) AS b({columns})), \
+         keys AS (INSERT INTO idempotency_keys (tenant, idempotency_key, seq, recorded_at) \
+         SELECT tenant, idempotency_key, seq, recorded_at FROM batch \
+         WHERE idempotency_key IS NOT NULL) \
+         INSERT INTO events ({columns}) SELECT * FROM batch",
+        arrays = arrays.join(", "),
+        columns = *EVENT_COLUMNS,
+    )
+});
+
+/// The column type that holds a kind.
+fn column_type(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text => "text",
+        Kind::Integer => "int8",
+        Kind::Uuid => "uuid",
+        Kind::Time => "timestamptz",
+        Kind::Json => "jsonb",
+        Kind::Bytes => "bytea",
+    }
+}
+
+/// Column `index` of every row, as `value` takes it from its cell.
+fn column_of<'a, T>(
+    rows: &'a [[Option<Cell<'a>>; Event::COUNT]],
+    index: usize,
+    value: impl Fn(&'a Cell<'a>) -> Option<T>,
+) -> Result<Vec<Option<T>>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            row[index]
+                .as_ref()
+                .map(|cell| {
+                    value(cell).ok_or_else(|| {
+                        let name = FIELDS[index].name;
+                        StoreError::Other(anyhow::anyhow!("{name} is not of its declared kind"))
+                    })
+                })
+                .transpose()
+        })
+        .collect()
 }
 
 /// Inserts a batch's rows in one statement: one array per column, zipped by UNNEST. The same
@@ -448,64 +483,37 @@ async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Resul
     if events.is_empty() {
         return Ok(());
     }
-    let text = |f: fn(&Event) -> Option<&str>| -> Vec<Option<String>> {
-        events.iter().map(|e| f(e).map(str::to_owned)).collect()
-    };
-    let bytes = |f: fn(&Event) -> Option<&Digest>| -> Vec<Option<Vec<u8>>> {
-        events.iter().map(|e| f(e).map(|d| d.0.to_vec())).collect()
-    };
-    let sql = format!(
-        "WITH batch AS (SELECT * FROM UNNEST($1::text[], $2::int8[], $3::uuid[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-         $12::text[], $13::timestamptz[], $14::timestamptz[], $15::text[], $16::jsonb[], \
-         $17::bytea[], $18::text[], $19::uuid[], $20::bytea[], $21::bytea[], $22::bytea[], \
-         $23::bytea[], $24::bytea[]) \
-         AS b(tenant, seq, id, event_type, user_identity, action, entity, entity_id, property, \
-         source, ip, outcome, occurred_at, recorded_at, recorded_by, event_data, \
-         event_data_hash, idempotency_key, amends, amends_hash, request_hash, leaf_hash, \
-         prev_hash, hash)), \
-         keys AS (INSERT INTO idempotency_keys (tenant, idempotency_key, seq, recorded_at) \
-         SELECT tenant, idempotency_key, seq, recorded_at FROM batch \
-         WHERE idempotency_key IS NOT NULL) \
-         {INSERT_EVENT_COLUMNS} SELECT * FROM batch"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(text(|e| Some(e.tenant.as_str())))
-        .bind(events.iter().map(|e| e.seq.0).collect::<Vec<i64>>())
-        .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
-        .bind(text(|e| Some(&e.event_type)))
-        .bind(text(|e| Some(&e.user_identity)))
-        .bind(text(|e| e.action.map(Action::as_str)))
-        .bind(text(|e| e.entity.as_deref()))
-        .bind(text(|e| e.entity_id.as_deref()))
-        .bind(text(|e| e.property.as_deref()))
-        .bind(text(|e| e.source.as_deref()))
-        .bind(text(|e| e.ip.as_deref()))
-        .bind(text(|e| e.outcome.map(Outcome::as_str)))
-        .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
-        .bind(text(|e| Some(&e.recorded_by)))
-        .bind(
-            events
-                .iter()
-                .map(|e| e.event_data.as_ref().map(Json))
-                .collect::<Vec<_>>(),
-        )
-        .bind(bytes(|e| e.event_data_hash.as_ref()))
-        .bind(text(|e| e.idempotency_key.as_deref()))
-        .bind(
-            events
-                .iter()
-                .map(|e| e.amends.map(|a| a.0))
-                .collect::<Vec<Option<Uuid>>>(),
-        )
-        .bind(bytes(|e| e.amends_hash.as_ref()))
-        .bind(bytes(|e| Some(&e.request_hash)))
-        .bind(bytes(|e| Some(&e.leaf_hash)))
-        .bind(bytes(|e| Some(&e.prev_hash)))
-        .bind(bytes(|e| Some(&e.hash)))
-        .execute(conn)
-        .await?;
+    let rows: Vec<_> = events.iter().map(Event::columns).collect();
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(INSERT_EVENTS.as_str()));
+    for (i, field) in FIELDS.iter().enumerate() {
+        insert = match field.kind {
+            Kind::Text => insert.bind(column_of(&rows, i, |cell| match cell {
+                Cell::Text(text) => Some(text.as_ref()),
+                _ => None,
+            })?),
+            Kind::Integer => insert.bind(column_of(&rows, i, |cell| match cell {
+                Cell::Integer(value) => Some(*value),
+                _ => None,
+            })?),
+            Kind::Uuid => insert.bind(column_of(&rows, i, |cell| match cell {
+                Cell::Uuid(id) => Some(*id),
+                _ => None,
+            })?),
+            Kind::Time => insert.bind(column_of(&rows, i, |cell| match cell {
+                Cell::Time(t) => Some(*t),
+                _ => None,
+            })?),
+            Kind::Json => insert.bind(column_of(&rows, i, |cell| match cell {
+                Cell::Json(map) => Some(Json(map.as_ref())),
+                _ => None,
+            })?),
+            Kind::Bytes => insert.bind(column_of(&rows, i, |cell| match cell {
+                Cell::Bytes(bytes) => Some(bytes.as_ref()),
+                _ => None,
+            })?),
+        };
+    }
+    insert.execute(conn).await?;
     Ok(())
 }
 
@@ -550,28 +558,14 @@ async fn insert_nodes(
 }
 
 fn head_from_row(row: &PgRow) -> Result<Chained, StoreError> {
-    let seq: i64 = row.try_get("seq")?;
-    let hash: Vec<u8> = row.try_get("hash")?;
-    let frontier: Vec<u8> = row.try_get("frontier")?;
-    Ok(Chained {
-        seq: Seq(seq),
-        hash: decode_digest("chain_heads.hash", &hash)?,
-        frontier: decode_frontier(seq, &frontier)?,
-        recorded_at: row.try_get("recorded_at")?,
-        recorded_at_ordered_from: Seq(row.try_get("recorded_at_ordered_from")?),
-    })
+    rows::head(&mut Columns(row))
 }
 
 fn checkpoint_from_row(row: &PgRow) -> Result<Checkpoint, StoreError> {
-    let root: Vec<u8> = row.try_get("root_hash")?;
-    Ok(Checkpoint {
-        tenant: TenantId::new(row.try_get::<String, _>("tenant")?),
-        tree_size: row.try_get::<i64, _>("tree_size")? as u64,
-        root: decode_digest("checkpoints.root_hash", &root)?,
-        issued_at: row.try_get("issued_at")?,
-        note: row.try_get("note")?,
-    })
+    rows::checkpoint(&mut Columns(row))
 }
+
+static LOCK_HEAD: LazyLock<String> = LazyLock::new(|| format!("{SELECT_HEAD} FOR UPDATE"));
 
 /// Locks the tenant's chain head for the rest of the transaction, creating it on first use.
 /// Every instance appending to the tenant queues here, which keeps `seq` gapless and the chain
@@ -580,9 +574,7 @@ async fn lock_head(
     conn: &mut sqlx::PgConnection,
     tenant: &TenantId,
 ) -> Result<Chained, StoreError> {
-    let lock = "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from FROM chain_heads \
-         WHERE tenant = $1 FOR UPDATE";
-    if let Some(row) = sqlx::query(lock)
+    if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(LOCK_HEAD.as_str()))
         .bind(tenant.as_str())
         .fetch_optional(&mut *conn)
         .await?
@@ -598,7 +590,7 @@ async fn lock_head(
     .bind(Vec::<u8>::new())
     .execute(&mut *conn)
     .await?;
-    let row = sqlx::query(lock)
+    let row = sqlx::query(sqlx::AssertSqlSafe(LOCK_HEAD.as_str()))
         .bind(tenant.as_str())
         .fetch_one(&mut *conn)
         .await?;
@@ -683,7 +675,8 @@ fn build_query(
     query: &EventQuery,
 ) -> Result<QueryBuilder<Postgres>, StoreError> {
     let mut builder = QueryBuilder::<Postgres>::new(format!(
-        "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+        "{prefix}SELECT {} FROM events WHERE tenant = ",
+        *EVENT_COLUMNS
     ));
     builder.push_bind(tenant.as_str().to_owned());
     for filter in &query.filters {
@@ -707,11 +700,7 @@ fn build_query(
 }
 
 fn user_from_row(row: &PgRow) -> Result<UserRecord, StoreError> {
-    Ok(UserRecord {
-        name: row.try_get("name")?,
-        password_hash: row.try_get("password_hash")?,
-        role: decode_role(&row.try_get::<String, _>("role")?)?,
-    })
+    rows::user(&mut Columns(row))
 }
 
 impl Store for PgStore {
@@ -764,7 +753,10 @@ impl Store for PgStore {
     }
 
     async fn get(&self, tenant: &TenantId, id: EventId) -> Result<Option<Event>, StoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = $1 AND id = $2");
+        let sql = format!(
+            "SELECT {} FROM events WHERE tenant = $1 AND id = $2",
+            *EVENT_COLUMNS
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(tenant.as_str())
             .bind(id.0)
@@ -796,8 +788,8 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3"
+            "SELECT {} FROM events WHERE tenant = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            *EVENT_COLUMNS
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(tenant.as_str())
@@ -809,28 +801,17 @@ impl Store for PgStore {
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "WITH RECURSIVE logged(tenant) AS ( \
-                 SELECT MIN(tenant) FROM events \
-                 UNION ALL \
-                 SELECT (SELECT MIN(tenant) FROM events WHERE tenant > logged.tenant) \
-                 FROM logged WHERE logged.tenant IS NOT NULL) \
-             SELECT tenant FROM logged WHERE tenant IS NOT NULL \
-             UNION SELECT tenant FROM chain_heads UNION SELECT tenant FROM checkpoints ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let names: Vec<String> = sqlx::query_scalar(super::TENANTS)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(names.into_iter().map(TenantId::new).collect())
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
-        let row = sqlx::query(
-            "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from FROM chain_heads \
-             WHERE tenant = $1",
-        )
-        .bind(tenant.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(SELECT_HEAD)
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(head_from_row).transpose()
     }
 
@@ -927,16 +908,13 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "a user named `{}` already exists",
-                user.name
-            )));
+            return Err(users::name_taken(&user.name));
         }
         Ok(())
     }
 
     async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, password_hash, role FROM users WHERE name = $1")
+        let row = sqlx::query(users::FIND)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -944,30 +922,23 @@ impl Store for PgStore {
     }
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let rows = sqlx::query("SELECT name, password_hash, role FROM users ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(users::LIST).fetch_all(&self.pool).await?;
         rows.iter().map(user_from_row).collect()
     }
 
     async fn remove_user(&self, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE name = $1")
+        let done = sqlx::query(users::REMOVE)
             .bind(name)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        users::removed(done.rows_affected())
     }
 
     async fn count_users_with_role(&self, role: Role) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = $1")
-                .bind(role.as_str())
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(users::COUNT_WITH_ROLE)
+            .bind(role.as_str())
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// LISTENs, on a connection of its own, on the channel that migration 0005 notifies.
@@ -1085,6 +1056,44 @@ async fn listen_until_lost(
                     watch.changed();
                 }
                 watch.confirm(sent);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field filtered through the filter document must be in it, or the filter matches
+    /// nothing: declaring a filterable field needs a migration that adds it to
+    /// `events_filter_document` (and the index), and `FILTER_DOCUMENT` to name it.
+    #[test]
+    fn every_field_filtered_through_the_document_is_in_it() {
+        let (_, arguments) = FILTER_DOCUMENT.split_once('(').unwrap();
+        let in_document: Vec<&str> = arguments
+            .trim_end_matches(')')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        for field in Field::ALL.iter().copied() {
+            let value = match field.kind() {
+                Kind::Uuid => EventId::new().to_string(),
+                _ => "x".to_owned(),
+            };
+            let mut builder = QueryBuilder::<Postgres>::new("");
+            push_filter(
+                &mut builder,
+                &TenantId::default(),
+                &Filter::Equals(field, value),
+            )
+            .unwrap();
+            if builder.into_string().contains(FILTER_DOCUMENT) {
+                assert!(
+                    in_document.contains(&field.name()),
+                    "{} is filtered through a document that does not hold it",
+                    field.name()
+                );
             }
         }
     }

@@ -2,7 +2,9 @@
 
 use auditor::auth::{NewUser, Role};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
+use auditor::model::FIELDS;
 use auditor::model::event::truncate_to_micros;
+use auditor::model::fields::{Flag, Kind};
 use auditor::model::{EventQuery, Limits, NewEvent, Order, Seq, Submission, TenantId};
 use auditor::store::{Appended, SqliteStore, Store, StoreError, UsersWatch};
 use serde_json::json;
@@ -145,6 +147,73 @@ async fn the_schema_refuses_updates_and_deletes<S: Store>(store: S, db: &TestDb)
         .await
         .unwrap();
     assert_eq!(events[0].event_type, "x");
+}
+
+/// The one UPDATE the schema lets through is a redaction: the payload erased and `redacted_at`
+/// set. A redaction that also changes any other declared column is refused, so a column added to
+/// the declaration cannot be rewritten under cover of one.
+async fn a_redaction_may_change_no_other_column<S: Store>(store: S, db: &TestDb) {
+    store.migrate().await.unwrap();
+    let every_field = json!([{
+        "event_type": "x", "user_identity": "u", "action": "create", "entity": "e",
+        "entity_id": "1", "property": "p", "source": "s", "ip": "10.0.0.1",
+        "outcome": "success", "occurred_at": "2024-05-01T12:00:00Z", "event_data": {"k": 1},
+        "idempotency_key": "key",
+    }]);
+    store
+        .append(&[submission("default", every_field)])
+        .await
+        .unwrap();
+    let redact = match db.backend {
+        Backend::Sqlite => "event_data = NULL, redacted_at = 1",
+        Backend::Postgres => "event_data = NULL, redacted_at = now()",
+    };
+    for field in FIELDS.iter().filter(|field| !field.is(Flag::Redactable)) {
+        let name = field.name;
+        let other = match (name, field.kind, db.backend) {
+            ("action", ..) => "'delete'".to_owned(),
+            ("outcome", ..) => "'failure'".to_owned(),
+            (_, Kind::Text, _) => "'forged'".to_owned(),
+            (_, Kind::Integer, _) => format!("{name} + 1000"),
+            (_, Kind::Uuid, Backend::Sqlite) => "randomblob(16)".to_owned(),
+            (_, Kind::Uuid, Backend::Postgres) => "gen_random_uuid()".to_owned(),
+            (_, Kind::Time, Backend::Sqlite) => format!("{name} + 1"),
+            (_, Kind::Time, Backend::Postgres) => format!("{name} + interval '1 microsecond'"),
+            (_, Kind::Bytes, Backend::Sqlite) => "randomblob(32)".to_owned(),
+            (_, Kind::Bytes, Backend::Postgres) => "sha256('forged')".to_owned(),
+            (_, Kind::Json, _) => panic!("say here how to change {name}"),
+        };
+        let sql = format!("UPDATE events SET {redact}, {name} = {other}");
+        let error = db.execute(&sql).await.expect_err(&sql).to_string();
+        assert!(error.contains("append-only"), "{sql}: {error}");
+    }
+    if db.backend == Backend::Postgres {
+        // The trigger compares whole rows less the columns it names: those must be exactly the
+        // redactable ones (SQLite's trigger, which names every column, has a unit test).
+        let definition = db
+            .fetch_strings("SELECT pg_get_functiondef('events_allow_only_redaction'::regproc)")
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(definition.contains("to_jsonb(NEW)"), "{definition}");
+        let mut ignored: Vec<&str> = definition
+            .split("- '")
+            .skip(1)
+            .filter_map(|rest| rest.split('\'').next())
+            .collect();
+        ignored.sort_unstable();
+        ignored.dedup();
+        let mut redactable: Vec<&str> = FIELDS
+            .iter()
+            .filter(|field| field.is(Flag::Redactable))
+            .map(|field| field.name)
+            .collect();
+        redactable.sort_unstable();
+        assert_eq!(ignored, redactable, "{definition}");
+    }
+    db.execute(&format!("UPDATE events SET {redact}"))
+        .await
+        .expect("a redaction alone goes through");
 }
 
 async fn users_are_added_found_listed_and_removed<S: Store>(store: S, _db: &TestDb) {
@@ -963,6 +1032,7 @@ conformance!(
     appends_chain_each_tenant_separately,
     idempotency_keys_replay_or_conflict,
     the_schema_refuses_updates_and_deletes,
+    a_redaction_may_change_no_other_column,
     users_are_added_found_listed_and_removed,
     the_users_watch_sees_every_change_to_users,
     the_last_admin_cannot_be_removed,

@@ -2,11 +2,12 @@
 //! Appends run on one writer thread that owns its connection, in `BEGIN IMMEDIATE` transactions;
 //! reads run on a fixed set of reader threads with read-only connections and never wait for it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, mpsc};
 
-use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{
     Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params, params_from_iter,
 };
@@ -15,18 +16,16 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
-use super::{
-    Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
-    decode_frontier, decode_role,
-};
+use super::rows::{self, CHECKPOINT_COLUMNS, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
+use super::{Appended, Store, StoreError, corrupt, decode_digest, users};
 use crate::integrity::merkle::NodeId;
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
-use crate::model::payload;
+use crate::model::fields::{Cell, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    Action, Event, EventId, EventQuery, Field, Filter, JsonPath, JsonScalar, Order, Outcome, Seq,
-    Submission, TenantId,
+    Event, EventId, EventQuery, FIELDS, Filter, JsonPath, JsonScalar, Order, Seq, Submission,
+    TenantId,
 };
 
 mod connections;
@@ -103,8 +102,7 @@ fn from_micros(column: &str, micros: i64) -> Result<OffsetDateTime, StoreError> 
         .map_err(|e| corrupt(column, e))
 }
 
-/// The columns of a row in the order they were selected, each read once by a typed accessor.
-/// The event decoder below reads them in the order of [`EVENT_COLUMNS`].
+/// The columns of a row in the order they were selected, each read once.
 struct Columns<'r, 's> {
     row: &'r Row<'s>,
     next: usize,
@@ -114,9 +112,10 @@ impl<'r> Columns<'r, '_> {
     fn new<'s>(row: &'r Row<'s>) -> Columns<'r, 's> {
         Columns { row, next: 0 }
     }
+}
 
-    /// The next column, which the caller expects to be `name`.
-    fn next(&mut self, name: &str) -> Result<ValueRef<'r>, StoreError> {
+impl<'r> ReadRow<'r> for Columns<'r, '_> {
+    fn cell(&mut self, name: &'static str, kind: Kind) -> Result<Option<Cell<'r>>, StoreError> {
         debug_assert_eq!(
             self.row.as_ref().column_name(self.next).ok(),
             Some(name),
@@ -124,142 +123,90 @@ impl<'r> Columns<'r, '_> {
         );
         let value = self.row.get_ref(self.next)?;
         self.next += 1;
-        Ok(value)
-    }
-
-    fn integer(&mut self, name: &str) -> Result<i64, StoreError> {
-        self.next(name)?.as_i64().map_err(|e| corrupt(name, e))
-    }
-
-    fn optional_integer(&mut self, name: &str) -> Result<Option<i64>, StoreError> {
-        self.next(name)?
-            .as_i64_or_null()
-            .map_err(|e| corrupt(name, e))
-    }
-
-    fn optional_str(&mut self, name: &str) -> Result<Option<&'r str>, StoreError> {
-        self.next(name)?
-            .as_str_or_null()
-            .map_err(|e| corrupt(name, e))
-    }
-
-    fn text(&mut self, name: &str) -> Result<String, StoreError> {
-        Ok(self
-            .next(name)?
-            .as_str()
-            .map_err(|e| corrupt(name, e))?
-            .to_owned())
-    }
-
-    fn optional_text(&mut self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.optional_str(name)?.map(str::to_owned))
-    }
-
-    fn optional_blob(&mut self, name: &str) -> Result<Option<&'r [u8]>, StoreError> {
-        self.next(name)?
-            .as_blob_or_null()
-            .map_err(|e| corrupt(name, e))
-    }
-
-    fn time(&mut self, name: &str) -> Result<OffsetDateTime, StoreError> {
-        let micros = self.integer(name)?;
-        from_micros(name, micros)
-    }
-
-    fn optional_time(&mut self, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-        self.optional_integer(name)?
-            .map(|t| from_micros(name, t))
-            .transpose()
-    }
-
-    fn digest(&mut self, name: &str) -> Result<Digest, StoreError> {
-        let bytes = self.optional_blob(name)?;
-        decode_digest(name, bytes.ok_or_else(|| corrupt(name, "missing"))?)
-    }
-
-    fn optional_digest(&mut self, name: &str) -> Result<Option<Digest>, StoreError> {
-        self.optional_blob(name)?
-            .map(|b| decode_digest(name, b))
-            .transpose()
-    }
-
-    fn optional_id(&mut self, name: &str) -> Result<Option<EventId>, StoreError> {
-        self.optional_blob(name)?
-            .map(|b| {
-                Uuid::from_slice(b)
-                    .map(EventId)
-                    .map_err(|e| corrupt(name, e))
-            })
-            .transpose()
+        if value == ValueRef::Null {
+            return Ok(None);
+        }
+        let invalid = |e: rusqlite::types::FromSqlError| corrupt(name, e);
+        Ok(Some(match kind {
+            Kind::Text => Cell::Text(Cow::Borrowed(value.as_str().map_err(invalid)?)),
+            Kind::Integer => Cell::Integer(value.as_i64().map_err(invalid)?),
+            Kind::Uuid => Cell::Uuid(
+                Uuid::from_slice(value.as_blob().map_err(invalid)?)
+                    .map_err(|e| corrupt(name, e))?,
+            ),
+            Kind::Time => Cell::Time(from_micros(name, value.as_i64().map_err(invalid)?)?),
+            // Parsed once, from the row's own text.
+            Kind::Json => Cell::Json(Cow::Owned(
+                serde_json::from_str(value.as_str().map_err(invalid)?)
+                    .map_err(|e| corrupt(name, e))?,
+            )),
+            Kind::Bytes => Cell::Bytes(Cow::Borrowed(value.as_blob().map_err(invalid)?)),
+        }))
     }
 }
 
-/// An event from a row of [`EVENT_COLUMNS`]. `event_data` is parsed once, from the row's own
-/// text, and brought to the form it had when it was recorded (`payload::normalized`).
+/// A declared field's value as SQLite stores it (see `Kind`).
+impl ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Cell::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+            Cell::Integer(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+            Cell::Uuid(id) => ToSqlOutput::Borrowed(ValueRef::Blob(id.as_bytes())),
+            Cell::Time(t) => ToSqlOutput::Owned(SqlValue::Integer(micros(*t))),
+            Cell::Json(map) => ToSqlOutput::Owned(SqlValue::Text(
+                serde_json::to_string(map)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?,
+            )),
+            Cell::Bytes(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
+        })
+    }
+}
+
 fn event_from_row(row: &Row) -> Result<Event, StoreError> {
-    let mut c = Columns::new(row);
-    Ok(Event {
-        tenant: TenantId::new(c.text("tenant")?),
-        seq: Seq(c.integer("seq")?),
-        id: c
-            .optional_id("id")?
-            .ok_or_else(|| corrupt("id", "missing"))?,
-        event_type: c.text("event_type")?,
-        user_identity: c.text("user_identity")?,
-        action: c
-            .optional_str("action")?
-            .map(|a| Action::parse(a).ok_or_else(|| corrupt("action", a)))
-            .transpose()?,
-        entity: c.optional_text("entity")?,
-        entity_id: c.optional_text("entity_id")?,
-        property: c.optional_text("property")?,
-        source: c.optional_text("source")?,
-        ip: c.optional_text("ip")?,
-        outcome: c
-            .optional_str("outcome")?
-            .map(|o| Outcome::parse(o).ok_or_else(|| corrupt("outcome", o)))
-            .transpose()?,
-        occurred_at: c.time("occurred_at")?,
-        recorded_at: c.time("recorded_at")?,
-        recorded_by: c.text("recorded_by")?,
-        event_data: c
-            .optional_str("event_data")?
-            .map(|text| serde_json::from_str::<Map<String, Value>>(text).map(payload::normalized))
-            .transpose()
-            .map_err(|e| corrupt("event_data", e))?,
-        event_data_hash: c.optional_digest("event_data_hash")?,
-        redacted_at: c.optional_time("redacted_at")?,
-        idempotency_key: c.optional_text("idempotency_key")?,
-        amends: c.optional_id("amends")?,
-        amends_hash: c.optional_digest("amends_hash")?,
-        request_hash: c.digest("request_hash")?,
-        leaf_hash: c.digest("leaf_hash")?,
-        prev_hash: c.digest("prev_hash")?,
-        hash: c.digest("hash")?,
-    })
+    rows::event(&mut Columns::new(row))
 }
 
-/// Every event the statement's rows hold.
-fn events_of(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Event>, StoreError> {
-    let mut events = Vec::new();
-    while let Some(row) = rows.next()? {
-        events.push(event_from_row(row)?);
+/// Every row of a statement's result, decoded by one of `store::rows`' decoders.
+fn decode_all<T>(
+    mut result: rusqlite::Rows<'_>,
+    decode: impl for<'r, 's> Fn(&mut Columns<'r, 's>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut decoded = Vec::new();
+    while let Some(row) = result.next()? {
+        decoded.push(decode(&mut Columns::new(row))?);
     }
-    Ok(events)
+    Ok(decoded)
+}
+
+fn events_of(result: rusqlite::Rows<'_>) -> Result<Vec<Event>, StoreError> {
+    decode_all(result, |row| rows::event(row))
 }
 
 /// The fixed event statements, written once from [`EVENT_COLUMNS`].
-static SELECT_BY_ID: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND id = ?"));
+static SELECT_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM events WHERE tenant = ? AND id = ?",
+        *EVENT_COLUMNS
+    )
+});
 static SELECT_BY_KEY: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND idempotency_key = ?")
+    format!(
+        "SELECT {} FROM events WHERE tenant = ? AND idempotency_key = ?",
+        *EVENT_COLUMNS
+    )
 });
 static SELECT_AFTER: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?")
+    format!(
+        "SELECT {} FROM events WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+        *EVENT_COLUMNS
+    )
 });
 static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
-    let placeholders = vec!["?"; INSERT_EVENT_COLUMNS.matches(',').count() + 1].join(", ");
-    format!("{INSERT_EVENT_COLUMNS}VALUES ({placeholders})")
+    let placeholders = vec!["?"; FIELDS.len()].join(", ");
+    format!(
+        "INSERT INTO events ({}) VALUES ({placeholders})",
+        *EVENT_COLUMNS
+    )
 });
 
 /// Inserts a batch's rows, one execution of one cached statement each: in-process, a row costs
@@ -267,38 +214,7 @@ static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
 fn insert_events(tx: &Transaction, events: &[Event]) -> Result<(), StoreError> {
     let mut insert = tx.prepare_cached(&INSERT_EVENT)?;
     for event in events {
-        let event_data = event
-            .event_data
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Other(e.into()))?;
-        insert.execute(params![
-            event.tenant.as_str(),
-            event.seq.0,
-            event.id.0.as_bytes(),
-            event.event_type,
-            event.user_identity,
-            event.action.map(Action::as_str),
-            event.entity,
-            event.entity_id,
-            event.property,
-            event.source,
-            event.ip,
-            event.outcome.map(Outcome::as_str),
-            micros(event.occurred_at),
-            micros(event.recorded_at),
-            event.recorded_by,
-            event_data,
-            event.event_data_hash.as_ref().map(Digest::as_bytes),
-            event.idempotency_key,
-            event.amends.as_ref().map(|a| a.0.as_bytes()),
-            event.amends_hash.as_ref().map(Digest::as_bytes),
-            event.request_hash.as_bytes(),
-            event.leaf_hash.as_bytes(),
-            event.prev_hash.as_bytes(),
-            event.hash.as_bytes(),
-        ])?;
+        insert.execute(params_from_iter(event.columns()))?;
     }
     Ok(())
 }
@@ -414,7 +330,8 @@ impl From<IndexedValue<'_>> for SqlValue {
 
 fn push_filter(sql: &mut Sql, filter: &Filter) -> Result<(), StoreError> {
     match filter {
-        Filter::Equals(field @ (Field::Id | Field::Amends), value) => {
+        // Stored as 16-byte blobs; the parser checked the text is a UUID.
+        Filter::Equals(field, value) if field.kind() == Kind::Uuid => {
             let id = EventId::from_str(value).map_err(|e| StoreError::Other(e.into()))?;
             sql.push(&format!(" AND {} = ", field.name()))
                 .bind(id.0.as_bytes().to_vec());
@@ -498,12 +415,13 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
         .push(" AND seq IN (SELECT seq FROM events WHERE tenant = ");
     } else if data.is_empty() {
         sql.push(&format!(
-            "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+            "{prefix}SELECT {} FROM events WHERE tenant = ",
+            *EVENT_COLUMNS
         ));
     } else {
-        let columns: Vec<String> = EVENT_COLUMNS
-            .split(',')
-            .map(|column| format!("events.{}", column.trim()))
+        let columns: Vec<String> = FIELDS
+            .iter()
+            .map(|field| format!("events.{}", field.name))
             .collect();
         sql.push(&format!(
             "{prefix}SELECT {} FROM events",
@@ -555,55 +473,17 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
 }
 
 fn read_head(conn: &Connection, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
-    let mut select = conn.prepare_cached(
-        "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from \
-         FROM chain_heads WHERE tenant = ?",
-    )?;
-    let mut rows = select.query([tenant.as_str()])?;
-    let Some(row) = rows.next()? else {
-        return Ok(None);
-    };
-    let mut c = Columns::new(row);
-    let seq = c.integer("seq")?;
-    let hash = c.digest("hash")?;
-    let frontier = c.optional_blob("frontier")?.unwrap_or_default();
-    Ok(Some(Chained {
-        seq: Seq(seq),
-        hash,
-        frontier: decode_frontier(seq, frontier)?,
-        recorded_at: c.optional_time("recorded_at")?,
-        recorded_at_ordered_from: Seq(c.integer("recorded_at_ordered_from")?),
-    }))
+    let mut select = conn.prepare_cached(SELECT_HEAD)?;
+    let heads = decode_all(select.query([tenant.as_str()])?, |row| rows::head(row))?;
+    Ok(heads.into_iter().next())
 }
 
-fn checkpoints_of(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Checkpoint>, StoreError> {
-    let mut checkpoints = Vec::new();
-    while let Some(row) = rows.next()? {
-        let mut c = Columns::new(row);
-        checkpoints.push(Checkpoint {
-            tenant: TenantId::new(c.text("tenant")?),
-            tree_size: c.integer("tree_size")? as u64,
-            root: c.digest("root_hash")?,
-            issued_at: c.time("issued_at")?,
-            note: c.text("note")?,
-        });
-    }
-    Ok(checkpoints)
+fn checkpoints_of(result: rusqlite::Rows<'_>) -> Result<Vec<Checkpoint>, StoreError> {
+    decode_all(result, |row| rows::checkpoint(row))
 }
 
-const CHECKPOINT_COLUMNS: &str = "tenant, tree_size, root_hash, issued_at, note";
-
-fn users_of(mut rows: rusqlite::Rows<'_>) -> Result<Vec<UserRecord>, StoreError> {
-    let mut users = Vec::new();
-    while let Some(row) = rows.next()? {
-        let mut c = Columns::new(row);
-        users.push(UserRecord {
-            name: c.text("name")?,
-            password_hash: c.text("password_hash")?,
-            role: decode_role(&c.text("role")?)?,
-        });
-    }
-    Ok(users)
+fn users_of(result: rusqlite::Rows<'_>) -> Result<Vec<UserRecord>, StoreError> {
+    decode_all(result, |row| rows::user(row))
 }
 
 fn is_unique_violation(error: &rusqlite::Error) -> bool {
@@ -767,16 +647,7 @@ impl Store for SqliteStore {
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
         self.read(|conn| {
-            let mut select = conn.prepare_cached(
-                "WITH RECURSIVE logged(tenant) AS ( \
-                     SELECT MIN(tenant) FROM events \
-                     UNION ALL \
-                     SELECT (SELECT MIN(tenant) FROM events WHERE tenant > logged.tenant) \
-                     FROM logged WHERE logged.tenant IS NOT NULL) \
-                 SELECT tenant FROM logged WHERE tenant IS NOT NULL \
-                 UNION SELECT tenant FROM chain_heads UNION SELECT tenant FROM checkpoints \
-                 ORDER BY 1",
-            )?;
+            let mut select = conn.prepare_cached(super::TENANTS)?;
             let names = select
                 .query_map([], |row| row.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -900,10 +771,7 @@ impl Store for SqliteStore {
                     micros(OffsetDateTime::now_utc()),
                 ]);
             match added {
-                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                    "a user named `{}` already exists",
-                    user.name
-                ))),
+                Err(e) if is_unique_violation(&e) => Err(users::name_taken(&user.name)),
                 other => other.map(drop).map_err(StoreError::from),
             }
         })
@@ -913,8 +781,7 @@ impl Store for SqliteStore {
     async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         let name = name.to_owned();
         self.read(move |conn| {
-            let mut select =
-                conn.prepare_cached("SELECT name, password_hash, role FROM users WHERE name = ?")?;
+            let mut select = conn.prepare_cached(users::FIND)?;
             Ok(users_of(select.query([name])?)?.into_iter().next())
         })
         .await
@@ -922,8 +789,7 @@ impl Store for SqliteStore {
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
         self.read(|conn| {
-            let mut select =
-                conn.prepare_cached("SELECT name, password_hash, role FROM users ORDER BY name")?;
+            let mut select = conn.prepare_cached(users::LIST)?;
             users_of(select.query([])?)
         })
         .await
@@ -932,13 +798,8 @@ impl Store for SqliteStore {
     async fn remove_user(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_owned();
         self.write(move |conn| {
-            let removed = conn
-                .prepare_cached("DELETE FROM users WHERE name = ?")?
-                .execute([name])?;
-            if removed == 0 {
-                return Err(StoreError::NotFound);
-            }
-            Ok(())
+            let removed = conn.prepare_cached(users::REMOVE)?.execute([name])?;
+            users::removed(removed as u64)
         })
         .await
     }
@@ -946,7 +807,7 @@ impl Store for SqliteStore {
     async fn count_users_with_role(&self, role: Role) -> Result<i64, StoreError> {
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT COUNT(*) FROM users WHERE role = ?")?
+                .prepare_cached(users::COUNT_WITH_ROLE)?
                 .query_row([role.as_str()], |row| row.get(0))?)
         })
         .await
