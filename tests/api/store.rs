@@ -701,11 +701,20 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .execute(&format!(
             "ATTACH DATABASE '{source_file}' AS source; \
              INSERT INTO events SELECT * FROM source.events; \
-             INSERT INTO chain_heads SELECT tenant, seq, hash, frontier FROM source.chain_heads; \
-             INSERT INTO merkle_nodes SELECT * FROM source.merkle_nodes;"
+             INSERT INTO chain_heads SELECT tenant, seq, hash, x'' FROM source.chain_heads;"
         ))
         .await
         .unwrap();
+    // The tree as it was stored then.
+    let leaves: Vec<_> = store
+        .scan(&TenantId::default(), Seq(0), 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.leaf_hash)
+        .collect();
+    let (tree, _) = crate::helpers::pre_tiles_tree_sql(Backend::Sqlite, "default", &leaves);
+    target.execute(&tree).await.unwrap();
 
     // 0003 indexes them; its rows of ordinary payloads are already what the appender writes.
     migrate_sqlite_to(&target, 3);
@@ -728,7 +737,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .unwrap();
 
     let store = target.sqlite().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5, 6]);
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5, 6, 7]);
     store.migrate().await.unwrap();
     assert_eq!(index_rows(&target), expected);
 

@@ -17,9 +17,9 @@ use uuid::Uuid;
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
-    decode_frontier, decode_role,
+    decode_frontier, decode_role, decode_tile, encode_tile, last_full_leaf,
 };
-use crate::integrity::merkle::NodeId;
+use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::payload;
@@ -366,16 +366,15 @@ fn erase_payload(
     Ok(())
 }
 
-fn insert_nodes(tx: &Transaction, nodes: &[(TenantId, NodeId, Digest)]) -> Result<(), StoreError> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO merkle_nodes (tenant, level, idx, hash) VALUES (?, ?, ?, ?)",
-    )?;
-    for (tenant, node, hash) in nodes {
+fn insert_tiles(tx: &Transaction, tiles: &[(TenantId, FullTile)]) -> Result<(), StoreError> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO tiles (tenant, level, idx, hashes) VALUES (?, ?, ?, ?)")?;
+    for (tenant, tile) in tiles {
         insert.execute(params![
             tenant.as_str(),
-            i64::from(node.level),
-            node.index as i64,
-            hash.as_bytes()
+            i64::from(tile.id.level),
+            tile.id.index as i64,
+            encode_tile(&tile.hashes)
         ])?;
     }
     Ok(())
@@ -543,7 +542,7 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
 
 fn read_head(conn: &Connection, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
     let mut select = conn.prepare_cached(
-        "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from \
+        "SELECT seq, hash, partial_tiles, recorded_at, recorded_at_ordered_from \
          FROM chain_heads WHERE tenant = ?",
     )?;
     let mut rows = select.query([tenant.as_str()])?;
@@ -553,13 +552,26 @@ fn read_head(conn: &Connection, tenant: &TenantId) -> Result<Option<Chained>, St
     let mut c = Columns::new(row);
     let seq = c.integer("seq")?;
     let hash = c.digest("hash")?;
-    let frontier = c.optional_blob("frontier")?.unwrap_or_default();
+    let upper = c.optional_blob("partial_tiles")?.unwrap_or_default().to_vec();
+    let recorded_at = c.optional_time("recorded_at")?;
+    let recorded_at_ordered_from = Seq(c.integer("recorded_at_ordered_from")?);
+    // Level 0's partial tile: the leaf hashes after the last full one (read within the same
+    // transaction as the head, so they are exactly the head's).
+    let mut leaves = conn.prepare_cached(
+        "SELECT leaf_hash FROM events WHERE tenant = ? AND seq > ? AND seq <= ? ORDER BY seq",
+    )?;
+    let leaves = leaves
+        .query_map(params![tenant.as_str(), last_full_leaf(seq), seq], |row| {
+            row.get::<_, Vec<u8>>(0)
+        })?
+        .map(|bytes| decode_digest("events.leaf_hash", &bytes?))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Chained {
         seq: Seq(seq),
         hash,
-        frontier: decode_frontier(seq, frontier)?,
-        recorded_at: c.optional_time("recorded_at")?,
-        recorded_at_ordered_from: Seq(c.integer("recorded_at_ordered_from")?),
+        frontier: decode_frontier(seq, leaves, &upper)?,
+        recorded_at,
+        recorded_at_ordered_from,
     }))
 }
 
@@ -634,23 +646,23 @@ fn append(
     let assembled = assemble::assemble(batch, known, heads, recorded_at);
     insert_events(&tx, &assembled.rows)?;
     insert_index_rows(&tx, &assembled.rows)?;
-    insert_nodes(&tx, &assembled.nodes)?;
+    insert_tiles(&tx, &assembled.tiles)?;
     for (tenant, target) in &assembled.redactions {
         erase_payload(&tx, tenant, *target, recorded_at)?;
     }
     {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO chain_heads (tenant, seq, hash, frontier, recorded_at) \
+            "INSERT INTO chain_heads (tenant, seq, hash, partial_tiles, recorded_at) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE \
-             SET seq = excluded.seq, hash = excluded.hash, frontier = excluded.frontier, \
-             recorded_at = excluded.recorded_at",
+             SET seq = excluded.seq, hash = excluded.hash, \
+             partial_tiles = excluded.partial_tiles, recorded_at = excluded.recorded_at",
         )?;
         for (tenant, head) in &assembled.heads {
             upsert.execute(params![
                 tenant.as_str(),
                 head.seq.0,
                 head.hash.as_bytes(),
-                head.frontier.to_bytes(),
+                head.frontier.upper_to_bytes(),
                 head.recorded_at.map(micros),
             ])?;
         }
@@ -777,36 +789,30 @@ impl Store for SqliteStore {
         self.read(move |conn| read_head(conn, &tenant)).await
     }
 
-    async fn nodes(
+    async fn full_tiles(
         &self,
         tenant: &TenantId,
-        ids: &[NodeId],
-    ) -> Result<HashMap<NodeId, Digest>, StoreError> {
+        ids: &[TileId],
+    ) -> Result<HashMap<TileId, Vec<Digest>>, StoreError> {
         let tenant = tenant.clone();
         let ids = ids.to_vec();
         self.read(move |conn| {
-            let mut leaf =
-                conn.prepare_cached("SELECT leaf_hash FROM events WHERE tenant = ? AND seq = ?")?;
-            let mut node = conn.prepare_cached(
-                "SELECT hash FROM merkle_nodes WHERE tenant = ? AND level = ? AND idx = ?",
+            let mut select = conn.prepare_cached(
+                "SELECT hashes FROM tiles WHERE tenant = ? AND level = ? AND idx = ?",
             )?;
             let mut found = HashMap::new();
             for id in ids {
-                let mut rows = if id.level == 0 {
-                    leaf.query(params![tenant.as_str(), id.index as i64 + 1])?
-                } else {
-                    node.query(params![
-                        tenant.as_str(),
-                        i64::from(id.level),
-                        id.index as i64
-                    ])?
-                };
+                let mut rows = select.query(params![
+                    tenant.as_str(),
+                    i64::from(id.level),
+                    id.index as i64
+                ])?;
                 if let Some(row) = rows.next()? {
                     let bytes = row
                         .get_ref(0)?
                         .as_blob()
-                        .map_err(|e| corrupt("merkle node", e))?;
-                    found.insert(id, decode_digest("merkle node", bytes)?);
+                        .map_err(|e| corrupt("tiles.hashes", e))?;
+                    found.insert(id, decode_tile(bytes)?);
                 }
             }
             Ok(found)
