@@ -99,32 +99,22 @@ impl Frontier {
         (TileId { level, index }, hashes)
     }
 
-    /// Stored form of the partial tiles above level 0, concatenated, lowest level first; their
-    /// widths follow from the size. Level 0's partial tile is not stored here: it is the leaf
-    /// hashes of the events after the last full tile, which the events table holds already.
-    pub fn upper_to_bytes(&self) -> Vec<u8> {
-        self.partial[1..]
-            .iter()
-            .flatten()
-            .flat_map(|h| h.0)
-            .collect()
+    /// Stored form: the partial tiles concatenated, lowest level first; their widths follow
+    /// from the size.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.partial.iter().flatten().flat_map(|h| h.0).collect()
     }
 
-    /// Rebuilds a frontier from the leaf hashes after the last full level-0 tile and the stored
-    /// upper partial tiles; `None` if they do not fit `size`.
-    pub fn from_parts(size: u64, leaves: Vec<Digest>, upper: &[u8]) -> Option<Self> {
+    /// Rebuilds a frontier from its stored form; `None` if it does not fit `size`.
+    pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
         let width = |level: usize| ((size >> (TILE_HEIGHT * level as u32)) % TILE_WIDTH) as usize;
-        if leaves.len() != width(0) {
-            return None;
-        }
-        let expected: usize = (1..TILE_LEVELS).map(width).sum();
-        if upper.len() != expected * 32 {
+        let expected: usize = (0..TILE_LEVELS).map(width).sum();
+        if bytes.len() != expected * 32 {
             return None;
         }
         let mut partial: [Vec<Digest>; TILE_LEVELS] = Default::default();
-        partial[0] = leaves;
-        let mut rest = upper.chunks_exact(32).filter_map(Digest::from_slice);
-        for (level, hashes) in partial.iter_mut().enumerate().skip(1) {
+        let mut rest = bytes.chunks_exact(32).filter_map(Digest::from_slice);
+        for (level, hashes) in partial.iter_mut().enumerate() {
             hashes.extend(rest.by_ref().take(width(level)));
         }
         Some(Self { size, partial })
@@ -396,7 +386,10 @@ mod tests {
                     *hash,
                 );
             }
-            row = row.chunks_exact(2).map(|p| node_hash(&p[0], &p[1])).collect();
+            row = row
+                .chunks_exact(2)
+                .map(|p| node_hash(&p[0], &p[1]))
+                .collect();
             level += 1;
         }
         (frontier, tiles, nodes, leaves)
@@ -436,11 +429,9 @@ mod tests {
         for size in (0..70).chain(SIZES) {
             let (frontier, _, leaves) = build(size);
             assert_eq!(frontier.root(), reference_root(&leaves), "size {size}");
-            let (_, level0) = frontier.partial_tile(0);
-            let stored =
-                Frontier::from_parts(size, level0.to_vec(), &frontier.upper_to_bytes()).unwrap();
+            let stored = Frontier::from_bytes(size, &frontier.to_bytes()).unwrap();
             assert_eq!(stored, frontier);
-            assert!(Frontier::from_parts(size + 1, level0.to_vec(), &[]).is_none());
+            assert!(Frontier::from_bytes(size + 1, &frontier.to_bytes()).is_none());
         }
     }
 

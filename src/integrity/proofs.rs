@@ -164,7 +164,9 @@ pub async fn inclusion<S: Store>(
         },
     ];
     spans.extend(inclusion_spans(leaf_index, tree_size));
-    let mut hashes = span_hashes(store, tenant, &frontier, &spans).await?.into_iter();
+    let mut hashes = span_hashes(store, tenant, &frontier, &spans)
+        .await?
+        .into_iter();
     let (Some(leaf_hash), Some(root)) = (hashes.next(), hashes.next()) else {
         unreachable!("two spans requested first")
     };
@@ -205,7 +207,9 @@ pub async fn consistency<S: Store>(
         Span { start: 0, end: to },
     ];
     spans.extend(consistency_spans(from, to));
-    let mut hashes = span_hashes(store, tenant, &frontier, &spans).await?.into_iter();
+    let mut hashes = span_hashes(store, tenant, &frontier, &spans)
+        .await?
+        .into_iter();
     let (Some(from_root), Some(to_root)) = (hashes.next(), hashes.next()) else {
         unreachable!("two spans requested first")
     };

@@ -328,7 +328,14 @@ pub async fn verify_store<S: crate::store::Store>(
     for tenant in tenants {
         // Read the head first and verify up to it: events appended meanwhile are not this
         // run's business, and must not look like a rewritten tail.
-        let chained = store.head(&tenant).await?;
+        let (chained, unreadable_head) = match store.head(&tenant).await {
+            Ok(chained) => (chained, None),
+            // A head that does not decode (say its partial tiles no longer fit the events) is
+            // a problem of this log; its events are still checked, so that a deleted or changed
+            // event is named where it shows.
+            Err(crate::store::StoreError::Other(error)) => (None, Some(format!("{error:#}"))),
+            Err(other) => return Err(other),
+        };
         let ordered_from = chained
             .as_ref()
             .map_or(Seq(1), |h| h.recorded_at_ordered_from);
@@ -384,6 +391,13 @@ pub async fn verify_store<S: crate::store::Store>(
         results.push(match failed {
             Some(problem) => Err(problem),
             None => verifier.finish(head).and_then(|verified| {
+                if let Some(error) = unreadable_head {
+                    return Err(Problem {
+                        tenant: tenant.clone(),
+                        seq: None,
+                        message: format!("the chain head cannot be read: {error}"),
+                    });
+                }
                 // The head's partial tiles, from which proofs and tiles are served too.
                 match chained {
                     Some(stored) if stored.frontier != edge => Err(Problem {
@@ -413,13 +427,11 @@ async fn compare_tiles<S: crate::store::Store>(
     }
     let ids: Vec<_> = filled.iter().map(|tile| tile.id).collect();
     let stored = store.full_tiles(tenant, &ids).await?;
-    let wrong = filled
-        .iter()
-        .find_map(|tile| match stored.get(&tile.id) {
-            Some(hashes) if *hashes == tile.hashes => None,
-            Some(_) => Some((tile.id, "differs from the tree recomputed from the events")),
-            None => Some((tile.id, "is missing")),
-        });
+    let wrong = filled.iter().find_map(|tile| match stored.get(&tile.id) {
+        Some(hashes) if *hashes == tile.hashes => None,
+        Some(_) => Some((tile.id, "differs from the tree recomputed from the events")),
+        None => Some((tile.id, "is missing")),
+    });
     Ok(wrong.map(|(id, what)| {
         let path = Tile {
             kind: TileKind::Hashes { level: id.level },

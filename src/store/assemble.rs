@@ -147,12 +147,8 @@ fn assemble_one(
         }
     }
     let linked = chain_events(head, tenant, &submission.recorded_by, recorded_at, fresh);
-    done.tiles.extend(
-        linked
-            .tiles
-            .into_iter()
-            .map(|tile| (tenant.clone(), tile)),
-    );
+    done.tiles
+        .extend(linked.tiles.into_iter().map(|tile| (tenant.clone(), tile)));
     let replayed: Vec<bool> = slots.iter().map(Option::is_some).collect();
     let mut created = linked.events.into_iter();
     let events: Vec<Event> = slots

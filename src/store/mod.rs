@@ -250,22 +250,11 @@ fn decode_digest(column: &str, bytes: &[u8]) -> Result<crate::integrity::Digest,
     crate::integrity::Digest::from_slice(bytes).ok_or_else(|| corrupt(column, "not 32 bytes"))
 }
 
-/// The head's frontier from the leaf hashes after its last full level-0 tile (the events with
-/// `seq >` [`last_full_leaf`]) and the stored upper partial tiles.
-fn decode_frontier(
-    seq: i64,
-    leaves: Vec<Digest>,
-    upper: &[u8],
-) -> Result<crate::integrity::Frontier, StoreError> {
+fn decode_frontier(seq: i64, bytes: &[u8]) -> Result<crate::integrity::Frontier, StoreError> {
     u64::try_from(seq)
         .ok()
-        .and_then(|size| crate::integrity::Frontier::from_parts(size, leaves, upper))
+        .and_then(|size| crate::integrity::Frontier::from_bytes(size, bytes))
         .ok_or_else(|| corrupt("chain_heads.partial_tiles", "does not match the tree size"))
-}
-
-/// The `seq` of the last event in a full level-0 tile of a log whose head is at `seq`.
-fn last_full_leaf(seq: i64) -> i64 {
-    seq - seq.rem_euclid(TILE_WIDTH as i64)
 }
 
 /// A stored full tile: 256 hashes of 32 bytes.
@@ -273,7 +262,10 @@ fn decode_tile(bytes: &[u8]) -> Result<Vec<Digest>, StoreError> {
     if bytes.len() != TILE_WIDTH as usize * 32 {
         return Err(corrupt("tiles.hashes", "not 256 hashes"));
     }
-    Ok(bytes.chunks_exact(32).filter_map(Digest::from_slice).collect())
+    Ok(bytes
+        .chunks_exact(32)
+        .filter_map(Digest::from_slice)
+        .collect())
 }
 
 /// A full tile's stored form.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
-    decode_frontier, decode_role, decode_tile, encode_tile, last_full_leaf,
+    decode_frontier, decode_role, decode_tile, encode_tile,
 };
 use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
@@ -322,17 +322,14 @@ impl PgStore {
             redacted.extend(partition);
         }
         for (tenant, head) in &assembled.heads {
-            // The upper partial tiles change only when the batch filled a tile; otherwise the
-            // stored value (out of line once over 2 kB) is kept as it is rather than rewritten.
-            let filled = assembled.tiles.iter().any(|(t, _)| t == tenant);
             sqlx::query(
-                "UPDATE chain_heads SET seq = $2, hash = $3, \
-                 partial_tiles = COALESCE($4, partial_tiles), recorded_at = $5 WHERE tenant = $1",
+                "UPDATE chain_heads SET seq = $2, hash = $3, partial_tiles = $4, recorded_at = $5 \
+                 WHERE tenant = $1",
             )
             .bind(tenant.as_str())
             .bind(head.seq.0)
             .bind(head.hash.as_bytes())
-            .bind(filled.then(|| head.frontier.upper_to_bytes()))
+            .bind(head.frontier.to_bytes())
             .bind(head.recorded_at)
             .execute(&mut *tx)
             .await?;
@@ -536,32 +533,14 @@ async fn insert_tiles(
     Ok(())
 }
 
-/// A head row and the leaf hashes of level 0's partial tile, which the events after its last
-/// full tile hold. Read after the row, so in a transaction that locked it they are the head's.
-async fn head_from_row(
-    conn: impl sqlx::PgExecutor<'_>,
-    tenant: &TenantId,
-    row: &PgRow,
-) -> Result<Chained, StoreError> {
+fn head_from_row(row: &PgRow) -> Result<Chained, StoreError> {
     let seq: i64 = row.try_get("seq")?;
     let hash: Vec<u8> = row.try_get("hash")?;
-    let upper: Vec<u8> = row.try_get("partial_tiles")?;
-    let leaves: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT leaf_hash FROM events WHERE tenant = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
-    )
-    .bind(tenant.as_str())
-    .bind(last_full_leaf(seq))
-    .bind(seq)
-    .fetch_all(conn)
-    .await?;
-    let leaves = leaves
-        .iter()
-        .map(|bytes| decode_digest("events.leaf_hash", bytes))
-        .collect::<Result<Vec<_>, _>>()?;
+    let partial_tiles: Vec<u8> = row.try_get("partial_tiles")?;
     Ok(Chained {
         seq: Seq(seq),
         hash: decode_digest("chain_heads.hash", &hash)?,
-        frontier: decode_frontier(seq, leaves, &upper)?,
+        frontier: decode_frontier(seq, &partial_tiles)?,
         recorded_at: row.try_get("recorded_at")?,
         recorded_at_ordered_from: Seq(row.try_get("recorded_at_ordered_from")?),
     })
@@ -593,7 +572,7 @@ async fn lock_head(
         .fetch_optional(&mut *conn)
         .await?
     {
-        return head_from_row(&mut *conn, tenant, &row).await;
+        return head_from_row(&row);
     }
     sqlx::query(
         "INSERT INTO chain_heads (tenant, seq, hash, partial_tiles) VALUES ($1, 0, $2, $3) \
@@ -608,7 +587,7 @@ async fn lock_head(
         .bind(tenant.as_str())
         .fetch_one(&mut *conn)
         .await?;
-    head_from_row(&mut *conn, tenant, &row).await
+    head_from_row(&row)
 }
 
 /// Adds one filter, in the form an index serves (see docs/write-path.md, "Indexes
@@ -838,10 +817,7 @@ impl Store for PgStore {
         .bind(tenant.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(Some(head_from_row(&self.pool, tenant, &row).await?)),
-            None => Ok(None),
-        }
+        row.as_ref().map(head_from_row).transpose()
     }
 
     async fn full_tiles(

@@ -12,8 +12,8 @@ use crate::helpers::{Backend, TestDb, created, submission};
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
-        Backend::Sqlite => vec![1, 2, 3, 4, 5, 6],
-        Backend::Postgres => vec![1, 2, 3, 4, 5, 6],
+        Backend::Sqlite => vec![1, 2, 3, 4, 5, 6, 7],
+        Backend::Postgres => vec![1, 2, 3, 4, 5, 6, 7],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -844,16 +844,31 @@ async fn recorded_at_never_goes_backwards<S: Store>(store: S, db: &TestDb) {
 /// Back to the schema before the migration that keeps `recorded_at` in order (0004 on
 /// PostgreSQL, 0005 on SQLite), with the log as it is; returns the migrations then pending. On
 /// SQLite, whose migrations are one version number, the later users-generation migration (0006)
-/// is undone with it.
+/// and tiles migration (0007) are undone with it.
 async fn unapply_the_head_time_migration(db: &TestDb) -> Vec<i64> {
     let (pending, unrecord) = match db.backend {
-        Backend::Sqlite => (
-            vec![5, 6],
-            "DROP TRIGGER users_generation_on_insert; DROP TRIGGER users_generation_on_update; \
-             DROP TRIGGER users_generation_on_delete; DROP TABLE users_generation; \
-             PRAGMA user_version = 4"
-                .to_owned(),
-        ),
+        Backend::Sqlite => {
+            let leaves: Vec<Digest> = db
+                .sqlite_connection()
+                .prepare("SELECT leaf_hash FROM events WHERE tenant = 'default' ORDER BY seq")
+                .unwrap()
+                .query_map([], |row| row.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .map(|bytes| Digest::from_slice(&bytes.unwrap()).unwrap())
+                .collect();
+            let (tree, _) = crate::helpers::pre_tiles_tree_sql(Backend::Sqlite, "default", &leaves);
+            (
+                vec![5, 6, 7],
+                format!(
+                    "{} {tree} \
+                     DROP TRIGGER users_generation_on_insert; \
+                     DROP TRIGGER users_generation_on_update; \
+                     DROP TRIGGER users_generation_on_delete; DROP TABLE users_generation; \
+                     PRAGMA user_version = 4",
+                    crate::helpers::pre_tiles_schema_sql(Backend::Sqlite)
+                ),
+            )
+        }
         Backend::Postgres => (
             vec![4],
             "DELETE FROM _sqlx_migrations WHERE version = 4".to_owned(),

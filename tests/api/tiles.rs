@@ -185,9 +185,7 @@ async fn served_tree<S: Store>(store: &S) -> serde_json::Value {
         ));
         for &from in sizes.iter().filter(|from| **from <= at) {
             served.push(json!(
-                proofs::consistency(store, &tenant, from, at)
-                    .await
-                    .unwrap()
+                proofs::consistency(store, &tenant, from, at).await.unwrap()
             ));
         }
         for seq in [1, 2, 200, 256, 257, 512, 513, at] {

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::{
     Appended, EVENT_COLUMNS, INSERT_EVENT_COLUMNS, Store, StoreError, corrupt, decode_digest,
-    decode_frontier, decode_role, decode_tile, encode_tile, last_full_leaf,
+    decode_frontier, decode_role, decode_tile, encode_tile,
 };
 use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
@@ -552,26 +552,13 @@ fn read_head(conn: &Connection, tenant: &TenantId) -> Result<Option<Chained>, St
     let mut c = Columns::new(row);
     let seq = c.integer("seq")?;
     let hash = c.digest("hash")?;
-    let upper = c.optional_blob("partial_tiles")?.unwrap_or_default().to_vec();
-    let recorded_at = c.optional_time("recorded_at")?;
-    let recorded_at_ordered_from = Seq(c.integer("recorded_at_ordered_from")?);
-    // Level 0's partial tile: the leaf hashes after the last full one (read within the same
-    // transaction as the head, so they are exactly the head's).
-    let mut leaves = conn.prepare_cached(
-        "SELECT leaf_hash FROM events WHERE tenant = ? AND seq > ? AND seq <= ? ORDER BY seq",
-    )?;
-    let leaves = leaves
-        .query_map(params![tenant.as_str(), last_full_leaf(seq), seq], |row| {
-            row.get::<_, Vec<u8>>(0)
-        })?
-        .map(|bytes| decode_digest("events.leaf_hash", &bytes?))
-        .collect::<Result<Vec<_>, _>>()?;
+    let partial_tiles = c.optional_blob("partial_tiles")?.unwrap_or_default();
     Ok(Some(Chained {
         seq: Seq(seq),
         hash,
-        frontier: decode_frontier(seq, leaves, &upper)?,
-        recorded_at,
-        recorded_at_ordered_from,
+        frontier: decode_frontier(seq, partial_tiles)?,
+        recorded_at: c.optional_time("recorded_at")?,
+        recorded_at_ordered_from: Seq(c.integer("recorded_at_ordered_from")?),
     }))
 }
 
@@ -662,7 +649,7 @@ fn append(
                 tenant.as_str(),
                 head.seq.0,
                 head.hash.as_bytes(),
-                head.frontier.upper_to_bytes(),
+                head.frontier.to_bytes(),
                 head.recorded_at.map(micros),
             ])?;
         }

@@ -1,9 +1,8 @@
 -- The Merkle tree as C2SP tlog-tiles instead of one row per node: a row per full tile of 256
 -- hashes (tile level L holds tree level 8·L, so level 0 holds leaf hashes), and the partial
--- tiles at the right edge of levels 1 and up in the chain head, rewritten by the append that
--- changes them. Level 0's partial tile is the leaf hashes of the events after its last full
--- tile; other nodes are hashed from the tile below them (docs/integrity.md, "Storage of the
--- tree"). Existing logs are carried over from merkle_nodes and events.leaf_hash unchanged.
+-- tiles at the right edge of each level in the chain head, which every append rewrites anyway.
+-- Other nodes are hashed from the tile below them (docs/integrity.md, "How it is stored").
+-- Existing logs are carried over from merkle_nodes and events.leaf_hash unchanged.
 CREATE TABLE tiles (
     tenant TEXT     NOT NULL,
     level  SMALLINT NOT NULL,
@@ -33,10 +32,15 @@ WHERE n.level % 8 = 0 AND n.level > 0 AND n.idx < ((h.seq >> n.level) / 256) * 2
 GROUP BY n.tenant, n.level, n.idx / 256
 HAVING count(*) = 256;
 
--- The head's partial tiles of levels 1 and up, lowest level first, replace the frontier (whose
--- subtrees all lie inside the partial tiles).
+-- The head's partial tiles, lowest level first, replace the frontier (whose subtrees all lie
+-- inside them): level 0's from the events after the last full tile, the others from the nodes.
 ALTER TABLE chain_heads ADD COLUMN partial_tiles BYTEA NOT NULL DEFAULT ''::bytea;
 UPDATE chain_heads SET partial_tiles = coalesce((
+    SELECT string_agg(e.leaf_hash, ''::bytea ORDER BY e.seq)
+    FROM events e
+    WHERE e.tenant = chain_heads.tenant
+        AND e.seq > chain_heads.seq - chain_heads.seq % 256 AND e.seq <= chain_heads.seq
+), ''::bytea) || coalesce((
     SELECT string_agg(n.hash, ''::bytea ORDER BY n.level, n.idx)
     FROM merkle_nodes n
     WHERE n.tenant = chain_heads.tenant AND n.level % 8 = 0 AND n.level > 0
