@@ -353,18 +353,19 @@ mod tests {
     /// Builds a tree the way the writer does, keeping the tiles it fills, and every complete
     /// subtree's hash computed level by level, independently of the tiles.
     fn build(size: u64) -> (Frontier, HashMap<NodeId, Digest>, Vec<Digest>) {
-        let (frontier, _, nodes, leaves) = build_tiled(size);
-        (frontier, nodes, leaves)
+        let built = build_tiled(size);
+        (built.frontier, built.nodes, built.leaves)
     }
 
-    fn build_tiled(
-        size: u64,
-    ) -> (
-        Frontier,
-        HashMap<TileId, Vec<Digest>>,
-        HashMap<NodeId, Digest>,
-        Vec<Digest>,
-    ) {
+    /// A tree built by [`build_tiled`].
+    struct Built {
+        frontier: Frontier,
+        tiles: HashMap<TileId, Vec<Digest>>,
+        nodes: HashMap<NodeId, Digest>,
+        leaves: Vec<Digest>,
+    }
+
+    fn build_tiled(size: u64) -> Built {
         let mut frontier = Frontier::default();
         let mut tiles = HashMap::new();
         let leaves: Vec<Digest> = (0..size).map(leaf).collect();
@@ -392,7 +393,12 @@ mod tests {
                 .collect();
             level += 1;
         }
-        (frontier, tiles, nodes, leaves)
+        Built {
+            frontier,
+            tiles,
+            nodes,
+            leaves,
+        }
     }
 
     /// A complete subtree's hash as the store serves it: from a full tile, else the partial one.
@@ -412,7 +418,9 @@ mod tests {
 
     /// A proof's hashes as the store serves them, from tiles.
     fn proof(spans: &[Span], size: u64) -> Vec<Digest> {
-        let (frontier, tiles, _, _) = build_tiled(size);
+        let Built {
+            frontier, tiles, ..
+        } = build_tiled(size);
         spans
             .iter()
             .map(|s| s.hash(|id| from_tiles(id, &frontier, &tiles)).unwrap())
@@ -438,7 +446,12 @@ mod tests {
     #[test]
     fn every_node_is_served_from_its_tile_at_tile_boundaries() {
         for size in SIZES {
-            let (frontier, tiles, nodes, _) = build_tiled(size);
+            let Built {
+                frontier,
+                tiles,
+                nodes,
+                ..
+            } = build_tiled(size);
             let full_tiles = |level: u32| (size >> (8 * level)) / 256;
             for level in 0..2 {
                 let id = |index| TileId {
