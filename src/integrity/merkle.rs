@@ -1,9 +1,10 @@
-//! RFC 6962 / RFC 9162 Merkle tree over a tenant's leaf hashes, kept as stored complete subtrees.
+//! RFC 6962 / RFC 9162 Merkle tree over a tenant's leaf hashes, stored as C2SP tiles.
 //!
 //! A complete subtree is named by `(level, index)`: it covers leaves
 //! `index * 2^level .. (index + 1) * 2^level`. Level 0 nodes are the leaf hashes themselves.
-//! The append side only needs the *frontier* (the complete subtrees that make up the current
-//! tree, largest first); proofs name the subtrees they need so a store fetches O(log n) nodes.
+//! The append side only needs the *frontier*, the partial tile at the right edge of each tile
+//! level (every complete subtree of the current tree lies inside one); proofs name the subtrees
+//! they need, and each is hashed from the one tile below it (`super::tiles::node_in_tile`).
 
 use super::tiles::{FullTile, TILE_HEIGHT, TILE_LEVELS, TILE_WIDTH, TileId};
 use crate::model::Digest;
