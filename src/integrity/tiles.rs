@@ -250,6 +250,39 @@ mod tests {
     }
 
     #[test]
+    fn a_subtree_is_hashed_from_the_one_tile_below_it() {
+        let node = |level, index| NodeId { level, index };
+        let tile = |level, index| TileId { level, index };
+        assert_eq!(TileId::of(node(0, 255)), tile(0, 0));
+        assert_eq!(TileId::of(node(0, 256)), tile(0, 1));
+        assert_eq!(TileId::of(node(7, 1)), tile(0, 0));
+        assert_eq!(TileId::of(node(7, 2)), tile(0, 1));
+        assert_eq!(TileId::of(node(8, 0)), tile(1, 0));
+        assert_eq!(TileId::of(node(9, 128)), tile(1, 1));
+        assert_eq!(TileId::of(node(16, 3)), tile(2, 0));
+        assert_eq!(TileId::of(node(16, 256)), tile(2, 1));
+        assert_eq!(tile(0, 0).end_leaf(), 256);
+        assert_eq!(tile(1, 2).end_leaf(), 3 * 65536);
+
+        let hashes: Vec<Digest> = (0u8..=255).map(|i| Digest([i; 32])).collect();
+        let pair = crate::integrity::merkle::node_hash(&hashes[254], &hashes[255]);
+        assert_eq!(node_in_tile(node(1, 383), &hashes), Some(pair));
+        assert_eq!(node_in_tile(node(0, 300), &hashes), Some(hashes[44]));
+        assert_eq!(
+            node_in_tile(node(7, 3), &hashes),
+            Some(tree_hash(&hashes[128..]))
+        );
+        // Tree level 8 is a level-1 tile's own hashes.
+        assert_eq!(node_in_tile(node(8, 5), &hashes), Some(hashes[5]));
+        // A partial tile serves only the subtrees it already covers.
+        assert_eq!(node_in_tile(node(2, 1), &hashes[..7]), None);
+        assert_eq!(
+            node_in_tile(node(2, 0), &hashes[..7]),
+            Some(tree_hash(&hashes[..4]))
+        );
+    }
+
+    #[test]
     fn bundles_prefix_each_entry_with_its_length() {
         let bundle = entry_bundle([b"ab".as_slice(), b"".as_slice(), b"xyz".as_slice()]).unwrap();
         assert_eq!(bundle, b"\x00\x02ab\x00\x00\x00\x03xyz");
