@@ -3,7 +3,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::merkle::{Frontier, NodeId};
+use super::merkle::Frontier;
+use super::tiles::FullTile;
 use crate::model::Digest;
 use crate::model::canonical;
 use crate::model::{Event, EventId, NewEvent, Seq, TenantId};
@@ -114,14 +115,14 @@ impl Chained {
     }
 }
 
-/// Log entries made from accepted events, and the Merkle nodes they complete.
+/// Log entries made from accepted events, and the hash tiles they fill.
 pub struct Linked {
     pub events: Vec<Event>,
-    pub nodes: Vec<(NodeId, Digest)>,
+    pub tiles: Vec<FullTile>,
 }
 
 /// Turns accepted events into log entries following `head`: the next `seq`s, the commit time,
-/// the leaf and chain hashes and the new Merkle nodes. Advances `head` past them.
+/// the leaf and chain hashes and the filled tiles. Advances `head` past them.
 pub fn chain_events(
     head: &mut Chained,
     tenant: &TenantId,
@@ -129,7 +130,7 @@ pub fn chain_events(
     recorded_at: time::OffsetDateTime,
     events: Vec<(NewEvent, Digest)>,
 ) -> Linked {
-    let mut nodes = Vec::new();
+    let mut tiles = Vec::new();
     let events = events
         .into_iter()
         .map(|(new, request_hash)| {
@@ -163,14 +164,14 @@ pub fn chain_events(
             };
             event.leaf_hash = leaf_hash(&event);
             event.hash = chain_hash(&head.hash, &event.leaf_hash);
-            nodes.extend(head.frontier.push(event.leaf_hash));
+            tiles.extend(head.frontier.push(event.leaf_hash));
             head.seq = seq;
             head.hash = event.hash;
             head.recorded_at = Some(recorded_at);
             event
         })
         .collect();
-    Linked { events, nodes }
+    Linked { events, tiles }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! RFC 6962 / RFC 9162 Merkle tree over a tenant's leaf hashes, kept as stored complete subtrees.
+//! RFC 6962 / RFC 9162 Merkle tree over a tenant's leaf hashes, stored as C2SP tiles.
 //!
 //! A complete subtree is named by `(level, index)`: it covers leaves
 //! `index * 2^level .. (index + 1) * 2^level`. Level 0 nodes are the leaf hashes themselves.
-//! The append side only needs the *frontier* (the complete subtrees that make up the current
-//! tree, largest first); proofs name the subtrees they need so a store fetches O(log n) nodes.
+//! The append side only needs the *frontier*, the partial tile at the right edge of each tile
+//! level (every complete subtree of the current tree lies inside one); proofs name the subtrees
+//! they need, and each is hashed from the one tile below it (`super::tiles::node_in_tile`).
 
+use super::tiles::{FullTile, TILE_HEIGHT, TILE_LEVELS, TILE_WIDTH, TileId};
 use crate::model::Digest;
 
 /// An interior node: SHA-256(0x01 ‖ left ‖ right).
@@ -23,12 +25,15 @@ pub struct NodeId {
     pub index: u64,
 }
 
-/// The complete subtrees covering a tree of `size` leaves, largest (leftmost) first, with their
-/// hashes. Appending a leaf merges equal-sized subtrees, emitting each new interior node.
+/// The right edge of the tree, kept as C2SP tiles (`super::tiles`): for each tile level `L`, the
+/// hashes of tree level `8·L` in the partial tile at its end, `(size >> 8·L) mod 256` of them.
+/// Every complete subtree of the tree's decomposition lies inside one of these partial tiles, so
+/// the root needs nothing else. Appending a leaf may fill a tile at one or more levels: the full
+/// tile is handed back to be stored once, and its root enters the level above.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Frontier {
     size: u64,
-    hashes: Vec<Digest>,
+    partial: [Vec<Digest>; TILE_LEVELS],
 }
 
 impl Frontier {
@@ -36,49 +41,97 @@ impl Frontier {
         self.size
     }
 
-    /// Appends a leaf hash; returns the interior nodes this completes, for storage.
-    pub fn push(&mut self, leaf: Digest) -> Vec<(NodeId, Digest)> {
-        let mut created = Vec::new();
+    /// Appends a leaf hash; returns the tiles it fills, lowest level first, for storage.
+    pub fn push(&mut self, leaf: Digest) -> Vec<FullTile> {
+        let mut filled = Vec::new();
+        let size = self.size + 1;
         let mut hash = leaf;
-        let mut index = self.size;
-        let mut level = 0;
-        // Each trailing 1-bit of the old size is a same-sized left sibling to merge with.
-        while index & 1 == 1 {
-            let left = self
-                .hashes
-                .pop()
-                .unwrap_or_else(|| unreachable!("frontier matches size"));
-            hash = node_hash(&left, &hash);
-            index >>= 1;
-            level += 1;
-            created.push((NodeId { level, index }, hash));
+        for level in 0..TILE_LEVELS {
+            let partial = &mut self.partial[level];
+            partial.push(hash);
+            if partial.len() < TILE_WIDTH as usize {
+                break;
+            }
+            let hashes = std::mem::take(partial);
+            hash = tree_hash(&hashes);
+            filled.push(FullTile {
+                id: TileId {
+                    level: level as u8,
+                    index: (size >> (TILE_HEIGHT * level as u32)) / TILE_WIDTH - 1,
+                },
+                hashes,
+            });
         }
-        self.hashes.push(hash);
-        self.size += 1;
-        created
+        self.size = size;
+        filled
     }
 
-    /// The tree head: the frontier folded right to left.
+    /// The tree head: the complete subtrees of the decomposition, folded right to left.
     pub fn root(&self) -> Digest {
-        let mut iter = self.hashes.iter().rev();
-        match iter.next() {
-            None => empty_root(),
-            Some(last) => iter.fold(*last, |right, left| node_hash(left, &right)),
+        let mut root: Option<Digest> = None;
+        for level in (0..64).filter(|level| (self.size >> level) & 1 == 1) {
+            let subtree = self.subtree(level);
+            root = Some(match root {
+                None => subtree,
+                Some(right) => node_hash(&subtree, &right),
+            });
         }
+        root.unwrap_or_else(empty_root)
     }
 
-    /// Stored form: the hashes concatenated, largest subtree first.
+    /// The complete subtree at tree level `level` of the decomposition (bit `level` of the size
+    /// is set): the last `2^(level mod 8)` aligned hashes of the partial tile below it.
+    fn subtree(&self, level: u32) -> Digest {
+        let tile_level = (level / TILE_HEIGHT) as usize;
+        let count = 1usize << (level % TILE_HEIGHT);
+        let width = self.partial[tile_level].len();
+        let end = width & !(count - 1);
+        tree_hash(&self.partial[tile_level][end - count..end])
+    }
+
+    /// The partial tile of a tile level: its index and hashes (none when the level ends on a
+    /// tile boundary).
+    pub fn partial_tile(&self, level: u8) -> (TileId, &[Digest]) {
+        let index = (self.size >> (TILE_HEIGHT * u32::from(level))) / TILE_WIDTH;
+        let hashes = self
+            .partial
+            .get(usize::from(level))
+            .map_or(&[][..], Vec::as_slice);
+        (TileId { level, index }, hashes)
+    }
+
+    /// Stored form: the partial tiles concatenated, lowest level first; their widths follow
+    /// from the size.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.hashes.iter().flat_map(|h| h.0).collect()
+        self.partial.iter().flatten().flat_map(|h| h.0).collect()
     }
 
     /// Rebuilds a frontier from its stored form; `None` if it does not fit `size`.
     pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
-        if !bytes.len().is_multiple_of(32) || bytes.len() / 32 != size.count_ones() as usize {
+        let width = |level: usize| ((size >> (TILE_HEIGHT * level as u32)) % TILE_WIDTH) as usize;
+        let expected: usize = (0..TILE_LEVELS).map(width).sum();
+        if bytes.len() != expected * 32 {
             return None;
         }
-        let hashes = bytes.chunks(32).filter_map(Digest::from_slice).collect();
-        Some(Self { size, hashes })
+        let mut partial: [Vec<Digest>; TILE_LEVELS] = Default::default();
+        let mut rest = bytes.chunks_exact(32).filter_map(Digest::from_slice);
+        for (level, hashes) in partial.iter_mut().enumerate() {
+            hashes.extend(rest.by_ref().take(width(level)));
+        }
+        Some(Self { size, partial })
+    }
+}
+
+/// The Merkle tree hash (RFC 9162 MTH) of a run of hashes taken as leaves of a subtree: for a
+/// power-of-two count, the hash of the complete subtree above them.
+pub fn tree_hash(hashes: &[Digest]) -> Digest {
+    match hashes.len() {
+        0 => empty_root(),
+        1 => hashes[0],
+        n => {
+            let k = largest_power_of_two_below(n as u64) as usize;
+            node_hash(&tree_hash(&hashes[..k]), &tree_hash(&hashes[k..]))
+        }
     }
 }
 
@@ -298,50 +351,143 @@ mod tests {
         }
     }
 
-    /// Builds a tree the way the writer does, keeping every node it stores.
+    /// Builds a tree the way the writer does, keeping the tiles it fills, and every complete
+    /// subtree's hash computed level by level, independently of the tiles.
     fn build(size: u64) -> (Frontier, HashMap<NodeId, Digest>, Vec<Digest>) {
-        let mut frontier = Frontier::default();
-        let mut nodes = HashMap::new();
-        let leaves: Vec<Digest> = (0..size).map(leaf).collect();
-        for (i, l) in leaves.iter().enumerate() {
-            nodes.insert(
-                NodeId {
-                    level: 0,
-                    index: i as u64,
-                },
-                *l,
-            );
-            nodes.extend(frontier.push(*l));
-        }
-        (frontier, nodes, leaves)
+        let built = build_tiled(size);
+        (built.frontier, built.nodes, built.leaves)
     }
 
-    fn proof(spans: &[Span], nodes: &HashMap<NodeId, Digest>) -> Vec<Digest> {
+    /// A tree built by [`build_tiled`].
+    struct Built {
+        frontier: Frontier,
+        tiles: HashMap<TileId, Vec<Digest>>,
+        nodes: HashMap<NodeId, Digest>,
+        leaves: Vec<Digest>,
+    }
+
+    fn build_tiled(size: u64) -> Built {
+        let mut frontier = Frontier::default();
+        let mut tiles = HashMap::new();
+        let leaves: Vec<Digest> = (0..size).map(leaf).collect();
+        for l in &leaves {
+            for tile in frontier.push(*l) {
+                assert!(tiles.insert(tile.id, tile.hashes).is_none(), "filled twice");
+            }
+        }
+        let mut nodes = HashMap::new();
+        let mut row = leaves.clone();
+        let mut level = 0;
+        while !row.is_empty() {
+            for (index, hash) in row.iter().enumerate() {
+                nodes.insert(
+                    NodeId {
+                        level,
+                        index: index as u64,
+                    },
+                    *hash,
+                );
+            }
+            row = row
+                .chunks_exact(2)
+                .map(|p| node_hash(&p[0], &p[1]))
+                .collect();
+            level += 1;
+        }
+        Built {
+            frontier,
+            tiles,
+            nodes,
+            leaves,
+        }
+    }
+
+    /// A complete subtree's hash as the store serves it: from a full tile, else the partial one.
+    fn from_tiles(
+        node: NodeId,
+        frontier: &Frontier,
+        tiles: &HashMap<TileId, Vec<Digest>>,
+    ) -> Option<Digest> {
+        let id = TileId::of(node);
+        let (partial, hashes) = frontier.partial_tile(id.level);
+        let tile = tiles
+            .get(&id)
+            .map(Vec::as_slice)
+            .or((partial == id).then_some(hashes))?;
+        super::super::tiles::node_in_tile(node, tile)
+    }
+
+    /// A proof's hashes as the store serves them, from tiles.
+    fn proof(spans: &[Span], size: u64) -> Vec<Digest> {
+        let Built {
+            frontier, tiles, ..
+        } = build_tiled(size);
         spans
             .iter()
-            .map(|s| s.hash(|id| nodes.get(&id).copied()).unwrap())
+            .map(|s| s.hash(|id| from_tiles(id, &frontier, &tiles)).unwrap())
             .collect()
     }
 
+    /// Sizes on both sides of tile boundaries at levels 0 and 1, and some in between.
+    const SIZES: [u64; 16] = [
+        0, 1, 2, 7, 255, 256, 257, 511, 512, 513, 767, 1000, 65535, 65536, 65537, 66_050,
+    ];
+
     #[test]
-    fn frontier_root_matches_the_definition_for_every_small_size() {
-        for size in 0..70 {
+    fn frontier_root_matches_the_definition_for_every_small_size_and_at_tile_boundaries() {
+        for size in (0..70).chain(SIZES) {
             let (frontier, _, leaves) = build(size);
             assert_eq!(frontier.root(), reference_root(&leaves), "size {size}");
             let stored = Frontier::from_bytes(size, &frontier.to_bytes()).unwrap();
             assert_eq!(stored, frontier);
+            assert!(Frontier::from_bytes(size + 1, &frontier.to_bytes()).is_none());
+        }
+    }
+
+    #[test]
+    fn every_node_is_served_from_its_tile_at_tile_boundaries() {
+        for size in SIZES {
+            let Built {
+                frontier,
+                tiles,
+                nodes,
+                ..
+            } = build_tiled(size);
+            let full_tiles = |level: u32| (size >> (8 * level)) / 256;
+            for level in 0..2 {
+                let id = |index| TileId {
+                    level: level as u8,
+                    index,
+                };
+                assert!((0..full_tiles(level)).all(|i| tiles[&id(i)].len() == 256));
+                assert!(!tiles.contains_key(&id(full_tiles(level))), "size {size}");
+                let (partial, hashes) = frontier.partial_tile(level as u8);
+                assert_eq!(partial, id(full_tiles(level)));
+                assert_eq!(hashes.len() as u64, (size >> (8 * level)) % 256);
+            }
+            // Every stored node the old layout kept, up to level 17, hashed from its tile.
+            let mut checked = 0;
+            for (node, hash) in nodes.iter().filter(|(n, _)| n.level <= 17) {
+                assert_eq!(
+                    from_tiles(*node, &frontier, &tiles),
+                    Some(*hash),
+                    "size {size}, node {node:?}"
+                );
+                checked += 1;
+            }
+            assert!(checked >= size, "size {size}");
         }
     }
 
     proptest! {
         #[test]
         fn every_inclusion_proof_verifies_and_any_bit_flip_breaks_it(
-            size in 1u64..300, pick in any::<u64>(), bit in 0usize..256
+            size in 1u64..600, pick in any::<u64>(), bit in 0usize..256
         ) {
-            let (frontier, nodes, leaves) = build(size);
+            let (frontier, _, leaves) = build(size);
             let index = pick % size;
             let root = frontier.root();
-            let path = proof(&inclusion_spans(index, size), &nodes);
+            let path = proof(&inclusion_spans(index, size), size);
             prop_assert!(verify_inclusion(index, size, &leaves[index as usize], &path, &root));
             let mut flipped_leaf = leaves[index as usize];
             flipped_leaf.0[bit / 8] ^= 1 << (bit % 8);
@@ -356,13 +502,13 @@ mod tests {
 
         #[test]
         fn every_consistency_proof_verifies_and_any_bit_flip_breaks_it(
-            new in 1u64..300, pick in any::<u64>(), bit in 0usize..256
+            new in 1u64..600, pick in any::<u64>(), bit in 0usize..256
         ) {
             let old = pick % new + 1;
-            let (new_frontier, nodes, leaves) = build(new);
+            let (new_frontier, _, leaves) = build(new);
             let old_root = reference_root(&leaves[..old as usize]);
             let new_root = new_frontier.root();
-            let path = proof(&consistency_spans(old, new), &nodes);
+            let path = proof(&consistency_spans(old, new), new);
             prop_assert!(verify_consistency(old, new, &old_root, &new_root, &path));
             let mut other_root = old_root;
             other_root.0[bit / 8] ^= 1 << (bit % 8);

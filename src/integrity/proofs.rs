@@ -1,9 +1,13 @@
 //! Inclusion and consistency proofs from the stored tree: each names O(log n) complete
-//! subtrees, fetched in one store call, so a proof on a huge log costs a handful of lookups.
+//! subtrees, hashed from the few tiles below them (fetched in one store call, after the head
+//! that holds the partial ones), so a proof on a huge log costs a handful of lookups.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::merkle::{NodeId, Span, consistency_spans, inclusion_spans};
+use super::merkle::{Frontier, NodeId, Span, consistency_spans, inclusion_spans};
+use super::tiles::{TileId, node_in_tile};
 use crate::model::Digest;
 use crate::model::{Seq, TenantId};
 use crate::store::{Store, StoreError};
@@ -44,30 +48,63 @@ pub struct ConsistencyProof {
 
 /// The size of a tenant's tree now.
 pub async fn current_size<S: Store>(store: &S, tenant: &TenantId) -> Result<u64, StoreError> {
+    Ok(current(store, tenant).await?.size())
+}
+
+/// The right edge of a tenant's tree now (empty before its first event).
+async fn current<S: Store>(store: &S, tenant: &TenantId) -> Result<Frontier, StoreError> {
     Ok(store
         .head(tenant)
         .await?
-        .map_or(0, |head| head.frontier.size()))
+        .map(|head| head.frontier)
+        .unwrap_or_default())
 }
 
-/// Hashes of the given spans, in order, from one fetch of their subtrees.
+/// The named hash tiles as far as the tree whose right edge is `frontier` has them: full ones
+/// from their rows, partial ones from `frontier`; a tile not begun is left out. `frontier` must
+/// have been read before this call: a tile that was partial then may be full by now, never the
+/// other way round, and a full tile begins with every hash its partial form had.
+pub async fn tiles<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+    frontier: &Frontier,
+    ids: &[TileId],
+) -> Result<HashMap<TileId, Vec<Digest>>, StoreError> {
+    let mut found = store.full_tiles(tenant, ids).await?;
+    for id in ids {
+        let (partial, hashes) = frontier.partial_tile(id.level);
+        if partial == *id && !hashes.is_empty() && !found.contains_key(id) {
+            found.insert(*id, hashes.to_vec());
+        }
+    }
+    Ok(found)
+}
+
+/// Hashes of the given spans, in order, from one fetch of the tiles below their subtrees.
 async fn span_hashes<S: Store>(
     store: &S,
     tenant: &TenantId,
+    frontier: &Frontier,
     spans: &[Span],
 ) -> Result<Vec<Digest>, ProofError> {
-    let mut ids: Vec<NodeId> = spans.iter().flat_map(Span::subtrees).collect();
+    let mut ids: Vec<TileId> = spans
+        .iter()
+        .flat_map(Span::subtrees)
+        .map(TileId::of)
+        .collect();
     ids.sort();
     ids.dedup();
-    let nodes = store.nodes(tenant, &ids).await?;
+    let tiles = tiles(store, tenant, frontier, &ids).await?;
+    let lookup = |node: NodeId| {
+        tiles
+            .get(&TileId::of(node))
+            .and_then(|tile| node_in_tile(node, tile))
+    };
     spans
         .iter()
         .map(|span| {
-            span.hash(|id| nodes.get(&id).copied()).ok_or_else(|| {
-                let missing = span
-                    .subtrees()
-                    .into_iter()
-                    .find(|id| !nodes.contains_key(id));
+            span.hash(lookup).ok_or_else(|| {
+                let missing = span.subtrees().into_iter().find(|id| lookup(*id).is_none());
                 ProofError::MissingNode(missing.unwrap_or(NodeId { level: 0, index: 0 }))
             })
         })
@@ -90,12 +127,15 @@ pub async fn root_at<S: Store>(
     tenant: &TenantId,
     tree_size: u64,
 ) -> Result<Digest, ProofError> {
-    check_size(tree_size, current_size(store, tenant).await?)?;
+    let frontier = current(store, tenant).await?;
+    check_size(tree_size, frontier.size())?;
     let span = Span {
         start: 0,
         end: tree_size,
     };
-    Ok(span_hashes(store, tenant, &[span]).await?.remove(0))
+    Ok(span_hashes(store, tenant, &frontier, &[span])
+        .await?
+        .remove(0))
 }
 
 pub async fn inclusion<S: Store>(
@@ -104,7 +144,8 @@ pub async fn inclusion<S: Store>(
     seq: Seq,
     tree_size: u64,
 ) -> Result<InclusionProof, ProofError> {
-    check_size(tree_size, current_size(store, tenant).await?)?;
+    let frontier = current(store, tenant).await?;
+    check_size(tree_size, frontier.size())?;
     let leaf_index = u64::try_from(seq.0 - 1).unwrap_or(u64::MAX);
     if leaf_index >= tree_size {
         return Err(ProofError::OutOfRange {
@@ -123,7 +164,9 @@ pub async fn inclusion<S: Store>(
         },
     ];
     spans.extend(inclusion_spans(leaf_index, tree_size));
-    let mut hashes = span_hashes(store, tenant, &spans).await?.into_iter();
+    let mut hashes = span_hashes(store, tenant, &frontier, &spans)
+        .await?
+        .into_iter();
     let (Some(leaf_hash), Some(root)) = (hashes.next(), hashes.next()) else {
         unreachable!("two spans requested first")
     };
@@ -142,7 +185,8 @@ pub async fn consistency<S: Store>(
     from: u64,
     to: u64,
 ) -> Result<ConsistencyProof, ProofError> {
-    check_size(to, current_size(store, tenant).await?).map_err(|e| match e {
+    let frontier = current(store, tenant).await?;
+    check_size(to, frontier.size()).map_err(|e| match e {
         ProofError::OutOfRange { message, .. } => ProofError::OutOfRange {
             param: "to",
             message,
@@ -163,7 +207,9 @@ pub async fn consistency<S: Store>(
         Span { start: 0, end: to },
     ];
     spans.extend(consistency_spans(from, to));
-    let mut hashes = span_hashes(store, tenant, &spans).await?.into_iter();
+    let mut hashes = span_hashes(store, tenant, &frontier, &spans)
+        .await?
+        .into_iter();
     let (Some(from_root), Some(to_root)) = (hashes.next(), hashes.next()) else {
         unreachable!("two spans requested first")
     };

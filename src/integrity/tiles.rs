@@ -9,13 +9,60 @@
 //! leaf hash (the leaf encoding of `docs/integrity.md`); a bundle is each entry preceded by its
 //! length as a big-endian 16-bit integer.
 
-use super::merkle::NodeId;
+use super::merkle::{NodeId, tree_hash};
+use crate::model::Digest;
 
 /// Hashes (or entries) in a full tile: tiles have height 8.
 pub const TILE_WIDTH: u64 = 256;
-const TILE_HEIGHT: u32 = 8;
+/// Tree levels per tile level.
+pub const TILE_HEIGHT: u32 = 8;
 /// The highest tile level: level 63 would name tree level 504, far beyond any 64-bit size.
 const MAX_LEVEL: u8 = 7;
+/// Tile levels a tree of up to `2^64 - 1` leaves can have (level 7 is never full).
+pub const TILE_LEVELS: usize = MAX_LEVEL as usize + 1;
+
+/// A hash tile as stored: its level and index, whatever its width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TileId {
+    pub level: u8,
+    pub index: u64,
+}
+
+impl TileId {
+    /// The tile holding the hashes below a complete subtree: the subtree's level `8·L + h`
+    /// (`h < 8`) puts it above `2^h` consecutive, aligned hashes of tree level `8·L`, which
+    /// never straddle two tiles.
+    pub fn of(node: NodeId) -> Self {
+        let level = node.level / TILE_HEIGHT;
+        let first = node.index << (node.level % TILE_HEIGHT);
+        Self {
+            level: level as u8,
+            index: first / TILE_WIDTH,
+        }
+    }
+
+    /// The tree leaves this tile's hashes cover, once full: its last leaf's position, plus one.
+    pub fn end_leaf(&self) -> u64 {
+        let leaves_per_tile = TILE_WIDTH << (TILE_HEIGHT * u32::from(self.level));
+        (self.index + 1).saturating_mul(leaves_per_tile)
+    }
+}
+
+/// A tile of 256 hashes, filled by an append and stored once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullTile {
+    pub id: TileId,
+    pub hashes: Vec<Digest>,
+}
+
+/// The hash of a complete subtree from the hashes of the tile below it ([`TileId::of`]), full
+/// or partial; `None` if the tile does not yet hold all the hashes the subtree covers.
+pub fn node_in_tile(node: NodeId, tile: &[Digest]) -> Option<Digest> {
+    let height = node.level % TILE_HEIGHT;
+    let first = (node.index << height) % TILE_WIDTH;
+    let (first, count) = (first as usize, 1usize << height);
+    tile.get(first..first + count).map(tree_hash)
+}
 
 /// What a tile holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,17 +171,6 @@ impl Tile {
             .checked_add(u64::from(self.width))
             .is_some_and(|end| end <= available)
     }
-
-    /// The complete subtrees whose hashes a hash tile lists, in order.
-    pub fn nodes(&self) -> Vec<NodeId> {
-        let level = self.tree_level();
-        (0..u64::from(self.width))
-            .map(|offset| NodeId {
-                level,
-                index: self.first() + offset,
-            })
-            .collect()
-    }
 }
 
 /// An entry bundle: each entry preceded by its length, a big-endian `u16`. `None` if an entry is
@@ -211,7 +247,39 @@ mod tests {
         let upper = Tile::parse("1/000.p/1").unwrap();
         assert!(upper.within(256));
         assert!(!upper.within(255));
-        assert_eq!(upper.nodes(), vec![NodeId { level: 8, index: 0 }]);
+    }
+
+    #[test]
+    fn a_subtree_is_hashed_from_the_one_tile_below_it() {
+        let node = |level, index| NodeId { level, index };
+        let tile = |level, index| TileId { level, index };
+        assert_eq!(TileId::of(node(0, 255)), tile(0, 0));
+        assert_eq!(TileId::of(node(0, 256)), tile(0, 1));
+        assert_eq!(TileId::of(node(7, 1)), tile(0, 0));
+        assert_eq!(TileId::of(node(7, 2)), tile(0, 1));
+        assert_eq!(TileId::of(node(8, 0)), tile(1, 0));
+        assert_eq!(TileId::of(node(9, 128)), tile(1, 1));
+        assert_eq!(TileId::of(node(16, 3)), tile(2, 0));
+        assert_eq!(TileId::of(node(16, 256)), tile(2, 1));
+        assert_eq!(tile(0, 0).end_leaf(), 256);
+        assert_eq!(tile(1, 2).end_leaf(), 3 * 65536);
+
+        let hashes: Vec<Digest> = (0u8..=255).map(|i| Digest([i; 32])).collect();
+        let pair = crate::integrity::merkle::node_hash(&hashes[254], &hashes[255]);
+        assert_eq!(node_in_tile(node(1, 383), &hashes), Some(pair));
+        assert_eq!(node_in_tile(node(0, 300), &hashes), Some(hashes[44]));
+        assert_eq!(
+            node_in_tile(node(7, 3), &hashes),
+            Some(tree_hash(&hashes[128..]))
+        );
+        // Tree level 8 is a level-1 tile's own hashes.
+        assert_eq!(node_in_tile(node(8, 5), &hashes), Some(hashes[5]));
+        // A partial tile serves only the subtrees it already covers.
+        assert_eq!(node_in_tile(node(2, 1), &hashes[..7]), None);
+        assert_eq!(
+            node_in_tile(node(2, 0), &hashes[..7]),
+            Some(tree_hash(&hashes[..4]))
+        );
     }
 
     #[test]

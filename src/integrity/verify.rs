@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use super::chain::{chain_hash, event_data_hash, leaf_hash};
 use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text};
 use super::merkle::Frontier;
+use super::tiles::{FullTile, TILE_WIDTH, Tile, TileKind};
 use crate::model::Digest;
 use crate::model::{Event, EventId, Seq, TenantId};
 
@@ -37,6 +38,9 @@ pub struct TenantVerifier {
     keys: Vec<NoteVerifier>,
     last: Option<(Seq, Digest)>,
     frontier: Frontier,
+    /// Tiles the recomputed tree filled since last taken, when the stored ones are to be
+    /// compared with them ([`TenantVerifier::collect_tiles`]).
+    filled: Option<Vec<FullTile>>,
     /// Checkpoints still to reach, smallest first.
     checkpoints: VecDeque<Checkpoint>,
     checked: u64,
@@ -62,6 +66,7 @@ impl TenantVerifier {
             keys,
             last: None,
             frontier: Frontier::default(),
+            filled: None,
             checkpoints: checkpoints.into(),
             checked: 0,
             last_recorded_at: None,
@@ -76,6 +81,22 @@ impl TenantVerifier {
     pub fn recorded_at_ordered_from(mut self, seq: Seq) -> Self {
         self.recorded_at_ordered_from = seq;
         self
+    }
+
+    /// Keeps the tiles the recomputed tree fills, for [`TenantVerifier::take_tiles`].
+    pub fn collect_tiles(mut self) -> Self {
+        self.filled = Some(Vec::new());
+        self
+    }
+
+    /// The tiles filled since the last call (none unless collecting).
+    pub fn take_tiles(&mut self) -> Vec<FullTile> {
+        self.filled.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The right edge of the tree recomputed so far.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
     }
 
     fn problem(&self, seq: Option<i64>, message: impl Into<String>) -> Problem {
@@ -152,7 +173,10 @@ impl TenantVerifier {
             ));
         }
         self.last_recorded_at = Some(event.recorded_at);
-        self.frontier.push(leaf);
+        let filled = self.frontier.push(leaf);
+        if let Some(collected) = &mut self.filled {
+            collected.extend(filled);
+        }
         self.last = Some((event.seq, event.hash));
         while let Some(checkpoint) = self.checkpoints.front() {
             if checkpoint.tree_size > self.frontier.size() {
@@ -301,16 +325,24 @@ pub async fn verify_store<S: crate::store::Store>(
     for tenant in tenants {
         // Read the head first and verify up to it: events appended meanwhile are not this
         // run's business, and must not look like a rewritten tail.
-        let chained = store.head(&tenant).await?;
+        let (chained, unreadable_head) = match store.head(&tenant).await {
+            Ok(chained) => (chained, None),
+            // A head that does not decode (say its partial tiles no longer fit the events) is
+            // a problem of this log; its events are still checked, so that a deleted or changed
+            // event is named where it shows.
+            Err(crate::store::StoreError::Other(error)) => (None, Some(format!("{error:#}"))),
+            Err(other) => return Err(other),
+        };
         let ordered_from = chained
             .as_ref()
             .map_or(Seq(1), |h| h.recorded_at_ordered_from);
-        let head = chained.map(|h| (h.seq, h.hash));
+        let head = chained.as_ref().map(|h| (h.seq, h.hash));
         let until = head.map(|(seq, _)| seq);
         let mut checkpoints = store.checkpoints(&tenant).await?;
         checkpoints.extend(for_tenant(kept, &tenant));
         let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints)
-            .recorded_at_ordered_from(ordered_from);
+            .recorded_at_ordered_from(ordered_from)
+            .collect_tiles();
         // Each page is checked on a blocking thread while the next one is fetched: the
         // database's decoding and the hashing run side by side.
         let mut pages = crate::store::Pages::new(store.clone(), tenant.clone(), until);
@@ -328,14 +360,73 @@ pub async fn verify_store<S: crate::store::Store>(
                 failed = Some(problem);
                 break;
             }
+            // Every tile the events fill must be stored as recomputed: proofs and tile reads
+            // are served from the stored ones.
+            let filled = verifier.take_tiles();
+            if let Some(problem) = compare_tiles(store, &tenant, &filled).await? {
+                failed = Some(problem);
+                break;
+            }
             progress(&tenant, last as u64);
         }
+        let edge = verifier.frontier().clone();
         results.push(match failed {
             Some(problem) => Err(problem),
-            None => verifier.finish(head),
+            None => verifier.finish(head).and_then(|verified| {
+                if let Some(error) = unreadable_head {
+                    return Err(Problem {
+                        tenant: tenant.clone(),
+                        seq: None,
+                        message: format!("the chain head cannot be read: {error}"),
+                    });
+                }
+                // The head's partial tiles, from which proofs and tiles are served too.
+                match chained {
+                    Some(stored) if stored.frontier != edge => Err(Problem {
+                        tenant: tenant.clone(),
+                        seq: Some(stored.seq.0),
+                        message: "the chain head's partial tiles differ from the tree \
+                                  recomputed from the events"
+                            .into(),
+                    }),
+                    _ => Ok(verified),
+                }
+            }),
         });
     }
     Ok(results)
+}
+
+/// The first of `filled` whose stored tile is missing or differs from it, as a problem at the
+/// `seq` of the tile's last leaf.
+async fn compare_tiles<S: crate::store::Store>(
+    store: &S,
+    tenant: &TenantId,
+    filled: &[FullTile],
+) -> Result<Option<Problem>, crate::store::StoreError> {
+    if filled.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<_> = filled.iter().map(|tile| tile.id).collect();
+    let stored = store.full_tiles(tenant, &ids).await?;
+    let wrong = filled.iter().find_map(|tile| match stored.get(&tile.id) {
+        Some(hashes) if *hashes == tile.hashes => None,
+        Some(_) => Some((tile.id, "differs from the tree recomputed from the events")),
+        None => Some((tile.id, "is missing")),
+    });
+    Ok(wrong.map(|(id, what)| {
+        let path = Tile {
+            kind: TileKind::Hashes { level: id.level },
+            index: id.index,
+            width: TILE_WIDTH as u16,
+        }
+        .path();
+        Problem {
+            tenant: tenant.clone(),
+            seq: Some(i64::try_from(id.end_leaf()).unwrap_or(i64::MAX)),
+            message: format!("the stored hash tile {path} {what}"),
+        }
+    }))
 }
 
 /// What an export says of a tenant's chain head beyond its events (`{"chain_head": …}`).

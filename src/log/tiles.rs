@@ -5,7 +5,7 @@ use super::{AuditLog, LogError};
 use crate::auth::Principal;
 use crate::integrity::leaf_bytes;
 use crate::integrity::proofs;
-use crate::integrity::tiles::{Tile, TileKind, entry_bundle};
+use crate::integrity::tiles::{Tile, TileId, TileKind, entry_bundle};
 use crate::model::{Seq, TenantId};
 use crate::store::Store;
 
@@ -25,7 +25,13 @@ impl<S: Store> AuditLog<S> {
     /// log is too small to hold every hash or entry of the tile.
     pub async fn tile(&self, principal: &Principal, tile: Tile) -> Result<Vec<u8>, LogError> {
         let tenant = Self::tenant_of(principal);
-        let size = proofs::current_size(&self.store, &tenant).await?;
+        let frontier = self
+            .store
+            .head(&tenant)
+            .await?
+            .map(|head| head.frontier)
+            .unwrap_or_default();
+        let size = frontier.size();
         if !tile.within(size) {
             return Err(LogError::NotFound(format!(
                 "{} is beyond the log's {size} entries",
@@ -33,20 +39,22 @@ impl<S: Store> AuditLog<S> {
             )));
         }
         match tile.kind {
-            TileKind::Hashes { .. } => {
-                let ids = tile.nodes();
-                let nodes = self.store.nodes(&tenant, &ids).await?;
-                let mut data = Vec::with_capacity(ids.len() * 32);
-                for id in &ids {
-                    let hash = nodes.get(id).ok_or_else(|| {
+            TileKind::Hashes { level } => {
+                let id = TileId {
+                    level,
+                    index: tile.index,
+                };
+                let tiles = proofs::tiles(&self.store, &tenant, &frontier, &[id]).await?;
+                let hashes = tiles
+                    .get(&id)
+                    .and_then(|hashes| hashes.get(..usize::from(tile.width)))
+                    .ok_or_else(|| {
                         LogError::Internal(anyhow::anyhow!(
-                            "tree node {id:?} of {} is missing from the store",
+                            "{} is missing from the store",
                             tile.path()
                         ))
                     })?;
-                    data.extend_from_slice(hash.as_bytes());
-                }
-                Ok(data)
+                Ok(hashes.iter().flat_map(|h| h.0).collect())
             }
             TileKind::Entries => {
                 let after = Seq(i64::try_from(tile.first()).unwrap_or(i64::MAX));

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::Appended;
-use crate::integrity::merkle::NodeId;
-use crate::integrity::{Chained, Digest, chain_events};
+use crate::integrity::tiles::FullTile;
+use crate::integrity::{Chained, chain_events};
 use crate::model::{Event, EventId, Submission, TenantId};
 
 pub type KeyIndex = HashMap<(TenantId, String), Event>;
@@ -79,12 +79,12 @@ impl CommitClock {
     }
 }
 
-/// What to write: rows (in `seq` order per tenant), Merkle nodes, payloads to erase, the new
+/// What to write: rows (in `seq` order per tenant), filled hash tiles, payloads to erase, the new
 /// heads; and one outcome per submission.
 #[derive(Default)]
 pub struct Assembled {
     pub rows: Vec<Event>,
-    pub nodes: Vec<(TenantId, NodeId, Digest)>,
+    pub tiles: Vec<(TenantId, FullTile)>,
     pub redactions: Vec<(TenantId, EventId)>,
     pub outcomes: Vec<Appended>,
     pub heads: HashMap<TenantId, Chained>,
@@ -147,12 +147,8 @@ fn assemble_one(
         }
     }
     let linked = chain_events(head, tenant, &submission.recorded_by, recorded_at, fresh);
-    done.nodes.extend(
-        linked
-            .nodes
-            .into_iter()
-            .map(|(id, hash)| (tenant.clone(), id, hash)),
-    );
+    done.tiles
+        .extend(linked.tiles.into_iter().map(|tile| (tenant.clone(), tile)));
     let replayed: Vec<bool> = slots.iter().map(Option::is_some).collect();
     let mut created = linked.events.into_iter();
     let events: Vec<Event> = slots
@@ -172,6 +168,7 @@ fn assemble_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::integrity::Digest;
     use crate::model::{Limits, NewEvent, RawEvent, Seq};
 
     fn submission(events: serde_json::Value) -> Submission {
@@ -253,9 +250,8 @@ mod tests {
         assert_eq!(seqs, vec![42, 43, 44]);
         assert_eq!(done.rows[0].prev_hash, head.hash);
         assert_eq!(done.rows[2].prev_hash, done.rows[1].hash);
-        // Leaves 41, 42, 43 (0-based) complete the subtrees (1,21), (2,10) and (3,5) among others.
         assert_eq!(done.heads[&TenantId::default()].frontier.size(), 44);
-        assert!(!done.nodes.is_empty());
+        assert!(done.tiles.is_empty(), "no tile fills before leaf 256");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use std::collections::HashMap;
 
-use crate::integrity::merkle::NodeId;
+use crate::integrity::tiles::{TILE_WIDTH, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
@@ -156,12 +156,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         tenant: &TenantId,
     ) -> impl Future<Output = Result<Option<Chained>, StoreError>> + Send;
 
-    /// Hashes of the named complete subtrees (level 0: leaf hashes); absent ones are left out.
-    fn nodes(
+    /// The named hash tiles that are full (256 hashes each, stored once when an append filled
+    /// them); the others are left out. Partial tiles are the head's ([`Chained::frontier`]).
+    fn full_tiles(
         &self,
         tenant: &TenantId,
-        ids: &[NodeId],
-    ) -> impl Future<Output = Result<HashMap<NodeId, Digest>, StoreError>> + Send;
+        ids: &[TileId],
+    ) -> impl Future<Output = Result<HashMap<TileId, Vec<Digest>>, StoreError>> + Send;
 
     /// Stores a checkpoint; one for the same tenant and size already stored wins.
     fn add_checkpoint(
@@ -246,15 +247,27 @@ fn corrupt(column: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Other(anyhow::anyhow!("stored {column} is invalid: {detail}"))
 }
 
-fn decode_digest(column: &str, bytes: &[u8]) -> Result<crate::integrity::Digest, StoreError> {
-    crate::integrity::Digest::from_slice(bytes).ok_or_else(|| corrupt(column, "not 32 bytes"))
-}
-
 fn decode_frontier(seq: i64, bytes: &[u8]) -> Result<crate::integrity::Frontier, StoreError> {
     u64::try_from(seq)
         .ok()
         .and_then(|size| crate::integrity::Frontier::from_bytes(size, bytes))
-        .ok_or_else(|| corrupt("chain_heads.frontier", "does not match the tree size"))
+        .ok_or_else(|| corrupt("chain_heads.partial_tiles", "does not match the tree size"))
+}
+
+/// A stored full tile: 256 hashes of 32 bytes.
+fn decode_tile(bytes: &[u8]) -> Result<Vec<Digest>, StoreError> {
+    if bytes.len() != TILE_WIDTH as usize * 32 {
+        return Err(corrupt("tiles.hashes", "not 256 hashes"));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .filter_map(Digest::from_slice)
+        .collect())
+}
+
+/// A full tile's stored form.
+fn encode_tile(hashes: &[Digest]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.0).collect()
 }
 
 fn decode_role(text: &str) -> Result<Role, StoreError> {

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::rows::{self, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
-use super::{Appended, Store, StoreError, decode_digest, users};
-use crate::integrity::merkle::NodeId;
+use super::{Appended, Store, StoreError, corrupt, decode_tile, encode_tile, users};
+use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Kind};
@@ -306,7 +306,7 @@ impl PgStore {
         *tried = recorded_at;
         let assembled = assemble::assemble(batch, known, heads, recorded_at);
         insert_events(&mut tx, &assembled.rows).await?;
-        insert_nodes(&mut tx, &assembled.nodes).await?;
+        insert_tiles(&mut tx, &assembled.tiles).await?;
         let mut redacted = HashSet::new();
         for (tenant, target) in &assembled.redactions {
             let partition: Option<String> = sqlx::query_scalar(
@@ -323,7 +323,7 @@ impl PgStore {
         }
         for (tenant, head) in &assembled.heads {
             sqlx::query(
-                "UPDATE chain_heads SET seq = $2, hash = $3, frontier = $4, recorded_at = $5 \
+                "UPDATE chain_heads SET seq = $2, hash = $3, partial_tiles = $4, recorded_at = $5 \
                  WHERE tenant = $1",
             )
             .bind(tenant.as_str())
@@ -517,41 +517,25 @@ async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Resul
     Ok(())
 }
 
-async fn insert_nodes(
+async fn insert_tiles(
     conn: &mut sqlx::PgConnection,
-    nodes: &[(TenantId, NodeId, Digest)],
+    tiles: &[(TenantId, FullTile)],
 ) -> Result<(), StoreError> {
-    if nodes.is_empty() {
+    if tiles.is_empty() {
         return Ok(());
     }
+    let tenants: Vec<&str> = tiles.iter().map(|(t, _)| t.as_str()).collect();
+    let levels: Vec<i16> = tiles.iter().map(|(_, t)| i16::from(t.id.level)).collect();
+    let indexes: Vec<i64> = tiles.iter().map(|(_, t)| t.id.index as i64).collect();
+    let hashes: Vec<Vec<u8>> = tiles.iter().map(|(_, t)| encode_tile(&t.hashes)).collect();
     sqlx::query(
-        "INSERT INTO merkle_nodes (tenant, level, idx, hash) \
-         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[])",
+        "INSERT INTO tiles (tenant, level, idx, hashes) \
+         SELECT * FROM UNNEST($1::text[], $2::int2[], $3::int8[], $4::bytea[])",
     )
-    .bind(
-        nodes
-            .iter()
-            .map(|(t, _, _)| t.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nodes
-            .iter()
-            .map(|(_, n, _)| n.level as i32)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nodes
-            .iter()
-            .map(|(_, n, _)| n.index as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nodes
-            .iter()
-            .map(|(_, _, h)| h.0.to_vec())
-            .collect::<Vec<_>>(),
-    )
+    .bind(&tenants)
+    .bind(&levels)
+    .bind(&indexes)
+    .bind(&hashes)
     .execute(conn)
     .await?;
     Ok(())
@@ -582,7 +566,7 @@ async fn lock_head(
         return head_from_row(&row);
     }
     sqlx::query(
-        "INSERT INTO chain_heads (tenant, seq, hash, frontier) VALUES ($1, 0, $2, $3) \
+        "INSERT INTO chain_heads (tenant, seq, hash, partial_tiles) VALUES ($1, 0, $2, $3) \
          ON CONFLICT (tenant) DO NOTHING",
     )
     .bind(tenant.as_str())
@@ -815,45 +799,35 @@ impl Store for PgStore {
         row.as_ref().map(head_from_row).transpose()
     }
 
-    async fn nodes(
+    async fn full_tiles(
         &self,
         tenant: &TenantId,
-        ids: &[NodeId],
-    ) -> Result<HashMap<NodeId, Digest>, StoreError> {
-        let leaves: Vec<i64> = ids
+        ids: &[TileId],
+    ) -> Result<HashMap<TileId, Vec<Digest>>, StoreError> {
+        let (levels, indexes): (Vec<i16>, Vec<i64>) = ids
             .iter()
-            .filter(|id| id.level == 0)
-            .map(|id| id.index as i64 + 1)
-            .collect();
-        let (levels, indexes): (Vec<i32>, Vec<i64>) = ids
-            .iter()
-            .filter(|id| id.level > 0)
-            .map(|id| (id.level as i32, id.index as i64))
+            .map(|id| (i16::from(id.level), id.index as i64))
             .unzip();
         let rows = sqlx::query(
-            "SELECT 0 AS level, seq - 1 AS idx, leaf_hash AS hash FROM events \
-             WHERE tenant = $1 AND seq = ANY($2) \
-             UNION ALL \
-             SELECT n.level, n.idx, n.hash FROM merkle_nodes n \
-             JOIN UNNEST($3::int4[], $4::int8[]) AS w(level, idx) \
-             ON n.level = w.level AND n.idx = w.idx WHERE n.tenant = $1",
+            "SELECT t.level, t.idx, t.hashes FROM tiles t \
+             JOIN UNNEST($2::int2[], $3::int8[]) AS w(level, idx) \
+             ON t.level = w.level AND t.idx = w.idx WHERE t.tenant = $1",
         )
         .bind(tenant.as_str())
-        .bind(&leaves)
         .bind(&levels)
         .bind(&indexes)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                let level: i32 = row.try_get("level")?;
+                let level: i16 = row.try_get("level")?;
                 let index: i64 = row.try_get("idx")?;
-                let hash: Vec<u8> = row.try_get("hash")?;
-                let id = NodeId {
-                    level: level as u32,
+                let hashes: Vec<u8> = row.try_get("hashes")?;
+                let id = TileId {
+                    level: u8::try_from(level).map_err(|e| corrupt("tiles.level", e))?,
                     index: index as u64,
                 };
-                Ok((id, decode_digest("merkle node", &hash)?))
+                Ok((id, decode_tile(&hashes)?))
             })
             .collect()
     }

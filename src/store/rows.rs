@@ -60,17 +60,17 @@ pub fn checkpoint<'r>(row: &mut impl ReadRow<'r>) -> Result<Checkpoint, StoreErr
 
 /// A tenant's chain head, as [`head`] reads it. `$1` is PostgreSQL's first parameter, and to
 /// SQLite a parameter named `$1`, bound at index 1 as the statement's only one.
-pub const SELECT_HEAD: &str = "SELECT seq, hash, frontier, recorded_at, recorded_at_ordered_from \
+pub const SELECT_HEAD: &str = "SELECT seq, hash, partial_tiles, recorded_at, recorded_at_ordered_from \
      FROM chain_heads WHERE tenant = $1";
 
 pub fn head<'r>(row: &mut impl ReadRow<'r>) -> Result<Chained, StoreError> {
     let seq = get::<Seq>(row, "seq")?;
     let hash = get::<Digest>(row, "hash")?;
-    let frontier = get::<Option<Vec<u8>>>(row, "frontier")?.unwrap_or_default();
+    let partial_tiles = get::<Option<Vec<u8>>>(row, "partial_tiles")?.unwrap_or_default();
     Ok(Chained {
         seq,
         hash,
-        frontier: decode_frontier(seq.0, &frontier)?,
+        frontier: decode_frontier(seq.0, &partial_tiles)?,
         recorded_at: get(row, "recorded_at")?,
         recorded_at_ordered_from: get(row, "recorded_at_ordered_from")?,
     })

@@ -520,3 +520,79 @@ pub fn created(outcome: &auditor::store::Appended) -> &[Event] {
         other => panic!("expected Created, got {other:?}"),
     }
 }
+
+/// The Merkle tree of `leaves` as stored before migration 0007, as SQL for `backend`: a
+/// `merkle_nodes` row per interior node and the head's `frontier` (the hashes of the complete
+/// subtrees making up the tree, largest first). Returns the SQL and that frontier's root.
+pub fn pre_tiles_tree_sql(backend: Backend, tenant: &str, leaves: &[Digest]) -> (String, Digest) {
+    use auditor::integrity::merkle::node_hash;
+    let blob = |hex: String| match backend {
+        Backend::Sqlite => format!("x'{hex}'"),
+        Backend::Postgres => format!("'\\x{hex}'::bytea"),
+    };
+    let mut frontier: Vec<Digest> = Vec::new();
+    let mut rows = Vec::new();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let (mut hash, mut index, mut level) = (*leaf, i as u64, 0);
+        while index & 1 == 1 {
+            hash = node_hash(&frontier.pop().unwrap(), &hash);
+            index >>= 1;
+            level += 1;
+            rows.push(format!(
+                "('{tenant}', {level}, {index}, {})",
+                blob(hash.to_hex())
+            ));
+        }
+        frontier.push(hash);
+    }
+    let mut sql = String::new();
+    for chunk in rows.chunks(500) {
+        sql += &format!(
+            "INSERT INTO merkle_nodes (tenant, level, idx, hash) VALUES {};\n",
+            chunk.join(", ")
+        );
+    }
+    let stored: String = frontier.iter().map(Digest::to_hex).collect();
+    sql += &format!(
+        "UPDATE chain_heads SET frontier = {} WHERE tenant = '{tenant}';",
+        blob(stored)
+    );
+    let root = frontier
+        .iter()
+        .rev()
+        .copied()
+        .reduce(|right, left| node_hash(&left, &right))
+        .unwrap_or_else(auditor::integrity::merkle::empty_root);
+    (sql, root)
+}
+
+/// Takes a database at the latest migration back to the tree storage of migration 0006 (no
+/// tiles; `merkle_nodes` and `chain_heads.frontier`, empty), marking 0007 as not applied.
+pub fn pre_tiles_schema_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "DROP TABLE tiles; \
+             ALTER TABLE chain_heads ADD COLUMN frontier BLOB NOT NULL DEFAULT x''; \
+             ALTER TABLE chain_heads DROP COLUMN partial_tiles; \
+             CREATE TABLE merkle_nodes (tenant TEXT NOT NULL, level INTEGER NOT NULL, \
+                 idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (tenant, level, idx)) \
+                 WITHOUT ROWID; \
+             CREATE TRIGGER merkle_nodes_are_never_changed BEFORE UPDATE ON merkle_nodes \
+                 BEGIN SELECT RAISE(ABORT, 'merkle_nodes is append-only'); END; \
+             CREATE TRIGGER merkle_nodes_are_never_deleted BEFORE DELETE ON merkle_nodes \
+                 BEGIN SELECT RAISE(ABORT, 'merkle_nodes is append-only'); END; \
+             PRAGMA user_version = 6;"
+        }
+        Backend::Postgres => {
+            "DROP TABLE tiles; \
+             ALTER TABLE chain_heads ADD COLUMN frontier BYTEA NOT NULL DEFAULT ''::bytea, \
+                 DROP COLUMN partial_tiles; \
+             CREATE TABLE merkle_nodes (tenant TEXT NOT NULL, level INT NOT NULL, \
+                 idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (tenant, level, idx)); \
+             CREATE TRIGGER merkle_nodes_are_never_changed \
+                 BEFORE UPDATE OR DELETE OR TRUNCATE ON merkle_nodes \
+                 FOR EACH STATEMENT EXECUTE FUNCTION reject_change(); \
+             DELETE FROM _sqlx_migrations WHERE version = 7;"
+        }
+    }
+}

@@ -13,7 +13,9 @@ use sqlx::Connection;
 use time::macros::datetime;
 use time::{Date, OffsetDateTime};
 
-use crate::helpers::{Backend, TestDb, assert_gapless_chain, created, spawn_app};
+use crate::helpers::{
+    Backend, TestDb, assert_gapless_chain, created, pre_tiles_tree_sql, spawn_app,
+};
 
 fn submission(events: serde_json::Value) -> Submission {
     let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
@@ -283,13 +285,17 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
         property, source, ip, outcome, occurred_at, recorded_at, recorded_by, event_data, \
         event_data_hash, redacted_at, idempotency_key, amends, amends_hash, request_hash, \
         leaf_hash, prev_hash, hash";
-    for (table, columns) in [
-        ("events", columns),
-        ("chain_heads", "tenant, seq, hash, frontier"),
-        ("merkle_nodes", "tenant, level, idx, hash"),
+    // The tree as it was stored then (`merkle_nodes`, the head's frontier) is written below.
+    for (table, selected, columns) in [
+        ("events", columns, columns),
+        (
+            "chain_heads",
+            "tenant, seq, hash, ''::bytea",
+            "tenant, seq, hash, frontier",
+        ),
     ] {
         let rows: Vec<u8> = from
-            .copy_out_raw(&format!("COPY (SELECT {columns} FROM {table}) TO STDOUT"))
+            .copy_out_raw(&format!("COPY (SELECT {selected} FROM {table}) TO STDOUT"))
             .await
             .unwrap()
             .try_fold(Vec::new(), |mut all, chunk| async move {
@@ -305,11 +311,14 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
         copy.send(rows).await.unwrap();
         copy.finish().await.unwrap();
     }
+    let leaves: Vec<_> = before.iter().map(|e| e.leaf_hash).collect();
+    let (tree, _) = pre_tiles_tree_sql(Backend::Postgres, "default", &leaves);
+    target.execute(&tree).await.unwrap();
 
     let migrated = target.postgres().await;
     assert_eq!(
         migrated.pending_migrations().await.unwrap(),
-        vec![3, 4, 5, 6]
+        vec![3, 4, 5, 6, 7]
     );
     migrated.migrate().await.unwrap();
     let after = migrated

@@ -14,8 +14,8 @@ use crate::helpers::{Backend, TestDb, created, submission};
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = match db.backend {
-        Backend::Sqlite => vec![1, 2, 3, 4, 5, 6],
-        Backend::Postgres => vec![1, 2, 3, 4, 5, 6],
+        Backend::Sqlite => vec![1, 2, 3, 4, 5, 6, 7],
+        Backend::Postgres => vec![1, 2, 3, 4, 5, 6, 7],
     };
     assert_eq!(store.pending_migrations().await.unwrap(), all);
     store.migrate().await.unwrap();
@@ -770,11 +770,20 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .execute(&format!(
             "ATTACH DATABASE '{source_file}' AS source; \
              INSERT INTO events SELECT * FROM source.events; \
-             INSERT INTO chain_heads SELECT tenant, seq, hash, frontier FROM source.chain_heads; \
-             INSERT INTO merkle_nodes SELECT * FROM source.merkle_nodes;"
+             INSERT INTO chain_heads SELECT tenant, seq, hash, x'' FROM source.chain_heads;"
         ))
         .await
         .unwrap();
+    // The tree as it was stored then.
+    let leaves: Vec<_> = store
+        .scan(&TenantId::default(), Seq(0), 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.leaf_hash)
+        .collect();
+    let (tree, _) = crate::helpers::pre_tiles_tree_sql(Backend::Sqlite, "default", &leaves);
+    target.execute(&tree).await.unwrap();
 
     // 0003 indexes them; its rows of ordinary payloads are already what the appender writes.
     migrate_sqlite_to(&target, 3);
@@ -797,7 +806,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .unwrap();
 
     let store = target.sqlite().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5, 6]);
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![4, 5, 6, 7]);
     store.migrate().await.unwrap();
     assert_eq!(index_rows(&target), expected);
 
@@ -904,16 +913,31 @@ async fn recorded_at_never_goes_backwards<S: Store>(store: S, db: &TestDb) {
 /// Back to the schema before the migration that keeps `recorded_at` in order (0004 on
 /// PostgreSQL, 0005 on SQLite), with the log as it is; returns the migrations then pending. On
 /// SQLite, whose migrations are one version number, the later users-generation migration (0006)
-/// is undone with it.
+/// and tiles migration (0007) are undone with it.
 async fn unapply_the_head_time_migration(db: &TestDb) -> Vec<i64> {
     let (pending, unrecord) = match db.backend {
-        Backend::Sqlite => (
-            vec![5, 6],
-            "DROP TRIGGER users_generation_on_insert; DROP TRIGGER users_generation_on_update; \
-             DROP TRIGGER users_generation_on_delete; DROP TABLE users_generation; \
-             PRAGMA user_version = 4"
-                .to_owned(),
-        ),
+        Backend::Sqlite => {
+            let leaves: Vec<Digest> = db
+                .sqlite_connection()
+                .prepare("SELECT leaf_hash FROM events WHERE tenant = 'default' ORDER BY seq")
+                .unwrap()
+                .query_map([], |row| row.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .map(|bytes| Digest::from_slice(&bytes.unwrap()).unwrap())
+                .collect();
+            let (tree, _) = crate::helpers::pre_tiles_tree_sql(Backend::Sqlite, "default", &leaves);
+            (
+                vec![5, 6, 7],
+                format!(
+                    "{} {tree} \
+                     DROP TRIGGER users_generation_on_insert; \
+                     DROP TRIGGER users_generation_on_update; \
+                     DROP TRIGGER users_generation_on_delete; DROP TABLE users_generation; \
+                     PRAGMA user_version = 4",
+                    crate::helpers::pre_tiles_schema_sql(Backend::Sqlite)
+                ),
+            )
+        }
         Backend::Postgres => (
             vec![4],
             "DELETE FROM _sqlx_migrations WHERE version = 4".to_owned(),

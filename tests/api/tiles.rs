@@ -5,7 +5,16 @@ use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::helpers::{ADMIN, Backend, READER, TestApp, WRITER, spawn_app};
+use auditor::integrity::proofs;
+use auditor::integrity::tiles::TileId;
+use auditor::integrity::verify::verify_store;
+use auditor::model::{Seq, TenantId};
+use auditor::store::Store;
+
+use crate::helpers::{
+    ADMIN, Backend, READER, TestApp, TestDb, WRITER, pre_tiles_schema_sql, pre_tiles_tree_sql,
+    spawn_app, submission,
+};
 
 fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -143,4 +152,120 @@ async fn a_tiles_client_recomputes_the_signed_root(backend: Backend) {
     assert_eq!(writer.status(), 403);
 }
 
-crate::both_backends!(a_tiles_client_recomputes_the_signed_root);
+/// Appends `n` events to the default tenant in batches of up to 100.
+async fn append_events<S: Store>(store: &S, n: usize) {
+    for start in (0..n).step_by(100) {
+        let batch: Vec<_> = (start..n.min(start + 100))
+            .map(|i| json!({"event_type": "t", "user_identity": format!("u{i}"), "event_data": {"i": i}}))
+            .collect();
+        store
+            .append(&[submission("default", json!(batch))])
+            .await
+            .unwrap();
+    }
+}
+
+/// Everything the tree serves, as JSON: roots at sizes across tile boundaries, inclusion and
+/// consistency proofs between them, and every hash tile of levels 0 and 1 (full or partial).
+async fn served_tree<S: Store>(store: &S) -> serde_json::Value {
+    let tenant = TenantId::default();
+    let head = store.head(&tenant).await.unwrap().unwrap();
+    let size = head.frontier.size();
+    let sizes: Vec<u64> = [1, 2, 255, 256, 257, 511, 512, 513, 600, size]
+        .into_iter()
+        .filter(|s| *s <= size)
+        .collect();
+    let mut served = Vec::new();
+    for &at in &sizes {
+        served.push(json!(
+            proofs::consistency(store, &tenant, 1, at)
+                .await
+                .unwrap()
+                .to_root
+        ));
+        for &from in sizes.iter().filter(|from| **from <= at) {
+            served.push(json!(
+                proofs::consistency(store, &tenant, from, at).await.unwrap()
+            ));
+        }
+        for seq in [1, 2, 200, 256, 257, 512, 513, at] {
+            if seq <= at {
+                served.push(json!(
+                    proofs::inclusion(store, &tenant, Seq(seq as i64), at)
+                        .await
+                        .unwrap()
+                ));
+            }
+        }
+    }
+    let ids: Vec<TileId> = (0..=size / 256)
+        .map(|index| TileId { level: 0, index })
+        .chain([TileId { level: 1, index: 0 }])
+        .collect();
+    let tiles = proofs::tiles(store, &tenant, &head.frontier, &ids)
+        .await
+        .unwrap();
+    for id in &ids {
+        served.push(json!(tiles.get(id)));
+    }
+    json!(served)
+}
+
+/// A log written with `merkle_nodes` and a head frontier (before migration 0007) serves the same
+/// roots, proofs and tiles from tiles afterwards, verifies, and goes on growing.
+async fn migration_0007_carries_a_node_per_row_tree_over_to_tiles(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    match backend {
+        Backend::Sqlite => carried_over(&db, || db.sqlite()).await,
+        Backend::Postgres => carried_over(&db, || db.postgres()).await,
+    }
+}
+
+async fn carried_over<S: Store, F: Future<Output = S>>(db: &TestDb, open: impl Fn() -> F) {
+    let tenant = TenantId::default();
+    let store = open().await;
+    store.migrate().await.unwrap();
+    append_events(&store, 700).await;
+    let before = served_tree(&store).await;
+    let root = store.head(&tenant).await.unwrap().unwrap().frontier.root();
+    let leaves: Vec<_> = store
+        .scan(&tenant, Seq(0), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.leaf_hash)
+        .collect();
+    drop(store);
+
+    // The same log as the code before 0007 stored it.
+    let (old_tree, old_root) = pre_tiles_tree_sql(db.backend, "default", &leaves);
+    assert_eq!(old_root, root);
+    db.execute(pre_tiles_schema_sql(db.backend)).await.unwrap();
+    db.execute(&old_tree).await.unwrap();
+
+    let store = open().await;
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![7]);
+    store.migrate().await.unwrap();
+    assert_eq!(served_tree(&store).await, before);
+    let verified = verify_store(&store, &[], &[], |_, _| {}).await.unwrap();
+    assert!(verified.iter().all(Result::is_ok), "{verified:?}");
+    assert!(
+        db.execute("SELECT * FROM merkle_nodes").await.is_err(),
+        "merkle_nodes is dropped"
+    );
+
+    // Appends continue the tree, across the next tile boundaries.
+    append_events(&store, 400).await;
+    let events = store.scan(&tenant, Seq(0), 2000).await.unwrap();
+    let all: Vec<[u8; 32]> = events.iter().map(|e| e.leaf_hash.0).collect();
+    let head = store.head(&tenant).await.unwrap().unwrap();
+    assert_eq!(head.frontier.size(), 1100);
+    assert_eq!(head.frontier.root().0, tree_hash(&all));
+    let verified = verify_store(&store, &[], &[], |_, _| {}).await.unwrap();
+    assert!(verified.iter().all(Result::is_ok), "{verified:?}");
+}
+
+crate::both_backends!(
+    a_tiles_client_recomputes_the_signed_root,
+    migration_0007_carries_a_node_per_row_tree_over_to_tiles,
+);

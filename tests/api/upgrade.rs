@@ -102,8 +102,9 @@ async fn a_database_migrated_by_sqlx_is_carried_forward() {
     let (db, expected) = sqlx_era_database().await;
     let tenant = TenantId::default();
     let store = db.sqlite().await;
-    // Migrations after the sqlx era (0006, the users generation) are pending, nothing else.
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![6]);
+    // Migrations after the sqlx era (0006, the users generation; 0007, the tree as tiles) are
+    // pending, nothing else.
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![6, 7]);
     let scan = |store: &SqliteStore| {
         let store = store.clone();
         async move { as_answered(store.scan(&TenantId::default(), Seq(0), 100).await.unwrap()) }
@@ -111,7 +112,7 @@ async fn a_database_migrated_by_sqlx_is_carried_forward() {
     assert_eq!(scan(&store).await, expected);
 
     store.migrate().await.unwrap();
-    assert_eq!(user_version(&db), 6);
+    assert_eq!(user_version(&db), 7);
     assert!(
         !has_sqlx_table(&db),
         "sqlx's record was moved, not kept beside"
@@ -120,7 +121,12 @@ async fn a_database_migrated_by_sqlx_is_carried_forward() {
     store.migrate().await.unwrap();
     assert_eq!(scan(&store).await, expected);
     assert!(store.find_user("admin").await.unwrap().is_some());
-    assert!(store.checkpoint(&tenant, Some(5)).await.unwrap().is_some());
+    let signed = store.checkpoint(&tenant, Some(5)).await.unwrap().unwrap();
+    // 0007 moved the tree into tiles: it serves the root the fixture's checkpoint signed.
+    let served = auditor::integrity::proofs::consistency(&store, &tenant, 1, 5)
+        .await
+        .unwrap();
+    assert_eq!(served.to_root, signed.root);
 
     // The stored fingerprint (`request_hash`) reads back: a retry of the first request is
     // answered with the event recorded then, a different request under its key is refused.
@@ -176,9 +182,9 @@ async fn a_database_sqlx_migrated_partway_continues_from_there() {
     .await
     .unwrap();
     let store = db.sqlite().await;
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![5, 6]);
+    assert_eq!(store.pending_migrations().await.unwrap(), vec![5, 6, 7]);
     store.migrate().await.unwrap();
-    assert_eq!(user_version(&db), 6);
+    assert_eq!(user_version(&db), 7);
     assert!(!has_sqlx_table(&db));
     let head = store.head(&TenantId::default()).await.unwrap().unwrap();
     assert_eq!(head.seq, Seq(5));

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 6] = [
+const FILES: [(&str, &str); 7] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -44,6 +44,10 @@ const FILES: [(&str, &str); 6] = [
         "0006_users_generation.sql",
         include_str!("../migrations/sqlite/0006_users_generation.sql"),
     ),
+    (
+        "0007_merkle_tiles.sql",
+        include_str!("../migrations/sqlite/0007_merkle_tiles.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -53,6 +57,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[3].1),
     M::up(FILES[4].1),
     M::up(FILES[5].1),
+    M::up(FILES[6].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::rows::{self, CHECKPOINT_COLUMNS, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
-use super::{Appended, Store, StoreError, corrupt, decode_digest, users};
-use crate::integrity::merkle::NodeId;
+use super::{Appended, Store, StoreError, corrupt, decode_tile, encode_tile, users};
+use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Kind};
@@ -282,16 +282,15 @@ fn erase_payload(
     Ok(())
 }
 
-fn insert_nodes(tx: &Transaction, nodes: &[(TenantId, NodeId, Digest)]) -> Result<(), StoreError> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO merkle_nodes (tenant, level, idx, hash) VALUES (?, ?, ?, ?)",
-    )?;
-    for (tenant, node, hash) in nodes {
+fn insert_tiles(tx: &Transaction, tiles: &[(TenantId, FullTile)]) -> Result<(), StoreError> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO tiles (tenant, level, idx, hashes) VALUES (?, ?, ?, ?)")?;
+    for (tenant, tile) in tiles {
         insert.execute(params![
             tenant.as_str(),
-            i64::from(node.level),
-            node.index as i64,
-            hash.as_bytes()
+            i64::from(tile.id.level),
+            tile.id.index as i64,
+            encode_tile(&tile.hashes)
         ])?;
     }
     Ok(())
@@ -409,7 +408,8 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
     let by_seq_first = data.is_empty() && (query.since.is_some() || query.until.is_some());
     if by_seq_first {
         sql.push(&format!(
-            "{prefix}SELECT {EVENT_COLUMNS} FROM events WHERE tenant = "
+            "{prefix}SELECT {} FROM events WHERE tenant = ",
+            *EVENT_COLUMNS
         ))
         .bind(tenant.as_str().to_owned())
         .push(" AND seq IN (SELECT seq FROM events WHERE tenant = ");
@@ -527,16 +527,16 @@ fn append(
     let assembled = assemble::assemble(batch, known, heads, recorded_at);
     insert_events(&tx, &assembled.rows)?;
     insert_index_rows(&tx, &assembled.rows)?;
-    insert_nodes(&tx, &assembled.nodes)?;
+    insert_tiles(&tx, &assembled.tiles)?;
     for (tenant, target) in &assembled.redactions {
         erase_payload(&tx, tenant, *target, recorded_at)?;
     }
     {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO chain_heads (tenant, seq, hash, frontier, recorded_at) \
+            "INSERT INTO chain_heads (tenant, seq, hash, partial_tiles, recorded_at) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE \
-             SET seq = excluded.seq, hash = excluded.hash, frontier = excluded.frontier, \
-             recorded_at = excluded.recorded_at",
+             SET seq = excluded.seq, hash = excluded.hash, \
+             partial_tiles = excluded.partial_tiles, recorded_at = excluded.recorded_at",
         )?;
         for (tenant, head) in &assembled.heads {
             upsert.execute(params![
@@ -661,36 +661,30 @@ impl Store for SqliteStore {
         self.read(move |conn| read_head(conn, &tenant)).await
     }
 
-    async fn nodes(
+    async fn full_tiles(
         &self,
         tenant: &TenantId,
-        ids: &[NodeId],
-    ) -> Result<HashMap<NodeId, Digest>, StoreError> {
+        ids: &[TileId],
+    ) -> Result<HashMap<TileId, Vec<Digest>>, StoreError> {
         let tenant = tenant.clone();
         let ids = ids.to_vec();
         self.read(move |conn| {
-            let mut leaf =
-                conn.prepare_cached("SELECT leaf_hash FROM events WHERE tenant = ? AND seq = ?")?;
-            let mut node = conn.prepare_cached(
-                "SELECT hash FROM merkle_nodes WHERE tenant = ? AND level = ? AND idx = ?",
+            let mut select = conn.prepare_cached(
+                "SELECT hashes FROM tiles WHERE tenant = ? AND level = ? AND idx = ?",
             )?;
             let mut found = HashMap::new();
             for id in ids {
-                let mut rows = if id.level == 0 {
-                    leaf.query(params![tenant.as_str(), id.index as i64 + 1])?
-                } else {
-                    node.query(params![
-                        tenant.as_str(),
-                        i64::from(id.level),
-                        id.index as i64
-                    ])?
-                };
+                let mut rows = select.query(params![
+                    tenant.as_str(),
+                    i64::from(id.level),
+                    id.index as i64
+                ])?;
                 if let Some(row) = rows.next()? {
                     let bytes = row
                         .get_ref(0)?
                         .as_blob()
-                        .map_err(|e| corrupt("merkle node", e))?;
-                    found.insert(id, decode_digest("merkle node", bytes)?);
+                        .map_err(|e| corrupt("tiles.hashes", e))?;
+                    found.insert(id, decode_tile(bytes)?);
                 }
             }
             Ok(found)
