@@ -106,7 +106,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn append(
         &self,
         batch: &[Submission],
-    ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send {
+        self.append_with(batch, None)
+    }
 
     /// [`Store::append`] with `clock` standing in for the clock's reading (converted to UTC and
     /// truncated to microseconds, as stored). The service always uses the clock; this is for
@@ -115,6 +117,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         batch: &[Submission],
         clock: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send {
+        self.append_with(batch, Some(clock))
+    }
+
+    /// [`Store::append`] with the clock's reading given (`Some`) or read by the store (`None`):
+    /// the one method each backend implements for both.
+    fn append_with(
+        &self,
+        batch: &[Submission],
+        clock: Option<time::OffsetDateTime>,
     ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
 
     fn get(

@@ -236,32 +236,6 @@ impl PgStore {
         Ok(added)
     }
 
-    /// [`Store::append`], with the clock read once the chain heads are locked unless `clock` is
-    /// given. An instance that waited for another's lock would otherwise hold a time older
-    /// than that one's commit.
-    async fn append_with(
-        &self,
-        batch: &[Submission],
-        clock: Option<OffsetDateTime>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        let mut tried = OffsetDateTime::UNIX_EPOCH;
-        match self.append_once(batch, clock, &mut tried).await {
-            Err(error) if is_missing_partition(&error) => {
-                // The months ahead were not created (maintenance failing, or a clock far ahead):
-                // add the month of the commit time tried and try again. The failed transaction
-                // left nothing behind.
-                let day = tried.date();
-                tracing::warn!(
-                    partition = %partition_name(day),
-                    "no partition for an append; adding it"
-                );
-                self.add_partition(day).await?;
-                self.append_once(batch, clock, &mut tried).await
-            }
-            other => other,
-        }
-    }
-
     /// One attempt at [`Self::append_with`]. Sets `tried` to the commit time it chose, whose
     /// month's partition the insert needs.
     async fn append_once(
@@ -719,16 +693,30 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
-        self.append_with(batch, None).await
-    }
-
-    async fn append_at(
+    /// [`Store::append`], with the clock read once the chain heads are locked unless `clock` is
+    /// given. An instance that waited for another's lock would otherwise hold a time older
+    /// than that one's commit.
+    async fn append_with(
         &self,
         batch: &[Submission],
-        clock: OffsetDateTime,
+        clock: Option<OffsetDateTime>,
     ) -> Result<Vec<Appended>, StoreError> {
-        self.append_with(batch, Some(clock)).await
+        let mut tried = OffsetDateTime::UNIX_EPOCH;
+        match self.append_once(batch, clock, &mut tried).await {
+            Err(error) if is_missing_partition(&error) => {
+                // The months ahead were not created (maintenance failing, or a clock far ahead):
+                // add the month of the commit time tried and try again. The failed transaction
+                // left nothing behind.
+                let day = tried.date();
+                tracing::warn!(
+                    partition = %partition_name(day),
+                    "no partition for an append; adding it"
+                );
+                self.add_partition(day).await?;
+                self.append_once(batch, clock, &mut tried).await
+            }
+            other => other,
+        }
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {

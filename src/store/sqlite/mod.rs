@@ -552,21 +552,6 @@ fn append(
     Ok(assembled.outcomes)
 }
 
-impl SqliteStore {
-    /// [`Store::append`] on the writer thread. The batch is copied to it: the thread cannot
-    /// borrow from a future that may be dropped while it works.
-    async fn append_with(
-        &self,
-        batch: &[Submission],
-        clock: Option<OffsetDateTime>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        let batch = batch.to_vec();
-        let commit_clock = Arc::clone(&self.inner.clock);
-        self.write(move |conn| append(conn, &commit_clock, &batch, clock))
-            .await
-    }
-}
-
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         self.write(migrations::migrate).await
@@ -586,16 +571,17 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn append(&self, batch: &[Submission]) -> Result<Vec<Appended>, StoreError> {
-        self.append_with(batch, None).await
-    }
-
-    async fn append_at(
+    /// [`Store::append`] on the writer thread. The batch is copied to it: the thread cannot
+    /// borrow from a future that may be dropped while it works.
+    async fn append_with(
         &self,
         batch: &[Submission],
-        clock: OffsetDateTime,
+        clock: Option<OffsetDateTime>,
     ) -> Result<Vec<Appended>, StoreError> {
-        self.append_with(batch, Some(clock)).await
+        let batch = batch.to_vec();
+        let commit_clock = Arc::clone(&self.inner.clock);
+        self.write(move |conn| append(conn, &commit_clock, &batch, clock))
+            .await
     }
 
     async fn get(&self, tenant: &TenantId, id: EventId) -> Result<Option<Event>, StoreError> {
