@@ -22,6 +22,28 @@ pub enum Backend {
     Postgres,
 }
 
+/// The migrations after `applied` that this build embeds for `backend`, in order: one per
+/// numbered file in `src/store/migrations/<backend>/`.
+pub fn migrations_after(backend: Backend, applied: i64) -> Vec<i64> {
+    let dir = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/store/migrations")
+        .join(dir);
+    let mut versions: Vec<i64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.split('_').next()?.parse().ok()
+        })
+        .filter(|&version| version > applied)
+        .collect();
+    versions.sort_unstable();
+    versions
+}
+
 pub const ADMIN: (&str, &str) = ("admin", "secret");
 pub const WRITER: (&str, &str) = ("writer", "writer-password-1");
 pub const READER: (&str, &str) = ("reader", "reader-password-1");

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 7] = [
+const FILES: [(&str, &str); 8] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -48,6 +48,10 @@ const FILES: [(&str, &str); 7] = [
         "0007_merkle_tiles.sql",
         include_str!("../migrations/sqlite/0007_merkle_tiles.sql"),
     ),
+    (
+        "0008_entity_index_without_entity_id.sql",
+        include_str!("../migrations/sqlite/0008_entity_index_without_entity_id.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -58,6 +62,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[4].1),
     M::up(FILES[5].1),
     M::up(FILES[6].1),
+    M::up(FILES[7].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);
