@@ -1029,6 +1029,119 @@ async fn the_chain_head_recorded_at_migration_backfills_existing_logs<S: Store>(
     assert_eq!(recorded_at_on_another_store(db, behind).await, now);
 }
 
+/// Every page of a query, following the cursor to the end: the `seq`s it returned, in order.
+async fn all_pages<S: Store>(store: &S, mut query: EventQuery) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    loop {
+        let mut page = store.query(&TenantId::default(), &query).await.unwrap();
+        let more = page.len() > query.limit as usize;
+        page.truncate(query.limit as usize);
+        seqs.extend(page.iter().map(|event| event.seq.0));
+        match page.last() {
+            Some(last) if more => query.after = Some(last.seq),
+            _ => return seqs,
+        }
+    }
+}
+
+/// Values as frequent as every other event, as rare as a handful, and a frequent value that
+/// the first thousand events do not hold: each query pages to exactly its matches in both
+/// orders, however the backend reaches them (on PostgreSQL, the three steps of a query that
+/// only the filter index serves).
+async fn frequent_and_rare_values_page_to_exactly_their_matches<S: Store>(store: S, _db: &TestDb) {
+    store.migrate().await.unwrap();
+    const EVENTS: usize = 5200;
+    // Around every 1024th event from either end, where a backend may split its reading.
+    let is_edge = |i: usize| {
+        let from_end = EVENTS - i;
+        matches!((i + 1) % 1024, 0..=2 | 1022 | 1023)
+            || matches!(from_end % 1024, 0..=2 | 1022 | 1023)
+    };
+    let event = |i: usize| {
+        let mut event = json!({
+            "event_type": if i % 300 == 7 { "rare" } else { "common" },
+            "user_identity": format!("u{}", i % 7),
+            "source": if i.is_multiple_of(2) { "even" } else { "odd" },
+            "event_data": {"v": i % 1000, "third": i.is_multiple_of(3)},
+        });
+        if i >= 1100 && i.is_multiple_of(2) {
+            event["property"] = json!("late");
+        }
+        if is_edge(i) {
+            event["entity_id"] = json!("edge");
+        }
+        event
+    };
+    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(1000) {
+        let batch: Vec<_> = chunk.iter().map(|&i| event(i)).collect();
+        store
+            .append(&[submission("default", json!(batch))])
+            .await
+            .unwrap();
+    }
+    // Event i has seq i + 1.
+    let matching = |test: &dyn Fn(usize) -> bool| -> Vec<i64> {
+        (0..EVENTS)
+            .filter(|&i| test(i))
+            .map(|i| i as i64 + 1)
+            .collect()
+    };
+    let cases: Vec<(&str, &str, Vec<i64>)> = vec![
+        ("source", "even", matching(&|i| i.is_multiple_of(2))),
+        ("event_type", "rare", matching(&|i| i % 300 == 7)),
+        ("event_data.v", "123", matching(&|i| i % 1000 == 123)),
+        (
+            "property",
+            "late",
+            matching(&|i| i >= 1100 && i.is_multiple_of(2)),
+        ),
+        (
+            "event_data.third",
+            "true",
+            matching(&|i| i.is_multiple_of(3)),
+        ),
+        ("event_data.v", "4000", Vec::new()),
+        ("entity_id", "edge", matching(&is_edge)),
+    ];
+    for (field, value, expected) in cases {
+        for (order, limit) in [
+            ("asc", "100"),
+            ("desc", "100"),
+            ("asc", "7"),
+            ("desc", "1000"),
+        ] {
+            let query = EventQuery::parse(&[
+                (field.to_owned(), value.to_owned()),
+                ("order".to_owned(), order.to_owned()),
+                ("limit".to_owned(), limit.to_owned()),
+            ])
+            .unwrap();
+            let mut wanted = expected.clone();
+            if order == "desc" {
+                wanted.reverse();
+            }
+            assert_eq!(
+                all_pages(&store, query).await,
+                wanted,
+                "{field}={value}, {order}, pages of {limit}"
+            );
+        }
+    }
+    // Two filters, and a page that starts from a cursor in the middle of the log.
+    let mut query = EventQuery::parse(&[
+        ("source".to_owned(), "even".to_owned()),
+        ("event_data.v".to_owned(), "124".to_owned()),
+    ])
+    .unwrap();
+    query.after = Some(Seq(2000));
+    let expected: Vec<i64> = matching(&|i| i % 1000 == 124)
+        .into_iter()
+        .filter(|&seq| seq > 2000)
+        .collect();
+    assert_eq!(expected.len(), 4);
+    assert_eq!(all_pages(&store, query).await, expected);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1066,6 +1179,7 @@ conformance!(
     recorded_at_never_goes_backwards,
     the_chain_head_recorded_at_migration_backfills_existing_logs,
     recorded_at_order_is_judged_from_the_migration_on,
+    frequent_and_rare_values_page_to_exactly_their_matches,
 );
 
 /// Appends `count` small events to the default tenant in batches of 1000.
