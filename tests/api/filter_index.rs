@@ -243,6 +243,49 @@ async fn the_store_analyses_the_partition_it_appends_to() {
 
 /// A log written before migration 0006 is found by every filter after it, the redacted payload
 /// included (not found), and the B-trees the GIN index replaces are gone.
+/// Pages of the pending list of this month's `events_filters` that a merge would move now.
+async fn pending_pages(db: &TestDb) -> i64 {
+    db.fetch_strings(&format!(
+        "SELECT gin_clean_pending_list(i.indexrelid)::text FROM pg_index i \
+         JOIN pg_inherits h ON h.inhrelid = i.indexrelid \
+         WHERE h.inhparent = 'events_filters'::regclass AND i.indrelid = '{}'::regclass",
+        this_month()
+    ))
+    .await
+    .unwrap()
+    .remove(0)
+    .parse()
+    .unwrap()
+}
+
+/// Every scan of a GIN index reads its whole pending list, so once appends pause the store
+/// merges it into the index.
+#[tokio::test]
+async fn the_pending_list_is_merged_once_appends_pause() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.postgres().await;
+    store.migrate().await.unwrap();
+    let batch: Vec<serde_json::Value> = (0..1000)
+        .map(|i| json!({"event_type": "t", "user_identity": "u", "entity_id": format!("e{i}")}))
+        .collect();
+    store
+        .append(&[submission("default", json!(batch))])
+        .await
+        .unwrap();
+    store.settle().await;
+    assert_eq!(pending_pages(&db).await, 0, "merged after the pause");
+    // The same append again, merged here by hand: the list was not empty.
+    let other = db.postgres().await;
+    other
+        .append(&[submission("default", json!(batch))])
+        .await
+        .unwrap();
+    assert!(
+        pending_pages(&db).await > 0,
+        "a fresh append fills the list"
+    );
+}
+
 #[tokio::test]
 async fn migration_0006_indexes_an_existing_log() {
     let db = TestDb::new(Backend::Postgres).await;
