@@ -173,8 +173,8 @@ impl PgStore {
     ///    alone, if there are indeed fewer (a rare value);
     /// 3. otherwise paging on in `seq` order, testing each row.
     ///
-    /// Values in between (some thousands of matches in a million, a thousand of which the
-    /// window finds none of) are the expensive case: step 3 then reads many rows.
+    /// A value in between (a few thousand matches in a million, none of them in the first
+    /// window) is the expensive case: step 3 then reads many rows.
     async fn query_filter_index_only(
         &self,
         tenant: &TenantId,
