@@ -157,6 +157,17 @@ impl PgStore {
         })
     }
 
+    /// A page of a query as the planner chooses to read it ([`build_query`]).
+    async fn query_in_seq_order(
+        &self,
+        tenant: &TenantId,
+        query: &EventQuery,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut builder = build_query("", tenant, query)?;
+        let rows = builder.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
     /// A page of a query whose filters only `events_filters` serves.
     ///
     /// The planner cannot tell a rare value from a frequent one there: it estimates a
@@ -223,13 +234,7 @@ impl PgStore {
         };
         let more = match probed {
             Some(more) => more,
-            None => {
-                let mut builder = build_query("", tenant, &rest)?;
-                let rows = builder.build().fetch_all(&self.pool).await?;
-                rows.iter()
-                    .map(event_from_row)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
+            None => self.query_in_seq_order(tenant, &rest).await?,
         };
         events.extend(more);
         events.truncate(wanted);
@@ -1055,9 +1060,7 @@ impl Store for PgStore {
         if served_by_filter_index_only(query) {
             return self.query_filter_index_only(tenant, query).await;
         }
-        let mut builder = build_query("", tenant, query)?;
-        let rows = builder.build().fetch_all(&self.pool).await?;
-        rows.iter().map(event_from_row).collect()
+        self.query_in_seq_order(tenant, query).await
     }
 
     async fn explain(&self, tenant: &TenantId, query: &EventQuery) -> Result<String, StoreError> {
