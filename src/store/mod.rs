@@ -20,7 +20,7 @@ pub mod users_watch;
 
 pub use pages::Pages;
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{PostingOptions, SqliteStore};
 pub use users_watch::UsersWatch;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use auditor::config::{DatabaseUrl, Secret};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
 use auditor::model::Event;
 use auditor::server::ServeError;
-use auditor::store::{PgStore, SqliteStore, Store};
+use auditor::store::{PgStore, PostingOptions, SqliteStore, Store};
 use auditor::{Settings, serve_with_listener};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -161,8 +161,15 @@ impl TestDb {
             .await
     }
 
+    /// The SQLite store with tiny postings runs, so that the tests' few events go through
+    /// every stage (tail, flushed runs, merges across tiers) while the suite runs.
     pub async fn sqlite(&self) -> SqliteStore {
-        SqliteStore::connect(&self.url, 4)
+        let postings = PostingOptions {
+            run_events: 4,
+            fanout: 3,
+            chunk_rows: 7,
+        };
+        SqliteStore::connect_with(&self.url, 4, postings)
             .await
             .expect("open sqlite")
     }
@@ -590,10 +597,34 @@ pub fn pre_tiles_tree_sql(backend: Backend, tenant: &str, leaves: &[Digest]) -> 
 
 /// Takes a database at the latest migration back to the tree storage of migration 0006 (no
 /// tiles; `merkle_nodes` and `chain_heads.frontier`, empty), marking 0007 as not applied.
-pub fn pre_tiles_schema_sql(backend: Backend) -> &'static str {
+/// SQL that takes a migrated SQLite database back to its schema before migration 0009: the
+/// per-field indexes and `event_data_index` instead of the postings (those of the flushed runs).
+pub const PRE_POSTINGS_SCHEMA_SQL: &str = "\
+     CREATE TABLE event_data_index (tenant TEXT NOT NULL, path TEXT NOT NULL, \
+         value ANY NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tenant, path, value, seq)) \
+         STRICT, WITHOUT ROWID; \
+     INSERT INTO event_data_index SELECT r.tenant, substr(p.field, 12), p.value, p.seq \
+         FROM postings AS p JOIN posting_runs AS r ON r.id = p.run AND r.state = 'live' \
+         WHERE p.field LIKE 'event\\_data.%' ESCAPE '\\'; \
+     DROP TABLE postings; DROP TABLE posting_runs; \
+     CREATE INDEX events_user_identity ON events (tenant, user_identity, seq); \
+     CREATE INDEX events_event_type ON events (tenant, event_type, seq); \
+     CREATE INDEX events_entity ON events (tenant, entity, seq) WHERE entity IS NOT NULL; \
+     CREATE INDEX events_action ON events (tenant, action, seq) WHERE action IS NOT NULL; \
+     CREATE INDEX events_entity_id ON events (tenant, entity_id, seq) \
+         WHERE entity_id IS NOT NULL; \
+     CREATE INDEX events_property ON events (tenant, property, seq) WHERE property IS NOT NULL; \
+     CREATE INDEX events_source ON events (tenant, source, seq) WHERE source IS NOT NULL; \
+     CREATE INDEX events_ip ON events (tenant, ip, seq) WHERE ip IS NOT NULL; \
+     CREATE INDEX events_outcome ON events (tenant, outcome, seq) WHERE outcome IS NOT NULL; \
+     CREATE INDEX events_recorded_by ON events (tenant, recorded_by, seq); \
+     PRAGMA user_version = 8;";
+
+pub fn pre_tiles_schema_sql(backend: Backend) -> String {
     match backend {
         Backend::Sqlite => {
-            "DROP TABLE tiles; \
+            PRE_POSTINGS_SCHEMA_SQL.to_owned()
+                + "DROP TABLE tiles; \
              ALTER TABLE chain_heads ADD COLUMN frontier BLOB NOT NULL DEFAULT x''; \
              ALTER TABLE chain_heads DROP COLUMN partial_tiles; \
              CREATE TABLE merkle_nodes (tenant TEXT NOT NULL, level INTEGER NOT NULL, \
@@ -605,8 +636,7 @@ pub fn pre_tiles_schema_sql(backend: Backend) -> &'static str {
                  BEGIN SELECT RAISE(ABORT, 'merkle_nodes is append-only'); END; \
              PRAGMA user_version = 6;"
         }
-        Backend::Postgres => {
-            "DROP TABLE tiles; \
+        Backend::Postgres => "DROP TABLE tiles; \
              ALTER TABLE chain_heads ADD COLUMN frontier BYTEA NOT NULL DEFAULT ''::bytea, \
                  DROP COLUMN partial_tiles; \
              CREATE TABLE merkle_nodes (tenant TEXT NOT NULL, level INT NOT NULL, \
@@ -615,6 +645,6 @@ pub fn pre_tiles_schema_sql(backend: Backend) -> &'static str {
                  BEFORE UPDATE OR DELETE OR TRUNCATE ON merkle_nodes \
                  FOR EACH STATEMENT EXECUTE FUNCTION reject_change(); \
              DELETE FROM _sqlx_migrations WHERE version = 7;"
-        }
+            .to_owned(),
     }
 }

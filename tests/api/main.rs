@@ -14,6 +14,7 @@ mod filter_index;
 mod integrity;
 mod lifecycle;
 mod partitions;
+mod postings;
 mod query;
 mod scale;
 mod store;

@@ -240,7 +240,7 @@ async fn carried_over<S: Store, F: Future<Output = S>>(db: &TestDb, open: impl F
     // The same log as the code before 0007 stored it.
     let (old_tree, old_root) = pre_tiles_tree_sql(db.backend, "default", &leaves);
     assert_eq!(old_root, root);
-    db.execute(pre_tiles_schema_sql(db.backend)).await.unwrap();
+    db.execute(&pre_tiles_schema_sql(db.backend)).await.unwrap();
     db.execute(&old_tree).await.unwrap();
 
     let store = open().await;

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 8] = [
+const FILES: [(&str, &str); 9] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -52,6 +52,10 @@ const FILES: [(&str, &str); 8] = [
         "0008_entity_index_without_entity_id.sql",
         include_str!("../migrations/sqlite/0008_entity_index_without_entity_id.sql"),
     ),
+    (
+        "0009_postings.sql",
+        include_str!("../migrations/sqlite/0009_postings.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -63,6 +67,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[5].1),
     M::up(FILES[6].1),
     M::up(FILES[7].1),
+    M::up(FILES[8].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

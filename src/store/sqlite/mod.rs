@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, RwLock, mpsc};
 
 use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{
@@ -24,16 +25,19 @@ use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    Event, EventId, EventQuery, FIELDS, Filter, JsonPath, JsonScalar, Order, Seq, Submission,
-    TenantId,
+    Event, EventId, EventQuery, FIELDS, Filter, JsonScalar, Order, Seq, Submission, TenantId,
 };
 
 mod connections;
 mod data_index;
 mod migrations;
+mod postings;
+mod runs;
 
 use connections::{Location, Threads};
-use data_index::{IndexedValue, index_path, indexed_leaves, sqlite_json_path};
+use data_index::sqlite_json_path;
+use postings::{PostingKey, Tail, data_postings, posting_of};
+pub use runs::PostingOptions;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -44,6 +48,11 @@ struct Inner {
     writer: Threads,
     readers: Threads,
     clock: Arc<CommitClock>,
+    /// The postings of the events after the last flush (see `postings`).
+    tail: Arc<RwLock<Tail>>,
+    postings: PostingOptions,
+    /// Set while a task runs the postings' upkeep, so that there is one at a time.
+    maintaining: AtomicBool,
     /// Dropped with the last clone of the store, which stops the background checkpointer.
     _stop_checkpointer: mpsc::Sender<()>,
 }
@@ -61,6 +70,15 @@ impl SqliteStore {
     /// connection and reader connections, each on a thread of its own: as many readers as the
     /// machine has cores (at least two), and never more than `max_readers`.
     pub async fn connect(url: &str, max_readers: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, max_readers, PostingOptions::default()).await
+    }
+
+    /// [`SqliteStore::connect`] with postings batched and merged as `postings` says.
+    pub async fn connect_with(
+        url: &str,
+        max_readers: u32,
+        postings: PostingOptions,
+    ) -> Result<Self, StoreError> {
         let location = Location::parse(url)?;
         let readers = reader_count(max_readers);
         // The writer first: it creates the file and puts it in WAL mode.
@@ -80,6 +98,9 @@ impl SqliteStore {
                 writer: Threads::start("writer", vec![writer])?,
                 readers: Threads::start("reader", readers)?,
                 clock: Arc::default(),
+                tail: Arc::default(),
+                postings,
+                maintaining: AtomicBool::new(false),
                 _stop_checkpointer: stop,
             }),
         })
@@ -91,6 +112,55 @@ impl SqliteStore {
         job: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.inner.writer.run(job).await
+    }
+
+    /// Loads the tail if this process has not yet (a job on the writer thread).
+    async fn tail_loaded(&self) -> Result<(), StoreError> {
+        if runs::read(&self.inner.tail).loaded {
+            return Ok(());
+        }
+        let tail = Arc::clone(&self.inner.tail);
+        self.write(move |conn| runs::load_tail(conn, &tail)).await
+    }
+
+    /// Runs the postings' upkeep (flushes and merges, see `runs`) in the background, one step
+    /// per writer job so that appends queue between them, unless it is already running.
+    fn maintain_postings(&self) {
+        if self.inner.maintaining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let tail = Arc::clone(&store.inner.tail);
+                let options = store.inner.postings;
+                match store
+                    .write(move |conn| runs::maintain(conn, &tail, &options))
+                    .await
+                {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(%error, "postings upkeep failed; retried later"),
+                }
+                break;
+            }
+            store.inner.maintaining.store(false, Ordering::Release);
+        });
+    }
+
+    /// Flushes every tenant's tail as a run, then runs the postings' upkeep to its end (every
+    /// merge due done, every retired run deleted). For tests, and for an operator who wants
+    /// the database to hold everything before copying it.
+    pub async fn flush_postings(&self) -> Result<(), StoreError> {
+        let tail = Arc::clone(&self.inner.tail);
+        let options = self.inner.postings;
+        self.write(move |conn| {
+            runs::load_tail(conn, &tail)?;
+            runs::flush(conn, &tail)?;
+            while runs::maintain(conn, &tail, &options)? {}
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `job` on a reader thread.
@@ -228,40 +298,17 @@ fn insert_events(tx: &Transaction, events: &[Event]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Inserts the `event_data_index` rows of a batch's payloads (see `data_index`).
-fn insert_index_rows(tx: &Transaction, events: &[Event]) -> Result<(), StoreError> {
-    // OR IGNORE: no two leaves of a payload share a path (`push_index_key` is unambiguous), but
-    // derived data should never be the reason an append fails.
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_data_index (tenant, path, value, seq) VALUES (?, ?, ?, ?)",
-    )?;
-    let mut leaves = Vec::new();
-    for event in events {
-        let Some(data) = &event.event_data else {
-            continue;
-        };
-        leaves.clear();
-        indexed_leaves("", data, &mut leaves);
-        for (path, value) in &leaves {
-            insert.execute(params![event.tenant.as_str(), path, value, event.seq.0])?;
-        }
-    }
-    Ok(())
-}
-
-/// Redacts one event: erases its payload and, in the same transaction, deletes the
-/// `event_data_index` rows derived from it, so that an erased value cannot be found again. The
-/// rows are computed by `indexed_leaves`, as the appender computed them, and deleted by primary
-/// key. (Until migration 0004 a trigger did this from a SQL view; no view can derive the
-/// encoding of `push_index_key` without a recursive query, which a trigger cannot run cheaply.)
-/// An UPDATE made by hand, outside the service, erases the payload but leaves its rows; it also
-/// records no `audit.redacted` event, so it is no redaction the log knows of.
+/// Redacts one event: erases its payload and, in the same transaction, deletes the postings
+/// derived from it from the runs that hold them, so that an erased value cannot be found again.
+/// Returns the event's `seq` and those postings, for the caller to forget in the tail once
+/// committed. An UPDATE made by hand, outside the service, erases the payload but leaves its
+/// postings; it also records no `audit.redacted` event, so it is no redaction the log knows of.
 fn erase_payload(
     tx: &Transaction,
     tenant: &TenantId,
     target: EventId,
     recorded_at: OffsetDateTime,
-) -> Result<(), StoreError> {
+) -> Result<Option<(Seq, Vec<PostingKey>)>, StoreError> {
     let found: Option<(i64, String)> = tx
         .prepare_cached(
             "SELECT seq, event_data FROM events \
@@ -272,23 +319,17 @@ fn erase_payload(
         })
         .optional()?;
     let Some((seq, data)) = found else {
-        return Ok(());
+        return Ok(None);
     };
     let data: Map<String, Value> =
         serde_json::from_str(&data).map_err(|e| corrupt("event_data", e))?;
-    let mut leaves = Vec::new();
-    indexed_leaves("", &data, &mut leaves);
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM event_data_index WHERE tenant = ? AND path = ? AND value = ? AND seq = ?",
-    )?;
-    for (path, value) in &leaves {
-        delete.execute(params![tenant.as_str(), path, value, seq])?;
-    }
+    let keys = data_postings(&data);
+    runs::erase(tx, tenant, Seq(seq), &keys)?;
     tx.prepare_cached(
         "UPDATE events SET event_data = NULL, redacted_at = ? WHERE tenant = ? AND seq = ?",
     )?
     .execute(params![micros(recorded_at), tenant.as_str(), seq])?;
-    Ok(())
+    Ok(Some((Seq(seq), keys)))
 }
 
 fn insert_tiles(tx: &Transaction, tiles: &[(TenantId, FullTile)]) -> Result<(), StoreError> {
@@ -322,17 +363,6 @@ impl Sql {
         self.text.push('?');
         self.binds.push(value.into());
         self
-    }
-}
-
-impl From<IndexedValue<'_>> for SqlValue {
-    fn from(value: IndexedValue<'_>) -> Self {
-        match value {
-            IndexedValue::Integer(i) => Self::Integer(i),
-            IndexedValue::Real(f) => Self::Real(f),
-            IndexedValue::Text(t) => Self::Text(t.to_owned()),
-            IndexedValue::Blob(b) => Self::Blob(b.to_vec()),
-        }
     }
 }
 
@@ -395,63 +425,23 @@ fn push_filter(sql: &mut Sql, filter: &Filter) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The SQL of an event query (optionally prefixed, e.g. by `EXPLAIN`), with bound values only.
-///
-/// Without `event_data` filters this reads `events` alone. With them, each filter joins
-/// `event_data_index` (as `d0`, `d1`, …) on `(tenant, path, value)`, and the query pages by
-/// `d0.seq`, so it reads the index in `seq` order and stops after one page. The JSON predicate
-/// of each filter stays in the WHERE clause as a recheck: the index only narrows the candidates.
+/// The SQL of an event query that postings do not serve (optionally prefixed, e.g. by
+/// `EXPLAIN`), with bound values only: no equality filter, or one on `id`, `idempotency_key`
+/// or `amends`, whose own indexes on `events` find the few rows the other filters are then
+/// tested on.
 fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sql, StoreError> {
-    let data: Vec<(&JsonPath, &JsonScalar)> = query
-        .filters
-        .iter()
-        .filter_map(|filter| match filter {
-            Filter::Data(path, value) => Some((path, value)),
-            Filter::Equals(..) => None,
-        })
-        .collect();
     let mut sql = Sql::default();
     // A time range is read through `events_occurred_at`, which is not in `seq` order: the page
     // is then chosen by `seq` alone in a subquery and its rows read afterwards, so the sort
     // holds `seq`s rather than whole rows (about 40 % less time for a page of 100).
-    let by_seq_first = data.is_empty() && (query.since.is_some() || query.until.is_some());
+    let by_seq_first = query.since.is_some() || query.until.is_some();
+    sql.push(&format!(
+        "{prefix}SELECT {} FROM events WHERE tenant = ",
+        *EVENT_COLUMNS
+    ));
     if by_seq_first {
-        sql.push(&format!(
-            "{prefix}SELECT {} FROM events WHERE tenant = ",
-            *EVENT_COLUMNS
-        ))
-        .bind(tenant.as_str().to_owned())
-        .push(" AND seq IN (SELECT seq FROM events WHERE tenant = ");
-    } else if data.is_empty() {
-        sql.push(&format!(
-            "{prefix}SELECT {} FROM events WHERE tenant = ",
-            *EVENT_COLUMNS
-        ));
-    } else {
-        let columns: Vec<String> = FIELDS
-            .iter()
-            .map(|field| format!("events.{}", field.name))
-            .collect();
-        sql.push(&format!(
-            "{prefix}SELECT {} FROM events",
-            columns.join(", ")
-        ));
-        for i in 0..data.len() {
-            sql.push(&format!(
-                " JOIN event_data_index AS d{i} ON d{i}.tenant = events.tenant AND d{i}.seq = events.seq"
-            ));
-        }
-        sql.push(" WHERE ");
-        for (i, (path, value)) in data.iter().enumerate() {
-            sql.push(&format!("d{i}.tenant = "))
-                .bind(tenant.as_str().to_owned())
-                .push(&format!(" AND d{i}.path = "))
-                .bind(index_path(path.segments()))
-                .push(&format!(" AND d{i}.value = "))
-                .bind(IndexedValue::of_scalar(value))
-                .push(" AND ");
-        }
-        sql.push("events.tenant = ");
+        sql.bind(tenant.as_str().to_owned())
+            .push(" AND seq IN (SELECT seq FROM events WHERE tenant = ");
     }
     sql.bind(tenant.as_str().to_owned());
     for filter in &query.filters {
@@ -463,22 +453,26 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
     if let Some(until) = query.until {
         sql.push(" AND occurred_at < ").bind(micros(until));
     }
-    // With `event_data` filters, `d0.seq` (equal to `events.seq`) is the column whose order the
-    // index yields; naming it lets SQLite stop after one page instead of sorting every match.
-    let seq = if data.is_empty() { "seq" } else { "d0.seq" };
     let (after, direction) = match query.order {
         Order::Asc => (">", "ASC"),
         Order::Desc => ("<", "DESC"),
     };
     if let Some(after_seq) = query.after {
-        sql.push(&format!(" AND {seq} {after} ")).bind(after_seq.0);
+        sql.push(&format!(" AND seq {after} ")).bind(after_seq.0);
     }
-    sql.push(&format!(" ORDER BY {seq} {direction} LIMIT "))
+    sql.push(&format!(" ORDER BY seq {direction} LIMIT "))
         .bind(query.fetch_limit());
     if by_seq_first {
         sql.push(&format!(") ORDER BY seq {direction}"));
     }
     Ok(sql)
+}
+
+/// The postings a query's filters are found by, or `None` if the query is one for
+/// [`build_query`]: none of its filters is posted, or one has an index of its own.
+fn posting_keys(query: &EventQuery) -> Option<Vec<PostingKey>> {
+    let keys: Option<Vec<PostingKey>> = query.filters.iter().map(posting_of).collect();
+    keys.filter(|keys| !keys.is_empty())
 }
 
 fn read_head(conn: &Connection, tenant: &TenantId) -> Result<Option<Chained>, StoreError> {
@@ -509,9 +503,11 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
 fn append(
     conn: &mut Connection,
     commit_clock: &CommitClock,
+    tail: &RwLock<Tail>,
     batch: &[Submission],
     clock: Option<OffsetDateTime>,
 ) -> Result<Vec<Appended>, StoreError> {
+    runs::load_tail(conn, tail)?;
     // IMMEDIATE takes the write lock up front: the heads read below cannot change until commit.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut heads = HashMap::new();
@@ -535,10 +531,12 @@ fn append(
     let recorded_at = commit_clock.commit_time(clock, &heads);
     let assembled = assemble::assemble(batch, known, heads, recorded_at);
     insert_events(&tx, &assembled.rows)?;
-    insert_index_rows(&tx, &assembled.rows)?;
     insert_tiles(&tx, &assembled.tiles)?;
+    let mut erased = Vec::new();
     for (tenant, target) in &assembled.redactions {
-        erase_payload(&tx, tenant, *target, recorded_at)?;
+        if let Some((seq, keys)) = erase_payload(&tx, tenant, *target, recorded_at)? {
+            erased.push((tenant, seq, keys));
+        }
     }
     {
         let mut upsert = tx.prepare_cached(
@@ -558,16 +556,36 @@ fn append(
         }
     }
     tx.commit()?;
+    let mut tail = runs::write(tail);
+    tail.add(&assembled.rows);
+    for (tenant, seq, keys) in erased {
+        tail.remove(tenant, seq, &keys);
+    }
     Ok(assembled.outcomes)
 }
 
 impl Store for SqliteStore {
+    /// Applies the pending migrations. The tail is read again afterwards: a migration may have
+    /// moved postings into runs (0009).
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.write(migrations::migrate).await
+        let tail = Arc::clone(&self.inner.tail);
+        self.write(move |conn| {
+            migrations::migrate(conn)?;
+            *runs::write(&tail) = Tail::default();
+            Ok(())
+        })
+        .await
     }
 
     async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
         self.read(migrations::pending).await
+    }
+
+    /// Loads the postings' tail and resumes their upkeep (a merge a restart interrupted).
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.tail_loaded().await?;
+        self.maintain_postings();
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -589,8 +607,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Appended>, StoreError> {
         let batch = batch.to_vec();
         let commit_clock = Arc::clone(&self.inner.clock);
-        self.write(move |conn| append(conn, &commit_clock, &batch, clock))
-            .await
+        let tail = Arc::clone(&self.inner.tail);
+        let appended = self
+            .write(move |conn| append(conn, &commit_clock, &tail, &batch, clock))
+            .await?;
+        if runs::read(&self.inner.tail).events() >= self.inner.postings.run_events {
+            self.maintain_postings();
+        }
+        Ok(appended)
     }
 
     async fn get(&self, tenant: &TenantId, id: EventId) -> Result<Option<Event>, StoreError> {
@@ -604,6 +628,14 @@ impl Store for SqliteStore {
     }
 
     async fn query(&self, tenant: &TenantId, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        if let Some(keys) = posting_keys(query) {
+            self.tail_loaded().await?;
+            let (tail, tenant, query) =
+                (Arc::clone(&self.inner.tail), tenant.clone(), query.clone());
+            return self
+                .read(move |conn| runs::query(conn, &tail, &tenant, &query, keys))
+                .await;
+        }
         let sql = build_query("", tenant, query)?;
         self.read(move |conn| {
             let mut select = conn.prepare_cached(&sql.text)?;
@@ -612,12 +644,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// The plan of the statement that reads a run for a query that postings serve.
     async fn explain(&self, tenant: &TenantId, query: &EventQuery) -> Result<String, StoreError> {
-        let sql = build_query("EXPLAIN QUERY PLAN ", tenant, query)?;
+        let (text, binds) = match posting_keys(query) {
+            Some(keys) => runs::PostingQuery::new(tenant, query, &keys)?.explain_run(),
+            None => {
+                let sql = build_query("", tenant, query)?;
+                (sql.text, sql.binds)
+            }
+        };
         self.read(move |conn| {
-            let mut explain = conn.prepare(&sql.text)?;
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {text}"))?;
             let lines = explain
-                .query_map(params_from_iter(&sql.binds), |row| {
+                .query_map(params_from_iter(&binds), |row| {
                     row.get::<_, String>("detail")
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
