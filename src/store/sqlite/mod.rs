@@ -154,13 +154,8 @@ impl SqliteStore {
     pub async fn flush_postings(&self) -> Result<(), StoreError> {
         let tail = Arc::clone(&self.inner.tail);
         let options = self.inner.postings;
-        self.write(move |conn| {
-            runs::load_tail(conn, &tail)?;
-            runs::flush(conn, &tail)?;
-            while runs::maintain(conn, &tail, &options)? {}
-            Ok(())
-        })
-        .await
+        self.write(move |conn| runs::flush_all(conn, &tail, &options))
+            .await
     }
 
     /// Runs `job` on a reader thread.
@@ -611,7 +606,7 @@ impl Store for SqliteStore {
         let appended = self
             .write(move |conn| append(conn, &commit_clock, &tail, &batch, clock))
             .await?;
-        if runs::read(&self.inner.tail).events() >= self.inner.postings.run_events {
+        if runs::read(&self.inner.tail).unfrozen() >= self.inner.postings.run_events {
             self.maintain_postings();
         }
         Ok(appended)

@@ -86,6 +86,9 @@ impl From<&PostingValue> for rusqlite::types::Value {
 /// What a posting is found by: `(postings.field, postings.value)`.
 pub(super) type PostingKey = (Box<str>, PostingValue);
 
+/// Keys with their `seq`s ascending, sorted by key: what a flush writes.
+pub(super) type SortedPostings = Vec<(PostingKey, Vec<i64>)>;
+
 /// The prefix of an `event_data` leaf's `postings.field`.
 const DATA_PREFIX: &str = "event_data.";
 
@@ -158,19 +161,66 @@ pub(super) struct Tail {
     tenants: HashMap<TenantId, TenantTail>,
 }
 
+/// One tenant's tail: the events in `(flushed, last]`. Those up to `frozen_last` are being
+/// written as a run, in chunks (`frozen`, sorted by key); those after it are `postings`.
 #[derive(Default)]
 pub(super) struct TenantTail {
-    /// The last `seq` whose postings are in the database's runs; the tail holds those after it.
+    /// The last `seq` whose postings are in the database's live runs.
     pub flushed: i64,
     /// The last `seq` in the tail (`flushed` when it is empty).
     pub last: i64,
-    /// Each key's `seq`s, ascending.
+    /// The run being flushed, and the last key written to it so far.
+    pub flushing: Option<Flushing>,
+    /// The postings of `(flushed, frozen_last]`, sorted by key, each key's `seq`s ascending.
+    pub frozen: SortedPostings,
+    pub frozen_last: i64,
+    /// The postings of `(frozen_last, last]`, each key's `seq`s ascending.
     pub postings: HashMap<PostingKey, Vec<i64>>,
 }
 
+/// A flush under way: its `posting_runs` row, and the last key it has written.
+pub(super) struct Flushing {
+    pub run: i64,
+    pub written: Option<PostingKey>,
+}
+
 impl TenantTail {
-    pub fn events(&self) -> i64 {
-        self.last - self.flushed
+    /// Events not yet frozen for a flush.
+    pub fn unfrozen(&self) -> i64 {
+        self.last - self.frozen_last
+    }
+
+    /// Freezes the postings gathered so far (`postings`, sorted by key: those of the events
+    /// up to `last`, which the caller has taken) for a flush into `run`.
+    pub fn freeze(&mut self, run: i64, postings: SortedPostings) {
+        self.frozen = postings;
+        self.frozen_last = self.last;
+        self.flushing = Some(Flushing { run, written: None });
+    }
+
+    /// The frozen postings after the last key written, up to `rows` `seq`s (whole keys).
+    pub fn unwritten(&self, rows: usize) -> &[(PostingKey, Vec<i64>)] {
+        let start = match self.flushing.as_ref().and_then(|f| f.written.as_ref()) {
+            Some(written) => self.frozen.partition_point(|(key, _)| key <= written),
+            None => 0,
+        };
+        let mut end = start;
+        let mut taken = 0;
+        while end < self.frozen.len() && taken < rows {
+            taken += self.frozen[end].1.len();
+            end += 1;
+        }
+        &self.frozen[start..end]
+    }
+
+    /// A key's `seq`s in the whole tail, ascending.
+    fn seqs(&self, key: &PostingKey) -> Vec<i64> {
+        let mut seqs = match self.frozen.binary_search_by(|(k, _)| k.cmp(key)) {
+            Ok(at) => self.frozen[at].1.clone(),
+            Err(_) => Vec::new(),
+        };
+        seqs.extend(self.postings.get(key).into_iter().flatten());
+        seqs
     }
 }
 
@@ -189,7 +239,8 @@ impl Tail {
             TenantTail {
                 flushed,
                 last: flushed,
-                postings: HashMap::new(),
+                frozen_last: flushed,
+                ..TenantTail::default()
             },
         );
     }
@@ -205,12 +256,19 @@ impl Tail {
         }
     }
 
-    /// Forgets postings of an event (its payload's, after a redaction committed).
+    /// Forgets postings of an event (its payload's, after a redaction committed), frozen or
+    /// not; a frozen one already written was deleted from the run with the payload.
     pub fn remove(&mut self, tenant: &TenantId, seq: Seq, keys: &[PostingKey]) {
         let Some(tenant) = self.tenants.get_mut(tenant) else {
             return;
         };
         for key in keys {
+            if let Ok(at) = tenant.frozen.binary_search_by(|(k, _)| k.cmp(key)) {
+                let seqs = &mut tenant.frozen[at].1;
+                if let Ok(i) = seqs.binary_search(&seq.0) {
+                    seqs.remove(i);
+                }
+            }
             if let Some(seqs) = tenant.postings.get_mut(key)
                 && let Ok(at) = seqs.binary_search(&seq.0)
             {
@@ -222,23 +280,17 @@ impl Tail {
         }
     }
 
-    /// Events held in memory, over every tenant.
-    pub fn events(&self) -> i64 {
-        self.tenants.values().map(TenantTail::events).sum()
+    /// Events not yet frozen for a flush, over every tenant.
+    pub fn unfrozen(&self) -> i64 {
+        self.tenants.values().map(TenantTail::unfrozen).sum()
     }
 
     pub fn tenants(&self) -> impl Iterator<Item = (&TenantId, &TenantTail)> {
         self.tenants.iter()
     }
 
-    /// Empties a tenant's tail once its postings up to `last` are in a committed run.
-    pub fn flushed(&mut self, tenant: &TenantId, last: i64) {
-        if let Some(tail) = self.tenants.get_mut(tenant) {
-            debug_assert_eq!(tail.last, last, "a flush covers the whole tail");
-            tail.flushed = last;
-            tail.postings.clear();
-            tail.postings.shrink_to(0);
-        }
+    pub fn tenant_mut(&mut self, tenant: &TenantId) -> Option<&mut TenantTail> {
+        self.tenants.get_mut(tenant)
     }
 
     /// The tail's events that hold every key, and where the runs end. Keys are tried rarest
@@ -250,19 +302,24 @@ impl Tail {
                 seqs: Vec::new(),
             };
         };
-        let count = |key: &PostingKey| tail.postings.get(key).map_or(0, Vec::len);
-        keys.sort_by_cached_key(count);
-        let empty = Vec::new();
-        let lists: Vec<&Vec<i64>> = keys
+        let mut lists: Vec<(PostingKey, Vec<i64>)> = keys
             .iter()
-            .map(|key| tail.postings.get(key).unwrap_or(&empty))
+            .map(|key| (key.clone(), tail.seqs(key)))
             .collect();
+        lists.sort_by_key(|(_, seqs)| seqs.len());
+        for (slot, (key, _)) in keys.iter_mut().zip(&lists) {
+            *slot = key.clone();
+        }
         let seqs = match lists.split_first() {
             None => Vec::new(),
-            Some((rarest, others)) => rarest
+            Some(((_, rarest), others)) => rarest
                 .iter()
                 .copied()
-                .filter(|seq| others.iter().all(|list| list.binary_search(seq).is_ok()))
+                .filter(|seq| {
+                    others
+                        .iter()
+                        .all(|(_, list)| list.binary_search(seq).is_ok())
+                })
                 .collect(),
         };
         TailMatches {

@@ -9,8 +9,9 @@ CREATE TABLE posting_runs (
     tenant    TEXT    NOT NULL,
     first_seq INTEGER NOT NULL,
     last_seq  INTEGER NOT NULL,
-    -- building: being merged from live runs, not read yet; retired: replaced, being deleted
-    state     TEXT    NOT NULL CHECK (state IN ('building', 'live', 'retired'))
+    -- flushing: being written from the tail; building: being merged from live runs (neither
+    -- is read yet); retired: replaced, or a flush a stop interrupted, being deleted
+    state     TEXT    NOT NULL CHECK (state IN ('flushing', 'building', 'live', 'retired'))
 );
 CREATE INDEX posting_runs_by_tenant ON posting_runs (tenant, first_seq);
 
