@@ -255,39 +255,51 @@ pub(super) fn flush_all(
             break;
         }
     }
-    while maintain(conn, tail, options)? {}
+    while maintain(conn, tail, options)?.is_some() {}
     Ok(())
 }
 
-/// One bounded step of the postings' upkeep on the writer's connection: a flush when the tail
-/// is full, else a chunk of deleting a retired run, of building a merged run, or the plan of
-/// the next merge. False when there was nothing to do.
+/// One bounded step of the postings' upkeep on the writer's connection: a chunk of a flush under
+/// way, the start of a flush when the tail is full, else a chunk of deleting a retired run, of
+/// building a merged run, or the plan of the next merge. `None` when there was nothing to do.
 pub(super) fn maintain(
     conn: &mut Connection,
     tail: &RwLock<Tail>,
     options: &PostingOptions,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Upkeep>, StoreError> {
     load_tail(conn, tail)?;
     let started = std::time::Instant::now();
-    let step = if flush_chunk(conn, tail, options.chunk_rows as usize)? {
-        "flush"
+    let (step, deferrable) = if flush_chunk(conn, tail, options.chunk_rows as usize)? {
+        ("flush", false)
     } else if read(tail).unfrozen() >= options.run_events && freeze(conn, tail)? {
-        "freeze"
+        ("freeze", false)
     } else if delete_retired(conn, options)? {
-        "delete"
+        ("delete", true)
     } else if merge(conn, options)? {
-        "merge"
+        ("merge", true)
     } else if plan_merge(conn, options)? {
-        "plan"
+        ("plan", true)
     } else {
-        return Ok(false);
+        return Ok(None);
     };
+    let elapsed = started.elapsed();
     tracing::debug!(
         step,
-        elapsed_us = started.elapsed().as_micros() as u64,
+        elapsed_us = elapsed.as_micros() as u64,
         "postings upkeep"
     );
-    Ok(true)
+    Ok(Some(Upkeep {
+        elapsed,
+        deferrable,
+    }))
+}
+
+/// A step of the upkeep that was done.
+pub(super) struct Upkeep {
+    /// The writer's time it took.
+    pub elapsed: std::time::Duration,
+    /// A merge's or a deletion's, which may wait (a flush bounds the tail's memory, and may not).
+    pub deferrable: bool,
 }
 
 /// Deletes a chunk of a retired run's postings, and the run once they are gone.
@@ -738,7 +750,7 @@ mod tests {
         load_tail(&conn, &tail).unwrap();
         assert_eq!(states(&conn), vec!["retired"]);
         assert_exact(&conn, &tail, 12);
-        while maintain(&mut conn, &tail, &OPTIONS).unwrap() {}
+        while maintain(&mut conn, &tail, &OPTIONS).unwrap().is_some() {}
         assert_exact(&conn, &tail, 12);
         flush_all(&mut conn, &tail, &OPTIONS).unwrap();
         assert!(states(&conn).iter().all(|state| state == "live"));
