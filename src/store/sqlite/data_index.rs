@@ -1,10 +1,9 @@
-//! `event_data_index` (migrations 0003 and 0004): the rows the appender derives from each payload,
-//! one per scalar leaf reached through objects only, and the form in which a query names a path
-//! and a value so that they meet those rows. The appender inserts these rows, a redaction
-//! deletes them, and a path query joins them: all three derive them here, so they agree.
+//! The leaves of a payload that `event_data` filters find: one per scalar leaf reached through
+//! objects only, with its path and value as `event_data_index` stored them (migrations 0003
+//! and 0004) and the postings hold them since 0009 (`postings`), and the form in which a query
+//! names a path and a value so that they meet. The tail, a flush, a redaction and a query all
+//! derive them here, so they agree.
 
-use rusqlite::ToSql;
-use rusqlite::types::{ToSqlOutput, ValueRef};
 use serde_json::{Map, Value};
 
 use crate::model::JsonScalar;
@@ -12,7 +11,7 @@ use crate::model::JsonScalar;
 /// Strings longer than this many characters are indexed by this long a prefix (migration 0003).
 const INDEXED_TEXT_PREFIX: usize = 128;
 
-/// A leaf of `event_data` as `event_data_index` stores it (migration 0003): SQLite's own typing of
+/// A leaf of `event_data` as `event_data_index` stored it (migration 0003): SQLite's own typing of
 /// the JSON value, `null`/`true`/`false` as blobs, long strings as the blob of their prefix.
 pub(super) enum IndexedValue<'a> {
     Integer(i64),
@@ -58,18 +57,6 @@ impl<'a> IndexedValue<'a> {
     }
 }
 
-/// Binds a value as `event_data_index` stores it.
-impl ToSql for IndexedValue<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match *self {
-            Self::Integer(i) => ValueRef::Integer(i),
-            Self::Real(f) => ValueRef::Real(f),
-            Self::Text(t) => ValueRef::Text(t.as_bytes()),
-            Self::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
-}
-
 /// Appends one key to a path as `event_data_index.path` writes it (migration 0004): joined by
 /// `.`, each key as it is, unless it is empty or holds `.` or `"`; such a key is written as its
 /// JSON string literal (`"a.b".c` for `{"a.b": {"c": …}}`, `a.b.c` for `{"a": {"b": {"c": …}}}`).
@@ -99,10 +86,10 @@ pub(super) fn index_path(segments: &[String]) -> String {
     path
 }
 
-/// Every scalar leaf reached through objects only, with its path: the rows of
-/// `event_data_index` for one payload, which the appender inserts and a redaction deletes.
-/// Computed here rather than by a trigger running `json_tree` per row, which tripled the cost
-/// of an append; migration 0004 derives the same rows in SQL for the events it rewrote.
+/// Every scalar leaf reached through objects only, with its path: the `event_data` postings of
+/// one payload (`postings::data_postings`). Computed here rather than by a trigger running
+/// `json_tree` per row, which tripled the cost of an append; migration 0004 derived the same
+/// rows in SQL for the events it rewrote.
 pub(super) fn indexed_leaves<'a>(
     prefix: &str,
     data: &'a Map<String, Value>,
