@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use auditor::model::{EventQuery, Limits, NewEvent, RawEvent, Submission, TenantId};
+use auditor::model::{EventQuery, TenantId};
 use auditor::store::postgres::{FILTER_DOCUMENT, partition_name};
 use auditor::store::{PgStore, Store};
 use serde_json::json;
 use sqlx::Connection;
 use time::OffsetDateTime;
 
-use crate::helpers::{Backend, TestDb, created, submission};
+use crate::helpers::{Backend, TestDb, created, redaction, submission};
 
 fn query(text: &str) -> EventQuery {
     let pairs: Vec<(String, String)> = text
@@ -28,24 +28,6 @@ fn query(text: &str) -> EventQuery {
 /// The partition of this month, where the tests' events land.
 fn this_month() -> String {
     partition_name(OffsetDateTime::now_utc().date())
-}
-
-/// The redaction event the log appends for `target` (as `AuditLog::redact` builds it).
-fn redaction(target: &auditor::model::Event) -> Submission {
-    let raw: RawEvent = serde_json::from_value(json!({
-        "event_type": "audit.redacted", "user_identity": "admin", "action": "delete",
-        "event_data": {"reason": "erasure request"}
-    }))
-    .unwrap();
-    let mut event = NewEvent::parse_own(raw, &Limits::default()).unwrap();
-    event.amends = Some(target.id);
-    event.amends_hash = Some(target.hash);
-    event.redacts = true;
-    Submission {
-        tenant: target.tenant.clone(),
-        recorded_by: "admin".into(),
-        events: vec![event],
-    }
 }
 
 /// How many row versions `events_filters` returns for a containment in this month's partition,

@@ -550,6 +550,25 @@ pub fn created(outcome: &auditor::store::Appended) -> &[Event] {
     }
 }
 
+/// The redaction event the log appends for `target` (as `AuditLog::redact` builds it).
+pub fn redaction(target: &auditor::model::Event) -> auditor::model::Submission {
+    use auditor::model::{Limits, NewEvent, RawEvent, Submission};
+    let raw: RawEvent = serde_json::from_value(serde_json::json!({
+        "event_type": "audit.redacted", "user_identity": "admin", "action": "delete",
+        "event_data": {"reason": "erasure request"}
+    }))
+    .unwrap();
+    let mut event = NewEvent::parse_own(raw, &Limits::default()).unwrap();
+    event.amends = Some(target.id);
+    event.amends_hash = Some(target.hash);
+    event.redacts = true;
+    Submission {
+        tenant: target.tenant.clone(),
+        recorded_by: "admin".into(),
+        events: vec![event],
+    }
+}
+
 /// The Merkle tree of `leaves` as stored before migration 0007, as SQL for `backend`: a
 /// `merkle_nodes` row per interior node and the head's `frontier` (the hashes of the complete
 /// subtrees making up the tree, largest first). Returns the SQL and that frontier's root.

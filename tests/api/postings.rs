@@ -4,11 +4,11 @@
 //! with tiny runs (4 events, merged 3 at a time, 7 postings per chunk), so that a few hundred
 //! events go through every stage.
 
-use auditor::model::{EventQuery, Limits, NewEvent, Order, Seq, Submission, TenantId};
+use auditor::model::{EventQuery, Order, Seq, TenantId};
 use auditor::store::{SqliteStore, Store};
 use serde_json::json;
 
-use crate::helpers::{Backend, TestDb, created, submission};
+use crate::helpers::{Backend, TestDb, created, redaction, submission};
 
 const EVENTS: i64 = 300;
 
@@ -156,23 +156,7 @@ async fn postings_answer_alike_from_the_tail_flushed_runs_and_merged_runs() {
 
     // A redaction deletes the payload's postings from the run that holds them.
     let target = &appended[41];
-    let mut redaction = NewEvent::parse_own(
-        serde_json::from_value(json!({"event_type": "audit.redacted", "user_identity": "a"}))
-            .unwrap(),
-        &Limits::default(),
-    )
-    .unwrap();
-    redaction.redacts = true;
-    redaction.amends = Some(target.id);
-    redaction.amends_hash = Some(target.hash);
-    store
-        .append(&[Submission {
-            tenant: TenantId::default(),
-            recorded_by: "tester".into(),
-            events: vec![redaction],
-        }])
-        .await
-        .unwrap();
+    store.append(&[redaction(target)]).await.unwrap();
     let left: i64 = conn
         .query_row(
             "SELECT count(*) FROM postings WHERE seq = 42 AND field LIKE 'event\\_data.%' ESCAPE '\\'",

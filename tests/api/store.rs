@@ -5,12 +5,12 @@ use auditor::integrity::{Digest, chain_hash, leaf_hash};
 use auditor::model::FIELDS;
 use auditor::model::event::truncate_to_micros;
 use auditor::model::fields::{Flag, Kind};
-use auditor::model::{EventQuery, Limits, NewEvent, Order, Seq, Submission, TenantId};
+use auditor::model::{EventQuery, Order, Seq, Submission, TenantId};
 use auditor::store::{Appended, SqliteStore, Store, StoreError, UsersWatch};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::helpers::{Backend, TestDb, created, submission};
+use crate::helpers::{Backend, TestDb, created, redaction, submission};
 
 async fn migrations_are_reported_then_applied<S: Store>(store: S, db: &TestDb) {
     let all = crate::helpers::migrations_after(db.backend, 0);
@@ -757,23 +757,7 @@ async fn the_event_data_index_is_carried_forward_by_migrations_0003_and_0004() {
         .await
         .unwrap();
     let secret = created(&appended[0]).last().unwrap().clone();
-    let mut redaction = NewEvent::parse_own(
-        serde_json::from_value(json!({"event_type": "audit.redacted", "user_identity": "u"}))
-            .unwrap(),
-        &Limits::default(),
-    )
-    .unwrap();
-    redaction.redacts = true;
-    redaction.amends = Some(secret.id);
-    redaction.amends_hash = Some(secret.hash);
-    store
-        .append(&[Submission {
-            tenant: TenantId::default(),
-            recorded_by: "tester".into(),
-            events: vec![redaction],
-        }])
-        .await
-        .unwrap();
+    store.append(&[redaction(&secret)]).await.unwrap();
     store.flush_postings().await.unwrap();
     let expected = index_rows(&source);
     assert!(
