@@ -1,5 +1,5 @@
 //! What SQLite's postings save `event_data` path queries (`event_data_index` from migration
-//! 0003, postings since 0009): path query latencies through them against the scanning
+//! 0003, postings since 0009, posting lists since 0010): path query latencies through them against the scanning
 //! predicate they replaced, and the append rate with them.
 //!
 //! `cargo bench --bench data_index` (SQLite in a temp dir). Environment: `BENCH_EVENTS`
@@ -79,7 +79,7 @@ async fn main() {
     println!(
         "size: events and their indexes {:.1} MiB, postings (every filter) {:.1} MiB",
         size("events") as f64 / 1048576.0,
-        size("postings") as f64 / 1048576.0
+        size("posting_lists") as f64 / 1048576.0
     );
 
     let rare = events / 2;

@@ -614,35 +614,67 @@ pub fn pre_tiles_tree_sql(backend: Backend, tenant: &str, leaves: &[Digest]) -> 
     (sql, root)
 }
 
-/// Takes a database at the latest migration back to the tree storage of migration 0006 (no
-/// tiles; `merkle_nodes` and `chain_heads.frontier`, empty), marking 0007 as not applied.
+/// A common table expression, `postings (run, field, value, seq)`, with a row per posting of
+/// SQLite's `posting_lists` (migration 0010), for tests to count and compare postings in SQL on
+/// any connection. It decodes the blocks' LEB128 differences itself, apart from the store.
+pub const POSTINGS_CTE: &str = "\
+     WITH RECURSIVE \
+     walk (run, field, value, seq, rest, pending, shift) AS ( \
+         SELECT run, field, value, first_seq, seqs, 0, 0 FROM posting_lists \
+         UNION ALL \
+         SELECT run, field, value, \
+             CASE WHEN ((instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 1, 1)) - 1) * 16 \
+                 + instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 2, 1)) - 1) < 128 \
+                 THEN seq + pending + (((instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 1, 1)) - 1) * 16 \
+                 + instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 2, 1)) - 1) << shift) ELSE seq END, \
+             substr(rest, 2), \
+             CASE WHEN ((instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 1, 1)) - 1) * 16 \
+                 + instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 2, 1)) - 1) < 128 \
+                 THEN 0 ELSE pending + ((((instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 1, 1)) - 1) * 16 \
+                 + instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 2, 1)) - 1) - 128) << shift) END, \
+             CASE WHEN ((instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 1, 1)) - 1) * 16 \
+                 + instr('0123456789ABCDEF', substr(hex(substr(rest, 1, 1)), 2, 1)) - 1) < 128 \
+                 THEN 0 ELSE shift + 7 END \
+         FROM walk WHERE length(rest) > 0 \
+     ), \
+     postings (run, field, value, seq) AS ( \
+         SELECT run, field, value, seq FROM walk WHERE shift = 0 \
+     ) ";
+
 /// SQL that takes a migrated SQLite database back to its schema before migration 0009: the
 /// per-field indexes and `event_data_index` instead of the postings (those of the flushed runs).
-pub const PRE_POSTINGS_SCHEMA_SQL: &str = "\
-     CREATE TABLE event_data_index (tenant TEXT NOT NULL, path TEXT NOT NULL, \
-         value ANY NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tenant, path, value, seq)) \
-         STRICT, WITHOUT ROWID; \
-     INSERT INTO event_data_index SELECT r.tenant, substr(p.field, 12), p.value, p.seq \
-         FROM postings AS p JOIN posting_runs AS r ON r.id = p.run AND r.state = 'live' \
-         WHERE p.field LIKE 'event\\_data.%' ESCAPE '\\'; \
-     DROP TABLE postings; DROP TABLE posting_runs; \
-     CREATE INDEX events_user_identity ON events (tenant, user_identity, seq); \
-     CREATE INDEX events_event_type ON events (tenant, event_type, seq); \
-     CREATE INDEX events_entity ON events (tenant, entity, seq) WHERE entity IS NOT NULL; \
-     CREATE INDEX events_action ON events (tenant, action, seq) WHERE action IS NOT NULL; \
-     CREATE INDEX events_entity_id ON events (tenant, entity_id, seq) \
-         WHERE entity_id IS NOT NULL; \
-     CREATE INDEX events_property ON events (tenant, property, seq) WHERE property IS NOT NULL; \
-     CREATE INDEX events_source ON events (tenant, source, seq) WHERE source IS NOT NULL; \
-     CREATE INDEX events_ip ON events (tenant, ip, seq) WHERE ip IS NOT NULL; \
-     CREATE INDEX events_outcome ON events (tenant, outcome, seq) WHERE outcome IS NOT NULL; \
-     CREATE INDEX events_recorded_by ON events (tenant, recorded_by, seq); \
-     PRAGMA user_version = 8;";
+pub fn pre_postings_schema_sql() -> String {
+    format!(
+        "CREATE TABLE event_data_index (tenant TEXT NOT NULL, path TEXT NOT NULL, \
+             value ANY NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tenant, path, value, seq)) \
+             STRICT, WITHOUT ROWID; \
+         {POSTINGS_CTE} \
+         INSERT INTO event_data_index SELECT r.tenant, substr(p.field, 12), p.value, p.seq \
+             FROM postings AS p JOIN posting_runs AS r ON r.id = p.run AND r.state = 'live' \
+             WHERE p.field LIKE 'event\\_data.%' ESCAPE '\\'; \
+         DROP TABLE posting_lists; DROP TABLE posting_runs; \
+         CREATE INDEX events_user_identity ON events (tenant, user_identity, seq); \
+         CREATE INDEX events_event_type ON events (tenant, event_type, seq); \
+         CREATE INDEX events_entity ON events (tenant, entity, seq) WHERE entity IS NOT NULL; \
+         CREATE INDEX events_action ON events (tenant, action, seq) WHERE action IS NOT NULL; \
+         CREATE INDEX events_entity_id ON events (tenant, entity_id, seq) \
+             WHERE entity_id IS NOT NULL; \
+         CREATE INDEX events_property ON events (tenant, property, seq) \
+             WHERE property IS NOT NULL; \
+         CREATE INDEX events_source ON events (tenant, source, seq) WHERE source IS NOT NULL; \
+         CREATE INDEX events_ip ON events (tenant, ip, seq) WHERE ip IS NOT NULL; \
+         CREATE INDEX events_outcome ON events (tenant, outcome, seq) WHERE outcome IS NOT NULL; \
+         CREATE INDEX events_recorded_by ON events (tenant, recorded_by, seq); \
+         PRAGMA user_version = 8;"
+    )
+}
 
+/// Takes a database at the latest migration back to the tree storage of migration 0006 (no
+/// tiles; `merkle_nodes` and `chain_heads.frontier`, empty), marking 0007 as not applied.
 pub fn pre_tiles_schema_sql(backend: Backend) -> String {
     match backend {
         Backend::Sqlite => {
-            PRE_POSTINGS_SCHEMA_SQL.to_owned()
+            pre_postings_schema_sql()
                 + "DROP TABLE tiles; \
              ALTER TABLE chain_heads ADD COLUMN frontier BLOB NOT NULL DEFAULT x''; \
              ALTER TABLE chain_heads DROP COLUMN partial_tiles; \

@@ -307,11 +307,12 @@ async fn a_redacted_payload_is_no_longer_found_by_its_values(backend: Backend) {
     if backend == Backend::Sqlite {
         let conn = app.db.sqlite_connection();
         let left: Vec<(String, i64)> = conn
-            .prepare(
-                "SELECT field, seq FROM postings \
+            .prepare(&format!(
+                "{} SELECT field, seq FROM postings \
                  WHERE field LIKE 'event\\_data.%' ESCAPE '\\' \
                  AND (seq = 1 OR value = '123-45-6789')",
-            )
+                crate::helpers::POSTINGS_CTE
+            ))
             .unwrap()
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
             .unwrap()

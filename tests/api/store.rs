@@ -311,8 +311,10 @@ async fn the_last_admin_cannot_be_removed<S: Store>(store: S, _db: &TestDb) {
 
 /// With statistics on a few thousand events, every documented filter is planned through an
 /// index (named where the filter is selective enough for one specific index to be the right one).
-/// How SQLite's plan names the read of a run of postings (migration 0009).
-const POSTINGS_PLAN: &str = "p0 USING PRIMARY KEY (run=? AND field=? AND value=?";
+/// How SQLite's plan names the read of a key's blocks in a run of postings (migration 0010):
+/// by `(run, field, value)`, from a `first_seq` on.
+const POSTINGS_PLAN: &str =
+    "posting_lists USING PRIMARY KEY (run=? AND field=? AND value=? AND first_seq<?";
 
 async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S, db: &TestDb) {
     store.migrate().await.unwrap();
@@ -364,9 +366,10 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             Some("events_occurred_at"),
         ),
     ];
-    // SQLite: the postings (migration 0009) serve every filter but `id`, `idempotency_key` and
-    // `amends`; a run is read by `(run, field, value)` with the cursor bound on `seq`, which is
-    // what keeps a page cheap.
+    // SQLite: the postings (migrations 0009, 0010) serve every filter but `id`,
+    // `idempotency_key` and `amends`; a run's blocks of a key are read by `(run, field, value)`
+    // from the cursor's block on, and each event they name by its primary key, which is what
+    // keeps a page cheap.
     let data_index = match db.backend {
         Backend::Sqlite => POSTINGS_PLAN,
         Backend::Postgres => "events_filters",
@@ -400,7 +403,9 @@ async fn every_documented_filter_is_planned_through_an_index<S: Store>(store: S,
             };
             let plan = store.explain(&TenantId::default(), &query).await.unwrap();
             assert!(
-                plan.contains(&format!("{data_index} AND seq>? AND seq<?)"))
+                plan.contains(data_index)
+                    && plan.contains("SEARCH events USING INDEX sqlite_autoindex_events_")
+                    && plan.contains("(tenant=? AND seq=?)")
                     && !plan.contains("TEMP B-TREE"),
                 "{order:?}: {plan}"
             );
@@ -674,12 +679,16 @@ fn index_rows(db: &TestDb) -> Vec<(String, String, String, i64)> {
              AND value >= -9223372036854775808.0 AND value < 9223372036854775808.0 \
              AND value = CAST(value AS INTEGER) THEN CAST(value AS INTEGER) ELSE value END), seq \
          FROM event_data_index ORDER BY 1, 2, 3, 4"
+            .to_owned()
     } else {
-        "SELECT r.tenant, substr(p.field, 12), quote(p.value), p.seq \
-         FROM postings AS p JOIN posting_runs AS r ON r.id = p.run AND r.state = 'live' \
-         WHERE p.field LIKE 'event\\_data.%' ESCAPE '\\' ORDER BY 1, 2, 3, 4"
+        format!(
+            "{} SELECT r.tenant, substr(p.field, 12), quote(p.value), p.seq \
+             FROM postings AS p JOIN posting_runs AS r ON r.id = p.run AND r.state = 'live' \
+             WHERE p.field LIKE 'event\\_data.%' ESCAPE '\\' ORDER BY 1, 2, 3, 4",
+            crate::helpers::POSTINGS_CTE
+        )
     };
-    let mut select = conn.prepare(sql).unwrap();
+    let mut select = conn.prepare(&sql).unwrap();
     select
         .query_map([], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))

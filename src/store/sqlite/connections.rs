@@ -32,6 +32,15 @@ const WRITER_CACHE_KIB: i64 = -16384;
 /// `pread` and the kernel's page-cache lookups took a fifth of a reader's time).
 const READER_CACHE_KIB: i64 = -16384;
 
+/// How much of the database file each reader maps into memory (`PRAGMA mmap_size`; SQLite
+/// caps it at its compile-time `SQLITE_MAX_MMAP_SIZE`, 2 GiB). A page read through the map
+/// costs neither a `pread` nor a lookup in the reader's page cache, whose mutex the readers
+/// had been waiting on: a page of 100 events by `user_identity`, which reads each event at
+/// a random place in the file, went from 22 to 7 ms (p50, c=16, 1M events). The mapped pages
+/// are the kernel's page cache, shared and reclaimable, not the process's own memory. Only
+/// readers map: the writer writes through SQLite's WAL as before.
+const READER_MMAP_BYTES: i64 = 1 << 31;
+
 /// WAL pages after which the writer checkpoints by itself: only a safety net for when the
 /// background checkpointer cannot keep up (SQLite's default is 1000).
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16384;
@@ -130,6 +139,7 @@ impl Location {
     pub fn open_reader(&self) -> Result<Connection, StoreError> {
         let conn = self.open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+        conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
         Ok(conn)
     }
 

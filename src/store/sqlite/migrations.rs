@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 9] = [
+const FILES: [(&str, &str); 10] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -56,6 +56,10 @@ const FILES: [(&str, &str); 9] = [
         "0009_postings.sql",
         include_str!("../migrations/sqlite/0009_postings.sql"),
     ),
+    (
+        "0010_posting_lists.sql",
+        include_str!("../migrations/sqlite/0010_posting_lists.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -68,6 +72,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[6].1),
     M::up(FILES[7].1),
     M::up(FILES[8].1),
+    M::up(FILES[9].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

@@ -30,6 +30,7 @@ use crate::model::{
 
 mod connections;
 mod data_index;
+mod lists;
 mod migrations;
 mod postings;
 mod runs;
@@ -277,12 +278,15 @@ static SELECT_BY_KEY: LazyLock<String> = LazyLock::new(|| {
         *EVENT_COLUMNS
     )
 });
-static SELECT_AFTER: LazyLock<String> = LazyLock::new(|| {
+/// Up to `limit` events of a tenant (`?1`) after a `seq` (`?2`), in order. The limit is
+/// written into the statement, not bound: SQLite prepares a statement whose `LIMIT` is a
+/// parameter again at every execution.
+fn select_after(limit: u32) -> String {
     format!(
-        "SELECT {} FROM events WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
+        "SELECT {} FROM events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}",
         *EVENT_COLUMNS
     )
-});
+}
 static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
     let placeholders = vec!["?"; FIELDS.len()].join(", ");
     format!(
@@ -463,8 +467,11 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
     if let Some(after_seq) = query.after {
         sql.push(&format!(" AND seq {after} ")).bind(after_seq.0);
     }
-    sql.push(&format!(" ORDER BY seq {direction} LIMIT "))
-        .bind(query.fetch_limit());
+    // Written, not bound: see `select_after`.
+    sql.push(&format!(
+        " ORDER BY seq {direction} LIMIT {}",
+        query.fetch_limit()
+    ));
     if by_seq_first {
         sql.push(&format!(") ORDER BY seq {direction}"));
     }
@@ -647,22 +654,27 @@ impl Store for SqliteStore {
         .await
     }
 
-    /// The plan of the statement that reads a run for a query that postings serve.
+    /// The plans of a query's statements: for one that postings serve, the read of a key's
+    /// blocks in a run and the read of an event, one after the other.
     async fn explain(&self, tenant: &TenantId, query: &EventQuery) -> Result<String, StoreError> {
-        let (text, binds) = match posting_keys(query) {
-            Some(keys) => runs::PostingQuery::new(tenant, query, &keys)?.explain_run(),
+        let statements = match posting_keys(query) {
+            Some(keys) => runs::explain(tenant, query, &keys)?,
             None => {
                 let sql = build_query("", tenant, query)?;
-                (sql.text, sql.binds)
+                vec![(sql.text, sql.binds)]
             }
         };
         self.read(move |conn| {
-            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {text}"))?;
-            let lines = explain
-                .query_map(params_from_iter(&binds), |row| {
+            let mut lines = Vec::new();
+            for (text, binds) in &statements {
+                let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {text}"))?;
+                let plan = explain.query_map(params_from_iter(binds), |row| {
                     row.get::<_, String>("detail")
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                })?;
+                for line in plan {
+                    lines.push(line?);
+                }
+            }
             Ok(lines.join("\n"))
         })
         .await
@@ -676,8 +688,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Event>, StoreError> {
         let tenant = tenant.clone();
         self.read(move |conn| {
-            let mut select = conn.prepare_cached(&SELECT_AFTER)?;
-            events_of(select.query(params![tenant.as_str(), after.0, i64::from(limit)])?)
+            let mut select = conn.prepare_cached(&select_after(limit))?;
+            events_of(select.query(params![tenant.as_str(), after.0])?)
         })
         .await
     }

@@ -14,11 +14,12 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, params, params_from_iter};
 
+use super::lists;
 use super::postings::{Flushing, PostingKey, PostingValue, SortedPostings, Tail};
-use super::{SELECT_AFTER, Sql, events_of, micros, push_filter};
+use super::{Sql, events_of, micros, push_filter, select_after};
 use crate::model::{Event, EventQuery, FIELDS, Order, Seq, TenantId};
 use crate::store::StoreError;
 
@@ -93,13 +94,13 @@ pub(super) fn load_tail(conn: &Connection, tail: &RwLock<Tail>) -> Result<(), St
         [],
     )?;
     let mut fresh = Tail::default();
-    let mut after_flush = conn.prepare_cached(&SELECT_AFTER)?;
+    let mut after_flush = conn.prepare_cached(&select_after(1000))?;
     for (tenant, head) in heads {
         let tenant = TenantId::new(tenant);
         let mut after = flushed.get(tenant.as_str()).copied().unwrap_or(0);
         fresh.start(tenant.clone(), after);
         while after < head {
-            let events = events_of(after_flush.query(params![tenant.as_str(), after, 1000])?)?;
+            let events = events_of(after_flush.query(params![tenant.as_str(), after])?)?;
             let Some(last) = events.last() else { break };
             after = last.seq.0;
             fresh.add(&events);
@@ -169,15 +170,46 @@ fn freeze(conn: &mut Connection, tail: &RwLock<Tail>) -> Result<bool, StoreError
     Ok(true)
 }
 
-/// Postings inserted by one execution of [`INSERT_MANY`] during a flush.
+/// Blocks inserted by one execution of [`INSERT_MANY`].
 const ROWS_PER_INSERT: usize = 64;
 
 static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO postings (run, field, value, seq) VALUES {}",
-        vec!["(?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ")
+        "INSERT INTO posting_lists (run, field, value, first_seq, seqs) VALUES {}",
+        vec!["(?, ?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ")
     )
 });
+
+/// Writes each key's `seq`s (ascending) into `run` as blocks ([`lists::blocks`]), keys in order.
+fn insert_lists<F: ToSql + Copy, V: ToSql + Copy>(
+    tx: &Transaction,
+    run: i64,
+    keys: &[(F, V, &[i64])],
+) -> Result<(), StoreError> {
+    let rows: Vec<(F, V, i64, Vec<u8>)> = keys
+        .iter()
+        .flat_map(|&(field, value, seqs)| {
+            lists::blocks(seqs).map(move |(first, bytes)| (field, value, first, bytes))
+        })
+        .collect();
+    // A statement per many rows: a row then costs SQLite's insert alone, about half of what a
+    // statement per row did.
+    let mut many = tx.prepare_cached(&INSERT_MANY)?;
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    for chunk in &mut chunks {
+        let binds = chunk.iter().flat_map(|(field, value, first, bytes)| {
+            [&run as &dyn ToSql, field, value, first, bytes]
+        });
+        many.execute(params_from_iter(binds))?;
+    }
+    let mut one = tx.prepare_cached(
+        "INSERT INTO posting_lists (run, field, value, first_seq, seqs) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    for (field, value, first, bytes) in chunks.remainder() {
+        one.execute(params![run, field, value, first, bytes])?;
+    }
+    Ok(())
+}
 
 /// Writes the next chunk (about `rows` postings, whole keys) of a flush under way; the last
 /// one makes the run live and empties the frozen part of the tail. False when no flush is
@@ -195,25 +227,11 @@ fn flush_chunk(
         };
         let run = t.flushing.as_ref().map_or(0, |f| f.run);
         let chunk = t.unwritten(rows);
-        let postings: Vec<(&str, &PostingValue, &i64)> = chunk
+        let keys: Vec<(&str, &PostingValue, &[i64])> = chunk
             .iter()
-            .flat_map(|((field, value), seqs)| seqs.iter().map(move |seq| (&**field, value, seq)))
+            .map(|((field, value), seqs)| (&**field, value, seqs.as_slice()))
             .collect();
-        // A statement per many rows: a row then costs SQLite's insert alone, about half of
-        // what a statement per row did.
-        let mut many = tx.prepare_cached(&INSERT_MANY)?;
-        let mut chunks = postings.chunks_exact(ROWS_PER_INSERT);
-        for chunk in &mut chunks {
-            let binds = chunk.iter().flat_map(|(field, value, seq)| {
-                [&run as &dyn ToSql, field as &dyn ToSql, *value, *seq]
-            });
-            many.execute(params_from_iter(binds))?;
-        }
-        let mut one =
-            tx.prepare_cached("INSERT INTO postings (run, field, value, seq) VALUES (?, ?, ?, ?)")?;
-        for (field, value, seq) in chunks.remainder() {
-            one.execute(params![run, field, value, seq])?;
-        }
+        insert_lists(&tx, run, &keys)?;
         let written = chunk.last().map(|(key, _)| key.clone());
         let complete = match &written {
             None => true,
@@ -302,7 +320,7 @@ pub(super) struct Upkeep {
     pub deferrable: bool,
 }
 
-/// Deletes a chunk of a retired run's postings, and the run once they are gone.
+/// Deletes a chunk of a retired run's blocks, and the run once they are gone.
 fn delete_retired(conn: &mut Connection, options: &PostingOptions) -> Result<bool, StoreError> {
     let tx = conn.transaction()?;
     let run: Option<i64> = tx
@@ -314,23 +332,25 @@ fn delete_retired(conn: &mut Connection, options: &PostingOptions) -> Result<boo
         .optional()?;
     let Some(run) = run else { return Ok(false) };
     let bound: Option<(String, SqlValue, i64)> = tx
-        .prepare_cached(
-            "SELECT field, value, seq FROM postings WHERE run = ? \
-             ORDER BY field, value, seq LIMIT 1 OFFSET ?",
-        )?
-        .query_row(params![run, options.chunk_rows - 1], |row| {
+        .prepare_cached(&format!(
+            "SELECT field, value, first_seq FROM posting_lists WHERE run = ? \
+             ORDER BY field, value, first_seq LIMIT 1 OFFSET {}",
+            options.chunk_rows - 1
+        ))?
+        .query_row(params![run], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
     match bound {
-        Some((field, value, seq)) => {
+        Some((field, value, first)) => {
             tx.prepare_cached(
-                "DELETE FROM postings WHERE run = ?1 AND (field, value, seq) <= (?2, ?3, ?4)",
+                "DELETE FROM posting_lists WHERE run = ?1 \
+                 AND (field, value, first_seq) <= (?2, ?3, ?4)",
             )?
-            .execute(params![run, field, value, seq])?;
+            .execute(params![run, field, value, first])?;
         }
         None => {
-            tx.prepare_cached("DELETE FROM postings WHERE run = ?")?
+            tx.prepare_cached("DELETE FROM posting_lists WHERE run = ?")?
                 .execute([run])?;
             tx.prepare_cached("DELETE FROM posting_runs WHERE id = ?")?
                 .execute([run])?;
@@ -340,8 +360,9 @@ fn delete_retired(conn: &mut Connection, options: &PostingOptions) -> Result<boo
     Ok(true)
 }
 
-/// Copies the next chunk of the runs being merged into the run being built, in key order; the
-/// last chunk also switches the merged run in and the runs it replaces out.
+/// Builds the next chunk of the run being merged: about `chunk_rows` blocks of the runs it
+/// replaces, whole keys, read in key order, each key's `seq`s joined and cut into blocks again.
+/// The last chunk also switches the merged run in and the runs it replaces out.
 fn merge(conn: &mut Connection, options: &PostingOptions) -> Result<bool, StoreError> {
     let tx = conn.transaction()?;
     let building: Option<(i64, String, i64, i64)> = tx
@@ -362,25 +383,48 @@ fn merge(conn: &mut Connection, options: &PostingOptions) -> Result<bool, StoreE
         )?
         .query_map(params![tenant, first, last], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
-    let resume: Option<(String, SqlValue, i64)> = tx
+    let resume: Option<(String, SqlValue)> = tx
         .prepare_cached(
-            "SELECT field, value, seq FROM postings WHERE run = ? \
-             ORDER BY field DESC, value DESC, seq DESC LIMIT 1",
+            "SELECT field, value FROM posting_lists WHERE run = ? \
+             ORDER BY field DESC, value DESC LIMIT 1",
         )?
-        .query_row([merged], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .query_row([merged], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let sql = merge_sql(sources.len(), resume.is_some());
-    let (field, value, seq) = resume.unwrap_or((String::new(), SqlValue::Null, 0));
-    let mut binds: Vec<SqlValue> = vec![
-        merged.into(),
-        options.chunk_rows.into(),
-        field.into(),
-        value,
-        seq.into(),
-    ];
+    let (field, value) = resume.unwrap_or((String::new(), SqlValue::Null));
+    let mut binds: Vec<SqlValue> = vec![field.into(), value];
     binds.extend(sources.iter().map(|&run| SqlValue::from(run)));
-    let copied = tx.prepare_cached(&sql)?.execute(params_from_iter(binds))?;
-    if (copied as i64) < options.chunk_rows {
+    let mut keys: Vec<(String, SqlValue, Vec<i64>)> = Vec::new();
+    let mut complete = true;
+    {
+        let mut select = tx.prepare_cached(&sql)?;
+        let mut rows = select.query(params_from_iter(binds))?;
+        let mut read = 0;
+        while let Some(row) = rows.next()? {
+            let (field, value) = (row.get_ref(0)?, row.get_ref(1)?);
+            let same = keys.last().is_some_and(|(f, v, _)| {
+                ValueRef::from(f.as_str()) == field && ValueRef::from(v) == value
+            });
+            if !same {
+                if read >= options.chunk_rows {
+                    complete = false;
+                    break;
+                }
+                keys.push((row.get(0)?, row.get(1)?, Vec::new()));
+            }
+            if let Some((_, _, seqs)) = keys.last_mut() {
+                // The runs cover ascending ranges of `seq`s and are read in that order.
+                lists::decode_into(row.get(2)?, lists::blob(row, 3)?, seqs)?;
+            }
+            read += 1;
+        }
+    }
+    let lists: Vec<(&String, &SqlValue, &[i64])> = keys
+        .iter()
+        .map(|(field, value, seqs)| (field, value, seqs.as_slice()))
+        .collect();
+    insert_lists(&tx, merged, &lists)?;
+    if complete {
         tx.prepare_cached("UPDATE posting_runs SET state = 'live' WHERE id = ?")?
             .execute([merged])?;
         let mut retire =
@@ -393,29 +437,25 @@ fn merge(conn: &mut Connection, options: &PostingOptions) -> Result<bool, StoreE
     Ok(true)
 }
 
-/// The statement copying a chunk of `sources` runs into the merged run: `?1` the merged run,
-/// `?2` the chunk's rows, `?3`–`?5` the key to resume after if `resume`, `?6`… the runs.
-/// One arm per run, each read in key order by the primary key; SQLite merges the arms of a
-/// compound SELECT with ORDER BY rather than sorting them, and stops at the LIMIT.
+/// The statement reading `sources` runs' blocks in key order for a merge: `?1`, `?2` the key
+/// to resume after if `resume`, `?3`… the runs. One arm per run, each read in key order by the
+/// primary key; SQLite merges the arms of a compound SELECT with ORDER BY rather than sorting
+/// them, and the merge stops reading where it stops stepping.
 fn merge_sql(sources: usize, resume: bool) -> String {
     let after = if resume {
-        " AND (field, value, seq) > (?3, ?4, ?5)"
+        " AND (field, value) > (?1, ?2)"
     } else {
         ""
     };
     let arms: Vec<String> = (0..sources)
         .map(|i| {
             format!(
-                "SELECT field, value, seq FROM postings WHERE run = ?{}{after}",
-                i + 6
+                "SELECT field, value, first_seq, seqs FROM posting_lists WHERE run = ?{}{after}",
+                i + 3
             )
         })
         .collect();
-    format!(
-        "INSERT INTO postings (run, field, value, seq) SELECT ?1, field, value, seq FROM \
-         ({} ORDER BY 1, 2, 3 LIMIT ?2)",
-        arms.join(" UNION ALL ")
-    )
+    format!("{} ORDER BY 1, 2, 3", arms.join(" UNION ALL "))
 }
 
 /// Starts a merge of the oldest `fanout` adjacent live runs of one tier, if a tenant has them.
@@ -454,133 +494,119 @@ fn plan_merge(conn: &mut Connection, options: &PostingOptions) -> Result<bool, S
 }
 
 /// Deletes an event's postings from whichever runs hold its `seq` (live, building or retired),
-/// in the redaction's transaction.
+/// in the redaction's transaction: each block that holds it is written again without it.
 pub(super) fn erase(
     tx: &Transaction,
     tenant: &TenantId,
     seq: Seq,
     keys: &[PostingKey],
 ) -> Result<(), StoreError> {
-    let mut delete = tx.prepare_cached(
-        "DELETE FROM postings WHERE run IN (SELECT id FROM posting_runs \
-         WHERE tenant = ?1 AND first_seq <= ?2 AND last_seq >= ?2) \
-         AND field = ?3 AND value = ?4 AND seq = ?2",
+    let runs: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM posting_runs WHERE tenant = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+        )?
+        .query_map(params![tenant.as_str(), seq.0], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut block = tx.prepare_cached(
+        "SELECT first_seq, seqs FROM posting_lists WHERE run = ?1 AND field = ?2 AND value = ?3 \
+         AND first_seq <= ?4 ORDER BY first_seq DESC LIMIT 1",
     )?;
-    for (field, value) in keys {
-        delete.execute(params![tenant.as_str(), seq.0, &**field, value])?;
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM posting_lists WHERE run = ?1 AND field = ?2 AND value = ?3 AND first_seq = ?4",
+    )?;
+    for run in runs {
+        for (field, value) in keys {
+            let found: Option<(i64, Vec<u8>)> = block
+                .query_row(params![run, &**field, value, seq.0], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            let Some((first, bytes)) = found else {
+                continue;
+            };
+            let mut seqs = lists::decode(first, &bytes)?;
+            let Ok(at) = seqs.binary_search(&seq.0) else {
+                continue;
+            };
+            seqs.remove(at);
+            delete.execute(params![run, &**field, value, first])?;
+            insert_lists(tx, run, &[(&**field, value, seqs.as_slice())])?;
+        }
     }
     Ok(())
 }
 
-/// The statements of a query that postings serve: one reading a run, one reading an event of
-/// the tail; both recheck every filter on the event's row.
-pub(super) struct PostingQuery {
-    /// `?1` the run, `?2` < seq <= `?3`, in the query's order.
-    run: Sql,
-    /// `?1` the tenant, `?2` the seq.
-    tail: Sql,
-}
+/// The statement that reads an event a query's postings name, and checks it against every
+/// filter of the query (the postings are a superset: e.g. `1` and `1.0` share a posting).
+pub(super) struct EventCheck(Sql);
 
-impl PostingQuery {
-    /// `keys` as [`Tail::matches`] ordered them, the first driving the reading of a run.
-    pub fn new(
-        tenant: &TenantId,
-        query: &EventQuery,
-        keys: &[PostingKey],
-    ) -> Result<Self, StoreError> {
+impl EventCheck {
+    pub fn new(query: &EventQuery) -> Result<Self, StoreError> {
         let columns: Vec<String> = FIELDS
             .iter()
             .map(|field| format!("events.{}", field.name))
             .collect();
-        let columns = columns.join(", ");
-        let mut run = Sql::default();
-        run.push(&format!("SELECT {columns} FROM postings AS p0"));
-        for i in 1..keys.len() {
-            run.push(&format!(" CROSS JOIN postings AS p{i}"));
-        }
-        run.push(" CROSS JOIN events WHERE p0.run = ?1 AND p0.seq > ?2 AND p0.seq <= ?3");
-        for (i, (field, value)) in keys.iter().enumerate() {
-            if i > 0 {
-                run.push(&format!(" AND p{i}.run = p0.run AND p{i}.seq = p0.seq"));
-            }
-            run.push(&format!(" AND p{i}.field = "))
-                .bind(field.to_string())
-                .push(&format!(" AND p{i}.value = "))
-                .bind(SqlValue::from(value));
-        }
-        run.push(" AND events.tenant = ")
-            .bind(tenant.as_str().to_owned())
-            .push(" AND events.seq = p0.seq");
-        let mut tail = Sql::default();
-        tail.push(&format!(
-            "SELECT {columns} FROM events WHERE events.tenant = ?1 AND events.seq = ?2"
+        let mut sql = Sql::default();
+        sql.push(&format!(
+            "SELECT {} FROM events WHERE events.tenant = ?1 AND events.seq = ?2",
+            columns.join(", ")
         ));
-        for sql in [&mut run, &mut tail] {
-            for filter in &query.filters {
-                push_filter(sql, filter)?;
-            }
-            if let Some(since) = query.since {
-                sql.push(" AND events.occurred_at >= ").bind(micros(since));
-            }
-            if let Some(until) = query.until {
-                sql.push(" AND events.occurred_at < ").bind(micros(until));
-            }
+        for filter in &query.filters {
+            push_filter(&mut sql, filter)?;
         }
-        run.push(match query.order {
-            Order::Asc => " ORDER BY p0.seq ASC",
-            Order::Desc => " ORDER BY p0.seq DESC",
-        });
-        Ok(Self { run, tail })
-    }
-
-    /// The run statement's text and its values for a run, for `EXPLAIN`.
-    pub fn explain_run(&self) -> (String, Vec<SqlValue>) {
-        let mut binds = vec![
-            SqlValue::Integer(0),
-            SqlValue::Integer(0),
-            SqlValue::Integer(0),
-        ];
-        binds.extend(self.run.binds.iter().cloned());
-        (self.run.text.clone(), binds)
-    }
-
-    /// Up to `limit` matches of a run with `low < seq <= high`, in the query's order.
-    fn read_run(
-        &self,
-        conn: &Connection,
-        (run, low, high): (i64, i64, i64),
-        limit: usize,
-        found: &mut Vec<Event>,
-    ) -> Result<(), StoreError> {
-        let mut select = conn.prepare_cached(&self.run.text)?;
-        let head = [
-            SqlValue::Integer(run),
-            SqlValue::Integer(low),
-            SqlValue::Integer(high),
-        ];
-        let mut rows = select.query(params_from_iter(head.iter().chain(&self.run.binds)))?;
-        while found.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            found.push(super::event_from_row(row)?);
+        if let Some(since) = query.since {
+            sql.push(" AND events.occurred_at >= ").bind(micros(since));
         }
-        Ok(())
+        if let Some(until) = query.until {
+            sql.push(" AND events.occurred_at < ").bind(micros(until));
+        }
+        Ok(Self(sql))
     }
 
     /// The event at `seq` if it matches.
-    fn read_tail(
+    fn read(
         &self,
         conn: &Connection,
         tenant: &TenantId,
         seq: i64,
     ) -> Result<Option<Event>, StoreError> {
-        let mut select = conn.prepare_cached(&self.tail.text)?;
+        let mut select = conn.prepare_cached(&self.0.text)?;
         let head = [
             SqlValue::from(tenant.as_str().to_owned()),
             SqlValue::Integer(seq),
         ];
-        let mut rows = select.query(params_from_iter(head.iter().chain(&self.tail.binds)))?;
+        let mut rows = select.query(params_from_iter(head.iter().chain(&self.0.binds)))?;
         rows.next()?.map(super::event_from_row).transpose()
     }
+}
+
+/// The statements a query that postings serve runs, with values, for `EXPLAIN`: the read of a
+/// key's blocks in a run, and the read of an event.
+pub(super) fn explain(
+    tenant: &TenantId,
+    query: &EventQuery,
+    keys: &[PostingKey],
+) -> Result<Vec<(String, Vec<SqlValue>)>, StoreError> {
+    let mut statements = Vec::new();
+    if let Some((field, value)) = keys.first() {
+        statements.push((
+            lists::DESCENDING_READ.to_owned(),
+            vec![
+                SqlValue::Integer(1),
+                SqlValue::from(field.to_string()),
+                SqlValue::from(value),
+                SqlValue::Integer(i64::MAX),
+            ],
+        ));
+    }
+    let check = EventCheck::new(query)?.0;
+    let mut binds = vec![
+        SqlValue::from(tenant.as_str().to_owned()),
+        SqlValue::Integer(1),
+    ];
+    binds.extend(check.binds);
+    statements.push((check.text, binds));
+    Ok(statements)
 }
 
 /// A page of a query that postings serve: the tail's candidates, then the live runs up to
@@ -594,7 +620,7 @@ pub(super) fn query(
     mut keys: Vec<PostingKey>,
 ) -> Result<Vec<Event>, StoreError> {
     let matches = read(tail).matches(tenant, &mut keys);
-    let statements = PostingQuery::new(tenant, query, &keys)?;
+    let check = EventCheck::new(query)?;
     let limit = usize::try_from(query.fetch_limit()).unwrap_or(usize::MAX);
     let snapshot = conn.unchecked_transaction()?;
     let runs: Vec<(i64, i64, i64)> = snapshot
@@ -607,40 +633,42 @@ pub(super) fn query(
         })?
         .collect::<Result<_, _>>()?;
     let mut found = Vec::new();
-    let read_tail = |seq: i64, found: &mut Vec<Event>| -> Result<(), StoreError> {
-        if let Some(event) = statements.read_tail(&snapshot, tenant, seq)? {
+    let mut take = |seq: i64| -> Result<bool, StoreError> {
+        if let Some(event) = check.read(&snapshot, tenant, seq)? {
             found.push(event);
         }
-        Ok(())
+        Ok(found.len() < limit)
     };
     match query.order {
         Order::Asc => {
             let after = query.after.map_or(0, |seq| seq.0);
+            let mut open = true;
             for &(run, first, last) in &runs {
-                let (low, high) = (after.max(first - 1), last.min(matches.flushed));
-                if found.len() < limit && low < high {
-                    statements.read_run(&snapshot, (run, low, high), limit, &mut found)?;
+                let bounds = (after.max(first - 1), last.min(matches.flushed));
+                if open && bounds.0 < bounds.1 {
+                    open = lists::intersect(&snapshot, run, &keys, Order::Asc, bounds, &mut take)?;
                 }
             }
             for &seq in matches.seqs.iter().filter(|&&seq| seq > after) {
-                if found.len() >= limit {
+                if !open {
                     break;
                 }
-                read_tail(seq, &mut found)?;
+                open = take(seq)?;
             }
         }
         Order::Desc => {
             let before = query.after.map_or(i64::MAX, |seq| seq.0);
+            let mut open = true;
             for &seq in matches.seqs.iter().rev().filter(|&&seq| seq < before) {
-                if found.len() >= limit {
+                if !open {
                     break;
                 }
-                read_tail(seq, &mut found)?;
+                open = take(seq)?;
             }
             for &(run, first, last) in runs.iter().rev() {
-                let (low, high) = (first - 1, last.min(matches.flushed).min(before - 1));
-                if found.len() < limit && low < high {
-                    statements.read_run(&snapshot, (run, low, high), limit, &mut found)?;
+                let bounds = (first - 1, last.min(matches.flushed).min(before - 1));
+                if open && bounds.0 < bounds.1 {
+                    open = lists::intersect(&snapshot, run, &keys, Order::Desc, bounds, &mut take)?;
                 }
             }
         }
@@ -755,15 +783,17 @@ mod tests {
         flush_all(&mut conn, &tail, &OPTIONS).unwrap();
         assert!(states(&conn).iter().all(|state| state == "live"));
         let left: i64 = conn
-            .query_row("SELECT count(*) FROM postings WHERE run = 1", [], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM posting_lists WHERE run = 1",
+                [],
+                |row| row.get(0),
+            )
             .unwrap();
         assert_eq!(left, 0, "the interrupted run's postings are deleted");
         assert_exact(&conn, &tail, 12);
     }
 
-    /// A merge reads each run by its primary key and merges them, never sorting every posting.
+    /// A merge reads each run by its primary key and merges them, never sorting every block.
     #[test]
     fn a_merge_reads_its_runs_in_key_order_without_sorting() {
         let conn = Connection::open_in_memory().unwrap();
@@ -771,18 +801,15 @@ mod tests {
             "../migrations/sqlite/0001_events_and_users.sql"
         ))
         .unwrap();
-        let postings = include_str!("../migrations/sqlite/0009_postings.sql");
-        let table = &postings[postings.find("CREATE TABLE postings").unwrap()..];
+        let postings = include_str!("../migrations/sqlite/0010_posting_lists.sql");
+        let table = &postings[postings.find("CREATE TABLE posting_lists").unwrap()..];
         conn.execute_batch(&table[..table.find(';').unwrap() + 1])
             .unwrap();
         for resume in [false, true] {
             let sql = merge_sql(3, resume);
-            let select = &sql[sql.find("SELECT").unwrap()..];
-            let mut explain = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {select}"))
-                .unwrap();
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = explain
-                .query_map([0; 8], |row| row.get::<_, String>("detail"))
+                .query_map([0; 5], |row| row.get::<_, String>("detail"))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
@@ -790,12 +817,73 @@ mod tests {
             assert!(plan.contains("MERGE (UNION ALL)"), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{plan}");
             let key = if resume {
-                "USING PRIMARY KEY (run=? AND (field,value,seq)>(?,?,?))"
+                "USING PRIMARY KEY (run=? AND (field,value)>(?,?))"
             } else {
                 "USING PRIMARY KEY (run=?)"
             };
             assert_eq!(plan.matches(key).count(), 3, "{plan}");
         }
+    }
+
+    /// SQLite prepares a statement again at each execution when the planner weighed a bound
+    /// value (a `LIMIT ?`, say): a page then cost a parse per statement, and the readers waited
+    /// on the lock of SQLite's allocator.
+    #[test]
+    fn the_statements_of_a_query_are_prepared_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut conn).unwrap();
+        let tail = RwLock::new(Tail::default());
+        super::super::append(
+            &mut conn,
+            &CommitClock::default(),
+            &tail,
+            &batch(0..10),
+            None,
+        )
+        .unwrap();
+        let parse = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect();
+            EventQuery::parse(&pairs).unwrap()
+        };
+        let tenant = TenantId::default();
+        let range = parse(&[
+            ("since", "2000-01-01T00:00:00Z"),
+            ("until", "2100-01-01T00:00:00Z"),
+        ]);
+        let filtered = parse(&[("user_identity", "u1"), ("event_data.k", "1")]);
+        for query in [&range, &filtered] {
+            let sql = super::super::build_query("", &tenant, query).unwrap();
+            let mut select = conn.prepare(&sql.text).unwrap();
+            for _ in 0..3 {
+                super::super::events_of(select.query(params_from_iter(&sql.binds)).unwrap())
+                    .unwrap();
+            }
+            assert_eq!(
+                select.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{}",
+                sql.text
+            );
+        }
+        let check = EventCheck::new(&filtered).unwrap();
+        for seq in 1..=5 {
+            check.read(&conn, &tenant, seq).unwrap();
+        }
+        let select = conn.prepare_cached(&check.0.text).unwrap();
+        assert_eq!(
+            select.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "{}",
+            check.0.text
+        );
+        let mut after = conn.prepare(&select_after(4)).unwrap();
+        for seq in 0..3 {
+            super::super::events_of(after.query(params![tenant.as_str(), seq]).unwrap()).unwrap();
+        }
+        assert_eq!(after.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[test]
