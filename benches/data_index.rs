@@ -1,6 +1,6 @@
 //! What SQLite's postings save `event_data` path queries (`event_data_index` from migration
-//! 0003, postings since 0009, posting lists since 0010): path query latencies through them against the scanning
-//! predicate they replaced, and the append rate with them.
+//! 0003, postings since 0009, posting lists since 0010): path query latencies through them
+//! against the scanning predicate they replaced, and the append rate with them.
 //!
 //! `cargo bench --bench data_index` (SQLite in a temp dir). Environment: `BENCH_EVENTS`
 //! (default 100000), `BENCH_QUERIES` (samples per query, default 50).

@@ -32,14 +32,14 @@ const WRITER_CACHE_KIB: i64 = -16384;
 /// `pread` and the kernel's page-cache lookups took a fifth of a reader's time).
 const READER_CACHE_KIB: i64 = -16384;
 
-/// How much of the database file each reader maps into memory (`PRAGMA mmap_size`; SQLite
-/// caps it at its compile-time `SQLITE_MAX_MMAP_SIZE`, 2 GiB). A page read through the map
-/// costs neither a `pread` nor a lookup in the reader's page cache, whose mutex the readers
-/// had been waiting on: a page of 100 events by `user_identity`, which reads each event at
-/// a random place in the file, went from 22 to 7 ms (p50, c=16, 1M events). The mapped pages
-/// are the kernel's page cache, shared and reclaimable, not the process's own memory. Only
-/// readers map: the writer writes through SQLite's WAL as before.
-const READER_MMAP_BYTES: i64 = 1 << 31;
+/// How much of the database file each reader maps into memory (`PRAGMA mmap_size`; SQLite maps
+/// at most the file's size, and at most its compile-time `SQLITE_MAX_MMAP_SIZE`, raised to the
+/// same 1 TiB in `.cargo/config.toml`). A page read through the map costs neither a `pread` nor
+/// a lookup in the reader's page cache: a page of 100 events by `user_identity`, which reads
+/// each event at a random place in the file, went from 22 to 7 ms (p50, c=16, 1M events). The
+/// mapped pages are the kernel's page cache, shared and reclaimable, not the process's own
+/// memory. Only readers map: the writer writes through SQLite's WAL as before.
+const READER_MMAP_BYTES: i64 = 1 << 40;
 
 /// WAL pages after which the writer checkpoints by itself: only a safety net for when the
 /// background checkpointer cannot keep up (SQLite's default is 1000).
@@ -315,6 +315,41 @@ pub(super) fn spawn_checkpointer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `.cargo/config.toml` compiles SQLite for readers that do not queue on a process-wide
+    /// mutex and may map a whole database; a build without it is slower, not wrong, and fails
+    /// here.
+    #[test]
+    fn sqlite_is_compiled_as_the_readers_need() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(&format!(
+            "sqlite://{}",
+            dir.path().join("mapped.db").display()
+        ))
+        .unwrap();
+        drop(location.open_writer().unwrap());
+        let reader = location.open_reader().unwrap();
+        let mapped: i64 = reader
+            .query_row("PRAGMA mmap_size", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mapped, READER_MMAP_BYTES, "capped by SQLITE_MAX_MMAP_SIZE");
+    }
 
     fn scratch() -> Threads {
         let conn = Connection::open_in_memory().unwrap();
