@@ -436,6 +436,20 @@ fn push_filter(sql: &mut Sql, filter: &Filter) -> Result<(), StoreError> {
 /// `EXPLAIN`), with bound values only: no equality filter, or one on `id`, `idempotency_key`
 /// or `amends`, whose own indexes on `events` find the few rows the other filters are then
 /// tested on.
+/// Appends a query's filters and time range to a statement reading `events`, as `AND` terms.
+fn push_conditions(sql: &mut Sql, query: &EventQuery) -> Result<(), StoreError> {
+    for filter in &query.filters {
+        push_filter(sql, filter)?;
+    }
+    if let Some(since) = query.since {
+        sql.push(" AND occurred_at >= ").bind(micros(since));
+    }
+    if let Some(until) = query.until {
+        sql.push(" AND occurred_at < ").bind(micros(until));
+    }
+    Ok(())
+}
+
 fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sql, StoreError> {
     let mut sql = Sql::default();
     // A time range is read through `events_occurred_at`, which is not in `seq` order: the page
@@ -451,15 +465,7 @@ fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sq
             .push(" AND seq IN (SELECT seq FROM events WHERE tenant = ");
     }
     sql.bind(tenant.as_str().to_owned());
-    for filter in &query.filters {
-        push_filter(&mut sql, filter)?;
-    }
-    if let Some(since) = query.since {
-        sql.push(" AND occurred_at >= ").bind(micros(since));
-    }
-    if let Some(until) = query.until {
-        sql.push(" AND occurred_at < ").bind(micros(until));
-    }
+    push_conditions(&mut sql, query)?;
     let (after, direction) = match query.order {
         Order::Asc => (">", "ASC"),
         Order::Desc => ("<", "DESC"),

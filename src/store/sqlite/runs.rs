@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, params, params
 
 use super::lists;
 use super::postings::{Flushing, PostingKey, PostingValue, SortedPostings, Tail};
-use super::{Sql, events_of, micros, push_filter, select_after};
-use crate::model::{Event, EventQuery, FIELDS, Order, Seq, TenantId};
+use super::{EVENT_COLUMNS, Sql, events_of, push_conditions, select_after};
+use crate::model::{Event, EventQuery, Order, Seq, TenantId};
 use crate::store::StoreError;
 
 /// How postings are batched and merged.
@@ -587,24 +587,12 @@ pub(super) struct EventCheck(Sql);
 
 impl EventCheck {
     pub fn new(query: &EventQuery) -> Result<Self, StoreError> {
-        let columns: Vec<String> = FIELDS
-            .iter()
-            .map(|field| format!("events.{}", field.name))
-            .collect();
         let mut sql = Sql::default();
         sql.push(&format!(
-            "SELECT {} FROM events WHERE events.tenant = ?1 AND events.seq = ?2",
-            columns.join(", ")
+            "SELECT {} FROM events WHERE tenant = ?1 AND seq = ?2",
+            *EVENT_COLUMNS
         ));
-        for filter in &query.filters {
-            push_filter(&mut sql, filter)?;
-        }
-        if let Some(since) = query.since {
-            sql.push(" AND events.occurred_at >= ").bind(micros(since));
-        }
-        if let Some(until) = query.until {
-            sql.push(" AND events.occurred_at < ").bind(micros(until));
-        }
+        push_conditions(&mut sql, query)?;
         Ok(Self(sql))
     }
 
@@ -751,17 +739,28 @@ mod tests {
         }]
     }
 
+    /// An in-memory database at the latest migration, an empty tail and a commit clock.
+    fn migrated() -> (Connection, RwLock<Tail>, CommitClock) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut conn).unwrap();
+        (conn, RwLock::new(Tail::default()), CommitClock::default())
+    }
+
+    fn parse(pairs: &[(&str, &str)]) -> EventQuery {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        EventQuery::parse(&pairs).unwrap()
+    }
+
     fn seqs(
         conn: &Connection,
         tail: &RwLock<Tail>,
         pairs: &[(&str, &str)],
         order: Order,
     ) -> Vec<i64> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
-        let mut query = EventQuery::parse(&pairs).unwrap();
+        let mut query = parse(pairs);
         query.order = order;
         query.limit = 1000;
         let keys = query
@@ -806,10 +805,7 @@ mod tests {
     /// the next start answers for its events, and the upkeep deletes it.
     #[test]
     fn a_flush_a_stop_interrupted_is_discarded_and_rebuilt() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut conn).unwrap();
-        let tail = RwLock::new(Tail::default());
-        let clock = CommitClock::default();
+        let (mut conn, tail, clock) = migrated();
         super::super::append(&mut conn, &clock, &tail, &batch(0..10), None).unwrap();
         assert!(freeze(&mut conn, &tail).unwrap());
         assert!(flush_chunk(&mut conn, &tail, 3).unwrap());
@@ -875,24 +871,8 @@ mod tests {
     /// on the lock of SQLite's allocator.
     #[test]
     fn the_statements_of_a_query_are_prepared_once() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut conn).unwrap();
-        let tail = RwLock::new(Tail::default());
-        super::super::append(
-            &mut conn,
-            &CommitClock::default(),
-            &tail,
-            &batch(0..10),
-            None,
-        )
-        .unwrap();
-        let parse = |pairs: &[(&str, &str)]| {
-            let pairs: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect();
-            EventQuery::parse(&pairs).unwrap()
-        };
+        let (mut conn, tail, clock) = migrated();
+        super::super::append(&mut conn, &clock, &tail, &batch(0..10), None).unwrap();
         let tenant = TenantId::default();
         let range = parse(&[
             ("since", "2000-01-01T00:00:00Z"),
@@ -935,10 +915,7 @@ mod tests {
     /// merge, where one step would only plan it) and asks for no pause.
     #[test]
     fn merges_that_fell_behind_catch_up_in_one_job() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrate(&mut conn).unwrap();
-        let tail = RwLock::new(Tail::default());
-        let clock = CommitClock::default();
+        let (mut conn, tail, clock) = migrated();
         // Eight runs of 4 events, flushed without merging: more than twice the fanout (3).
         for run in 0..8 {
             super::super::append(&mut conn, &clock, &tail, &batch(run * 4..run * 4 + 4), None)
