@@ -269,8 +269,9 @@ struct DeleteBody {
     reason: Option<String>,
 }
 
-/// Deletes an event the only way an audit log may (admin only): its payload is redacted, its
-/// hash kept, and an `audit.redacted` event records who, when and why.
+/// Deletes an event the only way an audit log may (admin only): its personal fields are erased,
+/// their commitments kept, and an `audit.erased` event records who, when and why. Deleting it
+/// again answers with that record.
 async fn remove<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<AdminAccess, ApiError>,
@@ -284,5 +285,5 @@ async fn remove<S: Store>(
         .reason
         .unwrap_or_else(|| "deleted with DELETE /delete_log".to_owned());
     let id = parse_event_id(&event_uuid)?;
-    recorded_answer(state.log.redact(&principal, id, reason).await?)
+    recorded_answer(state.log.erase(&principal, id, reason).await?)
 }

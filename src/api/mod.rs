@@ -6,11 +6,11 @@ mod bulk;
 pub mod ceiling;
 mod checkpoints;
 mod compat;
+mod erasure;
 mod error;
 mod events;
 mod health;
 mod proofs;
-mod redaction;
 mod tiles;
 
 use std::sync::Arc;
@@ -73,7 +73,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(compat::router())
         .merge(checkpoints::router())
         .merge(proofs::router())
-        .merge(redaction::router())
+        .merge(erasure::router())
         .merge(tiles::router())
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             deadline(request, next, http.request_timeout)

@@ -3,16 +3,18 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::commitment::{CommitmentError, commitments};
 use super::merkle::Frontier;
 use super::tiles::FullTile;
 use crate::model::Digest;
 use crate::model::canonical;
-use crate::model::{Event, EventId, NewEvent, Seq, TenantId};
+use crate::model::{Event, EventId, NewEvent, SaltSecret, Seq, TenantId};
 
-/// Version of the leaf encoding; bumped whenever the set or meaning of hashed fields changes.
-const LEAF_VERSION: u32 = 1;
+/// The leaf encoding new events get; bumped whenever the set or meaning of hashed fields
+/// changes. Events keep the version they were recorded with (`Event::leaf_version`).
+pub const LEAF_VERSION: i64 = 2;
 
-/// The fields that enter the leaf hash, in the form hashed (see `docs/integrity.md`).
+/// The fields that enter a version 1 leaf hash, in the form hashed (see `docs/integrity.md`).
 /// `event_data` enters only through its own hash, so a payload can later be redacted while the
 /// leaf — and so the chain — still verifies.
 ///
@@ -38,8 +40,44 @@ struct LeafFields<'a> {
     seq: i64,
     source: Option<&'a str>,
     tenant: &'a str,
-    user_identity: &'a str,
+    user_identity: Option<&'a str>,
     v: u32,
+}
+
+/// The fields that enter a version 2 leaf: those of version 1, except that each personal field
+/// (and the payload, in place of `event_data_hash`) is its salted commitment in hex
+/// (`integrity::commitment`). Sorted and JCS-ready as [`LeafFields`] is.
+#[derive(Serialize)]
+struct LeafFieldsV2<'a> {
+    action: Option<&'a str>,
+    amends: Option<String>,
+    amends_hash: Option<String>,
+    entity: Option<&'a str>,
+    entity_id: Option<String>,
+    event_data: Option<String>,
+    event_type: &'a str,
+    id: String,
+    idempotency_key: Option<String>,
+    ip: Option<String>,
+    occurred_at: String,
+    outcome: Option<&'a str>,
+    property: Option<String>,
+    recorded_at: String,
+    recorded_by: &'a str,
+    seq: i64,
+    source: Option<&'a str>,
+    tenant: &'a str,
+    user_identity: Option<String>,
+    v: u32,
+}
+
+/// Why an event's leaf cannot be built from what is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeafError {
+    #[error("unknown leaf version {0}")]
+    UnknownVersion(i64),
+    #[error(transparent)]
+    Commitment(#[from] CommitmentError),
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -47,21 +85,32 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|e| panic!("formatting a UTC timestamp: {e}"))
 }
 
-/// RFC 6962 leaf hash: SHA-256(0x00 ‖ canonical leaf bytes). Uses the stored
-/// `event_data_hash`, not the payload, so it is the same before and after a redaction.
-pub fn leaf_hash(event: &Event) -> Digest {
-    Digest::sha256(&[&[0x00], &leaf_bytes(event)])
+/// RFC 6962 leaf hash: SHA-256(0x00 ‖ canonical leaf bytes). It is the same before and after
+/// an erasure: version 1 uses the stored `event_data_hash`, version 2 the commitments that an
+/// erasure keeps.
+pub fn leaf_hash(event: &Event) -> Result<Digest, LeafError> {
+    Ok(Digest::sha256(&[&[0x00], &leaf_bytes(event)?]))
 }
 
-/// The canonical encoding of an event's leaf.
-pub fn leaf_bytes(event: &Event) -> Vec<u8> {
-    let fields = LeafFields {
-        v: LEAF_VERSION,
+/// The canonical encoding of an event's leaf, in the event's leaf version: the entry that
+/// `tile/entries` serves.
+pub fn leaf_bytes(event: &Event) -> Result<Vec<u8>, LeafError> {
+    let bytes = match event.leaf_version {
+        1 => serde_json::to_vec(&leaf_v1(event)),
+        2 => serde_json::to_vec(&leaf_v2(event)?),
+        other => return Err(LeafError::UnknownVersion(other)),
+    };
+    Ok(bytes.unwrap_or_else(|e| unreachable!("strings and integers: {e}")))
+}
+
+fn leaf_v1(event: &Event) -> LeafFields<'_> {
+    LeafFields {
+        v: 1,
         tenant: event.tenant.as_str(),
         seq: event.seq.0,
         id: event.id.to_string(),
         event_type: &event.event_type,
-        user_identity: &event.user_identity,
+        user_identity: event.user_identity.as_deref(),
         action: event.action.map(|a| a.as_str()),
         entity: event.entity.as_deref(),
         entity_id: event.entity_id.as_deref(),
@@ -76,8 +125,56 @@ pub fn leaf_bytes(event: &Event) -> Vec<u8> {
         amends: event.amends.map(|id| id.to_string()),
         amends_hash: event.amends_hash.map(|h| h.to_hex()),
         event_data_hash: event.event_data_hash.map(|h| h.to_hex()),
-    };
-    serde_json::to_vec(&fields).unwrap_or_else(|e| unreachable!("strings and integers: {e}"))
+    }
+}
+
+fn leaf_v2(event: &Event) -> Result<LeafFieldsV2<'_>, LeafError> {
+    // In `Personal::ALL` order.
+    let [
+        entity_id,
+        event_data,
+        idempotency_key,
+        ip,
+        property,
+        user_identity,
+    ] = commitments(event)?.map(|commitment| commitment.map(|digest| digest.to_hex()));
+    Ok(LeafFieldsV2 {
+        v: 2,
+        tenant: event.tenant.as_str(),
+        seq: event.seq.0,
+        id: event.id.to_string(),
+        event_type: &event.event_type,
+        user_identity,
+        action: event.action.map(|a| a.as_str()),
+        entity: event.entity.as_deref(),
+        entity_id,
+        property,
+        source: event.source.as_deref(),
+        ip,
+        outcome: event.outcome.map(|o| o.as_str()),
+        occurred_at: rfc3339(event.occurred_at),
+        recorded_at: rfc3339(event.recorded_at),
+        recorded_by: &event.recorded_by,
+        idempotency_key,
+        amends: event.amends.map(|id| id.to_string()),
+        amends_hash: event.amends_hash.map(|h| h.to_hex()),
+        event_data,
+    })
+}
+
+/// A request fingerprint as a version 2 event stores it: salted with the event's secret, so
+/// that once an erasure deleted the secret it confirms no guess about the request.
+pub fn salted_fingerprint(secret: &SaltSecret, fingerprint: &Digest) -> Digest {
+    Digest::sha256(&[secret.as_bytes(), fingerprint.as_bytes()])
+}
+
+/// Whether `fingerprint` is the one `event` was recorded with.
+pub fn same_request(event: &Event, fingerprint: &Digest) -> bool {
+    match &event.salt_secret {
+        Some(secret) => event.request_hash == salted_fingerprint(secret, fingerprint),
+        None if event.leaf_version == 1 => event.request_hash == *fingerprint,
+        None => false,
+    }
 }
 
 /// What a payload contributes to its event's leaf.
@@ -133,8 +230,9 @@ pub fn chain_events(
     let mut tiles = Vec::new();
     let events = events
         .into_iter()
-        .map(|(new, request_hash)| {
+        .map(|(new, fingerprint)| {
             let seq = Seq(head.seq.0 + 1);
+            let salt_secret = SaltSecret::random();
             let mut event = Event {
                 id: EventId::new(),
                 seq,
@@ -142,10 +240,10 @@ pub fn chain_events(
                 occurred_at: new.occurred_at.unwrap_or(recorded_at),
                 recorded_at,
                 recorded_by: recorded_by.to_owned(),
-                event_data_hash: new.event_data.as_ref().map(event_data_hash),
+                event_data_hash: None,
                 redacted_at: None,
                 event_type: new.event_type,
-                user_identity: new.user_identity,
+                user_identity: Some(new.user_identity),
                 action: new.action,
                 entity: new.entity,
                 entity_id: new.entity_id,
@@ -157,12 +255,16 @@ pub fn chain_events(
                 idempotency_key: new.idempotency_key,
                 amends: new.amends,
                 amends_hash: new.amends_hash,
-                request_hash,
+                request_hash: salted_fingerprint(&salt_secret, &fingerprint),
+                salt_secret: Some(salt_secret),
+                erased: None,
+                leaf_version: LEAF_VERSION,
                 leaf_hash: Digest::ZERO,
                 prev_hash: head.hash,
                 hash: Digest::ZERO,
             };
-            event.leaf_hash = leaf_hash(&event);
+            event.leaf_hash = leaf_hash(&event)
+                .unwrap_or_else(|e| unreachable!("a new event has its secret: {e}"));
             event.hash = chain_hash(&head.hash, &event.leaf_hash);
             tiles.extend(head.frontier.push(event.leaf_hash));
             head.seq = seq;
@@ -194,6 +296,15 @@ mod tests {
         chain_events(&mut head, &TenantId::default(), "admin", now, events).events
     }
 
+    /// A version 1 event as the service recorded it before version 2.
+    fn version_1(mut event: Event) -> Event {
+        event.leaf_version = 1;
+        event.salt_secret = None;
+        event.event_data_hash = event.event_data.as_ref().map(event_data_hash);
+        event.leaf_hash = leaf_hash(&event).unwrap();
+        event
+    }
+
     #[test]
     fn chain_links_each_event_to_the_previous() {
         let events = chain(3);
@@ -204,13 +315,14 @@ mod tests {
             assert_eq!(pair[1].seq.0, pair[0].seq.0 + 1);
         }
         for event in &events {
-            assert_eq!(event.leaf_hash, leaf_hash(event));
+            assert_eq!(event.leaf_version, LEAF_VERSION);
+            assert_eq!(event.leaf_hash, leaf_hash(event).unwrap());
             assert_eq!(event.hash, chain_hash(&event.prev_hash, &event.leaf_hash));
         }
     }
 
     #[test]
-    fn the_leaf_encoding_is_rfc_8785() {
+    fn the_leaf_encoding_is_rfc_8785_in_both_versions() {
         let mut event = chain(1).remove(0);
         event.action = Some(crate::model::Action::Update);
         event.entity = Some("é \"quoted\" \\ / \u{1F600}".into());
@@ -222,14 +334,17 @@ mod tests {
         event.idempotency_key = Some("k".into());
         event.amends = Some(EventId::new());
         event.amends_hash = Some(Digest([3; 32]));
-        let bytes = leaf_bytes(&event);
-        let value: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(bytes, serde_jcs::to_vec(&value).unwrap());
+        for event in [event.clone(), version_1(event)] {
+            let bytes = leaf_bytes(&event).unwrap();
+            let value: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(bytes, serde_jcs::to_vec(&value).unwrap());
+        }
     }
 
-    /// The leaf keeps its explicit struct, so that its encoding cannot move with the declaration;
-    /// this holds the two together. A field declared later must be either added to the leaf
-    /// (with a new `LEAF_VERSION`) or declared `NotInLeaf`.
+    /// The leaves keep their explicit structs, so that their encoding cannot move with the
+    /// declaration; this holds them together. A field declared later must be either added to
+    /// the leaf (with a new `LEAF_VERSION`) or declared `NotInLeaf`. Version 2 holds the
+    /// `Personal` fields as commitments, the payload's in place of `event_data_hash`.
     #[test]
     fn the_leaf_holds_exactly_the_fields_declared_leaf() {
         use crate::model::FIELDS;
@@ -242,38 +357,108 @@ mod tests {
                 field.name
             );
         }
-        let declared: Vec<&str> = FIELDS
+        let keys = |event: &Event| {
+            let leaf: Map<String, Value> =
+                serde_json::from_slice(&leaf_bytes(event).unwrap()).unwrap();
+            let mut keys: Vec<String> = leaf.keys().filter(|k| *k != "v").cloned().collect();
+            keys.sort_unstable();
+            keys
+        };
+        let declared = |keep: &dyn Fn(&crate::model::fields::StoredField) -> bool| {
+            let mut names: Vec<String> = FIELDS
+                .iter()
+                .filter(|field| keep(field))
+                .map(|field| field.name.to_owned())
+                .collect();
+            names.sort_unstable();
+            names
+        };
+        let event = chain(1).remove(0);
+        assert_eq!(
+            keys(&version_1(event.clone())),
+            declared(&|field| field.is(Flag::Leaf))
+        );
+        assert_eq!(
+            keys(&event),
+            declared(
+                &|field| (field.is(Flag::Leaf) && field.name != "event_data_hash")
+                    || field.is(Flag::Personal)
+            )
+        );
+        let personal: Vec<&str> = crate::model::Personal::ALL
             .iter()
-            .filter(|field| field.is(Flag::Leaf))
-            .map(|field| field.name)
+            .map(|p| p.name())
             .collect();
-        let leaf: Map<String, Value> = serde_json::from_slice(&leaf_bytes(&chain(1)[0])).unwrap();
-        let mut hashed: Vec<&str> = leaf
-            .keys()
-            .map(String::as_str)
-            .filter(|k| *k != "v")
-            .collect();
-        let mut expected = declared.clone();
-        hashed.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(hashed, expected);
+        let flagged: Vec<String> = declared(&|field| field.is(Flag::Personal));
+        assert_eq!(
+            personal, flagged,
+            "model::Personal names the Personal fields"
+        );
     }
 
     #[test]
     fn any_recorded_field_change_changes_the_leaf() {
         let event = chain(1).remove(0);
-        let original = leaf_hash(&event);
-        let mut changed = event.clone();
-        changed.user_identity.push('x');
-        assert_ne!(leaf_hash(&changed), original);
-        let mut changed = event.clone();
-        changed.event_data_hash = Some(event_data_hash(&Map::new()));
-        assert_ne!(leaf_hash(&changed), original);
-        let mut redacted = event.clone();
-        redacted.event_data = None;
-        assert_eq!(leaf_hash(&redacted), original, "redaction keeps the leaf");
-        let mut changed = event;
-        changed.seq = Seq(2);
-        assert_ne!(leaf_hash(&changed), original);
+        for event in [event.clone(), version_1(event)] {
+            let original = leaf_hash(&event).unwrap();
+            let mut changed = event.clone();
+            changed.user_identity.as_mut().unwrap().push('x');
+            assert_ne!(leaf_hash(&changed).unwrap(), original);
+            let mut changed = event.clone();
+            changed
+                .event_data
+                .as_mut()
+                .unwrap()
+                .insert("n".into(), 99.into());
+            if event.leaf_version == 1 {
+                changed.event_data_hash =
+                    Some(event_data_hash(changed.event_data.as_ref().unwrap()));
+            }
+            assert_ne!(leaf_hash(&changed).unwrap(), original);
+            let mut changed = event;
+            changed.seq = Seq(2);
+            assert_ne!(leaf_hash(&changed).unwrap(), original);
+        }
+    }
+
+    #[test]
+    fn an_erasure_keeps_the_leaf_and_leaves_nothing_to_confirm_a_guess_with() {
+        use crate::integrity::commitment::{canonical_value, commit, erase};
+        use crate::model::Personal;
+
+        let event = chain(1).remove(0);
+        let at = event.recorded_at + time::Duration::seconds(1);
+        let payload_only = erase(&event, &[Personal::EventData], at).unwrap().unwrap();
+        assert_eq!(payload_only.event_data, None);
+        assert_eq!(payload_only.user_identity.as_deref(), Some("u"));
+        assert_eq!(payload_only.salt_secret, None);
+        assert_eq!(leaf_hash(&payload_only).unwrap(), event.leaf_hash);
+        // The user identity still verifies against its salt; a changed one does not.
+        let mut forged = payload_only.clone();
+        forged.user_identity = Some("v".into());
+        assert_ne!(leaf_hash(&forged).unwrap(), event.leaf_hash);
+
+        let all = erase(&payload_only, &Personal::ALL, at).unwrap().unwrap();
+        assert_eq!(all.user_identity, None);
+        assert_eq!(leaf_hash(&all).unwrap(), event.leaf_hash);
+        let erased = all.erased.as_ref().unwrap();
+        assert!(
+            erased.salts.is_empty(),
+            "no salt is left to test a guess with"
+        );
+        let guess = canonical_value(&event, Personal::UserIdentity).unwrap();
+        let committed = erased.commitment(Personal::UserIdentity).unwrap();
+        assert_ne!(commit(&crate::model::Digest::ZERO, &guess), committed);
+        assert!(
+            erase(&all, &Personal::ALL, at).unwrap().is_none(),
+            "nothing left"
+        );
+
+        // Version 1 can lose its payload alone.
+        let old = version_1(chain(1).remove(0));
+        let erased_old = erase(&old, &Personal::ALL, at).unwrap().unwrap();
+        assert_eq!(erased_old.event_data, None);
+        assert_eq!(erased_old.user_identity, old.user_identity);
+        assert_eq!(leaf_hash(&erased_old).unwrap(), old.leaf_hash);
     }
 }

@@ -5,6 +5,8 @@
 mod chain;
 pub mod checkpoint;
 pub mod checkpointer;
+pub mod commitment;
+pub mod erasure_record;
 pub mod export;
 pub mod merkle;
 pub mod proofs;
@@ -12,6 +14,8 @@ pub mod tiles;
 pub mod verify;
 
 pub use crate::model::Digest;
-pub use chain::{Chained, chain_events, chain_hash, leaf_bytes, leaf_hash};
+pub use chain::{
+    Chained, LEAF_VERSION, LeafError, chain_events, chain_hash, leaf_bytes, leaf_hash, same_request,
+};
 pub use checkpoint::{Checkpoint, LogSigner, NoteVerifier};
 pub use merkle::Frontier;

@@ -6,13 +6,18 @@ use std::collections::{HashMap, VecDeque};
 
 use super::chain::{chain_hash, event_data_hash, leaf_hash};
 use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text};
+use super::erasure_record::{ErasureRecords, erased_ranges};
 use super::merkle::Frontier;
 use super::tiles::{FullTile, TILE_WIDTH, Tile, TileKind};
 use crate::model::Digest;
 use crate::model::{Event, EventId, Seq, TenantId};
 
-/// The redaction event type; a redacted row must be followed by one naming it.
+/// The redaction event type: an erasure of one event's payload. Before the erasure records
+/// named `seq` ranges, it named its one target by `amends` and `amends_hash` only.
 pub const REDACTION_EVENT_TYPE: &str = "audit.redacted";
+
+/// The erasure event type: an erasure of personal fields of one or more events.
+pub const ERASURE_EVENT_TYPE: &str = "audit.erased";
 
 /// What is wrong, and where it first shows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,8 +53,11 @@ pub struct TenantVerifier {
     last_recorded_at: Option<time::OffsetDateTime>,
     /// The first `seq` whose `recorded_at` is checked against the previous one's.
     recorded_at_ordered_from: Seq,
-    /// Redacted rows not yet matched by their redaction event: seq, chain hash, redaction time.
-    redacted: HashMap<EventId, (Seq, Digest, time::OffsetDateTime)>,
+    /// Erased rows not yet matched by the record of their erasure.
+    erasures: ErasureRecords,
+    /// Erased version 1 rows, which a record written before records named `seq` ranges names
+    /// by id and chain hash: seq, chain hash, erasure time.
+    erased_by_id: HashMap<EventId, (Seq, Digest, time::OffsetDateTime)>,
 }
 
 impl TenantVerifier {
@@ -71,7 +79,8 @@ impl TenantVerifier {
             checked: 0,
             last_recorded_at: None,
             recorded_at_ordered_from: Seq(1),
-            redacted: HashMap::new(),
+            erasures: ErasureRecords::default(),
+            erased_by_id: HashMap::new(),
         }
     }
 
@@ -121,33 +130,14 @@ impl TenantVerifier {
                 format!("missing or out of order: found seq {} here", event.seq),
             ));
         }
-        match (&event.event_data, event.redacted_at) {
-            (Some(data), _) if event.event_data_hash != Some(event_data_hash(data)) => {
-                return Err(self.problem(at, "event_data does not match its recorded hash"));
+        self.check_erasure(event)?;
+        self.match_erasure_record(event);
+        let leaf = match leaf_hash(event) {
+            Ok(leaf) => leaf,
+            Err(error) => {
+                return Err(self.problem(at, format!("the leaf cannot be built: {error}")));
             }
-            (None, None) if event.event_data_hash.is_some() => {
-                return Err(self.problem(at, "event_data is missing but was never redacted"));
-            }
-            (None, Some(when)) if event.event_data_hash.is_some() => {
-                self.redacted
-                    .insert(event.id, (event.seq, event.hash, when));
-            }
-            (None, Some(_)) => {
-                return Err(self.problem(at, "marked redacted but never had a payload"));
-            }
-            _ => {}
-        }
-        // A redaction record must name the erased event by id and chain hash, and be the
-        // append whose commit erased it; anything else leaves the erasure unexplained.
-        if event.event_type == REDACTION_EVENT_TYPE
-            && let Some(target) = event.amends
-            && let Some((_, hash, when)) = self.redacted.get(&target)
-            && event.amends_hash == Some(*hash)
-            && event.recorded_at == *when
-        {
-            self.redacted.remove(&target);
-        }
-        let leaf = leaf_hash(event);
+        };
         if leaf != event.leaf_hash {
             return Err(self.problem(at, "a recorded field was changed (leaf hash mismatch)"));
         }
@@ -189,6 +179,72 @@ impl TenantVerifier {
             self.check_checkpoint(&checkpoint)?;
         }
         Ok(())
+    }
+
+    /// What is stored of an event's personal fields fits its leaf version and erasure state;
+    /// an erased event is remembered until the record of its erasure is read.
+    fn check_erasure(&mut self, event: &Event) -> Result<(), Problem> {
+        let at = Some(event.seq.0);
+        if event.leaf_version == 1 {
+            match (&event.event_data, event.redacted_at) {
+                (Some(data), _) if event.event_data_hash != Some(event_data_hash(data)) => {
+                    return Err(self.problem(at, "event_data does not match its recorded hash"));
+                }
+                (None, None) if event.event_data_hash.is_some() => {
+                    return Err(self.problem(at, "event_data is missing but was never redacted"));
+                }
+                (None, Some(when)) if event.event_data_hash.is_some() => {
+                    self.erased_by_id
+                        .insert(event.id, (event.seq, event.hash, when));
+                    self.erasures.erased(event.seq, when);
+                }
+                (None, Some(_)) => {
+                    return Err(self.problem(at, "marked redacted but never had a payload"));
+                }
+                _ => {}
+            }
+            if event.salt_secret.is_some() || event.erased.is_some() {
+                return Err(self.problem(at, "a version 1 event has version 2 salts"));
+            }
+            return Ok(());
+        }
+        if event.event_data_hash.is_some() {
+            return Err(self.problem(at, "a version 2 event has an unsalted event_data_hash"));
+        }
+        match (&event.erased, event.redacted_at, &event.salt_secret) {
+            (Some(_), Some(when), None) => self.erasures.erased(event.seq, when),
+            (Some(_), None, _) => {
+                return Err(self.problem(at, "fields were erased but redacted_at is not set"));
+            }
+            (Some(_), _, Some(_)) => {
+                return Err(self.problem(at, "an erased event still has its salt secret"));
+            }
+            (None, Some(_), _) => {
+                return Err(self.problem(at, "marked erased but nothing was erased"));
+            }
+            (None, None, _) => {}
+        }
+        Ok(())
+    }
+
+    /// An erasure record accounts for the rows its commit erased: those whose `redacted_at` is
+    /// its `recorded_at`, within the `seq` ranges it names (or, for a record from before such
+    /// ranges, the one version 1 event it names by id and chain hash).
+    fn match_erasure_record(&mut self, event: &Event) {
+        if event.event_type != REDACTION_EVENT_TYPE && event.event_type != ERASURE_EVENT_TYPE {
+            return;
+        }
+        if let Some(ranges) = event.event_data.as_ref().and_then(erased_ranges) {
+            self.erasures.recorded(event.recorded_at, &ranges);
+        } else if event.event_type == REDACTION_EVENT_TYPE
+            && let Some(target) = event.amends
+            && let Some((seq, hash, when)) = self.erased_by_id.get(&target).copied()
+            && event.amends_hash == Some(hash)
+            && event.recorded_at == when
+        {
+            self.erased_by_id.remove(&target);
+            self.erasures.recorded(when, &[(seq.0, seq.0)]);
+        }
     }
 
     fn check_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), Problem> {
@@ -251,10 +307,10 @@ impl TenantVerifier {
                 format!("log truncated or rewritten: the chain head is at seq {head_seq}, the last event at {size}"),
             ));
         }
-        if let Some((seq, _, _)) = self.redacted.values().min_by_key(|(seq, _, _)| *seq) {
+        if let Some(seq) = self.erasures.first_unrecorded() {
             return Err(self.problem(
-                Some(seq.0),
-                "payload erased without a redaction event recording it",
+                Some(seq),
+                "fields erased without an erasure event recording it",
             ));
         }
         Ok(Verified {

@@ -3,15 +3,16 @@
 //! is a thin adapter over it; none reaches past it into the writer or the store.
 
 mod checkpoints;
+mod erase;
 mod read;
 mod record;
-mod redact;
 mod tiles;
 pub mod writer;
 
 use std::sync::Arc;
 
 pub use checkpoints::{InclusionProof, IssuedCheckpoint, VerifierKey};
+pub use erase::SubjectErasure;
 pub use record::{Amendment, Recorded};
 pub use writer::{WriteError, Writer, WriterOptions};
 

@@ -123,7 +123,7 @@ impl<S: Store> AuditLog<S> {
             event_type: inherit(amendment.event_type, |e| Some(e.event_type.clone()))
                 .filter(|t| !t.starts_with(RESERVED_EVENT_TYPE_PREFIX))
                 .unwrap_or_else(|| AMENDMENT_EVENT_TYPE.into()),
-            user_identity: inherit(amendment.user_identity, |e| Some(e.user_identity.clone()))
+            user_identity: inherit(amendment.user_identity, |e| e.user_identity.clone())
                 .unwrap_or_else(|| principal.name.clone()),
             action: Some(Action::Update),
             entity: inherit(amendment.entity, |e| e.entity.clone()),

@@ -70,7 +70,11 @@ impl<S: Store> AuditLog<S> {
                         tile.width
                     )));
                 }
-                let entries: Vec<Vec<u8>> = events.iter().map(leaf_bytes).collect();
+                let entries = events
+                    .iter()
+                    .map(leaf_bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| LogError::Internal(anyhow::anyhow!("{}: {e}", tile.path())))?;
                 entry_bundle(entries.iter().map(Vec::as_slice)).ok_or_else(|| {
                     LogError::Internal(anyhow::anyhow!("an entry of {} is too long", tile.path()))
                 })

@@ -12,6 +12,13 @@ pub fn object_bytes(map: &Map<String, Value>) -> Vec<u8> {
     out
 }
 
+/// The canonical bytes of a JSON string: `"`, its text with JSON's minimal escapes, `"`.
+pub fn string_bytes(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    write_string(&mut out, text);
+    out
+}
+
 fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),

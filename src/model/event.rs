@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::digest::Digest;
+use super::erasure::{Erased, Erasure, SaltSecret};
 #[cfg(test)]
 use super::fields::Flag;
 use super::fields::event_fields;
@@ -189,9 +190,9 @@ pub struct NewEvent {
     pub amends: Option<EventId>,
     /// The chain hash of that event, so the reference itself is tamper-evident.
     pub amends_hash: Option<Digest>,
-    /// This event records the redaction of `amends`: appending it erases that event's payload.
+    /// This event records an erasure: appending it erases the targets' fields.
     #[serde(skip)]
-    pub redacts: bool,
+    pub erases: Option<Erasure>,
 }
 
 impl NewEvent {
@@ -235,7 +236,7 @@ impl NewEvent {
             idempotency_key: optional("idempotency_key", raw.idempotency_key)?,
             amends: None,
             amends_hash: None,
-            redacts: false,
+            erases: None,
         })
     }
 
@@ -311,37 +312,54 @@ event_fields! {
         seq: Seq [Leaf],
         tenant: TenantId [Leaf],
         event_type: String [Client, Leaf] => EventType,
-        user_identity: String [Client, Leaf] => UserIdentity,
+        /// Required on input; `None` only once erased.
+        user_identity: Option<String> [Client, Leaf, Personal, Erasable] => UserIdentity,
         action: Option<Action> [Client, Leaf] => Action,
         entity: Option<String> [Client, Leaf] => Entity,
-        entity_id: Option<String> [Client, Leaf] => EntityId,
-        property: Option<String> [Client, Leaf] => Property,
+        entity_id: Option<String> [Client, Leaf, Personal, Erasable] => EntityId,
+        property: Option<String> [Client, Leaf, Personal, Erasable] => Property,
         source: Option<String> [Client, Leaf] => Source,
-        ip: Option<String> [Client, Leaf] => Ip,
+        ip: Option<String> [Client, Leaf, Personal, Erasable] => Ip,
         outcome: Option<Outcome> [Client, Leaf] => Outcome,
         #[serde(with = "time::serde::rfc3339")]
         occurred_at: OffsetDateTime [Client, Leaf],
         #[serde(with = "time::serde::rfc3339")]
         recorded_at: OffsetDateTime [Leaf],
         recorded_by: String [Leaf] => RecordedBy,
-        /// The payload; `None` when there was none or it was redacted (see `redacted_at`).
-        event_data: Option<Map<String, Value>> [Client, NotInLeaf, Redactable],
-        /// SHA-256 of the payload's canonical form; survives redaction so the leaf still verifies.
+        /// The payload; `None` when there was none or it was erased (see `redacted_at`).
+        event_data: Option<Map<String, Value>> [Client, NotInLeaf, Personal, Erasable],
+        /// Leaf version 1 only: SHA-256 of the payload's canonical form, kept when the payload
+        /// is erased so the leaf still verifies. `None` in version 2, which commits to the
+        /// payload with a salt instead.
         event_data_hash: Option<Digest> [Leaf],
-        /// When the payload was erased; a later `audit.redacted` event records who and why.
+        /// When the latest erasure of this event's fields committed; the `audit.redacted` or
+        /// `audit.erased` event recorded at that instant says who erased what, and why.
         #[serde(with = "time::serde::rfc3339::option")]
-        redacted_at: Option<OffsetDateTime> [NotInLeaf, Redactable],
-        idempotency_key: Option<String> [Client, Leaf] => IdempotencyKey,
+        redacted_at: Option<OffsetDateTime> [NotInLeaf, Erasable],
+        idempotency_key: Option<String> [Client, Leaf, Personal, Erasable] => IdempotencyKey,
         amends: Option<EventId> [Leaf] => Amends,
         amends_hash: Option<Digest> [Leaf],
-        /// Fingerprint of the request that created it (see [`NewEvent::fingerprint`]).
+        /// Fingerprint of the request that created it (see [`NewEvent::fingerprint`]), salted
+        /// with `salt_secret` in version 2.
         #[serde(skip)]
         request_hash: Digest [NotInLeaf],
+        /// Version 2: the secret the personal fields' salts derive from, until an erasure.
+        salt_secret: Option<SaltSecret> [NotInLeaf, Erasable],
+        /// Version 2, once erased: the erased fields' commitments and the others' salts.
+        erased: Option<Erased> [NotInLeaf, Erasable],
+        /// The leaf encoding: 1 or 2 (`docs/integrity.md`); 1 in an export written before
+        /// version 2, which does not name it.
+        #[serde(default = "leaf_version_1")]
+        leaf_version: i64 [NotInLeaf],
         /// RFC 6962 leaf hash of the event's canonical encoding (`docs/integrity.md`).
         leaf_hash: Digest [NotInLeaf],
         prev_hash: Digest [NotInLeaf],
         hash: Digest [NotInLeaf],
     }
+}
+
+fn leaf_version_1() -> i64 {
+    1
 }
 
 #[cfg(test)]
@@ -365,7 +383,9 @@ mod tests {
             "recorded_by": "admin", "event_data": {"a": [1, {"b": null}]},
             "event_data_hash": hash, "redacted_at": "2024-05-02T00:00:00Z",
             "idempotency_key": "k", "amends": "01a207d4-4d84-7636-8efc-db85b4ea489d",
-            "amends_hash": hash, "leaf_hash": hash, "prev_hash": hash, "hash": hash,
+            "amends_hash": hash, "salt_secret": hash,
+            "erased": {"commitments": {"ip": hash}, "salts": {"entity_id": hash}},
+            "leaf_version": 2, "leaf_hash": hash, "prev_hash": hash, "hash": hash,
         }))
         .unwrap();
         let columns = event.columns();

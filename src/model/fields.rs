@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::digest::Digest;
+use super::erasure::{Erased, SaltSecret};
 use super::event::{Action, Outcome};
 use super::ids::{EventId, Seq, TenantId};
 use super::payload;
@@ -65,9 +66,13 @@ pub enum Flag {
     /// Deliberately not in the leaf. Every field is `Leaf` or `NotInLeaf`: a unit test in
     /// `integrity::chain` holds the declaration to the leaf's keys.
     NotInLeaf,
-    /// Changed by a redaction, the one UPDATE the append-only triggers let through; every other
-    /// column must be compared there (tests read the triggers back from both databases).
-    Redactable,
+    /// Changed by an erasure, the one UPDATE the append-only triggers let through (to NULL, or
+    /// for `redacted_at` and `erased` to a new value); every other column must be compared
+    /// there (tests read the triggers back from both databases).
+    Erasable,
+    /// Personal data: a version 2 leaf holds a salted commitment to it, not the value
+    /// ([`super::erasure::Personal`] names the same fields).
+    Personal,
 }
 
 /// One declared field: its column name, kind and flags.
@@ -265,6 +270,45 @@ impl Scalar for Digest {
         match cell {
             Cell::Bytes(bytes) => Digest::from_slice(&bytes).ok_or_else(|| "not 32 bytes".into()),
             other => Err(wrong_kind(Kind::Bytes, &other)),
+        }
+    }
+}
+
+impl Scalar for SaltSecret {
+    const KIND: Kind = Kind::Bytes;
+
+    fn to_cell(&self) -> Cell<'_> {
+        Cell::Bytes(Cow::Borrowed(self.as_bytes()))
+    }
+
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        match cell {
+            Cell::Bytes(bytes) => {
+                SaltSecret::from_slice(&bytes).ok_or_else(|| "not 32 bytes".into())
+            }
+            other => Err(wrong_kind(Kind::Bytes, &other)),
+        }
+    }
+}
+
+/// Stored as the JSON object it is served as.
+impl Scalar for Erased {
+    const KIND: Kind = Kind::Json;
+
+    fn to_cell(&self) -> Cell<'_> {
+        let map = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => unreachable!("a struct of maps of hex strings serialises to an object"),
+        };
+        Cell::Json(Cow::Owned(map))
+    }
+
+    fn from_cell(cell: Cell<'_>) -> Result<Self, String> {
+        match cell {
+            Cell::Json(map) => {
+                serde_json::from_value(Value::Object(map.into_owned())).map_err(|e| e.to_string())
+            }
+            other => Err(wrong_kind(Kind::Json, &other)),
         }
     }
 }

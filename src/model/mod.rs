@@ -2,6 +2,7 @@
 
 pub mod canonical;
 mod digest;
+pub mod erasure;
 pub mod event;
 pub mod fields;
 pub mod ids;
@@ -10,6 +11,7 @@ pub mod query;
 pub mod user;
 
 pub use digest::Digest;
+pub use erasure::{Erased, Erasure, ErasureTargets, Personal, SaltSecret};
 pub use event::{
     Action, Event, FIELDS, Field, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission,
 };

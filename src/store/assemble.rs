@@ -8,11 +8,33 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use super::Appended;
+use crate::integrity::commitment::{self, CommitmentError};
+use crate::integrity::erasure_record::{ranges, record_payload};
 use crate::integrity::tiles::FullTile;
-use crate::integrity::{Chained, chain_events};
-use crate::model::{Event, EventId, Submission, TenantId};
+use crate::integrity::{Chained, chain_events, same_request};
+use crate::model::{ErasureTargets, Event, Submission, TenantId};
 
 pub type KeyIndex = HashMap<(TenantId, String), Event>;
+
+/// The events each erasure in a batch applies to, as stored before the batch: read by the
+/// store in the append's transaction, under the chain heads' lock.
+pub type Targets = HashMap<(TenantId, ErasureTargets), Vec<Event>>;
+
+/// Every (tenant, targets) the batch's erasures name.
+pub fn erasure_targets(batch: &[Submission]) -> Vec<(TenantId, ErasureTargets)> {
+    let mut targets: Vec<(TenantId, ErasureTargets)> = Vec::new();
+    for submission in batch {
+        for event in &submission.events {
+            if let Some(erasure) = &event.erases {
+                let named = (submission.tenant.clone(), erasure.targets.clone());
+                if !targets.contains(&named) {
+                    targets.push(named);
+                }
+            }
+        }
+    }
+    targets
+}
 
 /// The tenants a batch touches, sorted so that locks are always taken in the same order.
 pub fn tenants(batch: &[Submission]) -> Vec<TenantId> {
@@ -79,39 +101,83 @@ impl CommitClock {
     }
 }
 
-/// What to write: rows (in `seq` order per tenant), filled hash tiles, payloads to erase, the new
-/// heads; and one outcome per submission.
+/// What to write: rows (in `seq` order per tenant), filled hash tiles, stored events to erase
+/// (each as it was and as it is to be), the new heads; and one outcome per submission.
 #[derive(Default)]
 pub struct Assembled {
     pub rows: Vec<Event>,
     pub tiles: Vec<(TenantId, FullTile)>,
-    pub redactions: Vec<(TenantId, EventId)>,
+    pub erasures: Vec<(Event, Event)>,
     pub outcomes: Vec<Appended>,
     pub heads: HashMap<TenantId, Chained>,
 }
 
+/// Decides the batch. `Err` only when a stored event to erase is inconsistent (its salts do not
+/// fit its fields): the database was altered.
 pub fn assemble(
     batch: &[Submission],
     mut known: KeyIndex,
+    targets: &Targets,
     mut heads: HashMap<TenantId, Chained>,
     recorded_at: OffsetDateTime,
-) -> Assembled {
+) -> Result<Assembled, CommitmentError> {
     let mut done = Assembled::default();
     for submission in batch {
-        let outcome = assemble_one(submission, &mut known, &mut heads, recorded_at, &mut done);
+        let outcome = assemble_one(
+            submission,
+            &mut known,
+            targets,
+            &mut heads,
+            recorded_at,
+            &mut done,
+        )?;
         done.outcomes.push(outcome);
     }
     done.heads = heads;
-    done
+    Ok(done)
+}
+
+/// Erases the fields `erasure` names from its targets (as an earlier erasure of the same batch
+/// left them), adding the changes to `done`, and returns the record's payload.
+fn erase_targets(
+    tenant: &TenantId,
+    erasure: &crate::model::Erasure,
+    targets: &Targets,
+    recorded_at: OffsetDateTime,
+    done: &mut Assembled,
+) -> Result<serde_json::Map<String, serde_json::Value>, CommitmentError> {
+    let stored = targets
+        .get(&(tenant.clone(), erasure.targets.clone()))
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut erased_seqs = Vec::new();
+    for target in stored {
+        let current = done
+            .erasures
+            .iter()
+            .rev()
+            .find(|(before, _)| before.tenant == target.tenant && before.seq == target.seq)
+            .map_or(target, |(_, after)| after);
+        if let Some(after) = commitment::erase(current, &erasure.fields, recorded_at)? {
+            erased_seqs.push(after.seq);
+            done.erasures.push((current.clone(), after));
+        }
+    }
+    Ok(record_payload(
+        &ranges(erased_seqs),
+        &erasure.fields,
+        &erasure.reason,
+    ))
 }
 
 fn assemble_one(
     submission: &Submission,
     known: &mut KeyIndex,
+    targets: &Targets,
     heads: &mut HashMap<TenantId, Chained>,
     recorded_at: OffsetDateTime,
     done: &mut Assembled,
-) -> Appended {
+) -> Result<Appended, CommitmentError> {
     // Decide every event first, so a conflict anywhere leaves the whole submission unrecorded.
     let mut slots: Vec<Option<Event>> = Vec::with_capacity(submission.events.len());
     let mut fresh = Vec::new();
@@ -122,12 +188,12 @@ fn assemble_one(
             .as_ref()
             .and_then(|key| known.get(&(submission.tenant.clone(), key.clone())));
         match replay {
-            Some(previous) if previous.request_hash == fingerprint => {
+            Some(previous) if same_request(previous, &fingerprint) => {
                 slots.push(Some(previous.clone()))
             }
             Some(previous) => {
                 let key = previous.idempotency_key.clone().unwrap_or_default();
-                return Appended::KeyConflict(key);
+                return Ok(Appended::KeyConflict(key));
             }
             None => {
                 slots.push(None);
@@ -136,16 +202,16 @@ fn assemble_one(
         }
     }
     if fresh.is_empty() {
-        return Appended::Replayed(slots.into_iter().flatten().collect());
+        return Ok(Appended::Replayed(slots.into_iter().flatten().collect()));
     }
     let tenant = &submission.tenant;
-    let head = heads.entry(tenant.clone()).or_insert_with(Chained::genesis);
-    let first_new = head.seq;
-    for (event, _) in &fresh {
-        if let (true, Some(target)) = (event.redacts, event.amends) {
-            done.redactions.push((tenant.clone(), target));
+    for (event, _) in &mut fresh {
+        if let Some(erasure) = &event.erases {
+            event.event_data = Some(erase_targets(tenant, erasure, targets, recorded_at, done)?);
         }
     }
+    let head = heads.entry(tenant.clone()).or_insert_with(Chained::genesis);
+    let first_new = head.seq;
     let linked = chain_events(head, tenant, &submission.recorded_by, recorded_at, fresh);
     done.tiles
         .extend(linked.tiles.into_iter().map(|tile| (tenant.clone(), tile)));
@@ -162,7 +228,7 @@ fn assemble_one(
         }
         done.rows.push(event.clone());
     }
-    Appended::Created { events, replayed }
+    Ok(Appended::Created { events, replayed })
 }
 
 #[cfg(test)]
@@ -199,9 +265,11 @@ mod tests {
         let done = assemble(
             &[first, same, changed],
             KeyIndex::new(),
+            &Targets::new(),
             HashMap::new(),
             now(),
-        );
+        )
+        .unwrap();
         assert_eq!(done.rows.len(), 1);
         let Appended::Created {
             events: created, ..
@@ -222,7 +290,14 @@ mod tests {
             {"event_type":"new","user_identity":"u"},
             {"event_type":"other","user_identity":"u","idempotency_key":"k"}
         ]));
-        let done = assemble(&[first, mixed], KeyIndex::new(), HashMap::new(), now());
+        let done = assemble(
+            &[first, mixed],
+            KeyIndex::new(),
+            &Targets::new(),
+            HashMap::new(),
+            now(),
+        )
+        .unwrap();
         assert_eq!(done.rows.len(), 1);
         assert_eq!(done.heads[&TenantId::default()].seq, Seq(1));
     }
@@ -245,7 +320,7 @@ mod tests {
             recorded_at_ordered_from: Seq(1),
         };
         let heads = HashMap::from([(TenantId::default(), head.clone())]);
-        let done = assemble(&[a, b], KeyIndex::new(), heads, now());
+        let done = assemble(&[a, b], KeyIndex::new(), &Targets::new(), heads, now()).unwrap();
         let seqs: Vec<i64> = done.rows.iter().map(|e| e.seq.0).collect();
         assert_eq!(seqs, vec![42, 43, 44]);
         assert_eq!(done.rows[0].prev_hash, head.hash);

@@ -23,10 +23,11 @@ use super::{Appended, Store, StoreError, corrupt, decode_tile, encode_tile, user
 use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
-use crate::model::fields::{Cell, Kind};
+use crate::model::fields::{Cell, Flag, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Seq, Submission, TenantId,
+    ErasureTargets, Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Personal, Seq,
+    Submission, TenantId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
@@ -450,23 +451,12 @@ impl PgStore {
         let clock = truncate_to_micros(clock.unwrap_or_else(OffsetDateTime::now_utc));
         let recorded_at = self.clock.commit_time(clock, &heads);
         *tried = recorded_at;
-        let assembled = assemble::assemble(batch, known, heads, recorded_at);
+        let targets = erasure_targets(&mut tx, batch).await?;
+        let assembled = assemble::assemble(batch, known, &targets, heads, recorded_at)
+            .map_err(|e| StoreError::Other(e.into()))?;
         insert_events(&mut tx, &assembled.rows).await?;
         insert_tiles(&mut tx, &assembled.tiles).await?;
-        let mut redacted = HashSet::new();
-        for (tenant, target) in &assembled.redactions {
-            let partition: Option<String> = sqlx::query_scalar(
-                "UPDATE events SET event_data = NULL, redacted_at = $1 \
-                 WHERE tenant = $2 AND id = $3 AND redacted_at IS NULL AND event_data IS NOT NULL \
-                 RETURNING tableoid::regclass::text",
-            )
-            .bind(recorded_at)
-            .bind(tenant.as_str())
-            .bind(target.0)
-            .fetch_optional(&mut *tx)
-            .await?;
-            redacted.extend(partition);
-        }
+        let erased = erase_events(&mut tx, &assembled.erasures).await?;
         for (tenant, head) in &assembled.heads {
             sqlx::query(
                 "UPDATE chain_heads SET seq = $2, hash = $3, partial_tiles = $4, recorded_at = $5 \
@@ -485,8 +475,8 @@ impl PgStore {
             let partition = partition_name(recorded_at.to_offset(time::UtcOffset::UTC).date());
             self.count_appended(partition, assembled.rows.len() as u64);
         }
-        if !redacted.is_empty() {
-            self.vacuum_redacted(redacted);
+        if !erased.is_empty() {
+            self.vacuum_redacted(erased);
         }
         Ok(assembled.outcomes)
     }
@@ -690,37 +680,149 @@ async fn insert_events(conn: &mut sqlx::PgConnection, events: &[Event]) -> Resul
         return Ok(());
     }
     let rows: Vec<_> = events.iter().map(Event::columns).collect();
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(INSERT_EVENTS.as_str()));
-    for (i, field) in FIELDS.iter().enumerate() {
-        insert = match field.kind {
-            Kind::Text => insert.bind(column_of(&rows, i, |cell| match cell {
+    let insert = sqlx::query(sqlx::AssertSqlSafe(INSERT_EVENTS.as_str()));
+    bind_arrays(insert, &rows, 0..FIELDS.len())?
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The columns an erasure rewrites: the event's key, then every `Erasable` one.
+static ERASURE_COLUMNS: LazyLock<Vec<usize>> = LazyLock::new(|| {
+    let index = |name: &str| FIELDS.iter().position(|f| f.name == name);
+    ["tenant", "seq", "recorded_at"]
+        .into_iter()
+        .filter_map(index)
+        .chain((0..FIELDS.len()).filter(|&i| FIELDS[i].is(Flag::Erasable)))
+        .collect()
+});
+
+/// The UPDATE of [`erase_events`]: one array parameter per column of [`ERASURE_COLUMNS`].
+static ERASE_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    let columns = &*ERASURE_COLUMNS;
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, &field)| format!("${}::{}[]", i + 1, column_type(FIELDS[field].kind)))
+        .collect();
+    let names: Vec<&str> = columns.iter().map(|&i| FIELDS[i].name).collect();
+    let sets: Vec<String> = names[3..]
+        .iter()
+        .map(|name| format!("{name} = b.{name}"))
+        .collect();
+    format!(
+        "UPDATE events e SET {sets} FROM UNNEST({arrays}) AS b({names}) \
+         WHERE e.tenant = b.tenant AND e.seq = b.seq AND e.recorded_at = b.recorded_at \
+         RETURNING e.tableoid::regclass::text",
+        sets = sets.join(", "),
+        arrays = arrays.join(", "),
+        names = names.join(", "),
+    )
+});
+
+/// Writes erased events over their rows (the key columns locate them, the `Erasable` ones are
+/// rewritten), and deletes the idempotency keys they no longer hold. Returns the partitions
+/// written, which hold the erased values in dead row versions until vacuumed.
+async fn erase_events(
+    conn: &mut sqlx::PgConnection,
+    erasures: &[(Event, Event)],
+) -> Result<HashSet<String>, StoreError> {
+    if erasures.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<_> = erasures.iter().map(|(_, after)| after.columns()).collect();
+    let update = sqlx::query(sqlx::AssertSqlSafe(ERASE_EVENTS.as_str()));
+    let partitions = bind_arrays(update, &rows, ERASURE_COLUMNS.iter().copied())?
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<Result<HashSet<_>, _>>()?;
+    let (tenants, keys): (Vec<&str>, Vec<&str>) = erasures
+        .iter()
+        .filter(|(_, after)| after.idempotency_key.is_none())
+        .filter_map(|(before, _)| {
+            Some((before.tenant.as_str(), before.idempotency_key.as_deref()?))
+        })
+        .unzip();
+    if !keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        )
+        .bind(&tenants)
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(partitions)
+}
+
+/// Binds, for each column index in `columns`, the array of that column over `rows`, typed by
+/// its kind.
+fn bind_arrays<'q>(
+    mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    rows: &'q [[Option<Cell<'q>>; Event::COUNT]],
+    columns: impl IntoIterator<Item = usize>,
+) -> Result<sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>, StoreError> {
+    for i in columns {
+        query = match FIELDS[i].kind {
+            Kind::Text => query.bind(column_of(rows, i, |cell| match cell {
                 Cell::Text(text) => Some(text.as_ref()),
                 _ => None,
             })?),
-            Kind::Integer => insert.bind(column_of(&rows, i, |cell| match cell {
+            Kind::Integer => query.bind(column_of(rows, i, |cell| match cell {
                 Cell::Integer(value) => Some(*value),
                 _ => None,
             })?),
-            Kind::Uuid => insert.bind(column_of(&rows, i, |cell| match cell {
+            Kind::Uuid => query.bind(column_of(rows, i, |cell| match cell {
                 Cell::Uuid(id) => Some(*id),
                 _ => None,
             })?),
-            Kind::Time => insert.bind(column_of(&rows, i, |cell| match cell {
+            Kind::Time => query.bind(column_of(rows, i, |cell| match cell {
                 Cell::Time(t) => Some(*t),
                 _ => None,
             })?),
-            Kind::Json => insert.bind(column_of(&rows, i, |cell| match cell {
+            Kind::Json => query.bind(column_of(rows, i, |cell| match cell {
                 Cell::Json(map) => Some(Json(map.as_ref())),
                 _ => None,
             })?),
-            Kind::Bytes => insert.bind(column_of(&rows, i, |cell| match cell {
+            Kind::Bytes => query.bind(column_of(rows, i, |cell| match cell {
                 Cell::Bytes(bytes) => Some(bytes.as_ref()),
                 _ => None,
             })?),
         };
     }
-    insert.execute(conn).await?;
-    Ok(())
+    Ok(query)
+}
+
+/// The stored events an erasure names, as they are in the append's transaction.
+async fn erasure_targets(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Submission],
+) -> Result<assemble::Targets, StoreError> {
+    let mut found = assemble::Targets::new();
+    for (tenant, targets) in assemble::erasure_targets(batch) {
+        let filter = match &targets {
+            ErasureTargets::Event(id) => Filter::Equals(Field::Id, id.to_string()),
+            ErasureTargets::Subject(Personal::EntityId, value) => {
+                Filter::Equals(Field::EntityId, value.clone())
+            }
+            ErasureTargets::Subject(_, value) => Filter::Equals(Field::UserIdentity, value.clone()),
+        };
+        let query = EventQuery {
+            filters: vec![filter],
+            ..EventQuery::default()
+        };
+        let mut select =
+            QueryBuilder::<Postgres>::new(format!("SELECT {} FROM events WHERE ", *EVENT_COLUMNS));
+        push_conditions(&mut select, &tenant, &query, FilterIndex::Use)?;
+        select.push(" ORDER BY seq");
+        let rows = select.build().fetch_all(&mut *conn).await?;
+        let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        found.insert((tenant, targets), events);
+    }
+    Ok(found)
 }
 
 async fn insert_tiles(

@@ -171,7 +171,7 @@ async fn update_log_appends_an_amendment_and_leaves_the_original(backend: Backen
     );
 }
 
-async fn delete_log_redacts_the_payload_for_admins_only(backend: Backend) {
+async fn delete_log_erases_the_personal_fields_for_admins_only(backend: Backend) {
     let app = spawn_app(backend).await;
     let original = app
         .record(
@@ -195,19 +195,29 @@ async fn delete_log_redacts_the_payload_for_admins_only(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), 201);
     let deletion: Value = response.json().await.unwrap();
-    assert_eq!(deletion["event_type"], "audit.redacted");
+    assert_eq!(deletion["event_type"], "audit.erased");
     assert_eq!(deletion["action"], "delete");
     assert_eq!(deletion["amends"], id);
     assert_eq!(deletion["amends_hash"], original["hash"]);
     assert_eq!(deletion["event_data"]["reason"], "customer asked");
+    assert_eq!(deletion["event_data"]["erased"], json!([[1, 1]]));
+    assert_eq!(
+        deletion["entity_id"],
+        Value::Null,
+        "the record repeats no erased value"
+    );
     assert_eq!(deletion["customer"], "admin");
 
     let redacted = app.get_ok(&format!("/events/{id}")).await;
-    assert_eq!(redacted["event_data"], Value::Null, "the payload is erased");
+    for field in ["event_data", "user_identity", "entity_id", "salt_secret"] {
+        assert_eq!(redacted[field], Value::Null, "{field} is erased");
+    }
+    assert_eq!(redacted["entity"], "account", "not personal, kept");
     assert!(redacted["redacted_at"].is_string());
+    assert!(redacted["erased"]["commitments"]["user_identity"].is_string());
     assert_eq!(
-        redacted["event_data_hash"], original["event_data_hash"],
-        "its hash is kept"
+        redacted["leaf_hash"], original["leaf_hash"],
+        "the leaf is kept"
     );
     assert_eq!(redacted["hash"], original["hash"]);
     let again = app
@@ -215,7 +225,9 @@ async fn delete_log_redacts_the_payload_for_admins_only(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 409, "already redacted");
+    assert_eq!(again.status(), 200, "erased already: the same record again");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["event_uuid"], deletion["event_uuid"]);
     let by_amends = app.get_ok(&format!("/events?amends={id}")).await;
     assert_eq!(by_amends["events"].as_array().unwrap().len(), 1);
 }
@@ -225,5 +237,5 @@ crate::both_backends!(
     create_log_records_an_event_for_the_customer,
     create_log_refuses_bad_bodies_in_seed_format,
     update_log_appends_an_amendment_and_leaves_the_original,
-    delete_log_redacts_the_payload_for_admins_only,
+    delete_log_erases_the_personal_fields_for_admins_only,
 );

@@ -497,7 +497,7 @@ pub fn assert_gapless_chain(events: &[Event]) {
         assert_eq!(event.prev_hash, prev, "prev_hash of seq {}", event.seq);
         assert_eq!(
             event.hash,
-            chain_hash(&prev, &leaf_hash(event)),
+            chain_hash(&prev, &leaf_hash(event).unwrap()),
             "hash of seq {}",
             event.seq
         );
@@ -561,7 +561,11 @@ pub fn redaction(target: &auditor::model::Event) -> auditor::model::Submission {
     let mut event = NewEvent::parse_own(raw, &Limits::default()).unwrap();
     event.amends = Some(target.id);
     event.amends_hash = Some(target.hash);
-    event.redacts = true;
+    event.erases = Some(auditor::model::Erasure {
+        targets: auditor::model::ErasureTargets::Event(target.id),
+        fields: vec![auditor::model::Personal::EventData],
+        reason: "erasure request".into(),
+    });
     Submission {
         tenant: target.tenant.clone(),
         recorded_by: "admin".into(),
@@ -699,3 +703,136 @@ pub fn pre_tiles_schema_sql(backend: Backend) -> String {
             .to_owned(),
     }
 }
+
+/// Rewrites every log in `db` as the service recorded logs before leaf version 2 (SQLite
+/// migration 0011, PostgreSQL 0008), for tests that build an old database with today's code:
+/// each event gets leaf version 1, no salt secret, the unsalted `event_data_hash`, the request
+/// fingerprint in `fingerprints` (by tenant and `seq`; others keep theirs), and its leaf and
+/// chain hashes recomputed; the tiles and chain heads follow. The log must hold no erased event.
+/// Returns the rewritten events of each tenant, in `seq` order.
+pub async fn rewrite_as_version_1(
+    db: &TestDb,
+    fingerprints: &std::collections::HashMap<(String, i64), Digest>,
+) -> Vec<Event> {
+    use auditor::integrity::Frontier;
+
+    let events: Vec<Event> = match db.backend {
+        Backend::Sqlite => all_events(&db.sqlite().await).await,
+        Backend::Postgres => all_events(&db.postgres().await).await,
+    };
+    let bytes = |data: &[u8]| match db.backend {
+        Backend::Sqlite => format!("x'{}'", hex::encode(data)),
+        Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(data)),
+    };
+    let mut sql = String::new();
+    let mut rewritten = Vec::new();
+    let mut by_tenant: Vec<(String, Vec<Event>)> = Vec::new();
+    for event in events {
+        match by_tenant.last_mut() {
+            Some((tenant, list)) if *tenant == event.tenant.as_str() => list.push(event),
+            _ => by_tenant.push((event.tenant.as_str().to_owned(), vec![event])),
+        }
+    }
+    for (tenant, events) in by_tenant {
+        let mut prev = Digest::ZERO;
+        let mut frontier = Frontier::default();
+        sql.push_str(&format!("DELETE FROM tiles WHERE tenant = '{tenant}';\n"));
+        for mut event in events {
+            assert!(event.erased.is_none(), "seq {} is erased", event.seq);
+            event.leaf_version = 1;
+            event.salt_secret = None;
+            event.event_data_hash = event
+                .event_data
+                .as_ref()
+                .map(|data| Digest::sha256(&[&auditor::model::canonical::object_bytes(data)]));
+            if let Some(fingerprint) = fingerprints.get(&(tenant.clone(), event.seq.0)) {
+                event.request_hash = *fingerprint;
+            }
+            event.leaf_hash = leaf_hash(&event).unwrap();
+            event.prev_hash = prev;
+            event.hash = chain_hash(&prev, &event.leaf_hash);
+            prev = event.hash;
+            for tile in frontier.push(event.leaf_hash) {
+                let hashes: Vec<u8> = tile.hashes.iter().flat_map(|h| h.0).collect();
+                sql.push_str(&format!(
+                    "INSERT INTO tiles (tenant, level, idx, hashes) VALUES ('{tenant}', {}, {}, {});\n",
+                    tile.id.level,
+                    tile.id.index,
+                    bytes(&hashes)
+                ));
+            }
+            let data_hash = event
+                .event_data_hash
+                .map_or("NULL".to_owned(), |h| bytes(&h.0));
+            sql.push_str(&format!(
+                "UPDATE events SET leaf_version = 1, salt_secret = NULL, event_data_hash = {}, \
+                 request_hash = {}, leaf_hash = {}, prev_hash = {}, hash = {} \
+                 WHERE tenant = '{tenant}' AND seq = {};\n",
+                data_hash,
+                bytes(&event.request_hash.0),
+                bytes(&event.leaf_hash.0),
+                bytes(&event.prev_hash.0),
+                bytes(&event.hash.0),
+                event.seq.0
+            ));
+            rewritten.push(event);
+        }
+        sql.push_str(&format!(
+            "UPDATE chain_heads SET hash = {}, partial_tiles = {} WHERE tenant = '{tenant}';\n",
+            bytes(&prev.0),
+            bytes(&frontier.to_bytes())
+        ));
+    }
+    match db.backend {
+        Backend::Sqlite => {
+            // SQLite cannot switch triggers off: they are dropped and created again.
+            let (names, triggers): (Vec<String>, Vec<String>) = db
+                .sqlite_connection()
+                .prepare(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' \
+                     AND tbl_name IN ('events', 'tiles')",
+                )
+                .unwrap()
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .unzip();
+            let drop: String = names
+                .iter()
+                .map(|name| format!("DROP TRIGGER {name};\n"))
+                .collect();
+            let create: String = triggers.iter().map(|t| format!("{t};\n")).collect();
+            db.execute(&format!("BEGIN;\n{drop}{sql}{create}COMMIT;"))
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            db.execute(&format!(
+                "BEGIN; SET LOCAL session_replication_role = replica;\n{sql}COMMIT;"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    rewritten
+}
+
+/// Every event of every tenant, by tenant then `seq`.
+async fn all_events<S: Store>(store: &S) -> Vec<Event> {
+    let mut events = Vec::new();
+    for tenant in store.tenants().await.unwrap() {
+        events.extend(
+            store
+                .scan(&tenant, auditor::model::Seq(0), 1_000_000)
+                .await
+                .unwrap(),
+        );
+    }
+    events
+}
+
+/// The columns PostgreSQL's migration 0008 adds to `events`, for a test that writes with
+/// today's store into a database migrated only partway (0008 adds them only if missing).
+pub const VERSION_2_COLUMNS_POSTGRES: &str = "ALTER TABLE events \
+    ALTER COLUMN user_identity DROP NOT NULL, ADD COLUMN salt_secret BYTEA, \
+    ADD COLUMN erased JSONB, ADD COLUMN leaf_version INT8 NOT NULL DEFAULT 1";

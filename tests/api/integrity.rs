@@ -485,12 +485,12 @@ async fn a_changed_payload_is_caught(backend: Backend) {
         )
         .await
         .unwrap();
-    expect_caught(&app, &[], 4, "event_data does not match");
+    expect_caught(&app, &[], 4, "leaf hash mismatch");
     app.db
         .execute("UPDATE events SET event_data = NULL WHERE seq = 4")
         .await
         .unwrap();
-    expect_caught(&app, &[], 4, "missing but was never redacted");
+    expect_caught(&app, &[], 4, "leaf hash mismatch");
 }
 
 async fn a_deleted_row_is_caught(backend: Backend) {
@@ -553,7 +553,27 @@ async fn a_payload_erased_without_a_redaction_record_is_caught(backend: Backend)
         ))
         .await
         .unwrap();
-    expect_caught(&app, &[], 2, "payload erased without a redaction event");
+    expect_caught(&app, &[], 2, "marked erased but nothing was erased");
+    // An erasure made exactly as the service makes one (the commitment kept, the secret gone),
+    // but with no record of it.
+    let stored = app.get_ok("/events?limit=2").await["events"][1].clone();
+    let mut event: auditor::model::Event = serde_json::from_value(stored).unwrap();
+    event.redacted_at = None;
+    event.event_data = Some(serde_json::from_value(json!({"amount": 1, "note": "x"})).unwrap());
+    let at = time::OffsetDateTime::now_utc();
+    let erased =
+        auditor::integrity::commitment::erase(&event, &[auditor::model::Personal::EventData], at)
+            .unwrap()
+            .unwrap();
+    let erased = serde_json::to_string(&erased.erased).unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE events SET salt_secret = NULL, erased = '{erased}', redacted_at = {now} \
+             WHERE seq = 2"
+        ))
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 2, "fields erased without an erasure event");
     // A writer cannot forge the record through the API either: `audit.*` types are reserved.
     let id = app.get_ok("/events?limit=1").await["events"][0]["id"]
         .as_str()

@@ -8,6 +8,7 @@ mod auth;
 mod bulk;
 mod cli;
 mod compat;
+mod erasure;
 mod events;
 mod fidelity;
 mod filter_index;

@@ -112,8 +112,8 @@ async fn a_database_migrated_by_sqlx_is_carried_forward() {
         let store = store.clone();
         async move { as_answered(store.scan(&TenantId::default(), Seq(0), 100).await.unwrap()) }
     };
-    assert_eq!(scan(&store).await, expected);
-
+    // Read only once migrated: the service reads the schema it migrates to (`serve` refuses to
+    // start with migrations pending), and 0011 added columns.
     store.migrate().await.unwrap();
     assert_eq!(
         Some(&user_version(&db)),

@@ -9,10 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, RwLock, mpsc};
 
 use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
-use rusqlite::{
-    Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params, params_from_iter,
-};
-use serde_json::{Map, Value};
+use rusqlite::{Connection, Row, Transaction, TransactionBehavior, params, params_from_iter};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -22,10 +19,11 @@ use super::{Appended, Store, StoreError, corrupt, decode_tile, encode_tile, user
 use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
-use crate::model::fields::{Cell, Kind};
+use crate::model::fields::{Cell, Flag, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    Event, EventId, EventQuery, FIELDS, Filter, JsonScalar, Order, Seq, Submission, TenantId,
+    ErasureTargets, Event, EventId, EventQuery, FIELDS, Field, Filter, JsonScalar, Order, Personal,
+    Seq, Submission, TenantId,
 };
 
 mod connections;
@@ -37,7 +35,7 @@ mod runs;
 
 use connections::{Location, Threads};
 use data_index::sqlite_json_path;
-use postings::{PostingKey, Tail, data_postings, posting_of};
+use postings::{PostingKey, Tail, posting_of};
 pub use runs::PostingOptions;
 
 #[derive(Clone)]
@@ -305,38 +303,87 @@ fn insert_events(tx: &Transaction, events: &[Event]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Redacts one event: erases its payload and, in the same transaction, deletes the postings
-/// derived from it from the runs that hold them, so that an erased value cannot be found again.
-/// Returns the event's `seq` and those postings, for the caller to forget in the tail once
-/// committed. An UPDATE made by hand, outside the service, erases the payload but leaves its
-/// postings; it also records no `audit.redacted` event, so it is no redaction the log knows of.
-fn erase_payload(
+/// The UPDATE that writes an erased event over its row: every `Erasable` column, by position
+/// (`?1`…), then the tenant and `seq` that locate it.
+static ERASE_EVENT: LazyLock<(String, Vec<usize>)> = LazyLock::new(|| {
+    let columns: Vec<usize> = (0..FIELDS.len())
+        .filter(|&i| FIELDS[i].is(Flag::Erasable))
+        .collect();
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(at, &i)| format!("{} = ?{}", FIELDS[i].name, at + 1))
+        .collect();
+    let sql = format!(
+        "UPDATE events SET {} WHERE tenant = ?{} AND seq = ?{}",
+        sets.join(", "),
+        columns.len() + 1,
+        columns.len() + 2
+    );
+    (sql, columns)
+});
+
+/// Writes erased events over their rows and, in the same transaction, deletes the postings of
+/// the values they lost from the runs that hold them, so that an erased value cannot be found
+/// again. Returns each event's `seq` and those postings, for the caller to forget in the tail
+/// once committed.
+fn erase_events(
     tx: &Transaction,
-    tenant: &TenantId,
-    target: EventId,
-    recorded_at: OffsetDateTime,
-) -> Result<Option<(Seq, Vec<PostingKey>)>, StoreError> {
-    let found: Option<(i64, String)> = tx
-        .prepare_cached(
-            "SELECT seq, event_data FROM events \
-             WHERE tenant = ? AND id = ? AND redacted_at IS NULL AND event_data IS NOT NULL",
-        )?
-        .query_row(params![tenant.as_str(), target.0.as_bytes()], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .optional()?;
-    let Some((seq, data)) = found else {
-        return Ok(None);
-    };
-    let data: Map<String, Value> =
-        serde_json::from_str(&data).map_err(|e| corrupt("event_data", e))?;
-    let keys = data_postings(&data);
-    runs::erase(tx, tenant, Seq(seq), &keys)?;
-    tx.prepare_cached(
-        "UPDATE events SET event_data = NULL, redacted_at = ? WHERE tenant = ? AND seq = ?",
-    )?
-    .execute(params![micros(recorded_at), tenant.as_str(), seq])?;
-    Ok(Some((Seq(seq), keys)))
+    erasures: &[(Event, Event)],
+) -> Result<Vec<(TenantId, Seq, Vec<PostingKey>)>, StoreError> {
+    let (sql, columns) = &*ERASE_EVENT;
+    let mut update = tx.prepare_cached(sql)?;
+    let mut forgotten = Vec::new();
+    for (before, after) in erasures {
+        let cells = after.columns();
+        let mut values: Vec<&dyn ToSql> =
+            columns.iter().map(|&i| &cells[i] as &dyn ToSql).collect();
+        let tenant = after.tenant.as_str();
+        values.push(&tenant);
+        values.push(&after.seq.0);
+        update.execute(values.as_slice())?;
+        let kept = postings::postings_of(after);
+        let gone: Vec<PostingKey> = postings::postings_of(before)
+            .into_iter()
+            .filter(|key| !kept.contains(key))
+            .collect();
+        runs::erase(tx, &after.tenant, after.seq, &gone)?;
+        forgotten.push((after.tenant.clone(), after.seq, gone));
+    }
+    Ok(forgotten)
+}
+
+/// The stored events each erasure of the batch names, read in the append's transaction.
+fn erasure_targets(
+    tx: &Transaction,
+    tail: &RwLock<Tail>,
+    batch: &[Submission],
+) -> Result<assemble::Targets, StoreError> {
+    let mut found = assemble::Targets::new();
+    for (tenant, targets) in assemble::erasure_targets(batch) {
+        let filter = match &targets {
+            ErasureTargets::Event(id) => Filter::Equals(Field::Id, id.to_string()),
+            ErasureTargets::Subject(Personal::EntityId, value) => {
+                Filter::Equals(Field::EntityId, value.clone())
+            }
+            ErasureTargets::Subject(_, value) => Filter::Equals(Field::UserIdentity, value.clone()),
+        };
+        let query = EventQuery {
+            filters: vec![filter],
+            limit: u32::MAX - 1,
+            ..EventQuery::default()
+        };
+        let events = match posting_keys(&query) {
+            Some(keys) => runs::query(tx, tail, &tenant, &query, keys)?,
+            None => {
+                let sql = build_query("", &tenant, &query)?;
+                let mut select = tx.prepare_cached(&sql.text)?;
+                events_of(select.query(params_from_iter(&sql.binds))?)?
+            }
+        };
+        found.insert((tenant, targets), events);
+    }
+    Ok(found)
 }
 
 fn insert_tiles(tx: &Transaction, tiles: &[(TenantId, FullTile)]) -> Result<(), StoreError> {
@@ -524,6 +571,47 @@ fn append(
     clock: Option<OffsetDateTime>,
 ) -> Result<Vec<Appended>, StoreError> {
     runs::load_tail(conn, tail)?;
+    let erasing = batch
+        .iter()
+        .any(|submission| submission.events.iter().any(|e| e.erases.is_some()));
+    if erasing {
+        // What an erasure frees (old row and posting cells) is overwritten with zeros.
+        conn.pragma_update(None, "secure_delete", true)?;
+    }
+    let appended = append_in_transaction(conn, commit_clock, tail, batch, clock);
+    if erasing {
+        conn.pragma_update(None, "secure_delete", false)?;
+        if appended.is_ok() {
+            truncate_wal(conn);
+        }
+    }
+    appended
+}
+
+/// Copies the WAL into the database and empties it, so that the erased values' old page images
+/// leave the WAL file too. A reader still using an older snapshot keeps the WAL from being
+/// emptied: then the next checkpoint that completes does it.
+fn truncate_wal(conn: &Connection) {
+    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    });
+    match result {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!(
+            "the WAL could not be emptied after an erasure (a reader holds an older snapshot); \
+             the erased values stay in the WAL file until a later checkpoint empties it"
+        ),
+        Err(error) => tracing::warn!(%error, "checkpointing the WAL after an erasure failed"),
+    }
+}
+
+fn append_in_transaction(
+    conn: &mut Connection,
+    commit_clock: &CommitClock,
+    tail: &RwLock<Tail>,
+    batch: &[Submission],
+    clock: Option<OffsetDateTime>,
+) -> Result<Vec<Appended>, StoreError> {
     // IMMEDIATE takes the write lock up front: the heads read below cannot change until commit.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut heads = HashMap::new();
@@ -545,15 +633,12 @@ fn append(
     }
     let clock = truncate_to_micros(clock.unwrap_or_else(OffsetDateTime::now_utc));
     let recorded_at = commit_clock.commit_time(clock, &heads);
-    let assembled = assemble::assemble(batch, known, heads, recorded_at);
+    let targets = erasure_targets(&tx, tail, batch)?;
+    let assembled = assemble::assemble(batch, known, &targets, heads, recorded_at)
+        .map_err(|e| StoreError::Other(e.into()))?;
     insert_events(&tx, &assembled.rows)?;
     insert_tiles(&tx, &assembled.tiles)?;
-    let mut erased = Vec::new();
-    for (tenant, target) in &assembled.redactions {
-        if let Some((seq, keys)) = erase_payload(&tx, tenant, *target, recorded_at)? {
-            erased.push((tenant, seq, keys));
-        }
-    }
+    let erased = erase_events(&tx, &assembled.erasures)?;
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO chain_heads (tenant, seq, hash, partial_tiles, recorded_at) \
@@ -574,8 +659,8 @@ fn append(
     tx.commit()?;
     let mut tail = runs::write(tail);
     tail.add(&assembled.rows);
-    for (tenant, seq, keys) in erased {
-        tail.remove(tenant, seq, &keys);
+    for (tenant, seq, keys) in &erased {
+        tail.remove(tenant, *seq, keys);
     }
     Ok(assembled.outcomes)
 }

@@ -655,7 +655,13 @@ pub(super) fn query(
     let matches = read(tail).matches(tenant, &mut keys);
     let check = EventCheck::new(query)?;
     let limit = usize::try_from(query.fetch_limit()).unwrap_or(usize::MAX);
-    let snapshot = conn.unchecked_transaction()?;
+    // One snapshot for every statement; inside the writer's transaction (an erasure's targets)
+    // that is the transaction's own.
+    let own = conn
+        .is_autocommit()
+        .then(|| conn.unchecked_transaction())
+        .transpose()?;
+    let snapshot: &Connection = own.as_deref().unwrap_or(conn);
     let runs: Vec<(i64, i64, i64)> = snapshot
         .prepare_cached(
             "SELECT id, first_seq, last_seq FROM posting_runs \
@@ -667,7 +673,7 @@ pub(super) fn query(
         .collect::<Result<_, _>>()?;
     let mut found = Vec::new();
     let mut take = |seq: i64| -> Result<bool, StoreError> {
-        if let Some(event) = check.read(&snapshot, tenant, seq)? {
+        if let Some(event) = check.read(snapshot, tenant, seq)? {
             found.push(event);
         }
         Ok(found.len() < limit)
@@ -679,7 +685,7 @@ pub(super) fn query(
             for &(run, first, last) in &runs {
                 let bounds = (after.max(first - 1), last.min(matches.flushed));
                 if open && bounds.0 < bounds.1 {
-                    open = lists::intersect(&snapshot, run, &keys, Order::Asc, bounds, &mut take)?;
+                    open = lists::intersect(snapshot, run, &keys, Order::Asc, bounds, &mut take)?;
                 }
             }
             for &seq in matches.seqs.iter().filter(|&&seq| seq > after) {
@@ -701,7 +707,7 @@ pub(super) fn query(
             for &(run, first, last) in runs.iter().rev() {
                 let bounds = (first - 1, last.min(matches.flushed).min(before - 1));
                 if open && bounds.0 < bounds.1 {
-                    open = lists::intersect(&snapshot, run, &keys, Order::Desc, bounds, &mut take)?;
+                    open = lists::intersect(snapshot, run, &keys, Order::Desc, bounds, &mut take)?;
                 }
             }
         }

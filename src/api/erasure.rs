@@ -1,0 +1,112 @@
+//! Erasure (admin only): `POST /events/{id}/redact` erases an event's payload,
+//! `POST /events/{id}/erase` every personal field of one event, and `POST /erasures` those of
+//! every event about one data subject. The log records each erasure as an event, which is (or is
+//! in) the answer.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::access::AdminAccess;
+use super::body::{JsonBytes, parse};
+use super::events::{parse_event_id, status_of};
+use super::{ApiError, AppState};
+use crate::log::{Recorded, SubjectErasure};
+use crate::model::{Event, FieldError, Personal};
+use crate::store::Store;
+
+pub fn router<S: Store>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/events/{id}/redact", post(redact::<S>))
+        .route("/events/{id}/erase", post(erase::<S>))
+        .route("/erasures", post(erase_subject::<S>))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+/// `{"user_identity": …, "reason": …}` or `{"entity_id": …, "reason": …}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubjectBody {
+    #[serde(default)]
+    user_identity: Option<String>,
+    #[serde(default)]
+    entity_id: Option<String>,
+    reason: String,
+}
+
+/// `201` with the `audit.redacted` event.
+async fn redact<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+    Path(id): Path<String>,
+    JsonBytes(body): JsonBytes,
+) -> Result<(StatusCode, Json<Event>), ApiError> {
+    let body: ReasonBody = parse(&body)?;
+    let id = parse_event_id(&id)?;
+    record_answer(state.log.redact(&principal, id, body.reason).await?)
+}
+
+/// `201` with the `audit.erased` event, or `200` with the record of the erasure that already
+/// left the event without personal data.
+async fn erase<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+    Path(id): Path<String>,
+    JsonBytes(body): JsonBytes,
+) -> Result<(StatusCode, Json<Event>), ApiError> {
+    let body: ReasonBody = parse(&body)?;
+    let id = parse_event_id(&id)?;
+    record_answer(state.log.erase(&principal, id, body.reason).await?)
+}
+
+/// `201` with `{"erased": n, "record": <audit.erased event>}`, or `200` with `{"erased": 0,
+/// "record": null}` when no event of the subject holds personal data any more.
+async fn erase_subject<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+    JsonBytes(body): JsonBytes,
+) -> Result<(StatusCode, Json<SubjectErasure>), ApiError> {
+    let body: SubjectBody = parse(&body)?;
+    let (field, value) = match (body.user_identity, body.entity_id) {
+        (Some(value), None) => (Personal::UserIdentity, value),
+        (None, Some(value)) => (Personal::EntityId, value),
+        _ => {
+            return Err(ApiError::Invalid(FieldError::new(
+                "user_identity",
+                "name the data subject by exactly one of user_identity and entity_id",
+            )));
+        }
+    };
+    if value.is_empty() {
+        return Err(ApiError::Invalid(FieldError::new(
+            field.name(),
+            "must not be empty",
+        )));
+    }
+    let erasure = state
+        .log
+        .erase_subject(&principal, field, value, body.reason)
+        .await?;
+    let status = match erasure.record {
+        Some(_) => StatusCode::CREATED,
+        None => StatusCode::OK,
+    };
+    Ok((status, Json(erasure)))
+}
+
+fn record_answer(recorded: Recorded) -> Result<(StatusCode, Json<Event>), ApiError> {
+    let status = status_of(&recorded);
+    let event = recorded
+        .events
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("append returned no event")))?;
+    Ok((status, Json(event)))
+}

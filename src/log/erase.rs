@@ -1,0 +1,250 @@
+//! Erasure (right to erasure, retention): an event's personal fields are deleted while its leaf,
+//! and so the chain, the tree and every checkpoint, still verify; an `audit.erased` (or, for a
+//! payload alone, `audit.redacted`) event, appended in the same transaction, records which
+//! events lost which fields, by whom and why, without repeating the values.
+
+use serde::Serialize;
+
+use super::{AuditLog, LogError, Recorded};
+use crate::auth::Principal;
+use crate::integrity::commitment::{erasable, fully_erased};
+use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
+use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
+use crate::model::{
+    Action, Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter,
+    NewEvent, Personal, RawEvent,
+};
+use crate::store::Store;
+
+/// The answer to an erasure by data subject.
+#[derive(Debug, Serialize)]
+pub struct SubjectErasure {
+    /// How many events lost fields.
+    pub erased: u64,
+    /// The `audit.erased` event recording it; `None` when nothing was left to erase.
+    pub record: Option<Event>,
+}
+
+impl<S: Store> AuditLog<S> {
+    /// Erases one event's payload (`POST /events/{id}/redact`), recorded as `audit.redacted`.
+    /// `Conflict` when the payload is already erased or there never was one; the `reason`
+    /// must not be blank (`Invalid` naming `reason`).
+    pub async fn redact(
+        &self,
+        principal: &Principal,
+        id: EventId,
+        reason: String,
+    ) -> Result<Recorded, LogError> {
+        let target = self.get(principal, id).await?;
+        check_not_a_record(&target)?;
+        if target.event_data.is_none() {
+            let message = match target.redacted_at {
+                Some(_) => format!("event {id} is already redacted"),
+                None => format!("event {id} has no payload to redact"),
+            };
+            return Err(LogError::Conflict(message));
+        }
+        self.record_erasure(principal, REDACTION_EVENT_TYPE, &target, reason)
+            .await
+    }
+
+    /// Erases every personal field of one event (`POST /events/{id}/erase`, `DELETE
+    /// /delete_log/{id}`), recorded as `audit.erased`. Erasing an event again answers with the
+    /// record of the erasure that left it as it is (`created: false`). An event recorded with
+    /// leaf version 1 loses only its payload: its other fields are in its leaf as they are.
+    pub async fn erase(
+        &self,
+        principal: &Principal,
+        id: EventId,
+        reason: String,
+    ) -> Result<Recorded, LogError> {
+        let target = self.get(principal, id).await?;
+        check_not_a_record(&target)?;
+        if fully_erased(&target) {
+            let record = match target.redacted_at {
+                Some(at) => self.erasure_record(principal, at).await?,
+                None => None,
+            };
+            return record
+                .map(|record| Recorded {
+                    created: false,
+                    events: vec![record],
+                    replayed: vec![true],
+                })
+                .ok_or_else(|| {
+                    LogError::Conflict(format!("event {id} holds no personal data to erase"))
+                });
+        }
+        self.record_erasure(principal, ERASURE_EVENT_TYPE, &target, reason)
+            .await
+    }
+
+    /// Erases every personal field of every event of the tenant whose `field` (`user_identity`
+    /// or `entity_id`) is `value` (`POST /erasures`), in one transaction with its `audit.erased`
+    /// record. Nothing left to erase answers `erased: 0` and records nothing.
+    pub async fn erase_subject(
+        &self,
+        principal: &Principal,
+        field: Personal,
+        value: String,
+        reason: String,
+    ) -> Result<SubjectErasure, LogError> {
+        let filter_field = match field {
+            Personal::UserIdentity => Field::UserIdentity,
+            Personal::EntityId => Field::EntityId,
+            other => {
+                return Err(LogError::Invalid(FieldError::new(
+                    other.name(),
+                    "a data subject is named by user_identity or entity_id",
+                )));
+            }
+        };
+        let any = EventQuery {
+            filters: vec![Filter::Equals(filter_field, value.clone())],
+            limit: 1,
+            ..EventQuery::default()
+        };
+        let found = self.query(principal, &any).await?;
+        if found.events.is_empty() {
+            return Ok(SubjectErasure {
+                erased: 0,
+                record: None,
+            });
+        }
+        let targets = ErasureTargets::Subject(field, value);
+        let record = self
+            .append_erasure(principal, ERASURE_EVENT_TYPE, targets, None, reason)
+            .await?;
+        let erased = record
+            .event_data
+            .as_ref()
+            .and_then(crate::integrity::erasure_record::erased_ranges)
+            .map_or(0, |ranges| {
+                ranges
+                    .iter()
+                    .map(|(first, last)| (last - first + 1) as u64)
+                    .sum()
+            });
+        Ok(SubjectErasure {
+            erased,
+            record: Some(record),
+        })
+    }
+
+    /// The erasure record committed at `at`, the `redacted_at` of the events it erased.
+    async fn erasure_record(
+        &self,
+        principal: &Principal,
+        at: time::OffsetDateTime,
+    ) -> Result<Option<Event>, LogError> {
+        for event_type in [ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE] {
+            let query = EventQuery {
+                filters: vec![Filter::Equals(Field::EventType, event_type.into())],
+                since: Some(at),
+                limit: EventQuery::MAX_LIMIT,
+                ..EventQuery::default()
+            };
+            let page = self.query(principal, &query).await?;
+            if let Some(record) = page.events.into_iter().find(|e| e.recorded_at == at) {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn record_erasure(
+        &self,
+        principal: &Principal,
+        event_type: &str,
+        target: &Event,
+        reason: String,
+    ) -> Result<Recorded, LogError> {
+        let targets = ErasureTargets::Event(target.id);
+        let record = self
+            .append_erasure(principal, event_type, targets, Some(target), reason)
+            .await?;
+        Ok(Recorded {
+            created: true,
+            events: vec![record],
+            replayed: vec![false],
+        })
+    }
+
+    /// Appends the record of an erasure of `targets`; its commit erases them. `target` is the
+    /// one event erased, when there is one: the record names it by `amends` and `amends_hash`,
+    /// and the fields erased are those it holds (every personal one otherwise).
+    async fn append_erasure(
+        &self,
+        principal: &Principal,
+        event_type: &str,
+        targets: ErasureTargets,
+        target: Option<&Event>,
+        reason: String,
+    ) -> Result<Event, LogError> {
+        if reason.trim().is_empty() {
+            return Err(LogError::Invalid(FieldError::new(
+                "reason",
+                "must not be empty",
+            )));
+        }
+        let fields = match (event_type, target) {
+            (REDACTION_EVENT_TYPE, _) => vec![Personal::EventData],
+            (_, Some(target)) => Personal::ALL
+                .into_iter()
+                .filter(|field| erasable(target, *field))
+                .collect(),
+            (_, None) => Personal::ALL.to_vec(),
+        };
+        // The reason is checked as a payload would be (length, characters) before it is
+        // written into the record's.
+        let placeholder = serde_json::value::to_raw_value(&serde_json::json!({ "reason": reason }))
+            .map_err(|e| LogError::Internal(e.into()))?;
+        let raw = RawEvent {
+            event_type: event_type.into(),
+            user_identity: principal.name.clone(),
+            action: Some(Action::Delete),
+            entity: target.and_then(|t| t.entity.clone()),
+            entity_id: None,
+            property: None,
+            source: None,
+            ip: None,
+            outcome: None,
+            occurred_at: None,
+            event_data: Some(placeholder),
+            idempotency_key: None,
+        };
+        let mut record =
+            NewEvent::parse_own(raw, &self.limits).map_err(|e| match e.field.as_str() {
+                field if field.starts_with("event_data") => {
+                    LogError::Invalid(FieldError::new("reason", e.message))
+                }
+                _ => LogError::Invalid(e),
+            })?;
+        record.amends = target.map(|t| t.id);
+        record.amends_hash = target.map(|t| t.hash);
+        record.erases = Some(Erasure {
+            targets,
+            fields,
+            reason,
+        });
+        let recorded = self.record(principal, vec![record]).await?;
+        recorded
+            .events
+            .into_iter()
+            .next()
+            .ok_or_else(|| LogError::Internal(anyhow::anyhow!("append returned no event")))
+    }
+}
+
+/// The service's own records are kept whole: an erasure record's payload is what accounts for
+/// the fields it erased.
+fn check_not_a_record(target: &Event) -> Result<(), LogError> {
+    if target.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX) {
+        return Err(LogError::Conflict(format!(
+            "event {} is one of the service's own `{RESERVED_EVENT_TYPE_PREFIX}*` records, which \
+             are kept whole; an erasure record's reason should hold no personal data",
+            target.id
+        )));
+    }
+    Ok(())
+}

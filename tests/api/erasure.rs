@@ -1,0 +1,297 @@
+//! Erasure: one event's personal fields, or a data subject's across the tenant, deleted while
+//! the log still verifies (online, and offline from an export), with the erasure recorded, the
+//! values no longer found by any filter nor present in the database files.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN, Backend, TestApp, WRITER, spawn_app};
+use crate::integrity::{checkpoint, export, verify, verify_export};
+
+/// Every personal field, with values no other event has.
+fn personal(marker: &str) -> Value {
+    json!({
+        "event_type": "customer.updated", "user_identity": format!("{marker}@example.com"),
+        "action": "update", "entity": "customer", "entity_id": format!("{marker}-id"),
+        "property": format!("{marker}-property"), "ip": "203.0.113.77", "source": "crm",
+        "outcome": "success", "idempotency_key": format!("{marker}-key"),
+        "event_data": {"email": format!("{marker}@example.com"), "plan": "gold"}
+    })
+}
+
+async fn post(app: &TestApp, path: &str, who: (&str, &str), body: Value) -> (u16, Value) {
+    let response = app.post_json(path, who, &body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn found(app: &TestApp, query: &str) -> usize {
+    app.get_ok(&format!("/events?{query}")).await["events"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+fn assert_verifies(app: &TestApp) {
+    let report = verify(app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{out}");
+}
+
+async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.record(json!({"event_type": "before", "user_identity": "someone"}))
+        .await;
+    let original = app.record(personal("zq7xw")).await;
+    app.record(json!({"event_type": "after", "user_identity": "someone"}))
+        .await;
+    let id = original["id"].as_str().unwrap();
+    let path = format!("/events/{id}/erase");
+
+    let (status, _) = post(&app, &path, WRITER, json!({"reason": "GDPR art. 17"})).await;
+    assert_eq!(status, 403, "admins only");
+    let (status, body) = post(&app, &path, ADMIN, json!({"reason": " "})).await;
+    assert_eq!(
+        (status, body["error"]["field"].clone()),
+        (422, json!("reason"))
+    );
+
+    let (status, record) = post(&app, &path, ADMIN, json!({"reason": "GDPR art. 17"})).await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["event_type"], "audit.erased");
+    assert_eq!(record["amends"], id);
+    assert_eq!(record["event_data"]["erased"], json!([[2, 2]]));
+    assert_eq!(record["event_data"]["reason"], "GDPR art. 17");
+    assert_eq!(
+        record["event_data"]["fields"],
+        json!([
+            "entity_id",
+            "event_data",
+            "idempotency_key",
+            "ip",
+            "property",
+            "user_identity"
+        ])
+    );
+    assert!(
+        !record.to_string().contains("zq7xw"),
+        "the record repeats no erased value: {record}"
+    );
+
+    let erased = app.get_ok(&format!("/events/{id}")).await;
+    for field in [
+        "user_identity",
+        "entity_id",
+        "property",
+        "ip",
+        "idempotency_key",
+        "event_data",
+        "salt_secret",
+    ] {
+        assert_eq!(erased[field], Value::Null, "{field}");
+    }
+    for kept in [
+        "event_type",
+        "action",
+        "entity",
+        "source",
+        "outcome",
+        "leaf_hash",
+        "hash",
+    ] {
+        assert_eq!(erased[kept], original[kept], "{kept} is kept");
+    }
+    assert_eq!(erased["redacted_at"], record["recorded_at"]);
+    assert_eq!(
+        erased["erased"]["commitments"].as_object().unwrap().len(),
+        6
+    );
+    assert!(!erased.to_string().contains("zq7xw"));
+
+    // No filter finds it by what it no longer holds.
+    for query in [
+        "user_identity=zq7xw@example.com",
+        "entity_id=zq7xw-id",
+        "property=zq7xw-property",
+        "ip=203.0.113.77",
+        "idempotency_key=zq7xw-key",
+        "event_data.email=zq7xw@example.com",
+        "event_data.plan=gold",
+    ] {
+        assert_eq!(found(&app, query).await, 0, "{query}");
+    }
+    assert_eq!(
+        found(&app, "entity=customer").await,
+        2,
+        "entity is not personal: the event and its record, which names the entity"
+    );
+
+    // Again: the same record, not an error.
+    let (status, again) = post(&app, &path, ADMIN, json!({"reason": "again"})).await;
+    assert_eq!((status, again["id"].clone()), (200, record["id"].clone()));
+    // Seed 2's DELETE answers the same way for an erased event.
+    let deleted = app
+        .request(Method::DELETE, &format!("/delete_log/{id}"), Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    // The record itself is kept whole.
+    let record_id = record["id"].as_str().unwrap();
+    let (status, _) = post(
+        &app,
+        &format!("/events/{record_id}/erase"),
+        ADMIN,
+        json!({"reason": "x"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    // The key is free again: the same body under it is a new event.
+    let replay = app.post_json("/events", ADMIN, &personal("zq7xw")).await;
+    assert_eq!(replay.status(), 201);
+
+    checkpoint(&app).await;
+    assert_verifies(&app);
+    let exported = export(&app);
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().filter(|l| l.contains("zq7xw")).count() == 1,
+        "only the event recorded after the erasure holds the values"
+    );
+    let report = verify_export(&app, &exported).await;
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+}
+
+/// Every event of one user across the tenant, in one transaction with its record; the others
+/// keep theirs, and the log verifies.
+async fn a_data_subject_is_erased_across_the_tenant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let total = 10_000;
+    for chunk in 0..total / 1000 {
+        let batch: Vec<Value> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let user = if i % 10 == 3 {
+                    "subject@example.com"
+                } else {
+                    "other"
+                };
+                json!({"event_type": "billed", "user_identity": user,
+                       "entity_id": format!("invoice-{i}"), "event_data": {"n": i}})
+            })
+            .collect();
+        app.record(Value::from(batch)).await;
+    }
+    let (status, answer) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"user_identity": "subject@example.com", "reason": "erasure request 7"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["erased"], total / 10);
+    let record = &answer["record"];
+    assert_eq!(record["event_type"], "audit.erased");
+    assert_eq!(record["amends"], Value::Null);
+    let ranges = record["event_data"]["erased"].as_array().unwrap();
+    assert_eq!(ranges.len(), total as usize / 10, "every tenth event");
+    assert_eq!(ranges[0], json!([4, 4]));
+    assert!(!record.to_string().contains("subject@"));
+
+    assert_eq!(found(&app, "user_identity=subject@example.com").await, 0);
+    assert_eq!(found(&app, "entity_id=invoice-3").await, 0);
+    assert_eq!(found(&app, "event_data.n=3").await, 0);
+    assert_eq!(found(&app, "entity_id=invoice-4").await, 1);
+    let kept = app.get_ok("/events?user_identity=other&limit=1000").await;
+    assert_eq!(kept["events"].as_array().unwrap().len(), 1000);
+
+    let (status, again) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"user_identity": "subject@example.com", "reason": "again"}),
+    )
+    .await;
+    assert_eq!((status, again), (200, json!({"erased": 0, "record": null})));
+    let (status, _) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"user_identity": "a", "entity_id": "b", "reason": "both"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, _) = post(
+        &app,
+        "/erasures",
+        WRITER,
+        json!({"entity_id": "invoice-4", "reason": "no"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, by_entity) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"entity_id": "invoice-4", "reason": "by entity"}),
+    )
+    .await;
+    assert_eq!((status, by_entity["erased"].clone()), (201, json!(1)));
+    checkpoint(&app).await;
+    assert_verifies(&app);
+}
+
+/// SQLite: the erased values are in no database file afterwards (freed cells zeroed, the WAL
+/// checkpointed and emptied), though they were before.
+async fn erased_values_leave_the_database_files(backend: Backend) {
+    assert_eq!(backend, Backend::Sqlite);
+    let app = spawn_app(backend).await;
+    let original = app.record(personal("kv9rt")).await;
+    let files = || {
+        let dir = app.db.sqlite_path().parent().unwrap().to_owned();
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.to_string_lossy().contains(".db"))
+            .map(|path| std::fs::read(path).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let holds = |needle: &str| {
+        files()
+            .iter()
+            .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    };
+    assert!(holds("kv9rt@example.com"), "the value is stored before");
+    let id = original["id"].as_str().unwrap();
+    let (status, _) = post(
+        &app,
+        &format!("/events/{id}/erase"),
+        ADMIN,
+        json!({"reason": "files"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    for value in [
+        "kv9rt@example.com",
+        "kv9rt-id",
+        "kv9rt-property",
+        "kv9rt-key",
+    ] {
+        assert!(!holds(value), "{value} is still in a database file");
+    }
+}
+
+crate::both_backends!(
+    one_event_is_erased_and_the_log_still_verifies,
+    a_data_subject_is_erased_across_the_tenant,
+);
+
+#[tokio::test]
+async fn erased_values_leave_the_sqlite_files() {
+    erased_values_leave_the_database_files(Backend::Sqlite).await;
+}
