@@ -23,6 +23,9 @@ pub struct SubjectErasure {
     pub erased: u64,
     /// The `audit.erased` event recording it; `None` when nothing was left to erase.
     pub record: Option<Event>,
+    /// Events recorded with leaf version 1 that still name the subject: such a leaf holds the
+    /// fields themselves, so only their payload could go.
+    pub kept_in_version_1_leaves: u64,
 }
 
 impl<S: Store> AuditLog<S> {
@@ -99,19 +102,15 @@ impl<S: Store> AuditLog<S> {
                 )));
             }
         };
-        let any = EventQuery {
-            filters: vec![Filter::Equals(filter_field, value.clone())],
-            limit: 1,
-            ..EventQuery::default()
-        };
-        let found = self.query(principal, &any).await?;
-        if found.events.is_empty() {
+        let (erasable, kept) = self.subject_events(principal, filter_field, &value).await?;
+        if erasable == 0 {
             return Ok(SubjectErasure {
                 erased: 0,
                 record: None,
+                kept_in_version_1_leaves: kept,
             });
         }
-        let targets = ErasureTargets::Subject(field, value);
+        let targets = ErasureTargets::Subject(field, value.clone());
         let record = self
             .append_erasure(principal, ERASURE_EVENT_TYPE, targets, None, reason)
             .await?;
@@ -125,10 +124,42 @@ impl<S: Store> AuditLog<S> {
                     .map(|(first, last)| (last - first + 1) as u64)
                     .sum()
             });
+        let (_, kept) = self.subject_events(principal, filter_field, &value).await?;
         Ok(SubjectErasure {
             erased,
             record: Some(record),
+            kept_in_version_1_leaves: kept,
         })
+    }
+
+    /// How many events whose `field` is `value` an erasure could still take something from,
+    /// and how many hold nothing more it could take but still name the subject (version 1).
+    async fn subject_events(
+        &self,
+        principal: &Principal,
+        field: Field,
+        value: &str,
+    ) -> Result<(u64, u64), LogError> {
+        let mut query = EventQuery {
+            filters: vec![Filter::Equals(field, value.to_owned())],
+            limit: EventQuery::MAX_LIMIT,
+            ..EventQuery::default()
+        };
+        let (mut erasable, mut kept) = (0, 0);
+        loop {
+            let page = self.query(principal, &query).await?;
+            for event in &page.events {
+                if fully_erased(event) {
+                    kept += 1;
+                } else {
+                    erasable += 1;
+                }
+            }
+            match page.events.last() {
+                Some(last) if page.next_cursor.is_some() => query.after = Some(last.seq),
+                _ => return Ok((erasable, kept)),
+            }
+        }
     }
 
     /// The erasure record committed at `at`, the `redacted_at` of the events it erased.

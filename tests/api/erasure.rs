@@ -217,7 +217,13 @@ async fn a_data_subject_is_erased_across_the_tenant(backend: Backend) {
         json!({"user_identity": "subject@example.com", "reason": "again"}),
     )
     .await;
-    assert_eq!((status, again), (200, json!({"erased": 0, "record": null})));
+    assert_eq!(
+        (status, again),
+        (
+            200,
+            json!({"erased": 0, "record": null, "kept_in_version_1_leaves": 0})
+        )
+    );
     let (status, _) = post(
         &app,
         "/erasures",
@@ -289,9 +295,111 @@ async fn erased_values_leave_the_database_files(backend: Backend) {
 crate::both_backends!(
     one_event_is_erased_and_the_log_still_verifies,
     a_data_subject_is_erased_across_the_tenant,
+    a_subject_erasure_killed_midway_is_all_or_nothing,
 );
 
 #[tokio::test]
 async fn erased_values_leave_the_sqlite_files() {
     erased_values_leave_the_database_files(Backend::Sqlite).await;
+}
+
+/// The server is SIGKILLed while it erases a data subject: after a restart, either all of the
+/// subject's events are erased and the record is there, or none is and there is no record; the
+/// log verifies either way.
+async fn a_subject_erasure_killed_midway_is_all_or_nothing(backend: Backend) {
+    use crate::helpers::{ServerProcess, TestDb, settings_for};
+
+    let db = TestDb::new(backend).await;
+    let mut server = ServerProcess::serve(&db);
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.address);
+    let subject_events = 2000;
+    for chunk in 0..subject_events * 5 / 1000 {
+        let batch: Vec<Value> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let user = if i % 5 == 0 {
+                    "killed@example.com"
+                } else {
+                    "other"
+                };
+                json!({"event_type": "t", "user_identity": user, "event_data": {"i": i}})
+            })
+            .collect();
+        let response = http
+            .post(format!("{base}/events"))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let erasure = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/erasures"))
+                .basic_auth(ADMIN.0, Some(ADMIN.1))
+                .json(&json!({"user_identity": "killed@example.com", "reason": "kill test"}))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    server.kill();
+    let answered = erasure.await.unwrap();
+
+    let server = ServerProcess::serve(&db);
+    let base = format!("http://{}", server.address);
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .basic_auth(ADMIN.0, Some(ADMIN.1))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let records = get(format!("{base}/events?event_type=audit.erased")).await["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    let mut named = 0;
+    let mut path = format!("{base}/events?user_identity=killed@example.com&limit=1000");
+    loop {
+        let page = get(path.clone()).await;
+        named += page["events"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(cursor) => {
+                path = format!(
+                    "{base}/events?user_identity=killed@example.com&limit=1000&cursor={cursor}"
+                )
+            }
+            None => break,
+        }
+    }
+    match records {
+        0 => assert_eq!(named, subject_events, "no record, so nothing erased"),
+        1 => assert_eq!(named, 0, "a record, so everything erased"),
+        n => panic!("{n} erasure records"),
+    }
+    if answered.is_ok_and(|response| response.status() == 201) {
+        assert_eq!(records, 1, "an acknowledged erasure is committed");
+    }
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args(["--database-url", &db.url, "verify"])
+        .env(
+            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+            &settings_for(&db).integrity.signing_key_file,
+        )
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
 }
