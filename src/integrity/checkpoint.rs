@@ -31,12 +31,60 @@ pub struct Checkpoint {
     pub note: String,
 }
 
-/// The checkpoint text: origin line, decimal tree size, base64 root hash, each ending in `\n`.
-pub fn checkpoint_text(origin: &str, tree_size: u64, root: &Digest) -> String {
-    format!(
+impl Checkpoint {
+    /// The checkpoint signed before this one, as its note's extension line names it: `Some`
+    /// of its tree size and root, `None` when the line is absent (the tenant's first
+    /// checkpoint, or one signed before checkpoints named their predecessor).
+    pub fn predecessor(&self) -> Option<(u64, Digest)> {
+        let text = &self.note[..self.note.find("\n\n")? + 1];
+        predecessor_line(text).ok().flatten()
+    }
+}
+
+/// The extension line's keyword: `predecessor <tree size> <base64 root>`.
+const PREDECESSOR: &str = "predecessor";
+
+/// The checkpoint text: origin line, decimal tree size, base64 root hash, and, when a
+/// checkpoint was signed before, the extension line naming it; each line ends in `\n`.
+pub fn checkpoint_text(
+    origin: &str,
+    tree_size: u64,
+    root: &Digest,
+    predecessor: Option<(u64, Digest)>,
+) -> String {
+    let mut text = format!(
         "{origin}\n{tree_size}\n{}\n",
         STANDARD.encode(root.as_bytes())
-    )
+    );
+    if let Some((size, root)) = predecessor {
+        text.push_str(&format!(
+            "{PREDECESSOR} {size} {}\n",
+            STANDARD.encode(root.as_bytes())
+        ));
+    }
+    text
+}
+
+/// The predecessor a checkpoint text names: `Ok(None)` without the line, `Err` when the line
+/// is there but malformed (or repeated).
+pub fn predecessor_line(text: &str) -> Result<Option<(u64, Digest)>, ()> {
+    let mut found = None;
+    for line in text.split('\n').skip(3) {
+        let Some(rest) = line
+            .strip_prefix(PREDECESSOR)
+            .and_then(|r| r.strip_prefix(' '))
+        else {
+            continue;
+        };
+        let (size, root) = rest.split_once(' ').ok_or(())?;
+        let size = size.parse().map_err(|_| ())?;
+        let root = STANDARD.decode(root).map_err(|_| ())?;
+        let root = Digest::from_slice(&root).ok_or(())?;
+        if found.replace((size, root)).is_some() {
+            return Err(());
+        }
+    }
+    Ok(found)
 }
 
 /// C2SP signed-note key ID: the first 4 bytes of SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key).
@@ -138,16 +186,18 @@ impl LogSigner {
         verifier_key(&self.origin(tenant), &self.public_key())
     }
 
-    /// Signs the tree head as a signed note.
+    /// Signs the tree head as a signed note, naming `predecessor`, the tenant's latest
+    /// checkpoint (size and root), if there is one.
     pub fn sign(
         &self,
         tenant: &TenantId,
         tree_size: u64,
         root: Digest,
         issued_at: OffsetDateTime,
+        predecessor: Option<(u64, Digest)>,
     ) -> Checkpoint {
         let name = self.origin(tenant);
-        let text = checkpoint_text(&name, tree_size, &root);
+        let text = checkpoint_text(&name, tree_size, &root, predecessor);
         let signature: Signature = self.key.sign(text.as_bytes());
         let mut blob = key_id(&name, &self.public_key()).to_vec();
         blob.extend_from_slice(&signature.to_bytes());
@@ -246,8 +296,16 @@ mod tests {
         let signer = LogSigner::new(SigningKey::from_bytes(&[7; 32]), "example.com/log");
         let tenant = TenantId::default();
         let root = Digest::sha256(&[b"root"]);
-        let checkpoint = signer.sign(&tenant, 42, root, OffsetDateTime::now_utc());
+        let before = Digest::sha256(&[b"before"]);
+        let checkpoint = signer.sign(
+            &tenant,
+            42,
+            root,
+            OffsetDateTime::now_utc(),
+            Some((7, before)),
+        );
         assert!(checkpoint.note.starts_with("example.com/log/default\n42\n"));
+        assert_eq!(checkpoint.predecessor(), Some((7, before)));
         let verifier = NoteVerifier::parse(&signer.verifier_key(&tenant)).unwrap();
         let text = verifier.open(&checkpoint.note).unwrap();
         assert_eq!(
@@ -257,6 +315,15 @@ mod tests {
 
         let forged = checkpoint.note.replace("\n42\n", "\n43\n");
         assert!(verifier.open(&forged).is_none());
+        let forged = checkpoint.note.replace("predecessor 7 ", "predecessor 6 ");
+        assert!(
+            verifier.open(&forged).is_none(),
+            "the extension line is signed"
+        );
+        let first = signer.sign(&tenant, 1, root, OffsetDateTime::now_utc(), None);
+        assert_eq!(first.note.lines().nth(3), Some(""), "no extension line");
+        assert_eq!(first.predecessor(), None);
+        assert_eq!(predecessor_line("o\n1\nr\npredecessor x y\n"), Err(()));
         let other = LogSigner::new(SigningKey::from_bytes(&[8; 32]), "example.com/log");
         let other_verifier = NoteVerifier::parse(&other.verifier_key(&tenant)).unwrap();
         assert!(other_verifier.open(&checkpoint.note).is_none());

@@ -20,31 +20,48 @@ pub struct Schedule {
     pub interval: Duration,
 }
 
-/// Signs the tenant's current tree head, unless a checkpoint of that size exists (returned
-/// instead). `None` while the log is empty.
+/// How often [`issue`] signs again after another instance stored a checkpoint naming the same
+/// predecessor first.
+const SIGNING_ATTEMPTS: usize = 5;
+
+/// Signs the tenant's current tree head, naming the latest checkpoint as its predecessor,
+/// unless a checkpoint of that size exists (returned instead). `None` while the log is empty.
+///
+/// Each checkpoint names the one before it, and the store keeps at most one checkpoint per
+/// predecessor: when another instance stored one after the same predecessor first, this one is
+/// not stored, and the head is signed again after it.
 pub async fn issue<S: Store>(
     store: &S,
     signer: &LogSigner,
     tenant: &TenantId,
 ) -> Result<Option<Checkpoint>, StoreError> {
-    let Some(head) = store.head(tenant).await? else {
-        return Ok(None);
-    };
-    let size = head.frontier.size();
-    if size == 0 {
-        return Ok(None);
+    for _ in 0..SIGNING_ATTEMPTS {
+        let Some(head) = store.head(tenant).await? else {
+            return Ok(None);
+        };
+        let size = head.frontier.size();
+        if size == 0 {
+            return Ok(None);
+        }
+        if let Some(existing) = store.checkpoint(tenant, Some(size)).await? {
+            return Ok(Some(existing));
+        }
+        let latest = store.checkpoint(tenant, None).await?;
+        if let Some(latest) = latest.as_ref().filter(|c| c.tree_size > size) {
+            // Another instance signed a larger head since this one read it.
+            return Ok(Some(latest.clone()));
+        }
+        let predecessor = latest.map(|c| (c.tree_size, c.root));
+        let issued_at = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
+        let checkpoint = signer.sign(tenant, size, head.frontier.root(), issued_at, predecessor);
+        store.add_checkpoint(&checkpoint).await?;
+        if let Some(stored) = store.checkpoint(tenant, Some(size)).await? {
+            return Ok(Some(stored));
+        }
     }
-    if let Some(existing) = store.checkpoint(tenant, Some(size)).await? {
-        return Ok(Some(existing));
-    }
-    let issued_at = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
-    let checkpoint = signer.sign(tenant, size, head.frontier.root(), issued_at);
-    store.add_checkpoint(&checkpoint).await?;
-    // Another instance may have stored one for this size first; serve what is stored.
-    Ok(store
-        .checkpoint(tenant, Some(size))
-        .await?
-        .or(Some(checkpoint)))
+    Err(StoreError::Conflict(format!(
+        "another instance kept storing checkpoints of tenant {tenant} first"
+    )))
 }
 
 /// Runs until `shutdown`, checking every second which tenants are due.

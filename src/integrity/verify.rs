@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::chain::{chain_hash, event_data_hash, leaf_hash};
-use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text};
+use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text, predecessor_line};
 use super::erasure_record::{ErasureRecords, erased_ranges};
 use super::merkle::Frontier;
 use super::tiles::{FullTile, TILE_WIDTH, Tile, TileKind};
@@ -53,6 +53,11 @@ pub struct TenantVerifier {
     last_recorded_at: Option<time::OffsetDateTime>,
     /// The first `seq` whose `recorded_at` is checked against the previous one's.
     recorded_at_ordered_from: Seq,
+    /// The last checkpoint checked (size and root), which the next one must name as its
+    /// predecessor once checkpoints name theirs.
+    last_checkpoint: Option<(u64, Digest)>,
+    /// Whether a checkpoint naming its predecessor was checked: from then on every one must.
+    checkpoints_chained: bool,
     /// Erased rows not yet matched by the record of their erasure.
     erasures: ErasureRecords,
     /// Erased version 1 rows, which a record written before records named `seq` ranges names
@@ -79,6 +84,8 @@ impl TenantVerifier {
             checked: 0,
             last_recorded_at: None,
             recorded_at_ordered_from: Seq(1),
+            last_checkpoint: None,
+            checkpoints_chained: false,
             erasures: ErasureRecords::default(),
             erased_by_id: HashMap::new(),
         }
@@ -282,7 +289,46 @@ impl TenantVerifier {
                 format!("the log's tree at size {size} differs from the signed checkpoint"),
             ));
         }
+        // The same checkpoint twice (stored, and kept by the auditor) is checked once.
+        if self.last_checkpoint == Some((size, signed_root)) {
+            return Ok(());
+        }
+        self.check_predecessor(size, text)?;
+        self.last_checkpoint = Some((size, signed_root));
         self.checked += 1;
+        Ok(())
+    }
+
+    /// Each checkpoint names the one signed before it: a checkpoint deleted from between two
+    /// others (or from before the first one left) leaves a name without its checkpoint.
+    fn check_predecessor(&mut self, size: u64, text: &str) -> Result<(), Problem> {
+        let at = Some(size as i64);
+        let Ok(named) = predecessor_line(text) else {
+            return Err(self.problem(
+                at,
+                format!("checkpoint {size} has a malformed predecessor line"),
+            ));
+        };
+        match (named, self.last_checkpoint) {
+            (Some(named), last) if Some(named) == last => self.checkpoints_chained = true,
+            (Some((named_size, _)), last) => {
+                let found = last.map_or("none".to_owned(), |(s, _)| format!("checkpoint {s}"));
+                return Err(self.problem(
+                    at,
+                    format!(
+                        "checkpoint {size} names checkpoint {named_size} as its predecessor, \
+                         but the one before it is {found}: a checkpoint was deleted or replaced"
+                    ),
+                ));
+            }
+            (None, Some((last, _))) if self.checkpoints_chained => {
+                return Err(self.problem(
+                    at,
+                    format!("checkpoint {size} does not name its predecessor, checkpoint {last}"),
+                ));
+            }
+            (None, _) => {}
+        }
         Ok(())
     }
 
@@ -720,7 +766,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let (events, _) = log("a", &[now, now]);
         let (gone, head) = log("b", &[now]);
-        let kept = signer().sign(&TenantId::new("b"), 1, gone[0].leaf_hash, now);
+        let kept = signer().sign(&TenantId::new("b"), 1, gone[0].leaf_hash, now, None);
         assert_eq!(head.frontier.root(), kept.root);
         let results = verify_export(
             lines(&events),

@@ -176,7 +176,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         ids: &[TileId],
     ) -> impl Future<Output = Result<HashMap<TileId, Vec<Digest>>, StoreError>> + Send;
 
-    /// Stores a checkpoint; one for the same tenant and size already stored wins.
+    /// Stores a checkpoint; one already stored for the same tenant and size, or naming the same
+    /// predecessor, wins (this one is then not stored).
     fn add_checkpoint(
         &self,
         checkpoint: &Checkpoint,
@@ -275,6 +276,12 @@ fn decode_tile(bytes: &[u8]) -> Result<Vec<Digest>, StoreError> {
         .chunks_exact(32)
         .filter_map(Digest::from_slice)
         .collect())
+}
+
+/// `checkpoints.predecessor_size` of a checkpoint being stored: its predecessor's tree size, or
+/// 0 for a tenant's first (unique per tenant, so one checkpoint follows each).
+fn predecessor_size(checkpoint: &Checkpoint) -> i64 {
+    checkpoint.predecessor().map_or(0, |(size, _)| size as i64)
 }
 
 /// A full tile's stored form.

@@ -1244,14 +1244,16 @@ impl Store for PgStore {
 
     async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO checkpoints (tenant, tree_size, root_hash, issued_at, note) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, tree_size) DO NOTHING",
+            "INSERT INTO checkpoints \
+             (tenant, tree_size, root_hash, issued_at, note, predecessor_size) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(checkpoint.tenant.as_str())
         .bind(checkpoint.tree_size as i64)
         .bind(checkpoint.root.as_bytes())
         .bind(checkpoint.issued_at)
         .bind(&checkpoint.note)
+        .bind(super::predecessor_size(checkpoint))
         .execute(&self.pool)
         .await?;
         Ok(())

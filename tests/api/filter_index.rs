@@ -298,7 +298,11 @@ async fn migration_0006_indexes_an_existing_log() {
         .await
         .unwrap();
     // The copied migrations include 0007 (the tiles), which appending needs.
-    assert_eq!(store.pending_migrations().await.unwrap(), vec![6, 8]);
+    let pending: Vec<i64> = crate::helpers::migrations_after(Backend::Postgres, 5)
+        .into_iter()
+        .filter(|version| *version != 7)
+        .collect();
+    assert_eq!(store.pending_migrations().await.unwrap(), pending);
     let outcome = store
         .append(&[
             submission(

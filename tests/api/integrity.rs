@@ -635,11 +635,15 @@ async fn a_replaced_signing_key_is_caught(backend: Backend) {
             .map(|(o, s, r)| (o.to_owned(), s, r))
             .unwrap();
     assert_eq!(origin, "auditor.test/log/default");
+    let predecessor =
+        auditor::integrity::checkpoint::predecessor_line(note.split_once("\n\n").unwrap().0)
+            .unwrap();
     let resigned = attacker.sign(
         &auditor::model::TenantId::default(),
         size,
         root,
         time::OffsetDateTime::now_utc(),
+        predecessor,
     );
     let sql = format!(
         "UPDATE checkpoints SET note = '{}' WHERE tree_size = 10",
@@ -804,7 +808,70 @@ async fn a_changed_partial_tile_in_the_head_is_caught(backend: Backend) {
     expect_caught(&app, &[], 300, "the chain head's partial tiles differ");
 }
 
+/// Each checkpoint names the one before it: a checkpoint deleted from between two others is
+/// caught, at the one that names it; the latest one's deletion is a truncation (caught by a
+/// kept checkpoint, see above).
+async fn a_deleted_checkpoint_is_caught(backend: Backend) {
+    let (app, _, first) = tamperable(backend).await;
+    assert!(
+        !first.contains("\npredecessor "),
+        "the first names none:\n{first}"
+    );
+    seed(&app, 3).await;
+    let second = checkpoint(&app).await["note"].as_str().unwrap().to_owned();
+    let root = first.lines().nth(2).unwrap();
+    assert!(
+        second.contains(&format!("\npredecessor 10 {root}\n")),
+        "{second}"
+    );
+    seed(&app, 2).await;
+    checkpoint(&app).await;
+    let ok = verify(&app, &[]);
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+    app.db
+        .execute("DELETE FROM checkpoints WHERE tree_size = 13")
+        .await
+        .unwrap();
+    expect_caught(&app, &[], 15, "a checkpoint was deleted or replaced");
+    // The auditor's own copy of it fills the gap.
+    let kept = app.db.dir.path().join("kept-13.txt");
+    std::fs::write(&kept, &second).unwrap();
+    let with_kept = verify(&app, &["--checkpoint", kept.to_str().unwrap()]);
+    assert!(with_kept.status.success(), "{}", text(&with_kept.stdout));
+}
+
+/// Several signers at once (instances sharing a database) never leave two checkpoints naming
+/// the same predecessor, so verification raises no false alarm.
+async fn concurrent_signers_keep_one_chain_of_checkpoints(backend: Backend) {
+    let app = spawn_app(backend).await;
+    seed(&app, 1).await;
+    for round in 0..10 {
+        // Appends land while the signers read the head, so they sign different sizes.
+        let writers: Vec<_> = (0..3)
+            .map(|i| {
+                let request = app
+                    .request(Method::POST, "/events", Some(ADMIN))
+                    .json(&json!({"event_type": "t", "user_identity": format!("w{round}-{i}")}));
+                tokio::spawn(async move { request.send().await.unwrap().status() })
+            })
+            .collect();
+        let signers: Vec<_> = (0..4)
+            .map(|_| {
+                let request = app.request(Method::POST, "/checkpoints", Some(ADMIN));
+                tokio::spawn(async move { request.send().await.unwrap().status() })
+            })
+            .collect();
+        for task in writers.into_iter().chain(signers) {
+            assert!(task.await.unwrap().is_success());
+        }
+    }
+    let ok = verify(&app, &[]);
+    assert!(ok.status.success(), "{}", text(&ok.stdout));
+}
+
 crate::both_backends!(
+    a_deleted_checkpoint_is_caught,
+    concurrent_signers_keep_one_chain_of_checkpoints,
     a_changed_tile_is_caught,
     a_changed_partial_tile_in_the_head_is_caught,
     checkpoints_are_c2sp_signed_notes_over_the_rfc6962_root,

@@ -836,8 +836,9 @@ impl Store for SqliteStore {
         let checkpoint = checkpoint.clone();
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO checkpoints (tenant, tree_size, root_hash, issued_at, note) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, tree_size) DO NOTHING",
+                "INSERT INTO checkpoints \
+                 (tenant, tree_size, root_hash, issued_at, note, predecessor_size) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 checkpoint.tenant.as_str(),
@@ -845,6 +846,7 @@ impl Store for SqliteStore {
                 checkpoint.root.as_bytes(),
                 micros(checkpoint.issued_at),
                 checkpoint.note,
+                super::predecessor_size(&checkpoint),
             ])?;
             Ok(())
         })
