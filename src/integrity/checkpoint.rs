@@ -65,9 +65,13 @@ pub fn checkpoint_text(
     text
 }
 
-/// The predecessor a checkpoint text names: `Ok(None)` without the line, `Err` when the line
-/// is there but malformed (or repeated).
-pub fn predecessor_line(text: &str) -> Result<Option<(u64, Digest)>, ()> {
+/// A `predecessor` extension line that is not `predecessor <size> <base64 root>`, or repeated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed predecessor line")]
+pub struct MalformedPredecessor;
+
+/// The predecessor a checkpoint text names: `Ok(None)` without the line.
+pub fn predecessor_line(text: &str) -> Result<Option<(u64, Digest)>, MalformedPredecessor> {
     let mut found = None;
     for line in text.split('\n').skip(3) {
         let Some(rest) = line
@@ -76,12 +80,12 @@ pub fn predecessor_line(text: &str) -> Result<Option<(u64, Digest)>, ()> {
         else {
             continue;
         };
-        let (size, root) = rest.split_once(' ').ok_or(())?;
-        let size = size.parse().map_err(|_| ())?;
-        let root = STANDARD.decode(root).map_err(|_| ())?;
-        let root = Digest::from_slice(&root).ok_or(())?;
+        let (size, root) = rest.split_once(' ').ok_or(MalformedPredecessor)?;
+        let size = size.parse().map_err(|_| MalformedPredecessor)?;
+        let root = STANDARD.decode(root).map_err(|_| MalformedPredecessor)?;
+        let root = Digest::from_slice(&root).ok_or(MalformedPredecessor)?;
         if found.replace((size, root)).is_some() {
-            return Err(());
+            return Err(MalformedPredecessor);
         }
     }
     Ok(found)
@@ -323,7 +327,10 @@ mod tests {
         let first = signer.sign(&tenant, 1, root, OffsetDateTime::now_utc(), None);
         assert_eq!(first.note.lines().nth(3), Some(""), "no extension line");
         assert_eq!(first.predecessor(), None);
-        assert_eq!(predecessor_line("o\n1\nr\npredecessor x y\n"), Err(()));
+        assert_eq!(
+            predecessor_line("o\n1\nr\npredecessor x y\n"),
+            Err(MalformedPredecessor)
+        );
         let other = LogSigner::new(SigningKey::from_bytes(&[8; 32]), "example.com/log");
         let other_verifier = NoteVerifier::parse(&other.verifier_key(&tenant)).unwrap();
         assert!(other_verifier.open(&checkpoint.note).is_none());
