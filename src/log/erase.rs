@@ -134,6 +134,7 @@ impl<S: Store> AuditLog<S> {
 
     /// How many events whose `field` is `value` an erasure could still take something from,
     /// and how many hold nothing more it could take but still name the subject (version 1).
+    /// The service's own records are not counted: they are kept whole.
     async fn subject_events(
         &self,
         principal: &Principal,
@@ -148,7 +149,11 @@ impl<S: Store> AuditLog<S> {
         let (mut erasable, mut kept) = (0, 0);
         loop {
             let page = self.query(principal, &query).await?;
-            for event in &page.events {
+            let subject_events = page
+                .events
+                .iter()
+                .filter(|event| !event.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX));
+            for event in subject_events {
                 if fully_erased(event) {
                     kept += 1;
                 } else {

@@ -248,6 +248,21 @@ async fn a_data_subject_is_erased_across_the_tenant(backend: Backend) {
     )
     .await;
     assert_eq!((status, by_entity["erased"].clone()), (201, json!(1)));
+    // The erasure records name the admin as their user_identity; erasing that subject leaves
+    // them whole.
+    let (status, admin) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"user_identity": ADMIN.0, "reason": "the admin's own events"}),
+    )
+    .await;
+    assert_eq!(
+        (status, admin["erased"].clone()),
+        (200, json!(0)),
+        "{admin}"
+    );
+    assert_eq!(found(&app, "event_type=audit.erased").await, 2);
     checkpoint(&app).await;
     assert_verifies(&app);
 }
