@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::HttpLimits;
 use crate::integrity::checkpointer::Schedule;
 use crate::log::WriterOptions;
+use crate::log::retention::RetentionPolicy;
 use crate::model::Limits;
 
 /// The documented defaults, embedded; `auditor default-config` prints them.
@@ -40,6 +41,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub integrity: IntegritySettings,
     pub database: DatabaseSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -79,6 +81,19 @@ pub struct IntegritySettings {
     pub signing_key_file: PathBuf,
     pub checkpoint_every_events: u64,
     pub checkpoint_interval_secs: u64,
+}
+
+/// `[retention]`: how long events keep their personal fields (see `log::retention`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days after `recorded_at`; 0 keeps events forever.
+    pub max_age_days: u64,
+    pub check_interval_secs: u64,
+    pub batch_events: u32,
+    /// Per-tenant days, overriding `max_age_days`.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +209,14 @@ impl Settings {
             "integrity.log_origin must be non-empty, without spaces or `+`",
         )?;
         rule(
+            self.retention.check_interval_secs >= 1,
+            "retention.check_interval_secs must be at least 1",
+        )?;
+        rule(
+            (1..=10_000).contains(&self.retention.batch_events),
+            "retention.batch_events must lie between 1 and 10000",
+        )?;
+        rule(
             self.admin_password.is_none() || self.admin_password_file.is_none(),
             "set admin_password or admin_password_file, not both",
         )?;
@@ -220,6 +243,15 @@ impl Settings {
         Schedule {
             every_events: self.integrity.checkpoint_every_events,
             interval: Duration::from_secs(self.integrity.checkpoint_interval_secs),
+        }
+    }
+
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            max_age_days: self.retention.max_age_days,
+            tenants: self.retention.tenants.clone(),
+            check_interval: Duration::from_secs(self.retention.check_interval_secs),
+            batch_events: self.retention.batch_events,
         }
     }
 

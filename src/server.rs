@@ -102,8 +102,14 @@ async fn serve_store<S: Store>(
         Duration::from_secs(settings.auth.cache_ttl_secs),
     )
     .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
+    let log = AuditLog::new(store, writer, signer, settings.limits());
+    let retention = crate::log::retention::spawn(
+        log.clone(),
+        settings.retention_policy(),
+        stop_background.clone(),
+    );
     let state = AppState {
-        log: AuditLog::new(store, writer, signer, settings.limits()),
+        log,
         auth: Arc::new(auth),
         shutdown: shutdown.clone(),
     };
@@ -121,6 +127,9 @@ async fn serve_store<S: Store>(
     stop_background.cancel();
     let _ = checkpoints.await;
     let _ = maintenance.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     tracing::info!("auditor stopped");
     Ok(())
 }

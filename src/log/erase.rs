@@ -12,7 +12,7 @@ use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{
     Action, Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter,
-    NewEvent, Personal, RawEvent,
+    NewEvent, Personal, RawEvent, TenantId,
 };
 use crate::store::Store;
 
@@ -112,7 +112,14 @@ impl<S: Store> AuditLog<S> {
         }
         let targets = ErasureTargets::Subject(field, value.clone());
         let record = self
-            .append_erasure(principal, ERASURE_EVENT_TYPE, targets, None, reason)
+            .append_erasure(
+                Self::tenant_of(principal),
+                &principal.name,
+                ERASURE_EVENT_TYPE,
+                targets,
+                None,
+                reason,
+            )
             .await?;
         let erased = record
             .event_data
@@ -197,7 +204,14 @@ impl<S: Store> AuditLog<S> {
     ) -> Result<Recorded, LogError> {
         let targets = ErasureTargets::Event(target.id);
         let record = self
-            .append_erasure(principal, event_type, targets, Some(target), reason)
+            .append_erasure(
+                Self::tenant_of(principal),
+                &principal.name,
+                event_type,
+                targets,
+                Some(target),
+                reason,
+            )
             .await?;
         Ok(Recorded {
             created: true,
@@ -206,12 +220,14 @@ impl<S: Store> AuditLog<S> {
         })
     }
 
-    /// Appends the record of an erasure of `targets`; its commit erases them. `target` is the
-    /// one event erased, when there is one: the record names it by `amends` and `amends_hash`,
-    /// and the fields erased are those it holds (every personal one otherwise).
-    async fn append_erasure(
+    /// Appends the record of an erasure of `targets` to `tenant`'s log, by `actor`; its commit
+    /// erases them. `target` is the one event erased, when there is one: the record names it by
+    /// `amends` and `amends_hash`, and the fields erased are those it holds (every personal one
+    /// otherwise).
+    pub(super) async fn append_erasure(
         &self,
-        principal: &Principal,
+        tenant: TenantId,
+        actor: &str,
         event_type: &str,
         targets: ErasureTargets,
         target: Option<&Event>,
@@ -237,7 +253,7 @@ impl<S: Store> AuditLog<S> {
             .map_err(|e| LogError::Internal(e.into()))?;
         let raw = RawEvent {
             event_type: event_type.into(),
-            user_identity: principal.name.clone(),
+            user_identity: actor.to_owned(),
             action: Some(Action::Delete),
             entity: target.and_then(|t| t.entity.clone()),
             entity_id: None,
@@ -263,7 +279,7 @@ impl<S: Store> AuditLog<S> {
             fields,
             reason,
         });
-        let recorded = self.record(principal, vec![record]).await?;
+        let recorded = self.record_in(tenant, actor, vec![record]).await?;
         recorded
             .events
             .into_iter()

@@ -6,6 +6,7 @@ mod checkpoints;
 mod erase;
 mod read;
 mod record;
+pub mod retention;
 mod tiles;
 pub mod writer;
 

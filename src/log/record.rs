@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
-use crate::model::{Action, Event, EventId, FieldError, NewEvent, RawEvent, Submission};
+use crate::model::{Action, Event, EventId, FieldError, NewEvent, RawEvent, Submission, TenantId};
 use crate::store::{Appended, Store};
 
 /// What an append did: `created` is false when every event was an idempotent replay;
@@ -71,9 +71,21 @@ impl<S: Store> AuditLog<S> {
         principal: &Principal,
         events: Vec<NewEvent>,
     ) -> Result<Recorded, LogError> {
+        self.record_in(Self::tenant_of(principal), &principal.name, events)
+            .await
+    }
+
+    /// Appends already validated events atomically to `tenant`'s log, recorded by `recorded_by`:
+    /// for the service's own records (retention), which no caller sends.
+    pub(super) async fn record_in(
+        &self,
+        tenant: TenantId,
+        recorded_by: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Recorded, LogError> {
         let submission = Submission {
-            tenant: Self::tenant_of(principal),
-            recorded_by: principal.name.clone(),
+            tenant,
+            recorded_by: recorded_by.to_owned(),
             events,
         };
         match self.writer.append(submission).await? {

@@ -128,4 +128,6 @@ pub enum ErasureTargets {
     Event(super::EventId),
     /// Every event whose `field` (`user_identity` or `entity_id`) is `value`: a data subject.
     Subject(Personal, String),
+    /// The events with `seq` from `.0` to `.1`, both included (retention).
+    Range(super::Seq, super::Seq),
 }

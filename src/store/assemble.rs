@@ -13,13 +13,35 @@ use crate::integrity::erasure_record::{ranges, record_payload};
 use crate::integrity::tiles::FullTile;
 use crate::integrity::{Chained, chain_events, same_request};
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
-use crate::model::{ErasureTargets, Event, Submission, TenantId};
+use crate::model::{ErasureTargets, Event, Field, Filter, Personal, Seq, Submission, TenantId};
 
 pub type KeyIndex = HashMap<(TenantId, String), Event>;
 
 /// The events each erasure in a batch applies to, as stored before the batch: read by the
 /// store in the append's transaction, under the chain heads' lock.
 pub type Targets = HashMap<(TenantId, ErasureTargets), Vec<Event>>;
+
+/// How a store finds an erasure's targets: the events an equality filter matches, or a `seq`
+/// range (both ends included).
+pub enum TargetLookup {
+    Filter(Filter),
+    Range(Seq, Seq),
+}
+
+impl TargetLookup {
+    pub fn of(targets: &ErasureTargets) -> Self {
+        match targets {
+            ErasureTargets::Event(id) => Self::Filter(Filter::Equals(Field::Id, id.to_string())),
+            ErasureTargets::Subject(Personal::EntityId, value) => {
+                Self::Filter(Filter::Equals(Field::EntityId, value.clone()))
+            }
+            ErasureTargets::Subject(_, value) => {
+                Self::Filter(Filter::Equals(Field::UserIdentity, value.clone()))
+            }
+            ErasureTargets::Range(first, last) => Self::Range(*first, *last),
+        }
+    }
+}
 
 /// Every (tenant, targets) the batch's erasures name.
 pub fn erasure_targets(batch: &[Submission]) -> Vec<(TenantId, ErasureTargets)> {

@@ -26,8 +26,7 @@ use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Flag, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    ErasureTargets, Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Personal, Seq,
-    Submission, TenantId,
+    Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Seq, Submission, TenantId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
@@ -803,20 +802,24 @@ async fn erasure_targets(
 ) -> Result<assemble::Targets, StoreError> {
     let mut found = assemble::Targets::new();
     for (tenant, targets) in assemble::erasure_targets(batch) {
-        let filter = match &targets {
-            ErasureTargets::Event(id) => Filter::Equals(Field::Id, id.to_string()),
-            ErasureTargets::Subject(Personal::EntityId, value) => {
-                Filter::Equals(Field::EntityId, value.clone())
-            }
-            ErasureTargets::Subject(_, value) => Filter::Equals(Field::UserIdentity, value.clone()),
-        };
-        let query = EventQuery {
-            filters: vec![filter],
-            ..EventQuery::default()
-        };
         let mut select =
             QueryBuilder::<Postgres>::new(format!("SELECT {} FROM events WHERE ", *EVENT_COLUMNS));
-        push_conditions(&mut select, &tenant, &query, FilterIndex::Use)?;
+        match assemble::TargetLookup::of(&targets) {
+            assemble::TargetLookup::Filter(filter) => {
+                let query = EventQuery {
+                    filters: vec![filter],
+                    ..EventQuery::default()
+                };
+                push_conditions(&mut select, &tenant, &query, FilterIndex::Use)?;
+            }
+            assemble::TargetLookup::Range(first, last) => {
+                select
+                    .push("tenant = ")
+                    .push_bind(tenant.as_str().to_owned());
+                select.push(" AND seq BETWEEN ").push_bind(first.0);
+                select.push(" AND ").push_bind(last.0);
+            }
+        }
         select.push(" ORDER BY seq");
         let rows = select.build().fetch_all(&mut *conn).await?;
         let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;

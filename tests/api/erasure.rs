@@ -311,6 +311,7 @@ crate::both_backends!(
     one_event_is_erased_and_the_log_still_verifies,
     a_data_subject_is_erased_across_the_tenant,
     a_subject_erasure_killed_midway_is_all_or_nothing,
+    retention_erases_old_events_in_batches,
 );
 
 #[tokio::test]
@@ -417,4 +418,82 @@ async fn a_subject_erasure_killed_midway_is_all_or_nothing(backend: Backend) {
         "{}",
         String::from_utf8_lossy(&report.stdout)
     );
+}
+
+/// Events recorded longer ago than the retention period lose their personal fields in the
+/// background, a batch per `audit.erased` record; newer ones keep theirs, and the log verifies.
+async fn retention_erases_old_events_in_batches(backend: Backend) {
+    use auditor::store::Store;
+
+    use crate::helpers::{TestDb, settings_for, spawn_with, submission};
+
+    let db = TestDb::new(backend).await;
+    let old_events: Vec<Value> = (0..30)
+        .map(|i| json!({"event_type": "old", "user_identity": format!("old-{i}"), "event_data": {"i": i}}))
+        .collect();
+    let new_events = json!([{"event_type": "new", "user_identity": "recent"}]);
+    let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(40);
+    macro_rules! load {
+        ($store:expr) => {{
+            let store = $store;
+            store.migrate().await.unwrap();
+            store
+                .append_at(
+                    &[submission("default", Value::from(old_events.clone()))],
+                    long_ago,
+                )
+                .await
+                .unwrap();
+            store
+                .append(&[submission("default", new_events.clone())])
+                .await
+                .unwrap();
+        }};
+    }
+    match backend {
+        Backend::Sqlite => load!(db.sqlite().await),
+        Backend::Postgres => load!(db.postgres().await),
+    }
+    let mut settings = settings_for(&db);
+    settings.retention.max_age_days = 30;
+    settings.retention.check_interval_secs = 1;
+    settings.retention.batch_events = 8;
+    let app = spawn_with(db, settings).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if found(&app, "event_type=old&user_identity=old-29").await == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let records = app.get_ok("/events?event_type=audit.erased").await["events"].clone();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 4, "30 events, 8 a batch: {records:?}");
+    assert_eq!(records[0]["recorded_by"], "auditor-retention");
+    assert_eq!(records[0]["event_data"]["erased"], json!([[1, 8]]));
+    assert_eq!(
+        records[0]["event_data"]["reason"],
+        "retention: recorded more than 30 days ago"
+    );
+    assert_eq!(
+        found(&app, "user_identity=recent").await,
+        1,
+        "newer events keep theirs"
+    );
+    let old = app.get_ok("/events?event_type=old&limit=100").await["events"].clone();
+    assert!(
+        old.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["user_identity"].is_null()
+                && e["event_data"].is_null()
+                && e["erased"].is_object())
+    );
+    checkpoint(&app).await;
+    assert_verifies(&app);
 }

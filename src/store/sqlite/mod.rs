@@ -22,8 +22,7 @@ use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Flag, Kind};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
-    ErasureTargets, Event, EventId, EventQuery, FIELDS, Field, Filter, JsonScalar, Order, Personal,
-    Seq, Submission, TenantId,
+    Event, EventId, EventQuery, FIELDS, Filter, JsonScalar, Order, Seq, Submission, TenantId,
 };
 
 mod connections;
@@ -353,6 +352,14 @@ fn erase_events(
     Ok(forgotten)
 }
 
+/// A tenant's events from `seq` ?2 to ?3, both included.
+static SELECT_RANGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM events WHERE tenant = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+        *EVENT_COLUMNS
+    )
+});
+
 /// The stored events each erasure of the batch names, read in the append's transaction.
 fn erasure_targets(
     tx: &Transaction,
@@ -361,12 +368,17 @@ fn erasure_targets(
 ) -> Result<assemble::Targets, StoreError> {
     let mut found = assemble::Targets::new();
     for (tenant, targets) in assemble::erasure_targets(batch) {
-        let filter = match &targets {
-            ErasureTargets::Event(id) => Filter::Equals(Field::Id, id.to_string()),
-            ErasureTargets::Subject(Personal::EntityId, value) => {
-                Filter::Equals(Field::EntityId, value.clone())
+        let filter = match assemble::TargetLookup::of(&targets) {
+            assemble::TargetLookup::Filter(filter) => filter,
+            assemble::TargetLookup::Range(first, last) => {
+                let events = tx
+                    .prepare_cached(&SELECT_RANGE)?
+                    .query(params![tenant.as_str(), first.0, last.0])
+                    .map_err(StoreError::from)
+                    .and_then(events_of)?;
+                found.insert((tenant, targets), events);
+                continue;
             }
-            ErasureTargets::Subject(_, value) => Filter::Equals(Field::UserIdentity, value.clone()),
         };
         let query = EventQuery {
             filters: vec![filter],
