@@ -13,7 +13,7 @@ use super::access::AdminAccess;
 use super::body::{JsonBytes, parse};
 use super::events::{parse_event_id, status_of};
 use super::{ApiError, AppState};
-use crate::log::{Recorded, SubjectErasure};
+use crate::log::SubjectErasure;
 use crate::model::{Event, FieldError, Personal};
 use crate::store::Store;
 
@@ -43,27 +43,51 @@ struct SubjectBody {
 
 /// `201` with the `audit.redacted` event.
 async fn redact<S: Store>(
-    State(state): State<AppState<S>>,
-    AdminAccess(principal): AdminAccess,
-    Path(id): Path<String>,
-    JsonBytes(body): JsonBytes,
+    state: State<AppState<S>>,
+    access: AdminAccess,
+    id: Path<String>,
+    body: JsonBytes,
 ) -> Result<(StatusCode, Json<Event>), ApiError> {
-    let body: ReasonBody = parse(&body)?;
-    let id = parse_event_id(&id)?;
-    record_answer(state.log.redact(&principal, id, body.reason).await?)
+    erase_one(state, access, id, body, Fields::Payload).await
 }
 
 /// `201` with the `audit.erased` event, or `200` with the record of the erasure that already
 /// left the event without personal data.
 async fn erase<S: Store>(
+    state: State<AppState<S>>,
+    access: AdminAccess,
+    id: Path<String>,
+    body: JsonBytes,
+) -> Result<(StatusCode, Json<Event>), ApiError> {
+    erase_one(state, access, id, body, Fields::Personal).await
+}
+
+/// Which fields of one event an erasure takes.
+enum Fields {
+    Payload,
+    Personal,
+}
+
+async fn erase_one<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,
     Path(id): Path<String>,
     JsonBytes(body): JsonBytes,
+    fields: Fields,
 ) -> Result<(StatusCode, Json<Event>), ApiError> {
     let body: ReasonBody = parse(&body)?;
     let id = parse_event_id(&id)?;
-    record_answer(state.log.erase(&principal, id, body.reason).await?)
+    let recorded = match fields {
+        Fields::Payload => state.log.redact(&principal, id, body.reason).await?,
+        Fields::Personal => state.log.erase(&principal, id, body.reason).await?,
+    };
+    let status = status_of(&recorded);
+    let event = recorded
+        .events
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("append returned no event")))?;
+    Ok((status, Json(event)))
 }
 
 /// `201` with `{"erased": n, "record": <audit.erased event>}`, or `200` with `{"erased": 0,
@@ -99,14 +123,4 @@ async fn erase_subject<S: Store>(
         None => StatusCode::OK,
     };
     Ok((status, Json(erasure)))
-}
-
-fn record_answer(recorded: Recorded) -> Result<(StatusCode, Json<Event>), ApiError> {
-    let status = status_of(&recorded);
-    let event = recorded
-        .events
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("append returned no event")))?;
-    Ok((status, Json(event)))
 }
