@@ -358,7 +358,8 @@ impl PgStore {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&partition);
-                    // `partition` is `tableoid::regclass::text`: PostgreSQL's own quoted name.
+                    // `partition` is `tableoid::regclass::text` (PostgreSQL's own quoted name) or
+                    // `idempotency_keys`.
                     let sql = format!("VACUUM {partition}");
                     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                         .execute(&mut *conn)
@@ -369,7 +370,7 @@ impl PgStore {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&partition);
-                    tracing::warn!(partition, error = %error, "could not vacuum after a redaction");
+                    tracing::warn!(partition, error = %error, "could not vacuum after an erasure");
                 }
             });
         }
@@ -720,8 +721,9 @@ static ERASE_EVENTS: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Writes erased events over their rows (the key columns locate them, the `Erasable` ones are
-/// rewritten), and deletes the idempotency keys they no longer hold. Returns the partitions
-/// written, which hold the erased values in dead row versions until vacuumed.
+/// rewritten), and deletes the idempotency keys they no longer hold. Returns the tables written
+/// (partitions of `events`, `idempotency_keys`), which hold the erased values in dead row
+/// versions until vacuumed.
 async fn erase_events(
     conn: &mut sqlx::PgConnection,
     erasures: &[(Event, Event)],
@@ -744,6 +746,7 @@ async fn erase_events(
             Some((before.tenant.as_str(), before.idempotency_key.as_deref()?))
         })
         .unzip();
+    let mut written = partitions;
     if !keys.is_empty() {
         sqlx::query(
             "DELETE FROM idempotency_keys \
@@ -753,8 +756,9 @@ async fn erase_events(
         .bind(&keys)
         .execute(&mut *conn)
         .await?;
+        written.insert("idempotency_keys".to_owned());
     }
-    Ok(partitions)
+    Ok(written)
 }
 
 /// Binds, for each column index in `columns`, the array of that column over `rows`, typed by
