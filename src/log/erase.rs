@@ -75,7 +75,13 @@ impl<S: Store> AuditLog<S> {
                     replayed: vec![true],
                 })
                 .ok_or_else(|| {
-                    LogError::Conflict(format!("event {id} holds no personal data to erase"))
+                    LogError::Conflict(match target.leaf_version {
+                        1 => format!(
+                            "event {id} was recorded with leaf version 1, whose leaf holds its \
+                             fields as they are: only a payload can be erased, and it has none"
+                        ),
+                        _ => format!("event {id} holds no personal data to erase"),
+                    })
                 });
         }
         self.record_erasure(principal, ERASURE_EVENT_TYPE, &target, reason)
