@@ -83,6 +83,10 @@ pub struct IntegritySettings {
     pub checkpoint_interval_secs: u64,
 }
 
+/// The longest retention period accepted, in days: 10,000 years, so that the cutoff stays a
+/// representable time.
+const MAX_RETENTION_DAYS: u64 = 3_652_500;
+
 /// `[retention]`: how long events keep their personal fields (see `log::retention`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +215,12 @@ impl Settings {
         rule(
             self.retention.check_interval_secs >= 1,
             "retention.check_interval_secs must be at least 1",
+        )?;
+        rule(
+            std::iter::once(&self.retention.max_age_days)
+                .chain(self.retention.tenants.values())
+                .all(|days| *days <= MAX_RETENTION_DAYS),
+            "retention periods must be at most 3652500 days (10,000 years; 0 keeps forever)",
         )?;
         rule(
             (1..=10_000).contains(&self.retention.batch_events),

@@ -1,11 +1,13 @@
 //! NDJSON export of the log: per tenant, its checkpoints, its chain head's
-//! `recorded_at_ordered_from`, then its events in `seq` order, each with every hashed field, so
-//! `auditor verify --export` can check it with no database.
+//! `recorded_at_ordered_from`, the prefix dropped with its oldest partitions if any, then its
+//! events in `seq` order, each with every hashed field, so `auditor verify --export` can check
+//! it with no database.
 
 use std::io::Write;
 
 use serde_json::json;
 
+use super::dropped::ExportedPrefix;
 use super::verify::ExportedHead;
 use crate::store::{Pages, Store, StoreError};
 
@@ -35,6 +37,12 @@ pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, Wr
                 recorded_at_ordered_from: head.recorded_at_ordered_from,
             };
             serde_json::to_writer(&mut *out, &json!({ "chain_head": line }))
+                .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        if let Some(prefix) = store.dropped_prefix(&tenant).await? {
+            let line = ExportedPrefix::new(tenant.clone(), &prefix);
+            serde_json::to_writer(&mut *out, &json!({ "dropped_prefix": line }))
                 .map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }

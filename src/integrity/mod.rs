@@ -6,6 +6,7 @@ mod chain;
 pub mod checkpoint;
 pub mod checkpointer;
 pub mod commitment;
+pub mod dropped;
 pub mod erasure_record;
 pub mod export;
 pub mod merkle;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::chain::{chain_hash, event_data_hash, leaf_hash};
 use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text, predecessor_line};
+use super::dropped::{DROP_EVENT_TYPE, DroppedPrefix, ExportedPrefix, parse_record, stored_leaves};
 use super::erasure_record::{ErasureRecords, erased_ranges};
 use super::merkle::Frontier;
 use super::tiles::{FullTile, TILE_WIDTH, Tile, TileKind};
@@ -63,6 +64,9 @@ pub struct TenantVerifier {
     /// Erased version 1 rows, which a record written before records named `seq` ranges names
     /// by id and chain hash: seq, chain hash, erasure time.
     erased_by_id: HashMap<EventId, (Seq, Digest, time::OffsetDateTime)>,
+    /// The prefix whose rows were dropped with their partition, and whether its record was
+    /// read.
+    dropped: Option<(DroppedPrefix, bool)>,
 }
 
 impl TenantVerifier {
@@ -88,6 +92,7 @@ impl TenantVerifier {
             checkpoints_chained: false,
             erasures: ErasureRecords::default(),
             erased_by_id: HashMap::new(),
+            dropped: None,
         }
     }
 
@@ -123,6 +128,45 @@ impl TenantVerifier {
         }
     }
 
+    /// Adds the leaf hash of a dropped event, as its level-0 tile holds it: the tree grows, and
+    /// the checkpoints it reaches are checked, but there is no row to check.
+    pub fn push_dropped_leaf(&mut self, leaf: Digest) -> Result<(), Problem> {
+        self.frontier.push(leaf);
+        self.check_reached_checkpoints()
+    }
+
+    /// Continues after the dropped prefix: the next event must be `prefix.through + 1`, linked
+    /// to `prefix.chain_hash`. After [`Self::push_dropped_leaf`] of every leaf of the prefix the
+    /// tree recomputed from the tiles must end in `prefix.frontier`; with none (an export, which
+    /// carries no tiles) the tree resumes from `prefix.frontier`, and the checkpoints before its
+    /// end are checked for their signatures and sequence only. A record of the drop must follow.
+    pub fn resume_after(&mut self, prefix: DroppedPrefix) -> Result<(), Problem> {
+        let at = Some(prefix.through.0);
+        if self.frontier.size() == 0 {
+            self.frontier = prefix.frontier.clone();
+            while let Some(checkpoint) = self.checkpoints.front() {
+                if checkpoint.tree_size >= self.frontier.size() {
+                    break;
+                }
+                let checkpoint = self
+                    .checkpoints
+                    .pop_front()
+                    .unwrap_or_else(|| unreachable!());
+                self.check_checkpoint(&checkpoint, None)?;
+            }
+            self.check_reached_checkpoints()?;
+        } else if self.frontier != prefix.frontier {
+            return Err(self.problem(
+                at,
+                "the tree edge stored for the dropped prefix differs from the tree recomputed \
+                 from its tiles",
+            ));
+        }
+        self.last = Some((prefix.through, prefix.chain_hash));
+        self.dropped = Some((prefix, false));
+        Ok(())
+    }
+
     pub fn push(&mut self, event: &Event) -> Result<(), Problem> {
         let (expected, prev) = self
             .last
@@ -139,6 +183,7 @@ impl TenantVerifier {
         }
         self.check_erasure(event)?;
         self.match_erasure_record(event);
+        self.match_drop_record(event)?;
         let leaf = match leaf_hash(event) {
             Ok(leaf) => leaf,
             Err(error) => {
@@ -175,6 +220,11 @@ impl TenantVerifier {
             collected.extend(filled);
         }
         self.last = Some((event.seq, event.hash));
+        self.check_reached_checkpoints()
+    }
+
+    /// Checks the checkpoints the tree has reached.
+    fn check_reached_checkpoints(&mut self) -> Result<(), Problem> {
         while let Some(checkpoint) = self.checkpoints.front() {
             if checkpoint.tree_size > self.frontier.size() {
                 break;
@@ -183,7 +233,42 @@ impl TenantVerifier {
                 .checkpoints
                 .pop_front()
                 .unwrap_or_else(|| unreachable!());
-            self.check_checkpoint(&checkpoint)?;
+            self.check_checkpoint(&checkpoint, Some(self.frontier.root()))?;
+        }
+        Ok(())
+    }
+
+    /// An `audit.dropped` record names the prefix dropped with it: the latest must be the one
+    /// the log starts after; an earlier one a part of it. A record of events still here, or of
+    /// a prefix other than the log's, means rows or the stored prefix were altered.
+    fn match_drop_record(&mut self, event: &Event) -> Result<(), Problem> {
+        if event.event_type != DROP_EVENT_TYPE {
+            return Ok(());
+        }
+        let at = Some(event.seq.0);
+        let Some(record) = event.event_data.as_ref().and_then(parse_record) else {
+            return Err(self.problem(at, "an audit.dropped record without the drop it names"));
+        };
+        match &mut self.dropped {
+            Some((prefix, recorded)) if record.through == prefix.through => {
+                if !record.names(prefix) {
+                    return Err(self.problem(
+                        at,
+                        "the dropped prefix differs from what the record of its drop says",
+                    ));
+                }
+                *recorded = true;
+            }
+            Some((prefix, _)) if record.through < prefix.through => {}
+            _ => {
+                return Err(self.problem(
+                    at,
+                    format!(
+                        "a record says events up to seq {} were dropped, but the log holds them",
+                        record.through
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -254,10 +339,17 @@ impl TenantVerifier {
         }
     }
 
-    fn check_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), Problem> {
+    /// Checks a checkpoint's signature, origin and predecessor, and that the tree at its size
+    /// has `root`, where that is known (it is not for a checkpoint inside the dropped prefix of
+    /// an export).
+    fn check_checkpoint(
+        &mut self,
+        checkpoint: &Checkpoint,
+        root: Option<Digest>,
+    ) -> Result<(), Problem> {
         let size = checkpoint.tree_size;
         let at = Some(size as i64);
-        if size != self.frontier.size() {
+        if root.is_some() && size != self.frontier.size() {
             return Err(self.problem(at, format!("checkpoint of size {size} cannot be checked")));
         }
         let opened = self.keys.iter().find_map(|key| key.open(&checkpoint.note));
@@ -283,7 +375,7 @@ impl TenantVerifier {
         if signed_size != size || signed_root != checkpoint.root {
             return Err(self.problem(at, format!("checkpoint {size} does not match its note")));
         }
-        if self.frontier.root() != signed_root {
+        if root.is_some_and(|root| root != signed_root) {
             return Err(self.problem(
                 at,
                 format!("the log's tree at size {size} differs from the signed checkpoint"),
@@ -351,6 +443,15 @@ impl TenantVerifier {
             return Err(self.problem(
                 Some(size as i64 + 1),
                 format!("log truncated or rewritten: the chain head is at seq {head_seq}, the last event at {size}"),
+            ));
+        }
+        if let Some((prefix, false)) = &self.dropped {
+            return Err(self.problem(
+                Some(prefix.through.0 + 1),
+                format!(
+                    "the log starts after seq {}, and no audit.dropped record names that prefix",
+                    prefix.through
+                ),
             ));
         }
         if let Some(seq) = self.erasures.first_unrecorded() {
@@ -425,78 +526,131 @@ pub async fn verify_store<S: crate::store::Store>(
     }
     let mut results = Vec::new();
     for tenant in tenants {
-        // Read the head first and verify up to it: events appended meanwhile are not this
-        // run's business, and must not look like a rewritten tail.
-        let (chained, unreadable_head) = match store.head(&tenant).await {
-            Ok(chained) => (chained, None),
-            // A head that does not decode (say its partial tiles no longer fit the events) is
-            // a problem of this log; its events are still checked, so that a deleted or changed
-            // event is named where it shows.
-            Err(crate::store::StoreError::Other(error)) => (None, Some(format!("{error:#}"))),
-            Err(other) => return Err(other),
+        let mut attempts = 0;
+        let result = loop {
+            let dropped = store.dropped_prefix(&tenant).await?;
+            let result =
+                verify_tenant(store, &tenant, keys, kept, dropped.clone(), &mut progress).await?;
+            // A partition dropped meanwhile takes rows from under the run: run again from the
+            // new prefix rather than report them missing.
+            attempts += 1;
+            if result.is_ok() || attempts == 3 || store.dropped_prefix(&tenant).await? == dropped {
+                break result;
+            }
         };
-        let ordered_from = chained
-            .as_ref()
-            .map_or(Seq(1), |h| h.recorded_at_ordered_from);
-        let head = chained.as_ref().map(|h| (h.seq, h.hash));
-        let until = head.map(|(seq, _)| seq);
-        let mut checkpoints = store.checkpoints(&tenant).await?;
-        checkpoints.extend(for_tenant(kept, &tenant));
-        let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints)
-            .recorded_at_ordered_from(ordered_from)
-            .collect_tiles();
-        // Each page is checked on a blocking thread while the next one is fetched: the
-        // database's decoding and the hashing run side by side.
-        let mut pages = crate::store::Pages::new(store.clone(), tenant.clone(), until);
-        let mut failed = None;
-        while let Some(page) = pages.next().await? {
-            let last = page.last().map_or(0, |e| e.seq.0);
-            let (checked, outcome) = tokio::task::spawn_blocking(move || {
-                let outcome = page.iter().try_for_each(|event| verifier.push(event));
-                (verifier, outcome)
-            })
-            .await
-            .map_err(|e| crate::store::StoreError::Other(e.into()))?;
-            verifier = checked;
-            if let Err(problem) = outcome {
-                failed = Some(problem);
-                break;
-            }
-            // Every tile the events fill must be stored as recomputed: proofs and tile reads
-            // are served from the stored ones.
-            let filled = verifier.take_tiles();
-            if let Some(problem) = compare_tiles(store, &tenant, &filled).await? {
-                failed = Some(problem);
-                break;
-            }
-            progress(&tenant, last as u64);
-        }
-        let edge = verifier.frontier().clone();
-        results.push(match failed {
-            Some(problem) => Err(problem),
-            None => verifier.finish(head).and_then(|verified| {
-                if let Some(error) = unreadable_head {
-                    return Err(Problem {
-                        tenant: tenant.clone(),
-                        seq: None,
-                        message: format!("the chain head cannot be read: {error}"),
-                    });
-                }
-                // The head's partial tiles, from which proofs and tiles are served too.
-                match chained {
-                    Some(stored) if stored.frontier != edge => Err(Problem {
-                        tenant: tenant.clone(),
-                        seq: Some(stored.seq.0),
-                        message: "the chain head's partial tiles differ from the tree \
-                                  recomputed from the events"
-                            .into(),
-                    }),
-                    _ => Ok(verified),
-                }
-            }),
-        });
+        results.push(result);
     }
     Ok(results)
+}
+
+/// Verifies one tenant's log, from after `dropped` if its first rows were dropped.
+async fn verify_tenant<S: crate::store::Store>(
+    store: &S,
+    tenant: &TenantId,
+    keys: &[NoteVerifier],
+    kept: &[String],
+    dropped: Option<DroppedPrefix>,
+    progress: &mut impl FnMut(&TenantId, u64),
+) -> Result<Result<Verified, Problem>, crate::store::StoreError> {
+    // Read the head first and verify up to it: events appended meanwhile are not this run's
+    // business, and must not look like a rewritten tail.
+    let (chained, unreadable_head) = match store.head(tenant).await {
+        Ok(chained) => (chained, None),
+        // A head that does not decode (say its partial tiles no longer fit the events) is a
+        // problem of this log; its events are still checked, so that a deleted or changed event
+        // is named where it shows.
+        Err(crate::store::StoreError::Other(error)) => (None, Some(format!("{error:#}"))),
+        Err(other) => return Err(other),
+    };
+    let ordered_from = chained
+        .as_ref()
+        .map_or(Seq(1), |h| h.recorded_at_ordered_from);
+    let head = chained.as_ref().map(|h| (h.seq, h.hash));
+    let until = head.map(|(seq, _)| seq);
+    let mut checkpoints = store.checkpoints(tenant).await?;
+    checkpoints.extend(for_tenant(kept, tenant));
+    let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints)
+        .recorded_at_ordered_from(ordered_from)
+        .collect_tiles();
+    if let Some(prefix) = dropped
+        && let Err(problem) = verify_dropped_prefix(store, &mut verifier, prefix).await?
+    {
+        return Ok(Err(problem));
+    }
+    // Each page is checked on a blocking thread while the next one is fetched: the database's
+    // decoding and the hashing run side by side.
+    let mut pages = crate::store::Pages::new(store.clone(), tenant.clone(), until);
+    while let Some(page) = pages.next().await? {
+        let last = page.last().map_or(0, |e| e.seq.0);
+        let (checked, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = page.iter().try_for_each(|event| verifier.push(event));
+            (verifier, outcome)
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Other(e.into()))?;
+        verifier = checked;
+        if let Err(problem) = outcome {
+            return Ok(Err(problem));
+        }
+        // Every tile the events fill must be stored as recomputed: proofs and tile reads are
+        // served from the stored ones.
+        let filled = verifier.take_tiles();
+        if let Some(problem) = compare_tiles(store, tenant, &filled).await? {
+            return Ok(Err(problem));
+        }
+        progress(tenant, last as u64);
+    }
+    let edge = verifier.frontier().clone();
+    Ok(verifier.finish(head).and_then(|verified| {
+        if let Some(error) = unreadable_head {
+            return Err(Problem {
+                tenant: tenant.clone(),
+                seq: None,
+                message: format!("the chain head cannot be read: {error}"),
+            });
+        }
+        // The head's partial tiles, from which proofs and tiles are served too.
+        match chained {
+            Some(stored) if stored.frontier != edge => Err(Problem {
+                tenant: tenant.clone(),
+                seq: Some(stored.seq.0),
+                message: "the chain head's partial tiles differ from the tree recomputed from \
+                          the events"
+                    .into(),
+            }),
+            _ => Ok(verified),
+        }
+    }))
+}
+
+/// Feeds the dropped prefix's leaf hashes from the level-0 tiles (checking the checkpoints they
+/// reach), then resumes after it.
+async fn verify_dropped_prefix<S: crate::store::Store>(
+    store: &S,
+    verifier: &mut TenantVerifier,
+    prefix: DroppedPrefix,
+) -> Result<Result<(), Problem>, crate::store::StoreError> {
+    let through = u64::try_from(prefix.through.0).unwrap_or(0);
+    let mut failed = None;
+    let read = stored_leaves(store, &verifier.tenant.clone(), 0, through, |leaves| {
+        for leaf in leaves {
+            if failed.is_some() {
+                return;
+            }
+            failed = verifier.push_dropped_leaf(*leaf).err();
+        }
+    })
+    .await?;
+    if let Some(problem) = failed {
+        return Ok(Err(problem));
+    }
+    if let Err(missing) = read {
+        return Ok(Err(verifier.problem(
+            Some(missing as i64 + 1),
+            "the hash tile holding this dropped event's leaf is missing",
+        )));
+    }
+    Ok(verifier.resume_after(prefix))
 }
 
 /// The first of `filled` whose stored tile is missing or differs from it, as a problem at the
@@ -544,6 +698,7 @@ pub struct ExportedHead {
 #[serde(untagged)]
 enum ExportLine {
     ChainHead { chain_head: ExportedHead },
+    DroppedPrefix { dropped_prefix: ExportedPrefix },
     Checkpoint { checkpoint: Checkpoint },
     Event(Box<Event>),
 }
@@ -564,6 +719,7 @@ pub fn verify_export(
     // An export written before `recorded_at` was kept in order has no `chain_head` lines; its
     // order is then not judged.
     let mut ordered_from: HashMap<TenantId, Seq> = HashMap::new();
+    let mut dropped: HashMap<TenantId, ExportedPrefix> = HashMap::new();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(ExportError::Read)?;
         if line.trim().is_empty() {
@@ -574,6 +730,9 @@ pub fn verify_export(
         match parsed {
             ExportLine::ChainHead { chain_head } => {
                 ordered_from.insert(chain_head.tenant, chain_head.recorded_at_ordered_from);
+            }
+            ExportLine::DroppedPrefix { dropped_prefix } => {
+                dropped.insert(dropped_prefix.tenant.clone(), dropped_prefix);
             }
             ExportLine::Checkpoint { checkpoint } => {
                 pending
@@ -594,13 +753,21 @@ pub fn verify_export(
                             .get(&event.tenant)
                             .copied()
                             .unwrap_or(Seq(i64::MAX));
-                        tenants.push(
+                        let mut verifier =
                             TenantVerifier::new(event.tenant.clone(), keys.to_vec(), checkpoints)
-                                .recorded_at_ordered_from(from),
-                        );
+                                .recorded_at_ordered_from(from);
+                        if let Some(exported) = dropped.remove(&event.tenant)
+                            && let Err(problem) = resume_exported(&mut verifier, &exported)
+                        {
+                            failed.insert(event.tenant.clone(), problem);
+                        }
+                        tenants.push(verifier);
                         tenants.len() - 1
                     }
                 };
+                if failed.contains_key(&event.tenant) {
+                    continue;
+                }
                 if let Err(problem) = tenants[index].push(&event) {
                     failed.insert(event.tenant.clone(), problem);
                 }
@@ -631,6 +798,20 @@ pub fn verify_export(
         .collect())
 }
 
+/// Resumes after the dropped prefix an export names.
+fn resume_exported(
+    verifier: &mut TenantVerifier,
+    exported: &ExportedPrefix,
+) -> Result<(), Problem> {
+    match exported.prefix() {
+        Some(prefix) => verifier.resume_after(prefix),
+        None => Err(verifier.problem(
+            Some(exported.through.0),
+            "the export's dropped prefix does not decode (its tree edge does not fit its size)",
+        )),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot read the export: {0}")]
@@ -646,6 +827,8 @@ pub enum ExportError {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64_FOR_TESTS;
     use ed25519_dalek::SigningKey;
     use time::OffsetDateTime;
 
@@ -779,5 +962,120 @@ mod tests {
         let problem = results[1].clone().unwrap_err();
         assert_eq!(problem.tenant, TenantId::new("b"));
         assert!(problem.message.contains("log truncated"), "{problem}");
+    }
+
+    /// A log of `size` events whose first `through` rows were dropped, as an export carries it:
+    /// a checkpoint inside the prefix and one at the end, the prefix line, the retained events
+    /// and the drop's record among them.
+    fn dropped_export(through: usize, size: usize) -> (Vec<String>, Vec<Event>) {
+        let tenant = TenantId::new("default");
+        let now = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());
+        let (mut events, mut head) = log("default", &vec![now; size]);
+        let mut frontier = Frontier::default();
+        let mut inside = None;
+        for event in &events[..through] {
+            frontier.push(event.leaf_hash);
+            if frontier.size() == 100 {
+                inside = Some(signer().sign(&tenant, 100, frontier.root(), now, None));
+            }
+        }
+        let prefix = DroppedPrefix {
+            through: Seq(through as i64),
+            chain_hash: events[through - 1].hash,
+            frontier,
+        };
+        let payload = crate::integrity::dropped::record_payload(Seq(1), &prefix, "p", "test");
+        let raw = RawEvent {
+            event_type: DROP_EVENT_TYPE.into(),
+            user_identity: "auditor-retention".into(),
+            action: None,
+            entity: None,
+            entity_id: None,
+            property: None,
+            source: None,
+            ip: None,
+            outcome: None,
+            occurred_at: None,
+            event_data: Some(serde_json::value::to_raw_value(&payload).unwrap()),
+            idempotency_key: None,
+        };
+        let record = NewEvent::parse_own(raw, &Limits::default()).unwrap();
+        let fingerprint = record.fingerprint();
+        let linked = chain_events(&mut head, &tenant, "r", now, vec![(record, fingerprint)]);
+        events.extend(linked.events);
+        let inside = inside.unwrap();
+        let last = signer().sign(
+            &tenant,
+            head.seq.0 as u64,
+            head.frontier.root(),
+            now,
+            Some((100, inside.root)),
+        );
+        let mut lines = vec![
+            serde_json::json!({ "checkpoint": inside }).to_string(),
+            serde_json::json!({ "checkpoint": last }).to_string(),
+            serde_json::json!({ "dropped_prefix": ExportedPrefix::new(tenant, &prefix) })
+                .to_string(),
+        ];
+        lines.extend(
+            events[through..]
+                .iter()
+                .map(|e| serde_json::to_string(e).unwrap()),
+        );
+        (lines, events)
+    }
+
+    #[test]
+    fn an_export_verifies_from_its_dropped_prefix_and_its_checkpoints_stay_chained() {
+        let (lines, events) = dropped_export(300, 320);
+        let results = verify_export(lines.into_iter().map(Ok), &keys(&["default"]), &[]).unwrap();
+        let verified = results[0].clone().unwrap();
+        assert_eq!(verified.events, events.len() as u64);
+        assert_eq!(verified.checkpoints, 2);
+    }
+
+    #[test]
+    fn a_forged_dropped_prefix_fails_the_export() {
+        let (mut lines, _) = dropped_export(300, 320);
+        let mut prefix: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        let mut events = log("default", &[OffsetDateTime::UNIX_EPOCH; 299]).0;
+        let mut forged = Frontier::default();
+        for event in events.drain(..) {
+            forged.push(event.leaf_hash);
+        }
+        forged.push(Digest::sha256(&[b"forged"]));
+        prefix["dropped_prefix"]["frontier"] =
+            serde_json::Value::from(BASE64_FOR_TESTS.encode(forged.to_bytes()));
+        lines[2] = prefix.to_string();
+        let results = verify_export(lines.into_iter().map(Ok), &keys(&["default"]), &[]).unwrap();
+        let problem = results[0].clone().unwrap_err();
+        assert!(
+            problem
+                .message
+                .contains("differs from the signed checkpoint")
+                || problem
+                    .message
+                    .contains("differs from what the record of its drop says"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_log_starting_after_seq_1_without_a_drop_record_fails() {
+        let (lines, _) = dropped_export(300, 320);
+        // The record is the last event; without it the prefix is unaccounted for.
+        let cut: Vec<String> = lines[..lines.len() - 1]
+            .iter()
+            .filter(|line| !line.contains("\"checkpoint\""))
+            .cloned()
+            .collect();
+        let results = verify_export(cut.into_iter().map(Ok), &keys(&["default"]), &[]).unwrap();
+        let problem = results[0].clone().unwrap_err();
+        assert!(
+            problem
+                .message
+                .contains("no audit.dropped record names that prefix"),
+            "{problem}"
+        );
     }
 }

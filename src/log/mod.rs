@@ -4,6 +4,7 @@
 
 mod checkpoints;
 mod erase;
+pub mod partition_drop;
 mod read;
 mod record;
 pub mod retention;

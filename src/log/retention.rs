@@ -1,7 +1,8 @@
 //! Retention: the events of a tenant recorded longer ago than its period lose their personal
 //! fields, in the background, one batch per transaction, each batch recorded as an
 //! `audit.erased` event by [`RETENTION_ACTOR`]. The log keeps every event's leaf, so it still
-//! verifies (`docs/integrity.md`, "Erasure").
+//! verifies (`docs/integrity.md`, "Erasure"). On PostgreSQL a month partition that every tenant
+//! in it has outlived is then dropped whole (`super::partition_drop`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use super::partition_drop::Kept;
 use super::{AuditLog, LogError};
 use crate::integrity::commitment::fully_erased;
 use crate::integrity::verify::ERASURE_EVENT_TYPE;
@@ -41,6 +43,14 @@ impl RetentionPolicy {
             .copied()
             .unwrap_or(self.max_age_days);
         (days > 0).then_some(days)
+    }
+
+    /// The shortest period any tenant has, in days.
+    pub fn shortest_days(&self) -> Option<u64> {
+        std::iter::once(self.max_age_days)
+            .chain(self.tenants.values().copied())
+            .filter(|days| *days > 0)
+            .min()
     }
 
     /// Whether any tenant has a period.
@@ -157,14 +167,31 @@ pub fn spawn<S: Store>(
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let run = log.retain(&policy, OffsetDateTime::now_utc(), &mut cursors);
+            let now = OffsetDateTime::now_utc();
+            let run = async {
+                let erased = log.retain(&policy, now, &mut cursors).await?;
+                let (dropped, kept) = log.drop_expired_partitions(&policy, now).await?;
+                Ok::<_, LogError>((erased, dropped, kept))
+            };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 result = run => result,
             };
             match result {
-                Ok(0) => {}
-                Ok(erased) => tracing::info!(erased, "retention erased events past their period"),
+                Ok((erased, dropped, kept)) => {
+                    if erased > 0 {
+                        tracing::info!(erased, "retention erased events past their period");
+                    }
+                    for partition in dropped {
+                        tracing::info!(partition, "retention dropped a month partition");
+                    }
+                    if let Kept::NotYetCheckpointed(tenant) = kept {
+                        tracing::info!(
+                            %tenant,
+                            "a partition past retention waits for its events to be checkpointed"
+                        );
+                    }
+                }
                 Err(error) => tracing::warn!(%error, "retention failed; will retry"),
             }
         }

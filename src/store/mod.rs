@@ -5,6 +5,7 @@ use std::future::Future;
 
 use std::collections::HashMap;
 
+use crate::integrity::dropped::DroppedPrefix;
 use crate::integrity::tiles::{TILE_WIDTH, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::user::{NewUser, Role, UserRecord};
@@ -22,6 +23,24 @@ pub use pages::Pages;
 pub use postgres::PgStore;
 pub use sqlite::{PostingOptions, SqliteStore};
 pub use users_watch::UsersWatch;
+
+/// A month partition of the events (PostgreSQL): its name, the end of its month (exclusive,
+/// UTC), and the `seq` range of each tenant's events in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthPartition {
+    pub name: String,
+    pub end: time::OffsetDateTime,
+    pub tenants: Vec<PartitionRange>,
+}
+
+/// A tenant's events in a partition: `seq`s `first..=through`, and the chain hash of the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub tenant: TenantId,
+    pub first: Seq,
+    pub through: Seq,
+    pub through_hash: Digest,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -195,6 +214,40 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         tenant: &TenantId,
     ) -> impl Future<Output = Result<Vec<Checkpoint>, StoreError>> + Send;
+
+    /// The prefix of the tenant's log whose rows went with a dropped month partition
+    /// ([`Store::drop_partition`]), the latest if several: its rows start after it. `None` on
+    /// SQLite, whose logs always start at `seq` 1.
+    fn dropped_prefix(
+        &self,
+        _tenant: &TenantId,
+    ) -> impl Future<Output = Result<Option<DroppedPrefix>, StoreError>> + Send {
+        std::future::ready(Ok(None))
+    }
+
+    /// The oldest month partition of the events, if it ended by `ended_by`, with the `seq`
+    /// range of each tenant's events in it. `None` on SQLite, which has no partitions.
+    fn oldest_partition(
+        &self,
+        _ended_by: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<MonthPartition>, StoreError>> + Send {
+        std::future::ready(Ok(None))
+    }
+
+    /// Drops `partition` (as [`Store::oldest_partition`] read it) in one transaction that
+    /// appends `records`, one `audit.dropped` event per tenant in it, and stores each tenant's
+    /// new dropped prefix from `prefixes`. `Conflict` if the partition's ranges changed since
+    /// they were read; nothing is then dropped.
+    fn drop_partition(
+        &self,
+        _partition: &MonthPartition,
+        _prefixes: &[(TenantId, DroppedPrefix)],
+        _records: &[Submission],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Err(StoreError::Other(anyhow::anyhow!(
+            "this backend keeps its events in one table, with no partitions to drop"
+        ))))
+    }
 
     /// Creates a user; `Conflict` if the name is taken.
     fn add_user(&self, user: &NewUser) -> impl Future<Output = Result<(), StoreError>> + Send;

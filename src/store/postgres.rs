@@ -19,7 +19,10 @@ use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::rows::{self, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
-use super::{Appended, Store, StoreError, corrupt, decode_tile, encode_tile, users};
+use super::{
+    Appended, MonthPartition, Store, StoreError, corrupt, decode_tile, encode_tile, users,
+};
+use crate::integrity::dropped::DroppedPrefix;
 use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
@@ -28,6 +31,8 @@ use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
     Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Seq, Submission, TenantId,
 };
+
+mod partitions;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
@@ -410,12 +415,14 @@ impl PgStore {
     }
 
     /// One attempt at [`Self::append_with`]. Sets `tried` to the commit time it chose, whose
-    /// month's partition the insert needs.
+    /// month's partition the insert needs. With `drop`, the same transaction drops a partition
+    /// ([`Store::drop_partition`]) after appending the batch, its records.
     async fn append_once(
         &self,
         batch: &[Submission],
         clock: Option<OffsetDateTime>,
         tried: &mut OffsetDateTime,
+        drop: Option<(&MonthPartition, &[(TenantId, DroppedPrefix)])>,
     ) -> Result<Vec<Appended>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut heads = HashMap::new();
@@ -457,6 +464,9 @@ impl PgStore {
         insert_events(&mut tx, &assembled.rows).await?;
         insert_tiles(&mut tx, &assembled.tiles).await?;
         let erased = erase_events(&mut tx, &assembled.erasures).await?;
+        if let Some((partition, prefixes)) = drop {
+            partitions::drop_in(&mut tx, partition, prefixes, recorded_at).await?;
+        }
         for (tenant, head) in &assembled.heads {
             sqlx::query(
                 "UPDATE chain_heads SET seq = $2, hash = $3, partial_tiles = $4, recorded_at = $5 \
@@ -471,6 +481,13 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
+        if let Some((partition, _)) = drop {
+            self.statistics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .partitions
+                .remove(&partition.name);
+        }
         if !assembled.rows.is_empty() {
             let partition = partition_name(recorded_at.to_offset(time::UtcOffset::UTC).date());
             self.count_appended(partition, assembled.rows.len() as u64);
@@ -1130,7 +1147,7 @@ impl Store for PgStore {
         clock: Option<OffsetDateTime>,
     ) -> Result<Vec<Appended>, StoreError> {
         let mut tried = OffsetDateTime::UNIX_EPOCH;
-        match self.append_once(batch, clock, &mut tried).await {
+        match self.append_once(batch, clock, &mut tried, None).await {
             Err(error) if is_missing_partition(&error) => {
                 // The months ahead were not created (maintenance failing, or a clock far ahead):
                 // add the month of the commit time tried and try again. The failed transaction
@@ -1141,7 +1158,7 @@ impl Store for PgStore {
                     "no partition for an append; adding it"
                 );
                 self.add_partition(day).await?;
-                self.append_once(batch, clock, &mut tried).await
+                self.append_once(batch, clock, &mut tried, None).await
             }
             other => other,
         }
@@ -1288,6 +1305,32 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn dropped_prefix(&self, tenant: &TenantId) -> Result<Option<DroppedPrefix>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        partitions::latest_prefix(&mut conn, tenant).await
+    }
+
+    async fn oldest_partition(
+        &self,
+        ended_by: OffsetDateTime,
+    ) -> Result<Option<MonthPartition>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        partitions::oldest(&mut conn, ended_by).await
+    }
+
+    async fn drop_partition(
+        &self,
+        partition: &MonthPartition,
+        prefixes: &[(TenantId, DroppedPrefix)],
+        records: &[Submission],
+    ) -> Result<(), StoreError> {
+        let mut tried = OffsetDateTime::UNIX_EPOCH;
+        self.append_once(records, None, &mut tried, Some((partition, prefixes)))
+            .await?;
+        tracing::info!(partition = %partition.name, "dropped an events partition past retention");
+        Ok(())
     }
 
     async fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {

@@ -402,7 +402,11 @@ pub(crate) fn export(app: &TestApp) -> std::path::PathBuf {
 }
 
 /// Runs `auditor verify --export` with no database, trusting `key` only.
-fn verify_offline(path: &std::path::Path, key: &str, extra: &[&str]) -> std::process::Output {
+pub(crate) fn verify_offline(
+    path: &std::path::Path,
+    key: &str,
+    extra: &[&str],
+) -> std::process::Output {
     Command::new(BIN)
         .args([
             "verify",

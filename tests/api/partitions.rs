@@ -218,8 +218,9 @@ async fn a_partition_refuses_truncate_update_and_delete() {
     assert!(unguarded.is_empty(), "{unguarded:?}");
 }
 
-/// What retention will do. The rest of the log stays readable, but its chain now starts after
-/// the dropped month, so `verify` reports the gap: verifying a cut log is future work.
+/// A month dropped by hand rather than by retention: the rest of the log stays readable and
+/// appendable. Nothing records the drop, so `verify` reports the gap (as
+/// `retention_drops_a_month_every_tenant_in_it_has_outlived` shows).
 #[tokio::test]
 async fn an_old_month_can_be_dropped_and_the_rest_stays_readable() {
     let (db, store) = migrated().await;
@@ -370,4 +371,195 @@ async fn migration_0003_moves_existing_events_into_month_partitions() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("append-only"), "{error}");
+}
+
+/// `count` events of `event_type`, each with a personal value and an idempotency key.
+fn events(event_type: &str, count: usize) -> serde_json::Value {
+    (0..count)
+        .map(|i| {
+            json!({"event_type": event_type, "user_identity": format!("{event_type}-{i}"),
+                   "idempotency_key": format!("{event_type}-{i}")})
+        })
+        .collect()
+}
+
+/// Retention drops a month partition that every tenant in it has outlived, once their events
+/// there are in full tiles under a signed checkpoint: one `audit.dropped` record per tenant, the
+/// rows and their idempotency keys gone, and the log verifies from its first retained event,
+/// online and from an export; altering what the drop left behind is caught.
+#[tokio::test]
+async fn retention_drops_a_month_every_tenant_in_it_has_outlived() {
+    use crate::helpers::{settings_for, spawn_with, submission};
+    use crate::integrity::{export, verify, verify_offline};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.postgres().await;
+    store.migrate().await.unwrap();
+    let long_ago = OffsetDateTime::now_utc() - time::Duration::days(100);
+    store
+        .append_at(
+            &[
+                submission("default", events("old", 300)),
+                submission("other", events("old", 10)),
+            ],
+            long_ago,
+        )
+        .await
+        .unwrap();
+    store
+        .append(&[
+            submission("default", events("new", 250)),
+            submission("other", events("new", 250)),
+        ])
+        .await
+        .unwrap();
+    let old_month = partition_name(long_ago.date());
+    let mut settings = settings_for(&db);
+    settings.retention.max_age_days = 30;
+    settings.retention.check_interval_secs = 1;
+    settings.integrity.checkpoint_interval_secs = 1;
+    let app = spawn_with(db, settings).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while partitions(&app.db).await.contains(&old_month) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{old_month} was not dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let records = app.get_ok("/events?event_type=audit.dropped").await["events"].clone();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0]["event_data"];
+    assert_eq!(record["dropped"], json!([1, 300]));
+    assert_eq!(record["partition"], json!(old_month));
+    assert_eq!(
+        record["reason"],
+        "retention: recorded more than 30 days ago"
+    );
+    assert_eq!(records[0]["recorded_by"], "auditor-retention");
+    let old = app.get_ok("/events?event_type=old").await["events"].clone();
+    assert_eq!(old, json!([]), "the dropped rows are gone");
+    let first = app.get_ok("/events?limit=1").await["events"][0].clone();
+    assert_eq!(first["seq"], 301);
+    let prefixes = app
+        .db
+        .fetch_strings(
+            "SELECT tenant || ':' || through_seq || ':' || partition FROM dropped_prefixes \
+             ORDER BY tenant",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        prefixes,
+        [
+            format!("default:300:{old_month}"),
+            format!("other:10:{old_month}")
+        ]
+    );
+    let keys = app
+        .db
+        .fetch_strings(
+            "SELECT idempotency_key FROM idempotency_keys WHERE idempotency_key LIKE 'old-%'",
+        )
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    let report = verify(&app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout).into_owned();
+    assert!(report.status.success(), "{out}");
+    let key_of_default = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exported = export(&app);
+    let text = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(text.matches("\"dropped_prefix\"").count(), 2);
+    let signer = auditor::integrity::LogSigner::load(
+        &app.settings.integrity.signing_key_file,
+        &app.settings.integrity.log_origin,
+    )
+    .unwrap();
+    let other_key = signer.verifier_key(&TenantId::new("other"));
+    let offline = verify_offline(&exported, &key_of_default, &["--public-key", &other_key]);
+    let out = String::from_utf8_lossy(&offline.stdout).into_owned();
+    assert!(offline.status.success(), "{out}");
+
+    // The chain hash kept for the prefix no longer links to the first retained event.
+    app.db
+        .execute(
+            "ALTER TABLE dropped_prefixes DISABLE TRIGGER dropped_prefixes_are_never_changed; \
+             UPDATE dropped_prefixes SET chain_hash = sha256('forged') WHERE tenant = 'default'",
+        )
+        .await
+        .unwrap();
+    let report = verify(&app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout).into_owned();
+    assert!(!report.status.success(), "{out}");
+    assert!(out.contains("seq 301: prev_hash does not link"), "{out}");
+    // Without the prefix, the log has lost its first 300 events.
+    app.db
+        .execute("DELETE FROM dropped_prefixes WHERE tenant = 'default'")
+        .await
+        .unwrap();
+    let report = verify(&app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout).into_owned();
+    assert!(out.contains("seq 1: missing or out of order"), "{out}");
+}
+
+/// A month stays while any tenant with events in it keeps them: its rows past their period
+/// lose their personal fields, but the partition is not dropped.
+#[tokio::test]
+async fn a_month_stays_while_a_tenant_in_it_keeps_its_events() {
+    use crate::helpers::{settings_for, spawn_with, submission};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.postgres().await;
+    store.migrate().await.unwrap();
+    let long_ago = OffsetDateTime::now_utc() - time::Duration::days(100);
+    store
+        .append_at(
+            &[
+                submission("default", events("old", 300)),
+                submission("keeper", events("old", 10)),
+            ],
+            long_ago,
+        )
+        .await
+        .unwrap();
+    store
+        .append(&[submission("default", events("new", 250))])
+        .await
+        .unwrap();
+    let old_month = partition_name(long_ago.date());
+    let mut settings = settings_for(&db);
+    settings.retention.max_age_days = 30;
+    settings.retention.tenants.insert("keeper".into(), 0);
+    settings.retention.check_interval_secs = 1;
+    settings.integrity.checkpoint_interval_secs = 1;
+    let app = spawn_with(db, settings).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.get_ok("/events?event_type=audit.erased").await["events"] == json!([]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Two more runs of retention, each of which would have dropped the month.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(partitions(&app.db).await.contains(&old_month));
+    assert_eq!(
+        app.get_ok("/events?event_type=audit.dropped").await["events"],
+        json!([])
+    );
+    let kept = app
+        .db
+        .fetch_strings("SELECT user_identity FROM events WHERE tenant = 'keeper' LIMIT 1")
+        .await
+        .unwrap();
+    assert_eq!(kept, ["old-0"]);
 }
