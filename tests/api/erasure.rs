@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN, Backend, TestApp, WRITER, spawn_app};
-use crate::integrity::{checkpoint, export, verify, verify_export};
+use crate::integrity::{checkpoint, export, run_documented_checker, verify, verify_export};
 
 /// Every personal field, with values no other event has.
 fn personal(marker: &str) -> Value {
@@ -164,6 +164,17 @@ async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
         report.status.success(),
         "{}",
         String::from_utf8_lossy(&report.stdout)
+    );
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let checked = run_documented_checker(&app, &key).await;
+    assert!(
+        checked.status.success(),
+        "the checker in the docs: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
     );
 }
 

@@ -893,3 +893,30 @@ crate::both_backends!(
     an_export_verifies_offline_and_tampering_in_it_is_caught,
     a_recorded_at_that_goes_backwards_is_caught,
 );
+
+/// Runs the standalone checker printed in `docs/integrity.md` ("A minimal independent checker")
+/// against the app's default tenant as `ADMIN`, pinning `key`. Needs `python3` with the
+/// `cryptography` package, which `scripts/test` installs when missing.
+pub(crate) async fn run_documented_checker(app: &TestApp, key: &str) -> std::process::Output {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/integrity.md")).unwrap();
+    let section = docs
+        .split("## A minimal independent checker")
+        .nth(1)
+        .expect("the checker's section");
+    let script = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the checker's code block");
+    let file = app.db.dir.path().join("verify_log.py");
+    std::fs::write(&file, script).unwrap();
+    let mut checker = Command::new("python3");
+    checker
+        .arg(&file)
+        .args([app.address.as_str(), ADMIN.0, ADMIN.1, key]);
+    // Off the test's thread: the server it talks to runs on that thread's runtime.
+    tokio::task::spawn_blocking(move || checker.output().expect("python3"))
+        .await
+        .unwrap()
+}
