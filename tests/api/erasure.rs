@@ -169,13 +169,25 @@ async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
         .as_str()
         .unwrap()
         .to_owned();
-    let checked = run_documented_checker(&app, &key).await;
+    for export in [None, Some(exported.as_path())] {
+        let checked = run_documented_checker(&app, &key, export).await;
+        assert!(
+            checked.status.success(),
+            "the checker in the docs ({export:?}): {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    // ...and fails an export in which one recorded field was changed.
+    let tampered = exported.with_file_name("tampered.ndjson");
+    std::fs::write(&tampered, text.replacen("\"before\"", "\"after\"", 1)).unwrap();
+    let checked = run_documented_checker(&app, &key, Some(&tampered)).await;
+    let err = String::from_utf8_lossy(&checked.stderr);
     assert!(
-        checked.status.success(),
-        "the checker in the docs: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
+        !checked.status.success(),
+        "the checker missed a changed field"
     );
+    assert!(err.contains("seq 1: a recorded field was changed"), "{err}");
 }
 
 /// Every event of one user across the tenant, in one transaction with its record; the others

@@ -895,9 +895,14 @@ crate::both_backends!(
 );
 
 /// Runs the standalone checker printed in `docs/integrity.md` ("A minimal independent checker")
-/// against the app's default tenant as `ADMIN`, pinning `key`. Needs `python3` with the
-/// `cryptography` package, which `scripts/test` installs when missing.
-pub(crate) async fn run_documented_checker(app: &TestApp, key: &str) -> std::process::Output {
+/// on the default tenant's log, pinning `key`: through the app's API as `ADMIN`, or, with
+/// `export`, offline on that file. Needs `python3` with the `cryptography` package, which
+/// `scripts/test` installs when missing.
+pub(crate) async fn run_documented_checker(
+    app: &TestApp,
+    key: &str,
+    export: Option<&std::path::Path>,
+) -> std::process::Output {
     let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/integrity.md")).unwrap();
     let section = docs
@@ -912,9 +917,11 @@ pub(crate) async fn run_documented_checker(app: &TestApp, key: &str) -> std::pro
     let file = app.db.dir.path().join("verify_log.py");
     std::fs::write(&file, script).unwrap();
     let mut checker = Command::new("python3");
-    checker
-        .arg(&file)
-        .args([app.address.as_str(), ADMIN.0, ADMIN.1, key]);
+    checker.arg(&file);
+    match export {
+        Some(path) => checker.arg("--export").arg(path).arg(key),
+        None => checker.args([app.address.as_str(), ADMIN.0, ADMIN.1, key]),
+    };
     // Off the test's thread: the server it talks to runs on that thread's runtime.
     tokio::task::spawn_blocking(move || checker.output().expect("python3"))
         .await
