@@ -4,6 +4,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::helpers::{ADMIN, Backend, TestApp, WRITER, spawn_app};
 use crate::integrity::{checkpoint, export, run_documented_checker, verify, verify_export};
@@ -17,6 +18,21 @@ fn personal(marker: &str) -> Value {
         "outcome": "success", "idempotency_key": format!("{marker}-key"),
         "event_data": {"email": format!("{marker}@example.com"), "plan": "gold"}
     })
+}
+
+/// A personal field's commitment in a version 2 leaf, as `docs/integrity.md` defines it:
+/// SHA-256 of the salt (HMAC-SHA256 of the field's name keyed with the event's secret) and the
+/// value's canonical JSON (here a string).
+fn commitment(secret_hex: &str, field: &str, value: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let secret = hex::decode(secret_hex).unwrap();
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&secret).unwrap();
+    mac.update(field.as_bytes());
+    let salt = mac.finalize().into_bytes();
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(salt);
+    hasher.update(serde_json::to_vec(value).unwrap());
+    hex::encode(hasher.finalize())
 }
 
 async fn post(app: &TestApp, path: &str, who: (&str, &str), body: Value) -> (u16, Value) {
@@ -36,6 +52,24 @@ fn assert_verifies(app: &TestApp) {
     let report = verify(app, &[]);
     let out = String::from_utf8_lossy(&report.stdout);
     assert!(report.status.success(), "{out}");
+}
+
+/// The checker in `docs/integrity.md` accepts the log through the API and from an export.
+async fn assert_documented_checker_agrees(app: &TestApp) {
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exported = export(app);
+    for export in [None, Some(exported.as_path())] {
+        let checked = run_documented_checker(app, &key, export).await;
+        assert!(
+            checked.status.success(),
+            "the checker in the docs ({export:?}): {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
 }
 
 async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
@@ -107,6 +141,19 @@ async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
         6
     );
     assert!(!erased.to_string().contains("zq7xw"));
+
+    // The kept commitment confirms the true value only with the secret, which the erasure
+    // deleted (the test kept it from before); what is still served gives no salt for it, and
+    // the value's plain hash is not the commitment.
+    let value = "zq7xw@example.com";
+    let kept = erased["erased"]["commitments"]["user_identity"].clone();
+    let secret = original["salt_secret"].as_str().unwrap();
+    assert_eq!(kept, json!(commitment(secret, "user_identity", value)));
+    assert!(erased["erased"]["salts"].get("user_identity").is_none());
+    assert_ne!(
+        kept,
+        json!(hex::encode(sha2::Sha256::digest(format!("\"{value}\""))))
+    );
 
     // No filter finds it by what it no longer holds.
     for query in [
@@ -288,6 +335,7 @@ async fn a_data_subject_is_erased_across_the_tenant(backend: Backend) {
     assert_eq!(found(&app, "event_type=audit.erased").await, 2);
     checkpoint(&app).await;
     assert_verifies(&app);
+    assert_documented_checker_agrees(&app).await;
 }
 
 /// SQLite: the erased values are in no database file afterwards (freed cells zeroed, the WAL
@@ -519,4 +567,5 @@ async fn retention_erases_old_events_in_batches(backend: Backend) {
     );
     checkpoint(&app).await;
     assert_verifies(&app);
+    assert_documented_checker_agrees(&app).await;
 }
