@@ -122,14 +122,16 @@ async fn serve_store<S: Store>(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
-    // The router (and with it every writer handle) is gone: the writer drains and stops.
-    let _ = writer_task.await;
+    // The background tasks stop first: retention holds a writer handle, and the writer stops
+    // only once every handle is gone. A retention batch already queued is still committed.
     stop_background.cancel();
     let _ = checkpoints.await;
     let _ = maintenance.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }
+    // The router (and with it every other writer handle) is gone: the writer drains and stops.
+    let _ = writer_task.await;
     tracing::info!("auditor stopped");
     Ok(())
 }

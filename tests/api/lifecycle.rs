@@ -74,11 +74,22 @@ async fn readiness_reports_the_database(backend: Backend) {
     assert_eq!(body["status"], "ready");
 }
 
+/// With every background task running (retention included, which appends through the writer),
+/// a shutdown completes.
 async fn shutdown_is_clean_and_stops_serving(backend: Backend) {
-    let mut app = spawn_app(backend).await;
+    use crate::helpers::{TestDb, settings_for, spawn_with};
+
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.retention.max_age_days = 30;
+    settings.retention.check_interval_secs = 1;
+    let mut app = spawn_with(db, settings).await;
     app.record(json!({"event_type": "a", "user_identity": "u"}))
         .await;
-    app.stop().await.expect("graceful stop");
+    tokio::time::timeout(std::time::Duration::from_secs(30), app.stop())
+        .await
+        .expect("the server stops within 30 s")
+        .expect("graceful stop");
     let refused = app
         .client
         .get(format!("{}/healthz", app.address))
