@@ -14,6 +14,9 @@ use crate::model::event::{Action, RawEvent};
 use crate::model::{NewEvent, Submission, TenantId};
 use crate::store::{MonthPartition, PartitionRange, Store, StoreError};
 
+/// How many times one run plans a drop again after a conflict before it gives up until the next.
+const MAX_CONFLICTS: u32 = 3;
+
 /// Why the oldest partition stays for now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kept {
@@ -34,6 +37,7 @@ impl<S: Store> AuditLog<S> {
         now: OffsetDateTime,
     ) -> Result<(Vec<String>, Kept), LogError> {
         let mut dropped = Vec::new();
+        let mut conflicts = 0;
         let Some(shortest) = policy.shortest_days() else {
             return Ok((dropped, Kept::NoneExpired));
         };
@@ -57,10 +61,20 @@ impl<S: Store> AuditLog<S> {
                 records.push(self.drop_record(range, &prefix, &partition, &reason)?);
                 prefixes.push((range.tenant.clone(), prefix));
             }
-            self.store
+            match self
+                .store
                 .drop_partition(&partition, &prefixes, &records)
-                .await?;
-            dropped.push(partition.name);
+                .await
+            {
+                Ok(()) => dropped.push(partition.name),
+                // Another instance dropped it, or the partition changed, since it was read:
+                // read the oldest again, a few times at most in one run.
+                Err(StoreError::Conflict(reason)) if conflicts < MAX_CONFLICTS => {
+                    tracing::debug!(%reason, "a partition drop is planned again");
+                    conflicts += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
     }
 

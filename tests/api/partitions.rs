@@ -571,3 +571,82 @@ async fn a_month_stays_while_a_tenant_in_it_keeps_its_events() {
         .unwrap();
     assert_eq!(kept, ["old-0"]);
 }
+
+/// Two instances dropping the same partition at once: one drops it with its record, the other
+/// finds it gone (`Conflict`, which retention takes as "plan again") and appends nothing.
+#[tokio::test]
+async fn two_instances_dropping_one_partition_drop_it_once() {
+    use auditor::integrity::Frontier;
+    use auditor::integrity::dropped::{DroppedPrefix, stored_leaves};
+    use auditor::store::StoreError;
+
+    use crate::helpers::submission;
+
+    let (db, store) = migrated().await;
+    let tenant = TenantId::default();
+    store
+        .append_at(
+            &[submission("default", events("old", 300))],
+            datetime!(2025-01-10 00:00:00 UTC),
+        )
+        .await
+        .unwrap();
+    store
+        .append(&[submission("default", events("new", 300))])
+        .await
+        .unwrap();
+    let partition = store
+        .oldest_partition(OffsetDateTime::now_utc())
+        .await
+        .unwrap()
+        .expect("the old month");
+    assert_eq!(partition.name, "events_y2025m01");
+    let range = partition.tenants[0].clone();
+    assert_eq!((range.first, range.through), (Seq(1), Seq(300)));
+    let mut frontier = Frontier::default();
+    stored_leaves(&store, &tenant, 0, 300, |leaves| {
+        for leaf in leaves {
+            frontier.push(*leaf);
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let prefixes = [(
+        tenant.clone(),
+        DroppedPrefix {
+            through: range.through,
+            chain_hash: range.through_hash,
+            frontier,
+        },
+    )];
+    let records = [submission(
+        "default",
+        json!([{"event_type": "dropped", "user_identity": "r"}]),
+    )];
+    let other = db.postgres().await;
+    let (first, second) = tokio::join!(
+        store.drop_partition(&partition, &prefixes, &records),
+        other.drop_partition(&partition, &prefixes, &records),
+    );
+    let outcomes = [first, second];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(StoreError::Conflict(_)))),
+        "{outcomes:?}"
+    );
+    assert!(!partitions(&db).await.contains(&partition.name));
+    let left = store.scan(&tenant, Seq(0), 1000).await.unwrap();
+    assert_eq!(left.len(), 301, "300 new events and one record");
+    assert_eq!(left[0].seq, Seq(301));
+    assert_eq!(
+        store.dropped_prefix(&tenant).await.unwrap(),
+        Some(prefixes[0].1.clone())
+    );
+}

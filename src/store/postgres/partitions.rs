@@ -88,6 +88,20 @@ pub(super) async fn drop_in(
     prefixes: &[(TenantId, DroppedPrefix)],
     dropped_at: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    // Another instance may have dropped it while this one waited for the chain heads.
+    let attached: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = 'events'::regclass \
+         AND inhrelid = to_regclass($1))",
+    )
+    .bind(&partition.name)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !attached {
+        return Err(StoreError::Conflict(format!(
+            "partition {} was dropped meanwhile",
+            partition.name
+        )));
+    }
     let now = ranges(conn, &partition.name).await?;
     let named = now.iter().all(|range| {
         prefixes
