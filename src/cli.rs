@@ -109,8 +109,12 @@ pub enum UserCommand {
         /// reader: may only query; writer: may only record; admin: everything.
         #[arg(long, value_enum)]
         role: Role,
+        /// The tenant the user acts in (1 to 64 of `a-z`, `0-9`, `.`, `_`, `-`), or `*` for
+        /// every tenant (naming one per request with `?tenant=`).
+        #[arg(long, default_value = "*")]
+        tenant: String,
     },
-    /// List users and their roles.
+    /// List users, their roles and tenants.
     List,
     /// Remove a user; their credentials stop working at once.
     Remove { name: String },

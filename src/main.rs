@@ -9,7 +9,7 @@ use auditor::cli::{Cli, Command, KeyCommand, UserCommand};
 use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings};
 use auditor::integrity::verify::{self, Problem, Verified};
 use auditor::integrity::{LogSigner, NoteVerifier, export as log_export};
-use auditor::model::TenantId;
+use auditor::model::{TenantId, TenantScope};
 use auditor::store::Store;
 use auditor::{telemetry, with_store};
 use clap::Parser;
@@ -146,15 +146,24 @@ async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
             bail!("the database has pending migrations; run `auditor migrate` first");
         }
         match command {
-            UserCommand::Add { name, role } => {
+            UserCommand::Add { name, role, tenant } => {
+                let tenant = TenantScope::parse(&tenant).map_err(|e| anyhow::anyhow!(e))?;
                 let secret = read_password(&name)?;
-                users::add(&store, &name, role, secret).await?;
-                println!("added user `{name}` with role {}", role.as_str());
+                users::add(&store, &name, role, tenant.clone(), secret).await?;
+                println!(
+                    "added user `{name}` with role {} in tenant {tenant}",
+                    role.as_str()
+                );
             }
             UserCommand::List => {
-                println!("{:<32} ROLE", "NAME");
+                println!("{:<32} {:<8} TENANT", "NAME", "ROLE");
                 for user in store.list_users().await? {
-                    println!("{:<32} {}", user.name, user.role.as_str());
+                    println!(
+                        "{:<32} {:<8} {}",
+                        user.name,
+                        user.role.as_str(),
+                        user.tenant
+                    );
                 }
             }
             UserCommand::Remove { name } => {

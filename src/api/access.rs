@@ -1,5 +1,7 @@
-//! HTTP Basic authentication as axum extractors: a handler names the capability it needs in its
-//! signature (`ReadAccess`, `WriteAccess`, `AdminAccess`) and never sees an unauthorised call.
+//! HTTP Basic authentication as axum extractors: a handler names the scope it needs in its
+//! signature (`ReadAccess`, `WriteAccess`, `RedactAccess`, `CheckpointAccess`, `AdminAccess`)
+//! and never sees an unauthorised call. The tenant a request acts in is its credential's, or the
+//! one its `tenant` query parameter names, if the credential admits it.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -7,8 +9,13 @@ use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
 use super::{ApiError, AppState};
-use crate::auth::{AuthError, Principal, Role};
+use crate::auth::{AuthError, Principal, TenantError};
+use crate::model::{QueryError, Scope};
 use crate::store::Store;
 
 impl From<AuthError> for ApiError {
@@ -33,22 +40,89 @@ fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
     Some((name.to_owned(), secret.to_owned()))
 }
 
+/// The tenant a request names with its `tenant` query parameter, taken out of the query by
+/// [`tenant_parameter`] so that no route's own parameters see it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestedTenant(pub Option<String>);
+
+/// Middleware: moves the `tenant` query parameter, which every route accepts, into the request's
+/// extensions ([`RequestedTenant`]); the rest of the query is passed on byte for byte. Naming it
+/// twice is `400`.
+pub async fn tenant_parameter(mut request: Request, next: Next) -> Response {
+    let mut named = Vec::new();
+    if let Some(query) = request.uri().query() {
+        let (tenant, rest): (Vec<&str>, Vec<&str>) = query.split('&').partition(|pair| {
+            let key = pair.split('=').next().unwrap_or_default();
+            key == "tenant"
+        });
+        if !tenant.is_empty() {
+            for pair in tenant {
+                let value = pair.split_once('=').map_or("", |(_, v)| v);
+                named.push(
+                    form_urlencoded::parse(format!("t={value}").as_bytes())
+                        .next()
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+            let rest = rest.join("&");
+            let mut parts = request.uri().clone().into_parts();
+            let path = request.uri().path();
+            let path_and_query = if rest.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{rest}")
+            };
+            parts.path_and_query = path_and_query.parse().ok();
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    if named.len() > 1 {
+        return ApiError::InvalidQuery(QueryError {
+            param: "tenant".into(),
+            message: "`tenant` is given more than once".into(),
+        })
+        .into_response();
+    }
+    request
+        .extensions_mut()
+        .insert(RequestedTenant(named.pop()));
+    next.run(request).await
+}
+
+/// Authenticates the request, acts in the tenant it names, and requires `scope`.
 async fn authorise<S: Store>(
     parts: &Parts,
     state: &AppState<S>,
-    allowed: fn(Role) -> bool,
+    scope: Scope,
 ) -> Result<Principal, ApiError> {
     let (name, secret) = basic_credentials(parts).ok_or(ApiError::Unauthorized)?;
-    let principal = state.auth.authenticate(&name, secret).await?;
-    if allowed(principal.role) {
+    let credential = state.auth.authenticate(&name, secret).await?;
+    let requested = parts
+        .extensions
+        .get::<RequestedTenant>()
+        .and_then(|t| t.0.as_deref());
+    let principal = credential.act_in(requested).map_err(|error| match error {
+        TenantError::Invalid(message) => ApiError::InvalidQuery(QueryError {
+            param: "tenant".into(),
+            message,
+        }),
+        TenantError::NotAdmitted(_) => ApiError::Forbidden(error.to_string()),
+    })?;
+    if principal.may(scope) {
         Ok(principal)
     } else {
-        Err(ApiError::Forbidden(principal.role))
+        Err(ApiError::Forbidden(format!(
+            "these credentials lack the `{}` scope",
+            scope.as_str()
+        )))
     }
 }
 
 macro_rules! access_extractor {
-    ($(#[$doc:meta])* $name:ident, $allowed:expr) => {
+    ($(#[$doc:meta])* $name:ident, $scope:expr) => {
         $(#[$doc])*
         pub struct $name(pub Principal);
 
@@ -59,24 +133,29 @@ macro_rules! access_extractor {
                 parts: &mut Parts,
                 state: &AppState<S>,
             ) -> Result<Self, Self::Rejection> {
-                authorise(parts, state, $allowed).await.map(Self)
+                authorise(parts, state, $scope).await.map(Self)
             }
         }
     };
 }
 
 access_extractor!(
-    /// A caller allowed to read the log (`reader` or `admin`).
+    /// A caller allowed to read the log (`events:read`: `reader` or `admin`).
     ReadAccess,
-    Role::can_read
+    Scope::EventsRead
 );
 access_extractor!(
-    /// A caller allowed to record events (`writer` or `admin`).
+    /// A caller allowed to record events (`events:write`: `writer` or `admin`).
     WriteAccess,
-    Role::can_write
+    Scope::EventsWrite
 );
 access_extractor!(
-    /// A caller allowed to manage the log (`admin`).
-    AdminAccess,
-    |role| role == Role::Admin
+    /// A caller allowed to erase and redact events (`events:redact`: `admin`).
+    RedactAccess,
+    Scope::EventsRedact
+);
+access_extractor!(
+    /// A caller allowed to issue checkpoints on demand (`checkpoints:write`: `admin`).
+    CheckpointAccess,
+    Scope::CheckpointsWrite
 );

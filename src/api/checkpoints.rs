@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::access::{AdminAccess, ReadAccess};
+use super::access::{CheckpointAccess, ReadAccess};
 use super::{ApiError, AppState};
 use crate::integrity::Checkpoint;
 use crate::model::QueryError;
@@ -89,7 +89,7 @@ async fn by_size<S: Store>(
 /// Signs the current tree head now (admin).
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
-    AdminAccess(principal): AdminAccess,
+    CheckpointAccess(principal): CheckpointAccess,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let issued = state.log.issue_checkpoint(&principal).await?;
     let status = if issued.created {

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::access::{AdminAccess, ReadAccess, WriteAccess};
+use super::access::{ReadAccess, RedactAccess, WriteAccess};
 use super::body::{RawBody, parse, parse_or_default};
 use super::events::{QueryPairs, parse_event_id, query_pairs, status_of};
 use super::{ApiError, AppState};
@@ -274,11 +274,11 @@ struct DeleteBody {
 /// again answers with that record.
 async fn remove<S: Store>(
     State(state): State<AppState<S>>,
-    access: Result<AdminAccess, ApiError>,
+    access: Result<RedactAccess, ApiError>,
     Path(event_uuid): Path<String>,
     body: Result<RawBody, ApiError>,
 ) -> Answer {
-    let AdminAccess(principal) = access?;
+    let RedactAccess(principal) = access?;
     let RawBody(body) = body?;
     let body: DeleteBody = parse_or_default(&body)?;
     let reason = body

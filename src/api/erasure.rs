@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::access::AdminAccess;
+use super::access::RedactAccess;
 use super::body::{JsonBytes, parse};
 use super::events::{parse_event_id, status_of};
 use super::{ApiError, AppState};
@@ -44,7 +44,7 @@ struct SubjectBody {
 /// `201` with the `audit.redacted` event.
 async fn redact<S: Store>(
     state: State<AppState<S>>,
-    access: AdminAccess,
+    access: RedactAccess,
     id: Path<String>,
     body: JsonBytes,
 ) -> Result<(StatusCode, Json<Event>), ApiError> {
@@ -55,7 +55,7 @@ async fn redact<S: Store>(
 /// left the event without personal data.
 async fn erase<S: Store>(
     state: State<AppState<S>>,
-    access: AdminAccess,
+    access: RedactAccess,
     id: Path<String>,
     body: JsonBytes,
 ) -> Result<(StatusCode, Json<Event>), ApiError> {
@@ -70,7 +70,7 @@ enum Fields {
 
 async fn erase_one<S: Store>(
     State(state): State<AppState<S>>,
-    AdminAccess(principal): AdminAccess,
+    RedactAccess(principal): RedactAccess,
     Path(id): Path<String>,
     JsonBytes(body): JsonBytes,
     fields: Fields,
@@ -94,7 +94,7 @@ async fn erase_one<S: Store>(
 /// "record": null}` when no event of the subject holds personal data any more.
 async fn erase_subject<S: Store>(
     State(state): State<AppState<S>>,
-    AdminAccess(principal): AdminAccess,
+    RedactAccess(principal): RedactAccess,
     JsonBytes(body): JsonBytes,
 ) -> Result<(StatusCode, Json<SubjectErasure>), ApiError> {
     let body: SubjectBody = parse(&body)?;

@@ -6,7 +6,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::auth::Role;
 use crate::log::{LogError, WriteError};
 use crate::model::{FieldError, QueryError};
 use crate::store::StoreError;
@@ -25,8 +24,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("authentication required: send valid HTTP Basic credentials")]
     Unauthorized,
-    #[error("the `{}` role may not do this", .0.as_str())]
-    Forbidden(Role),
+    /// The credentials lack a scope, or may not act in the tenant named.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("this method is not allowed here")]

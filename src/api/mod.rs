@@ -83,6 +83,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(deadlined)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(access::tenant_parameter))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(
             move |mut request: Request, next: Next| {

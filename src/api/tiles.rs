@@ -25,7 +25,7 @@ async fn checkpoint<S: Store>(
     ReadAccess(principal): ReadAccess,
     Path(tenant): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.log.named_log(&principal, &tenant)?;
+    let principal = state.log.named_log(&principal, &tenant)?;
     let checkpoint = state
         .log
         .checkpoint(&principal, None)
@@ -47,7 +47,7 @@ async fn tile<S: Store>(
     ReadAccess(principal): ReadAccess,
     Path((tenant, path)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.log.named_log(&principal, &tenant)?;
+    let principal = state.log.named_log(&principal, &tenant)?;
     let tile = Tile::parse(&path).map_err(|e| {
         ApiError::InvalidQuery(QueryError {
             param: "path".into(),

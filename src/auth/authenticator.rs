@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::password;
 use super::user_cache::UserCache;
-use super::{CredentialCache, Principal};
+use super::{Credential, CredentialCache};
 use crate::store::{Store, StoreError, UsersWatch};
 
 /// Why a caller was not authenticated. Deliberately one outcome for a wrong name and a wrong
@@ -58,7 +58,7 @@ impl<S: Store> Authenticator<S> {
         self: &Arc<Self>,
         name: &str,
         secret: String,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Credential, AuthError> {
         // No user name holds a control character (`validate_user_name`), and PostgreSQL cannot
         // even compare one holding U+0000: such a name is wrong credentials, found nowhere.
         if name.chars().any(char::is_control) {
@@ -74,7 +74,7 @@ impl<S: Store> Authenticator<S> {
         let cached = || {
             user.as_ref()
                 .filter(|_| self.cache.contains(name, &secret, &stored_hash))
-                .map(|user| Principal::from(user.clone()))
+                .map(|user| Credential::from(user.clone()))
         };
         if let Some(principal) = cached() {
             return Ok(principal);
@@ -97,7 +97,7 @@ impl<S: Store> Authenticator<S> {
         match (user, verified) {
             (Some(user), Some(stored_hash)) => {
                 self.cache.remember(name, &secret, &stored_hash);
-                Ok(Principal::from(user))
+                Ok(Credential::from(user))
             }
             _ => {
                 tracing::info!(user = %name, "authentication failed");

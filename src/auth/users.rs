@@ -1,6 +1,7 @@
 //! Managing users: creation with a hashed password, and the first admin on an empty database.
 
 use super::{NewUser, Role, password, validate_user_name};
+use crate::model::TenantScope;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -11,21 +12,23 @@ pub enum UserError {
     Store(#[from] StoreError),
 }
 
-/// Validates and hashes (on a blocking thread), then stores the user.
+/// Validates and hashes (on a blocking thread), then stores the user, who acts in `tenant`.
 pub async fn add<S: Store>(
     store: &S,
     name: &str,
     role: Role,
+    tenant: TenantScope,
     secret: String,
 ) -> Result<(), UserError> {
     password::check_strength(&secret).map_err(UserError::Invalid)?;
-    insert(store, name, role, secret).await
+    insert(store, name, role, tenant, secret).await
 }
 
 async fn insert<S: Store>(
     store: &S,
     name: &str,
     role: Role,
+    tenant: TenantScope,
     secret: String,
 ) -> Result<(), UserError> {
     validate_user_name(name).map_err(|e| UserError::Invalid(e.to_owned()))?;
@@ -40,15 +43,20 @@ async fn insert<S: Store>(
         name: name.to_owned(),
         password_hash,
         role,
+        tenant,
     };
     store.add_user(&user).await?;
     Ok(())
 }
 
-/// Removes a user, refusing to remove the last admin (nobody could manage the log after).
+/// Removes a user, refusing to remove the last admin of every tenant (nobody could manage the
+/// log after).
 pub async fn remove<S: Store>(store: &S, name: &str) -> Result<(), UserError> {
     let user = store.find_user(name).await?.ok_or(StoreError::NotFound)?;
-    if user.role == Role::Admin && store.count_users_with_role(Role::Admin).await? <= 1 {
+    if user.role == Role::Admin
+        && user.tenant == TenantScope::All
+        && store.count_users_with_role(Role::Admin).await? <= 1
+    {
         return Err(UserError::Invalid(format!(
             "`{name}` is the last admin; add another admin before removing it"
         )));
@@ -95,7 +103,15 @@ pub async fn bootstrap_admin<S: Store>(
             (secret.clone(), Bootstrap::Generated(secret))
         }
     };
-    match insert(store, BOOTSTRAP_ADMIN, Role::Admin, secret).await {
+    match insert(
+        store,
+        BOOTSTRAP_ADMIN,
+        Role::Admin,
+        TenantScope::All,
+        secret,
+    )
+    .await
+    {
         // Another instance sharing the database created it first.
         Err(UserError::Store(StoreError::Conflict(_))) => Ok(Bootstrap::NotNeeded),
         Err(e) => Err(e),

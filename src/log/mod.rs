@@ -103,10 +103,8 @@ impl<S: Store> AuditLog<S> {
         self.writer.is_running() && self.store.ping().await.is_ok()
     }
 
-    /// The tenant a caller acts on. One tenant for now; the access issue derives it from the
-    /// caller's credentials.
+    /// The tenant a caller acts in: the one its request named and its credential admits.
     fn tenant_of(principal: &Principal) -> TenantId {
-        let _ = principal;
-        TenantId::default()
+        principal.tenant.clone()
     }
 }

@@ -127,7 +127,9 @@ impl<S: Store> AuditLog<S> {
                 ),
             )));
         }
-        let inherited = principal.role.can_read().then_some(&original);
+        let inherited = principal
+            .may(crate::model::Scope::EventsRead)
+            .then_some(&original);
         let inherit = |own: Option<String>, pick: fn(&Event) -> Option<String>| {
             own.or_else(|| inherited.and_then(pick))
         };

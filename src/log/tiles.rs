@@ -10,15 +10,13 @@ use crate::model::{Seq, TenantId};
 use crate::store::Store;
 
 impl<S: Store> AuditLog<S> {
-    /// The tenant named in a log's path, if the caller may read it: its own. Any other name is
-    /// `NotFound`, so that the names of other logs are not disclosed.
-    pub fn named_log(&self, principal: &Principal, name: &str) -> Result<TenantId, LogError> {
-        let tenant = Self::tenant_of(principal);
-        if tenant.as_str() == name {
-            Ok(tenant)
-        } else {
-            Err(LogError::NotFound(format!("no log named `{name}`")))
-        }
+    /// The caller acting in the tenant a log's path names, if its credential admits that
+    /// tenant. Any other name is `NotFound`, so that the names of other logs are not disclosed.
+    pub fn named_log(&self, principal: &Principal, name: &str) -> Result<Principal, LogError> {
+        TenantId::parse(name)
+            .ok()
+            .and_then(|tenant| principal.in_tenant(tenant))
+            .ok_or_else(|| LogError::NotFound(format!("no log named `{name}`")))
     }
 
     /// The tile's bytes: `width` hashes of 32 bytes, or an entry bundle. `NotFound` while the

@@ -58,6 +58,21 @@ impl TenantId {
         Self(name.into())
     }
 
+    /// A tenant name as a caller may give it: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if valid {
+            Ok(Self::new(name))
+        } else {
+            Err(format!(
+                "`{name}` is not a tenant name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`"
+            ))
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

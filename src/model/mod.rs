@@ -1,5 +1,6 @@
 //! The audit event and the query over events: pure types, no I/O.
 
+pub mod access;
 pub mod canonical;
 mod digest;
 pub mod erasure;
@@ -10,6 +11,7 @@ pub mod payload;
 pub mod query;
 pub mod user;
 
+pub use access::{Scope, Scopes, TenantScope};
 pub use digest::Digest;
 pub use erasure::{Erased, Erasure, ErasureTargets, Personal, SaltSecret};
 pub use event::{

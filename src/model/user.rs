@@ -1,6 +1,9 @@
-//! Users as the log keeps them: a name, a role, and the hash of a password (never the password).
+//! Users as the log keeps them: a name, a role, the tenant they act in (or all), and the hash of
+//! a password (never the password).
 
 use serde::Serialize;
+
+use super::access::TenantScope;
 
 /// What a user may do. `writer` may only record, `reader` may only read, `admin` may do both and
 /// manage the log.
@@ -45,6 +48,7 @@ pub struct NewUser {
     pub name: String,
     pub password_hash: String,
     pub role: Role,
+    pub tenant: TenantScope,
 }
 
 /// A stored user.
@@ -54,6 +58,12 @@ pub struct UserRecord {
     #[serde(skip)]
     pub password_hash: String,
     pub role: Role,
+    #[serde(serialize_with = "tenant_scope")]
+    pub tenant: TenantScope,
+}
+
+fn tenant_scope<S: serde::Serializer>(tenant: &TenantScope, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(tenant.as_str())
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -61,6 +71,7 @@ impl std::fmt::Debug for UserRecord {
         f.debug_struct("UserRecord")
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }

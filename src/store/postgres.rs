@@ -1335,12 +1335,13 @@ impl Store for PgStore {
 
     async fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "INSERT INTO users (name, password_hash, role) VALUES ($1, $2, $3) \
+            "INSERT INTO users (name, password_hash, role, tenant) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&user.name)
         .bind(&user.password_hash)
         .bind(user.role.as_str())
+        .bind(user.tenant.as_str())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {

@@ -8,7 +8,7 @@ use super::{StoreError, corrupt, decode_frontier, decode_role};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::fields::{Cell, Kind, Stored};
 use crate::model::user::UserRecord;
-use crate::model::{Event, FIELDS, Seq, TenantId};
+use crate::model::{Event, FIELDS, Seq, TenantId, TenantScope};
 
 /// The event columns, in declared order: how both backends select and insert them.
 pub static EVENT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -42,6 +42,8 @@ pub fn user<'r>(row: &mut impl ReadRow<'r>) -> Result<UserRecord, StoreError> {
         name: get(row, "name")?,
         password_hash: get(row, "password_hash")?,
         role: decode_role(&get::<String>(row, "role")?)?,
+        tenant: TenantScope::parse(&get::<String>(row, "tenant")?)
+            .map_err(|e| super::corrupt("users.tenant", e))?,
     })
 }
 

@@ -6,10 +6,11 @@
 
 use super::StoreError;
 
-pub const FIND: &str = "SELECT name, password_hash, role FROM users WHERE name = $1";
-pub const LIST: &str = "SELECT name, password_hash, role FROM users ORDER BY name";
+pub const FIND: &str = "SELECT name, password_hash, role, tenant FROM users WHERE name = $1";
+pub const LIST: &str = "SELECT name, password_hash, role, tenant FROM users ORDER BY name";
 pub const REMOVE: &str = "DELETE FROM users WHERE name = $1";
-pub const COUNT_WITH_ROLE: &str = "SELECT COUNT(*) FROM users WHERE role = $1";
+/// Users of the role who act in every tenant.
+pub const COUNT_WITH_ROLE: &str = "SELECT COUNT(*) FROM users WHERE role = $1 AND tenant = '*'";
 
 /// What adding a user whose name is taken yields.
 pub fn name_taken(name: &str) -> StoreError {

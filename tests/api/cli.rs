@@ -96,10 +96,41 @@ fn users_are_managed_from_the_command_line() {
     );
     assert!(text(&again.stderr).contains("already exists"));
 
+    let in_tenant = auditor(
+        &url,
+        &[
+            "user", "add", "acme-ops", "--role", "reader", "--tenant", "acme",
+        ],
+        "a-long-password-2\n",
+    );
+    assert!(in_tenant.status.success(), "{}", text(&in_tenant.stderr));
+    let bad_tenant = auditor(
+        &url,
+        &["user", "add", "x", "--role", "reader", "--tenant", "ACME"],
+        "a-long-password-3\n",
+    );
+    assert!(!bad_tenant.status.success());
+    assert!(
+        text(&bad_tenant.stderr).contains("is not a tenant name"),
+        "{}",
+        text(&bad_tenant.stderr)
+    );
+
     let listed = auditor(&url, &["user", "list"], "");
     let list = text(&listed.stdout);
-    assert!(
-        list.contains("billing") && list.contains("writer"),
+    let line = |name: &str| {
+        list.lines()
+            .find(|line| line.starts_with(name))
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        line("billing"),
+        Some(vec!["billing", "writer", "*"]),
+        "{list}"
+    );
+    assert_eq!(
+        line("acme-ops"),
+        Some(vec!["acme-ops", "reader", "acme"]),
         "{list}"
     );
     assert!(!list.contains("a-long-password-1"));

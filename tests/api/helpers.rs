@@ -6,7 +6,7 @@ use auditor::auth::Role;
 use auditor::auth::users;
 use auditor::config::{DatabaseUrl, Secret};
 use auditor::integrity::{Digest, chain_hash, leaf_hash};
-use auditor::model::Event;
+use auditor::model::{Event, TenantScope};
 use auditor::server::ServeError;
 use auditor::store::{PgStore, PostingOptions, SqliteStore, Store};
 use auditor::{Settings, serve_with_listener};
@@ -230,7 +230,7 @@ async fn add_test_users<S: Store>(store: &S) {
         (WRITER.0, Role::Writer, WRITER.1),
         (READER.0, Role::Reader, READER.1),
     ] {
-        users::add(store, name, role, password.into())
+        users::add(store, name, role, TenantScope::All, password.into())
             .await
             .expect("add user");
     }
@@ -273,12 +273,19 @@ async fn start(
 
 impl TestApp {
     pub async fn add_user(&self, name: &str, role: Role, password: &str) {
+        self.add_user_in(name, role, TenantScope::All, password)
+            .await;
+    }
+
+    /// Adds a user who acts in `tenant` only (or in all).
+    pub async fn add_user_in(&self, name: &str, role: Role, tenant: TenantScope, password: &str) {
+        let secret = password.to_owned();
         match self.db.backend {
             Backend::Sqlite => {
-                users::add(&self.db.sqlite().await, name, role, password.into()).await
+                users::add(&self.db.sqlite().await, name, role, tenant, secret).await
             }
             Backend::Postgres => {
-                users::add(&self.db.postgres().await, name, role, password.into()).await
+                users::add(&self.db.postgres().await, name, role, tenant, secret).await
             }
         }
         .expect("add user");

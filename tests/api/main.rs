@@ -19,6 +19,7 @@ mod postings;
 mod query;
 mod scale;
 mod store;
+mod tenants;
 mod tiles;
 mod upgrade;
 mod validation;

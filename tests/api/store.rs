@@ -220,6 +220,7 @@ async fn users_are_added_found_listed_and_removed<S: Store>(store: S, _db: &Test
         name: "ops".into(),
         password_hash: "$argon2id$fake".into(),
         role: Role::Reader,
+        tenant: auditor::model::TenantScope::One(auditor::model::TenantId::new("acme")),
     };
     store.add_user(&user).await.unwrap();
     assert!(matches!(
@@ -228,6 +229,7 @@ async fn users_are_added_found_listed_and_removed<S: Store>(store: S, _db: &Test
     ));
     let found = store.find_user("ops").await.unwrap().unwrap();
     assert_eq!((found.name.as_str(), found.role), ("ops", Role::Reader));
+    assert_eq!(found.tenant.as_str(), "acme");
     assert!(store.find_user("nobody").await.unwrap().is_none());
     assert_eq!(store.list_users().await.unwrap().len(), 1);
     assert_eq!(store.count_users_with_role(Role::Reader).await.unwrap(), 1);
@@ -266,6 +268,7 @@ async fn the_users_watch_sees_every_change_to_users<S: Store>(store: S, db: &Tes
         name: "ops".into(),
         password_hash: "$argon2id$fake".into(),
         role: Role::Reader,
+        tenant: auditor::model::TenantScope::One(auditor::model::TenantId::new("acme")),
     };
     store.add_user(&user).await.unwrap();
     generation = generation_after(&watch, Some(generation), "insert").await;
@@ -294,18 +297,44 @@ async fn the_users_watch_sees_every_change_to_users<S: Store>(store: S, db: &Tes
 async fn the_last_admin_cannot_be_removed<S: Store>(store: S, _db: &TestDb) {
     store.migrate().await.unwrap();
     use auditor::auth::users;
-    users::add(&store, "root", Role::Admin, "a-long-password-1".into())
-        .await
-        .unwrap();
+    users::add(
+        &store,
+        "root",
+        Role::Admin,
+        auditor::model::TenantScope::All,
+        "a-long-password-1".into(),
+    )
+    .await
+    .unwrap();
     let error = users::remove(&store, "root").await.expect_err("last admin");
     assert!(error.to_string().contains("last admin"));
-    users::add(&store, "root2", Role::Admin, "a-long-password-2".into())
-        .await
-        .unwrap();
+    users::add(
+        &store,
+        "root2",
+        Role::Admin,
+        auditor::model::TenantScope::All,
+        "a-long-password-2".into(),
+    )
+    .await
+    .unwrap();
     users::remove(&store, "root").await.unwrap();
-    let weak = users::add(&store, "weak", Role::Reader, "short".into()).await;
+    let weak = users::add(
+        &store,
+        "weak",
+        Role::Reader,
+        auditor::model::TenantScope::All,
+        "short".into(),
+    )
+    .await;
     assert!(weak.is_err(), "short passwords are refused");
-    let bad_name = users::add(&store, "a:b", Role::Reader, "a-long-password-3".into()).await;
+    let bad_name = users::add(
+        &store,
+        "a:b",
+        Role::Reader,
+        auditor::model::TenantScope::All,
+        "a-long-password-3".into(),
+    )
+    .await;
     assert!(bad_name.is_err(), "`:` cannot appear in a Basic user name");
 }
 

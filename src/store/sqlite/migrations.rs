@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 12] = [
+const FILES: [(&str, &str); 13] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -68,6 +68,10 @@ const FILES: [(&str, &str); 12] = [
         "0012_checkpoint_predecessor.sql",
         include_str!("../migrations/sqlite/0012_checkpoint_predecessor.sql"),
     ),
+    (
+        "0013_user_tenants.sql",
+        include_str!("../migrations/sqlite/0013_user_tenants.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -83,6 +87,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[9].1),
     M::up(FILES[10].1),
     M::up(FILES[11].1),
+    M::up(FILES[12].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

@@ -909,13 +909,14 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let added = conn
                 .prepare_cached(
-                    "INSERT INTO users (name, password_hash, role, created_at) \
-                     VALUES (?, ?, ?, ?)",
+                    "INSERT INTO users (name, password_hash, role, tenant, created_at) \
+                     VALUES (?, ?, ?, ?, ?)",
                 )?
                 .execute(params![
                     user.name,
                     user.password_hash,
                     user.role.as_str(),
+                    user.tenant.as_str(),
                     micros(OffsetDateTime::now_utc()),
                 ]);
             match added {
