@@ -28,16 +28,27 @@ impl From<AuthError> for ApiError {
     }
 }
 
-fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
+/// What a request's `Authorization` header carries.
+enum Presented {
+    /// HTTP Basic: a user name and password.
+    Basic(String, String),
+    /// `Bearer`: an API token.
+    Bearer(String),
+}
+
+fn presented_credentials(parts: &Parts) -> Option<Presented> {
     let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = header.split_once(' ')?;
+    let (scheme, value) = header.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(Presented::Bearer(value.trim().to_owned()));
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = STANDARD.decode(value.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (name, secret) = text.split_once(':')?;
-    Some((name.to_owned(), secret.to_owned()))
+    Some(Presented::Basic(name.to_owned(), secret.to_owned()))
 }
 
 /// The tenant a request names with its `tenant` query parameter, taken out of the query by
@@ -98,8 +109,10 @@ async fn authorise<S: Store>(
     state: &AppState<S>,
     scope: Scope,
 ) -> Result<Principal, ApiError> {
-    let (name, secret) = basic_credentials(parts).ok_or(ApiError::Unauthorized)?;
-    let credential = state.auth.authenticate(&name, secret).await?;
+    let credential = match presented_credentials(parts).ok_or(ApiError::Unauthorized)? {
+        Presented::Basic(name, secret) => state.auth.authenticate(&name, secret).await?,
+        Presented::Bearer(token) => state.auth.authenticate_token(&token).await?,
+    };
     let requested = parts
         .extensions
         .get::<RequestedTenant>()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::password;
 use super::user_cache::UserCache;
-use super::{Credential, CredentialCache};
+use super::{Credential, CredentialCache, tokens};
 use crate::store::{Store, StoreError, UsersWatch};
 
 /// Why a caller was not authenticated. Deliberately one outcome for a wrong name and a wrong
@@ -24,6 +24,9 @@ pub enum AuthError {
 
 /// Checks credentials against the user table of its store, with the successful checks cached.
 pub struct Authenticator<S> {
+    /// Where tokens are looked up, on every request, so that a revocation or an expiry holds at
+    /// once on every instance.
+    store: S,
     users: UserCache<S>,
     cache: CredentialCache,
     /// Verified when the user does not exist, so an unknown name costs what a wrong password does.
@@ -44,12 +47,40 @@ impl<S: Store> Authenticator<S> {
         cache_ttl: Duration,
     ) -> Result<Self, password::HashError> {
         Ok(Self {
+            store: users.clone(),
             users: UserCache::new(users, watch),
             cache: CredentialCache::new(cache_ttl),
             dummy_hash: password::hash(&password::generate())?,
             verifications: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
+        })
+    }
+
+    /// The credential of an API token (`tokens`), or `InvalidCredentials` for a token that is
+    /// unknown, revoked or expired. Its events record `token:<name>` as `recorded_by`.
+    pub async fn authenticate_token(&self, token: &str) -> Result<Credential, AuthError> {
+        if !tokens::has_token_shape(token) {
+            tracing::info!("authentication failed: not an API token");
+            return Err(AuthError::InvalidCredentials);
+        }
+        let Some(record) = self.store.find_token(&tokens::secret_hash(token)).await? else {
+            tracing::info!("authentication failed: unknown API token");
+            return Err(AuthError::InvalidCredentials);
+        };
+        if !record.is_valid_at(time::OffsetDateTime::now_utc()) {
+            let state = if record.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "expired"
+            };
+            tracing::info!(token = %record.name, "authentication failed: {state} API token");
+            return Err(AuthError::InvalidCredentials);
+        }
+        Ok(Credential {
+            name: format!("token:{}", record.name),
+            scopes: record.scopes,
+            tenants: record.tenant,
         })
     }
 

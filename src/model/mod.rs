@@ -9,6 +9,7 @@ pub mod fields;
 pub mod ids;
 pub mod payload;
 pub mod query;
+pub mod token;
 pub mod user;
 
 pub use access::{Scope, Scopes, TenantScope};

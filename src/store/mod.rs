@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use crate::integrity::dropped::DroppedPrefix;
 use crate::integrity::tiles::{TILE_WIDTH, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
+use crate::model::token::{NewToken, TokenRecord};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 
@@ -16,6 +17,7 @@ pub mod pages;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+mod tokens;
 mod users;
 pub mod users_watch;
 
@@ -262,10 +264,31 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Removes a user; `NotFound` if there is none by that name.
     fn remove_user(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// How many users of `role` act in every tenant (`*`).
     fn count_users_with_role(
         &self,
         role: Role,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Stores a token; `Conflict` if the name is taken (by a revoked token too).
+    fn add_token(&self, token: &NewToken) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The token whose secret hashes to `secret_hash`, revoked and expired ones included.
+    fn find_token(
+        &self,
+        secret_hash: &Digest,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
+
+    /// Every token, by name.
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+
+    /// Marks the token revoked at `at` (a token revoked before keeps its first time);
+    /// `NotFound` if there is none by that name.
+    fn revoke_token(
+        &self,
+        name: &str,
+        at: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Starts watching the users table, until `shutdown`, for changes made by anyone: this
     /// process, another instance, `auditor user` in another process, SQL by hand. What was read

@@ -27,12 +27,14 @@ use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Flag, Kind};
+use crate::model::token::{NewToken, TokenRecord};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
     Event, EventId, EventQuery, FIELDS, Field, Filter, Order, Seq, Submission, TenantId,
 };
 
 mod partitions;
+mod tokens;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
@@ -1356,6 +1358,22 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn add_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        self.insert_token(token).await
+    }
+
+    async fn find_token(&self, secret_hash: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        self.select_token(secret_hash).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.select_tokens().await
+    }
+
+    async fn revoke_token(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.mark_token_revoked(name, at).await
     }
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {

@@ -7,8 +7,9 @@ use std::sync::LazyLock;
 use super::{StoreError, corrupt, decode_frontier, decode_role};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::fields::{Cell, Kind, Stored};
+use crate::model::token::TokenRecord;
 use crate::model::user::UserRecord;
-use crate::model::{Event, FIELDS, Seq, TenantId, TenantScope};
+use crate::model::{Event, FIELDS, Scopes, Seq, TenantId, TenantScope};
 
 /// The event columns, in declared order: how both backends select and insert them.
 pub static EVENT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -44,6 +45,21 @@ pub fn user<'r>(row: &mut impl ReadRow<'r>) -> Result<UserRecord, StoreError> {
         role: decode_role(&get::<String>(row, "role")?)?,
         tenant: TenantScope::parse(&get::<String>(row, "tenant")?)
             .map_err(|e| super::corrupt("users.tenant", e))?,
+    })
+}
+
+/// A token from a row of the statements of `store::tokens`.
+pub fn token<'r>(row: &mut impl ReadRow<'r>) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        name: get(row, "name")?,
+        tenant: TenantScope::parse(&get::<String>(row, "tenant")?)
+            .map_err(|e| corrupt("api_tokens.tenant", e))?,
+        scopes: Scopes::parse(&get::<String>(row, "scopes")?)
+            .map_err(|e| corrupt("api_tokens.scopes", e))?,
+        secret_hash: get(row, "secret_hash")?,
+        created_at: get(row, "created_at")?,
+        expires_at: get(row, "expires_at")?,
+        revoked_at: get(row, "revoked_at")?,
     })
 }
 

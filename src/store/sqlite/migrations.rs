@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 13] = [
+const FILES: [(&str, &str); 14] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -72,6 +72,10 @@ const FILES: [(&str, &str); 13] = [
         "0013_user_tenants.sql",
         include_str!("../migrations/sqlite/0013_user_tenants.sql"),
     ),
+    (
+        "0014_api_tokens.sql",
+        include_str!("../migrations/sqlite/0014_api_tokens.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -88,6 +92,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[10].1),
     M::up(FILES[11].1),
     M::up(FILES[12].1),
+    M::up(FILES[13].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

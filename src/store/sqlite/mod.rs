@@ -20,6 +20,7 @@ use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Flag, Kind};
+use crate::model::token::{NewToken, TokenRecord};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
     Event, EventId, EventQuery, FIELDS, Filter, JsonScalar, Order, Seq, Submission, TenantId,
@@ -31,6 +32,7 @@ mod lists;
 mod migrations;
 mod postings;
 mod runs;
+mod tokens;
 
 use connections::{Location, Threads};
 use data_index::sqlite_json_path;
@@ -934,6 +936,22 @@ impl Store for SqliteStore {
             Ok(users_of(select.query([name])?)?.into_iter().next())
         })
         .await
+    }
+
+    async fn add_token(&self, token: &NewToken) -> Result<(), StoreError> {
+        self.insert_token(token).await
+    }
+
+    async fn find_token(&self, secret_hash: &Digest) -> Result<Option<TokenRecord>, StoreError> {
+        self.select_token(secret_hash).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.select_tokens().await
+    }
+
+    async fn revoke_token(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.mark_token_revoked(name, at).await
     }
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
