@@ -116,6 +116,9 @@ impl Location {
     /// `synchronous = FULL`: a commit is on disk before the writer acknowledges it, even across
     /// power loss; group commit amortises the fsync over every event of the batch. Transactions
     /// begin IMMEDIATE (write lock up front), also those of the migration runner.
+    /// `secure_delete` always: whatever a write frees (a moved cell, a split page's old content,
+    /// a page put on the freelist) is zeroed, so that an erased value leaves no stale copy that
+    /// an earlier write left behind (turned on for erasures only, copies from before stayed).
     pub fn open_writer(&self) -> Result<Connection, StoreError> {
         let mut conn =
             self.open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
@@ -128,6 +131,7 @@ impl Location {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "secure_delete", true)?;
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
         conn.set_transaction_behavior(TransactionBehavior::Immediate);

@@ -588,16 +588,11 @@ fn append(
     let erasing = batch
         .iter()
         .any(|submission| submission.events.iter().any(|e| e.erases.is_some()));
-    if erasing {
-        // What an erasure frees (old row and posting cells) is overwritten with zeros.
-        conn.pragma_update(None, "secure_delete", true)?;
-    }
+    // What the erasure frees is zeroed (`secure_delete`, on for the writer's connection); its
+    // old page images leave the WAL too.
     let appended = append_in_transaction(conn, commit_clock, tail, batch, clock);
-    if erasing {
-        conn.pragma_update(None, "secure_delete", false)?;
-        if appended.is_ok() {
-            truncate_wal(conn);
-        }
+    if erasing && appended.is_ok() {
+        truncate_wal(conn);
     }
     appended
 }
