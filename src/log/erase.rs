@@ -8,11 +8,12 @@ use serde::Serialize;
 use super::{AuditLog, LogError, Recorded};
 use crate::auth::Principal;
 use crate::integrity::commitment::{erasable, fully_erased};
+use crate::integrity::erasure_record::erased_ranges;
 use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{
     Action, Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter,
-    NewEvent, Personal, RawEvent, TenantId,
+    NewEvent, Order, Personal, RawEvent, TenantId,
 };
 use crate::store::Store;
 
@@ -65,7 +66,7 @@ impl<S: Store> AuditLog<S> {
         check_not_a_record(&target)?;
         if fully_erased(&target) {
             let record = match target.redacted_at {
-                Some(at) => self.erasure_record(principal, at).await?,
+                Some(at) => self.erasure_record(principal, &target, at).await?,
                 None => None,
             };
             return record
@@ -180,22 +181,44 @@ impl<S: Store> AuditLog<S> {
         }
     }
 
-    /// The erasure record committed at `at`, the `redacted_at` of the events it erased.
+    /// The record of the erasure that left `target` as it is: committed at `at`, its
+    /// `redacted_at`, and naming its `seq` (or, from before records named ranges, its id).
+    /// Several records may share a commit time (erasures committed in one batch).
     async fn erasure_record(
         &self,
         principal: &Principal,
+        target: &Event,
         at: time::OffsetDateTime,
     ) -> Result<Option<Event>, LogError> {
+        let names_target = |record: &Event| {
+            record.recorded_at == at
+                && match record.event_data.as_ref().and_then(erased_ranges) {
+                    Some(ranges) => ranges
+                        .iter()
+                        .any(|(first, last)| (*first..=*last).contains(&target.seq.0)),
+                    None => record.amends == Some(target.id),
+                }
+        };
         for event_type in [ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE] {
-            let query = EventQuery {
+            // A record's `occurred_at` is its commit time.
+            let mut query = EventQuery {
                 filters: vec![Filter::Equals(Field::EventType, event_type.into())],
                 since: Some(at),
                 limit: EventQuery::MAX_LIMIT,
+                order: Order::Asc,
                 ..EventQuery::default()
             };
-            let page = self.query(principal, &query).await?;
-            if let Some(record) = page.events.into_iter().find(|e| e.recorded_at == at) {
-                return Ok(Some(record));
+            loop {
+                let page = self.query(principal, &query).await?;
+                if let Some(record) = page.events.iter().find(|e| names_target(e)) {
+                    return Ok(Some(record.clone()));
+                }
+                match page.events.last() {
+                    Some(last) if page.next_cursor.is_some() && last.recorded_at <= at => {
+                        query.after = Some(last.seq);
+                    }
+                    _ => break,
+                }
             }
         }
         Ok(None)

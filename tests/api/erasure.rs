@@ -410,7 +410,46 @@ async fn erased_values_leave_the_database_files(backend: Backend) {
     }
 }
 
+/// Erasures committed together share a commit time: erasing each event again answers with the
+/// record that names that event, not another of the batch.
+async fn a_repeated_erasure_answers_with_the_record_naming_its_event(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut events = Vec::new();
+    for i in 0..24 {
+        events.push(app.record(personal(&format!("rep{i}"))).await);
+    }
+    let requests: Vec<_> = events
+        .iter()
+        .map(|event| {
+            let path = format!("/events/{}/erase", event["id"].as_str().unwrap());
+            app.request(Method::POST, &path, Some(ADMIN))
+                .json(&json!({"reason": "batch"}))
+        })
+        .collect();
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| tokio::spawn(async move { request.send().await.unwrap().status() }))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 201);
+    }
+    for event in &events {
+        let path = format!("/events/{}/erase", event["id"].as_str().unwrap());
+        let (status, record) = post(&app, &path, ADMIN, json!({"reason": "again"})).await;
+        assert_eq!(status, 200, "{record}");
+        assert_eq!(
+            record["event_data"]["erased"],
+            json!([[event["seq"], event["seq"]]]),
+            "the record of event {}: {record}",
+            event["seq"]
+        );
+    }
+    checkpoint(&app).await;
+    assert_verifies(&app);
+}
+
 crate::both_backends!(
+    a_repeated_erasure_answers_with_the_record_naming_its_event,
     one_event_is_erased_and_the_log_still_verifies,
     a_data_subject_is_erased_across_the_tenant,
     a_subject_erasure_killed_midway_is_all_or_nothing,
