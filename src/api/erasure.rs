@@ -104,7 +104,7 @@ async fn erase_subject<S: Store>(
         _ => {
             return Err(ApiError::Invalid(FieldError::new(
                 "user_identity",
-                "name the data subject by exactly one of user_identity and entity_id",
+                "give exactly one of `user_identity` and `entity_id` to name the data subject",
             )));
         }
     };

@@ -68,11 +68,17 @@ pub fn erased_ranges(data: &Map<String, Value>) -> Option<Vec<(i64, i64)>> {
 #[derive(Debug, Default)]
 pub struct ErasureRecords {
     pending: BTreeMap<OffsetDateTime, Vec<(i64, i64)>>,
+    /// Every erased row read so far, as ascending runs of `seq`s: a record may name only these.
+    all: Vec<(i64, i64)>,
 }
 
 impl ErasureRecords {
     /// Row `seq` was erased by the erasure that committed at `when`; rows come in `seq` order.
     pub fn erased(&mut self, seq: Seq, when: OffsetDateTime) {
+        match self.all.last_mut() {
+            Some((_, last)) if *last + 1 == seq.0 => *last = seq.0,
+            _ => self.all.push((seq.0, seq.0)),
+        }
         let ranges = self.pending.entry(when).or_default();
         match ranges.last_mut() {
             Some((_, last)) if *last + 1 == seq.0 => *last = seq.0,
@@ -109,6 +115,21 @@ impl ErasureRecords {
         } else {
             *ranges = left;
         }
+    }
+
+    /// The first `seq` of `first..=last` that was read and is not erased, if any; `seq`s not
+    /// read yet (at or after `next`) are not judged.
+    pub fn first_not_erased(&self, first: i64, last: i64, next: i64) -> Option<i64> {
+        let last = last.min(next - 1);
+        let mut seq = first;
+        while seq <= last {
+            let run = self.all.partition_point(|(_, end)| *end < seq);
+            match self.all.get(run) {
+                Some((start, end)) if *start <= seq => seq = end.saturating_add(1),
+                _ => return Some(seq),
+            }
+        }
+        None
     }
 
     /// The smallest erased `seq` no record has accounted for.

@@ -182,7 +182,7 @@ impl TenantVerifier {
             ));
         }
         self.check_erasure(event)?;
-        self.match_erasure_record(event);
+        self.match_erasure_record(event)?;
         self.match_drop_record(event)?;
         let leaf = match leaf_hash(event) {
             Ok(leaf) => leaf,
@@ -322,11 +322,28 @@ impl TenantVerifier {
     /// An erasure record accounts for the rows its commit erased: those whose `redacted_at` is
     /// its `recorded_at`, within the `seq` ranges it names (or, for a record from before such
     /// ranges, the one version 1 event it names by id and chain hash).
-    fn match_erasure_record(&mut self, event: &Event) {
+    ///
+    /// Every event a record names must be erased: one that holds its values again was restored.
+    fn match_erasure_record(&mut self, event: &Event) -> Result<(), Problem> {
         if event.event_type != REDACTION_EVENT_TYPE && event.event_type != ERASURE_EVENT_TYPE {
-            return;
+            return Ok(());
         }
         if let Some(ranges) = event.event_data.as_ref().and_then(erased_ranges) {
+            let retained_from = self.dropped.as_ref().map_or(1, |(p, _)| p.through.0 + 1);
+            for &(first, last) in &ranges {
+                if let Some(seq) =
+                    self.erasures
+                        .first_not_erased(first.max(retained_from), last, event.seq.0)
+                {
+                    return Err(self.problem(
+                        Some(event.seq.0),
+                        format!(
+                            "this erasure record names seq {seq}, which is not erased: its \
+                             values were restored"
+                        ),
+                    ));
+                }
+            }
             self.erasures.recorded(event.recorded_at, &ranges);
         } else if event.event_type == REDACTION_EVENT_TYPE
             && let Some(target) = event.amends
@@ -337,6 +354,7 @@ impl TenantVerifier {
             self.erased_by_id.remove(&target);
             self.erasures.recorded(when, &[(seq.0, seq.0)]);
         }
+        Ok(())
     }
 
     /// Checks a checkpoint's signature, origin and predecessor, and that the tree at its size

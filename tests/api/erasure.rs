@@ -448,7 +448,72 @@ async fn a_repeated_erasure_answers_with_the_record_naming_its_event(backend: Ba
     assert_verifies(&app);
 }
 
+/// An attacker who kept an event's values and salt secret from before its erasure and writes
+/// them back (triggers dropped) leaves a valid leaf, but the erasure record still names the
+/// event: verify reports the record.
+async fn values_restored_after_an_erasure_are_caught(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.record(json!({"event_type": "before", "user_identity": "someone"}))
+        .await;
+    let original = app.record(personal("rst4q")).await;
+    app.db
+        .execute("CREATE TABLE saved AS SELECT * FROM events WHERE seq = 2")
+        .await
+        .unwrap();
+    let id = original["id"].as_str().unwrap();
+    let (status, record) = post(
+        &app,
+        &format!("/events/{id}/erase"),
+        ADMIN,
+        json!({"reason": "r"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    checkpoint(&app).await;
+    assert_verifies(&app);
+
+    let drop_trigger = match backend {
+        Backend::Sqlite => "DROP TRIGGER events_are_never_updated",
+        Backend::Postgres => "DROP TRIGGER events_are_never_changed ON events",
+    };
+    app.db.execute(drop_trigger).await.unwrap();
+    app.db
+        .execute(
+            "UPDATE events SET user_identity = s.user_identity, entity_id = s.entity_id, \
+             property = s.property, ip = s.ip, event_data = s.event_data, \
+             idempotency_key = s.idempotency_key, salt_secret = s.salt_secret, erased = NULL, \
+             redacted_at = NULL FROM saved s WHERE events.seq = s.seq AND events.tenant = s.tenant",
+        )
+        .await
+        .unwrap();
+    let report = verify(&app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        !report.status.success(),
+        "the restored values went unnoticed:\n{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "seq {}: this erasure record names seq 2, which is not erased",
+            record["seq"]
+        )),
+        "{out}"
+    );
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let checked = run_documented_checker(&app, &key, None).await;
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success(),
+        "the checker missed the restored values"
+    );
+    assert!(err.contains("names seq 2, which is not erased"), "{err}");
+}
+
 crate::both_backends!(
+    values_restored_after_an_erasure_are_caught,
     a_repeated_erasure_answers_with_the_record_naming_its_event,
     one_event_is_erased_and_the_log_still_verifies,
     a_data_subject_is_erased_across_the_tenant,
