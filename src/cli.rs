@@ -55,6 +55,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage API tokens, the credentials of services (`Authorization: Bearer <token>`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Verify the whole log: every payload hash, leaf, chain link and signed checkpoint.
     /// Reports the first bad `seq` of each tenant and exits non-zero if anything is wrong.
     Verify {
@@ -97,6 +102,31 @@ pub enum KeyCommand {
     /// Print the verifier key of the default tenant's log (signed-note form), generating the
     /// key file first if it does not exist.
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token. It is printed once, alone on the last line of standard output; only its
+    /// SHA-256 is stored.
+    Create {
+        /// Its name: letters, digits, `_`, `-`, `.` and `@`; events it records name it as
+        /// `recorded_by` `token:NAME`.
+        #[arg(long)]
+        name: String,
+        /// The tenant it acts in, or `*` for every tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated: events:write, events:read, events:redact, checkpoints:write, admin.
+        #[arg(long)]
+        scopes: String,
+        /// Lifetime such as 90d, 12h, 30m or 3600s; without it the token lasts until revoked.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token: it stops working at once, on every instance.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,12 +4,12 @@ use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use auditor::auth::users;
-use auditor::cli::{Cli, Command, KeyCommand, UserCommand};
+use auditor::auth::{tokens, users};
+use auditor::cli::{Cli, Command, KeyCommand, TokenCommand, UserCommand};
 use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings};
 use auditor::integrity::verify::{self, Problem, Verified};
 use auditor::integrity::{LogSigner, NoteVerifier, export as log_export};
-use auditor::model::{TenantId, TenantScope};
+use auditor::model::{Scopes, TenantId, TenantScope};
 use auditor::store::Store;
 use auditor::{telemetry, with_store};
 use clap::Parser;
@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { .. } => serve(settings, migrate_on_start).await,
         Command::Migrate => migrate(&settings).await,
         Command::User { command } => user(&settings, command).await,
+        Command::Token { command } => token(&settings, command).await,
         Command::Verify {
             public_keys,
             checkpoints,
@@ -135,6 +136,76 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
             pending.len(),
             settings.database_url
         );
+        Ok(())
+    })
+}
+
+async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()> {
+    with_store!(settings.database_url.expose(), 2, |store| {
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            bail!("the database has pending migrations; run `auditor migrate` first");
+        }
+        match command {
+            TokenCommand::Create {
+                name,
+                tenant,
+                scopes,
+                expires_in,
+            } => {
+                let tenant = TenantScope::parse(&tenant).map_err(|e| anyhow::anyhow!(e))?;
+                let scopes = Scopes::parse(&scopes)
+                    .map_err(|name| anyhow::anyhow!("`{name}` is not a scope"))?;
+                let lifetime = expires_in
+                    .map(|text| tokens::parse_lifetime(&text))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let (record, token) =
+                    tokens::create(&store, &name, tenant, scopes, lifetime).await?;
+                let expiry = record
+                    .expires_at
+                    .map_or("never".to_owned(), |at| at.to_string());
+                println!(
+                    "created token `{name}` for tenant {} with scopes {}, expiring {expiry}; \
+                     it is shown once, below:",
+                    record.tenant, record.scopes
+                );
+                println!("{token}");
+            }
+            TokenCommand::List => {
+                println!(
+                    "{:<24} {:<16} {:<12} {:<32} SCOPES",
+                    "NAME", "TENANT", "STATE", "EXPIRES"
+                );
+                let now = time::OffsetDateTime::now_utc();
+                for token in store.list_tokens().await? {
+                    let state = match (token.revoked_at, token.is_valid_at(now)) {
+                        (Some(_), _) => "revoked",
+                        (None, false) => "expired",
+                        (None, true) => "active",
+                    };
+                    let expires = token
+                        .expires_at
+                        .map_or("never".to_owned(), |at| at.to_string());
+                    println!(
+                        "{:<24} {:<16} {:<12} {:<32} {}",
+                        token.name, token.tenant, state, expires, token.scopes
+                    );
+                }
+            }
+            TokenCommand::Revoke { name } => {
+                store
+                    .revoke_token(&name, time::OffsetDateTime::now_utc())
+                    .await
+                    .map_err(|e| match e {
+                        auditor::store::StoreError::NotFound => {
+                            anyhow::anyhow!("no token named `{name}`")
+                        }
+                        other => other.into(),
+                    })?;
+                println!("revoked token `{name}`");
+            }
+        }
         Ok(())
     })
 }

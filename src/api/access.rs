@@ -172,3 +172,8 @@ access_extractor!(
     CheckpointAccess,
     Scope::CheckpointsWrite
 );
+access_extractor!(
+    /// A caller allowed to manage users and tokens (`admin`).
+    AdminAccess,
+    Scope::Admin
+);

@@ -140,9 +140,14 @@ impl ApiError {
         let headers = response.headers_mut();
         match self {
             Self::Unauthorized => {
-                headers.insert(
+                // Both schemes the API takes (RFC 9110 11.6.1): a user's password, or a token.
+                headers.append(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"auditor\", charset=\"UTF-8\""),
+                );
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"auditor\""),
                 );
             }
             Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {

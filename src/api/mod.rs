@@ -12,6 +12,7 @@ mod events;
 mod health;
 mod proofs;
 mod tiles;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(proofs::router())
         .merge(erasure::router())
         .merge(tiles::router())
+        .merge(tokens::router())
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             deadline(request, next, http.request_timeout)
         }));

@@ -57,6 +57,11 @@ impl<S: Store> Authenticator<S> {
         })
     }
 
+    /// The store credentials are checked against (users and tokens are managed through it).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     /// The credential of an API token (`tokens`), or `InvalidCredentials` for a token that is
     /// unknown, revoked or expired. Its events record `token:<name>` as `recorded_by`.
     pub async fn authenticate_token(&self, token: &str) -> Result<Credential, AuthError> {

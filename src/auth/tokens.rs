@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::validate_user_name;
 use crate::model::token::{NewToken, TokenRecord};
-use crate::model::{Digest, Scopes, TenantScope};
+use crate::model::{Digest, FieldError, Scopes, TenantScope};
 use crate::store::{Store, StoreError};
 
 /// What every token begins with.
@@ -22,8 +22,9 @@ pub const MAX_LIFETIME: time::Duration = time::Duration::days(3_652);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("{0}")]
-    Invalid(String),
+    /// A field of the request: `name`, `scopes` or the lifetime (`expires_in_secs`).
+    #[error("{}", .0.message)]
+    Invalid(FieldError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -58,18 +59,21 @@ pub async fn create<S: Store>(
     scopes: Scopes,
     lifetime: Option<time::Duration>,
 ) -> Result<(TokenRecord, String), TokenError> {
-    validate_user_name(name).map_err(|e| TokenError::Invalid(e.replace("user", "token")))?;
+    validate_user_name(name)
+        .map_err(|e| TokenError::Invalid(FieldError::new("name", e.replace("user", "token"))))?;
     if scopes.is_empty() {
-        return Err(TokenError::Invalid(
-            "a token needs at least one scope".into(),
-        ));
+        return Err(TokenError::Invalid(FieldError::new(
+            "scopes",
+            "a token needs at least one scope",
+        )));
     }
     if let Some(lifetime) = lifetime
         && !(time::Duration::SECOND..=MAX_LIFETIME).contains(&lifetime)
     {
-        return Err(TokenError::Invalid(
-            "a token's lifetime is between 1 second and 3652 days".into(),
-        ));
+        return Err(TokenError::Invalid(FieldError::new(
+            "expires_in_secs",
+            "a token's lifetime is between 1 second and 3652 days",
+        )));
     }
     let token = generate();
     let created_at = crate::model::event::truncate_to_micros(OffsetDateTime::now_utc());

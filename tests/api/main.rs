@@ -21,5 +21,6 @@ mod scale;
 mod store;
 mod tenants;
 mod tiles;
+mod tokens;
 mod upgrade;
 mod validation;

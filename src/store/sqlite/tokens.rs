@@ -1,6 +1,6 @@
 //! The API tokens of the SQLite backend (statements in `store::tokens`).
 
-use rusqlite::params;
+use rusqlite::{named_params, params};
 use time::OffsetDateTime;
 
 use super::{SqliteStore, decode_all, is_unique_violation, micros};
@@ -63,7 +63,8 @@ impl SqliteStore {
         self.write(move |conn| {
             let revoked = conn
                 .prepare_cached(tokens::REVOKE)?
-                .execute(params![name, micros(at)])?;
+                // By name: `$2` comes first in the statement, so it would take position 1.
+                .execute(named_params! {"$1": name, "$2": micros(at)})?;
             if revoked == 0 {
                 return Err(StoreError::NotFound);
             }

@@ -1,0 +1,164 @@
+//! API tokens over HTTP, for admins (`admin` scope): `POST /admin/tokens` creates one and shows
+//! it once, `GET /admin/tokens` lists them (never a secret), `DELETE /admin/tokens/{name}`
+//! revokes one. An admin of one tenant sees and makes tokens of that tenant only.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::access::AdminAccess;
+use super::body::{JsonBytes, parse};
+use super::{ApiError, AppState};
+use crate::auth::Principal;
+use crate::auth::tokens::{self, TokenError};
+use crate::model::token::TokenRecord;
+use crate::model::{FieldError, Scopes, TenantScope};
+use crate::store::{Store, StoreError};
+
+pub fn router<S: Store>() -> Router<AppState<S>> {
+    Router::new()
+        .route("/admin/tokens", post(create::<S>).get(list::<S>))
+        .route("/admin/tokens/{name}", delete(revoke::<S>))
+}
+
+/// Scopes as a JSON array of names, or one string of names separated by spaces (RFC 9068).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeList {
+    Names(Vec<String>),
+    Text(String),
+}
+
+/// `{"name", "tenant", "scopes", "expires_in_secs"}`; `tenant` defaults to the one the request
+/// acts in, and without `expires_in_secs` the token lasts until revoked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenBody {
+    name: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    scopes: ScopeList,
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+/// A created token: its record and, this once, the token.
+#[derive(Serialize)]
+struct Created {
+    #[serde(flatten)]
+    record: TokenRecord,
+    token: String,
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Invalid(error) => Self::Invalid(error),
+            TokenError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// Whether the admin's credential covers tokens of `tenant`: an admin of every tenant covers
+/// all; an admin of one tenant only that tenant's tokens.
+fn covers(principal: &Principal, tenant: &TenantScope) -> bool {
+    match tenant {
+        TenantScope::All => principal.tenants == TenantScope::All,
+        TenantScope::One(tenant) => principal.tenants.admits(tenant),
+    }
+}
+
+/// `201` with the token's record and the token, shown this once.
+async fn create<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+    JsonBytes(body): JsonBytes,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let body: NewTokenBody = parse(&body)?;
+    let tenant = match body.tenant {
+        Some(text) => TenantScope::parse(&text)
+            .map_err(|e| ApiError::Invalid(FieldError::new("tenant", e)))?,
+        None => TenantScope::One(principal.tenant.clone()),
+    };
+    if !covers(&principal, &tenant) {
+        return Err(ApiError::Forbidden(format!(
+            "these credentials may not make tokens of tenant `{tenant}`"
+        )));
+    }
+    let scopes = match body.scopes {
+        ScopeList::Names(names) => Scopes::parse(&names.join(" ")),
+        ScopeList::Text(text) => Scopes::parse(&text),
+    }
+    .map_err(|name| {
+        ApiError::Invalid(FieldError::new(
+            "scopes",
+            format!("`{name}` is not a scope"),
+        ))
+    })?;
+    let lifetime = body
+        .expires_in_secs
+        .map(|secs| i64::try_from(secs).map(time::Duration::seconds))
+        .transpose()
+        .map_err(|_| ApiError::Invalid(FieldError::new("expires_in_secs", "is too large")))?;
+    let (record, token) =
+        tokens::create(state.auth.store(), &body.name, tenant, scopes, lifetime).await?;
+    tracing::info!(token = %record.name, tenant = %record.tenant, by = %principal.name, "API token created");
+    Ok((StatusCode::CREATED, Json(Created { record, token })))
+}
+
+#[derive(Serialize)]
+struct TokenList {
+    tokens: Vec<TokenRecord>,
+}
+
+/// `200` with `{"tokens": [...]}`: those the admin covers, by name.
+async fn list<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+) -> Result<Json<TokenList>, ApiError> {
+    let tokens = state
+        .auth
+        .store()
+        .list_tokens()
+        .await?
+        .into_iter()
+        .filter(|token| covers(&principal, &token.tenant))
+        .collect();
+    Ok(Json(TokenList { tokens }))
+}
+
+/// `200` with the revoked token's record; `404` for a token the admin does not cover or that
+/// does not exist. Revoking a revoked token keeps its first revocation time.
+async fn revoke<S: Store>(
+    State(state): State<AppState<S>>,
+    AdminAccess(principal): AdminAccess,
+    Path(name): Path<String>,
+) -> Result<Json<TokenRecord>, ApiError> {
+    let store = state.auth.store();
+    let not_found = || ApiError::NotFound(format!("no token named `{name}`"));
+    let covered = store
+        .list_tokens()
+        .await?
+        .into_iter()
+        .any(|token| token.name == name && covers(&principal, &token.tenant));
+    if !covered {
+        return Err(not_found());
+    }
+    store
+        .revoke_token(&name, time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|error| match error {
+            StoreError::NotFound => not_found(),
+            other => other.into(),
+        })?;
+    tracing::info!(token = %name, by = %principal.name, "API token revoked");
+    store
+        .list_tokens()
+        .await?
+        .into_iter()
+        .find(|token| token.name == name)
+        .map(Json)
+        .ok_or_else(not_found)
+}
