@@ -1003,20 +1003,8 @@ mod tests {
             frontier,
         };
         let payload = crate::integrity::dropped::record_payload(Seq(1), &prefix, "p", "test");
-        let raw = RawEvent {
-            event_type: DROP_EVENT_TYPE.into(),
-            user_identity: "auditor-retention".into(),
-            action: None,
-            entity: None,
-            entity_id: None,
-            property: None,
-            source: None,
-            ip: None,
-            outcome: None,
-            occurred_at: None,
-            event_data: Some(serde_json::value::to_raw_value(&payload).unwrap()),
-            idempotency_key: None,
-        };
+        let data = serde_json::value::to_raw_value(&payload).unwrap();
+        let raw = RawEvent::service_record(DROP_EVENT_TYPE, "auditor-retention", data);
         let record = NewEvent::parse_own(raw, &Limits::default()).unwrap();
         let fingerprint = record.fingerprint();
         let linked = chain_events(&mut head, &tenant, "r", now, vec![(record, fingerprint)]);

@@ -12,8 +12,8 @@ use crate::integrity::erasure_record::erased_ranges;
 use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{
-    Action, Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter,
-    NewEvent, Order, Personal, RawEvent, TenantId,
+    Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter, NewEvent,
+    Order, Personal, RawEvent, TenantId,
 };
 use crate::store::Store;
 
@@ -281,18 +281,8 @@ impl<S: Store> AuditLog<S> {
         let placeholder = serde_json::value::to_raw_value(&serde_json::json!({ "reason": reason }))
             .map_err(|e| LogError::Internal(e.into()))?;
         let raw = RawEvent {
-            event_type: event_type.into(),
-            user_identity: actor.to_owned(),
-            action: Some(Action::Delete),
             entity: target.and_then(|t| t.entity.clone()),
-            entity_id: None,
-            property: None,
-            source: None,
-            ip: None,
-            outcome: None,
-            occurred_at: None,
-            event_data: Some(placeholder),
-            idempotency_key: None,
+            ..RawEvent::service_record(event_type, actor, placeholder)
         };
         let mut record =
             NewEvent::parse_own(raw, &self.limits).map_err(|e| match e.field.as_str() {

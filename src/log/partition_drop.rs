@@ -10,7 +10,7 @@ use super::{AuditLog, LogError};
 use crate::integrity::Frontier;
 use crate::integrity::dropped::{DROP_EVENT_TYPE, DroppedPrefix, record_payload, stored_leaves};
 use crate::integrity::tiles::TILE_WIDTH;
-use crate::model::event::{Action, RawEvent};
+use crate::model::event::RawEvent;
 use crate::model::{NewEvent, Submission, TenantId};
 use crate::store::{MonthPartition, PartitionRange, Store, StoreError};
 
@@ -146,23 +146,9 @@ impl<S: Store> AuditLog<S> {
         reason: &str,
     ) -> Result<Submission, LogError> {
         let payload = record_payload(range.first, prefix, &partition.name, reason);
-        let raw = RawEvent {
-            event_type: DROP_EVENT_TYPE.into(),
-            user_identity: RETENTION_ACTOR.into(),
-            action: Some(Action::Delete),
-            entity: None,
-            entity_id: None,
-            property: None,
-            source: None,
-            ip: None,
-            outcome: None,
-            occurred_at: None,
-            event_data: Some(
-                serde_json::value::to_raw_value(&payload)
-                    .map_err(|e| LogError::Internal(e.into()))?,
-            ),
-            idempotency_key: None,
-        };
+        let data =
+            serde_json::value::to_raw_value(&payload).map_err(|e| LogError::Internal(e.into()))?;
+        let raw = RawEvent::service_record(DROP_EVENT_TYPE, RETENTION_ACTOR, data);
         let record = NewEvent::parse_own(raw, &self.limits).map_err(LogError::Invalid)?;
         Ok(Submission {
             tenant: range.tenant.clone(),

@@ -98,6 +98,27 @@ pub struct RawEvent {
     pub idempotency_key: Option<String>,
 }
 
+impl RawEvent {
+    /// A record the service writes about its own work (an erasure, a dropped partition): of
+    /// `event_type`, by `actor`, `action` `delete`, with `event_data` and nothing else.
+    pub fn service_record(event_type: &str, actor: &str, event_data: Box<RawValue>) -> Self {
+        Self {
+            event_type: event_type.to_owned(),
+            user_identity: actor.to_owned(),
+            action: Some(Action::Delete),
+            entity: None,
+            entity_id: None,
+            property: None,
+            source: None,
+            ip: None,
+            outcome: None,
+            occurred_at: None,
+            event_data: Some(event_data),
+            idempotency_key: None,
+        }
+    }
+}
+
 /// An RFC 3339 timestamp, refusing a leap second (`23:59:60`), which neither database can hold
 /// and which the `time` crate would silently turn into `23:59:59.999999999`.
 pub fn parse_rfc3339(text: &str) -> Result<OffsetDateTime, &'static str> {
