@@ -383,37 +383,39 @@ fn events(event_type: &str, count: usize) -> serde_json::Value {
         .collect()
 }
 
+/// A database whose `old` tenants (the first 300 events, the others 10) recorded events 100 days
+/// ago, and whose `new` tenants 250 events now; and the old month's partition.
+async fn with_an_old_month(old: &[&str], new: &[&str]) -> (TestDb, String) {
+    use crate::helpers::submission;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.postgres().await;
+    store.migrate().await.unwrap();
+    let long_ago = OffsetDateTime::now_utc() - time::Duration::days(100);
+    let old: Vec<_> = old
+        .iter()
+        .enumerate()
+        .map(|(i, tenant)| submission(tenant, events("old", if i == 0 { 300 } else { 10 })))
+        .collect();
+    store.append_at(&old, long_ago).await.unwrap();
+    let new: Vec<_> = new
+        .iter()
+        .map(|tenant| submission(tenant, events("new", 250)))
+        .collect();
+    store.append(&new).await.unwrap();
+    (db, partition_name(long_ago.date()))
+}
+
 /// Retention drops a month partition that every tenant in it has outlived, once their events
 /// there are in full tiles under a signed checkpoint: one `audit.dropped` record per tenant, the
 /// rows and their idempotency keys gone, and the log verifies from its first retained event,
 /// online and from an export; altering what the drop left behind is caught.
 #[tokio::test]
 async fn retention_drops_a_month_every_tenant_in_it_has_outlived() {
-    use crate::helpers::{settings_for, spawn_with, submission};
+    use crate::helpers::{settings_for, spawn_with};
     use crate::integrity::{export, run_documented_checker, verify, verify_offline};
 
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = db.postgres().await;
-    store.migrate().await.unwrap();
-    let long_ago = OffsetDateTime::now_utc() - time::Duration::days(100);
-    store
-        .append_at(
-            &[
-                submission("default", events("old", 300)),
-                submission("other", events("old", 10)),
-            ],
-            long_ago,
-        )
-        .await
-        .unwrap();
-    store
-        .append(&[
-            submission("default", events("new", 250)),
-            submission("other", events("new", 250)),
-        ])
-        .await
-        .unwrap();
-    let old_month = partition_name(long_ago.date());
+    let (db, old_month) = with_an_old_month(&["default", "other"], &["default", "other"]).await;
     let mut settings = settings_for(&db);
     settings.retention.max_age_days = 30;
     settings.retention.check_interval_secs = 1;
@@ -521,27 +523,9 @@ async fn retention_drops_a_month_every_tenant_in_it_has_outlived() {
 /// lose their personal fields, but the partition is not dropped.
 #[tokio::test]
 async fn a_month_stays_while_a_tenant_in_it_keeps_its_events() {
-    use crate::helpers::{settings_for, spawn_with, submission};
+    use crate::helpers::{settings_for, spawn_with};
 
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = db.postgres().await;
-    store.migrate().await.unwrap();
-    let long_ago = OffsetDateTime::now_utc() - time::Duration::days(100);
-    store
-        .append_at(
-            &[
-                submission("default", events("old", 300)),
-                submission("keeper", events("old", 10)),
-            ],
-            long_ago,
-        )
-        .await
-        .unwrap();
-    store
-        .append(&[submission("default", events("new", 250))])
-        .await
-        .unwrap();
-    let old_month = partition_name(long_ago.date());
+    let (db, old_month) = with_an_old_month(&["default", "keeper"], &["default"]).await;
     let mut settings = settings_for(&db);
     settings.retention.max_age_days = 30;
     settings.retention.tenants.insert("keeper".into(), 0);
