@@ -197,6 +197,7 @@ impl From<LogError> for ApiError {
             LogError::InvalidQuery(e) => Self::InvalidQuery(e),
             LogError::NotFound(message) => Self::NotFound(message),
             LogError::Conflict(message) => Self::Conflict(message),
+            LogError::NothingErased => Self::Conflict(LogError::NothingErased.to_string()),
             LogError::IdempotencyConflict(key) => Self::IdempotencyConflict(key),
             LogError::Write(e) => e.into(),
             LogError::Store(e) => e.into(),

@@ -48,8 +48,16 @@ impl<S: Store> AuditLog<S> {
             };
             return Err(LogError::Conflict(message));
         }
-        self.record_erasure(principal, REDACTION_EVENT_TYPE, &target, reason)
+        match self
+            .record_erasure(principal, REDACTION_EVENT_TYPE, &target, reason)
             .await
+        {
+            // Another erasure took the payload first.
+            Err(LogError::NothingErased) => Err(LogError::Conflict(format!(
+                "event {id} is already redacted"
+            ))),
+            other => other,
+        }
     }
 
     /// Erases every personal field of one event (`POST /events/{id}/erase`, `DELETE
@@ -62,31 +70,37 @@ impl<S: Store> AuditLog<S> {
         id: EventId,
         reason: String,
     ) -> Result<Recorded, LogError> {
-        let target = self.get(principal, id).await?;
+        let mut target = self.get(principal, id).await?;
         check_not_a_record(&target)?;
-        if fully_erased(&target) {
-            let record = match target.redacted_at {
-                Some(at) => self.erasure_record(principal, &target, at).await?,
-                None => None,
-            };
-            return record
-                .map(|record| Recorded {
-                    created: false,
-                    events: vec![record],
-                    replayed: vec![true],
-                })
-                .ok_or_else(|| {
-                    LogError::Conflict(match target.leaf_version {
-                        1 => format!(
-                            "event {id} was recorded with leaf version 1, whose leaf holds its \
-                             fields as they are: only a payload can be erased, and it has none"
-                        ),
-                        _ => format!("event {id} holds no personal data to erase"),
-                    })
-                });
+        if !fully_erased(&target) {
+            match self
+                .record_erasure(principal, ERASURE_EVENT_TYPE, &target, reason)
+                .await
+            {
+                // Another erasure, committed first, took what was left: answer with its record.
+                Err(LogError::NothingErased) => target = self.get(principal, id).await?,
+                other => return other,
+            }
         }
-        self.record_erasure(principal, ERASURE_EVENT_TYPE, &target, reason)
-            .await
+        let record = match target.redacted_at {
+            Some(at) => self.erasure_record(principal, &target, at).await?,
+            None => None,
+        };
+        record
+            .map(|record| Recorded {
+                created: false,
+                events: vec![record],
+                replayed: vec![true],
+            })
+            .ok_or_else(|| {
+                LogError::Conflict(match target.leaf_version {
+                    1 => format!(
+                        "event {id} was recorded with leaf version 1, whose leaf holds its \
+                         fields as they are: only a payload can be erased, and it has none"
+                    ),
+                    _ => format!("event {id} holds no personal data to erase"),
+                })
+            })
     }
 
     /// Erases every personal field of every event of the tenant whose `field` (`user_identity`
@@ -118,7 +132,7 @@ impl<S: Store> AuditLog<S> {
             });
         }
         let targets = ErasureTargets::Subject(field, value.clone());
-        let record = self
+        let appended = self
             .append_erasure(
                 Self::tenant_of(principal),
                 &principal.name,
@@ -127,7 +141,19 @@ impl<S: Store> AuditLog<S> {
                 None,
                 reason,
             )
-            .await?;
+            .await;
+        let record = match appended {
+            // Another erasure of the subject, committed first, left nothing.
+            Err(LogError::NothingErased) => {
+                let (_, kept) = self.subject_events(principal, filter_field, &value).await?;
+                return Ok(SubjectErasure {
+                    erased: 0,
+                    record: None,
+                    kept_in_version_1_leaves: kept,
+                });
+            }
+            other => other?,
+        };
         let erased = record
             .event_data
             .as_ref()
@@ -250,7 +276,8 @@ impl<S: Store> AuditLog<S> {
     }
 
     /// Appends the record of an erasure of `targets` to `tenant`'s log, by `actor`; its commit
-    /// erases them. `target` is the one event erased, when there is one: the record names it by
+    /// erases them. `NothingErased` (and nothing recorded) when another erasure, committed
+    /// first, left nothing of them to erase. `target` is the one event erased, when there is one: the record names it by
     /// `amends` and `amends_hash`, and the fields erased are those it holds (every personal one
     /// otherwise).
     pub(super) async fn append_erasure(

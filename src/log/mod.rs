@@ -58,6 +58,10 @@ pub enum LogError {
     /// The operation contradicts the log's state (e.g. redacting a redacted event).
     #[error("{0}")]
     Conflict(String),
+    /// An erasure found nothing left to erase: another erasure, committed first, took it.
+    /// Callers that erase answer with what that erasure left instead.
+    #[error("nothing is left to erase")]
+    NothingErased,
     /// The idempotency key was used before for different content.
     #[error("idempotency key `{0}` was already used for a different event")]
     IdempotencyConflict(String),

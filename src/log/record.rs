@@ -100,6 +100,7 @@ impl<S: Store> AuditLog<S> {
                 events,
             }),
             Appended::KeyConflict(key) => Err(LogError::IdempotencyConflict(key)),
+            Appended::NothingErased => Err(LogError::NothingErased),
         }
     }
 

@@ -102,18 +102,25 @@ impl<S: Store> AuditLog<S> {
             });
         };
         let targets = ErasureTargets::Range(*first, *through);
-        self.append_erasure(
-            tenant.clone(),
-            RETENTION_ACTOR,
-            ERASURE_EVENT_TYPE,
-            targets,
-            None,
-            reason.to_owned(),
-        )
-        .await?;
+        let erased = match self
+            .append_erasure(
+                tenant.clone(),
+                RETENTION_ACTOR,
+                ERASURE_EVENT_TYPE,
+                targets,
+                None,
+                reason.to_owned(),
+            )
+            .await
+        {
+            Ok(_) => due.len() as u64,
+            // Another instance's retention erased the batch first.
+            Err(LogError::NothingErased) => 0,
+            Err(error) => return Err(error),
+        };
         Ok(RetentionStep::Continued {
             through: last.seq,
-            erased: due.len() as u64,
+            erased,
         })
     }
 

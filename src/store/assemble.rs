@@ -161,14 +161,15 @@ pub fn assemble(
 }
 
 /// Erases the fields `erasure` names from its targets (as an earlier erasure of the same batch
-/// left them), adding the changes to `done`, and returns the record's payload.
+/// left them), adding the changes to `done`, and returns the record's payload; `None` when no
+/// target had anything left to erase.
 fn erase_targets(
     tenant: &TenantId,
     erasure: &crate::model::Erasure,
     targets: &Targets,
     recorded_at: OffsetDateTime,
     done: &mut Assembled,
-) -> Result<serde_json::Map<String, serde_json::Value>, CommitmentError> {
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, CommitmentError> {
     let stored = targets
         .get(&(tenant.clone(), erasure.targets.clone()))
         .map(Vec::as_slice)
@@ -191,11 +192,14 @@ fn erase_targets(
             done.erasures.push((current.clone(), after));
         }
     }
-    Ok(record_payload(
+    if erased_seqs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(record_payload(
         &ranges(erased_seqs),
         &erasure.fields,
         &erasure.reason,
-    ))
+    )))
 }
 
 fn assemble_one(
@@ -233,9 +237,17 @@ fn assemble_one(
         return Ok(Appended::Replayed(slots.into_iter().flatten().collect()));
     }
     let tenant = &submission.tenant;
+    let erasures_before = done.erasures.len();
     for (event, _) in &mut fresh {
         if let Some(erasure) = &event.erases {
-            event.event_data = Some(erase_targets(tenant, erasure, targets, recorded_at, done)?);
+            match erase_targets(tenant, erasure, targets, recorded_at, done)? {
+                Some(payload) => event.event_data = Some(payload),
+                // A record naming nothing would only say that a race was lost.
+                None => {
+                    done.erasures.truncate(erasures_before);
+                    return Ok(Appended::NothingErased);
+                }
+            }
         }
     }
     let head = heads.entry(tenant.clone()).or_insert_with(Chained::genesis);

@@ -97,6 +97,9 @@ pub enum Appended {
     Replayed(Vec<Event>),
     /// An idempotency key was reused with different content; nothing of the submission was kept.
     KeyConflict(String),
+    /// The submission was the record of an erasure that found nothing left to erase (another
+    /// erasure, committed first, took it); nothing was recorded.
+    NothingErased,
 }
 
 pub trait Store: Clone + Send + Sync + 'static {
