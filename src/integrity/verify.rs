@@ -7,11 +7,13 @@ use std::collections::{HashMap, VecDeque};
 use super::chain::{chain_hash, event_data_hash, leaf_hash};
 use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text, predecessor_line};
 use super::dropped::{DROP_EVENT_TYPE, DroppedPrefix, ExportedPrefix, parse_record, stored_leaves};
-use super::erasure_record::{ErasureRecords, erased_ranges};
+use super::erasure_record::{
+    ErasureRecords, erased_ranges, field_bits, field_names, record_fields,
+};
 use super::merkle::Frontier;
 use super::tiles::{FullTile, TILE_WIDTH, Tile, TileKind};
 use crate::model::Digest;
-use crate::model::{Event, EventId, Seq, TenantId};
+use crate::model::{Event, EventId, Personal, Seq, TenantId};
 
 /// The redaction event type: an erasure of one event's payload. Before the erasure records
 /// named `seq` ranges, it named its one target by `amends` and `amends_hash` only.
@@ -288,7 +290,8 @@ impl TenantVerifier {
                 (None, Some(when)) if event.event_data_hash.is_some() => {
                     self.erased_by_id
                         .insert(event.id, (event.seq, event.hash, when));
-                    self.erasures.erased(event.seq, when);
+                    self.erasures
+                        .erased(event.seq, when, field_bits([Personal::EventData]));
                 }
                 (None, Some(_)) => {
                     return Err(self.problem(at, "marked redacted but never had a payload"));
@@ -304,7 +307,15 @@ impl TenantVerifier {
             return Err(self.problem(at, "a version 2 event has an unsalted event_data_hash"));
         }
         match (&event.erased, event.redacted_at, &event.salt_secret) {
-            (Some(_), Some(when), None) => self.erasures.erased(event.seq, when),
+            (Some(erased), Some(when), None) => {
+                let lost = field_bits(
+                    erased
+                        .commitments
+                        .keys()
+                        .filter_map(|name| Personal::parse(name)),
+                );
+                self.erasures.erased(event.seq, when, lost);
+            }
             (Some(_), None, _) => {
                 return Err(self.problem(at, "fields were erased but redacted_at is not set"));
             }
@@ -344,7 +355,17 @@ impl TenantVerifier {
                     ));
                 }
             }
-            self.erasures.recorded(event.recorded_at, &ranges);
+            let named = event.event_data.as_ref().map_or(0, record_fields);
+            if let Err(beyond) = self.erasures.recorded(event.recorded_at, &ranges, named) {
+                return Err(self.problem(
+                    Some(event.seq.0),
+                    format!(
+                        "events erased in this record's commit lost fields no record of it \
+                         names: {}",
+                        field_names(beyond).join(", ")
+                    ),
+                ));
+            }
         } else if event.event_type == REDACTION_EVENT_TYPE
             && let Some(target) = event.amends
             && let Some((seq, hash, when)) = self.erased_by_id.get(&target).copied()
@@ -352,7 +373,18 @@ impl TenantVerifier {
             && event.recorded_at == when
         {
             self.erased_by_id.remove(&target);
-            self.erasures.recorded(when, &[(seq.0, seq.0)]);
+            // A version 1 event loses its payload only, which such a record stands for.
+            let payload = field_bits([Personal::EventData]);
+            if self
+                .erasures
+                .recorded(when, &[(seq.0, seq.0)], payload)
+                .is_err()
+            {
+                return Err(self.problem(
+                    Some(event.seq.0),
+                    "an event this redaction names lost more than its payload",
+                ));
+            }
         }
         Ok(())
     }

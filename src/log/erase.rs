@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{AuditLog, LogError, Recorded};
 use crate::auth::Principal;
-use crate::integrity::commitment::{erasable, fully_erased};
+use crate::integrity::commitment::fully_erased;
 use crate::integrity::erasure_record::erased_ranges;
 use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
@@ -277,9 +277,8 @@ impl<S: Store> AuditLog<S> {
 
     /// Appends the record of an erasure of `targets` to `tenant`'s log, by `actor`; its commit
     /// erases them. `NothingErased` (and nothing recorded) when another erasure, committed
-    /// first, left nothing of them to erase. `target` is the one event erased, when there is one: the record names it by
-    /// `amends` and `amends_hash`, and the fields erased are those it holds (every personal one
-    /// otherwise).
+    /// first, left nothing of them to erase. `target` is the one event erased, when there is
+    /// one: the record names it by `amends` and `amends_hash`.
     pub(super) async fn append_erasure(
         &self,
         tenant: TenantId,
@@ -295,13 +294,12 @@ impl<S: Store> AuditLog<S> {
                 "must not be empty",
             )));
         }
-        let fields = match (event_type, target) {
-            (REDACTION_EVENT_TYPE, _) => vec![Personal::EventData],
-            (_, Some(target)) => Personal::ALL
-                .into_iter()
-                .filter(|field| erasable(target, *field))
-                .collect(),
-            (_, None) => Personal::ALL.to_vec(),
+        // What the erasure applies to, whatever the targets still hold: a redaction takes the
+        // payload, any other erasure every personal field. Verify holds the fields an event lost
+        // to those its record names.
+        let fields = match event_type {
+            REDACTION_EVENT_TYPE => vec![Personal::EventData],
+            _ => Personal::ALL.to_vec(),
         };
         // The reason is checked as a payload would be (length, characters) before it is
         // written into the record's.

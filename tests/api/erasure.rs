@@ -528,7 +528,75 @@ async fn values_restored_after_an_erasure_are_caught(backend: Backend) {
     assert!(err.contains("names seq 2, which is not erased"), "{err}");
 }
 
+/// A redaction takes the payload alone. An UPDATE the triggers allow that takes more of a
+/// redacted event (its commitment computed from the salt served before) leaves a valid leaf, but
+/// verify reports the fields no record names; an honest erasure after a redaction is no problem.
+async fn fields_erased_beyond_their_record_are_caught(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.record(json!({"event_type": "before", "user_identity": "someone"}))
+        .await;
+    let attacked = app.record(personal("fx7k")).await;
+    let honest = app.record(personal("fx8k")).await;
+    for (event, action) in [
+        (&honest, "redact"),
+        (&honest, "erase"),
+        (&attacked, "redact"),
+    ] {
+        let path = format!("/events/{}/{action}", event["id"].as_str().unwrap());
+        let (status, record) = post(&app, &path, ADMIN, json!({"reason": "r"})).await;
+        assert_eq!(status, 201, "{action}: {record}");
+    }
+    checkpoint(&app).await;
+    assert_verifies(&app);
+
+    let redacted = app
+        .get_ok(&format!("/events/{}", attacked["id"].as_str().unwrap()))
+        .await;
+    let mut erased = redacted["erased"].clone();
+    let salt = hex::decode(erased["salts"]["user_identity"].as_str().unwrap()).unwrap();
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(&salt);
+    hasher.update(b"\"fx7k@example.com\"");
+    erased["commitments"]["user_identity"] = json!(hex::encode(hasher.finalize()));
+    erased["salts"]
+        .as_object_mut()
+        .unwrap()
+        .remove("user_identity");
+    app.db
+        .execute(&format!(
+            "UPDATE events SET user_identity = NULL, erased = '{erased}' WHERE seq = {}",
+            attacked["seq"]
+        ))
+        .await
+        .unwrap();
+    let report = verify(&app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        !report.status.success(),
+        "the extra erasure went unnoticed:\n{out}"
+    );
+    assert!(
+        out.contains("lost fields no record of it names: user_identity"),
+        "{out}"
+    );
+    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let checked = run_documented_checker(&app, &key, None).await;
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success(),
+        "the checker missed the extra erasure"
+    );
+    assert!(
+        err.contains("['user_identity'] lost, which no record names"),
+        "{err}"
+    );
+}
+
 crate::both_backends!(
+    fields_erased_beyond_their_record_are_caught,
     values_restored_after_an_erasure_are_caught,
     a_repeated_erasure_answers_with_the_record_naming_its_event,
     one_event_is_erased_and_the_log_still_verifies,
