@@ -338,7 +338,8 @@ fn check_not_a_record(target: &Event) -> Result<(), LogError> {
     if target.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX) {
         return Err(LogError::Conflict(format!(
             "event {} is one of the service's own `{RESERVED_EVENT_TYPE_PREFIX}*` records, which \
-             are kept whole; an erasure record's reason should hold no personal data",
+             are kept whole and cannot be erased (which is why the reason given for an erasure \
+             should hold no personal data)",
             target.id
         )));
     }
