@@ -220,7 +220,13 @@ fn assemble_one(
             .as_ref()
             .and_then(|key| known.get(&(submission.tenant.clone(), key.clone())));
         match replay {
-            Some(previous) if same_request(previous, &fingerprint) => {
+            // The caller is part of what is compared: another caller replaying a body under
+            // its key is refused, so that nobody gets someone else's event or can claim a key
+            // before its rightful caller.
+            Some(previous)
+                if previous.recorded_by == submission.recorded_by
+                    && same_request(previous, &fingerprint) =>
+            {
                 slots.push(Some(previous.clone()))
             }
             Some(previous) => {

@@ -46,7 +46,9 @@ async fn a_large_stream_is_committed_in_chunks(backend: Backend) {
 
 async fn bad_lines_are_refused_and_the_rest_committed(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.record(json!({"event_type": "a", "user_identity": "u", "idempotency_key": "known", "event_data": {"n": 1}})).await;
+    // Recorded by the caller of the upload: another caller's key would be a conflict.
+    let known = json!({"event_type": "a", "user_identity": "u", "idempotency_key": "known", "event_data": {"n": 1}});
+    assert_eq!(app.post_json("/events", WRITER, &known).await.status(), 201);
     let body = [
         r#"{"event_type":"a","user_identity":"u1"}"#,
         r#"{"event_type":"a"}"#,

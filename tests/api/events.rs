@@ -131,8 +131,31 @@ async fn a_retried_post_with_the_same_key_returns_the_original(backend: Backend)
     let error: Value = conflict.json().await.unwrap();
     assert_eq!(error["error"]["code"], "idempotency_conflict");
 
+    // Another caller with the same key and body gets a conflict, never the first caller's
+    // event; the rightful caller still gets it back.
+    let other = app.post_json("/events", ADMIN, &body).await;
+    assert_eq!(other.status(), 409);
+    let error: Value = other.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "idempotency_conflict");
+    assert!(!error.to_string().contains(first["id"].as_str().unwrap()));
+    let retry = app.post_json("/events", WRITER, &body).await;
+    assert_eq!(retry.status(), 200);
+
     let all = app.get_ok("/events").await;
     assert_eq!(all["events"].as_array().unwrap().len(), 1);
+}
+
+/// A key claimed first by another caller does not let it take the rightful caller's event:
+/// the second caller's own write under that key is refused, not answered with the first's.
+async fn a_key_is_not_shared_between_callers(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = json!({"event_type": "billed", "user_identity": "acme", "idempotency_key": "k-7"});
+    let claimed = app.post_json("/events", ADMIN, &body).await;
+    assert_eq!(claimed.status(), 201);
+    let refused = app.post_json("/events", WRITER, &body).await;
+    assert_eq!(refused.status(), 409);
+    let batch = app.post_json("/events", WRITER, &json!([body])).await;
+    assert_eq!(batch.status(), 409, "in an array too");
 }
 
 async fn a_batch_replays_known_keys_and_rejects_duplicate_keys(backend: Backend) {
@@ -188,6 +211,7 @@ crate::both_backends!(
     an_event_is_found_by_id_or_is_404,
     an_array_is_committed_atomically,
     a_retried_post_with_the_same_key_returns_the_original,
+    a_key_is_not_shared_between_callers,
     a_batch_replays_known_keys_and_rejects_duplicate_keys,
     concurrent_posts_get_gapless_seqs_and_a_valid_chain,
 );

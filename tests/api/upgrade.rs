@@ -84,13 +84,18 @@ fn as_answered(mut events: Vec<Event>) -> Vec<Event> {
 }
 
 /// The first event of the fixture as its client sent it, with its idempotency key.
+/// The fixture's first request again, by its caller (`admin`; the caller is part of what a
+/// retry must repeat).
 fn first_event_again(event_type: &str) -> Submission {
-    submission(json!({
-        "event_type": event_type, "user_identity": "alice", "action": "read",
-        "entity": "session", "entity_id": "s-1", "outcome": "success", "ip": "192.0.2.1",
-        "source": "web", "idempotency_key": "k-1",
-        "event_data": {"plan": {"tier": "gold"}, "n": 7, "ok": true, "none": null, "f": 1.5}
-    }))
+    Submission {
+        recorded_by: "admin".into(),
+        ..submission(json!({
+            "event_type": event_type, "user_identity": "alice", "action": "read",
+            "entity": "session", "entity_id": "s-1", "outcome": "success", "ip": "192.0.2.1",
+            "source": "web", "idempotency_key": "k-1",
+            "event_data": {"plan": {"tier": "gold"}, "n": 7, "ok": true, "none": null, "f": 1.5}
+        }))
+    }
 }
 
 /// sqlx's record of migrations 1–5 counts as applied, so only the later ones are pending; the
