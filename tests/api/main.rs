@@ -15,6 +15,7 @@ mod filter_index;
 mod integrity;
 mod lifecycle;
 mod partitions;
+mod postgres_tls;
 mod postings;
 mod query;
 mod scale;
