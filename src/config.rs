@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::api::HttpLimits;
+use crate::auth::throttle::ThrottleSettings;
 use crate::integrity::checkpointer::Schedule;
 use crate::log::WriterOptions;
 use crate::log::retention::RetentionPolicy;
@@ -58,6 +60,10 @@ pub struct LimitSettings {
     pub max_field_len: usize,
     pub max_batch_events: usize,
     pub request_timeout_secs: u64,
+    /// Requests per second per credential; 0 for no limit.
+    pub requests_per_sec: u32,
+    /// Requests a credential may make at once above that rate; 0 for as many as the rate.
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +78,10 @@ pub struct WriterSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub cache_ttl_secs: u64,
+    /// Failed authentications of one name from one address per window before `429`; 0 for no
+    /// limit.
+    pub max_failures: u32,
+    pub failure_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +223,10 @@ impl Settings {
             "integrity.log_origin must be non-empty, without spaces or `+`",
         )?;
         rule(
+            self.auth.failure_window_secs >= 1,
+            "auth.failure_window_secs must be at least 1",
+        )?;
+        rule(
             self.retention.check_interval_secs >= 1,
             "retention.check_interval_secs must be at least 1",
         )?;
@@ -246,6 +260,18 @@ impl Settings {
         HttpLimits {
             max_body_bytes: self.limits.max_body_bytes,
             request_timeout: Duration::from_secs(self.limits.request_timeout_secs),
+        }
+    }
+
+    pub fn throttle_settings(&self) -> ThrottleSettings {
+        let requests_per_sec = NonZeroU32::new(self.limits.requests_per_sec);
+        ThrottleSettings {
+            requests_per_sec,
+            burst: NonZeroU32::new(self.limits.burst)
+                .or(requests_per_sec)
+                .unwrap_or(NonZeroU32::MIN),
+            max_failures: NonZeroU32::new(self.auth.max_failures),
+            failure_window: Duration::from_secs(self.auth.failure_window_secs),
         }
     }
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use crate::auth::throttle::Throttle;
 use crate::auth::users::{self, Bootstrap, UserError};
 use crate::config::Settings;
 use crate::integrity::{LogSigner, checkpointer};
@@ -111,6 +112,7 @@ async fn serve_store<S: Store>(
     let state = AppState {
         log,
         auth: Arc::new(auth),
+        throttle: Arc::new(Throttle::new(settings.throttle_settings())),
         shutdown: shutdown.clone(),
     };
     let app = api::router(state, settings.http_limits());
@@ -119,6 +121,8 @@ async fn serve_store<S: Store>(
         database = %settings.database_url,
         "auditor listening"
     );
+    // The client's address keys the limit on failed authentications.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;

@@ -9,7 +9,9 @@ use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use axum::extract::Request;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -109,10 +111,40 @@ async fn authorise<S: Store>(
     state: &AppState<S>,
     scope: Scope,
 ) -> Result<Principal, ApiError> {
-    let credential = match presented_credentials(parts).ok_or(ApiError::Unauthorized)? {
-        Presented::Basic(name, secret) => state.auth.authenticate(&name, secret).await?,
-        Presented::Bearer(token) => state.auth.authenticate_token(&token).await?,
+    let presented = presented_credentials(parts).ok_or(ApiError::Unauthorized)?;
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    // Failures count per (address, name); Bearer tokens share one name per address.
+    let name = match &presented {
+        Presented::Basic(name, _) => name.clone(),
+        Presented::Bearer(_) => "Bearer token".to_owned(),
     };
+    state.throttle.may_try(address, &name).map_err(|wait| {
+        ApiError::TooManyRequests(
+            "too many failed authentications of this name from here",
+            wait,
+        )
+    })?;
+    let authenticated = match presented {
+        Presented::Basic(name, secret) => state.auth.authenticate(&name, secret).await,
+        Presented::Bearer(token) => state.auth.authenticate_token(&token).await,
+    };
+    let credential = match authenticated {
+        Ok(credential) => {
+            state.throttle.succeeded(address, &name);
+            credential
+        }
+        Err(AuthError::InvalidCredentials) => {
+            state.throttle.failed(address, &name);
+            return Err(ApiError::Unauthorized);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    state.throttle.admit(&credential.name).map_err(|wait| {
+        ApiError::TooManyRequests("these credentials are over their request rate", wait)
+    })?;
     let requested = parts
         .extensions
         .get::<RequestedTenant>()

@@ -22,8 +22,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("authentication required: send valid HTTP Basic credentials")]
+    #[error("authentication required: send valid HTTP Basic credentials or a Bearer token")]
     Unauthorized,
+    /// Over a credential's request rate, or too many failed sign-ins of one name from one
+    /// address: retry after the wait (whole seconds, rounded up, in `Retry-After`).
+    #[error("{reason}; retry after {secs} s", reason = .0, secs = retry_after_secs(*.1))]
+    TooManyRequests(&'static str, std::time::Duration),
     /// The credentials lack a scope, or may not act in the tenant named.
     #[error("{0}")]
     Forbidden(String),
@@ -53,6 +57,11 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// A wait as `Retry-After` gives it: whole seconds, at least 1.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// "`event_type` must not be empty", but not "`x` unknown field `x`…" (serde names it already).
 fn field_message(error: &FieldError) -> String {
     let leaf = error
@@ -77,6 +86,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -97,6 +107,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unauthorized => "unauthorized",
+            Self::TooManyRequests(..) => "too_many_requests",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -152,6 +163,12 @@ impl ApiError {
             }
             Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TooManyRequests(_, wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(wait)),
+                );
             }
             _ => {}
         }

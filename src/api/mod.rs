@@ -31,6 +31,7 @@ pub use body::BodyLimit;
 pub use error::ApiError;
 
 use crate::auth::Authenticator;
+use crate::auth::throttle::Throttle;
 use crate::log::AuditLog;
 use crate::store::Store;
 
@@ -39,6 +40,8 @@ pub struct AppState<S> {
     /// The core every route calls.
     pub log: AuditLog<S>,
     pub auth: Arc<Authenticator<S>>,
+    /// Request rates and failed authentications.
+    pub throttle: Arc<Throttle>,
     /// Cancelled when the server begins a graceful shutdown; a request that could run on
     /// indefinitely (a bulk upload) watches it and ends early.
     pub shutdown: CancellationToken,
@@ -49,6 +52,7 @@ impl<S: Clone> Clone for AppState<S> {
         Self {
             log: self.log.clone(),
             auth: Arc::clone(&self.auth),
+            throttle: Arc::clone(&self.throttle),
             shutdown: self.shutdown.clone(),
         }
     }

@@ -5,6 +5,7 @@
 mod authenticator;
 mod cache;
 pub mod password;
+pub mod throttle;
 pub mod tokens;
 mod user_cache;
 pub mod users;

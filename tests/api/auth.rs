@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN, Backend, READER, TestApp, TestDb, WRITER, postgres_admin_url, settings_for, spawn_app,
-    spawn_app_with_users_in_place, spawn_with,
+    ADMIN, Backend, READER, TestApp, TestDb, WRITER, add_test_users, postgres_admin_url,
+    settings_for, spawn_app, spawn_app_with_users_in_place, spawn_with,
 };
 
 const EVENT: &str = r#"{"event_type":"a","user_identity":"u"}"#;
@@ -262,7 +262,70 @@ async fn authentication_after_warm_up_does_not_read_the_users_table(backend: Bac
         .unwrap();
 }
 
+/// Failed sign-ins of one name from one address are held back after `auth.max_failures`, even
+/// with the right password, until the window ends; another name from there is not.
+async fn failed_sign_ins_are_held_back_per_name_and_address(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    match backend {
+        Backend::Sqlite => add_test_users(&db.sqlite().await).await,
+        Backend::Postgres => add_test_users(&db.postgres().await).await,
+    }
+    let mut settings = settings_for(&db);
+    settings.auth.max_failures = 3;
+    settings.auth.failure_window_secs = 2;
+    let app = spawn_with(db, settings).await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/events", (READER.0, "wrong")).await.status(), 401);
+    }
+    let held = app.get("/events", READER).await;
+    assert_eq!(held.status(), 429, "the right password is not even tried");
+    assert!(held.headers().contains_key("retry-after"));
+    let body: Value = held.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests");
+    assert_eq!(
+        app.get("/events", ADMIN).await.status(),
+        200,
+        "another name"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        app.get("/events", READER).await.status(),
+        200,
+        "the window ended"
+    );
+}
+
+/// A credential over `limits.requests_per_sec` gets `429` with `Retry-After`; others do not.
+async fn a_credential_over_its_request_rate_gets_429(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    match backend {
+        Backend::Sqlite => add_test_users(&db.sqlite().await).await,
+        Backend::Postgres => add_test_users(&db.postgres().await).await,
+    }
+    let mut settings = settings_for(&db);
+    settings.limits.requests_per_sec = 2;
+    settings.limits.burst = 2;
+    let app = spawn_with(db, settings).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = app.get("/events", READER).await;
+        if response.status() == 429 {
+            assert_eq!(response.headers()["retry-after"], "1");
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses[..2], [200, 200], "the burst passes");
+    assert_eq!(
+        app.get("/events", ADMIN).await.status(),
+        200,
+        "another credential"
+    );
+}
+
 crate::both_backends!(
+    failed_sign_ins_are_held_back_per_name_and_address,
+    a_credential_over_its_request_rate_gets_429,
     every_route_but_health_needs_credentials,
     roles_allow_only_their_own_operations,
     a_removed_user_is_refused_within_a_second,
@@ -279,7 +342,13 @@ crate::both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_users_listener_does_not_let_a_removed_user_in() {
     use sqlx::Connection;
-    let app = spawn_app_with_users_in_place(Backend::Postgres).await;
+    // Every refusal here is a failed sign-in: no limit on them, so each is answered from the
+    // users table (`401`), not held back (`429`).
+    let db = TestDb::new(Backend::Postgres).await;
+    add_test_users(&db.postgres().await).await;
+    let mut settings = settings_for(&db);
+    settings.auth.max_failures = 0;
+    let app = spawn_with(db, settings).await;
     assert_eq!(app.get("/events", READER).await.status(), 200);
     assert_eq!(app.get("/events", READER).await.status(), 200);
     // Opened now: while connections are refused, these go on working. Only a connection to

@@ -221,7 +221,8 @@ pub async fn spawn_app_with_users_in_place(backend: Backend) -> TestApp {
     spawn_with(db, settings).await
 }
 
-async fn add_test_users<S: Store>(store: &S) {
+/// Migrates and adds `admin`, `writer` and `reader`, as [`spawn_app`] has them.
+pub async fn add_test_users<S: Store>(store: &S) {
     store.migrate().await.expect("migrate");
     users::bootstrap_admin(store, Some(ADMIN.1.into()))
         .await
