@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -37,6 +38,9 @@ struct Failures {
 pub struct Throttle {
     settings: ThrottleSettings,
     failures: Mutex<HashMap<(Option<IpAddr>, String), Failures>>,
+    /// How many pairs `failures` holds, read without its lock: on the path of every request,
+    /// which almost never follows a failure.
+    tracked: AtomicUsize,
     rate: Option<DefaultKeyedRateLimiter<String>>,
 }
 
@@ -48,6 +52,7 @@ impl Throttle {
         Self {
             settings,
             failures: Mutex::default(),
+            tracked: AtomicUsize::new(0),
             rate,
         }
     }
@@ -63,6 +68,9 @@ impl Throttle {
         let Some(max) = self.settings.max_failures else {
             return Ok(());
         };
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let key = (address, name.to_owned());
         match self.failures().get(&key) {
             Some(failed) if failed.count >= max.get() => {
@@ -100,12 +108,15 @@ impl Throttle {
             };
         }
         entry.count = entry.count.saturating_add(1);
+        self.tracked.store(failures.len(), Ordering::Release);
     }
 
     /// Forgets the failures of `name` from `address` once it authenticated.
     pub fn succeeded(&self, address: Option<IpAddr>, name: &str) {
-        if self.settings.max_failures.is_some() {
-            self.failures().remove(&(address, name.to_owned()));
+        if self.settings.max_failures.is_some() && self.tracked.load(Ordering::Acquire) > 0 {
+            let mut failures = self.failures();
+            failures.remove(&(address, name.to_owned()));
+            self.tracked.store(failures.len(), Ordering::Release);
         }
     }
 
