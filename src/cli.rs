@@ -47,6 +47,13 @@ pub enum Command {
         /// Log format (env AUDITOR_LOG_FORMAT) [default: text]
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Serve HTTPS with this certificate chain (PEM; env AUDITOR_TLS__CERT_FILE); reread
+        /// on SIGHUP.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM; env AUDITOR_TLS__KEY_FILE).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Apply pending database migrations and exit.
     Migrate,

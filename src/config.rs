@@ -26,7 +26,12 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
-const OPTIONAL_KEYS: [&str; 2] = ["admin_password", "admin_password_file"];
+const OPTIONAL_KEYS: [&str; 4] = [
+    "admin_password",
+    "admin_password_file",
+    "tls.cert_file",
+    "tls.key_file",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +49,26 @@ pub struct Settings {
     pub integrity: IntegritySettings,
     pub database: DatabaseSettings,
     pub retention: RetentionSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// `[tls]`: HTTPS for the API, with a certificate chain and its key in PEM files; both or
+/// neither. The files are read again on SIGHUP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The certificate and key files, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -125,6 +150,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +266,10 @@ impl Settings {
         rule(
             (1..=10_000).contains(&self.retention.batch_events),
             "retention.batch_events must lie between 1 and 10000",
+        )?;
+        rule(
+            self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
+            "set both tls.cert_file and tls.key_file, or neither",
         )?;
         rule(
             self.admin_password.is_none() || self.admin_password_file.is_none(),

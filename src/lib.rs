@@ -15,6 +15,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Settings;
 pub use server::serve_with_listener;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use auditor::auth::{tokens, users};
 use auditor::cli::{Cli, Command, KeyCommand, TokenCommand, UserCommand};
-use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings};
+use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings, TlsSettings};
 use auditor::integrity::verify::{self, Problem, Verified};
 use auditor::integrity::{LogSigner, NoteVerifier, export as log_export};
 use auditor::model::{Scopes, TenantId, TenantScope};
@@ -41,9 +41,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             migrate,
             log_format,
+            tls_cert,
+            tls_key,
         } => {
             overrides.listen = *listen;
             overrides.log_format = *log_format;
+            if tls_cert.is_some() {
+                overrides.tls = Some(TlsSettings {
+                    cert_file: tls_cert.clone(),
+                    key_file: tls_key.clone(),
+                });
+            }
             *migrate
         }
         _ => false,

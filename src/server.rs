@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use axum_server::tls_rustls::RustlsConfig;
+
 use crate::auth::throttle::Throttle;
 use crate::auth::users::{self, Bootstrap, UserError};
 use crate::config::Settings;
@@ -37,6 +39,8 @@ pub enum ServeError {
     SigningKey(#[from] crate::integrity::checkpoint::KeyError),
     #[error("could not read admin_password_file: {0}")]
     AdminPasswordFile(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -116,16 +120,54 @@ async fn serve_store<S: Store>(
         shutdown: shutdown.clone(),
     };
     let app = api::router(state, settings.http_limits());
+    let address = listener.local_addr()?;
+    let tls = settings.tls.files();
     tracing::info!(
-        address = %listener.local_addr()?,
+        %address,
         database = %settings.database_url,
+        tls = tls.is_some(),
         "auditor listening"
     );
+    if tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "serving plain HTTP on a non-loopback address: passwords and tokens cross the \
+             network in clear text; set tls.cert_file and tls.key_file (or --tls-cert/--tls-key)"
+        );
+    }
     // The client's address keys the limit on failed authentications.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await?;
+        }
+        Some((cert_file, key_file)) => {
+            let config = RustlsConfig::from_config(Arc::new(crate::tls::server_config(
+                cert_file, key_file,
+            )?));
+            let reload = crate::tls::reload_on_sighup(
+                config.clone(),
+                cert_file.to_owned(),
+                key_file.to_owned(),
+                shutdown.clone(),
+            );
+            let handle = axum_server::Handle::new();
+            tokio::spawn({
+                let (handle, shutdown) = (handle.clone(), shutdown.clone());
+                async move {
+                    shutdown.cancelled().await;
+                    handle.graceful_shutdown(None);
+                }
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, config)?
+                .handle(handle)
+                .serve(app)
+                .await?;
+            let _ = reload.await;
+        }
+    }
     // The background tasks stop first: retention holds a writer handle, and the writer stops
     // only once every handle is gone. A retention batch already queued is still committed.
     stop_background.cancel();

@@ -22,6 +22,7 @@ mod scale;
 mod store;
 mod tenants;
 mod tiles;
+mod tls;
 mod tokens;
 mod upgrade;
 mod validation;

@@ -1,0 +1,169 @@
+//! HTTPS for the API (`tls.cert_file`, `tls.key_file`): a client that trusts the certificate's
+//! authority gets through, one that does not is refused, plain HTTP to the port fails, and a
+//! certificate replaced on disk is served after SIGHUP (a file that does not load keeps the
+//! current one). Certificates are made with the `openssl` command; `curl` is the client.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::{ADMIN, Backend, ServerProcess, TestDb};
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program).args(args).output().expect(program)
+}
+
+fn openssl(args: &[&str]) {
+    let out = run("openssl", args);
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority named `name` in `dir`: its certificate and key.
+fn authority(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
+}
+
+/// A server certificate for `localhost` signed by `ca`, written to `cert` and `key`.
+fn server_certificate(dir: &Path, ca: &(PathBuf, PathBuf), cert: &Path, key: &Path) {
+    let (csr, ext) = (dir.join("server.csr"), dir.join("server.ext"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca.0.to_str().unwrap(),
+        "-CAkey",
+        ca.1.to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+}
+
+/// `curl` of `url` trusting only `ca`, as `admin`: the body if the request succeeded.
+fn fetch(url: &str, ca: &Path) -> Option<String> {
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-u",
+            &format!("{}:{}", ADMIN.0, ADMIN.1),
+            url,
+        ],
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn https_serves_the_configured_certificate_and_a_new_one_after_sighup() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = db.dir.path().to_owned();
+    let (first_ca, second_ca) = (authority(&dir, "first-ca"), authority(&dir, "second-ca"));
+    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+    server_certificate(&dir, &first_ca, &cert, &key);
+    let server = ServerProcess::serve_with_env(
+        &db,
+        &[
+            ("AUDITOR_TLS__CERT_FILE", cert.to_str().unwrap()),
+            ("AUDITOR_TLS__KEY_FILE", key.to_str().unwrap()),
+        ],
+    );
+    let port = server.address.rsplit(':').next().unwrap().to_owned();
+    let https = |path: &str| format!("https://localhost:{port}{path}");
+
+    assert!(fetch(&https("/healthz"), &first_ca.0).is_some());
+    let events = fetch(&https("/events"), &first_ca.0).expect("an authenticated read");
+    assert!(events.contains("\"events\""), "{events}");
+    assert!(
+        fetch(&https("/healthz"), &second_ca.0).is_none(),
+        "an untrusted authority"
+    );
+    let plain = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://localhost:{port}/healthz"),
+        ],
+    );
+    assert!(!plain.status.success(), "plain HTTP to the TLS port");
+
+    // A new certificate by another authority, picked up on SIGHUP.
+    server_certificate(&dir, &second_ca, &cert, &key);
+    let hup = run("kill", &["-HUP", &server.pid().to_string()]);
+    assert!(hup.status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fetch(&https("/healthz"), &second_ca.0).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        fetch(&https("/healthz"), &first_ca.0).is_none(),
+        "the old one is gone"
+    );
+
+    // A certificate file that does not load leaves the current one in place.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    assert!(
+        run("kill", &["-HUP", &server.pid().to_string()])
+            .status
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(fetch(&https("/healthz"), &second_ca.0).is_some());
+}
