@@ -39,6 +39,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: DatabaseUrl,
     pub log_format: LogFormat,
+    /// Whether reads are recorded in the system log (`log::access_log`).
+    pub audit_reads: bool,
     #[serde(default)]
     pub admin_password: Option<Secret>,
     #[serde(default)]

@@ -107,7 +107,8 @@ async fn serve_store<S: Store>(
         Duration::from_secs(settings.auth.cache_ttl_secs),
     )
     .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
-    let log = AuditLog::new(store, writer, signer, settings.limits());
+    let log =
+        AuditLog::new(store, writer, signer, settings.limits()).audit_reads(settings.audit_reads);
     let retention = crate::log::retention::spawn(
         log.clone(),
         settings.retention_policy(),

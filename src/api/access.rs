@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::auth::{AuthError, Principal, TenantError};
+use crate::log::access_log::SYSTEM_TENANT;
 use crate::model::{QueryError, Scope};
 use crate::store::Store;
 
@@ -156,6 +157,16 @@ async fn authorise<S: Store>(
         }),
         TenantError::NotAdmitted(_) => ApiError::Forbidden(error.to_string()),
     })?;
+    // The system log: read by admins of every tenant, written by the service alone.
+    if principal.tenant.as_str() == SYSTEM_TENANT
+        && !(scope == Scope::EventsRead && principal.may_read_the_system_log())
+    {
+        return Err(ApiError::Forbidden(
+            "the system log is read by admins of every tenant only, and written by the service \
+             alone"
+                .into(),
+        ));
+    }
     if principal.may(scope) {
         Ok(principal)
     } else {

@@ -13,8 +13,9 @@ use super::body::{JsonBytes, parse};
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::auth::tokens::{self, TokenError};
+use crate::log::access_log::Access;
 use crate::model::token::TokenRecord;
-use crate::model::{FieldError, Scopes, TenantScope};
+use crate::model::{Action, FieldError, Scopes, TenantScope};
 use crate::store::{Store, StoreError};
 
 pub fn router<S: Store>() -> Router<AppState<S>> {
@@ -105,6 +106,18 @@ async fn create<S: Store>(
     let (record, token) =
         tokens::create(state.auth.store(), &body.name, tenant, scopes, lifetime).await?;
     tracing::info!(token = %record.name, tenant = %record.tenant, by = %principal.name, "API token created");
+    let details = token_details(&record);
+    state
+        .log
+        .record_access(
+            &principal,
+            Access {
+                operation: "token.create",
+                action: Action::Create,
+                details,
+            },
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(Created { record, token })))
 }
 
@@ -154,11 +167,32 @@ async fn revoke<S: Store>(
             other => other.into(),
         })?;
     tracing::info!(token = %name, by = %principal.name, "API token revoked");
-    store
+    let record = store
         .list_tokens()
         .await?
         .into_iter()
         .find(|token| token.name == name)
-        .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    let details = token_details(&record);
+    state
+        .log
+        .record_access(
+            &principal,
+            Access {
+                operation: "token.revoke",
+                action: Action::Delete,
+                details,
+            },
+        )
+        .await?;
+    Ok(Json(record))
+}
+
+/// A token as the system log records a change to it: never its secret or hash.
+fn token_details(token: &TokenRecord) -> serde_json::Map<String, serde_json::Value> {
+    let mut details = serde_json::Map::new();
+    details.insert("name".into(), token.name.clone().into());
+    details.insert("token_tenant".into(), token.tenant.as_str().into());
+    details.insert("scopes".into(), token.scopes.to_string().into());
+    details
 }

@@ -82,12 +82,22 @@ impl Principal {
         self.scopes.contains(scope)
     }
 
-    /// The same caller acting in `tenant`, if its credential admits it.
+    /// The same caller acting in `tenant`, if its credential admits it (the system log: if it
+    /// may read it).
     pub fn in_tenant(&self, tenant: TenantId) -> Option<Self> {
-        self.tenants.admits(&tenant).then(|| Self {
+        let admitted = match tenant.as_str() {
+            crate::log::access_log::SYSTEM_TENANT => self.may_read_the_system_log(),
+            _ => self.tenants.admits(&tenant),
+        };
+        admitted.then(|| Self {
             tenant,
             ..self.clone()
         })
+    }
+
+    /// Whether it may read the system log: an admin of every tenant.
+    pub fn may_read_the_system_log(&self) -> bool {
+        self.tenants == TenantScope::All && self.may(Scope::Admin)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The log's proofs of itself: signed checkpoints (C2SP `tlog-checkpoint`), the verifier key,
 //! and RFC 9162 inclusion and consistency proofs.
 
+use super::access_log::Access;
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
 use crate::integrity::proofs::{self, ConsistencyProof};
@@ -89,7 +90,12 @@ impl<S: Store> AuditLog<S> {
         tree_size: Option<u64>,
     ) -> Result<InclusionProof, LogError> {
         let tenant = Self::tenant_of(principal);
-        let event = self.get(principal, id).await?;
+        let event = self.find(principal, id).await?;
+        let mut details = serde_json::Map::new();
+        details.insert("id".into(), id.to_string().into());
+        details.insert("tree_size".into(), tree_size.into());
+        self.record_access(principal, Access::read("inclusion_proof", details))
+            .await?;
         let latest = self.store.checkpoint(&tenant, None).await?;
         let tree_size = match (tree_size, &latest) {
             (Some(size), _) => size,
@@ -115,6 +121,11 @@ impl<S: Store> AuditLog<S> {
         to: Option<u64>,
     ) -> Result<ConsistencyProof, LogError> {
         let tenant = Self::tenant_of(principal);
+        let mut details = serde_json::Map::new();
+        details.insert("from".into(), from.into());
+        details.insert("to".into(), to.into());
+        self.record_access(principal, Access::read("consistency_proof", details))
+            .await?;
         let to = match to {
             Some(to) => to,
             None => proofs::current_size(&self.store, &tenant).await?,

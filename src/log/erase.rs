@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::access_log::Access;
 use super::{AuditLog, LogError, Recorded};
 use crate::auth::Principal;
 use crate::integrity::commitment::fully_erased;
@@ -12,8 +13,8 @@ use crate::integrity::erasure_record::erased_ranges;
 use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{
-    Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter, NewEvent,
-    Order, Personal, RawEvent, TenantId,
+    Action, Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter,
+    NewEvent, Order, Personal, RawEvent, TenantId,
 };
 use crate::store::Store;
 
@@ -39,7 +40,19 @@ impl<S: Store> AuditLog<S> {
         id: EventId,
         reason: String,
     ) -> Result<Recorded, LogError> {
-        let target = self.get(principal, id).await?;
+        let recorded = self.redaction(principal, id, reason).await?;
+        self.record_access(principal, erasure_access("redact", &recorded.events))
+            .await?;
+        Ok(recorded)
+    }
+
+    async fn redaction(
+        &self,
+        principal: &Principal,
+        id: EventId,
+        reason: String,
+    ) -> Result<Recorded, LogError> {
+        let target = self.find(principal, id).await?;
         check_not_a_record(&target)?;
         if target.event_data.is_none() {
             let message = match target.redacted_at {
@@ -70,7 +83,21 @@ impl<S: Store> AuditLog<S> {
         id: EventId,
         reason: String,
     ) -> Result<Recorded, LogError> {
-        let mut target = self.get(principal, id).await?;
+        let recorded = self.erasure(principal, id, reason).await?;
+        if recorded.created {
+            self.record_access(principal, erasure_access("erase", &recorded.events))
+                .await?;
+        }
+        Ok(recorded)
+    }
+
+    async fn erasure(
+        &self,
+        principal: &Principal,
+        id: EventId,
+        reason: String,
+    ) -> Result<Recorded, LogError> {
+        let mut target = self.find(principal, id).await?;
         check_not_a_record(&target)?;
         if !fully_erased(&target) {
             match self
@@ -78,7 +105,7 @@ impl<S: Store> AuditLog<S> {
                 .await
             {
                 // Another erasure, committed first, took what was left: answer with its record.
-                Err(LogError::NothingErased) => target = self.get(principal, id).await?,
+                Err(LogError::NothingErased) => target = self.find(principal, id).await?,
                 other => return other,
             }
         }
@@ -106,7 +133,30 @@ impl<S: Store> AuditLog<S> {
     /// Erases every personal field of every event of the tenant whose `field` (`user_identity`
     /// or `entity_id`) is `value` (`POST /erasures`), in one transaction with its `audit.erased`
     /// record. Nothing left to erase answers `erased: 0` and records nothing.
+    ///
+    /// The system log records the erasure by the field that named the subject, never its value.
     pub async fn erase_subject(
+        &self,
+        principal: &Principal,
+        field: Personal,
+        value: String,
+        reason: String,
+    ) -> Result<SubjectErasure, LogError> {
+        let erasure = self
+            .subject_erasure(principal, field, value, reason)
+            .await?;
+        if let Some(record) = &erasure.record {
+            let mut access = erasure_access("erase_subject", std::slice::from_ref(record));
+            access.details.insert("by".into(), field.name().into());
+            access
+                .details
+                .insert("erased".into(), erasure.erased.into());
+            self.record_access(principal, access).await?;
+        }
+        Ok(erasure)
+    }
+
+    async fn subject_erasure(
         &self,
         principal: &Principal,
         field: Personal,
@@ -188,7 +238,7 @@ impl<S: Store> AuditLog<S> {
         };
         let (mut erasable, mut kept) = (0, 0);
         loop {
-            let page = self.query(principal, &query).await?;
+            let page = self.search(principal, &query).await?;
             let subject_events = page
                 .events
                 .iter()
@@ -235,7 +285,7 @@ impl<S: Store> AuditLog<S> {
                 ..EventQuery::default()
             };
             loop {
-                let page = self.query(principal, &query).await?;
+                let page = self.search(principal, &query).await?;
                 if let Some(record) = page.events.iter().find(|e| names_target(e)) {
                     return Ok(Some(record.clone()));
                 }
@@ -344,4 +394,19 @@ fn check_not_a_record(target: &Event) -> Result<(), LogError> {
         )));
     }
     Ok(())
+}
+
+/// An erasure as the system log records it: the record that the tenant's log holds of it (its
+/// id and `seq`), which names what was erased.
+fn erasure_access<'a>(operation: &'a str, records: &[Event]) -> Access<'a> {
+    let mut details = serde_json::Map::new();
+    if let Some(record) = records.first() {
+        details.insert("record".into(), record.id.to_string().into());
+        details.insert("record_seq".into(), record.seq.0.into());
+    }
+    Access {
+        operation,
+        action: Action::Delete,
+        details,
+    }
 }

@@ -2,6 +2,7 @@
 //! caller's tenant. Every way in (the HTTP API, the seed routes, bulk NDJSON, the CLI, brokers)
 //! is a thin adapter over it; none reaches past it into the writer or the store.
 
+pub mod access_log;
 mod checkpoints;
 mod erase;
 pub mod partition_drop;
@@ -30,6 +31,8 @@ pub struct AuditLog<S> {
     writer: Writer,
     signer: Arc<LogSigner>,
     limits: Limits,
+    /// Whether reads are recorded in the system log (`access_log`).
+    audit_reads: bool,
 }
 
 impl<S: Clone> Clone for AuditLog<S> {
@@ -39,6 +42,7 @@ impl<S: Clone> Clone for AuditLog<S> {
             writer: self.writer.clone(),
             signer: Arc::clone(&self.signer),
             limits: self.limits,
+            audit_reads: self.audit_reads,
         }
     }
 }
@@ -94,7 +98,15 @@ impl<S: Store> AuditLog<S> {
             writer,
             signer,
             limits,
+            audit_reads: true,
         }
+    }
+
+    /// Whether reads are recorded in the system log (erasures and credential changes always
+    /// are).
+    pub fn audit_reads(mut self, audit: bool) -> Self {
+        self.audit_reads = audit;
+        self
     }
 
     /// The limits events are validated against.

@@ -117,7 +117,7 @@ impl<S: Store> AuditLog<S> {
         original: EventId,
         amendment: Amendment,
     ) -> Result<Recorded, LogError> {
-        let original = self.get(principal, original).await?;
+        let original = self.find(principal, original).await?;
         if let Some(event_type) = &amendment.event_type
             && event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX)
         {

@@ -113,10 +113,12 @@ impl TenantScope {
         }
     }
 
-    /// `*`, or a valid tenant name ([`TenantId::parse`]).
+    /// `*`, or a valid tenant name ([`TenantId::parse`]) other than the system log's
+    /// (`_system`), which no credential belongs to.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "*" => Ok(Self::All),
+            "_system" => Err("`_system` is the system log's; no credential belongs to it".into()),
             name => TenantId::parse(name).map(Self::One),
         }
     }

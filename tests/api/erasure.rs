@@ -564,7 +564,8 @@ async fn fields_erased_beyond_their_record_are_caught(backend: Backend) {
         .remove("user_identity");
     app.db
         .execute(&format!(
-            "UPDATE events SET user_identity = NULL, erased = '{erased}' WHERE seq = {}",
+            "UPDATE events SET user_identity = NULL, erased = '{erased}' \
+             WHERE tenant = 'default' AND seq = {}",
             attacked["seq"]
         ))
         .await

@@ -424,13 +424,20 @@ pub(crate) fn verify_offline(
         .unwrap()
 }
 
-/// Verifies an export offline against the app's published verifier key.
+/// Verifies an export offline against the app's published verifier key, and the system log's
+/// (which the app's reads are recorded in).
 pub(crate) async fn verify_export(app: &TestApp, path: &std::path::Path) -> std::process::Output {
     let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
         .as_str()
         .unwrap()
         .to_owned();
-    verify_offline(path, &key, &[])
+    let system = auditor::integrity::LogSigner::load(
+        &app.settings.integrity.signing_key_file,
+        &app.settings.integrity.log_origin,
+    )
+    .unwrap()
+    .verifier_key(&auditor::model::TenantId::new("_system"));
+    verify_offline(path, &key, &["--public-key", &system])
 }
 
 /// Runs `auditor verify` and expects it to fail, naming `seq` and a phrase.

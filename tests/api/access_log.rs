@@ -1,0 +1,165 @@
+//! The log audits itself: reads, erasures and token changes are recorded in the system log,
+//! tenant `_system`, which only admins of every tenant read and nobody writes through the API.
+
+use auditor::auth::Role;
+use auditor::model::{TenantId, TenantScope};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN, Backend, READER, TestApp, TestDb, WRITER, settings_for, spawn_app, spawn_with,
+};
+use crate::integrity::verify;
+
+async fn system_log(app: &TestApp) -> Vec<Value> {
+    app.get_ok("/events?tenant=_system&limit=1000").await["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn reads_are_recorded_in_the_system_log_which_only_global_admins_read(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme_admin = ("acme-admin", "acme-admin-password-1");
+    app.add_user_in(
+        acme_admin.0,
+        Role::Admin,
+        TenantScope::One(TenantId::new("acme")),
+        acme_admin.1,
+    )
+    .await;
+    let event = app
+        .record(json!({"event_type": "x", "user_identity": "alice"}))
+        .await;
+    let query = app
+        .get("/events?event_type=x&user_identity=alice", READER)
+        .await;
+    assert_eq!(query.status(), 200);
+    let id = event["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/events/{id}"), READER).await.status(),
+        200
+    );
+
+    let records = system_log(&app).await;
+    let by_reader: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["recorded_by"] == "reader")
+        .collect();
+    assert_eq!(by_reader.len(), 2, "{records:?}");
+    let query = &by_reader[0];
+    assert_eq!(query["event_type"], "audit.access");
+    assert_eq!(query["action"], "read");
+    assert_eq!(query["event_data"]["operation"], "query");
+    assert_eq!(query["event_data"]["tenant"], "default");
+    assert_eq!(query["event_data"]["filters"], json!({"event_type": "x"}));
+    assert_eq!(
+        query["event_data"]["personal_filters"],
+        json!(["user_identity"])
+    );
+    assert_eq!(query["event_data"]["returned"], 1);
+    assert_eq!(by_reader[1]["event_data"]["operation"], "get");
+    assert_eq!(by_reader[1]["event_data"]["id"], id);
+    assert!(
+        !json!(records).to_string().contains("alice"),
+        "no searched-for value is kept"
+    );
+
+    // Read only by admins of every tenant; written by nobody through the API.
+    for who in [READER, acme_admin] {
+        assert_eq!(
+            app.get("/events?tenant=_system", who).await.status(),
+            403,
+            "{who:?}"
+        );
+    }
+    let forged = app
+        .post_json(
+            "/events?tenant=_system",
+            ADMIN,
+            &json!({"event_type": "x", "user_identity": "u"}),
+        )
+        .await;
+    assert_eq!(forged.status(), 403);
+    assert_eq!(
+        app.post_json(
+            "/events?tenant=_system",
+            WRITER,
+            &json!({"event_type": "x", "user_identity": "u"})
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        app.get("/logs/_system/checkpoint", READER).await.status(),
+        404
+    );
+
+    // Erasures and token changes too.
+    let (status, _) = {
+        let response = app
+            .post_json(
+                &format!("/events/{id}/erase"),
+                ADMIN,
+                &json!({"reason": "r"}),
+            )
+            .await;
+        (response.status().as_u16(), ())
+    };
+    assert_eq!(status, 201);
+    let created = app
+        .post_json(
+            "/admin/tokens",
+            ADMIN,
+            &json!({"name": "svc", "scopes": ["events:write"]}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let operations: Vec<Value> = system_log(&app)
+        .await
+        .iter()
+        .map(|r| r["event_data"]["operation"].clone())
+        .collect();
+    assert!(operations.contains(&json!("erase")), "{operations:?}");
+    assert!(
+        operations.contains(&json!("token.create")),
+        "{operations:?}"
+    );
+
+    let report = verify(&app, &[]);
+    let out = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{out}");
+    assert!(out.contains("ok: tenant _system:"), "{out}");
+}
+
+/// With `audit_reads = false`, reads are not recorded; erasures still are.
+async fn reads_go_unrecorded_when_turned_off(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.audit_reads = false;
+    let app = spawn_with(db, settings).await;
+    let event = app
+        .record(json!({"event_type": "x", "user_identity": "u"}))
+        .await;
+    assert_eq!(app.get("/events", ADMIN).await.status(), 200);
+    let id = event["id"].as_str().unwrap();
+    let erased = app
+        .post_json(
+            &format!("/events/{id}/erase"),
+            ADMIN,
+            &json!({"reason": "r"}),
+        )
+        .await;
+    assert_eq!(erased.status(), 201);
+    let operations: Vec<Value> = system_log(&app)
+        .await
+        .iter()
+        .map(|r| r["event_data"]["operation"].clone())
+        .collect();
+    assert_eq!(operations, [json!("erase")]);
+}
+
+crate::both_backends!(
+    reads_are_recorded_in_the_system_log_which_only_global_admins_read,
+    reads_go_unrecorded_when_turned_off,
+);
