@@ -106,9 +106,13 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Print the verifier key of the default tenant's log (signed-note form), generating the
-    /// key file first if it does not exist.
-    Show,
+    /// Print the verifier key of a tenant's log (signed-note form), generating the key file
+    /// first if it does not exist.
+    Show {
+        /// The tenant whose log the key names (`_system` for the system log).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

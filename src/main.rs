@@ -83,10 +83,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => verify(&settings, &public_keys, &checkpoints, export.as_deref()).await,
         Command::Export { output } => export(&settings, output.as_deref()).await,
         Command::Key {
-            command: KeyCommand::Show,
+            command: KeyCommand::Show { tenant },
         } => {
+            let tenant = TenantId::parse(&tenant).map_err(|e| anyhow::anyhow!(e))?;
             let signer = signer(&settings)?;
-            println!("{}", signer.verifier_key(&TenantId::default()));
+            println!("{}", signer.verifier_key(&tenant));
             Ok(())
         }
         Command::DefaultConfig | Command::BenchCeiling { .. } => Ok(()),

@@ -156,6 +156,14 @@ fn verifying_an_empty_export_fails() {
         .unwrap();
     assert!(shown.status.success(), "{}", text(&shown.stderr));
     let key = text(&shown.stdout).trim().to_owned();
+    assert!(key.starts_with("auditor.local/log/default+"), "{key}");
+    let system = Command::new(BIN)
+        .args(["--database-url", &url, "key", "show", "--tenant", "_system"])
+        .env_remove("AUDITOR_CONFIG")
+        .env("AUDITOR_INTEGRITY__SIGNING_KEY_FILE", &key_file)
+        .output()
+        .unwrap();
+    assert!(text(&system.stdout).starts_with("auditor.local/log/_system+"));
     for (name, content) in [("empty.ndjson", ""), ("blank.ndjson", "\n  \n")] {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
