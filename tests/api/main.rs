@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access_log;
+mod access_matrix;
 mod auth;
 mod bulk;
 mod cli;
