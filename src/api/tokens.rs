@@ -106,18 +106,7 @@ async fn create<S: Store>(
     let (record, token) =
         tokens::create(state.auth.store(), &body.name, tenant, scopes, lifetime).await?;
     tracing::info!(token = %record.name, tenant = %record.tenant, by = %principal.name, "API token created");
-    let details = token_details(&record);
-    state
-        .log
-        .record_access(
-            &principal,
-            Access {
-                operation: "token.create",
-                action: Action::Create,
-                details,
-            },
-        )
-        .await?;
+    record_token_change(&state, &principal, "token.create", Action::Create, &record).await?;
     Ok((StatusCode::CREATED, Json(Created { record, token })))
 }
 
@@ -173,26 +162,26 @@ async fn revoke<S: Store>(
         .into_iter()
         .find(|token| token.name == name)
         .ok_or_else(not_found)?;
-    let details = token_details(&record);
-    state
-        .log
-        .record_access(
-            &principal,
-            Access {
-                operation: "token.revoke",
-                action: Action::Delete,
-                details,
-            },
-        )
-        .await?;
+    record_token_change(&state, &principal, "token.revoke", Action::Delete, &record).await?;
     Ok(Json(record))
 }
 
-/// A token as the system log records a change to it: never its secret or hash.
-fn token_details(token: &TokenRecord) -> serde_json::Map<String, serde_json::Value> {
+/// Records a change to a token in the system log: never its secret or hash.
+async fn record_token_change<S: Store>(
+    state: &AppState<S>,
+    principal: &Principal,
+    operation: &'static str,
+    action: Action,
+    token: &TokenRecord,
+) -> Result<(), ApiError> {
     let mut details = serde_json::Map::new();
     details.insert("name".into(), token.name.clone().into());
     details.insert("token_tenant".into(), token.tenant.as_str().into());
     details.insert("scopes".into(), token.scopes.to_string().into());
-    details
+    let access = Access {
+        operation,
+        action,
+        details,
+    };
+    Ok(state.log.record_access(principal, access).await?)
 }

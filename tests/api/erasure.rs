@@ -54,12 +54,25 @@ fn assert_verifies(app: &TestApp) {
     assert!(report.status.success(), "{out}");
 }
 
-/// The checker in `docs/integrity.md` accepts the log through the API and from an export.
-async fn assert_documented_checker_agrees(app: &TestApp) {
-    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
+/// The app's verifier key for the default tenant, as `GET /keys` publishes it.
+async fn published_key(app: &TestApp) -> String {
+    app.get_ok("/keys").await["keys"][0]["verifier_key"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+/// Runs the documented checker expecting it to fail; returns what it printed on stderr.
+async fn checker_failure(app: &TestApp, export: Option<&std::path::Path>, missed: &str) -> String {
+    let key = published_key(app).await;
+    let checked = run_documented_checker(app, &key, export).await;
+    assert!(!checked.status.success(), "the checker missed {missed}");
+    String::from_utf8_lossy(&checked.stderr).into_owned()
+}
+
+/// The checker in `docs/integrity.md` accepts the log through the API and from an export.
+async fn assert_documented_checker_agrees(app: &TestApp) {
+    let key = published_key(app).await;
     let exported = export(app);
     for export in [None, Some(exported.as_path())] {
         let checked = run_documented_checker(app, &key, export).await;
@@ -212,10 +225,7 @@ async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
         "{}",
         String::from_utf8_lossy(&report.stdout)
     );
-    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = published_key(&app).await;
     for export in [None, Some(exported.as_path())] {
         let checked = run_documented_checker(&app, &key, export).await;
         assert!(
@@ -228,12 +238,7 @@ async fn one_event_is_erased_and_the_log_still_verifies(backend: Backend) {
     // ...and fails an export in which one recorded field was changed.
     let tampered = exported.with_file_name("tampered.ndjson");
     std::fs::write(&tampered, text.replacen("\"before\"", "\"after\"", 1)).unwrap();
-    let checked = run_documented_checker(&app, &key, Some(&tampered)).await;
-    let err = String::from_utf8_lossy(&checked.stderr);
-    assert!(
-        !checked.status.success(),
-        "the checker missed a changed field"
-    );
+    let err = checker_failure(&app, Some(&tampered), "a changed field").await;
     assert!(err.contains("seq 1: a recorded field was changed"), "{err}");
 }
 
@@ -515,16 +520,7 @@ async fn values_restored_after_an_erasure_are_caught(backend: Backend) {
         )),
         "{out}"
     );
-    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let checked = run_documented_checker(&app, &key, None).await;
-    let err = String::from_utf8_lossy(&checked.stderr);
-    assert!(
-        !checked.status.success(),
-        "the checker missed the restored values"
-    );
+    let err = checker_failure(&app, None, "the restored values").await;
     assert!(err.contains("names seq 2, which is not erased"), "{err}");
 }
 
@@ -580,16 +576,7 @@ async fn fields_erased_beyond_their_record_are_caught(backend: Backend) {
         out.contains("lost fields no record of it names: user_identity"),
         "{out}"
     );
-    let key = app.get_ok("/keys").await["keys"][0]["verifier_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let checked = run_documented_checker(&app, &key, None).await;
-    let err = String::from_utf8_lossy(&checked.stderr);
-    assert!(
-        !checked.status.success(),
-        "the checker missed the extra erasure"
-    );
+    let err = checker_failure(&app, None, "the extra erasure").await;
     assert!(
         err.contains("['user_identity'] lost, which no record names"),
         "{err}"
