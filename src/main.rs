@@ -9,10 +9,12 @@ use auditor::cli::{Cli, Command, KeyCommand, TokenCommand, UserCommand};
 use auditor::config::{self, DEFAULT_CONFIG, Overrides, Settings, TlsSettings};
 use auditor::integrity::verify::{self, Problem, Verified};
 use auditor::integrity::{LogSigner, NoteVerifier, export as log_export};
-use auditor::model::{Scopes, TenantId, TenantScope};
+use auditor::log::access_log::{self, Access};
+use auditor::model::{Action, Scopes, TenantId, TenantScope};
 use auditor::store::Store;
 use auditor::{telemetry, with_store};
 use clap::Parser;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// glibc's allocator fragments under the service's many small, short-lived allocations across
@@ -180,6 +182,10 @@ async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()>
                     record.tenant, record.scopes
                 );
                 println!("{token}");
+                let details = json!({"name": name, "token_tenant": record.tenant.as_str(),
+                                     "scopes": record.scopes.to_string()});
+                record_cli_change(&store, settings, "token.create", Action::Create, details)
+                    .await?;
             }
             TokenCommand::List => {
                 println!(
@@ -213,6 +219,9 @@ async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()>
                         other => other.into(),
                     })?;
                 println!("revoked token `{name}`");
+                let details = json!({"name": name});
+                record_cli_change(&store, settings, "token.revoke", Action::Delete, details)
+                    .await?;
             }
         }
         Ok(())
@@ -230,6 +239,9 @@ async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
                 let tenant = TenantScope::parse(&tenant).map_err(|e| anyhow::anyhow!(e))?;
                 let secret = read_password(&name)?;
                 users::add(&store, &name, role, tenant.clone(), secret).await?;
+                let details = json!({"name": name, "role": role.as_str(),
+                                     "user_tenant": tenant.as_str()});
+                record_cli_change(&store, settings, "user.add", Action::Create, details).await?;
                 println!(
                     "added user `{name}` with role {} in tenant {tenant}",
                     role.as_str()
@@ -248,11 +260,44 @@ async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
             }
             UserCommand::Remove { name } => {
                 users::remove(&store, &name).await?;
+                let details = json!({"name": name});
+                record_cli_change(&store, settings, "user.remove", Action::Delete, details).await?;
                 println!("removed user `{name}`");
             }
         }
         Ok(())
     })
+}
+
+/// Records a credential change made from the command line in the system log, as by
+/// `cli:<login name>`.
+async fn record_cli_change<S: Store>(
+    store: &S,
+    settings: &Settings,
+    operation: &str,
+    action: Action,
+    details: serde_json::Value,
+) -> anyhow::Result<()> {
+    let login = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let serde_json::Value::Object(details) = details else {
+        bail!("the details of a change are a JSON object");
+    };
+    let access = Access {
+        operation,
+        action,
+        details,
+    };
+    access_log::record_through_store(
+        store,
+        &format!("cli:{login}"),
+        "*",
+        access,
+        &settings.limits(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// From standard input when it is piped, else prompted twice without echo.

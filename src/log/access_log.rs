@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
 use crate::model::event::RawEvent;
-use crate::model::{Action, EventQuery, Filter, NewEvent, Personal, TenantId};
+use crate::model::{Action, EventQuery, Filter, Limits, NewEvent, Personal, Submission, TenantId};
 use crate::store::Store;
 
 /// The tenant of the system log.
@@ -46,21 +46,32 @@ impl<S: Store> AuditLog<S> {
         if access.action == Action::Read && !self.audit_reads {
             return Ok(());
         }
-        let mut data = access.details;
-        data.insert("operation".into(), Value::from(access.operation));
-        data.insert("tenant".into(), Value::from(principal.tenant.as_str()));
-        let payload =
-            serde_json::value::to_raw_value(&data).map_err(|e| LogError::Internal(e.into()))?;
-        let raw = RawEvent {
-            action: Some(access.action),
-            entity: Some(access.operation.to_owned()),
-            ..RawEvent::service_record(ACCESS_EVENT_TYPE, &principal.name, payload)
-        };
-        let event = NewEvent::parse_own(raw, &self.limits).map_err(LogError::Invalid)?;
-        self.record_in(TenantId::new(SYSTEM_TENANT), &principal.name, vec![event])
+        let record = access_record(&principal.name, &principal.tenant, access, &self.limits)?;
+        self.record_in(TenantId::new(SYSTEM_TENANT), &principal.name, vec![record])
             .await?;
         Ok(())
     }
+}
+
+/// The `audit.access` event recording `access` by `actor` in `tenant`, to append to the system
+/// log (the API through the writer; the command line, which has none, through the store).
+pub fn access_record(
+    actor: &str,
+    tenant: &TenantId,
+    access: Access<'_>,
+    limits: &Limits,
+) -> Result<NewEvent, LogError> {
+    let mut data = access.details;
+    data.insert("operation".into(), Value::from(access.operation));
+    data.insert("tenant".into(), Value::from(tenant.as_str()));
+    let payload =
+        serde_json::value::to_raw_value(&data).map_err(|e| LogError::Internal(e.into()))?;
+    let raw = RawEvent {
+        action: Some(access.action),
+        entity: Some(access.operation.to_owned()),
+        ..RawEvent::service_record(ACCESS_EVENT_TYPE, actor, payload)
+    };
+    NewEvent::parse_own(raw, limits).map_err(LogError::Invalid)
 }
 
 /// A query as its access record names it: each filter by its parameter name, the value too for
@@ -97,4 +108,23 @@ pub fn query_details(query: &EventQuery, returned: usize) -> Map<String, Value> 
     details.insert("after".into(), json!(query.after.map(|seq| seq.0)));
     details.insert("returned".into(), json!(returned));
     details
+}
+
+/// Records `access` by `actor`, a change to the credentials of `tenant` (a name or `*`), in the
+/// system log through the store itself: for the command line, which has no writer.
+pub async fn record_through_store<S: Store>(
+    store: &S,
+    actor: &str,
+    tenant: &str,
+    access: Access<'_>,
+    limits: &Limits,
+) -> Result<(), LogError> {
+    let record = access_record(actor, &TenantId::new(tenant), access, limits)?;
+    let submission = Submission {
+        tenant: TenantId::new(SYSTEM_TENANT),
+        recorded_by: actor.to_owned(),
+        events: vec![record],
+    };
+    store.append(&[submission]).await?;
+    Ok(())
 }

@@ -349,4 +349,19 @@ fn tokens_are_managed_from_the_command_line() {
     );
     let missing = auditor(&url, &["token", "revoke", "nobody"], "");
     assert!(!missing.status.success());
+
+    // Both changes are in the system log, by the command line's login.
+    let exported = auditor(&url, &["export"], "");
+    let log = String::from_utf8_lossy(&exported.stdout).into_owned();
+    for operation in ["token.create", "token.revoke"] {
+        let line = log
+            .lines()
+            .find(|line| line.contains(&format!("\"operation\":\"{operation}\"")))
+            .unwrap_or_else(|| panic!("no {operation} in:\n{log}"));
+        assert!(
+            line.contains("\"tenant\":\"_system\"") && line.contains("\"recorded_by\":\"cli:"),
+            "{line}"
+        );
+        assert!(!line.contains(token), "never the token");
+    }
 }
