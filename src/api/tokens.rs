@@ -62,15 +62,6 @@ impl From<TokenError> for ApiError {
     }
 }
 
-/// Whether the admin's credential covers tokens of `tenant`: an admin of every tenant covers
-/// all; an admin of one tenant only that tenant's tokens.
-fn covers(principal: &Principal, tenant: &TenantScope) -> bool {
-    match tenant {
-        TenantScope::All => principal.tenants == TenantScope::All,
-        TenantScope::One(tenant) => principal.tenants.admits(tenant),
-    }
-}
-
 /// `201` with the token's record and the token, shown this once.
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
@@ -83,7 +74,7 @@ async fn create<S: Store>(
             .map_err(|e| ApiError::Invalid(FieldError::new("tenant", e)))?,
         None => TenantScope::One(principal.tenant.clone()),
     };
-    if !covers(&principal, &tenant) {
+    if !principal.tenants.covers(&tenant) {
         return Err(ApiError::Forbidden(format!(
             "these credentials may not make tokens of tenant `{tenant}`"
         )));
@@ -126,7 +117,7 @@ async fn list<S: Store>(
         .list_tokens()
         .await?
         .into_iter()
-        .filter(|token| covers(&principal, &token.tenant))
+        .filter(|token| principal.tenants.covers(&token.tenant))
         .collect();
     Ok(Json(TokenList { tokens }))
 }
@@ -140,28 +131,23 @@ async fn revoke<S: Store>(
 ) -> Result<Json<TokenRecord>, ApiError> {
     let store = state.auth.store();
     let not_found = || ApiError::NotFound(format!("no token named `{name}`"));
-    let covered = store
+    let mut record = store
         .list_tokens()
         .await?
         .into_iter()
-        .any(|token| token.name == name && covers(&principal, &token.tenant));
-    if !covered {
-        return Err(not_found());
-    }
+        .find(|token| token.name == name && principal.tenants.covers(&token.tenant))
+        .ok_or_else(not_found)?;
+    let at = crate::model::event::truncate_to_micros(time::OffsetDateTime::now_utc());
     store
-        .revoke_token(&name, time::OffsetDateTime::now_utc())
+        .revoke_token(&name, at)
         .await
         .map_err(|error| match error {
             StoreError::NotFound => not_found(),
             other => other.into(),
         })?;
+    // As stored: a token revoked before keeps its first revocation time.
+    record.revoked_at.get_or_insert(at);
     tracing::info!(token = %name, by = %principal.name, "API token revoked");
-    let record = store
-        .list_tokens()
-        .await?
-        .into_iter()
-        .find(|token| token.name == name)
-        .ok_or_else(not_found)?;
     record_token_change(&state, &principal, "token.revoke", Action::Delete, &record).await?;
     Ok(Json(record))
 }

@@ -123,6 +123,15 @@ impl TenantScope {
         }
     }
 
+    /// Whether a credential of this scope may manage credentials of `other`: every tenant's
+    /// covers all; one tenant's only that tenant's.
+    pub fn covers(&self, other: &TenantScope) -> bool {
+        match other {
+            Self::All => *self == Self::All,
+            Self::One(tenant) => self.admits(tenant),
+        }
+    }
+
     /// Whether the credential may act in `tenant`.
     pub fn admits(&self, tenant: &TenantId) -> bool {
         match self {
