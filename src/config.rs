@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::api::HttpLimits;
+use crate::auth::jwt::JwtSettings;
 use crate::auth::throttle::ThrottleSettings;
 use crate::integrity::checkpointer::Schedule;
 use crate::log::WriterOptions;
@@ -26,11 +27,20 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
-const OPTIONAL_KEYS: [&str; 4] = [
+const OPTIONAL_KEYS: [&str; 13] = [
     "admin_password",
     "admin_password_file",
     "tls.cert_file",
     "tls.key_file",
+    "auth.jwt.issuer",
+    "auth.jwt.audience",
+    "auth.jwt.jwks_url",
+    "auth.jwt.jwks_file",
+    "auth.jwt.tenant_claim",
+    "auth.jwt.scope_claim",
+    "auth.jwt.leeway_secs",
+    "auth.jwt.jwks_max_age_secs",
+    "auth.jwt.jwks_min_refetch_secs",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +119,9 @@ pub struct AuthSettings {
     /// limit.
     pub max_failures: u32,
     pub failure_window_secs: u64,
+    /// Bearer JWTs from an OAuth 2.0 / OpenID Connect identity provider; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,6 +290,9 @@ impl Settings {
             self.admin_password.is_none() || self.admin_password_file.is_none(),
             "set admin_password or admin_password_file, not both",
         )?;
+        if let Some(jwt) = &self.auth.jwt {
+            jwt.validate().map_err(ConfigError::Rule)?;
+        }
         crate::store::Backend::of(self.database_url.expose())
             .map_err(|e| ConfigError::Rule(e.to_string()))?;
         Ok(())

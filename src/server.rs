@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
+use crate::auth::jwt::JwtVerifier;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::auth::throttle::Throttle;
@@ -41,6 +42,8 @@ pub enum ServeError {
     AdminPasswordFile(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("auth.jwt: {0}")]
+    Jwt(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -107,6 +110,10 @@ async fn serve_store<S: Store>(
         Duration::from_secs(settings.auth.cache_ttl_secs),
     )
     .map_err(|e| ServeError::Bootstrap(UserError::Invalid(e.to_string())))?;
+    let auth = match settings.auth.jwt.clone() {
+        Some(jwt) => auth.with_jwt(JwtVerifier::new(jwt).await.map_err(ServeError::Jwt)?),
+        None => auth,
+    };
     let log =
         AuditLog::new(store, writer, signer, settings.limits()).audit_reads(settings.audit_reads);
     let retention = crate::log::retention::spawn(

@@ -21,6 +21,15 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// Makes `ring` the process's rustls provider, for the clients that take the process default
+/// (the HTTP client that fetches an identity provider's keys). Idempotent.
+pub fn install_crypto_provider() {
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    // Fails only when a provider is installed already, which is all this asks.
+    let _ = provider.install_default();
+}
+
 /// The server configuration for the chain in `cert_file` and the key in `key_file`, offering
 /// HTTP/2 and HTTP/1.1.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<ServerConfig, TlsError> {

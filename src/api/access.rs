@@ -26,6 +26,7 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::InvalidCredentials => Self::Unauthorized,
             AuthError::Store(e) => e.into(),
+            AuthError::KeysUnavailable(_) => Self::IdentityProviderUnavailable,
             AuthError::Internal(e) => Self::Internal(e),
         }
     }
@@ -35,7 +36,7 @@ impl From<AuthError> for ApiError {
 enum Presented {
     /// HTTP Basic: a user name and password.
     Basic(String, String),
-    /// `Bearer`: an API token.
+    /// `Bearer`: an API token or a JWT.
     Bearer(String),
 }
 
@@ -130,7 +131,7 @@ async fn authorise<S: Store>(
     })?;
     let authenticated = match presented {
         Presented::Basic(name, secret) => state.auth.authenticate(&name, secret).await,
-        Presented::Bearer(token) => state.auth.authenticate_token(&token).await,
+        Presented::Bearer(token) => state.auth.authenticate_bearer(&token).await,
     };
     let credential = match authenticated {
         Ok(credential) => {

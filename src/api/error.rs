@@ -45,6 +45,8 @@ pub enum ApiError {
     Overloaded,
     #[error("the database is unavailable; retry shortly")]
     Unavailable,
+    #[error("the identity provider's signing keys cannot be read; retry shortly")]
+    IdentityProviderUnavailable,
     #[error("the request took too long")]
     Timeout,
     #[error("no data arrived for {0} s")]
@@ -91,9 +93,10 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdempotencyConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded
+            | Self::Unavailable
+            | Self::IdentityProviderUnavailable
+            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout | Self::IdleTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -115,6 +118,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
+            Self::IdentityProviderUnavailable => "identity_provider_unavailable",
             Self::Timeout => "timeout",
             Self::IdleTimeout(_) => "idle_timeout",
             Self::BodyUnreadable(_) => "body_error",
@@ -163,6 +167,9 @@ impl ApiError {
             }
             Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::IdentityProviderUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
             }
             Self::TooManyRequests(_, wait) => {
                 headers.insert(

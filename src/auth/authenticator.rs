@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::jwt::{JwtError, JwtVerifier};
 use super::password;
 use super::user_cache::UserCache;
 use super::{Credential, CredentialCache, tokens};
@@ -18,6 +19,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The identity provider's keys could not be read, so no JWT can be checked.
+    #[error("{0}")]
+    KeysUnavailable(String),
     #[error("authentication failed internally: {0}")]
     Internal(#[source] anyhow::Error),
 }
@@ -35,6 +39,8 @@ pub struct Authenticator<S> {
     /// expires under load, every connection of that client misses at once, and 64 of them
     /// verifying in parallel took the process to 1.3 GiB.
     verifications: tokio::sync::Semaphore,
+    /// Bearer JWTs from the identity provider of `[auth.jwt]`, when one is configured.
+    jwt: Option<JwtVerifier>,
 }
 
 impl<S: Store> Authenticator<S> {
@@ -54,7 +60,16 @@ impl<S: Store> Authenticator<S> {
             verifications: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
+            jwt: None,
         })
+    }
+
+    /// Also accepts bearer JWTs that `verifier` vouches for.
+    pub fn with_jwt(self, verifier: JwtVerifier) -> Self {
+        Self {
+            jwt: Some(verifier),
+            ..self
+        }
     }
 
     /// The store credentials are checked against (users and tokens are managed through it).
@@ -62,9 +77,31 @@ impl<S: Store> Authenticator<S> {
         &self.store
     }
 
+    /// The credential of a `Bearer` token: an API token (`auditor_…`), or, when `[auth.jwt]` is
+    /// configured, a JWT of its identity provider. `InvalidCredentials` for anything else.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Credential, AuthError> {
+        if token.starts_with(tokens::TOKEN_PREFIX) {
+            return self.authenticate_token(token).await;
+        }
+        let Some(verifier) = &self.jwt else {
+            tracing::info!("authentication failed: not an API token, and no JWT issuer is set");
+            return Err(AuthError::InvalidCredentials);
+        };
+        verifier.verify(token).await.map_err(|error| match error {
+            JwtError::KeysUnavailable(cause) => {
+                tracing::warn!(error = %cause, "cannot check a JWT");
+                AuthError::KeysUnavailable(cause)
+            }
+            refused => {
+                tracing::info!(reason = %refused, "authentication failed: JWT refused");
+                AuthError::InvalidCredentials
+            }
+        })
+    }
+
     /// The credential of an API token (`tokens`), or `InvalidCredentials` for a token that is
     /// unknown, revoked or expired. Its events record `token:<name>` as `recorded_by`.
-    pub async fn authenticate_token(&self, token: &str) -> Result<Credential, AuthError> {
+    async fn authenticate_token(&self, token: &str) -> Result<Credential, AuthError> {
         if !tokens::has_token_shape(token) {
             tracing::info!("authentication failed: not an API token");
             return Err(AuthError::InvalidCredentials);

@@ -4,6 +4,7 @@
 
 mod authenticator;
 mod cache;
+pub mod jwt;
 pub mod password;
 pub mod throttle;
 pub mod tokens;

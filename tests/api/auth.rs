@@ -430,7 +430,7 @@ async fn losing_the_users_listener_does_not_let_a_removed_user_in() {
 async fn simultaneous_uncached_logins_verify_a_few_at_a_time() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = crate::helpers::ServerProcess::serve(&db);
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let url = format!("http://{}/events?limit=1", server.address);
     let logins = (0..64).map(|_| client.get(&url).basic_auth(ADMIN.0, Some(ADMIN.1)).send());
     for response in futures::future::join_all(logins).await {

@@ -606,7 +606,7 @@ async fn a_subject_erasure_killed_midway_is_all_or_nothing(backend: Backend) {
 
     let db = TestDb::new(backend).await;
     let mut server = ServerProcess::serve(&db);
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
     let base = format!("http://{}", server.address);
     let subject_events = 2000;
     for chunk in 0..subject_events * 5 / 1000 {

@@ -237,11 +237,24 @@ pub async fn add_test_users<S: Store>(store: &S) {
     }
 }
 
+/// An HTTP client for the tests. The process's rustls provider is installed first: the service's
+/// own key-set client needs one, and shares its TLS build with this one.
+pub fn http_client() -> reqwest::Client {
+    auditor::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// The same, built from `builder`.
+pub fn http_client_from(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    auditor::tls::install_crypto_provider();
+    builder.build().expect("HTTP client")
+}
+
 pub async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {
     let (address, shutdown, server) = start(settings.clone()).await;
     let mut app = TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: http_client(),
         db,
         settings,
         shutdown,

@@ -380,7 +380,7 @@ async fn json_logs_have_one_object_per_request() {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut server =
         crate::helpers::ServerProcess::serve_with_env(&db, &[("AUDITOR_LOG_FORMAT", "json")]);
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let url = format!(
         "http://{}/events/01920000-0000-7000-8000-000000000000",
         server.address
@@ -416,7 +416,7 @@ async fn text_logs_escape_control_characters_from_clients() {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut server = crate::helpers::ServerProcess::serve(&db);
     let user = "x\nFORGED LINE level=ERROR\r\x1b[2J\u{2028}end";
-    let response = reqwest::Client::new()
+    let response = crate::helpers::http_client()
         .get(format!("http://{}/events", server.address))
         .basic_auth(user, Some("wrong"))
         .send()

@@ -33,7 +33,7 @@ async fn two_servers_on_one_postgres_database_keep_one_gapless_chain() {
     let clients = (0..CLIENTS).map(|client| {
         let addresses = addresses.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = crate::helpers::http_client();
             let mut ids = Vec::new();
             for i in 0..EACH {
                 // Each client alternates servers, so both write all along.
@@ -97,10 +97,9 @@ async fn sigkill_under_load_loses_no_acknowledged_event(backend: Backend) {
                 stop.clone(),
             );
             tokio::spawn(async move {
-                let http = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
+                let http = crate::helpers::http_client_from(
+                    reqwest::Client::builder().timeout(Duration::from_secs(5)),
+                );
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let body = json!({
