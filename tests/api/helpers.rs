@@ -424,10 +424,15 @@ impl ServerProcess {
     }
 
     pub fn serve_with_env(db: &TestDb, env: &[(&str, &str)]) -> Self {
+        Self::serve_on(db, "127.0.0.1:0", env)
+    }
+
+    /// Serving on `listen` (an address with port 0 for a random port).
+    pub fn serve_on(db: &TestDb, listen: &str, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
             .envs(env.iter().copied())
-            .args(["serve", "--migrate", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--migrate", "--listen", listen])
             .args(["--database-url", &db.url])
             .env(
                 "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",

@@ -105,6 +105,69 @@ fn fetch(url: &str, ca: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// An HTTPS connection held open by a Python client (`http.client`, keep-alive): one request
+/// now, another on the same socket when asked.
+struct KeptAlive {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+const KEPT_ALIVE_CLIENT: &str = r#"
+import http.client, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+connection = http.client.HTTPSConnection("localhost", int(sys.argv[2]), context=context)
+connection.request("GET", "/healthz")
+response = connection.getresponse(); response.read()
+print(response.status, flush=True)
+first = connection.sock
+sys.stdin.readline()
+connection.request("GET", "/healthz")
+response = connection.getresponse(); response.read()
+print(response.status, connection.sock is first, flush=True)
+"#;
+
+impl KeptAlive {
+    fn open(ca: &Path, port: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-c", KEPT_ALIVE_CLIENT, ca.to_str().unwrap(), port])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first answer").unwrap();
+        assert_eq!(first, "200");
+        Self { child, lines }
+    }
+
+    fn request_again(&mut self) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+        let answer = self.lines.next().expect("a second answer").unwrap();
+        let _ = self.child.wait();
+        answer
+    }
+}
+
+#[tokio::test]
+async fn plain_http_on_a_non_loopback_address_is_warned_about() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut exposed = ServerProcess::serve_on(&db, "0.0.0.0:0", &[]);
+    exposed.terminate();
+    let (_, log) = exposed.wait();
+    assert!(
+        log.contains("serving plain HTTP on a non-loopback address"),
+        "{log}"
+    );
+    let mut local = ServerProcess::serve(&db);
+    local.terminate();
+    let (_, log) = local.wait();
+    assert!(!log.contains("non-loopback"), "{log}");
+}
+
 #[tokio::test]
 async fn https_serves_the_configured_certificate_and_a_new_one_after_sighup() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -140,6 +203,9 @@ async fn https_serves_the_configured_certificate_and_a_new_one_after_sighup() {
     );
     assert!(!plain.status.success(), "plain HTTP to the TLS port");
 
+    // A connection opened before the reload, kept alive across it.
+    let mut open = KeptAlive::open(&first_ca.0, &port);
+
     // A new certificate by another authority, picked up on SIGHUP.
     server_certificate(&dir, &second_ca, &cert, &key);
     let hup = run("kill", &["-HUP", &server.pid().to_string()]);
@@ -152,6 +218,11 @@ async fn https_serves_the_configured_certificate_and_a_new_one_after_sighup() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    assert_eq!(
+        open.request_again(),
+        "200 True",
+        "the connection opened before SIGHUP still answers, on the same socket"
+    );
     assert!(
         fetch(&https("/healthz"), &first_ca.0).is_none(),
         "the old one is gone"
