@@ -159,7 +159,44 @@ async fn reads_go_unrecorded_when_turned_off(backend: Backend) {
     assert_eq!(operations, [json!("erase")]);
 }
 
+/// A read whose record cannot be written is not answered with the events: nothing is read
+/// unrecorded.
+async fn a_read_that_cannot_be_recorded_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.record(json!({"event_type": "secret", "user_identity": "alice"}))
+        .await;
+    let refuse_system_records = match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_system BEFORE INSERT ON events WHEN NEW.tenant = '_system' \
+             BEGIN SELECT RAISE(ABORT, 'the system log is full'); END"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse_system() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.tenant = '_system' THEN RAISE EXCEPTION 'the system log is full'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_system BEFORE INSERT ON events FOR EACH ROW \
+             EXECUTE FUNCTION refuse_system()"
+        }
+    };
+    app.db.execute(refuse_system_records).await.unwrap();
+    let response = app.get("/events?event_type=secret", READER).await;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert!(status >= 500, "{status} {body}");
+    assert!(!body.contains("alice"), "{body}");
+    // Writing the tenant's own log still works.
+    let written = app
+        .post_json(
+            "/events",
+            WRITER,
+            &json!({"event_type": "after", "user_identity": "bob"}),
+        )
+        .await;
+    assert_eq!(written.status(), 201);
+}
+
 crate::both_backends!(
     reads_are_recorded_in_the_system_log_which_only_global_admins_read,
     reads_go_unrecorded_when_turned_off,
+    a_read_that_cannot_be_recorded_is_refused,
 );
