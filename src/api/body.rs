@@ -16,23 +16,41 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(content_type) = request.headers().get(CONTENT_TYPE) {
-            let essence = content_type
-                .to_str()
-                .unwrap_or_default()
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            if essence != "application/json" && !essence.ends_with("+json") {
-                return Err(ApiError::UnsupportedMediaType);
-            }
-        }
+        require_json(request.headers())?;
         RawBody::from_request(request, state)
             .await
             .map(|RawBody(bytes)| Self(bytes))
     }
+}
+
+/// `415` unless the `Content-Type` is JSON (`application/json` or `…+json`) or absent.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    match content_type(headers) {
+        Some(essence) if essence != "application/json" && !essence.ends_with("+json") => {
+            Err(ApiError::UnsupportedMediaType)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `Content-Type`'s media type, lower-cased, without its parameters.
+pub fn content_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().unwrap_or_default();
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// `400` with serde_json's position when `bytes` is not well-formed JSON.
+pub fn require_well_formed(bytes: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
 
 /// A request body read whatever its declared type. Seed 2's curl examples send JSON without a

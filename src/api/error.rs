@@ -190,6 +190,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::Invalid(error)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

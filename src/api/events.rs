@@ -1,14 +1,15 @@
 //! `/events`: record events, fetch one, and query them by any field.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
 use super::access::{ReadAccess, WriteAccess};
-use super::body::{JsonBytes, OneOrMany, parse_one_or_many};
+use super::body::{OneOrMany, RawBody, parse_one_or_many, require_json};
+use super::cloudevents;
 use super::{ApiError, AppState};
 use crate::log::Recorded;
 use crate::model::{Event, EventId, Page, QueryError, RawEvent};
@@ -30,13 +31,23 @@ pub fn status_of(recorded: &Recorded) -> StatusCode {
     }
 }
 
+/// Records the body's events: the service's own event JSON, or CloudEvents in any of the HTTP
+/// binding's modes (`api::cloudevents`).
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,
-    JsonBytes(body): JsonBytes,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    let events = match cloudevents::events_in(&headers, &body) {
+        Some(events) => events?,
+        None => {
+            require_json(&headers)?;
+            parse_one_or_many::<RawEvent>(&body)?
+        }
+    };
     // Serialised straight from the events: no `serde_json::Value` built in between.
-    match parse_one_or_many::<RawEvent>(&body)? {
+    match events {
         OneOrMany::One(raw) => {
             let recorded = state.log.record_one(&principal, raw).await?;
             let status = status_of(&recorded);

@@ -5,6 +5,7 @@ mod body;
 mod bulk;
 pub mod ceiling;
 mod checkpoints;
+mod cloudevents;
 mod compat;
 mod erasure;
 mod error;

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod canonical;
+pub mod cloudevent;
 mod digest;
 pub mod erasure;
 pub mod event;

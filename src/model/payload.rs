@@ -107,7 +107,7 @@ fn check_text(text: &str, path: &str) -> Result<(), FieldError> {
 }
 
 /// An object's members in document order, duplicates kept so that they can be refused.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+pub(crate) struct Members<'a>(pub Vec<(String, &'a RawValue)>);
 
 impl<'de> serde::Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -9,6 +9,7 @@ mod access_matrix;
 mod auth;
 mod bulk;
 mod cli;
+mod cloudevents;
 mod compat;
 mod erasure;
 mod events;

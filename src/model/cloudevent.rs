@@ -1,0 +1,385 @@
+//! CloudEvents 1.0 (<https://github.com/cloudevents/spec>) as a way to write an audit event.
+//! Every binding (HTTP structured and binary mode, a broker's message) gathers the context
+//! attributes and the data into a [`CloudEvent`]; [`CloudEvent::into_raw_event`] maps it onto the
+//! event's fields:
+//!
+//! | CloudEvents | event |
+//! |---|---|
+//! | `type` | `event_type` |
+//! | `source` | `source` |
+//! | `id` | `idempotency_key`, as `<source> <id>`: an id is unique per source, and a URI reference holds no space |
+//! | `subject` | `entity_id` |
+//! | `time` | `occurred_at` |
+//! | `data` | `event_data`: a JSON object as it is; any other JSON value as `{"data": …}`; other content as `{"data_base64": …, "datacontenttype": …}` |
+//! | extension `authid` (the Auth Context extension's actor) | `user_identity`; without it, `source` |
+//! | extensions `entity`, `action`, `outcome`, `property`, `ip` | the field of that name |
+//!
+//! `specversion` must be `1.0`. `datacontenttype` and `dataschema` describe the data and are not
+//! kept apart from it; any other attribute is refused (`422`) rather than silently dropped.
+//! The data's JSON is kept as its text, so its numbers reach `model::payload`'s exactness
+//! checks as sent: the reason this mapping does not go through an SDK's `serde_json::Value`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::value::RawValue;
+
+use super::event::{FieldError, RawEvent};
+use super::payload::Members;
+
+/// The `Content-Type` of one structured-mode event.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The `Content-Type` of a batch of structured-mode events (a JSON array).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+/// The context attributes this mapping reads; any other is refused.
+const KNOWN_ATTRIBUTES: [&str; 15] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "authid",
+    "authtype",
+    "entity",
+    "action",
+    "outcome",
+    "property",
+    "ip",
+];
+
+/// An event's data as a binding carries it.
+#[derive(Debug, Clone)]
+pub enum CloudEventData {
+    /// JSON (structured mode's `data`, or a binary-mode body of a JSON content type).
+    Json(Box<RawValue>),
+    /// Bytes of another content type (structured mode's `data_base64`, or a binary-mode body).
+    Binary(Vec<u8>),
+}
+
+/// One CloudEvent: its context attributes (extensions included) as strings, and its data.
+#[derive(Debug, Clone, Default)]
+pub struct CloudEvent {
+    pub attributes: BTreeMap<String, String>,
+    pub data: Option<CloudEventData>,
+}
+
+impl CloudEvent {
+    /// One event in the JSON event format (structured mode). Attribute values that are JSON
+    /// numbers or booleans (an extension's integer) are kept as their JSON text.
+    pub fn from_structured(json: &[u8]) -> Result<Self, FieldError> {
+        let Members(members) = serde_json::from_slice(json)
+            .map_err(|e| FieldError::new("cloudevent", format!("is not a JSON object: {e}")))?;
+        Self::from_members(members)
+    }
+
+    /// A batch in the JSON batch format: an array of structured events. Errors name the
+    /// event's index, e.g. `[2].type`.
+    pub fn from_structured_batch(json: &[u8]) -> Result<Vec<Self>, FieldError> {
+        let events: Vec<&RawValue> = serde_json::from_slice(json).map_err(|e| {
+            FieldError::new("cloudevents", format!("is not a JSON array of events: {e}"))
+        })?;
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| {
+                Self::from_structured(event.get().as_bytes()).map_err(|e| e.at_index(index))
+            })
+            .collect()
+    }
+
+    fn from_members(members: Vec<(String, &RawValue)>) -> Result<Self, FieldError> {
+        let mut event = Self::default();
+        for (name, value) in members {
+            if event.attributes.contains_key(&name)
+                || (name == "data" || name == "data_base64") && event.data.is_some()
+            {
+                return Err(FieldError::new(
+                    name,
+                    "appears twice (or with data_base64/data)",
+                ));
+            }
+            match name.as_str() {
+                "data" => event.data = Some(CloudEventData::Json(value.to_owned())),
+                "data_base64" => {
+                    let text: String = serde_json::from_str(value.get())
+                        .map_err(|_| FieldError::new("data_base64", "must be a string"))?;
+                    let bytes = STANDARD.decode(text.trim()).map_err(|e| {
+                        FieldError::new("data_base64", format!("is not base64: {e}"))
+                    })?;
+                    event.data = Some(CloudEventData::Binary(bytes));
+                }
+                _ => {
+                    let text = match serde_json::from_str::<String>(value.get()) {
+                        Ok(text) => text,
+                        Err(_) if !value.get().starts_with(['{', '[', 'n']) => {
+                            value.get().to_owned()
+                        }
+                        Err(_) => {
+                            return Err(FieldError::new(
+                                name,
+                                "must be a string, a number or a boolean",
+                            ));
+                        }
+                    };
+                    event.attributes.insert(name, text);
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name).map(String::as_str)
+    }
+
+    fn required(&self, name: &str) -> Result<&str, FieldError> {
+        match self.attribute(name) {
+            Some(value) if !value.is_empty() => Ok(value),
+            _ => Err(FieldError::new(
+                name,
+                "is required by CloudEvents 1.0 and must not be empty",
+            )),
+        }
+    }
+
+    /// The audit event this CloudEvent records (see the module doc for the mapping). Errors
+    /// name the CloudEvents attribute.
+    pub fn into_raw_event(self) -> Result<RawEvent, FieldError> {
+        match self.attribute("specversion") {
+            Some("1.0") => {}
+            Some(other) => {
+                return Err(FieldError::new(
+                    "specversion",
+                    format!("`{other}` is not supported; send CloudEvents 1.0"),
+                ));
+            }
+            None => return Err(FieldError::new("specversion", "is required (1.0)")),
+        }
+        if let Some(unknown) = self
+            .attributes
+            .keys()
+            .find(|name| !KNOWN_ATTRIBUTES.contains(&name.as_str()))
+        {
+            return Err(FieldError::new(
+                unknown.clone(),
+                format!(
+                    "is not an attribute this service records; it takes {} (see the README)",
+                    KNOWN_ATTRIBUTES.join(", ")
+                ),
+            ));
+        }
+        let id = self.required("id")?;
+        let source = self.required("source")?;
+        let event_type = self.required("type")?;
+        let mut fields = serde_json::Map::new();
+        let mut put = |field: &str, value: &str| {
+            fields.insert(field.to_owned(), value.into());
+        };
+        put("event_type", event_type);
+        put("source", source);
+        put("idempotency_key", &format!("{source} {id}"));
+        put("user_identity", self.attribute("authid").unwrap_or(source));
+        for (attribute, field) in [
+            ("subject", "entity_id"),
+            ("time", "occurred_at"),
+            ("entity", "entity"),
+            ("action", "action"),
+            ("outcome", "outcome"),
+            ("property", "property"),
+            ("ip", "ip"),
+        ] {
+            if let Some(value) = self.attribute(attribute) {
+                put(field, value);
+            }
+        }
+        let mut text = serde_json::Value::Object(fields).to_string();
+        if let Some(data) = self.event_data()? {
+            // The data's text goes in as received, so that its numbers are checked as sent.
+            text.pop();
+            text.push_str(",\"event_data\":");
+            text.push_str(data.get());
+            text.push('}');
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let field = error.path().to_string();
+            let message = error.into_inner().to_string();
+            // serde_json ends a message with where in our own text it failed, which means
+            // nothing to the sender.
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            FieldError::new(attribute_of(&field), message)
+        })
+    }
+
+    fn event_data(&self) -> Result<Option<Box<RawValue>>, FieldError> {
+        let wrap = |value: serde_json::Value| {
+            serde_json::value::to_raw_value(&value)
+                .map_err(|e| FieldError::new("data", e.to_string()))
+        };
+        match &self.data {
+            None => Ok(None),
+            Some(CloudEventData::Json(raw)) if raw.get().starts_with('{') => Ok(Some(raw.clone())),
+            Some(CloudEventData::Json(raw)) => {
+                let text = format!("{{\"data\":{}}}", raw.get());
+                RawValue::from_string(text)
+                    .map(Some)
+                    .map_err(|e| FieldError::new("data", e.to_string()))
+            }
+            Some(CloudEventData::Binary(bytes)) => {
+                let mut data = serde_json::Map::new();
+                data.insert("data_base64".into(), STANDARD.encode(bytes).into());
+                if let Some(content_type) = self.attribute("datacontenttype") {
+                    data.insert("datacontenttype".into(), content_type.into());
+                }
+                wrap(serde_json::Value::Object(data)).map(Some)
+            }
+        }
+    }
+}
+
+/// Whether a binary-mode body of `content_type` is JSON data (absent means JSON, as the
+/// spec's JSON event format assumes).
+pub fn is_json_content_type(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return true;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// The CloudEvents attribute an event field came from.
+fn attribute_of(field: &str) -> String {
+    let attribute = match field {
+        "event_type" => "type",
+        "entity_id" => "subject",
+        "occurred_at" => "time",
+        "user_identity" => "authid",
+        "idempotency_key" => "id",
+        "event_data" => "data",
+        "." | "" => "cloudevent",
+        other => other,
+    };
+    attribute.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn structured(json: &str) -> Result<RawEvent, FieldError> {
+        CloudEvent::from_structured(json.as_bytes())?.into_raw_event()
+    }
+
+    #[test]
+    fn the_attributes_map_onto_the_event() {
+        let event = structured(
+            r#"{"specversion":"1.0","id":"42","source":"/billing","type":"com.acme.billed",
+                "subject":"acct-7","time":"2026-12-06T10:00:00Z","authid":"alice",
+                "action":"update","entity":"account","datacontenttype":"application/json",
+                "data":{"amount":12.50,"big":9007199254740991}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(event.event_type, "com.acme.billed");
+        assert_eq!(event.user_identity, "alice");
+        assert_eq!(event.source.as_deref(), Some("/billing"));
+        assert_eq!(event.idempotency_key.as_deref(), Some("/billing 42"));
+        assert_eq!(event.entity_id.as_deref(), Some("acct-7"));
+        assert_eq!(event.entity.as_deref(), Some("account"));
+        assert!(event.occurred_at.is_some());
+        let data = event.event_data.map(|d| d.get().to_owned());
+        assert_eq!(
+            data.as_deref(),
+            Some(r#"{"amount":12.50,"big":9007199254740991}"#),
+            "the data's text as sent"
+        );
+    }
+
+    #[test]
+    fn other_data_is_wrapped_and_the_source_stands_in_for_a_missing_actor() {
+        let event =
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":[1,2]}"#)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(event.user_identity, "/s");
+        assert_eq!(
+            event.event_data.map(|d| d.get().to_owned()).as_deref(),
+            Some(r#"{"data":[1,2]}"#)
+        );
+        let binary = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t",
+                "datacontenttype":"application/octet-stream","data_base64":"AAEC"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            binary.event_data.map(|d| d.get().to_owned()).as_deref(),
+            Some(r#"{"data_base64":"AAEC","datacontenttype":"application/octet-stream"}"#)
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_recorded_is_refused_by_attribute() {
+        for (json, field) in [
+            (r#"{"id":"1","source":"/s","type":"t"}"#, "specversion"),
+            (
+                r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
+                "specversion",
+            ),
+            (r#"{"specversion":"1.0","source":"/s","type":"t"}"#, "id"),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"","type":"t"}"#,
+                "source",
+            ),
+            (r#"{"specversion":"1.0","id":"1","source":"/s"}"#, "type"),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","traceparent":"x"}"#,
+                "traceparent",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#,
+                "time",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","action":"explode"}"#,
+                "action",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","id":"2","source":"/s","type":"t"}"#,
+                "id",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#,
+                "data_base64",
+            ),
+        ] {
+            let error = structured(json).expect_err(json);
+            assert_eq!(error.field, field, "{json}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_names_the_failing_event() {
+        let batch = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},
+                         {"specversion":"1.0","id":"2","source":"/s"}]"#;
+        let events = CloudEvent::from_structured_batch(batch).unwrap_or_default();
+        let errors: Vec<FieldError> = events
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.into_raw_event().err().map(|e| e.at_index(i)))
+            .collect();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "[1].type");
+    }
+}
