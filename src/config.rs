@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::HttpLimits;
 use crate::auth::jwt::JwtSettings;
 use crate::auth::throttle::ThrottleSettings;
+use crate::ingest::IngestSettings;
 use crate::integrity::checkpointer::Schedule;
 use crate::log::WriterOptions;
 use crate::log::retention::RetentionPolicy;
@@ -63,6 +64,9 @@ pub struct Settings {
     pub retention: RetentionSettings,
     #[serde(default)]
     pub tls: TlsSettings,
+    /// Message brokers consumed inside `serve` (`[[ingest.nats]]`, `[[ingest.amqp]]`).
+    #[serde(default)]
+    pub ingest: IngestSettings,
 }
 
 /// `[tls]`: HTTPS for the API, with a certificate chain and its key in PEM files; both or
@@ -290,6 +294,7 @@ impl Settings {
             self.admin_password.is_none() || self.admin_password_file.is_none(),
             "set admin_password or admin_password_file, not both",
         )?;
+        self.ingest.validate().map_err(ConfigError::Rule)?;
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().map_err(ConfigError::Rule)?;
         }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod ingest;
 pub mod integrity;
 pub mod log;
 pub mod model;

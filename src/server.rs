@@ -121,6 +121,7 @@ async fn serve_store<S: Store>(
         settings.retention_policy(),
         stop_background.clone(),
     );
+    let consumers = crate::ingest::spawn(&log, &settings.ingest, &stop_background);
     let state = AppState {
         log,
         auth: Arc::new(auth),
@@ -176,13 +177,17 @@ async fn serve_store<S: Store>(
             let _ = reload.await;
         }
     }
-    // The background tasks stop first: retention holds a writer handle, and the writer stops
-    // only once every handle is gone. A retention batch already queued is still committed.
+    // The background tasks stop first: retention and the broker consumers hold writer handles,
+    // and the writer stops only once every handle is gone. A retention batch already queued,
+    // and the broker messages in hand, are still committed (and acknowledged).
     stop_background.cancel();
     let _ = checkpoints.await;
     let _ = maintenance.await;
     if let Some(retention) = retention {
         let _ = retention.await;
+    }
+    for consumer in consumers {
+        let _ = consumer.await;
     }
     // The router (and with it every other writer handle) is gone: the writer drains and stops.
     let _ = writer_task.await;

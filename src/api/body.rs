@@ -7,7 +7,7 @@ use axum::http::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
-use crate::model::FieldError;
+use crate::model::json::{self, JsonError};
 
 /// A request body that claims to be JSON (or claims nothing), not yet parsed.
 pub struct JsonBytes(pub Bytes);
@@ -84,25 +84,10 @@ pub struct BodyLimit(pub usize);
 
 /// Parses JSON, telling broken syntax (400) from a valid document of the wrong shape (422).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let message = strip_position(&inner.to_string());
-                let field = named_field(&message)
-                    .map(|name| join_path(&path, name))
-                    .unwrap_or(path);
-                ApiError::Invalid(FieldError::new(field, message))
-            }
-            _ => ApiError::MalformedJson(inner.to_string()),
-        }
-    })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    Ok(value)
+    json::parse(bytes).map_err(|error| match error {
+        JsonError::Malformed(message) => ApiError::MalformedJson(message),
+        JsonError::Invalid(field) => ApiError::Invalid(field),
+    })
 }
 
 /// Like [`parse`], but an empty body means "all defaults" (seed 2's bodiless PUT and DELETE).
@@ -111,33 +96,6 @@ pub fn parse_or_default<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T
         Ok(T::default())
     } else {
         parse(bytes)
-    }
-}
-
-/// serde_json appends " at line 1 column 9" to data errors; the field name says more.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-/// The field a "missing field `x`" / "unknown field `x`" message is about.
-fn named_field(message: &str) -> Option<&str> {
-    let rest = message
-        .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))
-        .or_else(|| message.strip_prefix("duplicate field `"))?;
-    rest.split('`').next()
-}
-
-fn join_path(path: &str, name: &str) -> String {
-    if path == "." || path.is_empty() {
-        name.to_owned()
-    } else if path.ends_with(name) {
-        path.to_owned()
-    } else {
-        format!("{path}.{name}")
     }
 }
 

@@ -10,11 +10,10 @@ use serde_json::value::RawValue;
 
 use super::ApiError;
 use super::body::{OneOrMany, content_type, require_well_formed};
-use crate::model::{FieldError, RawEvent};
 use crate::model::cloudevent::{
-    BATCH_CONTENT_TYPE, CloudEvent, CloudEventData, STRUCTURED_CONTENT_TYPE,
-    is_json_content_type,
+    BATCH_CONTENT_TYPE, CloudEvent, CloudEventData, STRUCTURED_CONTENT_TYPE, is_json_content_type,
 };
+use crate::model::{FieldError, RawEvent};
 
 /// The events a CloudEvents request carries, or `None` when the request is not one (then
 /// it is the service's own event JSON).
@@ -63,10 +62,7 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
             .ok()
             .and_then(|v| percent_decode_str(v).decode_utf8().ok())
             .ok_or_else(|| {
-                ApiError::Invalid(FieldError::new(
-                    attribute,
-                    "is not percent-encoded UTF-8",
-                ))
+                ApiError::Invalid(FieldError::new(attribute, "is not percent-encoded UTF-8"))
             })?;
         if event
             .attributes
@@ -90,8 +86,8 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
     if !body.is_empty() {
         event.data = Some(if is_json_content_type(content_type) {
             require_well_formed(body)?;
-            let text = std::str::from_utf8(body)
-                .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+            let text =
+                std::str::from_utf8(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
             let raw = RawValue::from_string(text.trim().to_owned())
                 .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
             CloudEventData::Json(raw)

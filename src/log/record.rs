@@ -76,8 +76,8 @@ impl<S: Store> AuditLog<S> {
     }
 
     /// Appends already validated events atomically to `tenant`'s log, recorded by `recorded_by`:
-    /// for the service's own records (retention), which no caller sends.
-    pub(super) async fn record_in(
+    /// for what no authenticated caller sends (the service's own records, a broker's messages).
+    pub async fn record_in(
         &self,
         tenant: TenantId,
         recorded_by: &str,

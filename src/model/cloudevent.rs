@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::value::RawValue;
 
 use super::event::{FieldError, RawEvent};
+use super::json::JsonError;
 use super::payload::Members;
 
 /// The `Content-Type` of one structured-mode event.
@@ -205,18 +206,9 @@ impl CloudEvent {
             text.push_str(data.get());
             text.push('}');
         }
-        let mut deserializer = serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let field = error.path().to_string();
-            let message = error.into_inner().to_string();
-            // serde_json ends a message with where in our own text it failed, which means
-            // nothing to the sender.
-            let message = message
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            FieldError::new(attribute_of(&field), message)
+        super::json::parse(text.as_bytes()).map_err(|error| match error {
+            JsonError::Invalid(error) => FieldError::new(attribute_of(&error.field), error.message),
+            JsonError::Malformed(message) => FieldError::new("data", message),
         })
     }
 

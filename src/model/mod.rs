@@ -8,6 +8,7 @@ pub mod erasure;
 pub mod event;
 pub mod fields;
 pub mod ids;
+pub mod json;
 pub mod payload;
 pub mod query;
 pub mod token;

@@ -102,7 +102,10 @@ async fn cloudevents_from_the_sdk_are_recorded_once_in_every_mode(backend: Backe
         json!({"amount": 12.5, "account_id": 9007199254740991_i64})
     );
     assert_eq!(paid["recorded_by"], WRITER.0);
-    assert_eq!(answers[1]["body"]["id"], paid["id"], "the redelivery is a replay");
+    assert_eq!(
+        answers[1]["body"]["id"], paid["id"],
+        "the redelivery is a replay"
+    );
 
     let binary = &answers[2]["body"];
     assert_eq!(binary["user_identity"], "bob");

@@ -137,6 +137,35 @@ impl TestDb {
         }
     }
 
+    /// How many events `tenant` has, counted in the database itself.
+    pub async fn count_events(&self, tenant: &str) -> i64 {
+        let sql = "SELECT count(*) FROM events WHERE tenant = $1";
+        match self.backend {
+            Backend::Sqlite => {
+                let (path, tenant) = (self.sqlite_path(), tenant.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).expect("open");
+                    conn.busy_timeout(std::time::Duration::from_secs(5))
+                        .expect("busy timeout");
+                    conn.query_row(&sql.replace("$1", "?1"), [tenant], |row| row.get(0))
+                        .expect("count")
+                })
+                .await
+                .expect("the count's thread")
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .bind(tenant)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count")
+            }
+        }
+    }
+
     /// The SQLite database's file.
     pub fn sqlite_path(&self) -> PathBuf {
         assert_eq!(self.backend, Backend::Sqlite, "sqlite_path is for SQLite");
@@ -431,6 +460,7 @@ impl ServerProcess {
     pub fn serve_on(db: &TestDb, listen: &str, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+            .env_remove("AUDITOR_CONFIG")
             .envs(env.iter().copied())
             .args(["serve", "--migrate", "--listen", listen])
             .args(["--database-url", &db.url])
@@ -440,7 +470,6 @@ impl ServerProcess {
             )
             .env("AUDITOR_ADMIN_PASSWORD", ADMIN.1)
             .env("RUST_LOG", "info")
-            .env_remove("AUDITOR_CONFIG")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start auditor");

@@ -6,6 +6,7 @@ mod helpers;
 
 mod access_log;
 mod access_matrix;
+mod amqp;
 mod auth;
 mod bulk;
 mod cli;
@@ -19,6 +20,7 @@ mod idp;
 mod integrity;
 mod jwt;
 mod lifecycle;
+mod nats;
 mod partitions;
 mod postgres_tls;
 mod postings;

@@ -1,0 +1,279 @@
+//! RabbitMQ (AMQP 0-9-1): a consumer on a queue, with manual acknowledgements and `prefetch`
+//! unacknowledged messages at most. The messages that have arrived are recorded together, in
+//! one commit where they can be, and each is acknowledged after its events are committed. A
+//! message's id is its `message-id` property (or its events' own keys): a producer that sets
+//! neither gets no protection from a redelivery. A message that cannot be recorded is
+//! published to `dead_letter_queue` (through the default exchange, with publisher confirms) with
+//! its bytes, its properties and an `auditor-error` header saying why, and then acknowledged;
+//! while the database is down, messages are returned to the queue and the consumer waits.
+//!
+//! CloudEvents come structured in the body, or in binary mode with the attributes as
+//! `cloudEvents:<name>` (or `cloudEvents_<name>`) headers, as the CloudEvents AMQP binding has
+//! them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::Delivery;
+use super::{Backoff, Fate, record_messages};
+use crate::log::AuditLog;
+use crate::model::TenantId;
+use crate::store::Store;
+
+/// `[[ingest.amqp]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:5672/%2f` (the virtual host percent-encoded).
+    pub url: String,
+    /// The queue consumed; declared durable when it does not exist.
+    pub queue: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Where messages that cannot be recorded go; declared durable when it does not exist.
+    pub dead_letter_queue: String,
+    /// Unacknowledged messages the broker may hand over at once, and so recorded together.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_prefetch() -> u16 {
+    1000
+}
+
+/// How long the consumer waits for more messages to join the ones it has before it records
+/// them.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
+
+/// Consumes until `stop`, reconnecting with a back-off after any failure.
+pub async fn run<S: Store>(log: AuditLog<S>, settings: AmqpSettings, stop: CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        match consume(&log, &settings, &stop, &mut backoff).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(queue = %settings.queue, %error, "AMQP consumer failed; reconnecting");
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Makes sure `queue` exists: a queue declared already (of any kind, quorum or classic) is
+/// used as it is; a missing one is declared durable.
+async fn ensure_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let probe = connection.create_channel().await?;
+    if probe
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_ok()
+    {
+        let _ = probe.close(200, "ok".into()).await;
+        return Ok(());
+    }
+    // A failed passive declaration closes its channel: declare on a new one.
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(())
+}
+
+async fn consume<S: Store>(
+    log: &AuditLog<S>,
+    settings: &AmqpSettings,
+    stop: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    // Named, so that an operator finds it in `rabbitmqctl list_connections`.
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("auditor {}", settings.queue).into());
+    let connection = Connection::connect(&settings.url, properties).await?;
+    ensure_queue(&connection, &settings.queue).await?;
+    ensure_queue(&connection, &settings.dead_letter_queue).await?;
+    let dead_letters = connection.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            "auditor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %settings.queue, "consuming from AMQP");
+    let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
+    let recorded_by = format!("amqp:{}", settings.queue);
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let Some(first) = first else {
+            anyhow::bail!("the broker cancelled the consumer");
+        };
+        let mut messages = vec![first?];
+        while messages.len() < usize::from(settings.prefetch) {
+            match tokio::time::timeout(GATHER_WAIT, consumer.next()).await {
+                Ok(Some(message)) => messages.push(message?),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let decoded = messages
+            .iter()
+            .map(|message| delivery(message).events())
+            .collect();
+        let fates = record_messages(log, &tenant, &recorded_by, decoded).await;
+        let mut retry = false;
+        for (message, fate) in messages.iter().zip(fates) {
+            match fate {
+                Fate::Committed => acknowledge(message).await,
+                Fate::Refused(reason) => {
+                    dead_letter(&dead_letters, settings, message, &reason).await?;
+                    acknowledge(message).await;
+                }
+                Fate::Retry => {
+                    retry = true;
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    };
+                    message.nack(requeue).await?;
+                }
+            }
+        }
+        if retry {
+            if !backoff.wait(stop).await {
+                break;
+            }
+        } else {
+            backoff.reset();
+        }
+    }
+    // Messages not acknowledged go back to the queue when the channel closes.
+    let _ = channel.close(200, "stopping".into()).await;
+    let _ = connection.close(200, "stopping".into()).await;
+    Ok(())
+}
+
+/// A failed acknowledgement only means a redelivery, which is a replay for a keyed message.
+async fn acknowledge(message: &AmqpDelivery) {
+    if let Err(error) = message.ack(BasicAckOptions::default()).await {
+        tracing::warn!(%error, "could not acknowledge an AMQP message; it will be redelivered");
+    }
+}
+
+fn text_of(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        AMQPValue::Boolean(b) => Some(b.to_string()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        AMQPValue::Timestamp(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
+    let properties = &message.properties;
+    let mut cloudevent_attributes = BTreeMap::new();
+    if let Some(headers) = properties.headers() {
+        for (name, value) in headers.inner() {
+            let name = name.as_str();
+            let attribute = name
+                .strip_prefix("cloudEvents:")
+                .or_else(|| name.strip_prefix("cloudEvents_"));
+            if let (Some(attribute), Some(value)) = (attribute, text_of(value)) {
+                cloudevent_attributes.insert(attribute.to_owned(), value);
+            }
+        }
+    }
+    Delivery {
+        body: &message.data,
+        message_id: properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+        broker_id: None,
+        cloudevent_attributes,
+        content_type: properties
+            .content_type()
+            .as_ref()
+            .map(|t| t.as_str().to_owned()),
+    }
+}
+
+/// Publishes the message, as received, to the dead-letter queue with the reason, and waits
+/// for the broker to confirm it.
+async fn dead_letter(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    message: &AmqpDelivery,
+    reason: &str,
+) -> anyhow::Result<()> {
+    tracing::warn!(
+        queue = %settings.queue,
+        dead_letter_queue = %settings.dead_letter_queue,
+        %reason,
+        "a message cannot be recorded; dead-lettered"
+    );
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from("auditor-error"),
+        AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
+    );
+    let properties: BasicProperties = message
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            settings.dead_letter_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &message.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirmation.is_nack() {
+        anyhow::bail!("the broker refused the dead letter");
+    }
+    Ok(())
+}

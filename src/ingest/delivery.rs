@@ -1,0 +1,213 @@
+//! One broker message, whatever the broker, turned into the events it records: its body is the
+//! event JSON of `POST /events` (an object or an array) or CloudEvents (structured, a batch, or
+//! binary mode with the attributes in the message's headers), and every event without an
+//! idempotency key of its own gets one from the message's id, so that a redelivered message is
+//! a replay.
+
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+
+use crate::model::cloudevent::{CloudEvent, CloudEventData, is_json_content_type};
+use crate::model::json::{self, JsonError};
+use crate::model::payload::Members;
+use crate::model::{FieldError, RawEvent};
+
+/// What a broker handed over.
+#[derive(Debug, Default)]
+pub struct Delivery<'a> {
+    pub body: &'a [u8],
+    /// The message's own id (JetStream's `Nats-Msg-Id`, AMQP's `message-id`), which the
+    /// producer sets and keeps across its retries.
+    pub message_id: Option<String>,
+    /// An id the broker gives the message, stable across redeliveries (JetStream's stream
+    /// sequence), for messages without one of their own.
+    pub broker_id: Option<String>,
+    /// CloudEvents binary mode: the attributes found in the message's headers.
+    pub cloudevent_attributes: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+}
+
+impl Delivery<'_> {
+    /// The message's events, each with an idempotency key when the message has an id, or why
+    /// it cannot be recorded (the reason its dead letter carries).
+    pub fn events(&self) -> Result<Vec<RawEvent>, FieldError> {
+        let mut events = if self.cloudevent_attributes.contains_key("specversion") {
+            vec![self.binary_cloudevent()?]
+        } else {
+            self.body_events()?
+        };
+        let id = self.message_id.as_ref().or(self.broker_id.as_ref());
+        if let Some(id) = id {
+            let single = events.len() == 1;
+            for (index, event) in events.iter_mut().enumerate() {
+                if event.idempotency_key.is_none() {
+                    event.idempotency_key = Some(if single {
+                        id.clone()
+                    } else {
+                        format!("{id}#{index}")
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn binary_cloudevent(&self) -> Result<RawEvent, FieldError> {
+        let mut event = CloudEvent {
+            attributes: self.cloudevent_attributes.clone(),
+            data: None,
+        };
+        if let Some(content_type) = &self.content_type {
+            event
+                .attributes
+                .insert("datacontenttype".into(), content_type.clone());
+        }
+        if !self.body.is_empty() {
+            event.data = Some(if is_json_content_type(self.content_type.as_deref()) {
+                let text = std::str::from_utf8(self.body)
+                    .map_err(|e| FieldError::new("data", e.to_string()))?;
+                CloudEventData::Json(
+                    RawValue::from_string(text.trim().to_owned())
+                        .map_err(|e| FieldError::new("data", format!("is not JSON: {e}")))?,
+                )
+            } else {
+                CloudEventData::Binary(self.body.to_vec())
+            });
+        }
+        event.into_raw_event()
+    }
+
+    /// The body: one event or an array of them, each the service's event JSON or a structured
+    /// CloudEvent (told apart by its `specversion` member).
+    fn body_events(&self) -> Result<Vec<RawEvent>, FieldError> {
+        let body = std::str::from_utf8(self.body)
+            .map_err(|e| FieldError::new("body", format!("is not UTF-8: {e}")))?;
+        let first = body.trim_start().as_bytes().first();
+        let items: Vec<&RawValue> = if first == Some(&b'[') {
+            serde_json::from_str(body)
+                .map_err(|e| FieldError::new("body", format!("is not a JSON array: {e}")))?
+        } else {
+            vec![
+                serde_json::from_str(body)
+                    .map_err(|e| FieldError::new("body", format!("is not JSON: {e}")))?,
+            ]
+        };
+        let many = items.len() > 1 || first == Some(&b'[');
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let event = one_event(item);
+                if many {
+                    event.map_err(|e| e.at_index(index))
+                } else {
+                    event
+                }
+            })
+            .collect()
+    }
+}
+
+fn one_event(item: &RawValue) -> Result<RawEvent, FieldError> {
+    let Members(members) = serde_json::from_str(item.get())
+        .map_err(|_| FieldError::new("body", "each event must be a JSON object"))?;
+    if members.iter().any(|(name, _)| name == "specversion") {
+        return CloudEvent::from_structured(item.get().as_bytes())?.into_raw_event();
+    }
+    json::parse(item.get().as_bytes()).map_err(|error| match error {
+        JsonError::Invalid(error) => error,
+        JsonError::Malformed(message) => FieldError::new("body", message),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(delivery: &Delivery) -> Vec<Option<String>> {
+        delivery
+            .events()
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_iter()
+            .map(|e| e.idempotency_key)
+            .collect()
+    }
+
+    #[test]
+    fn the_message_id_keys_each_event_unless_it_has_its_own() {
+        let one = Delivery {
+            body: br#"{"event_type":"t","user_identity":"u"}"#,
+            message_id: Some("m-1".into()),
+            broker_id: Some("AUDIT:7".into()),
+            ..Delivery::default()
+        };
+        assert_eq!(keys(&one), [Some("m-1".to_owned())]);
+        let many = Delivery {
+            body: br#"[{"event_type":"t","user_identity":"u"},
+                       {"event_type":"t","user_identity":"u","idempotency_key":"own"}]"#,
+            broker_id: Some("AUDIT:7".into()),
+            ..Delivery::default()
+        };
+        assert_eq!(
+            keys(&many),
+            [Some("AUDIT:7#0".to_owned()), Some("own".to_owned())]
+        );
+        let none = Delivery {
+            body: br#"{"event_type":"t","user_identity":"u"}"#,
+            ..Delivery::default()
+        };
+        assert_eq!(keys(&none), [None]);
+    }
+
+    #[test]
+    fn cloudevents_come_structured_or_in_headers() {
+        let structured = Delivery {
+            body: br#"{"specversion":"1.0","id":"9","source":"/s","type":"t","data":{"a":1}}"#,
+            message_id: Some("m".into()),
+            ..Delivery::default()
+        };
+        assert_eq!(keys(&structured), [Some("/s 9".to_owned())]);
+        let binary = Delivery {
+            body: br#"{"a":1}"#,
+            cloudevent_attributes: [
+                ("specversion", "1.0"),
+                ("id", "9"),
+                ("source", "/s"),
+                ("type", "t"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            content_type: Some("application/json".into()),
+            ..Delivery::default()
+        };
+        let events = binary.events().unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(events[0].event_type, "t");
+        assert_eq!(
+            events[0].event_data.as_ref().map(|d| d.get()),
+            Some(r#"{"a":1}"#)
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_says_where() {
+        for (body, field) in [
+            (&b"not json"[..], "body"),
+            (br#"{"user_identity":"u"}"#, "event_type"),
+            (
+                br#"[{"event_type":"t","user_identity":"u"},{"event_type":"t"}]"#,
+                "[1].user_identity",
+            ),
+            (br#"[1]"#, "[0].body"),
+        ] {
+            let error = Delivery {
+                body,
+                ..Delivery::default()
+            }
+            .events()
+            .expect_err("refused");
+            assert_eq!(error.field, field, "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

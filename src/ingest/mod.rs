@@ -1,0 +1,189 @@
+//! Other ways in: consumers of message brokers, run inside `serve`. Each is a thin adapter that
+//! turns its broker's messages into events ([`delivery`]) and records them through the core
+//! ([`crate::log::AuditLog`]), the same writer and group commit as `POST /events`:
+//!
+//! - at least once in: a message is acknowledged only after its events are committed (or, when
+//!   it cannot be recorded, after it is safely in the dead-letter destination);
+//! - exactly once stored: each event's idempotency key comes from the message's id, so a
+//!   redelivery is a replay;
+//! - while the database is unavailable, messages stay unacknowledged and the consumer backs off
+//!   (1 s doubling to 30 s) instead of spinning.
+
+pub mod amqp;
+pub mod delivery;
+pub mod nats;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{AuditLog, LogError};
+use crate::model::{FieldError, NewEvent, RawEvent, TenantId};
+use crate::store::Store;
+
+/// `[[ingest.nats]]` and `[[ingest.amqp]]`: the consumers `serve` runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats: Vec<nats::NatsSettings>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amqp: Vec<amqp::AmqpSettings>,
+}
+
+impl IngestSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        let tenants = self
+            .nats
+            .iter()
+            .map(|n| &n.tenant)
+            .chain(self.amqp.iter().map(|a| &a.tenant));
+        for tenant in tenants {
+            TenantId::parse(tenant).map_err(|e| format!("ingest: {e}"))?;
+            if tenant == crate::log::access_log::SYSTEM_TENANT {
+                return Err("ingest: no consumer may write the system log `_system`".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts every configured consumer; each runs until `stop`, finishing the batch in hand.
+pub fn spawn<S: Store>(
+    log: &AuditLog<S>,
+    settings: &IngestSettings,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let nats = settings
+        .nats
+        .iter()
+        .map(|nats| tokio::spawn(nats::run(log.clone(), nats.clone(), stop.clone())));
+    let amqp = settings
+        .amqp
+        .iter()
+        .map(|amqp| tokio::spawn(amqp::run(log.clone(), amqp.clone(), stop.clone())));
+    nats.chain(amqp).collect()
+}
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Fate {
+    /// Its events are committed (or were already): acknowledge it.
+    Committed,
+    /// It can never be recorded, for this reason: dead-letter it, then acknowledge it.
+    Refused(String),
+    /// The database could not take it now: leave it unacknowledged, for redelivery.
+    Retry,
+}
+
+/// Records each message's events in `tenant` as `recorded_by`: all of them in one commit when
+/// they all go in, else message by message, so that one refused message refuses only itself.
+/// Returns each message's fate, in order.
+pub async fn record_messages<S: Store>(
+    log: &AuditLog<S>,
+    tenant: &TenantId,
+    recorded_by: &str,
+    messages: Vec<Result<Vec<RawEvent>, FieldError>>,
+) -> Vec<Fate> {
+    let mut fates = Vec::with_capacity(messages.len());
+    let mut parsed: Vec<(usize, Vec<NewEvent>)> = Vec::new();
+    for (index, message) in messages.into_iter().enumerate() {
+        let events = message.and_then(|raws| {
+            raws.into_iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    log.parse(raw).map_err(|e| match e {
+                        LogError::Invalid(error) => error.at_index(i),
+                        other => FieldError::new("event", other.to_string()),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match events {
+            Ok(events) if events.is_empty() => {
+                fates.push(Fate::Refused("the message carries no event".into()));
+            }
+            Ok(events) => {
+                fates.push(Fate::Retry);
+                parsed.push((index, events));
+            }
+            Err(error) => fates.push(Fate::Refused(refusal(&error))),
+        }
+    }
+    let keys: Vec<&str> = parsed
+        .iter()
+        .flat_map(|(_, events)| events.iter().filter_map(|e| e.idempotency_key.as_deref()))
+        .collect();
+    let distinct_keys = keys.len() == keys.iter().collect::<std::collections::HashSet<_>>().len();
+    if parsed.len() > 1 && distinct_keys {
+        let all: Vec<NewEvent> = parsed.iter().flat_map(|(_, e)| e.clone()).collect();
+        match log.record_in(tenant.clone(), recorded_by, all).await {
+            Ok(_) => {
+                for (index, _) in &parsed {
+                    fates[*index] = Fate::Committed;
+                }
+                return fates;
+            }
+            Err(error) if retry_later(&error) => return fates,
+            // One of them is refused: find which, one by one.
+            Err(_) => {}
+        }
+    }
+    for (index, events) in parsed {
+        fates[index] = match log.record_in(tenant.clone(), recorded_by, events).await {
+            Ok(_) => Fate::Committed,
+            Err(error) if retry_later(&error) => {
+                tracing::warn!(%error, "could not record a message; it stays unacknowledged");
+                Fate::Retry
+            }
+            Err(error) => Fate::Refused(error.to_string()),
+        };
+    }
+    fates
+}
+
+fn refusal(error: &FieldError) -> String {
+    format!("`{}` {}", error.field, error.message)
+}
+
+/// Whether an error is the database's, not the message's: the message waits for redelivery.
+fn retry_later(error: &LogError) -> bool {
+    !matches!(
+        error,
+        LogError::Invalid(_)
+            | LogError::InvalidQuery(_)
+            | LogError::IdempotencyConflict(_)
+            | LogError::Conflict(_)
+            | LogError::NotFound(_)
+    )
+}
+
+/// Waits out a consumer's back-off after a failure: 1 s, doubling to 30 s.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// Sleeps for the next delay; false when `stop` came first.
+    pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let delay = Duration::from_secs(1 << self.failures.min(5)).min(Self::MAX);
+        self.failures += 1;
+        tokio::select! {
+            () = stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// The delay a message waits before its redelivery is asked for.
+    pub(crate) fn redelivery_delay(&self) -> Duration {
+        Duration::from_secs(1 << self.failures.min(5)).min(Self::MAX)
+    }
+}

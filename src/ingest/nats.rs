@@ -1,0 +1,247 @@
+//! NATS JetStream: a durable pull consumer on an existing stream, filtered by subject. Each
+//! fetched batch is recorded in one commit where it can be; a message is acknowledged after its
+//! events are committed. The message's id is its `Nats-Msg-Id` header, or else the stream and
+//! sequence JetStream gave it, so a redelivery is a replay. A message that cannot be recorded
+//! is published to `dead_letter_subject` (its bytes, its headers, and `Auditor-Error` saying
+//! why) and then acknowledged; while the database is down, messages are not acknowledged
+//! (asked to be redelivered after the back-off) and the consumer waits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, Message};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::Delivery;
+use super::{Backoff, Fate, record_messages};
+use crate::log::AuditLog;
+use crate::model::TenantId;
+use crate::store::Store;
+
+/// `[[ingest.nats]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// `nats://host:4222`.
+    pub url: String,
+    /// An existing stream.
+    pub stream: String,
+    /// The durable consumer's name; created when missing.
+    pub consumer: String,
+    /// The subject filter, e.g. `audit.>`.
+    pub subject: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Where messages that cannot be recorded go.
+    pub dead_letter_subject: String,
+    /// Messages fetched, and recorded, at a time.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Seconds JetStream waits for an acknowledgement before it redelivers.
+    #[serde(default = "default_ack_wait_secs")]
+    pub ack_wait_secs: u64,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_ack_wait_secs() -> u64 {
+    30
+}
+
+/// How long one fetch waits for messages before it returns what it has.
+const FETCH_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Consumes until `stop`, reconnecting with a back-off after any failure.
+pub async fn run<S: Store>(log: AuditLog<S>, settings: NatsSettings, stop: CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        match consume(&log, &settings, &stop, &mut backoff).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(
+                    stream = %settings.stream,
+                    consumer = %settings.consumer,
+                    %error,
+                    "NATS consumer failed; reconnecting"
+                );
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn consume<S: Store>(
+    log: &AuditLog<S>,
+    settings: &NatsSettings,
+    stop: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let client = async_nats::connect(&settings.url).await?;
+    let context = jetstream::new(client.clone());
+    let stream = context.get_stream(&settings.stream).await?;
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            &settings.consumer,
+            pull::Config {
+                durable_name: Some(settings.consumer.clone()),
+                filter_subject: settings.subject.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(settings.ack_wait_secs),
+                max_ack_pending: i64::try_from(settings.batch.saturating_mul(4)).unwrap_or(-1),
+                ..Default::default()
+            },
+        )
+        .await?;
+    tracing::info!(
+        stream = %settings.stream,
+        consumer = %settings.consumer,
+        subject = %settings.subject,
+        "consuming from NATS JetStream"
+    );
+    let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
+    let recorded_by = format!("nats:{}", settings.consumer);
+    while !stop.is_cancelled() {
+        let mut batch = consumer
+            .batch()
+            .max_messages(settings.batch)
+            .expires(FETCH_EXPIRES)
+            .messages()
+            .await?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| anyhow::anyhow!(e))?);
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let decoded = messages
+            .iter()
+            .map(|message| delivery(message).events())
+            .collect();
+        let fates = record_messages(log, &tenant, &recorded_by, decoded).await;
+        let mut retry = false;
+        for (message, fate) in messages.iter().zip(fates) {
+            match fate {
+                Fate::Committed => acknowledge(message).await,
+                Fate::Refused(reason) => {
+                    dead_letter(&context, &client, settings, message, &reason).await?;
+                    acknowledge(message).await;
+                }
+                Fate::Retry => {
+                    retry = true;
+                    let delay = backoff.redelivery_delay();
+                    if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                        tracing::debug!(%error, "could not ask for a redelivery");
+                    }
+                }
+            }
+        }
+        if retry {
+            if !backoff.wait(stop).await {
+                return Ok(());
+            }
+        } else {
+            backoff.reset();
+        }
+    }
+    Ok(())
+}
+
+/// A failed acknowledgement only means a redelivery, which is a replay.
+async fn acknowledge(message: &Message) {
+    if let Err(error) = message.ack().await {
+        tracing::warn!(%error, "could not acknowledge a NATS message; it will be replayed");
+    }
+}
+
+fn delivery(message: &Message) -> Delivery<'_> {
+    let headers = message.headers.as_ref();
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|value| value.as_str().to_owned())
+    };
+    let mut cloudevent_attributes = BTreeMap::new();
+    for (name, values) in headers.iter().flat_map(|h| h.iter()) {
+        let name = name.to_string().to_ascii_lowercase();
+        if let (Some(attribute), Some(value)) = (name.strip_prefix("ce-"), values.first()) {
+            cloudevent_attributes.insert(attribute.to_owned(), value.as_str().to_owned());
+        }
+    }
+    Delivery {
+        body: &message.payload,
+        message_id: header("Nats-Msg-Id"),
+        broker_id: message
+            .info()
+            .ok()
+            .map(|info| format!("{}:{}", info.stream, info.stream_sequence)),
+        cloudevent_attributes,
+        content_type: header("Content-Type").or_else(|| header("content-type")),
+    }
+}
+
+/// Publishes the message, as received, to the dead-letter subject with the reason, and waits for
+/// the stream that keeps dead letters to confirm it. With no stream on that subject, it is
+/// published plainly (and logged), since a dead letter must never hold up the stream.
+async fn dead_letter(
+    context: &jetstream::Context,
+    client: &async_nats::Client,
+    settings: &NatsSettings,
+    message: &Message,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert("Auditor-Error", reason);
+    headers.insert("Auditor-Subject", message.subject.as_str());
+    // A dead letter written again after a redelivery is one dead letter.
+    if let Ok(info) = message.info() {
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dead:{}:{}", info.stream, info.stream_sequence).as_str(),
+        );
+    }
+    tracing::warn!(
+        subject = %message.subject,
+        dead_letter_subject = %settings.dead_letter_subject,
+        %reason,
+        "a message cannot be recorded; dead-lettered"
+    );
+    let published = context
+        .publish_with_headers(
+            settings.dead_letter_subject.clone(),
+            headers.clone(),
+            message.payload.clone(),
+        )
+        .await;
+    let confirmed = match published {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    match confirmed {
+        true => Ok(()),
+        false => {
+            tracing::warn!(
+                dead_letter_subject = %settings.dead_letter_subject,
+                "no JetStream stream keeps the dead-letter subject; published without confirmation"
+            );
+            client
+                .publish_with_headers(
+                    settings.dead_letter_subject.clone(),
+                    headers,
+                    message.payload.clone(),
+                )
+                .await?;
+            client.flush().await?;
+            Ok(())
+        }
+    }
+}

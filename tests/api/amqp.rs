@@ -1,0 +1,343 @@
+//! RabbitMQ into the log (`[[ingest.amqp]]`), against the machine's RabbitMQ: every message
+//! stored once through a SIGKILL of the service, a poison message dead-lettered without holding
+//! up the rest, a database that refuses writes and comes back, the consumer's connection closed
+//! by the broker, and CloudEvents in the AMQP binding's binary mode.
+
+use std::time::Duration;
+
+use auditor::config::Settings;
+use auditor::ingest::amqp::AmqpSettings;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, ServerProcess, TestDb, assert_gapless_chain, settings_for, spawn_with,
+};
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A queue of the test's own and its dead-letter queue.
+struct TestQueue {
+    queue: String,
+    channel: Channel,
+    _connection: Connection,
+}
+
+impl TestQueue {
+    async fn create() -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is up");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let queue = format!("audit.{id}");
+        for name in [queue.clone(), format!("{queue}.dead")] {
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        Self {
+            queue,
+            channel,
+            _connection: connection,
+        }
+    }
+
+    fn settings(&self) -> AmqpSettings {
+        AmqpSettings {
+            url: AMQP_URL.into(),
+            queue: self.queue.clone(),
+            tenant: "default".into(),
+            dead_letter_queue: format!("{}.dead", self.queue),
+            prefetch: 500,
+        }
+    }
+
+    fn toml(&self) -> String {
+        let s = self.settings();
+        format!(
+            "[[ingest.amqp]]\nurl = \"{}\"\nqueue = \"{}\"\ntenant = \"default\"\n\
+             dead_letter_queue = \"{}\"\nprefetch = {}\n",
+            s.url, s.queue, s.dead_letter_queue, s.prefetch
+        )
+    }
+
+    /// Publishes `body` persistently, with `message-id` when `id` is given, and waits for the
+    /// broker's confirmation.
+    async fn publish(&self, id: Option<&str>, body: &[u8], properties: BasicProperties) {
+        let mut properties = properties.with_delivery_mode(2);
+        if let Some(id) = id {
+            properties = properties.with_message_id(id.into());
+        }
+        let confirmation = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirmation.is_ack());
+    }
+
+    /// Takes the dead letters off their queue: each one's `auditor-error` and body.
+    async fn dead_letters(&self, expected: usize) -> Vec<(String, Vec<u8>)> {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                format!("{}.dead", self.queue).as_str().into(),
+                "test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut letters = Vec::new();
+        while letters.len() < expected {
+            let message = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+                .await
+                .expect("a dead letter")
+                .unwrap()
+                .unwrap();
+            let error = message
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("auditor-error").cloned());
+            let error = match error {
+                Some(AMQPValue::LongString(text)) => {
+                    String::from_utf8_lossy(text.as_bytes()).into_owned()
+                }
+                other => panic!("no auditor-error header: {other:?}"),
+            };
+            message.ack(BasicAckOptions::default()).await.unwrap();
+            letters.push((error, message.data.clone()));
+        }
+        letters
+    }
+}
+
+fn event(i: usize) -> Vec<u8> {
+    json!({"event_type": "amqp.event", "user_identity": "producer", "event_data": {"i": i}})
+        .to_string()
+        .into_bytes()
+}
+
+async fn wait_for_count(db: &TestDb, expected: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let count = db.count_events("default").await;
+        if count == expected {
+            return;
+        }
+        assert!(
+            count < expected,
+            "{count} events stored, more than {expected}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {expected} events stored within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn with_amqp(db: &TestDb, amqp: AmqpSettings) -> Settings {
+    let mut settings = settings_for(db);
+    settings.ingest.amqp = vec![amqp];
+    settings
+}
+
+/// 10,000 messages with a `message-id`; the service is SIGKILLed midway and started again:
+/// every message is stored once, in one gapless chain.
+async fn every_message_is_stored_once_through_a_sigkill(backend: Backend) {
+    const MESSAGES: usize = 10_000;
+    let amqp = TestQueue::create().await;
+    for i in 0..MESSAGES {
+        amqp.publish(
+            Some(&format!("msg-{i}")),
+            &event(i),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    let db = TestDb::new(backend).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, amqp.toml()).unwrap();
+    let mut server =
+        ServerProcess::serve_with_env(&db, &[("AUDITOR_CONFIG", config.to_str().unwrap())]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count_events("default").await < 2_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    let before_restart = db.count_events("default").await;
+    assert!(
+        before_restart < MESSAGES as i64,
+        "killed midway: {before_restart}"
+    );
+
+    let app = spawn_with(db.share(), with_amqp(&db, amqp.settings())).await;
+    wait_for_count(&db, MESSAGES as i64, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(db.count_events("default").await, MESSAGES as i64);
+    let events = app.all_events().await;
+    assert_gapless_chain(&events);
+    let mut seen: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            serde_json::to_value(&e.event_data).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..MESSAGES as u64).collect::<Vec<_>>());
+    let recorded_by = format!("amqp:{}", amqp.queue);
+    assert!(events.iter().all(|e| e.recorded_by == recorded_by));
+}
+
+async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend: Backend) {
+    let amqp = TestQueue::create().await;
+    let db = TestDb::new(backend).await;
+    let app = spawn_with(db.share(), with_amqp(&db, amqp.settings())).await;
+    let plain = BasicProperties::default;
+    amqp.publish(Some("good-1"), &event(1), plain()).await;
+    amqp.publish(Some("poison"), b"this is not an event", plain())
+        .await;
+    amqp.publish(Some("good-2"), &event(2), plain()).await;
+    wait_for_count(&db, 2, Duration::from_secs(30)).await;
+    let letters = amqp.dead_letters(1).await;
+    assert_eq!(letters[0].1, b"this is not an event");
+    assert!(letters[0].0.contains("body"), "{}", letters[0].0);
+
+    let refuse = match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.tenant = 'default' \
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.tenant = 'default' THEN RAISE EXCEPTION 'disk full'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()"
+        }
+    };
+    db.execute(refuse).await.unwrap();
+    for i in 3..6 {
+        amqp.publish(Some(&format!("good-{i}")), &event(i), plain())
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(db.count_events("default").await, 2);
+    let allow = match backend {
+        Backend::Sqlite => "DROP TRIGGER refuse",
+        Backend::Postgres => "DROP TRIGGER refuse ON events",
+    };
+    db.execute(allow).await.unwrap();
+    wait_for_count(&db, 5, Duration::from_secs(60)).await;
+    assert_gapless_chain(&app.all_events().await);
+}
+
+/// The broker closes the consumer's connection (as a broker restart or failover does); the
+/// consumer reconnects, and a binary-mode CloudEvent sent meanwhile is recorded once.
+async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backend) {
+    let amqp = TestQueue::create().await;
+    let db = TestDb::new(backend).await;
+    let app = spawn_with(db.share(), with_amqp(&db, amqp.settings())).await;
+    amqp.publish(Some("first"), &event(1), BasicProperties::default())
+        .await;
+    wait_for_count(&db, 1, Duration::from_secs(30)).await;
+
+    let connection_of = |queue: &str| {
+        let connections = std::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "-q", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl");
+        String::from_utf8_lossy(&connections.stdout)
+            .lines()
+            .find(|line| line.contains(&format!("auditor {queue}")))
+            .map(|line| line.split('\t').next().unwrap_or_default().to_owned())
+    };
+    let pid = connection_of(&amqp.queue).expect("the consumer's connection is listed");
+    // The listing below, not rabbitmqctl's exit status, says whether it is gone.
+    let _ = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, "the test closes it"])
+        .output()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while connection_of(&amqp.queue).as_deref() == Some(pid.as_str()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection was closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("cloudEvents:specversion", "1.0"),
+        ("cloudEvents:id", "inv-9"),
+        ("cloudEvents:source", "/billing"),
+        ("cloudEvents:type", "com.acme.invoice.paid"),
+        ("cloudEvents:authid", "dora"),
+    ] {
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        );
+    }
+    let cloudevent = BasicProperties::default()
+        .with_headers(headers)
+        .with_content_type("application/json".into());
+    for _ in 0..2 {
+        amqp.publish(None, br#"{"amount": 12.5}"#, cloudevent.clone())
+            .await;
+    }
+    wait_for_count(&db, 2, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        db.count_events("default").await,
+        2,
+        "the repeat is a replay"
+    );
+    let events = app.all_events().await;
+    let paid: Value = serde_json::to_value(&events[1]).unwrap();
+    assert_eq!(paid["event_type"], "com.acme.invoice.paid");
+    assert_eq!(paid["user_identity"], "dora");
+    assert_eq!(paid["idempotency_key"], "/billing inv-9");
+    assert_eq!(paid["event_data"], json!({"amount": 12.5}));
+}
+
+crate::both_backends!(
+    every_message_is_stored_once_through_a_sigkill,
+    poison_is_dead_lettered_and_a_refusing_database_holds_messages,
+    the_consumer_reconnects_and_takes_cloudevents_in_headers,
+);

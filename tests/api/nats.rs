@@ -1,0 +1,318 @@
+//! NATS JetStream into the log (`[[ingest.nats]]`), against the machine's NATS server (and, to
+//! restart the broker, one the test starts itself): every message stored once through a SIGKILL
+//! of the service, a poison message dead-lettered without holding up the rest, a database that
+//! refuses writes and comes back, and a broker that restarts.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use auditor::config::Settings;
+use auditor::ingest::nats::NatsSettings;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, ServerProcess, TestDb, assert_gapless_chain, settings_for, spawn_with,
+};
+
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A stream of the test's own (subjects `audit.<id>.>`) and one for its dead letters.
+struct TestStream {
+    url: String,
+    id: String,
+    context: jetstream::Context,
+}
+
+impl TestStream {
+    async fn create(url: &str) -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let client = async_nats::connect(url).await.expect("NATS is up");
+        let context = jetstream::new(client);
+        for (name, subject) in [
+            (format!("AUDIT_{id}"), format!("audit.{id}.>")),
+            (format!("DEAD_{id}"), format!("dead.{id}")),
+        ] {
+            context
+                .get_or_create_stream(stream::Config {
+                    name,
+                    subjects: vec![subject],
+                    ..Default::default()
+                })
+                .await
+                .expect("create a stream");
+        }
+        Self {
+            url: url.to_owned(),
+            id,
+            context,
+        }
+    }
+
+    fn settings(&self) -> NatsSettings {
+        NatsSettings {
+            url: self.url.clone(),
+            stream: format!("AUDIT_{}", self.id),
+            consumer: "auditor".into(),
+            subject: format!("audit.{}.>", self.id),
+            tenant: "default".into(),
+            dead_letter_subject: format!("dead.{}", self.id),
+            batch: 256,
+            ack_wait_secs: 30,
+        }
+    }
+
+    fn toml(&self) -> String {
+        let s = self.settings();
+        format!(
+            "[[ingest.nats]]\nurl = \"{}\"\nstream = \"{}\"\nconsumer = \"{}\"\nsubject = \"{}\"\n\
+             tenant = \"default\"\ndead_letter_subject = \"{}\"\n",
+            s.url, s.stream, s.consumer, s.subject, s.dead_letter_subject
+        )
+    }
+
+    /// Publishes `body`, with `Nats-Msg-Id` when `id` is given, and waits for the stream's ack.
+    async fn publish(&self, id: Option<&str>, body: &[u8]) {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        self.context
+            .publish_with_headers(
+                format!("audit.{}.events", self.id),
+                headers,
+                body.to_vec().into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("the stream took it");
+    }
+
+    /// The dead letters so far: each one's `Auditor-Error` and body.
+    async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        let stream = self
+            .context
+            .get_stream(format!("DEAD_{}", self.id))
+            .await
+            .unwrap();
+        let count = stream.get_info().await.unwrap().state.messages;
+        let mut letters = Vec::new();
+        for sequence in 1..=count {
+            let message = stream.get_raw_message(sequence).await.unwrap();
+            let error = message
+                .headers
+                .get("Auditor-Error")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            letters.push((error, message.payload.to_vec()));
+        }
+        letters
+    }
+}
+
+fn event(i: usize) -> Vec<u8> {
+    json!({"event_type": "nats.event", "user_identity": "producer", "event_data": {"i": i}})
+        .to_string()
+        .into_bytes()
+}
+
+async fn wait_for_count(db: &TestDb, expected: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let count = db.count_events("default").await;
+        if count == expected {
+            return;
+        }
+        assert!(
+            count < expected,
+            "{count} events stored, more than {expected}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {expected} events stored within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn with_nats(db: &TestDb, nats: NatsSettings) -> Settings {
+    let mut settings = settings_for(db);
+    settings.ingest.nats = vec![nats];
+    settings
+}
+
+/// 10,000 messages, half with a `Nats-Msg-Id` and half keyed by their stream sequence; the
+/// service is SIGKILLed midway and started again: every message is stored once, in one
+/// gapless chain.
+async fn every_message_is_stored_once_through_a_sigkill(backend: Backend) {
+    const MESSAGES: usize = 10_000;
+    let nats = TestStream::create(NATS_URL).await;
+    for i in 0..MESSAGES {
+        let id = format!("msg-{i}");
+        nats.publish((i % 2 == 0).then_some(id.as_str()), &event(i))
+            .await;
+    }
+    let db = TestDb::new(backend).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, nats.toml()).unwrap();
+    let mut server =
+        ServerProcess::serve_with_env(&db, &[("AUDITOR_CONFIG", config.to_str().unwrap())]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count_events("default").await < 2_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    let before_restart = db.count_events("default").await;
+    assert!(
+        before_restart < MESSAGES as i64,
+        "killed midway: {before_restart}"
+    );
+
+    let settings = with_nats(&db, nats.settings());
+    let app = spawn_with(db.share(), settings).await;
+    wait_for_count(&db, MESSAGES as i64, Duration::from_secs(120)).await;
+    // Redeliveries of what was committed but not acknowledged are replays, not new events.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(db.count_events("default").await, MESSAGES as i64);
+    let events = app.all_events().await;
+    assert_gapless_chain(&events);
+    let mut seen: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            let data: Value = serde_json::to_value(&e.event_data).unwrap();
+            data["i"].as_u64().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..MESSAGES as u64).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e.recorded_by == "nats:auditor"));
+}
+
+/// A message that is not an event goes to the dead-letter subject with the reason; the ones
+/// after it are recorded. While the database refuses writes, nothing is acknowledged or
+/// dead-lettered, and once it takes them the waiting messages flow in.
+async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend: Backend) {
+    let nats = TestStream::create(NATS_URL).await;
+    let db = TestDb::new(backend).await;
+    let app = spawn_with(db.share(), with_nats(&db, nats.settings())).await;
+    nats.publish(Some("good-1"), &event(1)).await;
+    nats.publish(Some("poison"), b"this is not an event").await;
+    nats.publish(Some("incomplete"), br#"{"event_type": "no.user"}"#)
+        .await;
+    nats.publish(Some("good-2"), &event(2)).await;
+    wait_for_count(&db, 2, Duration::from_secs(30)).await;
+    let letters = nats.dead_letters().await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0].1, b"this is not an event");
+    assert!(letters[0].0.contains("body"), "{}", letters[0].0);
+    assert!(letters[1].0.contains("user_identity"), "{}", letters[1].0);
+
+    let refuse = match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.tenant = 'default' \
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.tenant = 'default' THEN RAISE EXCEPTION 'disk full'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()"
+        }
+    };
+    db.execute(refuse).await.unwrap();
+    for i in 3..6 {
+        nats.publish(Some(&format!("good-{i}")), &event(i)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(db.count_events("default").await, 2);
+    assert_eq!(
+        nats.dead_letters().await.len(),
+        2,
+        "refusals are not the messages' fault"
+    );
+    let allow = match backend {
+        Backend::Sqlite => "DROP TRIGGER refuse",
+        Backend::Postgres => "DROP TRIGGER refuse ON events",
+    };
+    db.execute(allow).await.unwrap();
+    wait_for_count(&db, 5, Duration::from_secs(60)).await;
+    assert_gapless_chain(&app.all_events().await);
+}
+
+/// A NATS server of the test's own, with JetStream in a directory of its own, on `port`.
+fn start_nats_server(port: u16, store: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server")
+}
+
+async fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nats-server on {port} did not start");
+}
+
+async fn the_consumer_carries_on_after_the_broker_restarts(backend: Backend) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = tempfile::tempdir().unwrap();
+    let mut broker = start_nats_server(port, store.path());
+    wait_for_port(port).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = TestStream::create(&url).await;
+    let db = TestDb::new(backend).await;
+    let _app = spawn_with(db.share(), with_nats(&db, nats.settings())).await;
+    for i in 0..100 {
+        nats.publish(Some(&format!("before-{i}")), &event(i)).await;
+    }
+    wait_for_count(&db, 100, Duration::from_secs(30)).await;
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let mut broker = start_nats_server(port, store.path());
+    wait_for_port(port).await;
+    let nats = TestStream::create_existing(&url, &nats.id).await;
+    for i in 100..200 {
+        nats.publish(Some(&format!("after-{i}")), &event(i)).await;
+    }
+    wait_for_count(&db, 200, Duration::from_secs(90)).await;
+    broker.kill().unwrap();
+    let _ = broker.wait();
+}
+
+impl TestStream {
+    /// The streams of `id`, on a broker that kept them across its restart.
+    async fn create_existing(url: &str, id: &str) -> Self {
+        let client = async_nats::connect(url).await.expect("NATS is up");
+        Self {
+            url: url.to_owned(),
+            id: id.to_owned(),
+            context: jetstream::new(client),
+        }
+    }
+}
+
+crate::both_backends!(
+    every_message_is_stored_once_through_a_sigkill,
+    poison_is_dead_lettered_and_a_refusing_database_holds_messages,
+    the_consumer_carries_on_after_the_broker_restarts,
+);
