@@ -26,7 +26,8 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::InvalidCredentials => Self::Unauthorized,
             AuthError::Store(e) => e.into(),
-            AuthError::KeysUnavailable(_) => Self::IdentityProviderUnavailable,
+            AuthError::InvalidToken(_) => Self::InvalidToken(error.to_string()),
+            AuthError::KeysUnavailable(_, wait) => Self::IdentityProviderUnavailable(wait),
             AuthError::Internal(e) => Self::Internal(e),
         }
     }
@@ -54,6 +55,9 @@ fn presented_credentials(parts: &Parts) -> Option<Presented> {
     let (name, secret) = text.split_once(':')?;
     Some(Presented::Basic(name.to_owned(), secret.to_owned()))
 }
+
+/// The name under which refused bearer tokens are counted, per client address.
+const BEARER_FAILURES: &str = "Bearer token";
 
 /// The tenant a request names with its `tenant` query parameter, taken out of the query by
 /// [`tenant_parameter`] so that no route's own parameters see it.
@@ -118,31 +122,43 @@ async fn authorise<S: Store>(
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip());
-    // Failures count per (address, name); Bearer tokens share one name per address.
-    let name = match &presented {
-        Presented::Basic(name, _) => name.clone(),
-        Presented::Bearer(_) => "Bearer token".to_owned(),
-    };
-    state.throttle.may_try(address, &name).map_err(|wait| {
-        ApiError::TooManyRequests(
-            "too many failed authentications of this name from here",
-            wait,
-        )
-    })?;
-    let authenticated = match presented {
-        Presented::Basic(name, secret) => state.auth.authenticate(&name, secret).await,
-        Presented::Bearer(token) => state.auth.authenticate_bearer(&token).await,
-    };
-    let credential = match authenticated {
-        Ok(credential) => {
-            state.throttle.succeeded(address, &name);
-            credential
+    let credential = match presented {
+        Presented::Basic(name, secret) => {
+            // A password can be guessed: after too many failures of this name from this
+            // address, it is not even checked.
+            state.throttle.may_try(address, &name).map_err(|wait| {
+                ApiError::TooManyRequests(
+                    "too many failed sign-ins of this user name from here",
+                    wait,
+                )
+            })?;
+            match state.auth.authenticate(&name, secret).await {
+                Ok(credential) => {
+                    state.throttle.succeeded(address, &name);
+                    credential
+                }
+                Err(AuthError::InvalidCredentials) => {
+                    state.throttle.failed(address, &name);
+                    return Err(ApiError::Unauthorized);
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
-        Err(AuthError::InvalidCredentials) => {
-            state.throttle.failed(address, &name);
-            return Err(ApiError::Unauthorized);
-        }
-        Err(other) => return Err(other.into()),
+        // A bearer token cannot be guessed (256 random bits, or a signature), so a valid one
+        // always passes; the failures of invalid ones from one address are limited all the same,
+        // to bound the lookups they cost.
+        Presented::Bearer(token) => match state.auth.authenticate_bearer(&token).await {
+            Ok(credential) => credential,
+            Err(error @ (AuthError::InvalidCredentials | AuthError::InvalidToken(_))) => {
+                let allowed = state.throttle.may_try(address, BEARER_FAILURES);
+                state.throttle.failed(address, BEARER_FAILURES);
+                allowed.map_err(|wait| {
+                    ApiError::TooManyRequests("too many refused bearer tokens from here", wait)
+                })?;
+                return Err(error.into());
+            }
+            Err(other) => return Err(other.into()),
+        },
     };
     state.throttle.admit(&credential.name).map_err(|wait| {
         ApiError::TooManyRequests("these credentials are over their request rate", wait)

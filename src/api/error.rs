@@ -45,8 +45,11 @@ pub enum ApiError {
     Overloaded,
     #[error("the database is unavailable; retry shortly")]
     Unavailable,
+    /// A bearer JWT refused, with the reason (RFC 6750's `invalid_token`).
+    #[error("{0}")]
+    InvalidToken(String),
     #[error("the identity provider's signing keys cannot be read; retry shortly")]
-    IdentityProviderUnavailable,
+    IdentityProviderUnavailable(std::time::Duration),
     #[error("the request took too long")]
     Timeout,
     #[error("no data arrived for {0} s")]
@@ -87,7 +90,7 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -95,7 +98,7 @@ impl ApiError {
             Self::IdempotencyConflict(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Overloaded
             | Self::Unavailable
-            | Self::IdentityProviderUnavailable
+            | Self::IdentityProviderUnavailable(_)
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout | Self::IdleTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,6 +113,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidToken(_) => "invalid_token",
             Self::TooManyRequests(..) => "too_many_requests",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
@@ -118,7 +122,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
-            Self::IdentityProviderUnavailable => "identity_provider_unavailable",
+            Self::IdentityProviderUnavailable(_) => "identity_provider_unavailable",
             Self::Timeout => "timeout",
             Self::IdleTimeout(_) => "idle_timeout",
             Self::BodyUnreadable(_) => "body_error",
@@ -154,6 +158,12 @@ impl ApiError {
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
+            Self::InvalidToken(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"auditor\", error=\"invalid_token\""),
+                );
+            }
             Self::Unauthorized => {
                 // Both schemes the API takes (RFC 9110 11.6.1): a user's password, or a token.
                 headers.append(
@@ -168,8 +178,11 @@ impl ApiError {
             Self::Overloaded | Self::Unavailable | Self::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::IdentityProviderUnavailable => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            Self::IdentityProviderUnavailable(wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(wait)),
+                );
             }
             Self::TooManyRequests(_, wait) => {
                 headers.insert(

@@ -19,9 +19,13 @@ pub enum AuthError {
     InvalidCredentials,
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The identity provider's keys could not be read, so no JWT can be checked.
+    /// A JWT refused, and why: the bearer may be told (RFC 6750's `error_description`).
+    #[error("the bearer token was refused: {0}")]
+    InvalidToken(String),
+    /// The identity provider's keys could not be read, so the JWT cannot be checked; worth
+    /// trying again after the wait.
     #[error("{0}")]
-    KeysUnavailable(String),
+    KeysUnavailable(String, Duration),
     #[error("authentication failed internally: {0}")]
     Internal(#[source] anyhow::Error),
 }
@@ -87,16 +91,25 @@ impl<S: Store> Authenticator<S> {
             tracing::info!("authentication failed: not an API token, and no JWT issuer is set");
             return Err(AuthError::InvalidCredentials);
         };
-        verifier.verify(token).await.map_err(|error| match error {
-            JwtError::KeysUnavailable(cause) => {
+        let credential = verifier.verify(token).await.map_err(|error| match error {
+            JwtError::KeysUnavailable(cause, wait) => {
                 tracing::warn!(error = %cause, "cannot check a JWT");
-                AuthError::KeysUnavailable(cause)
+                AuthError::KeysUnavailable(cause, wait)
             }
             refused => {
                 tracing::info!(reason = %refused, "authentication failed: JWT refused");
-                AuthError::InvalidCredentials
+                AuthError::InvalidToken(refused.to_string())
             }
-        })
+        })?;
+        // A subject that is also a local user's name would be the same caller to idempotency,
+        // rate limits and `recorded_by`.
+        if self.users.find(&credential.name).await?.is_some() {
+            tracing::warn!(sub = %credential.name, "authentication failed: a JWT's sub names a local user");
+            return Err(AuthError::InvalidToken(
+                "its subject (`sub`) is the name of a local user of this service".into(),
+            ));
+        }
+        Ok(credential)
     }
 
     /// The credential of an API token (`tokens`), or `InvalidCredentials` for a token that is

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,6 +54,17 @@ pub struct JwtSettings {
     pub jwks_min_refetch_secs: u64,
 }
 
+/// The most clock skew `leeway_secs` may allow.
+const MAX_LEEWAY_SECS: u64 = 600;
+
+/// The longest `sub` accepted, in bytes (OpenID Connect Core 1.0, 2: at most 255 ASCII
+/// characters).
+const MAX_SUBJECT_BYTES: usize = 255;
+
+/// Prefixes of the names the service gives its other callers (`token:billing`, `cli:root`,
+/// `nats:auditor`, `amqp:audit`, `auditor-retention`): a JWT's `sub` may not pose as one.
+const RESERVED_SUBJECT_PREFIXES: [&str; 5] = ["token:", "cli:", "nats:", "amqp:", "auditor-"];
+
 fn default_tenant_claim() -> String {
     "tenant".into()
 }
@@ -83,6 +96,19 @@ impl JwtSettings {
         if self.tenant_claim.is_empty() || self.scope_claim.is_empty() {
             return Err("auth.jwt.tenant_claim and auth.jwt.scope_claim must not be empty".into());
         }
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(format!(
+                "auth.jwt.leeway_secs must be at most {MAX_LEEWAY_SECS}: more would make `exp` \
+                 meaningless"
+            ));
+        }
+        if self.jwks_min_refetch_secs == 0 || self.jwks_max_age_secs == 0 {
+            return Err(
+                "auth.jwt.jwks_min_refetch_secs and auth.jwt.jwks_max_age_secs must be at least \
+                 1, or forged `kid`s would each fetch the key set"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -100,13 +126,28 @@ pub enum JwtError {
     UnknownKey(String),
     #[error("key `{0}` does not sign with the token's algorithm")]
     KeyMismatch(String),
-    #[error("{0}")]
+    #[error("{}", rejection(.0))]
     Rejected(jsonwebtoken::errors::Error),
-    #[error("claim `{0}`: {1}")]
+    #[error("claim `{0}` {1}")]
     Claim(String, &'static str),
-    /// The key set could not be read and none is cached: the provider's fault, not the caller's.
+    /// The key set could not be read, so the token's key is not known: the provider's fault,
+    /// not the caller's. Worth trying again after the wait.
     #[error("the identity provider's key set could not be read: {0}")]
-    KeysUnavailable(String),
+    KeysUnavailable(String, Duration),
+}
+
+/// What a failed validation means, in the caller's terms.
+fn rejection(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (`nbf`)".into(),
+        ErrorKind::InvalidIssuer => "the token's issuer (`iss`) is not the configured one".into(),
+        ErrorKind::InvalidAudience => "the token is not meant for this service (`aud`)".into(),
+        ErrorKind::InvalidSignature => "the signature does not verify".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("claim `{claim}` is missing"),
+        _ => format!("the token is invalid: {error}"),
+    }
 }
 
 /// The asymmetric algorithms accepted; every one verifies with a public key from the key set.
@@ -127,28 +168,67 @@ struct VerifyingKey {
     key: DecodingKey,
     /// The `alg` the set pins the key to, if it names one.
     algorithm: Option<Algorithm>,
+    /// An elliptic-curve key's curve, which decides the one ECDSA algorithm it verifies.
+    curve: Option<EllipticCurve>,
 }
 
 impl VerifyingKey {
+    /// The key, unless the set marks it for something other than verifying signatures (`use`
+    /// other than `sig`, `key_ops` without `verify`) or it cannot be read.
     fn from_jwk(jwk: &Jwk) -> Option<Self> {
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+        {
+            return None;
+        }
+        if jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+        {
+            return None;
+        }
         let key = DecodingKey::from_jwk(jwk).ok()?;
         let algorithm = match jwk.common.key_algorithm {
             Some(named) => Some(Algorithm::try_from(named).ok()?),
             None => None,
         };
-        Some(Self { key, algorithm })
+        let curve = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(params) => Some(params.curve.clone()),
+            AlgorithmParameters::OctetKeyPair(params) => Some(params.curve.clone()),
+            _ => None,
+        };
+        Some(Self {
+            key,
+            algorithm,
+            curve,
+        })
     }
 
     fn signs_with(&self, algorithm: Algorithm) -> bool {
-        self.key.family().algorithms().contains(&algorithm)
+        let curve_fits = match algorithm {
+            Algorithm::ES256 => self.curve == Some(EllipticCurve::P256),
+            Algorithm::ES384 => self.curve == Some(EllipticCurve::P384),
+            Algorithm::EdDSA => self.curve == Some(EllipticCurve::Ed25519),
+            _ => true,
+        };
+        curve_fits
+            && self.key.family().algorithms().contains(&algorithm)
             && self.algorithm.is_none_or(|pinned| pinned == algorithm)
     }
 }
 
 #[derive(Default)]
 struct KeySet {
-    keys: HashMap<String, VerifyingKey>,
+    /// The keys by `kid`; a set may give one `kid` to keys of several kinds.
+    keys: HashMap<String, Vec<VerifyingKey>>,
     fetched_at: Option<Instant>,
+    /// Why the last fetch failed, while it did.
+    failure: Option<String>,
 }
 
 enum KeySource {
@@ -201,6 +281,16 @@ impl JwtVerifier {
     pub async fn new(settings: JwtSettings) -> Result<Self, String> {
         let source = match (&settings.jwks_url, &settings.jwks_file) {
             (Some(url), _) => {
+                let loopback = reqwest::Url::parse(url).ok().is_some_and(|url| {
+                    matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+                });
+                if url.starts_with("http://") && !loopback {
+                    tracing::warn!(
+                        jwks_url = %url,
+                        "the key set is fetched over plain HTTP: whoever sits on the path can \
+                         sign tokens this service accepts; use https://"
+                    );
+                }
                 crate::tls::install_crypto_provider();
                 let client = reqwest::Client::builder()
                     .timeout(FETCH_TIMEOUT)
@@ -230,21 +320,28 @@ impl JwtVerifier {
         Ok(verifier)
     }
 
-    /// Reads the key set and replaces the cached one; the number of usable keys.
+    /// Reads the key set and replaces the cached one; the number of usable keys. A failure
+    /// keeps the cached keys and is remembered.
     async fn fetch(&self) -> Result<usize, String> {
-        let set = self.source.read().await?;
-        let keys: HashMap<String, VerifyingKey> = set
-            .keys
-            .iter()
-            .filter_map(|jwk| {
-                let kid = jwk.common.key_id.clone()?;
-                Some((kid, VerifyingKey::from_jwk(jwk)?))
-            })
-            .collect();
-        let count = keys.len();
+        let set = match self.source.read().await {
+            Ok(set) => set,
+            Err(error) => {
+                self.keys.write().await.failure = Some(error.clone());
+                return Err(error);
+            }
+        };
+        let mut keys: HashMap<String, Vec<VerifyingKey>> = HashMap::new();
+        let mut count = 0;
+        for jwk in &set.keys {
+            if let (Some(kid), Some(key)) = (&jwk.common.key_id, VerifyingKey::from_jwk(jwk)) {
+                keys.entry(kid.clone()).or_default().push(key);
+                count += 1;
+            }
+        }
         *self.keys.write().await = KeySet {
             keys,
             fetched_at: Some(Instant::now()),
+            failure: None,
         };
         Ok(count)
     }
@@ -257,15 +354,22 @@ impl JwtVerifier {
             return Err(JwtError::Algorithm(header.alg));
         }
         let kid = header.kid.ok_or(JwtError::NoKeyId)?;
-        self.refresh(&kid).await?;
+        refuse_repeated_claims(token)?;
+        self.refresh(&kid).await;
         let keys = self.keys.read().await;
-        let key = keys
-            .keys
-            .get(&kid)
-            .ok_or_else(|| JwtError::UnknownKey(kid.clone()))?;
-        if !key.signs_with(header.alg) {
-            return Err(JwtError::KeyMismatch(kid));
-        }
+        let Some(candidates) = keys.keys.get(&kid) else {
+            return Err(match &keys.failure {
+                Some(failure) => JwtError::KeysUnavailable(
+                    failure.clone(),
+                    Duration::from_secs(self.settings.jwks_min_refetch_secs),
+                ),
+                None => JwtError::UnknownKey(kid),
+            });
+        };
+        let key = candidates
+            .iter()
+            .find(|key| key.signs_with(header.alg))
+            .ok_or_else(|| JwtError::KeyMismatch(kid.clone()))?;
         let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
             token,
             &key.key,
@@ -287,12 +391,32 @@ impl JwtVerifier {
     }
 
     fn credential(&self, claims: &serde_json::Map<String, Value>) -> Result<Credential, JwtError> {
+        if !matches!(claims.get("iss"), Some(Value::String(_))) {
+            return Err(JwtError::Claim("iss".into(), "must be one string"));
+        }
         let subject = match claims.get("sub") {
-            Some(Value::String(sub)) if !sub.is_empty() && !sub.chars().any(char::is_control) => {
-                sub.clone()
-            }
-            _ => return Err(JwtError::Claim("sub".into(), "must be a non-empty string")),
+            Some(Value::String(sub)) => sub.clone(),
+            _ => return Err(JwtError::Claim("sub".into(), "must be a string")),
         };
+        if subject.trim().is_empty() || subject.chars().any(char::is_control) {
+            return Err(JwtError::Claim(
+                "sub".into(),
+                "must hold a name: not blank, no control characters",
+            ));
+        }
+        if subject.len() > MAX_SUBJECT_BYTES {
+            return Err(JwtError::Claim("sub".into(), "is longer than 255 bytes"));
+        }
+        if RESERVED_SUBJECT_PREFIXES
+            .iter()
+            .any(|prefix| subject.starts_with(prefix))
+        {
+            return Err(JwtError::Claim(
+                "sub".into(),
+                "poses as one of the service's own callers (`token:`, `cli:`, `nats:`, `amqp:`, \
+                 `auditor-`)",
+            ));
+        }
         let tenant_claim = &self.settings.tenant_claim;
         let tenants = match claims.get(tenant_claim) {
             Some(Value::String(name)) => TenantScope::parse(name)
@@ -318,33 +442,49 @@ impl JwtVerifier {
 
     /// Reads the key set again when it is older than `jwks_max_age_secs` or lacks `kid`, unless
     /// a fetch started less than `jwks_min_refetch_secs` ago. A failed fetch keeps the cached
-    /// keys; with none cached, it is the error.
-    async fn refresh(&self, kid: &str) -> Result<(), JwtError> {
+    /// keys, and is remembered in the set.
+    async fn refresh(&self, kid: &str) {
         let max_age = Duration::from_secs(self.settings.jwks_max_age_secs);
         let wanted = |keys: &KeySet| {
             !keys.keys.contains_key(kid) || keys.fetched_at.is_none_or(|at| at.elapsed() >= max_age)
         };
         if !wanted(&*self.keys.read().await) {
-            return Ok(());
+            return;
         }
         let mut last = self.refetch.lock().await;
         let interval = Duration::from_secs(self.settings.jwks_min_refetch_secs);
         // Whoever held the lock before may have fetched what this request needs.
         if !wanted(&*self.keys.read().await) || last.is_some_and(|at| at.elapsed() < interval) {
-            return Ok(());
+            return;
         }
         *last = Some(Instant::now());
-        match self.fetch().await {
-            Ok(_) => Ok(()),
-            Err(error) if self.keys.read().await.keys.is_empty() => {
-                Err(JwtError::KeysUnavailable(error))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "could not refresh the identity provider's key set");
-                Ok(())
-            }
+        if let Err(error) = self.fetch().await {
+            tracing::warn!(%error, "could not refresh the identity provider's key set");
         }
     }
+}
+
+/// Refuses a payload that names a claim twice: JSON parsers disagree on which one counts, and
+/// the provider meant only one.
+fn refuse_repeated_claims(token: &str) -> Result<(), JwtError> {
+    use base64::Engine;
+    let Some(payload) = token.split('.').nth(1) else {
+        return Ok(());
+    };
+    // An undecodable payload is refused by the validation that follows, with its own reason.
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return Ok(());
+    };
+    let Ok(crate::model::payload::Members(members)) = serde_json::from_slice(&bytes) else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (name, _) in members {
+        if !seen.insert(name.clone()) {
+            return Err(JwtError::Claim(name, "appears twice"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -82,6 +82,27 @@ impl SigningKey {
         self.sign_as(self.algorithm, &self.kid, claims)
     }
 
+    /// A JWT of exactly these header and payload texts (which may say what a serializer would
+    /// not, such as a claim twice), signed with this key.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, self.algorithm)
+            .expect("sign");
+        format!("{message}.{signature}")
+    }
+
+    /// This key's JWK under another `kid`, marked for encryption only (`use: enc`).
+    pub fn encryption_jwk(&self, kid: &str) -> Jwk {
+        let mut jwk = self.jwk.clone();
+        jwk.common.key_id = Some(kid.to_owned());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Encryption);
+        jwk
+    }
+
     /// A JWT signed with this key, its header naming `algorithm` and `kid`.
     pub fn sign_as(&self, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
         let mut header = Header::new(algorithm);
@@ -138,7 +159,11 @@ impl IdentityProvider {
 
     /// Publishes `key` in the key set (a rotation); tokens signed with it verify from now on.
     pub fn publish(&self, key: &SigningKey) {
-        self.published.lock().unwrap().keys.push(key.jwk.clone());
+        self.publish_jwk(key.jwk.clone());
+    }
+
+    pub fn publish_jwk(&self, jwk: Jwk) {
+        self.published.lock().unwrap().keys.push(jwk);
     }
 
     /// The key set as published now.

@@ -170,6 +170,41 @@ async fn forged_expired_and_foreign_tokens_are_refused(backend: Backend) {
         ("exp missing", rsa.sign(&with(json!({"exp": null})))),
         ("payload altered after signing", tampered),
         ("not a JWT", "not.a.jwt".to_owned()),
+        (
+            "sub posing as an API token",
+            rsa.sign(&with(json!({"sub": "token:billing"}))),
+        ),
+        (
+            "sub posing as the command line",
+            rsa.sign(&with(json!({"sub": "cli:root"}))),
+        ),
+        (
+            "sub of a local user",
+            rsa.sign(&with(json!({"sub": "admin"}))),
+        ),
+        (
+            "blank sub",
+            rsa.sign(&with(json!({"sub": " \u{a0}\u{2028}"}))),
+        ),
+        (
+            "sub over 255 bytes",
+            rsa.sign(&with(json!({"sub": "s".repeat(256)}))),
+        ),
+        (
+            "iss as an array",
+            rsa.sign(&with(json!({"iss": [idp::ISSUER]}))),
+        ),
+        (
+            "a claim given twice",
+            rsa.sign_raw(
+                r#"{"alg":"RS256","kid":"rsa"}"#,
+                &valid.to_string().replacen('{', r#"{"tenant":"*","#, 1),
+            ),
+        ),
+        ("a key published for encryption only", {
+            provider.publish_jwk(rsa.encryption_jwk("rsa-enc"));
+            rsa.sign_as(Algorithm::RS256, "rsa-enc", &valid)
+        }),
     ];
     for (what, token) in &cases {
         let response = post_event(
@@ -180,9 +215,25 @@ async fn forged_expired_and_foreign_tokens_are_refused(backend: Backend) {
         )
         .await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("invalid_token"), "{what}: {challenge}");
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+        assert_eq!(body["error"]["code"], "invalid_token", "{what}: {body}");
     }
+    // The reason is the caller's to see.
+    let expired = rsa.sign(&with(json!({"exp": now - 120})));
+    let answer = post_event(
+        &app,
+        "/events",
+        &expired,
+        &json!({"event_type": "x", "user_identity": "u"}),
+    )
+    .await;
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "the bearer token was refused: the token has expired"
+    );
     let forged = app.get("/events?event_type=forged&tenant=*", ADMIN).await;
     assert_ne!(forged.status(), StatusCode::OK, "`*` is not a tenant name");
     for tenant in ["acme", "default"] {
@@ -266,11 +317,15 @@ async fn an_unreachable_provider_is_503_for_jwts_and_passwords_still_work(backen
     let token = provider
         .key("rsa")
         .sign(&claims("dave", "acme", "events:read"));
-    let response = get_with(&app, "/events", &token).await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.headers().contains_key("retry-after"));
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "identity_provider_unavailable");
+    // Every try, not just the first: the provider's trouble is not the caller's failure, and
+    // does not count towards the address's limit on refused tokens.
+    for _ in 0..12 {
+        let response = get_with(&app, "/events", &token).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "identity_provider_unavailable");
+    }
     assert_eq!(app.get("/events", ADMIN).await.status(), StatusCode::OK);
 }
 
@@ -326,7 +381,29 @@ async fn a_missing_key_set_file_stops_the_start(backend: Backend) {
     assert!(error.contains("absent.json"), "{error}");
 }
 
+/// Refused bearer tokens from one address are limited (`429` past `auth.max_failures`), but a
+/// valid token from that address still gets through: a bearer token cannot be guessed, so its
+/// owner is never locked out by someone else's junk.
+async fn junk_bearer_tokens_do_not_lock_out_a_valid_one(backend: Backend) {
+    let (app, provider) = spawn_with_provider(backend).await;
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let junk = format!("auditor_{i:0>43}");
+        statuses.push(get_with(&app, "/events", &junk).await.status().as_u16());
+    }
+    assert_eq!(&statuses[..10], &[401; 10]);
+    assert_eq!(&statuses[10..], &[429, 429]);
+    let valid = provider
+        .key("rsa")
+        .sign(&claims("erin", "acme", "events:read"));
+    assert_eq!(
+        get_with(&app, "/events", &valid).await.status(),
+        StatusCode::OK
+    );
+}
+
 crate::both_backends!(
+    junk_bearer_tokens_do_not_lock_out_a_valid_one,
     every_accepted_algorithm_acts_as_its_subject_in_its_tenant,
     forged_expired_and_foreign_tokens_are_refused,
     a_rotated_key_is_accepted_without_a_restart_and_fetches_are_limited,
