@@ -171,21 +171,23 @@ async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()>
                     .map(|text| tokens::parse_lifetime(&text))
                     .transpose()
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let (record, token) =
-                    tokens::create(&store, &name, tenant, scopes, lifetime).await?;
-                let expiry = record
-                    .expires_at
-                    .map_or("never".to_owned(), |at| at.to_string());
+                let details = json!({"name": name, "token_tenant": tenant.as_str(),
+                                     "scopes": scopes.to_string()});
+                let created = tokens::create(&store, &name, tenant, scopes, lifetime);
+                let (record, token) = record_cli_change(
+                    &store,
+                    settings,
+                    Access::change("token.create", Action::Create, object(details)),
+                    created,
+                )
+                .await?;
+                let expiry = record.expires_at.map_or("never".to_owned(), rfc3339);
                 println!(
                     "created token `{name}` for tenant {} with scopes {}, expiring {expiry}; \
                      it is shown once, below:",
                     record.tenant, record.scopes
                 );
                 println!("{token}");
-                let details = json!({"name": name, "token_tenant": record.tenant.as_str(),
-                                     "scopes": record.scopes.to_string()});
-                record_cli_change(&store, settings, "token.create", Action::Create, details)
-                    .await?;
             }
             TokenCommand::List => {
                 println!(
@@ -199,29 +201,41 @@ async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()>
                         (None, false) => "expired",
                         (None, true) => "active",
                     };
-                    let expires = token
-                        .expires_at
-                        .map_or("never".to_owned(), |at| at.to_string());
+                    let expires = token.expires_at.map_or("never".to_owned(), rfc3339);
                     println!(
                         "{:<24} {:<16} {:<12} {:<32} {}",
-                        token.name, token.tenant, state, expires, token.scopes
+                        token.name,
+                        token.tenant.as_str(),
+                        state,
+                        expires,
+                        token.scopes
                     );
                 }
             }
             TokenCommand::Revoke { name } => {
-                store
-                    .revoke_token(&name, time::OffsetDateTime::now_utc())
-                    .await
-                    .map_err(|e| match e {
-                        auditor::store::StoreError::NotFound => {
-                            anyhow::anyhow!("no token named `{name}`")
-                        }
-                        other => other.into(),
-                    })?;
+                let Some(token) = store
+                    .list_tokens()
+                    .await?
+                    .into_iter()
+                    .find(|t| t.name == name)
+                else {
+                    bail!("no token named `{name}`");
+                };
+                if token.revoked_at.is_some() {
+                    println!("token `{name}` was revoked already");
+                    return Ok(());
+                }
+                let details = json!({"name": name, "token_tenant": token.tenant.as_str(),
+                                     "scopes": token.scopes.to_string()});
+                let revoked = store.revoke_token(&name, time::OffsetDateTime::now_utc());
+                record_cli_change(
+                    &store,
+                    settings,
+                    Access::change("token.revoke", Action::Delete, object(details)),
+                    revoked,
+                )
+                .await?;
                 println!("revoked token `{name}`");
-                let details = json!({"name": name});
-                record_cli_change(&store, settings, "token.revoke", Action::Delete, details)
-                    .await?;
             }
         }
         Ok(())
@@ -238,10 +252,16 @@ async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
             UserCommand::Add { name, role, tenant } => {
                 let tenant = TenantScope::parse(&tenant).map_err(|e| anyhow::anyhow!(e))?;
                 let secret = read_password(&name)?;
-                users::add(&store, &name, role, tenant.clone(), secret).await?;
                 let details = json!({"name": name, "role": role.as_str(),
                                      "user_tenant": tenant.as_str()});
-                record_cli_change(&store, settings, "user.add", Action::Create, details).await?;
+                let added = users::add(&store, &name, role, tenant.clone(), secret);
+                record_cli_change(
+                    &store,
+                    settings,
+                    Access::change("user.add", Action::Create, object(details)),
+                    added,
+                )
+                .await?;
                 println!(
                     "added user `{name}` with role {} in tenant {tenant}",
                     role.as_str()
@@ -259,9 +279,14 @@ async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
                 }
             }
             UserCommand::Remove { name } => {
-                users::remove(&store, &name).await?;
                 let details = json!({"name": name});
-                record_cli_change(&store, settings, "user.remove", Action::Delete, details).await?;
+                record_cli_change(
+                    &store,
+                    settings,
+                    Access::change("user.remove", Action::Delete, object(details)),
+                    users::remove(&store, &name),
+                )
+                .await?;
                 println!("removed user `{name}`");
             }
         }
@@ -270,34 +295,56 @@ async fn user(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
 }
 
 /// Records a credential change made from the command line in the system log, as by
-/// `cli:<login name>`.
-async fn record_cli_change<S: Store>(
+/// `cli:<login name>`, and then makes it (`change`): nothing is changed unrecorded. When the
+/// change fails, a second record says so.
+async fn record_cli_change<S: Store, T, E>(
     store: &S,
     settings: &Settings,
-    operation: &str,
-    action: Action,
-    details: serde_json::Value,
+    access: Access<'_>,
+    change: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display + Into<anyhow::Error>,
+{
+    record_cli(store, settings, access.clone()).await?;
+    match change.await {
+        Ok(changed) => Ok(changed),
+        Err(error) => {
+            let failed = access.failed(&error.to_string());
+            if let Err(unrecorded) = record_cli(store, settings, failed).await {
+                eprintln!("could not record that the change failed: {unrecorded}");
+            }
+            Err(error.into())
+        }
+    }
+}
+
+/// Records `access` from the command line in the system log, as by `cli:<login name>`.
+async fn record_cli<S: Store>(
+    store: &S,
+    settings: &Settings,
+    access: Access<'_>,
 ) -> anyhow::Result<()> {
     let login = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    let serde_json::Value::Object(details) = details else {
-        bail!("the details of a change are a JSON object");
-    };
-    let access = Access {
-        operation,
-        action,
-        details,
-    };
-    access_log::record_through_store(
-        store,
-        &format!("cli:{login}"),
-        "*",
-        access,
-        &settings.limits(),
-    )
-    .await?;
+    let actor = format!("cli:{login}");
+    access_log::record_through_store(store, &actor, "*", access, &settings.limits()).await?;
     Ok(())
+}
+
+/// A time as RFC 3339, as the API shows times.
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
+/// The details of a change, which `json!` writes as an object.
+fn object(details: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match details {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// From standard input when it is piped, else prompted twice without echo.
@@ -422,6 +469,10 @@ fn report(
 
 async fn export(settings: &Settings, output: Option<&std::path::Path>) -> anyhow::Result<()> {
     with_store!(settings.database_url.expose(), 2, |store| {
+        // Every event of every tenant leaves the database: recorded first, as any read is.
+        let destination = output.map_or("stdout".to_owned(), |p| p.display().to_string());
+        let details = json!({"output": destination});
+        record_cli(&store, settings, Access::read("export", object(details))).await?;
         let written = match output {
             Some(path) => {
                 let file = std::fs::File::create(path)

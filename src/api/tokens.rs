@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use super::access::AdminAccess;
 use super::body::{JsonBytes, parse};
 use super::{ApiError, AppState};
-use crate::auth::Principal;
 use crate::auth::tokens::{self, TokenError};
 use crate::log::access_log::Access;
 use crate::model::token::TokenRecord;
@@ -94,10 +93,13 @@ async fn create<S: Store>(
         .map(|secs| i64::try_from(secs).map(time::Duration::seconds))
         .transpose()
         .map_err(|_| ApiError::Invalid(FieldError::new("expires_in_secs", "is too large")))?;
-    let (record, token) =
-        tokens::create(state.auth.store(), &body.name, tenant, scopes, lifetime).await?;
+    let access = token_access("token.create", Action::Create, &body.name, &tenant, scopes);
+    let created = tokens::create(state.auth.store(), &body.name, tenant, scopes, lifetime);
+    let (record, token) = state
+        .log
+        .record_change(&principal, access, created)
+        .await??;
     tracing::info!(token = %record.name, tenant = %record.tenant, by = %principal.name, "API token created");
-    record_token_change(&state, &principal, "token.create", Action::Create, &record).await?;
     Ok((StatusCode::CREATED, Json(Created { record, token })))
 }
 
@@ -137,37 +139,42 @@ async fn revoke<S: Store>(
         .into_iter()
         .find(|token| token.name == name && principal.tenants.covers(&token.tenant))
         .ok_or_else(not_found)?;
+    // Revoked already: nothing changes, and there is nothing more to record.
+    if record.revoked_at.is_some() {
+        return Ok(Json(record));
+    }
     let at = crate::model::event::truncate_to_micros(time::OffsetDateTime::now_utc());
-    store
-        .revoke_token(&name, at)
-        .await
+    let access = token_access(
+        "token.revoke",
+        Action::Delete,
+        &record.name,
+        &record.tenant,
+        record.scopes,
+    );
+    state
+        .log
+        .record_change(&principal, access, store.revoke_token(&name, at))
+        .await?
         .map_err(|error| match error {
             StoreError::NotFound => not_found(),
             other => other.into(),
         })?;
-    // As stored: a token revoked before keeps its first revocation time.
-    record.revoked_at.get_or_insert(at);
+    record.revoked_at = Some(at);
     tracing::info!(token = %name, by = %principal.name, "API token revoked");
-    record_token_change(&state, &principal, "token.revoke", Action::Delete, &record).await?;
     Ok(Json(record))
 }
 
-/// Records a change to a token in the system log: never its secret or hash.
-async fn record_token_change<S: Store>(
-    state: &AppState<S>,
-    principal: &Principal,
-    operation: &'static str,
+/// A change to a token as the system log records it: never its secret or hash.
+fn token_access<'a>(
+    operation: &'a str,
     action: Action,
-    token: &TokenRecord,
-) -> Result<(), ApiError> {
+    name: &str,
+    tenant: &TenantScope,
+    scopes: Scopes,
+) -> Access<'a> {
     let mut details = serde_json::Map::new();
-    details.insert("name".into(), token.name.clone().into());
-    details.insert("token_tenant".into(), token.tenant.as_str().into());
-    details.insert("scopes".into(), token.scopes.to_string().into());
-    let access = Access {
-        operation,
-        action,
-        details,
-    };
-    Ok(state.log.record_access(principal, access).await?)
+    details.insert("name".into(), name.into());
+    details.insert("token_tenant".into(), tenant.as_str().into());
+    details.insert("scopes".into(), scopes.to_string().into());
+    Access::change(operation, action, details)
 }

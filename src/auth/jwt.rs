@@ -543,8 +543,11 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `value`'s claims, with the `iss` that `decode` has checked already.
     fn claims(value: Value) -> serde_json::Map<String, Value> {
-        value.as_object().cloned().unwrap_or_default()
+        let mut claims = value.as_object().cloned().unwrap_or_default();
+        claims.insert("iss".into(), "https://idp.test/".into());
+        claims
     }
 
     #[tokio::test]

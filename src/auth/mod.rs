@@ -107,6 +107,10 @@ pub fn validate_user_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 64 {
         return Err("a user name is 1 to 64 characters long");
     }
+    // They would be normalised away in the paths that name them (`/admin/tokens/..`).
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are not names");
+    }
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))

@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
 use crate::model::event::RawEvent;
-use crate::model::{Action, EventQuery, Filter, Limits, NewEvent, Personal, Submission, TenantId};
+use crate::model::{
+    Action, EventQuery, Filter, Limits, NewEvent, Outcome, Personal, Submission, TenantId,
+};
 use crate::store::Store;
 
 /// The tenant of the system log.
@@ -19,19 +21,35 @@ pub const ACCESS_EVENT_TYPE: &str = "audit.access";
 
 /// An access to record: what was done (`query`, `get`, `proof`, `erase`, `token.create`, …),
 /// whether it changed anything, and its particulars (filters, ids, how many events returned).
+#[derive(Debug, Clone)]
 pub struct Access<'a> {
     pub operation: &'a str,
     pub action: Action,
     pub details: Map<String, Value>,
+    /// Set on the second record of a change that failed after it was recorded.
+    pub outcome: Option<Outcome>,
 }
 
 impl<'a> Access<'a> {
     pub fn read(operation: &'a str, details: Map<String, Value>) -> Self {
+        Self::change(operation, Action::Read, details)
+    }
+
+    /// A change to record before it is made ([`AuditLog::record_change`]).
+    pub fn change(operation: &'a str, action: Action, details: Map<String, Value>) -> Self {
         Self {
             operation,
-            action: Action::Read,
+            action,
             details,
+            outcome: None,
         }
+    }
+
+    /// The record that says the change recorded as `self` did not happen, and why.
+    pub fn failed(mut self, error: &str) -> Self {
+        self.details.insert("error".into(), Value::from(error));
+        self.outcome = Some(Outcome::Failure);
+        self
     }
 }
 
@@ -51,6 +69,28 @@ impl<S: Store> AuditLog<S> {
             .await?;
         Ok(())
     }
+
+    /// Records the change `access` describes, then makes it (`change`): a credential is never
+    /// changed unrecorded, even when the process dies in between. When the change then fails,
+    /// a second record says so (as far as it can be written), and the change's error is
+    /// returned.
+    pub async fn record_change<T, E: std::fmt::Display>(
+        &self,
+        principal: &Principal,
+        access: Access<'_>,
+        change: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, LogError> {
+        self.record_access(principal, access.clone()).await?;
+        let outcome = change.await;
+        if let Err(error) = &outcome
+            && let Err(unrecorded) = self
+                .record_access(principal, access.failed(&error.to_string()))
+                .await
+        {
+            tracing::warn!(error = %unrecorded, "could not record that a recorded change failed");
+        }
+        Ok(outcome)
+    }
 }
 
 /// The `audit.access` event recording `access` by `actor` in `tenant`, to append to the system
@@ -69,6 +109,7 @@ pub fn access_record(
     let raw = RawEvent {
         action: Some(access.action),
         entity: Some(access.operation.to_owned()),
+        outcome: access.outcome,
         ..RawEvent::service_record(ACCESS_EVENT_TYPE, actor, payload)
     };
     NewEvent::parse_own(raw, limits).map_err(LogError::Invalid)

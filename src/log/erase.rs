@@ -404,9 +404,5 @@ fn erasure_access<'a>(operation: &'a str, records: &[Event]) -> Access<'a> {
         details.insert("record".into(), record.id.to_string().into());
         details.insert("record_seq".into(), record.seq.0.into());
     }
-    Access {
-        operation,
-        action: Action::Delete,
-        details,
-    }
+    Access::change(operation, Action::Delete, details)
 }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
+use super::access_log::Access;
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
 use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
@@ -131,6 +132,14 @@ impl<S: Store> AuditLog<S> {
         let inherited = principal
             .may(crate::model::Scope::EventsRead)
             .then_some(&original);
+        // Inheriting the original's fields reads them, and the answer shows them: a read.
+        if inherited.is_some() {
+            let mut details = serde_json::Map::new();
+            details.insert("id".into(), original.id.to_string().into());
+            details.insert("returned".into(), 1.into());
+            self.record_access(principal, Access::read("amend", details))
+                .await?;
+        }
         let inherit = |own: Option<String>, pick: fn(&Event) -> Option<String>| {
             own.or_else(|| inherited.and_then(pick))
         };

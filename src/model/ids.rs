@@ -60,7 +60,10 @@ impl TenantId {
 
     /// A tenant name as a caller may give it: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`.
     pub fn parse(name: &str) -> Result<Self, String> {
+        // `.` and `..` would be normalised away in the paths that name a tenant (`/logs/..`).
         let valid = (1..=64).contains(&name.len())
+            && name != "."
+            && name != ".."
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
@@ -68,7 +71,8 @@ impl TenantId {
             Ok(Self::new(name))
         } else {
             Err(format!(
-                "`{name}` is not a tenant name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`"
+                "`{name}` is not a tenant name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`, \
+                 other than `.` and `..`"
             ))
         }
     }

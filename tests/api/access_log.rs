@@ -195,8 +195,115 @@ async fn a_read_that_cannot_be_recorded_is_refused(backend: Backend) {
     assert_eq!(written.status(), 201);
 }
 
+/// A credential change is recorded before it is made: when the record cannot be written, the
+/// change is not made; when the change fails after its record, a second record says so.
+async fn credential_changes_are_recorded_before_they_are_made(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let create = |name: &str| json!({"name": name, "tenant": "acme", "scopes": ["events:read"]});
+    assert_eq!(
+        app.post_json("/admin/tokens", ADMIN, &create("first"))
+            .await
+            .status(),
+        201
+    );
+    // The same name again: refused, and recorded as tried and failed.
+    assert_eq!(
+        app.post_json("/admin/tokens", ADMIN, &create("first"))
+            .await
+            .status(),
+        409
+    );
+    let records: Vec<Value> = system_log(&app)
+        .await
+        .into_iter()
+        .filter(|r| r["event_data"]["operation"] == "token.create")
+        .collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(records[0]["outcome"].is_null() && records[1]["outcome"].is_null());
+    assert_eq!(records[2]["outcome"], "failure");
+    assert!(
+        records[2]["event_data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("already exists")
+    );
+
+    // Revoking twice changes one thing, once.
+    for _ in 0..2 {
+        let revoked = app
+            .request(reqwest::Method::DELETE, "/admin/tokens/first", Some(ADMIN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), 200);
+    }
+    let revocations = system_log(&app)
+        .await
+        .into_iter()
+        .filter(|r| r["event_data"]["operation"] == "token.revoke")
+        .count();
+    assert_eq!(revocations, 1);
+
+    // A system log that takes no record: the token is not made.
+    let refuse_system_records = match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_system BEFORE INSERT ON events WHEN NEW.tenant = '_system' \
+             BEGIN SELECT RAISE(ABORT, 'the system log is full'); END"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse_system() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.tenant = '_system' THEN RAISE EXCEPTION 'the system log is full'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_system BEFORE INSERT ON events FOR EACH ROW \
+             EXECUTE FUNCTION refuse_system()"
+        }
+    };
+    app.db.execute(refuse_system_records).await.unwrap();
+    let refused = app
+        .post_json("/admin/tokens", ADMIN, &create("unrecorded"))
+        .await;
+    assert!(refused.status().as_u16() >= 500, "{}", refused.status());
+    let tokens: Value = app.get("/admin/tokens", ADMIN).await.json().await.unwrap();
+    assert!(
+        !tokens.to_string().contains("unrecorded"),
+        "a token made without its record: {tokens}"
+    );
+}
+
+/// `auditor export` (every event of every tenant) and an amendment that shows the original's
+/// fields are reads, recorded as such.
+async fn exports_and_amendments_that_show_the_original_are_recorded(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let event = app
+        .record(json!({"event_type": "x", "user_identity": "alice"}))
+        .await;
+    let id = event["id"].as_str().unwrap();
+    let amended = app
+        .request(
+            reqwest::Method::PUT,
+            &format!("/update_log/{id}"),
+            Some(ADMIN),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(amended.status(), 201);
+    let exported = crate::cli::auditor(&app.db.url, &["export"], "");
+    assert!(exported.status.success());
+    let operations: Vec<Value> = system_log(&app)
+        .await
+        .iter()
+        .map(|r| r["event_data"]["operation"].clone())
+        .collect();
+    assert!(operations.contains(&json!("amend")), "{operations:?}");
+    assert!(operations.contains(&json!("export")), "{operations:?}");
+}
+
 crate::both_backends!(
     reads_are_recorded_in_the_system_log_which_only_global_admins_read,
     reads_go_unrecorded_when_turned_off,
     a_read_that_cannot_be_recorded_is_refused,
+    credential_changes_are_recorded_before_they_are_made,
+    exports_and_amendments_that_show_the_original_are_recorded,
 );
