@@ -16,6 +16,7 @@ use crate::api::HttpLimits;
 use crate::auth::jwt::JwtSettings;
 use crate::auth::throttle::ThrottleSettings;
 use crate::ingest::IngestSettings;
+use crate::ingest::capture::CaptureSettings;
 use crate::integrity::checkpointer::Schedule;
 use crate::log::WriterOptions;
 use crate::log::retention::RetentionPolicy;
@@ -67,6 +68,9 @@ pub struct Settings {
     /// Message brokers consumed inside `serve` (`[[ingest.nats]]`, `[[ingest.amqp]]`).
     #[serde(default)]
     pub ingest: IngestSettings,
+    /// Host databases whose changes are captured inside `serve` (`[[capture.postgres]]`).
+    #[serde(default)]
+    pub capture: CaptureSettings,
 }
 
 /// `[tls]`: HTTPS for the API, with a certificate chain and its key in PEM files; both or
@@ -295,6 +299,9 @@ impl Settings {
             "set admin_password or admin_password_file, not both",
         )?;
         self.ingest.validate().map_err(ConfigError::Rule)?;
+        for host in &self.capture.postgres {
+            host.validate().map_err(ConfigError::Rule)?;
+        }
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().map_err(ConfigError::Rule)?;
         }

@@ -121,7 +121,12 @@ async fn serve_store<S: Store>(
         settings.retention_policy(),
         stop_background.clone(),
     );
-    let consumers = crate::ingest::spawn(&log, &settings.ingest, &stop_background);
+    let mut consumers = crate::ingest::spawn(&log, &settings.ingest, &stop_background);
+    consumers.extend(crate::ingest::spawn_capture(
+        &log,
+        &settings.capture,
+        &stop_background,
+    ));
     let state = AppState {
         log,
         auth: Arc::new(auth),

@@ -62,8 +62,9 @@ const MAX_LEEWAY_SECS: u64 = 600;
 const MAX_SUBJECT_BYTES: usize = 255;
 
 /// Prefixes of the names the service gives its other callers (`token:billing`, `cli:root`,
-/// `nats:auditor`, `amqp:audit`, `auditor-retention`): a JWT's `sub` may not pose as one.
-const RESERVED_SUBJECT_PREFIXES: [&str; 5] = ["token:", "cli:", "nats:", "amqp:", "auditor-"];
+/// `nats:auditor`, `amqp:audit`, `capture:app`, `auditor-retention`): a JWT's `sub` may not pose as one.
+const RESERVED_SUBJECT_PREFIXES: [&str; 6] =
+    ["token:", "cli:", "nats:", "amqp:", "capture:", "auditor-"];
 
 fn default_tenant_claim() -> String {
     "tenant".into()
@@ -414,7 +415,7 @@ impl JwtVerifier {
             return Err(JwtError::Claim(
                 "sub".into(),
                 "poses as one of the service's own callers (`token:`, `cli:`, `nats:`, `amqp:`, \
-                 `auditor-`)",
+                 `capture:`, `auditor-`)",
             ));
         }
         let tenant_claim = &self.settings.tenant_claim;

@@ -10,8 +10,10 @@
 //!   (1 s doubling to 30 s) instead of spinning.
 
 pub mod amqp;
+pub mod capture;
 pub mod delivery;
 pub mod nats;
+pub mod pgoutput;
 
 use std::time::Duration;
 
@@ -64,6 +66,19 @@ pub fn spawn<S: Store>(
         .iter()
         .map(|amqp| tokio::spawn(amqp::run(log.clone(), amqp.clone(), stop.clone())));
     nats.chain(amqp).collect()
+}
+
+/// Starts every configured capture; each runs until `stop`, committing the changes in hand.
+pub fn spawn_capture<S: Store>(
+    log: &AuditLog<S>,
+    settings: &capture::CaptureSettings,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    settings
+        .postgres
+        .iter()
+        .map(|host| tokio::spawn(capture::run(log.clone(), host.clone(), stop.clone())))
+        .collect()
 }
 
 /// What became of one message.

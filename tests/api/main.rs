@@ -9,6 +9,7 @@ mod access_matrix;
 mod amqp;
 mod auth;
 mod bulk;
+mod capture;
 mod cli;
 mod cloudevents;
 mod compat;

@@ -1,0 +1,289 @@
+//! Change data capture from a host PostgreSQL (`[[capture.postgres]]`), against a cluster with
+//! `wal_level = logical` that `scripts/test` starts (`AUDITOR_TEST_HOST_DATABASE_URL`): inserts,
+//! updates, deletes, a rolled-back transaction, a context message, a column on the deny list, a
+//! 100k-row transaction, and a SIGKILL of the service midway, each change stored once.
+
+use std::time::Duration;
+
+use auditor::config::{DatabaseUrl, Settings};
+use auditor::ingest::capture::PostgresCapture;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::helpers::{
+    Backend, ServerProcess, TestDb, assert_gapless_chain, settings_for, spawn_with,
+};
+
+/// A database of the test's own on the host cluster, and its slot's name.
+struct HostDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl HostDb {
+    async fn create() -> Self {
+        let admin_url = std::env::var("AUDITOR_TEST_HOST_DATABASE_URL").expect(
+            "AUDITOR_TEST_HOST_DATABASE_URL names a PostgreSQL with wal_level = logical; \
+             scripts/test starts one",
+        );
+        let name = format!("capture_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        let level: String = sqlx::query_scalar("SHOW wal_level")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            level, "logical",
+            "the host cluster must have wal_level = logical"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        let host = Self {
+            admin_url,
+            name,
+            url,
+        };
+        host.execute(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, email text, password_hash text, \
+             balance numeric, big bigint, active boolean, avatar bytea); \
+             ALTER TABLE accounts REPLICA IDENTITY FULL; \
+             CREATE TABLE unwatched (id int PRIMARY KEY)",
+        )
+        .await;
+        host
+    }
+
+    async fn execute(&self, sql: &str) {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    fn capture(&self) -> PostgresCapture {
+        PostgresCapture {
+            name: "app".into(),
+            url: DatabaseUrl::new(self.url.clone()),
+            publication: format!("pub_{}", self.name),
+            slot: format!("slot_{}", self.name),
+            tables: vec!["public.accounts".into()],
+            deny_columns: vec!["public.accounts.password_hash".into()],
+            allow_columns: Vec::new(),
+            tenant: "default".into(),
+            batch_changes: 10_000,
+            poll_interval_ms: 50,
+            lag_warning_bytes: 1 << 30,
+        }
+    }
+
+    fn toml(&self) -> String {
+        let c = self.capture();
+        format!(
+            "[[capture.postgres]]\nname = \"{}\"\nurl = \"{}\"\npublication = \"{}\"\n\
+             slot = \"{}\"\ntables = [\"public.accounts\"]\n\
+             deny_columns = [\"public.accounts.password_hash\"]\npoll_interval_ms = 50\n",
+            c.name, self.url, c.publication, c.slot
+        )
+    }
+
+    /// Waits until the service has made its slot: changes before it are not captured.
+    async fn wait_for_slot(&self) {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        for _ in 0..300 {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            )
+            .bind(format!("slot_{}", self.name))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            if exists {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the capture made no slot");
+    }
+
+    /// Drops the slot and the database (the service is stopped by then).
+    async fn drop_now(self) {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        let _ = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .bind(format!("slot_{}", self.name))
+        .execute(&mut admin)
+        .await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+async fn wait_for_count(db: &TestDb, expected: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let count = db.count_events("default").await;
+        if count == expected {
+            return;
+        }
+        assert!(
+            count < expected,
+            "{count} events stored, more than {expected}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {expected} events stored within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn with_capture(db: &TestDb, capture: PostgresCapture) -> Settings {
+    let mut settings = settings_for(db);
+    settings.capture.postgres = vec![capture];
+    settings
+}
+
+async fn committed_changes_become_events_once(backend: Backend) {
+    const ROWS: i64 = 100_000;
+    let host = HostDb::create().await;
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_capture(&db, host.capture())).await;
+    host.wait_for_slot().await;
+    host.execute(
+        "INSERT INTO accounts VALUES (1, 'a@example.com', 'secret-hash', 12.50, \
+         9007199254740993, true, '\\x0102'); \
+         INSERT INTO unwatched VALUES (1)",
+    )
+    .await;
+    host.execute(
+        "BEGIN; \
+         SELECT pg_logical_emit_message(true, 'auditor', \
+           '{\"user_identity\": \"alice@app\", \"ip\": \"10.0.0.7\", \"request_id\": \"r-1\"}'); \
+         UPDATE accounts SET balance = 20 WHERE id = 1; \
+         COMMIT",
+    )
+    .await;
+    host.execute("BEGIN; INSERT INTO accounts (id, email) VALUES (2, 'rolled@back'); ROLLBACK")
+        .await;
+    host.execute("DELETE FROM accounts WHERE id = 1").await;
+    host.execute(&format!(
+        "INSERT INTO accounts (id, email, balance) \
+         SELECT g, 'user' || g || '@example.com', g FROM generate_series(10, {}) g",
+        ROWS + 9
+    ))
+    .await;
+    wait_for_count(&db, 3 + ROWS, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        db.count_events("default").await,
+        3 + ROWS,
+        "each change once"
+    );
+
+    let page: Value = app.get_ok("/events?entity=public.accounts&limit=3").await;
+    let events = page["events"].as_array().unwrap();
+    let created = &events[0];
+    assert_eq!(created["action"], "create");
+    assert_eq!(created["event_type"], "public.accounts.create");
+    assert_eq!(created["entity_id"], "1");
+    assert_eq!(created["source"], "app");
+    assert_eq!(
+        created["user_identity"], "app",
+        "no context: the capture's name"
+    );
+    assert!(created["occurred_at"].is_string());
+    assert_eq!(
+        created["event_data"]["new"],
+        json!({"id": 1, "email": "a@example.com", "balance": "12.50",
+               "big": "9007199254740993", "active": true, "avatar": "AQI="}),
+        "no password_hash; exact numbers as strings; bytea as base64"
+    );
+    assert_eq!(created["event_data"]["old"], Value::Null);
+    let updated = &events[1];
+    assert_eq!(updated["action"], "update");
+    assert_eq!(updated["user_identity"], "alice@app");
+    assert_eq!(updated["ip"], "10.0.0.7");
+    assert_eq!(updated["property"], "balance");
+    assert_eq!(updated["event_data"]["old"]["balance"], "12.50");
+    assert_eq!(updated["event_data"]["new"]["balance"], "20");
+    assert_eq!(
+        updated["event_data"]["context"],
+        json!({"request_id": "r-1"})
+    );
+    let deleted = &events[2];
+    assert_eq!(deleted["action"], "delete");
+    assert_eq!(deleted["entity_id"], "1");
+    assert_eq!(deleted["event_data"]["new"], Value::Null);
+    let rolled_back = app.get_ok("/events?entity_id=2").await;
+    assert_eq!(rolled_back["events"], json!([]), "a rolled-back change");
+
+    assert_gapless_chain(&app.all_events().await);
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
+/// 20 transactions of 1,000 rows; the service is SIGKILLed while it captures them and started
+/// again: every change is stored once.
+async fn every_change_is_stored_once_through_a_sigkill(backend: Backend) {
+    const TRANSACTIONS: i64 = 20;
+    const ROWS: i64 = 1_000;
+    let host = HostDb::create().await;
+    let db = TestDb::new(backend).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, host.toml()).unwrap();
+    let mut server =
+        ServerProcess::serve_with_env(&db, &[("AUDITOR_CONFIG", config.to_str().unwrap())]);
+    host.wait_for_slot().await;
+    for t in 0..TRANSACTIONS {
+        host.execute(&format!(
+            "INSERT INTO accounts (id, email) SELECT g, 'u' || g FROM generate_series({}, {}) g",
+            t * ROWS,
+            t * ROWS + ROWS - 1
+        ))
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db.count_events("default").await < 2 * ROWS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the capture started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    let before = db.count_events("default").await;
+    assert!(before < TRANSACTIONS * ROWS, "killed midway: {before}");
+
+    let app = spawn_with(db.share(), with_capture(&db, host.capture())).await;
+    wait_for_count(&db, TRANSACTIONS * ROWS, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(db.count_events("default").await, TRANSACTIONS * ROWS);
+    let events = app.all_events().await;
+    assert_gapless_chain(&events);
+    let mut app = app;
+    app.stop().await.unwrap();
+    let mut ids: Vec<i64> = events
+        .iter()
+        .map(|e| e.entity_id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..TRANSACTIONS * ROWS).collect::<Vec<_>>());
+    host.drop_now().await;
+}
+
+crate::both_backends!(
+    committed_changes_become_events_once,
+    every_change_is_stored_once_through_a_sigkill,
+);
