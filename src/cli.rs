@@ -95,6 +95,9 @@ pub enum Command {
     },
     /// Print the default configuration file, with every key documented.
     DefaultConfig,
+    /// Run the configured change captures (`[[capture.postgres]]`) without the HTTP server,
+    /// until SIGTERM or SIGINT.
+    Capture,
     /// Serve a no-op `POST /events` (parse the JSON, store nothing) as the ceiling for `bench/run`.
     #[command(hide = true)]
     BenchCeiling {

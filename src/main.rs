@@ -75,6 +75,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     match cli.command {
         Command::Serve { .. } => serve(settings, migrate_on_start).await,
+        Command::Capture => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            auditor::server::capture_only(settings, shutdown).await?;
+            Ok(())
+        }
         Command::Migrate => migrate(&settings).await,
         Command::User { command } => user(&settings, command).await,
         Command::Token { command } => token(&settings, command).await,

@@ -200,6 +200,46 @@ async fn serve_store<S: Store>(
     Ok(())
 }
 
+/// Runs the configured change captures alone (`auditor capture`), with the writer and the
+/// checkpointer they need, until `shutdown`; the changes in hand are committed first.
+pub async fn capture_only(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let url = settings.database_url.expose().to_owned();
+    crate::with_store!(&url, settings.database.max_connections, |store| {
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            return Err(ServeError::PendingMigrations(pending));
+        }
+        let signer = Arc::new(LogSigner::load_or_generate(
+            &settings.integrity.signing_key_file,
+            &settings.integrity.log_origin,
+        )?);
+        let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
+        let checkpoints = checkpointer::spawn(
+            store.clone(),
+            Arc::clone(&signer),
+            settings.checkpoint_schedule(),
+            shutdown.clone(),
+        );
+        let log = AuditLog::new(store, writer, signer, settings.limits());
+        let captures = crate::ingest::spawn_capture(&log, &settings.capture, &shutdown);
+        if captures.is_empty() {
+            tracing::warn!("no [[capture.postgres]] is configured: nothing to capture");
+        }
+        for capture in captures {
+            let _ = capture.await;
+        }
+        shutdown.cancel();
+        let _ = checkpoints.await;
+        drop(log);
+        let _ = writer_task.await;
+        tracing::info!("capture stopped");
+        Ok(())
+    })
+}
+
 async fn bootstrap<S: Store>(store: &S, settings: &Settings) -> Result<(), ServeError> {
     let configured = match (&settings.admin_password, &settings.admin_password_file) {
         (Some(secret), _) => Some(secret.expose().to_owned()),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use auditor::config::{DatabaseUrl, Settings};
 use auditor::ingest::capture::PostgresCapture;
+use auditor::store::Store;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -283,7 +284,43 @@ async fn every_change_is_stored_once_through_a_sigkill(backend: Backend) {
     host.drop_now().await;
 }
 
+/// `auditor capture` runs the configured captures without the HTTP server, and stops on
+/// SIGTERM with what it read committed.
+async fn the_capture_command_runs_alone(backend: Backend) {
+    let host = HostDb::create().await;
+    let db = TestDb::new(backend).await;
+    match backend {
+        Backend::Sqlite => db.sqlite().await.migrate().await.unwrap(),
+        Backend::Postgres => db.postgres().await.migrate().await.unwrap(),
+    }
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, host.toml()).unwrap();
+    let mut capture = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args(["--database-url", &db.url, "capture"])
+        .env("AUDITOR_CONFIG", &config)
+        .env(
+            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+            db.dir.path().join("auditor.key"),
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (7, 'alone@example.com')")
+        .await;
+    wait_for_count(&db, 1, Duration::from_secs(60)).await;
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &capture.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = capture.wait().unwrap();
+    assert!(status.success(), "{status}");
+    host.drop_now().await;
+}
+
 crate::both_backends!(
     committed_changes_become_events_once,
     every_change_is_stored_once_through_a_sigkill,
+    the_capture_command_runs_alone,
 );

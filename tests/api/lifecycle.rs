@@ -108,7 +108,7 @@ crate::both_backends!(
 
 /// A TCP proxy in front of PostgreSQL that the test can cut and restore, to take the database
 /// away from the service without touching the shared server.
-mod outage {
+pub(crate) mod outage {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -169,6 +169,13 @@ mod outage {
 
 /// A service whose PostgreSQL connections go through a proxy that the test can cut.
 async fn spawn_behind_proxy() -> (crate::helpers::TestApp, outage::Proxy) {
+    spawn_behind_proxy_with(|_| {}).await
+}
+
+/// The same, with `adjust` applied to its settings.
+pub(crate) async fn spawn_behind_proxy_with(
+    adjust: impl FnOnce(&mut auditor::config::Settings),
+) -> (crate::helpers::TestApp, outage::Proxy) {
     let db = TestDb::new(Backend::Postgres).await;
     let url = url_parts(&db.url);
     let proxy = outage::Proxy::to(url.host_port.clone()).await;
@@ -177,6 +184,7 @@ async fn spawn_behind_proxy() -> (crate::helpers::TestApp, outage::Proxy) {
         "{}127.0.0.1:{}/{}",
         url.prefix, proxy.port, url.database
     ));
+    adjust(&mut settings);
     let app = spawn_with(db, settings).await;
     (app, proxy)
 }

@@ -311,6 +311,35 @@ impl TestStream {
     }
 }
 
+/// PostgreSQL goes away under the consumer (its connections cut) and comes back: the messages
+/// published meanwhile wait, unacknowledged, and are all stored once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_out_a_database_outage() {
+    let nats = TestStream::create(NATS_URL).await;
+    let settings = nats.settings();
+    let (app, proxy) =
+        crate::lifecycle::spawn_behind_proxy_with(|s| s.ingest.nats = vec![settings]).await;
+    nats.publish(Some("before"), &event(0)).await;
+    wait_for_count(&app.db, 1, Duration::from_secs(30)).await;
+    proxy.cut().await;
+    for i in 1..=50 {
+        nats.publish(Some(&format!("during-{i}")), &event(i)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        app.db.count_events("default").await,
+        1,
+        "nothing while it is down"
+    );
+    assert!(
+        nats.dead_letters().await.is_empty(),
+        "an outage is no message's fault"
+    );
+    proxy.restore();
+    wait_for_count(&app.db, 51, Duration::from_secs(90)).await;
+    assert_gapless_chain(&app.all_events().await);
+}
+
 crate::both_backends!(
     every_message_is_stored_once_through_a_sigkill,
     poison_is_dead_lettered_and_a_refusing_database_holds_messages,
