@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::Delivery;
-use super::{Backoff, Fate, record_messages};
+use super::{Backoff, Broker, default_tenant, run_until_stopped, settle};
 use crate::log::AuditLog;
 use crate::model::TenantId;
 use crate::store::Store;
@@ -48,9 +48,6 @@ pub struct AmqpSettings {
     pub prefetch: u16,
 }
 
-fn default_tenant() -> String {
-    "default".into()
-}
 fn default_prefetch() -> u16 {
     1000
 }
@@ -61,18 +58,12 @@ const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// Consumes until `stop`, reconnecting with a back-off after any failure.
 pub async fn run<S: Store>(log: AuditLog<S>, settings: AmqpSettings, stop: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        match consume(&log, &settings, &stop, &mut backoff).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(queue = %settings.queue, %error, "AMQP consumer failed; reconnecting");
-                if !backoff.wait(&stop).await {
-                    return;
-                }
-            }
-        }
-    }
+    let what = format!("AMQP consumer of `{}`", settings.queue);
+    run_until_stopped(&what, &stop, |mut backoff| {
+        let (log, settings, stop) = (&log, &settings, &stop);
+        async move { (consume(log, settings, stop, &mut backoff).await, backoff) }
+    })
+    .await;
 }
 
 /// Makes sure `queue` exists: a queue declared already (of any kind, quorum or classic) is
@@ -138,6 +129,10 @@ async fn consume<S: Store>(
     tracing::info!(queue = %settings.queue, "consuming from AMQP");
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("amqp:{}", settings.queue);
+    let broker = Rabbit {
+        dead_letters: &dead_letters,
+        dead_letter_queue: &settings.dead_letter_queue,
+    };
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => break,
@@ -153,35 +148,9 @@ async fn consume<S: Store>(
                 Ok(None) | Err(_) => break,
             }
         }
-        let decoded = messages
-            .iter()
-            .map(|message| delivery(message).events())
-            .collect();
-        let fates = record_messages(log, &tenant, &recorded_by, decoded).await;
-        let mut retry = false;
-        for (message, fate) in messages.iter().zip(fates) {
-            match fate {
-                Fate::Committed => acknowledge(message).await,
-                Fate::Refused(reason) => {
-                    dead_letter(&dead_letters, settings, message, &reason).await?;
-                    acknowledge(message).await;
-                }
-                Fate::Retry => {
-                    retry = true;
-                    let requeue = BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    };
-                    message.nack(requeue).await?;
-                }
-            }
-        }
-        if retry {
-            if !backoff.wait(stop).await {
-                break;
-            }
-        } else {
-            backoff.reset();
+        let target = (&tenant, recorded_by.as_str());
+        if !settle(log, &broker, target, &messages, backoff, stop).await? {
+            break;
         }
     }
     // Messages not acknowledged go back to the queue when the channel closes.
@@ -190,10 +159,38 @@ async fn consume<S: Store>(
     Ok(())
 }
 
-/// A failed acknowledgement only means a redelivery, which is a replay for a keyed message.
-async fn acknowledge(message: &AmqpDelivery) {
-    if let Err(error) = message.ack(BasicAckOptions::default()).await {
-        tracing::warn!(%error, "could not acknowledge an AMQP message; it will be redelivered");
+/// The RabbitMQ side of a consumer.
+struct Rabbit<'a> {
+    /// A channel in confirm mode, for the dead letters.
+    dead_letters: &'a Channel,
+    dead_letter_queue: &'a str,
+}
+
+impl Broker for Rabbit<'_> {
+    type Message = AmqpDelivery;
+
+    fn delivery<'m>(&self, message: &'m AmqpDelivery) -> Delivery<'m> {
+        delivery(message)
+    }
+
+    async fn acknowledge(&self, message: &AmqpDelivery) {
+        if let Err(error) = message.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "could not acknowledge an AMQP message; it will be redelivered");
+        }
+    }
+
+    async fn dead_letter(&self, message: &AmqpDelivery, reason: &str) -> anyhow::Result<()> {
+        dead_letter(self, message, reason).await
+    }
+
+    /// Back to the queue at once; the consumer's back-off keeps it from spinning.
+    async fn redeliver(&self, message: &AmqpDelivery, _after: Duration) -> anyhow::Result<()> {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        message.nack(requeue).await?;
+        Ok(())
     }
 }
 
@@ -241,17 +238,11 @@ fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
 /// Publishes the message, as received, to the dead-letter queue with the reason, and waits
 /// for the broker to confirm it.
 async fn dead_letter(
-    channel: &Channel,
-    settings: &AmqpSettings,
+    broker: &Rabbit<'_>,
     message: &AmqpDelivery,
     reason: &str,
 ) -> anyhow::Result<()> {
-    tracing::warn!(
-        queue = %settings.queue,
-        dead_letter_queue = %settings.dead_letter_queue,
-        %reason,
-        "a message cannot be recorded; dead-lettered"
-    );
+    let channel = broker.dead_letters;
     let mut headers = message.properties.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from("auditor-error"),
@@ -265,7 +256,7 @@ async fn dead_letter(
     let confirmation = channel
         .basic_publish(
             "".into(),
-            settings.dead_letter_queue.as_str().into(),
+            broker.dead_letter_queue.into(),
             BasicPublishOptions::default(),
             &message.data,
             properties,

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::pgoutput::{Datum, Lsn, Message, Relation, format_lsn};
-use super::{Backoff, retry_later};
+use super::{Backoff, default_tenant, retry_later, run_until_stopped};
 use crate::log::{AuditLog, LogError};
 use crate::model::payload::MAX_EXACT_INTEGER;
 use crate::model::{NewEvent, RawEvent, TenantId};
@@ -70,9 +70,6 @@ pub struct PostgresCapture {
     pub lag_warning_bytes: i64,
 }
 
-fn default_tenant() -> String {
-    "default".into()
-}
 fn default_batch_changes() -> u32 {
     10_000
 }
@@ -172,18 +169,12 @@ enum ChangeKind {
 
 /// Captures until `stop`, reconnecting with a back-off after any failure.
 pub async fn run<S: Store>(log: AuditLog<S>, settings: PostgresCapture, stop: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        match capture(&log, &settings, &stop, &mut backoff).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(capture = %settings.name, %error, "capture failed; retrying");
-                if !backoff.wait(&stop).await {
-                    return;
-                }
-            }
-        }
-    }
+    let what = format!("capture `{}`", settings.name);
+    run_until_stopped(&what, &stop, |mut backoff| {
+        let (log, settings, stop) = (&log, &settings, &stop);
+        async move { (capture(log, settings, stop, &mut backoff).await, backoff) }
+    })
+    .await;
 }
 
 async fn capture<S: Store>(

@@ -81,6 +81,64 @@ pub fn spawn_capture<S: Store>(
         .collect()
 }
 
+/// What a consumer needs of its broker once it knows what became of a message.
+pub(crate) trait Broker {
+    type Message;
+
+    /// The message as the core reads it.
+    fn delivery<'m>(&self, message: &'m Self::Message) -> delivery::Delivery<'m>;
+
+    /// Its events are committed. A failed acknowledgement only means a redelivery, a replay.
+    async fn acknowledge(&self, message: &Self::Message);
+
+    /// It can never be recorded: it goes, with `reason`, where dead letters go, confirmed.
+    async fn dead_letter(&self, message: &Self::Message, reason: &str) -> anyhow::Result<()>;
+
+    /// The database could not take it: it is to come again, not before `after`.
+    async fn redeliver(&self, message: &Self::Message, after: Duration) -> anyhow::Result<()>;
+}
+
+/// Records `messages` through `log` and settles each with `broker`: acknowledged once
+/// committed, dead-lettered (then acknowledged) when refused, redelivered when the database
+/// could not take it, after which the back-off is waited out. False when `stop` came during
+/// that wait.
+pub(crate) async fn settle<S: Store, B: Broker>(
+    log: &AuditLog<S>,
+    broker: &B,
+    (tenant, recorded_by): (&TenantId, &str),
+    messages: &[B::Message],
+    backoff: &mut Backoff,
+    stop: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let decoded = messages
+        .iter()
+        .map(|message| broker.delivery(message).events())
+        .collect();
+    let fates = record_messages(log, tenant, recorded_by, decoded).await;
+    let mut retry = false;
+    for (message, fate) in messages.iter().zip(fates) {
+        match fate {
+            Fate::Committed => broker.acknowledge(message).await,
+            Fate::Refused(reason) => {
+                tracing::warn!(%reason, "a message cannot be recorded; dead-lettered");
+                broker.dead_letter(message, &reason).await?;
+                broker.acknowledge(message).await;
+            }
+            Fate::Retry => {
+                retry = true;
+                broker
+                    .redeliver(message, backoff.redelivery_delay())
+                    .await?;
+            }
+        }
+    }
+    if retry {
+        return Ok(backoff.wait(stop).await);
+    }
+    backoff.reset();
+    Ok(true)
+}
+
 /// What became of one message.
 #[derive(Debug)]
 pub enum Fate {
@@ -172,6 +230,34 @@ fn retry_later(error: &LogError) -> bool {
             | LogError::Conflict(_)
             | LogError::NotFound(_)
     )
+}
+
+/// The tenant a consumer writes to unless configured otherwise.
+pub(crate) fn default_tenant() -> String {
+    "default".into()
+}
+
+/// Runs `attempt` until it returns `Ok` (it saw `stop`), waiting out the back-off after each
+/// failure, which is logged as `what`'s.
+pub(crate) async fn run_until_stopped<F, Fut>(what: &str, stop: &CancellationToken, mut attempt: F)
+where
+    F: FnMut(Backoff) -> Fut,
+    Fut: Future<Output = (anyhow::Result<()>, Backoff)>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        let (outcome, returned) = attempt(backoff).await;
+        backoff = returned;
+        match outcome {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "{what} failed; retrying");
+                if !backoff.wait(stop).await {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Waits out a consumer's back-off after a failure: 1 s, doubling to 30 s.

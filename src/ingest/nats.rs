@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::Delivery;
-use super::{Backoff, Fate, record_messages};
+use super::{Backoff, Broker, default_tenant, run_until_stopped, settle};
 use crate::log::AuditLog;
 use crate::model::TenantId;
 use crate::store::Store;
@@ -45,9 +45,6 @@ pub struct NatsSettings {
     pub ack_wait_secs: u64,
 }
 
-fn default_tenant() -> String {
-    "default".into()
-}
 fn default_batch() -> usize {
     256
 }
@@ -60,23 +57,15 @@ const FETCH_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Consumes until `stop`, reconnecting with a back-off after any failure.
 pub async fn run<S: Store>(log: AuditLog<S>, settings: NatsSettings, stop: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        match consume(&log, &settings, &stop, &mut backoff).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(
-                    stream = %settings.stream,
-                    consumer = %settings.consumer,
-                    %error,
-                    "NATS consumer failed; reconnecting"
-                );
-                if !backoff.wait(&stop).await {
-                    return;
-                }
-            }
-        }
-    }
+    let what = format!(
+        "NATS consumer `{}` of `{}`",
+        settings.consumer, settings.stream
+    );
+    run_until_stopped(&what, &stop, |mut backoff| {
+        let (log, settings, stop) = (&log, &settings, &stop);
+        async move { (consume(log, settings, stop, &mut backoff).await, backoff) }
+    })
+    .await;
 }
 
 async fn consume<S: Store>(
@@ -109,6 +98,11 @@ async fn consume<S: Store>(
     );
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("nats:{}", settings.consumer);
+    let broker = JetStream {
+        client: &client,
+        context: &context,
+        dead_letter_subject: &settings.dead_letter_subject,
+    };
     while !stop.is_cancelled() {
         let mut batch = consumer
             .batch()
@@ -123,43 +117,43 @@ async fn consume<S: Store>(
         if messages.is_empty() {
             continue;
         }
-        let decoded = messages
-            .iter()
-            .map(|message| delivery(message).events())
-            .collect();
-        let fates = record_messages(log, &tenant, &recorded_by, decoded).await;
-        let mut retry = false;
-        for (message, fate) in messages.iter().zip(fates) {
-            match fate {
-                Fate::Committed => acknowledge(message).await,
-                Fate::Refused(reason) => {
-                    dead_letter(&context, &client, settings, message, &reason).await?;
-                    acknowledge(message).await;
-                }
-                Fate::Retry => {
-                    retry = true;
-                    let delay = backoff.redelivery_delay();
-                    if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                        tracing::debug!(%error, "could not ask for a redelivery");
-                    }
-                }
-            }
-        }
-        if retry {
-            if !backoff.wait(stop).await {
-                return Ok(());
-            }
-        } else {
-            backoff.reset();
+        let target = (&tenant, recorded_by.as_str());
+        if !settle(log, &broker, target, &messages, backoff, stop).await? {
+            break;
         }
     }
     Ok(())
 }
 
-/// A failed acknowledgement only means a redelivery, which is a replay.
-async fn acknowledge(message: &Message) {
-    if let Err(error) = message.ack().await {
-        tracing::warn!(%error, "could not acknowledge a NATS message; it will be replayed");
+/// The JetStream side of a consumer.
+struct JetStream<'a> {
+    client: &'a async_nats::Client,
+    context: &'a jetstream::Context,
+    dead_letter_subject: &'a str,
+}
+
+impl Broker for JetStream<'_> {
+    type Message = Message;
+
+    fn delivery<'m>(&self, message: &'m Message) -> Delivery<'m> {
+        delivery(message)
+    }
+
+    async fn acknowledge(&self, message: &Message) {
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, "could not acknowledge a NATS message; it will be replayed");
+        }
+    }
+
+    async fn dead_letter(&self, message: &Message, reason: &str) -> anyhow::Result<()> {
+        dead_letter(self, message, reason).await
+    }
+
+    async fn redeliver(&self, message: &Message, after: Duration) -> anyhow::Result<()> {
+        if let Err(error) = message.ack_with(AckKind::Nak(Some(after))).await {
+            tracing::debug!(%error, "could not ask for a redelivery; it comes after ack_wait");
+        }
+        Ok(())
     }
 }
 
@@ -193,12 +187,15 @@ fn delivery(message: &Message) -> Delivery<'_> {
 /// the stream that keeps dead letters to confirm it. With no stream on that subject, it is
 /// published plainly (and logged), since a dead letter must never hold up the stream.
 async fn dead_letter(
-    context: &jetstream::Context,
-    client: &async_nats::Client,
-    settings: &NatsSettings,
+    broker: &JetStream<'_>,
     message: &Message,
     reason: &str,
 ) -> anyhow::Result<()> {
+    let JetStream {
+        client,
+        context,
+        dead_letter_subject,
+    } = *broker;
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert("Auditor-Error", reason);
     headers.insert("Auditor-Subject", message.subject.as_str());
@@ -209,15 +206,9 @@ async fn dead_letter(
             format!("dead:{}:{}", info.stream, info.stream_sequence).as_str(),
         );
     }
-    tracing::warn!(
-        subject = %message.subject,
-        dead_letter_subject = %settings.dead_letter_subject,
-        %reason,
-        "a message cannot be recorded; dead-lettered"
-    );
     let published = context
         .publish_with_headers(
-            settings.dead_letter_subject.clone(),
+            dead_letter_subject.to_owned(),
             headers.clone(),
             message.payload.clone(),
         )
@@ -230,12 +221,12 @@ async fn dead_letter(
         true => Ok(()),
         false => {
             tracing::warn!(
-                dead_letter_subject = %settings.dead_letter_subject,
+                %dead_letter_subject,
                 "no JetStream stream keeps the dead-letter subject; published without confirmation"
             );
             client
                 .publish_with_headers(
-                    settings.dead_letter_subject.clone(),
+                    dead_letter_subject.to_owned(),
                     headers,
                     message.payload.clone(),
                 )

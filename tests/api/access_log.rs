@@ -165,20 +165,7 @@ async fn a_read_that_cannot_be_recorded_is_refused(backend: Backend) {
     let app = spawn_app(backend).await;
     app.record(json!({"event_type": "secret", "user_identity": "alice"}))
         .await;
-    let refuse_system_records = match backend {
-        Backend::Sqlite => {
-            "CREATE TRIGGER refuse_system BEFORE INSERT ON events WHEN NEW.tenant = '_system' \
-             BEGIN SELECT RAISE(ABORT, 'the system log is full'); END"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION refuse_system() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             IF NEW.tenant = '_system' THEN RAISE EXCEPTION 'the system log is full'; END IF; \
-             RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_system BEFORE INSERT ON events FOR EACH ROW \
-             EXECUTE FUNCTION refuse_system()"
-        }
-    };
-    app.db.execute(refuse_system_records).await.unwrap();
+    app.db.refuse_inserts("_system").await;
     let response = app.get("/events?event_type=secret", READER).await;
     let status = response.status().as_u16();
     let body = response.text().await.unwrap();
@@ -245,20 +232,7 @@ async fn credential_changes_are_recorded_before_they_are_made(backend: Backend) 
     assert_eq!(revocations, 1);
 
     // A system log that takes no record: the token is not made.
-    let refuse_system_records = match backend {
-        Backend::Sqlite => {
-            "CREATE TRIGGER refuse_system BEFORE INSERT ON events WHEN NEW.tenant = '_system' \
-             BEGIN SELECT RAISE(ABORT, 'the system log is full'); END"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION refuse_system() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             IF NEW.tenant = '_system' THEN RAISE EXCEPTION 'the system log is full'; END IF; \
-             RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_system BEFORE INSERT ON events FOR EACH ROW \
-             EXECUTE FUNCTION refuse_system()"
-        }
-    };
-    app.db.execute(refuse_system_records).await.unwrap();
+    app.db.refuse_inserts("_system").await;
     let refused = app
         .post_json("/admin/tokens", ADMIN, &create("unrecorded"))
         .await;

@@ -123,17 +123,8 @@ async fn every_route_answers_every_credential_kind_exactly(backend: Backend) {
     let app = spawn_with(db, settings).await;
     let jwt = provider.key("rsa");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let jwt_with = |changes: Value| {
-        let mut claims = claims("jwt-user", "acme", &all_scopes().join(" "));
-        for (name, value) in changes.as_object().unwrap() {
-            if value.is_null() {
-                claims.as_object_mut().unwrap().remove(name);
-            } else {
-                claims[name] = value.clone();
-            }
-        }
-        claims
-    };
+    let jwt_claims = claims("jwt-user", "acme", &all_scopes().join(" "));
+    let jwt_with = |changes: Value| idp::changed(&jwt_claims, changes);
     let unpublished = SigningKey::generate("unpublished", Algorithm::ES256);
     let refused_jwts = [
         ("a JWT with alg none", idp::unsigned(&jwt_with(json!({})))),

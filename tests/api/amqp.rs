@@ -146,25 +146,6 @@ fn event(i: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn wait_for_count(db: &TestDb, expected: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let count = db.count_events("default").await;
-        if count == expected {
-            return;
-        }
-        assert!(
-            count < expected,
-            "{count} events stored, more than {expected}"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} of {expected} events stored within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn with_amqp(db: &TestDb, amqp: AmqpSettings) -> Settings {
     let mut settings = settings_for(db);
     settings.ingest.amqp = vec![amqp];
@@ -205,7 +186,8 @@ async fn every_message_is_stored_once_through_a_sigkill(backend: Backend) {
     );
 
     let app = spawn_with(db.share(), with_amqp(&db, amqp.settings())).await;
-    wait_for_count(&db, MESSAGES as i64, Duration::from_secs(120)).await;
+    db.wait_for_events("default", MESSAGES as i64, Duration::from_secs(120))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(db.count_events("default").await, MESSAGES as i64);
     let events = app.all_events().await;
@@ -233,36 +215,22 @@ async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend:
     amqp.publish(Some("poison"), b"this is not an event", plain())
         .await;
     amqp.publish(Some("good-2"), &event(2), plain()).await;
-    wait_for_count(&db, 2, Duration::from_secs(30)).await;
+    db.wait_for_events("default", 2, Duration::from_secs(30))
+        .await;
     let letters = amqp.dead_letters(1).await;
     assert_eq!(letters[0].1, b"this is not an event");
     assert!(letters[0].0.contains("body"), "{}", letters[0].0);
 
-    let refuse = match backend {
-        Backend::Sqlite => {
-            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.tenant = 'default' \
-             BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             IF NEW.tenant = 'default' THEN RAISE EXCEPTION 'disk full'; END IF; \
-             RETURN NEW; END $$; \
-             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()"
-        }
-    };
-    db.execute(refuse).await.unwrap();
+    db.refuse_inserts("default").await;
     for i in 3..6 {
         amqp.publish(Some(&format!("good-{i}")), &event(i), plain())
             .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(db.count_events("default").await, 2);
-    let allow = match backend {
-        Backend::Sqlite => "DROP TRIGGER refuse",
-        Backend::Postgres => "DROP TRIGGER refuse ON events",
-    };
-    db.execute(allow).await.unwrap();
-    wait_for_count(&db, 5, Duration::from_secs(60)).await;
+    db.accept_inserts().await;
+    db.wait_for_events("default", 5, Duration::from_secs(60))
+        .await;
     assert_gapless_chain(&app.all_events().await);
 }
 
@@ -274,7 +242,8 @@ async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backe
     let app = spawn_with(db.share(), with_amqp(&db, amqp.settings())).await;
     amqp.publish(Some("first"), &event(1), BasicProperties::default())
         .await;
-    wait_for_count(&db, 1, Duration::from_secs(30)).await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
 
     let connection_of = |queue: &str| {
         let connections = std::process::Command::new("rabbitmqctl")
@@ -321,7 +290,8 @@ async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backe
         amqp.publish(None, br#"{"amount": 12.5}"#, cloudevent.clone())
             .await;
     }
-    wait_for_count(&db, 2, Duration::from_secs(60)).await;
+    db.wait_for_events("default", 2, Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         db.count_events("default").await,

@@ -131,25 +131,6 @@ impl HostDb {
     }
 }
 
-async fn wait_for_count(db: &TestDb, expected: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let count = db.count_events("default").await;
-        if count == expected {
-            return;
-        }
-        assert!(
-            count < expected,
-            "{count} events stored, more than {expected}"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} of {expected} events stored within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn with_capture(db: &TestDb, capture: PostgresCapture) -> Settings {
     let mut settings = settings_for(db);
     settings.capture.postgres = vec![capture];
@@ -185,7 +166,8 @@ async fn committed_changes_become_events_once(backend: Backend) {
         ROWS + 9
     ))
     .await;
-    wait_for_count(&db, 3 + ROWS, Duration::from_secs(300)).await;
+    db.wait_for_events("default", 3 + ROWS, Duration::from_secs(300))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         db.count_events("default").await,
@@ -268,7 +250,8 @@ async fn every_change_is_stored_once_through_a_sigkill(backend: Backend) {
     assert!(before < TRANSACTIONS * ROWS, "killed midway: {before}");
 
     let app = spawn_with(db.share(), with_capture(&db, host.capture())).await;
-    wait_for_count(&db, TRANSACTIONS * ROWS, Duration::from_secs(180)).await;
+    db.wait_for_events("default", TRANSACTIONS * ROWS, Duration::from_secs(180))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(db.count_events("default").await, TRANSACTIONS * ROWS);
     let events = app.all_events().await;
@@ -308,7 +291,8 @@ async fn the_capture_command_runs_alone(backend: Backend) {
     host.wait_for_slot().await;
     host.execute("INSERT INTO accounts (id, email) VALUES (7, 'alone@example.com')")
         .await;
-    wait_for_count(&db, 1, Duration::from_secs(60)).await;
+    db.wait_for_events("default", 1, Duration::from_secs(60))
+        .await;
     let terminated = std::process::Command::new("kill")
         .args(["-TERM", &capture.id().to_string()])
         .status()

@@ -166,6 +166,53 @@ impl TestDb {
         }
     }
 
+    /// Waits until `tenant` holds exactly `expected` events (never more), for at most `within`.
+    pub async fn wait_for_events(&self, tenant: &str, expected: i64, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let count = self.count_events(tenant).await;
+            if count == expected {
+                return;
+            }
+            assert!(
+                count < expected,
+                "{count} events stored, more than {expected}"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{count} of {expected} events stored within {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Makes the database refuse every new event of `tenant` (a trigger raising an error), as a
+    /// full disk or a broken constraint would; [`TestDb::accept_inserts`] undoes it.
+    pub async fn refuse_inserts(&self, tenant: &str) {
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.tenant = '{tenant}' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            ),
+            Backend::Postgres => format!(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.tenant = '{tenant}' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW \
+                 EXECUTE FUNCTION refuse()"
+            ),
+        };
+        self.execute(&sql).await.expect("the refusing trigger");
+    }
+
+    pub async fn accept_inserts(&self) {
+        let sql = match self.backend {
+            Backend::Sqlite => "DROP TRIGGER refuse",
+            Backend::Postgres => "DROP TRIGGER refuse ON events",
+        };
+        self.execute(sql).await.expect("drop the refusing trigger");
+    }
+
     /// The SQLite database's file.
     pub fn sqlite_path(&self) -> PathBuf {
         assert_eq!(self.backend, Backend::Sqlite, "sqlite_path is for SQLite");

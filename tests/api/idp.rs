@@ -208,6 +208,22 @@ pub fn claims(sub: &str, tenant: &str, scope: &str) -> Value {
     })
 }
 
+/// `claims` with `changes` made: each member set, or removed when `null`.
+pub fn changed(claims: &Value, changes: Value) -> Value {
+    let mut claims = claims.clone();
+    for (name, value) in changes.as_object().expect("changes are an object") {
+        if value.is_null() {
+            claims
+                .as_object_mut()
+                .expect("claims are an object")
+                .remove(name);
+        } else {
+            claims[name] = value.clone();
+        }
+    }
+    claims
+}
+
 /// A token whose header says `alg: none`, with no signature.
 pub fn unsigned(claims: &Value) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"rsa"}"#);

@@ -107,17 +107,7 @@ async fn forged_expired_and_foreign_tokens_are_refused(backend: Backend) {
     let rsa = provider.key("rsa");
     let valid = claims("mallory", "acme", "events:write events:read");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let with = |changes: Value| {
-        let mut claims = valid.clone();
-        for (name, value) in changes.as_object().unwrap() {
-            if value.is_null() {
-                claims.as_object_mut().unwrap().remove(name);
-            } else {
-                claims[name] = value.clone();
-            }
-        }
-        claims
-    };
+    let with = |changes: Value| idp::changed(&valid, changes);
     let unpublished = SigningKey::generate("unpublished", Algorithm::RS256);
     let tampered = {
         let token = rsa.sign(&valid);

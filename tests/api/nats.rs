@@ -117,25 +117,6 @@ fn event(i: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn wait_for_count(db: &TestDb, expected: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let count = db.count_events("default").await;
-        if count == expected {
-            return;
-        }
-        assert!(
-            count < expected,
-            "{count} events stored, more than {expected}"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{count} of {expected} events stored within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn with_nats(db: &TestDb, nats: NatsSettings) -> Settings {
     let mut settings = settings_for(db);
     settings.ingest.nats = vec![nats];
@@ -175,7 +156,8 @@ async fn every_message_is_stored_once_through_a_sigkill(backend: Backend) {
 
     let settings = with_nats(&db, nats.settings());
     let app = spawn_with(db.share(), settings).await;
-    wait_for_count(&db, MESSAGES as i64, Duration::from_secs(120)).await;
+    db.wait_for_events("default", MESSAGES as i64, Duration::from_secs(120))
+        .await;
     // Redeliveries of what was committed but not acknowledged are replays, not new events.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(db.count_events("default").await, MESSAGES as i64);
@@ -205,26 +187,15 @@ async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend:
     nats.publish(Some("incomplete"), br#"{"event_type": "no.user"}"#)
         .await;
     nats.publish(Some("good-2"), &event(2)).await;
-    wait_for_count(&db, 2, Duration::from_secs(30)).await;
+    db.wait_for_events("default", 2, Duration::from_secs(30))
+        .await;
     let letters = nats.dead_letters().await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert_eq!(letters[0].1, b"this is not an event");
     assert!(letters[0].0.contains("body"), "{}", letters[0].0);
     assert!(letters[1].0.contains("user_identity"), "{}", letters[1].0);
 
-    let refuse = match backend {
-        Backend::Sqlite => {
-            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.tenant = 'default' \
-             BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        }
-        Backend::Postgres => {
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-             IF NEW.tenant = 'default' THEN RAISE EXCEPTION 'disk full'; END IF; \
-             RETURN NEW; END $$; \
-             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()"
-        }
-    };
-    db.execute(refuse).await.unwrap();
+    db.refuse_inserts("default").await;
     for i in 3..6 {
         nats.publish(Some(&format!("good-{i}")), &event(i)).await;
     }
@@ -235,12 +206,9 @@ async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend:
         2,
         "refusals are not the messages' fault"
     );
-    let allow = match backend {
-        Backend::Sqlite => "DROP TRIGGER refuse",
-        Backend::Postgres => "DROP TRIGGER refuse ON events",
-    };
-    db.execute(allow).await.unwrap();
-    wait_for_count(&db, 5, Duration::from_secs(60)).await;
+    db.accept_inserts().await;
+    db.wait_for_events("default", 5, Duration::from_secs(60))
+        .await;
     assert_gapless_chain(&app.all_events().await);
 }
 
@@ -284,7 +252,8 @@ async fn the_consumer_carries_on_after_the_broker_restarts(backend: Backend) {
     for i in 0..100 {
         nats.publish(Some(&format!("before-{i}")), &event(i)).await;
     }
-    wait_for_count(&db, 100, Duration::from_secs(30)).await;
+    db.wait_for_events("default", 100, Duration::from_secs(30))
+        .await;
 
     broker.kill().unwrap();
     broker.wait().unwrap();
@@ -294,7 +263,8 @@ async fn the_consumer_carries_on_after_the_broker_restarts(backend: Backend) {
     for i in 100..200 {
         nats.publish(Some(&format!("after-{i}")), &event(i)).await;
     }
-    wait_for_count(&db, 200, Duration::from_secs(90)).await;
+    db.wait_for_events("default", 200, Duration::from_secs(90))
+        .await;
     broker.kill().unwrap();
     let _ = broker.wait();
 }
@@ -320,7 +290,9 @@ async fn messages_wait_out_a_database_outage() {
     let (app, proxy) =
         crate::lifecycle::spawn_behind_proxy_with(|s| s.ingest.nats = vec![settings]).await;
     nats.publish(Some("before"), &event(0)).await;
-    wait_for_count(&app.db, 1, Duration::from_secs(30)).await;
+    app.db
+        .wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
     proxy.cut().await;
     for i in 1..=50 {
         nats.publish(Some(&format!("during-{i}")), &event(i)).await;
@@ -336,7 +308,9 @@ async fn messages_wait_out_a_database_outage() {
         "an outage is no message's fault"
     );
     proxy.restore();
-    wait_for_count(&app.db, 51, Duration::from_secs(90)).await;
+    app.db
+        .wait_for_events("default", 51, Duration::from_secs(90))
+        .await;
     assert_gapless_chain(&app.all_events().await);
 }
 
