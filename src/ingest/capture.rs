@@ -68,6 +68,14 @@ pub struct PostgresCapture {
     /// A warning is logged while the slot holds back more write-ahead log than this.
     #[serde(default = "default_lag_warning_bytes")]
     pub lag_warning_bytes: i64,
+    /// Install on the captured tables a statement trigger that names the database role of
+    /// each change (logical decoding does not carry it); needs the tables' owner.
+    #[serde(default = "default_record_role")]
+    pub record_role: bool,
+}
+
+fn default_record_role() -> bool {
+    true
 }
 
 fn default_batch_changes() -> u32 {
@@ -83,6 +91,10 @@ fn default_lag_warning_bytes() -> i64 {
 /// The prefix of the `pg_logical_emit_message` whose JSON object gives its transaction's
 /// changes their context (`user_identity`, `ip`, and anything else, kept as `context`).
 pub const CONTEXT_PREFIX: &str = "auditor";
+
+/// The prefix of the message the capture's trigger sends after each statement on a captured
+/// table, holding the role that ran it (`current_user`): logical decoding does not carry it.
+pub const ROLE_PREFIX: &str = "auditor-role";
 
 /// Events committed per append.
 const CHUNK_EVENTS: usize = 1_000;
@@ -158,6 +170,8 @@ struct Change {
     kind: ChangeKind,
     old: Option<Vec<Datum>>,
     new: Option<Vec<Datum>>,
+    /// The database role whose statement made it, from the statement's role message.
+    role: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -188,6 +202,16 @@ async fn capture<S: Store>(
         .connect(settings.url.expose())
         .await?;
     ensure_publication(&pool, settings).await?;
+    // Before the slot: every change the slot will hold then has its role.
+    if settings.record_role
+        && let Err(error) = ensure_role_triggers(&pool, settings).await
+    {
+        tracing::warn!(
+            capture = %settings.name, %error,
+            "cannot install the triggers that name a change's database role; changes \
+             without a context message are recorded as by the capture's name"
+        );
+    }
     ensure_slot(&pool, settings).await?;
     tracing::info!(capture = %settings.name, slot = %settings.slot, "capturing changes");
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
@@ -325,6 +349,41 @@ async fn ensure_publication(pool: &PgPool, settings: &PostgresCapture) -> anyhow
     Ok(())
 }
 
+/// Installs, on every table the capture covers, a statement trigger that sends the role running
+/// the statement (`current_user`) as a transactional `ROLE_PREFIX` message, so that its changes
+/// are recorded as by that role. Idempotent.
+async fn ensure_role_triggers(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE OR REPLACE FUNCTION auditor_capture_role() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_logical_emit_message(true, '{ROLE_PREFIX}', current_user::text); \
+         RETURN NULL; END $$"
+    )))
+    .execute(pool)
+    .await?;
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema::text, table_name::text FROM information_schema.tables \
+         WHERE table_type = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (schema, table) in tables {
+        if !settings.captures(&schema, &table) {
+            continue;
+        }
+        let statement = format!(
+            "CREATE OR REPLACE TRIGGER auditor_capture_role \
+             AFTER INSERT OR UPDATE OR DELETE ON \"{}\".\"{}\" \
+             FOR EACH STATEMENT EXECUTE FUNCTION auditor_capture_role()",
+            schema.replace('"', "\"\""),
+            table.replace('"', "\"\"")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn ensure_slot(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
@@ -429,6 +488,22 @@ async fn peek(
                     transaction.context.extend(context);
                 }
             }
+            // Sent after each statement on a captured table (`ROLE_PREFIX`): its role made the
+            // changes before it that have none yet.
+            Message::Logical {
+                transactional: true,
+                prefix,
+                content,
+            } if prefix == ROLE_PREFIX => {
+                if let (Some(transaction), Ok(role)) = (open.as_mut(), String::from_utf8(content)) {
+                    for change in transaction.changes.iter_mut().rev() {
+                        if change.role.is_some() {
+                            break;
+                        }
+                        change.role = Some(role.clone());
+                    }
+                }
+            }
             Message::Truncate { .. } | Message::Logical { .. } | Message::Other(_) => {}
         }
     }
@@ -448,6 +523,7 @@ fn push(
             kind,
             old,
             new,
+            role: None,
         });
     }
 }
@@ -480,9 +556,9 @@ fn events_of<S: Store>(
     transaction: &Transaction,
 ) -> Vec<NewEvent> {
     let mut context = transaction.context.clone();
-    let user_identity = match context.remove("user_identity") {
-        Some(Value::String(user)) if !user.trim().is_empty() => user,
-        _ => settings.name.clone(),
+    let context_user = match context.remove("user_identity") {
+        Some(Value::String(user)) if !user.trim().is_empty() => Some(user),
+        _ => None,
     };
     let ip = match context.remove("ip") {
         Some(Value::String(ip)) => ip.parse().ok(),
@@ -546,12 +622,20 @@ fn events_of<S: Store>(
         let mut data = Map::new();
         data.insert("old".into(), old.map_or(Value::Null, Value::Object));
         data.insert("new".into(), new.map_or(Value::Null, Value::Object));
+        if let Some(role) = &change.role {
+            data.insert("role".into(), Value::from(role.as_str()));
+        }
+        // Who: the application's word for it, else the database role, else the database.
+        let user_identity = context_user
+            .clone()
+            .or_else(|| change.role.clone())
+            .unwrap_or_else(|| settings.name.clone());
         if !context.is_empty() {
             data.insert("context".into(), Value::Object(context.clone()));
         }
         let raw = RawEvent {
             event_type: format!("{}.{}.{action}", relation.schema, relation.table),
-            user_identity: user_identity.clone(),
+            user_identity,
             action: crate::model::Action::parse(action),
             entity: Some(format!("{}.{}", relation.schema, relation.table)),
             entity_id,

@@ -80,6 +80,7 @@ impl HostDb {
             batch_changes: 10_000,
             poll_interval_ms: 50,
             lag_warning_bytes: 1 << 30,
+            record_role: true,
         }
     }
 
@@ -183,9 +184,10 @@ async fn committed_changes_become_events_once(backend: Backend) {
     assert_eq!(created["entity_id"], "1");
     assert_eq!(created["source"], "app");
     assert_eq!(
-        created["user_identity"], "app",
-        "no context: the capture's name"
+        created["user_identity"], "postgres",
+        "no context message: the database role that made it"
     );
+    assert_eq!(created["event_data"]["role"], "postgres");
     assert!(created["occurred_at"].is_string());
     assert_eq!(
         created["event_data"]["new"],
