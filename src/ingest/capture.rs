@@ -179,6 +179,8 @@ enum ChangeKind {
     Insert,
     Update,
     Delete,
+    /// `TRUNCATE`: every row of the table, none of them named.
+    Truncate,
 }
 
 /// Captures until `stop`, reconnecting with a back-off after any failure.
@@ -504,7 +506,12 @@ async fn peek(
                     }
                 }
             }
-            Message::Truncate { .. } | Message::Logical { .. } | Message::Other(_) => {}
+            Message::Truncate { relations } => {
+                for relation in relations {
+                    push(&mut open, relation, ChangeKind::Truncate, None, None);
+                }
+            }
+            Message::Logical { .. } | Message::Other(_) => {}
         }
     }
     Ok(transactions)
@@ -614,12 +621,16 @@ fn events_of<S: Store>(
             _ => Some(Value::from(keys).to_string()),
         };
         let property = changed_columns(relation, change);
-        let action = match change.kind {
-            ChangeKind::Insert => "create",
-            ChangeKind::Update => "update",
-            ChangeKind::Delete => "delete",
+        let (action, kind) = match change.kind {
+            ChangeKind::Insert => ("create", "create"),
+            ChangeKind::Update => ("update", "update"),
+            ChangeKind::Delete => ("delete", "delete"),
+            ChangeKind::Truncate => ("delete", "truncate"),
         };
         let mut data = Map::new();
+        if let ChangeKind::Truncate = change.kind {
+            data.insert("truncate".into(), Value::Bool(true));
+        }
         data.insert("old".into(), old.map_or(Value::Null, Value::Object));
         data.insert("new".into(), new.map_or(Value::Null, Value::Object));
         if let Some(role) = &change.role {
@@ -634,7 +645,7 @@ fn events_of<S: Store>(
             data.insert("context".into(), Value::Object(context.clone()));
         }
         let raw = RawEvent {
-            event_type: format!("{}.{}.{action}", relation.schema, relation.table),
+            event_type: format!("{}.{}.{kind}", relation.schema, relation.table),
             user_identity,
             action: crate::model::Action::parse(action),
             entity: Some(format!("{}.{}", relation.schema, relation.table)),

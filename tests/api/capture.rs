@@ -167,14 +167,21 @@ async fn committed_changes_become_events_once(backend: Backend) {
         ROWS + 9
     ))
     .await;
-    db.wait_for_events("default", 3 + ROWS, Duration::from_secs(300))
+    host.execute("TRUNCATE accounts").await;
+    db.wait_for_events("default", 4 + ROWS, Duration::from_secs(300))
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         db.count_events("default").await,
-        3 + ROWS,
+        4 + ROWS,
         "each change once"
     );
+    let truncated = app
+        .get_ok("/events?event_type=public.accounts.truncate")
+        .await;
+    let truncated = &truncated["events"][0];
+    assert_eq!(truncated["action"], "delete");
+    assert_eq!(truncated["event_data"]["truncate"], true);
 
     let page: Value = app.get_ok("/events?entity=public.accounts&limit=3").await;
     let events = page["events"].as_array().unwrap();
