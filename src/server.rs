@@ -44,6 +44,8 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
     #[error("auth.jwt: {0}")]
     Jwt(String),
+    #[error("no [[capture.postgres]] is configured: nothing to capture")]
+    NothingToCapture,
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -226,7 +228,7 @@ pub async fn capture_only(
         let log = AuditLog::new(store, writer, signer, settings.limits());
         let captures = crate::ingest::spawn_capture(&log, &settings.capture, &shutdown);
         if captures.is_empty() {
-            tracing::warn!("no [[capture.postgres]] is configured: nothing to capture");
+            return Err(ServeError::NothingToCapture);
         }
         for capture in captures {
             let _ = capture.await;

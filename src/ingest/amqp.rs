@@ -132,6 +132,7 @@ async fn consume<S: Store>(
     let broker = Rabbit {
         dead_letters: &dead_letters,
         dead_letter_queue: &settings.dead_letter_queue,
+        queue: &settings.queue,
     };
     loop {
         let first = tokio::select! {
@@ -164,13 +165,18 @@ struct Rabbit<'a> {
     /// A channel in confirm mode, for the dead letters.
     dead_letters: &'a Channel,
     dead_letter_queue: &'a str,
+    /// The queue consumed, which the keys derived from message ids are scoped by.
+    queue: &'a str,
 }
 
 impl Broker for Rabbit<'_> {
     type Message = AmqpDelivery;
 
     fn delivery<'m>(&self, message: &'m AmqpDelivery) -> Delivery<'m> {
-        delivery(message)
+        Delivery {
+            scope: format!("amqp:{}", self.queue),
+            ..delivery(message)
+        }
     }
 
     async fn acknowledge(&self, message: &AmqpDelivery) {
@@ -228,6 +234,7 @@ fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
             .map(|id| id.as_str().to_owned()),
         broker_id: None,
         cloudevent_attributes,
+        scope: String::new(),
         content_type: properties
             .content_type()
             .as_ref()

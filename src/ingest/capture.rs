@@ -22,7 +22,7 @@ use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::pgoutput::{Datum, Lsn, Message, Relation, format_lsn};
+use super::pgoutput::{Datum, Lsn, Message, OldRow, Relation, format_lsn};
 use super::{Backoff, default_tenant, retry_later, run_until_stopped};
 use crate::log::{AuditLog, LogError};
 use crate::model::payload::MAX_EXACT_INTEGER;
@@ -130,6 +130,15 @@ impl PostgresCapture {
                 }
             }
         }
+        for column in self.deny_columns.iter().chain(&self.allow_columns) {
+            if column.split('.').count() != 3 || column.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "capture `{}`: `{column}` in deny_columns or allow_columns is not \
+                     `schema.table.column`",
+                    self.name
+                ));
+            }
+        }
         TenantId::parse(&self.tenant).map_err(|e| format!("capture `{}`: {e}", self.name))?;
         Ok(())
     }
@@ -144,10 +153,16 @@ impl PostgresCapture {
             })
     }
 
-    /// Whether `column` of `schema.table` may be copied into an event.
+    /// Whether `column` of `schema.table` may be copied into an event. The deny list matches
+    /// without regard to case, so that a quoted `"Secret"` is not let through by
+    /// `public.users.secret`: it errs towards copying less.
     fn copies(&self, schema: &str, table: &str, column: &str) -> bool {
         let full = format!("{schema}.{table}.{column}");
-        if self.deny_columns.contains(&full) {
+        if self
+            .deny_columns
+            .iter()
+            .any(|denied| denied.eq_ignore_ascii_case(&full))
+        {
             return false;
         }
         let prefix = format!("{schema}.{table}.");
@@ -204,6 +219,7 @@ async fn capture<S: Store>(
         .connect(settings.url.expose())
         .await?;
     ensure_publication(&pool, settings).await?;
+    warn_of_unmatched_denials(&pool, settings).await?;
     // Before the slot: every change the slot will hold then has its role.
     if settings.record_role
         && let Err(error) = ensure_role_triggers(&pool, settings).await
@@ -327,6 +343,37 @@ async fn ensure_publication(pool: &PgPool, settings: &PostgresCapture) -> anyhow
     if exists {
         return Ok(());
     }
+    // A table without a replica identity in a publication that publishes updates and deletes
+    // makes the host's own UPDATEs and DELETEs on it fail: refuse rather than break the host.
+    let unidentified: Vec<String> = sqlx::query_scalar(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))",
+    )
+    .fetch_all(pool)
+    .await?;
+    let unidentified: Vec<&String> = unidentified
+        .iter()
+        .filter(|name| {
+            name.split_once('.')
+                .is_some_and(|(schema, table)| settings.captures(schema, table))
+        })
+        .collect();
+    if !unidentified.is_empty() {
+        anyhow::bail!(
+            "not creating publication `{}`: {} would then refuse the host's UPDATE and DELETE, \
+             having no replica identity; give them a primary key or \
+             `ALTER TABLE … REPLICA IDENTITY FULL`, or leave them out of `tables`",
+            settings.publication,
+            unidentified
+                .iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (schemas, tables): (Vec<&String>, Vec<&String>) =
         settings.tables.iter().partition(|t| t.ends_with(".*"));
     let mut targets = Vec::new();
@@ -348,6 +395,29 @@ async fn ensure_publication(pool: &PgPool, settings: &PostgresCapture) -> anyhow
         .execute(pool)
         .await?;
     tracing::info!(publication = %settings.publication, "created the publication");
+    Ok(())
+}
+
+/// Warns of each `deny_columns` entry that names no column of the host: a misspelt entry
+/// denies nothing.
+async fn warn_of_unmatched_denials(
+    pool: &PgPool,
+    settings: &PostgresCapture,
+) -> anyhow::Result<()> {
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema || '.' || table_name || '.' || column_name \
+         FROM information_schema.columns",
+    )
+    .fetch_all(pool)
+    .await?;
+    for denied in &settings.deny_columns {
+        if !columns.iter().any(|c| c.eq_ignore_ascii_case(denied)) {
+            tracing::warn!(
+                capture = %settings.name, column = %denied,
+                "a deny_columns entry names no column of the host database"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -474,9 +544,11 @@ async fn peek(
                 push(&mut open, relation, ChangeKind::Insert, None, Some(new))
             }
             Message::Update { relation, old, new } => {
+                let old = old.map(|old| known_values(relations, relation, old));
                 push(&mut open, relation, ChangeKind::Update, old, Some(new));
             }
             Message::Delete { relation, old } => {
+                let old = known_values(relations, relation, old);
                 push(&mut open, relation, ChangeKind::Delete, Some(old), None);
             }
             Message::Logical {
@@ -515,6 +587,23 @@ async fn peek(
         }
     }
     Ok(transactions)
+}
+
+/// An old row's values as far as they were sent: of a key-only row, the columns outside the
+/// replica identity are unknown (`Unchanged`, left out of the event), not null.
+fn known_values(relations: &HashMap<u32, Relation>, relation: u32, old: OldRow) -> Vec<Datum> {
+    if !old.key_only {
+        return old.datums;
+    }
+    let columns = relations.get(&relation).map(|r| r.columns.as_slice());
+    old.datums
+        .into_iter()
+        .enumerate()
+        .map(|(i, datum)| match columns.and_then(|c| c.get(i)) {
+            Some(column) if column.key => datum,
+            _ => Datum::Unchanged,
+        })
+        .collect()
 }
 
 fn push(
@@ -694,7 +783,7 @@ fn changed_columns(relation: &Relation, change: &Change) -> String {
         match (change.kind, old, new) {
             (ChangeKind::Update, Some(old), Some(new)) => old != new && *new != Datum::Unchanged,
             (_, _, Some(new)) => *new != Datum::Unchanged,
-            (_, Some(old), None) => *old != Datum::Null,
+            (_, Some(old), None) => !matches!(old, Datum::Null | Datum::Unchanged),
             _ => false,
         }
     });
@@ -735,5 +824,57 @@ fn value_of(type_oid: u32, datum: &Datum) -> Value {
             None => Value::from(text.as_str()),
         },
         _ => Value::from(text.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture() -> PostgresCapture {
+        PostgresCapture {
+            name: "app".into(),
+            url: crate::config::DatabaseUrl::new("postgres://host/app"),
+            publication: "auditor".into(),
+            slot: "auditor".into(),
+            tables: vec!["public.*".into()],
+            deny_columns: vec!["public.users.secret".into()],
+            allow_columns: Vec::new(),
+            tenant: "default".into(),
+            batch_changes: 10,
+            poll_interval_ms: 10,
+            lag_warning_bytes: 1,
+            record_role: true,
+        }
+    }
+
+    #[test]
+    fn column_lists_name_schema_table_and_column() {
+        assert!(capture().validate().is_ok());
+        let unqualified = PostgresCapture {
+            deny_columns: vec!["password_hash".into()],
+            ..capture()
+        };
+        assert!(
+            unqualified.validate().is_err(),
+            "an entry that denies nothing"
+        );
+        let allowed = PostgresCapture {
+            allow_columns: vec!["public.users".into()],
+            ..capture()
+        };
+        assert!(allowed.validate().is_err());
+    }
+
+    #[test]
+    fn the_deny_list_ignores_case_and_the_allow_list_restricts_its_tables() {
+        let settings = PostgresCapture {
+            allow_columns: vec!["public.orders.id".into()],
+            ..capture()
+        };
+        assert!(!settings.copies("public", "users", "Secret"));
+        assert!(settings.copies("public", "users", "name"));
+        assert!(settings.copies("public", "orders", "id"));
+        assert!(!settings.copies("public", "orders", "total"));
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use crate::model::cloudevent::{CloudEvent, CloudEventData, is_json_content_type};
+use crate::model::idempotency::scoped_key;
 use crate::model::json::{self, JsonError};
 use crate::model::payload::Members;
 use crate::model::{FieldError, RawEvent};
@@ -23,6 +24,9 @@ pub struct Delivery<'a> {
     /// An id the broker gives the message, stable across redeliveries (JetStream's stream
     /// sequence), for messages without one of their own.
     pub broker_id: Option<String>,
+    /// Whose ids these are (`nats:<stream>`, `amqp:<queue>`): the keys derived from them are
+    /// scoped by it, so that two streams' or queues' ids never meet.
+    pub scope: String,
     /// CloudEvents binary mode: the attributes found in the message's headers.
     pub cloudevent_attributes: BTreeMap<String, String>,
     pub content_type: Option<String>,
@@ -40,13 +44,15 @@ impl Delivery<'_> {
         let id = self.message_id.as_ref().or(self.broker_id.as_ref());
         if let Some(id) = id {
             let single = events.len() == 1;
+            let (kind, scope) = self.scope.split_once(':').unwrap_or(("msg", &self.scope));
             for (index, event) in events.iter_mut().enumerate() {
                 if event.idempotency_key.is_none() {
-                    event.idempotency_key = Some(if single {
+                    let id = if single {
                         id.clone()
                     } else {
                         format!("{id}#{index}")
-                    });
+                    };
+                    event.idempotency_key = Some(scoped_key(kind, scope, &id));
                 }
             }
         }
@@ -139,19 +145,21 @@ mod tests {
         let one = Delivery {
             body: br#"{"event_type":"t","user_identity":"u"}"#,
             message_id: Some("m-1".into()),
-            broker_id: Some("AUDIT:7".into()),
+            broker_id: Some("7".into()),
+            scope: "nats:AUDIT".into(),
             ..Delivery::default()
         };
-        assert_eq!(keys(&one), [Some("m-1".to_owned())]);
+        assert_eq!(keys(&one), [Some("nats:5:AUDIT:m-1".to_owned())]);
         let many = Delivery {
             body: br#"[{"event_type":"t","user_identity":"u"},
                        {"event_type":"t","user_identity":"u","idempotency_key":"own"}]"#,
-            broker_id: Some("AUDIT:7".into()),
+            broker_id: Some("7".into()),
+            scope: "nats:AUDIT".into(),
             ..Delivery::default()
         };
         assert_eq!(
             keys(&many),
-            [Some("AUDIT:7#0".to_owned()), Some("own".to_owned())]
+            [Some("nats:5:AUDIT:7#0".to_owned()), Some("own".to_owned())]
         );
         let none = Delivery {
             body: br#"{"event_type":"t","user_identity":"u"}"#,
@@ -167,7 +175,7 @@ mod tests {
             message_id: Some("m".into()),
             ..Delivery::default()
         };
-        assert_eq!(keys(&structured), [Some("/s 9".to_owned())]);
+        assert_eq!(keys(&structured), [Some("ce:2:/s:9".to_owned())]);
         let binary = Delivery {
             body: br#"{"a":1}"#,
             cloudevent_attributes: [

@@ -36,6 +36,29 @@ pub struct IngestSettings {
 
 impl IngestSettings {
     pub fn validate(&self) -> Result<(), String> {
+        for nats in &self.nats {
+            if subject_matches(&nats.subject, &nats.dead_letter_subject) {
+                return Err(format!(
+                    "ingest.nats: dead_letter_subject `{}` is within subject `{}`: a dead \
+                     letter would come back to the consumer, again and again",
+                    nats.dead_letter_subject, nats.subject
+                ));
+            }
+            if nats.batch == 0 {
+                return Err("ingest.nats: batch must be at least 1".into());
+            }
+        }
+        for amqp in &self.amqp {
+            if amqp.dead_letter_queue == amqp.queue {
+                return Err(format!(
+                    "ingest.amqp: dead_letter_queue must not be the queue consumed (`{}`)",
+                    amqp.queue
+                ));
+            }
+            if amqp.prefetch == 0 {
+                return Err("ingest.amqp: prefetch must be at least 1".into());
+            }
+        }
         let tenants = self
             .nats
             .iter()
@@ -49,6 +72,20 @@ impl IngestSettings {
         }
         Ok(())
     }
+}
+
+/// Whether the NATS subject filter `filter` (`*` one token, `>` the rest) takes `subject`.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in filter.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
 }
 
 /// Starts every configured consumer; each runs until `stop`, finishing the batch in hand.
@@ -137,6 +174,20 @@ pub(crate) async fn settle<S: Store, B: Broker>(
     }
     backoff.reset();
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subject_filters_match_as_nats_does() {
+        use super::subject_matches;
+        assert!(subject_matches("audit.>", "audit.dead"));
+        assert!(subject_matches("audit.*", "audit.dead"));
+        assert!(!subject_matches("audit.*", "audit.dead.letters"));
+        assert!(!subject_matches("audit.events", "audit.dead"));
+        assert!(!subject_matches("audit.>", "audit"));
+        assert!(subject_matches("audit.dead", "audit.dead"));
+    }
 }
 
 /// What became of one message.

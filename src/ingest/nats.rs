@@ -76,7 +76,11 @@ async fn consume<S: Store>(
 ) -> anyhow::Result<()> {
     let client = async_nats::connect(&settings.url).await?;
     let context = jetstream::new(client.clone());
-    let stream = context.get_stream(&settings.stream).await?;
+    let mut stream = context.get_stream(&settings.stream).await?;
+    // A stream deleted and made again under its name counts its sequence from 1 again: its
+    // creation time keeps the keys derived from sequences apart.
+    let created = stream.info().await?.created.unix_timestamp_nanos();
+    let scope = format!("nats:{}@{created}", settings.stream);
     let consumer: PullConsumer = stream
         .get_or_create_consumer(
             &settings.consumer,
@@ -102,6 +106,7 @@ async fn consume<S: Store>(
         client: &client,
         context: &context,
         dead_letter_subject: &settings.dead_letter_subject,
+        scope: &scope,
     };
     while !stop.is_cancelled() {
         let mut batch = consumer
@@ -130,13 +135,18 @@ struct JetStream<'a> {
     client: &'a async_nats::Client,
     context: &'a jetstream::Context,
     dead_letter_subject: &'a str,
+    /// `nats:<stream>@<created>`, which the keys derived from message ids are scoped by.
+    scope: &'a str,
 }
 
 impl Broker for JetStream<'_> {
     type Message = Message;
 
     fn delivery<'m>(&self, message: &'m Message) -> Delivery<'m> {
-        delivery(message)
+        Delivery {
+            scope: self.scope.to_owned(),
+            ..delivery(message)
+        }
     }
 
     async fn acknowledge(&self, message: &Message) {
@@ -177,8 +187,9 @@ fn delivery(message: &Message) -> Delivery<'_> {
         broker_id: message
             .info()
             .ok()
-            .map(|info| format!("{}:{}", info.stream, info.stream_sequence)),
+            .map(|info| format!("seq-{}", info.stream_sequence)),
         cloudevent_attributes,
+        scope: String::new(),
         content_type: header("Content-Type").or_else(|| header("content-type")),
     }
 }
@@ -195,10 +206,16 @@ async fn dead_letter(
         client,
         context,
         dead_letter_subject,
+        ..
     } = *broker;
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert("Auditor-Error", reason);
     headers.insert("Auditor-Subject", message.subject.as_str());
+    // The dead letter gets an id of its own below; a fixed message republished under its
+    // original id is still one event.
+    if let Some(original) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+        headers.insert("Auditor-Original-Msg-Id", original.as_str());
+    }
     // A dead letter written again after a redelivery is one dead letter.
     if let Ok(info) = message.info() {
         headers.insert(

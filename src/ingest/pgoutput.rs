@@ -18,6 +18,14 @@ pub enum Datum {
     Text(String),
 }
 
+/// The row before a change: whole (`O`, `REPLICA IDENTITY FULL`), or only its replica
+/// identity's columns (`K`), the others sent as nulls that say nothing of their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldRow {
+    pub datums: Vec<Datum>,
+    pub key_only: bool,
+}
+
 /// A table as a `Relation` message describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
@@ -55,13 +63,12 @@ pub enum Message {
     Update {
         relation: u32,
         /// The old row (`REPLICA IDENTITY FULL`) or its key (a changed key), when sent.
-        old: Option<Vec<Datum>>,
+        old: Option<OldRow>,
         new: Vec<Datum>,
     },
     Delete {
         relation: u32,
-        /// The old row, or only its key columns (the others `Null`).
-        old: Vec<Datum>,
+        old: OldRow,
     },
     Truncate {
         relations: Vec<u32>,
@@ -219,8 +226,11 @@ impl Message {
             b'U' => {
                 let relation = r.u32()?;
                 let (old, new) = match r.u8()? {
-                    b'K' | b'O' => {
-                        let old = r.tuple()?;
+                    kind @ (b'K' | b'O') => {
+                        let old = OldRow {
+                            datums: r.tuple()?,
+                            key_only: kind == b'K',
+                        };
                         if r.u8()? != b'N' {
                             return Err(ParseError("an update without its new row"));
                         }
@@ -234,9 +244,12 @@ impl Message {
             b'D' => {
                 let relation = r.u32()?;
                 match r.u8()? {
-                    b'K' | b'O' => Self::Delete {
+                    kind @ (b'K' | b'O') => Self::Delete {
                         relation,
-                        old: r.tuple()?,
+                        old: OldRow {
+                            datums: r.tuple()?,
+                            key_only: kind == b'K',
+                        },
                     },
                     _ => return Err(ParseError("a delete of an unknown form")),
                 }

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `type` | `event_type` |
 //! | `source` | `source` |
-//! | `id` | `idempotency_key`, as `<source> <id>`: an id is unique per source, and a URI reference holds no space |
+//! | `id` | `idempotency_key`, as `ce:<length of source>:<source>:<id>` (`model::idempotency`): an id is unique per source |
 //! | `subject` | `entity_id` |
 //! | `time` | `occurred_at` |
 //! | `data` | `event_data`: a JSON object as it is; any other JSON value as `{"data": …}`; other content as `{"data_base64": …, "datacontenttype": …}` |
@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::value::RawValue;
 
 use super::event::{FieldError, RawEvent};
+use super::idempotency::scoped_key;
 use super::json::JsonError;
 use super::payload::Members;
 
@@ -176,6 +177,13 @@ impl CloudEvent {
         }
         let id = self.required("id")?;
         let source = self.required("source")?;
+        // A URI reference (RFC 3986) holds no white space.
+        if source.chars().any(char::is_whitespace) {
+            return Err(FieldError::new(
+                "source",
+                "must be a URI reference, which holds no white space",
+            ));
+        }
         let event_type = self.required("type")?;
         let mut fields = serde_json::Map::new();
         let mut put = |field: &str, value: &str| {
@@ -183,7 +191,7 @@ impl CloudEvent {
         };
         put("event_type", event_type);
         put("source", source);
-        put("idempotency_key", &format!("{source} {id}"));
+        put("idempotency_key", &scoped_key("ce", source, id));
         put("user_identity", self.attribute("authid").unwrap_or(source));
         for (attribute, field) in [
             ("subject", "entity_id"),
@@ -288,7 +296,7 @@ mod tests {
         assert_eq!(event.event_type, "com.acme.billed");
         assert_eq!(event.user_identity, "alice");
         assert_eq!(event.source.as_deref(), Some("/billing"));
-        assert_eq!(event.idempotency_key.as_deref(), Some("/billing 42"));
+        assert_eq!(event.idempotency_key.as_deref(), Some("ce:8:/billing:42"));
         assert_eq!(event.entity_id.as_deref(), Some("acct-7"));
         assert_eq!(event.entity.as_deref(), Some("account"));
         assert!(event.occurred_at.is_some());

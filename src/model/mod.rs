@@ -7,6 +7,7 @@ mod digest;
 pub mod erasure;
 pub mod event;
 pub mod fields;
+pub mod idempotency;
 pub mod ids;
 pub mod json;
 pub mod payload;

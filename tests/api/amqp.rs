@@ -302,7 +302,7 @@ async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backe
     let paid: Value = serde_json::to_value(&events[1]).unwrap();
     assert_eq!(paid["event_type"], "com.acme.invoice.paid");
     assert_eq!(paid["user_identity"], "dora");
-    assert_eq!(paid["idempotency_key"], "/billing inv-9");
+    assert_eq!(paid["idempotency_key"], "ce:8:/billing:inv-9");
     assert_eq!(paid["event_data"], json!({"amount": 12.5}));
 }
 

@@ -91,7 +91,7 @@ async fn cloudevents_from_the_sdk_are_recorded_once_in_every_mode(backend: Backe
     let paid = &answers[0]["body"];
     assert_eq!(paid["event_type"], "com.acme.invoice.paid");
     assert_eq!(paid["source"], "/billing");
-    assert_eq!(paid["idempotency_key"], "/billing inv-1");
+    assert_eq!(paid["idempotency_key"], "ce:8:/billing:inv-1");
     assert_eq!(paid["user_identity"], "alice@acme.test");
     assert_eq!(paid["entity"], "invoice");
     assert_eq!(paid["entity_id"], "acct-7");
