@@ -795,10 +795,13 @@ fn changed_columns(relation: &Relation, change: &Change) -> String {
 
 /// A column's value as JSON: booleans and numbers a double holds exactly as themselves; numbers
 /// it cannot hold (`numeric`, `bigint` beyond 2^53) and everything else as their text; `bytea`
-/// as base64.
+/// as base64; `json` and `jsonb` as the JSON they hold when every number in it is exact (as
+/// `event_data` takes numbers), else as their text.
 fn value_of(type_oid: u32, datum: &Datum) -> Value {
     const BOOL: u32 = 16;
     const BYTEA: u32 = 17;
+    const JSON: u32 = 114;
+    const JSONB: u32 = 3802;
     const INT8: u32 = 20;
     const INT2: u32 = 21;
     const INT4: u32 = 23;
@@ -816,6 +819,10 @@ fn value_of(type_oid: u32, datum: &Datum) -> Value {
         FLOAT4 | FLOAT8 => crate::model::payload::exact_number(text)
             .map(Value::Number)
             .unwrap_or_else(|_| Value::from(text.as_str())),
+        JSON | JSONB => serde_json::from_str::<Box<serde_json::value::RawValue>>(text)
+            .ok()
+            .and_then(|raw| crate::model::payload::parse_member(&raw, "column").ok())
+            .unwrap_or_else(|| Value::from(text.as_str())),
         BYTEA => match text
             .strip_prefix("\\x")
             .and_then(|hex_digits| hex::decode(hex_digits).ok())
@@ -846,6 +853,26 @@ mod tests {
             lag_warning_bytes: 1,
             record_role: true,
         }
+    }
+
+    #[test]
+    fn json_columns_are_json_when_their_numbers_are_exact() {
+        let text = |t: &str| Datum::Text(t.to_owned());
+        assert_eq!(
+            value_of(3802, &text(r#"{"f": 1.5, "tags": ["a"]}"#)),
+            serde_json::json!({"f": 1.5, "tags": ["a"]})
+        );
+        assert_eq!(
+            value_of(3802, &text(r#"{"big": 12345678901234567890}"#)),
+            Value::from(r#"{"big": 12345678901234567890}"#),
+            "a number a double cannot hold keeps the column as text"
+        );
+        assert_eq!(value_of(1700, &text("12.50")), Value::from("12.50"));
+        assert_eq!(
+            value_of(20, &text("9007199254740993")),
+            Value::from("9007199254740993")
+        );
+        assert_eq!(value_of(17, &text("\\x0102")), Value::from("AQI="));
     }
 
     #[test]

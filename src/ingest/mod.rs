@@ -302,7 +302,8 @@ where
         match outcome {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(%error, "{what} failed; retrying");
+                // `{:#}`: the whole chain of causes, not just the outermost.
+                tracing::warn!(error = format!("{error:#}"), "{what} failed; retrying");
                 if !backoff.wait(stop).await {
                     return;
                 }

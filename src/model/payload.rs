@@ -43,6 +43,12 @@ pub fn parse(raw: &RawValue) -> Result<Map<String, Value>, FieldError> {
     }
 }
 
+/// Parses any JSON value under the same contract as `event_data`'s members (exact numbers, no
+/// U+0000, unique keys, bounded depth); errors name the member under `path`.
+pub fn parse_member(raw: &RawValue, path: &str) -> Result<Value, FieldError> {
+    parse_value(raw, &mut path.to_owned(), 2)
+}
+
 fn parse_value(raw: &RawValue, path: &mut String, depth: usize) -> Result<Value, FieldError> {
     let text = raw.get();
     let malformed = |e: serde_json::Error| FieldError::new(path.clone(), e.to_string());
