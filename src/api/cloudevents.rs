@@ -6,12 +6,11 @@
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use percent_encoding::percent_decode_str;
-use serde_json::value::RawValue;
 
 use super::ApiError;
 use super::body::{OneOrMany, content_type, require_well_formed};
 use crate::model::cloudevent::{
-    BATCH_CONTENT_TYPE, CloudEvent, CloudEventData, STRUCTURED_CONTENT_TYPE, is_json_content_type,
+    BATCH_CONTENT_TYPE, CloudEvent, STRUCTURED_CONTENT_TYPE, is_json_content_type,
 };
 use crate::model::{FieldError, RawEvent};
 
@@ -52,7 +51,7 @@ fn batched_mode(body: &Bytes) -> Result<Vec<RawEvent>, ApiError> {
 /// Binary mode: each `ce-<name>` header is the attribute `<name>`, its value percent-decoded
 /// (HTTP binding 3.1.3.2); the `Content-Type` is `datacontenttype`; the body is the data.
 fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> {
-    let mut event = CloudEvent::default();
+    let mut attributes = std::collections::BTreeMap::new();
     for (name, value) in headers {
         let Some(attribute) = name.as_str().strip_prefix("ce-") else {
             continue;
@@ -64,8 +63,7 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
             .ok_or_else(|| {
                 ApiError::Invalid(FieldError::new(attribute, "is not percent-encoded UTF-8"))
             })?;
-        if event
-            .attributes
+        if attributes
             .insert(attribute.to_owned(), value.into_owned())
             .is_some()
         {
@@ -78,22 +76,10 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    if let Some(content_type) = content_type {
-        event
-            .attributes
-            .insert("datacontenttype".into(), content_type.to_owned());
+    // Broken JSON is the request's syntax (400), not a field of the event (422).
+    if !body.is_empty() && is_json_content_type(content_type) {
+        require_well_formed(body)?;
     }
-    if !body.is_empty() {
-        event.data = Some(if is_json_content_type(content_type) {
-            require_well_formed(body)?;
-            let text =
-                std::str::from_utf8(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-            let raw = RawValue::from_string(text.trim().to_owned())
-                .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-            CloudEventData::Json(raw)
-        } else {
-            CloudEventData::Binary(body.to_vec())
-        });
-    }
+    let event = CloudEvent::from_binary(attributes, content_type, body)?;
     Ok(event.into_raw_event()?)
 }

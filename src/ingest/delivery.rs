@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::model::cloudevent::{CloudEvent, CloudEventData, is_json_content_type};
+use crate::model::cloudevent::CloudEvent;
 use crate::model::idempotency::scoped_key;
 use crate::model::json::{self, JsonError};
 use crate::model::payload::Members;
@@ -60,28 +60,12 @@ impl Delivery<'_> {
     }
 
     fn binary_cloudevent(&self) -> Result<RawEvent, FieldError> {
-        let mut event = CloudEvent {
-            attributes: self.cloudevent_attributes.clone(),
-            data: None,
-        };
-        if let Some(content_type) = &self.content_type {
-            event
-                .attributes
-                .insert("datacontenttype".into(), content_type.clone());
-        }
-        if !self.body.is_empty() {
-            event.data = Some(if is_json_content_type(self.content_type.as_deref()) {
-                let text = std::str::from_utf8(self.body)
-                    .map_err(|e| FieldError::new("data", e.to_string()))?;
-                CloudEventData::Json(
-                    RawValue::from_string(text.trim().to_owned())
-                        .map_err(|e| FieldError::new("data", format!("is not JSON: {e}")))?,
-                )
-            } else {
-                CloudEventData::Binary(self.body.to_vec())
-            });
-        }
-        event.into_raw_event()
+        CloudEvent::from_binary(
+            self.cloudevent_attributes.clone(),
+            self.content_type.as_deref(),
+            self.body,
+        )?
+        .into_raw_event()
     }
 
     /// The body: one event or an array of them, each the service's event JSON or a structured

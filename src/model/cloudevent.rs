@@ -94,6 +94,31 @@ impl CloudEvent {
             .collect()
     }
 
+    /// One event in a binding's binary mode: its attributes (taken from headers), the
+    /// `content_type` of its data, which becomes `datacontenttype`, and the data itself.
+    /// A JSON content type (or none) makes the data JSON, and then it must be JSON.
+    pub fn from_binary(
+        mut attributes: BTreeMap<String, String>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Self, FieldError> {
+        if let Some(content_type) = content_type {
+            attributes.insert("datacontenttype".into(), content_type.to_owned());
+        }
+        let data = if body.is_empty() {
+            None
+        } else if is_json_content_type(content_type) {
+            let text =
+                std::str::from_utf8(body).map_err(|e| FieldError::new("data", e.to_string()))?;
+            let raw = RawValue::from_string(text.trim().to_owned())
+                .map_err(|e| FieldError::new("data", format!("is not JSON: {e}")))?;
+            Some(CloudEventData::Json(raw))
+        } else {
+            Some(CloudEventData::Binary(body.to_vec()))
+        };
+        Ok(Self { attributes, data })
+    }
+
     fn from_members(members: Vec<(String, &RawValue)>) -> Result<Self, FieldError> {
         let mut event = Self::default();
         for (name, value) in members {

@@ -141,9 +141,7 @@ impl TestQueue {
 }
 
 fn event(i: usize) -> Vec<u8> {
-    json!({"event_type": "amqp.event", "user_identity": "producer", "event_data": {"i": i}})
-        .to_string()
-        .into_bytes()
+    crate::helpers::numbered_event("amqp.event", i)
 }
 
 fn with_amqp(db: &TestDb, amqp: AmqpSettings) -> Settings {

@@ -590,6 +590,14 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The body of the `i`th event a producer sends in the broker tests: `event_type`, by
+/// `producer`, with `{"i": i}` to tell the events apart.
+pub fn numbered_event(event_type: &str, i: usize) -> Vec<u8> {
+    serde_json::json!({"event_type": event_type, "user_identity": "producer", "event_data": {"i": i}})
+        .to_string()
+        .into_bytes()
+}
+
 /// Asserts that `events` (one tenant's log, in order) is the whole chain: `seq` 1..=n without
 /// gaps, each `prev_hash` the previous `hash`, and each `hash` recomputed from the event.
 pub fn assert_gapless_chain(events: &[Event]) {

@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use auditor::config::Settings;
 use auditor::ingest::nats::NatsSettings;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::helpers::{
     Backend, ServerProcess, TestDb, assert_gapless_chain, settings_for, spawn_with,
@@ -112,9 +112,7 @@ impl TestStream {
 }
 
 fn event(i: usize) -> Vec<u8> {
-    json!({"event_type": "nats.event", "user_identity": "producer", "event_data": {"i": i}})
-        .to_string()
-        .into_bytes()
+    crate::helpers::numbered_event("nats.event", i)
 }
 
 fn with_nats(db: &TestDb, nats: NatsSettings) -> Settings {
