@@ -529,6 +529,19 @@ mod tests {
             ..settings()
         };
         assert!(no_audience.validate().is_err());
+        let lax = JwtSettings {
+            leeway_secs: 601,
+            ..settings()
+        };
+        assert!(
+            lax.validate().is_err(),
+            "a leeway that makes exp meaningless"
+        );
+        let eager = JwtSettings {
+            jwks_min_refetch_secs: 0,
+            ..settings()
+        };
+        assert!(eager.validate().is_err(), "every forged kid would fetch");
     }
 
     async fn verifier() -> JwtVerifier {

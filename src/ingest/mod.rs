@@ -178,9 +178,51 @@ pub(crate) async fn settle<S: Store, B: Broker>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_destination_the_consumer_reads_is_refused() {
+        let nats = nats::NatsSettings {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "AUDIT".into(),
+            consumer: "auditor".into(),
+            subject: "audit.>".into(),
+            tenant: "default".into(),
+            dead_letter_subject: "dead.audit".into(),
+            batch: 256,
+            ack_wait_secs: 30,
+        };
+        let amqp = amqp::AmqpSettings {
+            url: "amqp://127.0.0.1".into(),
+            queue: "audit".into(),
+            tenant: "default".into(),
+            dead_letter_queue: "audit.dead".into(),
+            prefetch: 10,
+        };
+        let settings = |nats, amqp| IngestSettings {
+            nats: vec![nats],
+            amqp: vec![amqp],
+        };
+        assert!(settings(nats.clone(), amqp.clone()).validate().is_ok());
+        let looping_nats = nats::NatsSettings {
+            dead_letter_subject: "audit.dead".into(),
+            ..nats.clone()
+        };
+        assert!(settings(looping_nats, amqp.clone()).validate().is_err());
+        let looping_amqp = amqp::AmqpSettings {
+            dead_letter_queue: "audit".into(),
+            ..amqp.clone()
+        };
+        assert!(settings(nats.clone(), looping_amqp).validate().is_err());
+        let system = amqp::AmqpSettings {
+            tenant: "_system".into(),
+            ..amqp
+        };
+        assert!(settings(nats, system).validate().is_err());
+    }
+
     #[test]
     fn subject_filters_match_as_nats_does() {
-        use super::subject_matches;
         assert!(subject_matches("audit.>", "audit.dead"));
         assert!(subject_matches("audit.*", "audit.dead"));
         assert!(!subject_matches("audit.*", "audit.dead.letters"));

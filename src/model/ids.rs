@@ -93,3 +93,18 @@ impl fmt::Display for TenantId {
         f.write_str(&self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TenantId;
+
+    #[test]
+    fn tenant_names_that_paths_would_normalise_away_are_refused() {
+        assert!(TenantId::parse("acme.eu").is_ok());
+        for name in [".", "..", "", "Acme", "a/b"] {
+            assert!(TenantId::parse(name).is_err(), "{name:?}");
+        }
+        assert!(crate::auth::validate_user_name("..").is_err());
+        assert!(crate::auth::validate_user_name("svc.billing").is_ok());
+    }
+}

@@ -295,6 +295,18 @@ async fn the_capture_command_runs_alone(backend: Backend) {
         Backend::Sqlite => db.sqlite().await.migrate().await.unwrap(),
         Backend::Postgres => db.postgres().await.migrate().await.unwrap(),
     }
+    // Nothing configured: nothing to run, said so.
+    let idle = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args(["--database-url", &db.url, "capture"])
+        .env_remove("AUDITOR_CONFIG")
+        .env(
+            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+            db.dir.path().join("auditor.key"),
+        )
+        .output()
+        .unwrap();
+    assert!(!idle.status.success());
+    assert!(String::from_utf8_lossy(&idle.stderr).contains("nothing to capture"));
     let config = db.dir.path().join("auditor.toml");
     std::fs::write(&config, host.toml()).unwrap();
     let mut capture = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
@@ -322,7 +334,35 @@ async fn the_capture_command_runs_alone(backend: Backend) {
     host.drop_now().await;
 }
 
+/// A publication over a table without a replica identity would make the host's own UPDATEs
+/// and DELETEs on it fail: the capture does not create it, and the host keeps working.
+async fn a_table_without_replica_identity_gets_no_publication(backend: Backend) {
+    let host = HostDb::create().await;
+    host.execute("CREATE TABLE nopk (x int); INSERT INTO nopk VALUES (1)")
+        .await;
+    let db = TestDb::new(backend).await;
+    let capture = PostgresCapture {
+        tables: vec!["public.*".into()],
+        ..host.capture()
+    };
+    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    let published: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+            .bind(&capture.publication)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(!published, "no publication that would break the host");
+    host.execute("UPDATE nopk SET x = 2; DELETE FROM nopk")
+        .await;
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
 crate::both_backends!(
+    a_table_without_replica_identity_gets_no_publication,
     committed_changes_become_events_once,
     every_change_is_stored_once_through_a_sigkill,
     the_capture_command_runs_alone,

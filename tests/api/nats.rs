@@ -91,6 +91,11 @@ impl TestStream {
 
     /// The dead letters so far: each one's `Auditor-Error` and body.
     async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        self.dead_letters_with("Auditor-Error").await
+    }
+
+    /// The dead letters so far: each one's header `name` and body.
+    async fn dead_letters_with(&self, name: &str) -> Vec<(String, Vec<u8>)> {
         let stream = self
             .context
             .get_stream(format!("DEAD_{}", self.id))
@@ -102,7 +107,7 @@ impl TestStream {
             let message = stream.get_raw_message(sequence).await.unwrap();
             let error = message
                 .headers
-                .get("Auditor-Error")
+                .get(name)
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default();
             letters.push((error, message.payload.to_vec()));
@@ -192,6 +197,8 @@ async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend:
     assert_eq!(letters[0].1, b"this is not an event");
     assert!(letters[0].0.contains("body"), "{}", letters[0].0);
     assert!(letters[1].0.contains("user_identity"), "{}", letters[1].0);
+    let originals = nats.dead_letters_with("Auditor-Original-Msg-Id").await;
+    assert_eq!(originals[0].0, "poison", "the producer's own id, kept");
 
     db.refuse_inserts("default").await;
     for i in 3..6 {
