@@ -29,8 +29,9 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
-const OPTIONAL_KEYS: [&str; 13] = [
+const OPTIONAL_KEYS: [&str; 14] = [
     "admin_password",
+    "metrics.listen",
     "admin_password_file",
     "tls.cert_file",
     "tls.key_file",
@@ -71,6 +72,18 @@ pub struct Settings {
     /// Host databases whose changes are captured inside `serve` (`[[capture.postgres]]`).
     #[serde(default)]
     pub capture: CaptureSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: where Prometheus scrapes `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// A second listener serving `/metrics` alone, without credentials; when unset, `/metrics`
+    /// is on the API's listener for admins of every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[tls]`: HTTPS for the API, with a certificate chain and its key in PEM files; both or

@@ -12,6 +12,7 @@ pub mod config;
 pub mod ingest;
 pub mod integrity;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -87,6 +87,7 @@ async fn serve_store<S: Store>(
         &settings.integrity.signing_key_file,
         &settings.integrity.log_origin,
     )?);
+    crate::metrics::install();
     let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
     let stop_background = CancellationToken::new();
     let checkpoints = checkpointer::spawn(
@@ -129,6 +130,10 @@ async fn serve_store<S: Store>(
         &settings.capture,
         &stop_background,
     ));
+    let metrics_listener = match settings.metrics.listen {
+        Some(address) => Some(serve_metrics(&log, address, shutdown.clone()).await?),
+        None => None,
+    };
     let state = AppState {
         log,
         auth: Arc::new(auth),
@@ -188,6 +193,9 @@ async fn serve_store<S: Store>(
     // and the writer stops only once every handle is gone. A retention batch already queued,
     // and the broker messages in hand, are still committed (and acknowledged).
     stop_background.cancel();
+    if let Some(metrics_listener) = metrics_listener {
+        let _ = metrics_listener.await;
+    }
     let _ = checkpoints.await;
     let _ = maintenance.await;
     if let Some(retention) = retention {
@@ -200,6 +208,30 @@ async fn serve_store<S: Store>(
     let _ = writer_task.await;
     tracing::info!("auditor stopped");
     Ok(())
+}
+
+/// Serves `/metrics` alone on `address` until `shutdown`.
+async fn serve_metrics<S: Store>(
+    log: &AuditLog<S>,
+    address: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        ServeError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen for metrics on {address}: {e}"),
+        ))
+    })?;
+    tracing::info!(address = %listener.local_addr()?, "metrics listening");
+    let app = api::metrics::standalone(log.clone());
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "the metrics listener failed");
+        }
+    }))
 }
 
 /// Runs the configured change captures alone (`auditor capture`), with the writer and the
@@ -218,6 +250,7 @@ pub async fn capture_only(
             &settings.integrity.signing_key_file,
             &settings.integrity.log_origin,
         )?);
+        crate::metrics::install();
         let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
         let checkpoints = checkpointer::spawn(
             store.clone(),

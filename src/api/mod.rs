@@ -11,6 +11,7 @@ mod erasure;
 mod error;
 mod events;
 mod health;
+pub mod metrics;
 mod proofs;
 mod tiles;
 mod tokens;
@@ -82,6 +83,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(erasure::router())
         .merge(tiles::router())
         .merge(tokens::router())
+        .merge(metrics::router())
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             deadline(request, next, http.request_timeout)
         }));
@@ -122,6 +124,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
                     },
                 ),
         )
+        .layer(middleware::from_fn(metrics::track))
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
         .with_state(state)
 }

@@ -266,6 +266,8 @@ async fn capture<S: Store>(
             .collect();
         for chunk in events.chunks(CHUNK_EVENTS) {
             record_chunk(log, &tenant, &recorded_by, chunk).await?;
+            metrics::counter!(crate::metrics::CAPTURE_CHANGES, "capture" => settings.name.clone())
+                .increment(chunk.len() as u64);
         }
         sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
             .bind(&settings.slot)
@@ -473,8 +475,9 @@ async fn ensure_slot(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Resul
     Ok(())
 }
 
-/// Logs how much write-ahead log the slot holds back, warning past `lag_warning_bytes`: a
-/// slot that does not move keeps the host's WAL until its disk fills.
+/// Logs how much write-ahead log the slot holds back (and sets `auditor_capture_slot_lag_bytes`),
+/// warning past `lag_warning_bytes`: a slot that does not move keeps the host's WAL until its
+/// disk fills.
 async fn check_lag(pool: &PgPool, settings: &PostgresCapture) {
     let lag: Result<Option<i64>, _> = sqlx::query_scalar(
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
@@ -483,6 +486,10 @@ async fn check_lag(pool: &PgPool, settings: &PostgresCapture) {
     .bind(&settings.slot)
     .fetch_one(pool)
     .await;
+    if let Ok(Some(bytes)) = lag {
+        metrics::gauge!(crate::metrics::CAPTURE_SLOT_LAG, "capture" => settings.name.clone())
+            .set(bytes as f64);
+    }
     match lag {
         Ok(Some(bytes)) if bytes > settings.lag_warning_bytes => tracing::warn!(
             capture = %settings.name, slot = %settings.slot, lag_bytes = bytes,

@@ -154,6 +154,17 @@ pub(crate) async fn settle<S: Store, B: Broker>(
     let fates = record_messages(log, tenant, recorded_by, decoded).await;
     let mut retry = false;
     for (message, fate) in messages.iter().zip(fates) {
+        let counted = match &fate {
+            Fate::Committed => "committed",
+            Fate::Refused(_) => "dead_lettered",
+            Fate::Retry => "retried",
+        };
+        metrics::counter!(
+            crate::metrics::BROKER_MESSAGES,
+            "consumer" => recorded_by.to_owned(),
+            "fate" => counted
+        )
+        .increment(1);
         match fate {
             Fate::Committed => broker.acknowledge(message).await,
             Fate::Refused(reason) => {

@@ -9,6 +9,7 @@ pub mod partition_drop;
 mod read;
 mod record;
 pub mod retention;
+mod status;
 mod tiles;
 pub mod writer;
 

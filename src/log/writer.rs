@@ -3,11 +3,12 @@
 //! assigned in commit order and one fsync serves many requests. A caller is answered only after
 //! the transaction holding its events has committed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::metrics::{EVENTS_INGESTED, WRITE_BATCH_EVENTS, WRITE_COMMIT_DURATION, WRITE_FAILURES};
 use crate::model::Submission;
 use crate::store::{Appended, Store, StoreError};
 
@@ -81,13 +82,22 @@ impl Writer {
         !self.queue.is_closed()
     }
 
+    /// Submissions waiting for the writer now, and the most that may.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let capacity = self.queue.max_capacity();
+        (capacity - self.queue.capacity(), capacity)
+    }
+
     /// Appends one submission atomically and waits for its commit.
     pub async fn append(&self, submission: Submission) -> Result<Appended, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Job { submission, reply })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
+                mpsc::error::TrySendError::Full(_) => {
+                    metrics::counter!(WRITE_FAILURES, "reason" => "queue_full").increment(1);
+                    WriteError::QueueFull
+                }
                 mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
             })?;
         answer.await.map_err(|_| WriteError::Stopped)?
@@ -126,8 +136,10 @@ async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
     let (submissions, replies): (Vec<Submission>, Vec<_>) =
         batch.into_iter().map(|j| (j.submission, j.reply)).unzip();
     tracing::trace!(submissions = submissions.len(), "committing batch");
+    let started = Instant::now();
     match store.append(&submissions).await {
         Ok(outcomes) => {
+            observe_commit(started, &submissions, &outcomes);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
@@ -135,6 +147,8 @@ async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
         // The database is down: every submission in the batch fails alike, and fast.
         Err(StoreError::Unavailable(cause)) => {
             tracing::warn!(error = %cause, size = submissions.len(), "append failed: database unavailable");
+            metrics::counter!(WRITE_FAILURES, "reason" => "unavailable")
+                .increment(submissions.len() as u64);
             for reply in replies {
                 let _ = reply.send(Err(WriteError::Unavailable));
             }
@@ -144,9 +158,13 @@ async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
         Err(error) if submissions.len() > 1 => {
             tracing::warn!(error = %error, size = submissions.len(), "batch append failed; retrying one by one");
             for (submission, reply) in submissions.iter().zip(replies) {
+                let started = Instant::now();
+                let alone = std::slice::from_ref(submission);
                 let result = store
-                    .append(std::slice::from_ref(submission))
+                    .append(alone)
                     .await
+                    .inspect(|outcomes| observe_commit(started, alone, outcomes))
+                    .inspect_err(|_| failed(1))
                     .map_err(WriteError::from)
                     .and_then(|mut outcomes| {
                         outcomes.pop().ok_or_else(|| {
@@ -159,9 +177,32 @@ async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
             }
         }
         Err(error) => {
+            failed(1);
             if let Some(reply) = replies.into_iter().next() {
                 let _ = reply.send(Err(error.into()));
             }
         }
     }
+}
+
+/// Counts a committed transaction: its size, its time, and its new events per tenant.
+fn observe_commit(started: Instant, submissions: &[Submission], outcomes: &[Appended]) {
+    metrics::histogram!(WRITE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+    let mut batch = 0;
+    for (submission, outcome) in submissions.iter().zip(outcomes) {
+        let new = match outcome {
+            Appended::Created { replayed, .. } => replayed.iter().filter(|r| !**r).count(),
+            _ => 0,
+        };
+        batch += new;
+        if new > 0 {
+            metrics::counter!(EVENTS_INGESTED, "tenant" => submission.tenant.to_string())
+                .increment(new as u64);
+        }
+    }
+    metrics::histogram!(WRITE_BATCH_EVENTS).record(batch as f64);
+}
+
+fn failed(submissions: u64) {
+    metrics::counter!(WRITE_FAILURES, "reason" => "rejected").increment(submissions);
 }

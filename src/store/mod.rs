@@ -57,6 +57,18 @@ pub enum StoreError {
     Other(#[source] anyhow::Error),
 }
 
+impl StoreError {
+    /// Counts the error in `auditor_database_errors_total` and returns it.
+    pub(crate) fn counted(self) -> Self {
+        let kind = match self {
+            Self::Unavailable(_) => "unavailable",
+            _ => "other",
+        };
+        metrics::counter!(crate::metrics::DATABASE_ERRORS, "kind" => kind).increment(1);
+        self
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match error {
@@ -64,16 +76,16 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => Self::Unavailable(Box::new(error)),
+            | sqlx::Error::Protocol(_) => Self::Unavailable(Box::new(error)).counted(),
             // Connection exceptions (08) and operator intervention such as a shutdown (57).
             sqlx::Error::Database(ref db)
                 if db
                     .code()
                     .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
             {
-                Self::Unavailable(Box::new(error))
+                Self::Unavailable(Box::new(error)).counted()
             }
-            other => Self::Other(other.into()),
+            other => Self::Other(other.into()).counted(),
         }
     }
 }
@@ -82,6 +94,17 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(error: sqlx::migrate::MigrateError) -> Self {
         Self::Other(error.into())
     }
+}
+
+/// A store's database connections at one moment (`auditor_database_connections`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// Open and running a statement or holding a transaction.
+    pub in_use: usize,
+    /// Open and waiting for work.
+    pub idle: usize,
+    /// The most this process opens.
+    pub max: usize,
 }
 
 /// What became of one submission inside an appended batch.
@@ -181,6 +204,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: Seq,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// This process's connections to the database now.
+    fn connections(&self) -> Connections;
 
     /// Every tenant with events, a chain head or a checkpoint. Cheap on any log size: the
     /// events are walked by their primary key one tenant at a time (a loose index scan).

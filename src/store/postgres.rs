@@ -20,7 +20,8 @@ use uuid::Uuid;
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::rows::{self, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
 use super::{
-    Appended, MonthPartition, Store, StoreError, corrupt, decode_tile, encode_tile, users,
+    Appended, Connections, MonthPartition, Store, StoreError, corrupt, decode_tile, encode_tile,
+    users,
 };
 use crate::integrity::dropped::DroppedPrefix;
 use crate::integrity::tiles::{FullTile, TileId};
@@ -1218,6 +1219,15 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    fn connections(&self) -> Connections {
+        let (open, idle) = (self.pool.size() as usize, self.pool.num_idle());
+        Connections {
+            in_use: open.saturating_sub(idle),
+            idle,
+            max: self.pool.options().get_max_connections() as usize,
+        }
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {

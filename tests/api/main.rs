@@ -21,6 +21,7 @@ mod idp;
 mod integrity;
 mod jwt;
 mod lifecycle;
+mod metrics;
 mod nats;
 mod partitions;
 mod postgres_tls;

@@ -66,9 +66,9 @@ impl From<rusqlite::Error> for StoreError {
                     DatabaseBusy | DatabaseLocked | CannotOpen | SystemIoFailure | DiskFull
                 ) =>
             {
-                Self::Unavailable(Box::new(error))
+                Self::Unavailable(Box::new(error)).counted()
             }
-            _ => Self::Other(error.into()),
+            _ => Self::Other(error.into()).counted(),
         }
     }
 }
@@ -190,6 +190,8 @@ pub(super) struct Threads {
     role: &'static str,
     jobs: mpsc::UnboundedSender<Job>,
     running: Arc<AtomicUsize>,
+    /// Threads running a job now.
+    busy: Arc<AtomicUsize>,
 }
 
 impl Threads {
@@ -197,14 +199,16 @@ impl Threads {
         let (jobs, queue) = mpsc::unbounded_channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let running = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         for (i, conn) in connections.into_iter().enumerate() {
             let queue = Arc::clone(&queue);
             let running = Arc::clone(&running);
+            let busy = Arc::clone(&busy);
             running.fetch_add(1, Ordering::SeqCst);
             std::thread::Builder::new()
                 .name(format!("sqlite-{role}-{i}"))
                 .spawn(move || {
-                    serve(role, conn, &queue);
+                    serve(role, conn, &queue, &busy);
                     running.fetch_sub(1, Ordering::SeqCst);
                 })
                 .map_err(|e| {
@@ -215,12 +219,22 @@ impl Threads {
             role,
             jobs,
             running,
+            busy,
         })
     }
 
     /// False once every thread has stopped (only after a panic it could not roll back).
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::SeqCst) > 0
+    }
+
+    /// The threads (each with its connection) that are running, and of them those running a
+    /// job now.
+    pub fn usage(&self) -> (usize, usize) {
+        (
+            self.running.load(Ordering::Relaxed),
+            self.busy.load(Ordering::Relaxed),
+        )
     }
 
     /// Runs `job` on one of the threads and returns its result. A job whose caller has gone
@@ -250,7 +264,12 @@ impl Threads {
     }
 }
 
-fn serve(role: &'static str, mut conn: Connection, queue: &Mutex<mpsc::UnboundedReceiver<Job>>) {
+fn serve(
+    role: &'static str,
+    mut conn: Connection,
+    queue: &Mutex<mpsc::UnboundedReceiver<Job>>,
+    busy: &AtomicUsize,
+) {
     loop {
         // Only the receiving is under the lock; the jobs of several threads run in parallel.
         let job = queue
@@ -258,7 +277,10 @@ fn serve(role: &'static str, mut conn: Connection, queue: &Mutex<mpsc::Unbounded
             .unwrap_or_else(PoisonError::into_inner)
             .blocking_recv();
         let Some(job) = job else { break };
-        if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_ok() {
+        busy.fetch_add(1, Ordering::Relaxed);
+        let finished = catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_ok();
+        busy.fetch_sub(1, Ordering::Relaxed);
+        if finished {
             continue;
         }
         // rusqlite's `Transaction` rolls back when dropped by the unwinding; make sure, or stop

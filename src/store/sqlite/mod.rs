@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::assemble::{self, CommitClock, KeyIndex};
 use super::rows::{self, CHECKPOINT_COLUMNS, EVENT_COLUMNS, ReadRow, SELECT_HEAD};
-use super::{Appended, Store, StoreError, corrupt, decode_tile, encode_tile, users};
+use super::{Appended, Connections, Store, StoreError, corrupt, decode_tile, encode_tile, users};
 use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
@@ -792,6 +792,16 @@ impl Store for SqliteStore {
             events_of(select.query(params![tenant.as_str(), after.0])?)
         })
         .await
+    }
+
+    fn connections(&self) -> Connections {
+        let (writers, writing) = self.inner.writer.usage();
+        let (readers, reading) = self.inner.readers.usage();
+        Connections {
+            in_use: writing + reading,
+            idle: (writers + readers).saturating_sub(writing + reading),
+            max: writers + readers,
+        }
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
