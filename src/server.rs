@@ -222,7 +222,7 @@ async fn serve_metrics<S: Store>(
             format!("cannot listen for metrics on {address}: {e}"),
         ))
     })?;
-    tracing::info!(address = %listener.local_addr()?, "metrics listening");
+    tracing::info!(listen = %listener.local_addr()?, "metrics listening");
     let app = api::metrics::standalone(log.clone());
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)

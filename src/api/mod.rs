@@ -10,6 +10,7 @@ mod compat;
 mod erasure;
 mod error;
 mod events;
+mod export;
 mod health;
 pub mod metrics;
 mod proofs;
@@ -77,6 +78,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     let deadlined = Router::new()
         .merge(health::router())
         .merge(events::router())
+        .merge(export::router())
         .merge(compat::router())
         .merge(checkpoints::router())
         .merge(proofs::router())

@@ -5,10 +5,11 @@
 
 use std::io::Write;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::dropped::ExportedPrefix;
 use super::verify::ExportedHead;
+use crate::model::{Seq, TenantId};
 use crate::store::{Pages, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,31 +24,12 @@ pub enum WriteExportError {
 pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, WriteExportError> {
     let mut written = 0;
     for tenant in store.tenants().await? {
-        for checkpoint in store.checkpoints(&tenant).await? {
-            serde_json::to_writer(&mut *out, &json!({ "checkpoint": checkpoint }))
-                .map_err(std::io::Error::from)?;
+        let (lines, head) = preamble(store, &tenant).await?;
+        for line in lines {
+            serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
         }
-        // Events appended after this read are left to the next export: the export then ends at
-        // the head it names, after every checkpoint it carries (read before it).
-        let head = store.head(&tenant).await?;
-        if let Some(head) = &head {
-            let line = ExportedHead {
-                tenant: tenant.clone(),
-                recorded_at_ordered_from: head.recorded_at_ordered_from,
-            };
-            serde_json::to_writer(&mut *out, &json!({ "chain_head": line }))
-                .map_err(std::io::Error::from)?;
-            out.write_all(b"\n")?;
-        }
-        if let Some(prefix) = store.dropped_prefix(&tenant).await? {
-            let line = ExportedPrefix::new(tenant.clone(), &prefix);
-            serde_json::to_writer(&mut *out, &json!({ "dropped_prefix": line }))
-                .map_err(std::io::Error::from)?;
-            out.write_all(b"\n")?;
-        }
-        let until = head.map(|head| head.seq);
-        let mut pages = Pages::new(store.clone(), tenant, until);
+        let mut pages = Pages::new(store.clone(), tenant, head);
         while let Some(page) = pages.next().await? {
             for event in &page {
                 serde_json::to_writer(&mut *out, event).map_err(std::io::Error::from)?;
@@ -58,4 +40,35 @@ pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, Wr
     }
     out.flush()?;
     Ok(written)
+}
+
+/// The lines of a tenant's export before its events (its checkpoints, its chain head's
+/// `recorded_at_ordered_from`, the prefix dropped with its oldest partitions), and the `seq`
+/// its events end at: the head when this was read, `None` for a log not begun.
+///
+/// Events appended after this read are left to the next export: the export then ends at the
+/// head it names, after every checkpoint it carries (read before it).
+pub async fn preamble<S: Store>(
+    store: &S,
+    tenant: &TenantId,
+) -> Result<(Vec<Value>, Option<Seq>), StoreError> {
+    let mut lines: Vec<Value> = store
+        .checkpoints(tenant)
+        .await?
+        .into_iter()
+        .map(|checkpoint| json!({ "checkpoint": checkpoint }))
+        .collect();
+    let head = store.head(tenant).await?;
+    if let Some(head) = &head {
+        let line = ExportedHead {
+            tenant: tenant.clone(),
+            recorded_at_ordered_from: head.recorded_at_ordered_from,
+        };
+        lines.push(json!({ "chain_head": line }));
+    }
+    if let Some(prefix) = store.dropped_prefix(tenant).await? {
+        let line = ExportedPrefix::new(tenant.clone(), &prefix);
+        lines.push(json!({ "dropped_prefix": line }));
+    }
+    Ok((lines, head.map(|head| head.seq)))
 }

@@ -5,6 +5,7 @@
 pub mod access_log;
 mod checkpoints;
 mod erase;
+pub mod export;
 pub mod partition_drop;
 mod read;
 mod record;

@@ -16,6 +16,7 @@ pub struct Pages<S: Store> {
     store: S,
     tenant: TenantId,
     until: Option<Seq>,
+    size: u32,
     next: Option<JoinHandle<Result<Vec<Event>, StoreError>>>,
 }
 
@@ -23,10 +24,17 @@ impl<S: Store> Pages<S> {
     /// Starts fetching the first page at once. Events after `until`, appended while the pages
     /// are read, are left out. Spawns a task; call it from within the Tokio runtime.
     pub fn new(store: S, tenant: TenantId, until: Option<Seq>) -> Self {
+        Self::of_size(store, tenant, until, PAGE)
+    }
+
+    /// The same with pages of `size` events: smaller pages hold less memory per reader (an
+    /// HTTP export, of which several may run at once) for more round trips.
+    pub fn of_size(store: S, tenant: TenantId, until: Option<Seq>, size: u32) -> Self {
         let mut pages = Self {
             store,
             tenant,
             until,
+            size: size.max(1),
             next: None,
         };
         pages.fetch_after(Seq(0));
@@ -34,9 +42,9 @@ impl<S: Store> Pages<S> {
     }
 
     fn fetch_after(&mut self, after: Seq) {
-        let (store, tenant) = (self.store.clone(), self.tenant.clone());
+        let (store, tenant, size) = (self.store.clone(), self.tenant.clone(), self.size);
         self.next = Some(tokio::spawn(async move {
-            store.scan(&tenant, after, PAGE).await
+            store.scan(&tenant, after, size).await
         }));
     }
 
@@ -47,7 +55,7 @@ impl<S: Store> Pages<S> {
             return Ok(None);
         };
         let mut page = fetching.await.map_err(|e| StoreError::Other(e.into()))??;
-        let short = page.len() < PAGE as usize;
+        let short = page.len() < self.size as usize;
         if let Some(until) = self.until {
             page.retain(|e| e.seq <= until);
         }

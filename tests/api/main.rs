@@ -15,6 +15,7 @@ mod cloudevents;
 mod compat;
 mod erasure;
 mod events;
+mod export;
 mod fidelity;
 mod filter_index;
 mod idp;
