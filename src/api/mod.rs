@@ -14,6 +14,7 @@ mod export;
 mod health;
 pub mod metrics;
 mod proofs;
+mod stream;
 mod tiles;
 mod tokens;
 
@@ -79,6 +80,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .merge(health::router())
         .merge(events::router())
         .merge(export::router())
+        .merge(stream::router())
         .merge(compat::router())
         .merge(checkpoints::router())
         .merge(proofs::router())

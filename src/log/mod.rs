@@ -11,6 +11,7 @@ mod read;
 mod record;
 pub mod retention;
 mod status;
+pub mod tail;
 mod tiles;
 pub mod writer;
 

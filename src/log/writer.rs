@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{EVENTS_INGESTED, WRITE_BATCH_EVENTS, WRITE_COMMIT_DURATION, WRITE_FAILURES};
@@ -67,14 +67,22 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
+    commits: watch::Receiver<u64>,
 }
 
 impl Writer {
     /// Starts the writer task. It ends when every `Writer` handle is dropped and the queue drained.
     pub fn spawn<S: Store>(store: S, options: WriterOptions) -> (Self, JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
-        let task = tokio::spawn(run(store, jobs, options));
-        (Self { queue }, task)
+        let (committed, commits) = watch::channel(0);
+        let task = tokio::spawn(run(store, jobs, options, committed));
+        (Self { queue, commits }, task)
+    }
+
+    /// A count of this process's committed write transactions, changed after each: a reader
+    /// waiting for new events (a live tail) wakes on it instead of polling the database.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
     }
 
     /// False once the writer task has ended (it only ends on shutdown, or by a bug).
@@ -104,10 +112,16 @@ impl Writer {
     }
 }
 
-async fn run<S: Store>(store: S, mut jobs: mpsc::Receiver<Job>, options: WriterOptions) {
+async fn run<S: Store>(
+    store: S,
+    mut jobs: mpsc::Receiver<Job>,
+    options: WriterOptions,
+    committed: watch::Sender<u64>,
+) {
     while let Some(first) = jobs.recv().await {
         let batch = gather(first, &mut jobs, &options).await;
         commit(&store, batch).await;
+        committed.send_modify(|count| *count += 1);
     }
     tracing::debug!("writer stopped: queue closed and drained");
 }

@@ -30,6 +30,7 @@ mod postings;
 mod query;
 mod scale;
 mod store;
+mod stream;
 mod tenants;
 mod tiles;
 mod tls;

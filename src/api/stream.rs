@@ -1,0 +1,115 @@
+//! `GET /events/stream?<filters>`: a live tail as Server-Sent Events. Each matching event once,
+//! in `seq` order, as `id: <seq>` and `data: <the event's JSON>`; `Last-Event-ID` resumes after
+//! that `seq` (`0`: from the start), and without it the stream begins with the events committed
+//! from then on. A comment every 15 s keeps idle connections open; a reader that falls too far
+//! behind gets `event: lagged` and the stream ends, as it does with `event: error` when the
+//! database fails (reconnect with `Last-Event-ID` either way).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::stream::StreamExt;
+use serde_json::json;
+
+use super::access::ReadAccess;
+use super::events::{QueryPairs, query_pairs};
+use super::{ApiError, AppState};
+use crate::log::tail::Tailed;
+use crate::model::{EventQuery, QueryError, Seq};
+use crate::store::Store;
+
+/// How often an idle stream sends a comment.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub fn router<S: Store>() -> Router<AppState<S>> {
+    Router::new().route("/events/stream", get(stream::<S>))
+}
+
+async fn stream<S: Store>(
+    State(state): State<AppState<S>>,
+    ReadAccess(principal): ReadAccess,
+    headers: HeaderMap,
+    pairs: QueryPairs,
+) -> Result<Response, ApiError> {
+    let query = parse(query_pairs(pairs)?)?;
+    let after = last_event_id(&headers)?;
+    let tail = state.log.tail(&principal, query, after).await?;
+    let events = tail
+        .into_stream()
+        .map(|item| Ok::<_, Infallible>(sse_event(item)))
+        .take_until(state.shutdown.cancelled_owned());
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+        .into_response())
+}
+
+fn sse_event(item: Result<Tailed, crate::store::StoreError>) -> SseEvent {
+    match item {
+        Ok(Tailed::Event(event)) => SseEvent::default()
+            .id(event.seq.0.to_string())
+            .json_data(&event)
+            .unwrap_or_else(|_| SseEvent::default().event("error")),
+        Ok(Tailed::Lagged {
+            last_event_id,
+            head,
+        }) => SseEvent::default().event("lagged").data(
+            json!({
+                "message": "this stream fell too far behind the log; reconnect with \
+                            Last-Event-ID to resume from the store",
+                "last_event_id": last_event_id.0,
+                "head": head.0,
+            })
+            .to_string(),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "a live tail failed; its stream ends");
+            SseEvent::default().event("error").data(
+                json!({"message": "the database failed; reconnect with Last-Event-ID to resume"})
+                    .to_string(),
+            )
+        }
+    }
+}
+
+/// The filters, `since` and `until` of a query; paging does not apply to a stream.
+fn parse(pairs: Vec<(String, String)>) -> Result<EventQuery, ApiError> {
+    if let Some((name, _)) = pairs
+        .iter()
+        .find(|(name, _)| matches!(name.as_str(), "limit" | "order" | "cursor"))
+    {
+        return Err(ApiError::InvalidQuery(QueryError {
+            param: name.clone(),
+            message: format!(
+                "a stream delivers every match in ascending `seq` order; `{name}` does not \
+                 apply (resume with the Last-Event-ID header)"
+            ),
+        }));
+    }
+    EventQuery::parse(&pairs).map_err(ApiError::InvalidQuery)
+}
+
+/// `Last-Event-ID`: the `seq` to resume after.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<Seq>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let seq = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .filter(|seq| *seq >= 0);
+    seq.map(|seq| Some(Seq(seq))).ok_or_else(|| {
+        ApiError::InvalidQuery(QueryError {
+            param: "Last-Event-ID".into(),
+            message: "`Last-Event-ID` is the `seq` of the last event received (a whole number, \
+                      0 for the start)"
+                .into(),
+        })
+    })
+}
