@@ -62,6 +62,12 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Query, show or follow the events of a running server, over its HTTP API
+    /// (AUDITOR_URL; credentials from AUDITOR_TOKEN, or AUDITOR_USER and AUDITOR_PASSWORD).
+    Events {
+        #[command(subcommand)]
+        command: crate::client::EventsCommand,
+    },
     /// Manage API tokens, the credentials of services (`Authorization: Bearer <token>`).
     Token {
         #[command(subcommand)]

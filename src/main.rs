@@ -65,6 +65,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Needs no configuration or database: it is only a yardstick for the benchmark.
         Command::BenchCeiling { listen } => return bench_ceiling(listen).await,
+        // A client of a server elsewhere: neither this machine's configuration nor a database.
+        Command::Events { command } => return Ok(auditor::client::run(command).await?),
         _ => {}
     }
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
@@ -98,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", signer.verifier_key(&tenant));
             Ok(())
         }
-        Command::DefaultConfig | Command::BenchCeiling { .. } => Ok(()),
+        Command::DefaultConfig | Command::BenchCeiling { .. } | Command::Events { .. } => Ok(()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `GET /events/stream?<filters>`: a live tail as Server-Sent Events. Each matching event once,
 //! in `seq` order, as `id: <seq>` and `data: <the event's JSON>`; `Last-Event-ID` resumes after
 //! that `seq` (`0`: from the start), and without it the stream begins with the events committed
-//! from then on. A comment every 15 s keeps idle connections open; a reader that falls too far
+//! from then on; its first frame is an `id:` alone, naming the `seq` it begins after. A comment
+//! every 15 s keeps idle connections open; a reader that falls too far
 //! behind gets `event: lagged` and the stream ends, as it does with `event: error` when the
 //! database fails (reconnect with `Last-Event-ID` either way).
 
@@ -40,9 +41,14 @@ async fn stream<S: Store>(
     let query = parse(query_pairs(pairs)?)?;
     let after = last_event_id(&headers)?;
     let tail = state.log.tail(&principal, query, after).await?;
-    let events = tail
-        .into_stream()
-        .map(|item| Ok::<_, Infallible>(sse_event(item)))
+    // An id without data: a client that reconnects before the first event (an `EventSource`
+    // keeps the id of every frame) resumes where this stream began, missing nothing between.
+    let start = SseEvent::default().id(tail.position().0.to_string());
+    let events = futures::stream::once(async { Ok::<_, Infallible>(start) })
+        .chain(
+            tail.into_stream()
+                .map(|item| Ok::<_, Infallible>(sse_event(item))),
+        )
         .take_until(state.shutdown.cancelled_owned());
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))

@@ -99,6 +99,11 @@ async fn head_of<S: Store>(store: &S, tenant: &TenantId) -> Result<Seq, StoreErr
 }
 
 impl<S: Store> Tail<S> {
+    /// Where the tail begins: it yields the events after this `seq`.
+    pub fn position(&self) -> Seq {
+        self.delivered
+    }
+
     /// The tail as a stream; it ends after [`Tailed::Lagged`] or a store error, and otherwise
     /// runs until dropped.
     pub fn into_stream(self) -> impl Stream<Item = Result<Tailed, StoreError>> + Send + 'static {

@@ -11,6 +11,7 @@ mod auth;
 mod bulk;
 mod capture;
 mod cli;
+mod client;
 mod cloudevents;
 mod compat;
 mod erasure;
