@@ -312,9 +312,7 @@ impl Settings {
             "set admin_password or admin_password_file, not both",
         )?;
         self.ingest.validate().map_err(ConfigError::Rule)?;
-        for host in &self.capture.postgres {
-            host.validate().map_err(ConfigError::Rule)?;
-        }
+        self.capture.validate().map_err(ConfigError::Rule)?;
         if let Some(jwt) = &self.auth.jwt {
             jwt.validate().map_err(ConfigError::Rule)?;
         }

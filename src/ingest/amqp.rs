@@ -130,6 +130,7 @@ async fn consume<S: Store>(
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("amqp:{}", settings.queue);
     let broker = Rabbit {
+        connection: &connection,
         dead_letters: &dead_letters,
         dead_letter_queue: &settings.dead_letter_queue,
         queue: &settings.queue,
@@ -162,6 +163,7 @@ async fn consume<S: Store>(
 
 /// The RabbitMQ side of a consumer.
 struct Rabbit<'a> {
+    connection: &'a Connection,
     /// A channel in confirm mode, for the dead letters.
     dead_letters: &'a Channel,
     dead_letter_queue: &'a str,
@@ -231,7 +233,8 @@ fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
         message_id: properties
             .message_id()
             .as_ref()
-            .map(|id| id.as_str().to_owned()),
+            .map(|id| id.as_str().to_owned())
+            .filter(|id| !id.is_empty()),
         broker_id: None,
         cloudevent_attributes,
         scope: String::new(),
@@ -243,12 +246,37 @@ fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
 }
 
 /// Publishes the message, as received, to the dead-letter queue with the reason, and waits
-/// for the broker to confirm it.
+/// for the broker to confirm it. Published `mandatory`: a dead-letter queue deleted since the
+/// start returns it instead of dropping it, and is then declared again for a second try.
 async fn dead_letter(
     broker: &Rabbit<'_>,
     message: &AmqpDelivery,
     reason: &str,
 ) -> anyhow::Result<()> {
+    if publish_dead_letter(broker, message, reason).await? {
+        return Ok(());
+    }
+    tracing::warn!(
+        queue = %broker.dead_letter_queue,
+        "the dead-letter queue is gone; declaring it again"
+    );
+    ensure_queue(broker.connection, broker.dead_letter_queue).await?;
+    if publish_dead_letter(broker, message, reason).await? {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the dead-letter queue `{}` takes no messages",
+        broker.dead_letter_queue
+    )
+}
+
+/// True once the broker confirmed the dead letter in its queue; false when it came back
+/// unroutable.
+async fn publish_dead_letter(
+    broker: &Rabbit<'_>,
+    message: &AmqpDelivery,
+    reason: &str,
+) -> anyhow::Result<bool> {
     let channel = broker.dead_letters;
     let mut headers = message.properties.headers().clone().unwrap_or_default();
     headers.insert(
@@ -264,7 +292,10 @@ async fn dead_letter(
         .basic_publish(
             "".into(),
             broker.dead_letter_queue.into(),
-            BasicPublishOptions::default(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
             &message.data,
             properties,
         )
@@ -273,5 +304,5 @@ async fn dead_letter(
     if confirmation.is_nack() {
         anyhow::bail!("the broker refused the dead letter");
     }
-    Ok(())
+    Ok(confirmation.take_message().is_none())
 }

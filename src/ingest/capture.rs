@@ -11,7 +11,7 @@
 //! side replays what was peeked and not yet confirmed, as replays. A rolled-back transaction is
 //! never decoded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -35,6 +35,33 @@ use crate::store::Store;
 pub struct CaptureSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub postgres: Vec<PostgresCapture>,
+}
+
+impl CaptureSettings {
+    /// Each capture valid, and no two that would take each other's changes: two on one slot
+    /// each confirm what the other has not recorded, and two of one name derive the same keys.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        let mut slots = std::collections::HashSet::new();
+        for capture in &self.postgres {
+            capture.validate()?;
+            if !names.insert(&capture.name) {
+                return Err(format!(
+                    "capture: the name `{}` is given to two captures; each names its own \
+                     database",
+                    capture.name
+                ));
+            }
+            if !slots.insert((capture.url.expose(), &capture.slot)) {
+                return Err(format!(
+                    "capture `{}`: slot `{}` of that database is another capture's too; each \
+                     needs its own",
+                    capture.name, capture.slot
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[[capture.postgres]]`: one host database.
@@ -102,6 +129,9 @@ const CHUNK_EVENTS: usize = 1_000;
 /// How often the slot's lag is looked at.
 const LAG_CHECK_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the host is looked at for tables created since that `tables` matches.
+const PUBLICATION_SYNC_EVERY: Duration = Duration::from_secs(5);
+
 impl PostgresCapture {
     pub fn validate(&self) -> Result<(), String> {
         let identifier = |s: &str| {
@@ -157,17 +187,28 @@ impl PostgresCapture {
     /// without regard to case, so that a quoted `"Secret"` is not let through by
     /// `public.users.secret`: it errs towards copying less.
     fn copies(&self, schema: &str, table: &str, column: &str) -> bool {
-        let full = format!("{schema}.{table}.{column}");
-        if self
-            .deny_columns
-            .iter()
-            .any(|denied| denied.eq_ignore_ascii_case(&full))
-        {
+        if self.denies(schema, table, column) {
             return false;
         }
+        let full = format!("{schema}.{table}.{column}");
         let prefix = format!("{schema}.{table}.");
-        let restricted = self.allow_columns.iter().any(|c| c.starts_with(&prefix));
-        !restricted || self.allow_columns.contains(&full)
+        let restricted = self.allow_columns.iter().any(|c| {
+            c.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(&prefix))
+        });
+        !restricted
+            || self
+                .allow_columns
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(&full))
+    }
+
+    /// Whether `deny_columns` names the column (without regard to case).
+    fn denies(&self, schema: &str, table: &str, column: &str) -> bool {
+        let full = format!("{schema}.{table}.{column}");
+        self.deny_columns
+            .iter()
+            .any(|denied| denied.eq_ignore_ascii_case(&full))
     }
 }
 
@@ -218,32 +259,47 @@ async fn capture<S: Store>(
         .max_connections(1)
         .connect(settings.url.expose())
         .await?;
-    ensure_publication(&pool, settings).await?;
+    let mut warned = HashSet::new();
+    sync_publication(&pool, settings, &mut warned, false).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
     // Before the slot: every change the slot will hold then has its role.
-    if settings.record_role
-        && let Err(error) = ensure_role_triggers(&pool, settings).await
-    {
-        tracing::warn!(
-            capture = %settings.name, %error,
-            "cannot install the triggers that name a change's database role; changes \
-             without a context message are recorded as by the capture's name"
-        );
+    if settings.record_role {
+        let tables = published_tables(&pool, settings).await?;
+        install_role_triggers(&pool, settings, &tables).await;
     }
-    ensure_slot(&pool, settings).await?;
-    tracing::info!(capture = %settings.name, slot = %settings.slot, "capturing changes");
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("capture:{}", settings.name);
+    if !slot_exists(&pool, settings).await? {
+        record_gap(log, &pool, settings, &tenant, &recorded_by).await?;
+        create_slot(&pool, settings).await?;
+    }
+    tracing::info!(capture = %settings.name, slot = %settings.slot, "capturing changes");
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut primary_keys: HashMap<u32, Vec<String>> = HashMap::new();
     let mut lag_checked: Option<Instant> = None;
+    // Where an empty peek last moved the slot.
+    let mut quiet_until: Lsn = 0;
+    let mut synced = Instant::now();
     while !stop.is_cancelled() {
         if lag_checked.is_none_or(|at| at.elapsed() >= LAG_CHECK_EVERY) {
             check_lag(&pool, settings).await;
             lag_checked = Some(Instant::now());
         }
-        let transactions = peek(&pool, settings, &mut relations).await?;
+        if synced.elapsed() >= PUBLICATION_SYNC_EVERY {
+            let added = sync_publication(&pool, settings, &mut warned, true).await?;
+            if settings.record_role {
+                install_role_triggers(&pool, settings, &added).await;
+            }
+            synced = Instant::now();
+        }
+        let (transactions, upto) = peek(&pool, settings, &mut relations).await?;
         let Some(last) = transactions.last() else {
+            // Nothing this capture reads committed before `upto`: the slot moves there, or it
+            // would hold back (and decode again at every poll) the WAL of everything else.
+            if upto > quiet_until {
+                advance(&pool, settings, upto).await?;
+                quiet_until = upto;
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(Duration::from_millis(settings.poll_interval_ms)) => {}
@@ -269,13 +325,19 @@ async fn capture<S: Store>(
             metrics::counter!(crate::metrics::CAPTURE_CHANGES, "capture" => settings.name.clone())
                 .increment(chunk.len() as u64);
         }
-        sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
-            .bind(&settings.slot)
-            .bind(format_lsn(end_lsn))
-            .execute(&pool)
-            .await?;
+        advance(&pool, settings, end_lsn).await?;
         backoff.reset();
     }
+    Ok(())
+}
+
+/// Confirms the slot up to `lsn`: the host may recycle the WAL before it.
+async fn advance(pool: &PgPool, settings: &PostgresCapture, lsn: Lsn) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
+        .bind(&settings.slot)
+        .bind(format_lsn(lsn))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -336,72 +398,163 @@ fn unrecordable(event: &NewEvent, error: &LogError) -> anyhow::Result<NewEvent> 
     NewEvent::parse(raw, &crate::model::Limits::default()).map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-async fn ensure_publication(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
-            .bind(&settings.publication)
-            .fetch_one(pool)
-            .await?;
-    if exists {
-        return Ok(());
-    }
-    // A table without a replica identity in a publication that publishes updates and deletes
-    // makes the host's own UPDATEs and DELETEs on it fail: refuse rather than break the host.
-    let unidentified: Vec<String> = sqlx::query_scalar(
-        "SELECT n.nspname || '.' || c.relname FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-           AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
-             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))",
-    )
-    .fetch_all(pool)
-    .await?;
-    let unidentified: Vec<&String> = unidentified
-        .iter()
-        .filter(|name| {
-            name.split_once('.')
-                .is_some_and(|(schema, table)| settings.captures(schema, table))
-        })
-        .collect();
-    if !unidentified.is_empty() {
-        anyhow::bail!(
-            "not creating publication `{}`: {} would then refuse the host's UPDATE and DELETE, \
-             having no replica identity; give them a primary key or \
-             `ALTER TABLE … REPLICA IDENTITY FULL`, or leave them out of `tables`",
-            settings.publication,
-            unidentified
-                .iter()
-                .map(|name| name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let (schemas, tables): (Vec<&String>, Vec<&String>) =
-        settings.tables.iter().partition(|t| t.ends_with(".*"));
-    let mut targets = Vec::new();
-    if !tables.is_empty() {
-        let names: Vec<&str> = tables.iter().map(|t| t.as_str()).collect();
-        targets.push(format!("TABLE {}", names.join(", ")));
-    }
-    if !schemas.is_empty() {
-        let names: Vec<&str> = schemas.iter().map(|t| t.trim_end_matches(".*")).collect();
-        targets.push(format!("TABLES IN SCHEMA {}", names.join(", ")));
-    }
-    // The names were checked to be plain identifiers (`PostgresCapture::validate`).
-    let statement = format!(
-        "CREATE PUBLICATION {} FOR {}",
-        settings.publication,
-        targets.join(", ")
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-        .execute(pool)
-        .await?;
-    tracing::info!(publication = %settings.publication, "created the publication");
-    Ok(())
+/// A table of the host: its schema, its name, and whether it has a replica identity (without
+/// one, a publication that holds it makes the host's own UPDATEs and DELETEs on it fail).
+struct HostTable {
+    schema: String,
+    name: String,
+    identified: bool,
 }
 
-/// Warns of each `deny_columns` entry that names no column of the host: a misspelt entry
-/// denies nothing.
+impl HostTable {
+    fn qualified(&self) -> String {
+        format!(
+            "\"{}\".\"{}\"",
+            self.schema.replace('"', "\"\""),
+            self.name.replace('"', "\"\"")
+        )
+    }
+
+    fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// Makes the publication hold every table of the host that `tables` matches, table by table
+/// (never `FOR TABLES IN SCHEMA`, which would take in a later table without a replica identity
+/// and so break the host's writes to it): creates it when missing, adds a matching table
+/// created since. Returns the tables added. A table named in `tables` that lacks a replica
+/// identity is an error at the start (`started` false); one a pattern matches is left out with a warning, as is a name that
+/// matches no table (each warned of once, through `warned`). A publication `FOR ALL TABLES` is
+/// used as it is.
+async fn sync_publication(
+    pool: &PgPool,
+    settings: &PostgresCapture,
+    warned: &mut HashSet<String>,
+    started: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let host: Vec<HostTable> = sqlx::query_as::<_, (String, String, bool)>(
+        "SELECT n.nspname::text, c.relname::text, \
+           NOT (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(schema, name, identified)| HostTable {
+        schema,
+        name,
+        identified,
+    })
+    .collect();
+    let matching: Vec<&HostTable> = host
+        .iter()
+        .filter(|t| settings.captures(&t.schema, &t.name))
+        .collect();
+    for named in settings.tables.iter().filter(|t| !t.ends_with(".*")) {
+        if !host.iter().any(|t| t.display() == *named) && warned.insert(named.clone()) {
+            tracing::warn!(
+                capture = %settings.name, table = %named,
+                "a table named in `tables` does not exist on the host; it is captured once it is \
+                 created (within seconds of it)"
+            );
+        }
+    }
+    let unidentified: Vec<&&HostTable> = matching.iter().filter(|t| !t.identified).collect();
+    let named: Vec<String> = unidentified
+        .iter()
+        .filter(|t| settings.tables.contains(&t.display()))
+        .map(|t| t.display())
+        .collect();
+    if !named.is_empty() && !started {
+        anyhow::bail!(
+            "not publishing {}: without a replica identity the host's UPDATE and DELETE on them \
+             would fail; give them a primary key or `ALTER TABLE … REPLICA IDENTITY FULL`, or \
+             leave them out of `tables`",
+            named.join(", ")
+        );
+    }
+    // Once capturing, a named table created without one is passed over like any other: the
+    // others' changes go on being captured.
+    for table in unidentified {
+        if warned.insert(table.display()) {
+            tracing::warn!(
+                capture = %settings.name, table = %table.display(),
+                "not capturing a matching table without a replica identity: publishing it would \
+                 make the host's UPDATE and DELETE on it fail; give it a primary key or \
+                 `REPLICA IDENTITY FULL`"
+            );
+        }
+    }
+    let wanted: Vec<&HostTable> = matching.into_iter().filter(|t| t.identified).collect();
+    let publication: Option<bool> =
+        sqlx::query_scalar("SELECT puballtables FROM pg_publication WHERE pubname = $1")
+            .bind(&settings.publication)
+            .fetch_optional(pool)
+            .await?;
+    let added: Vec<&HostTable> = match publication {
+        Some(true) => return Ok(Vec::new()),
+        None => {
+            let list: Vec<String> = wanted.iter().map(|t| t.qualified()).collect();
+            // The publication's name was checked to be a plain identifier (`validate`).
+            let statement = if list.is_empty() {
+                format!("CREATE PUBLICATION {}", settings.publication)
+            } else {
+                format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    settings.publication,
+                    list.join(", ")
+                )
+            };
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(pool)
+                .await?;
+            tracing::info!(publication = %settings.publication, tables = list.len(), "created the publication");
+            wanted
+        }
+        Some(false) => {
+            let published: HashSet<(String, String)> = sqlx::query_as(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+                 WHERE pubname = $1",
+            )
+            .bind(&settings.publication)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+            let missing: Vec<&HostTable> = wanted
+                .into_iter()
+                .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
+                .collect();
+            for table in &missing {
+                let statement = format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    settings.publication,
+                    table.qualified()
+                );
+                sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                    .execute(pool)
+                    .await?;
+                tracing::info!(
+                    publication = %settings.publication, table = %table.display(),
+                    "added a table to the publication"
+                );
+            }
+            missing
+        }
+    };
+    Ok(added
+        .into_iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect())
+}
+
+/// Warns of each `deny_columns` or `allow_columns` entry that names no column of the host: a
+/// misspelt entry denies nothing, or keeps back the columns it meant to let through.
 async fn warn_of_unmatched_denials(
     pool: &PgPool,
     settings: &PostgresCapture,
@@ -412,21 +565,29 @@ async fn warn_of_unmatched_denials(
     )
     .fetch_all(pool)
     .await?;
-    for denied in &settings.deny_columns {
-        if !columns.iter().any(|c| c.eq_ignore_ascii_case(denied)) {
-            tracing::warn!(
-                capture = %settings.name, column = %denied,
-                "a deny_columns entry names no column of the host database"
-            );
+    for (list, entries) in [
+        ("deny_columns", &settings.deny_columns),
+        ("allow_columns", &settings.allow_columns),
+    ] {
+        for entry in entries {
+            if !columns.iter().any(|c| c.eq_ignore_ascii_case(entry)) {
+                tracing::warn!(
+                    capture = %settings.name, column = %entry, list,
+                    "an entry names no column of the host database"
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// Installs, on every table the capture covers, a statement trigger that sends the role running
-/// the statement (`current_user`) as a transactional `ROLE_PREFIX` message, so that its changes
+/// Installs, on each of `tables`, a statement trigger that sends the role running the
+/// statement (`current_user`) as a transactional `ROLE_PREFIX` message, so that its changes
 /// are recorded as by that role. Idempotent.
-async fn ensure_role_triggers(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
+async fn ensure_role_triggers(pool: &PgPool, tables: &[(String, String)]) -> anyhow::Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE OR REPLACE FUNCTION auditor_capture_role() RETURNS trigger LANGUAGE plpgsql AS \
          $$ BEGIN PERFORM pg_logical_emit_message(true, '{ROLE_PREFIX}', current_user::text); \
@@ -434,19 +595,10 @@ async fn ensure_role_triggers(pool: &PgPool, settings: &PostgresCapture) -> anyh
     )))
     .execute(pool)
     .await?;
-    let tables: Vec<(String, String)> = sqlx::query_as(
-        "SELECT table_schema::text, table_name::text FROM information_schema.tables \
-         WHERE table_type = 'BASE TABLE'",
-    )
-    .fetch_all(pool)
-    .await?;
     for (schema, table) in tables {
-        if !settings.captures(&schema, &table) {
-            continue;
-        }
         let statement = format!(
             "CREATE OR REPLACE TRIGGER auditor_capture_role \
-             AFTER INSERT OR UPDATE OR DELETE ON \"{}\".\"{}\" \
+             AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON \"{}\".\"{}\" \
              FOR EACH STATEMENT EXECUTE FUNCTION auditor_capture_role()",
             schema.replace('"', "\"\""),
             table.replace('"', "\"\"")
@@ -458,20 +610,114 @@ async fn ensure_role_triggers(pool: &PgPool, settings: &PostgresCapture) -> anyh
     Ok(())
 }
 
-async fn ensure_slot(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
-    let exists: bool = sqlx::query_scalar(
+/// The tables the capture covers, by the publication as it is now.
+async fn published_tables(
+    pool: &PgPool,
+    settings: &PostgresCapture,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+    )
+    .bind(&settings.publication)
+    .fetch_all(pool)
+    .await?;
+    Ok(tables
+        .into_iter()
+        .filter(|(schema, table)| settings.captures(schema, table))
+        .collect())
+}
+
+/// [`ensure_role_triggers`], a failure warned of: the changes are still captured, as by the
+/// capture's name when no context message names someone.
+async fn install_role_triggers(
+    pool: &PgPool,
+    settings: &PostgresCapture,
+    tables: &[(String, String)],
+) {
+    if let Err(error) = ensure_role_triggers(pool, tables).await {
+        tracing::warn!(
+            capture = %settings.name, error = format!("{error:#}"),
+            "cannot install the triggers that name a change's database role; changes \
+             without a context message are recorded as by the capture's name"
+        );
+    }
+}
+
+/// Whether the replication slot exists.
+async fn slot_exists(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<bool> {
+    Ok(sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
     )
     .bind(&settings.slot)
     .fetch_one(pool)
+    .await?)
+}
+
+/// Creates the slot; returns the LSN it begins at.
+async fn create_slot(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<String> {
+    let lsn: String = sqlx::query_scalar(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+    )
+    .bind(&settings.slot)
+    .fetch_one(pool)
     .await?;
-    if !exists {
-        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
-            .bind(&settings.slot)
-            .execute(pool)
-            .await?;
-        tracing::info!(slot = %settings.slot, "created the replication slot");
-    }
+    tracing::info!(slot = %settings.slot, %lsn, "created the replication slot");
+    Ok(lsn)
+}
+
+/// A slot missing where this capture had recorded changes before (it was dropped, or the host
+/// restored from a backup) cannot give back what committed since: before a new slot is made,
+/// that gap is recorded in the log itself, as a `capture.gap` event (once per gap, whatever
+/// the retries), and logged as an error.
+async fn record_gap<S: Store>(
+    log: &AuditLog<S>,
+    pool: &PgPool,
+    settings: &PostgresCapture,
+    tenant: &TenantId,
+    recorded_by: &str,
+) -> anyhow::Result<()> {
+    let Some(last) = log.last_recorded_by(tenant, recorded_by).await? else {
+        return Ok(());
+    };
+    let created_at: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await?;
+    let last_key = last.idempotency_key.clone().unwrap_or_default();
+    tracing::error!(
+        capture = %settings.name, slot = %settings.slot, last_recorded = %last_key,
+        resumed_at = %created_at,
+        "the replication slot was missing and was created anew: changes committed on the host \
+         since the last one recorded and before the new slot were not captured"
+    );
+    let data = serde_json::json!({
+        "slot": settings.slot,
+        "last_recorded_key": last_key,
+        "last_recorded_at": last
+            .recorded_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "reason": "the replication slot was missing and was created anew; changes committed \
+                   on the host after the last recorded one and before the new slot (this \
+                   event's recorded_at) were not captured",
+    });
+    let raw = RawEvent {
+        event_type: "capture.gap".into(),
+        user_identity: format!("capture:{}", settings.name),
+        action: None,
+        entity: Some("replication_slot".into()),
+        entity_id: Some(settings.slot.clone()),
+        property: None,
+        source: Some(settings.name.clone()),
+        ip: None,
+        outcome: Some(crate::model::Outcome::Failure),
+        // Where the gap begins; and nothing here differs in a retry, which is then a replay.
+        occurred_at: Some(last.recorded_at),
+        event_data: Some(serde_json::value::to_raw_value(&data)?),
+        idempotency_key: Some(format!("{}:gap:{last_key}", settings.name)),
+    };
+    let event = log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))?;
+    log.record_in(tenant.clone(), recorded_by, vec![event])
+        .await?;
     Ok(())
 }
 
@@ -504,16 +750,25 @@ async fn check_lag(pool: &PgPool, settings: &PostgresCapture) {
 }
 
 /// The next committed transactions in the slot, whole, without consuming them.
+///
+/// Only transactions that committed before the host's WAL position read first are decoded, and
+/// that position is returned: when nothing came back, none of the captured tables changed
+/// before it.
 async fn peek(
     pool: &PgPool,
     settings: &PostgresCapture,
     relations: &mut HashMap<u32, Relation>,
-) -> anyhow::Result<Vec<Transaction>> {
+) -> anyhow::Result<(Vec<Transaction>, Lsn)> {
+    let upto: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        .fetch_one(pool)
+        .await?;
+    let upto = Lsn::try_from(upto)?;
     let rows = sqlx::query(
-        "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, \
-         'proto_version', '1', 'publication_names', $3, 'messages', 'true')",
+        "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, \
+         'proto_version', '1', 'publication_names', $4, 'messages', 'true')",
     )
     .bind(&settings.slot)
+    .bind(format_lsn(upto))
     .bind(i32::try_from(settings.batch_changes).unwrap_or(i32::MAX))
     .bind(&settings.publication)
     .fetch_all(pool)
@@ -563,10 +818,16 @@ async fn peek(
                 prefix,
                 content,
             } if prefix == CONTEXT_PREFIX => {
-                if let (Some(transaction), Ok(Value::Object(context))) =
-                    (open.as_mut(), serde_json::from_slice(&content))
-                {
-                    transaction.context.extend(context);
+                match (open.as_mut(), serde_json::from_slice(&content)) {
+                    (Some(transaction), Ok(Value::Object(context))) => {
+                        transaction.context.extend(context);
+                    }
+                    (Some(_), _) => tracing::warn!(
+                        capture = %settings.name,
+                        "a context message is not a JSON object; its transaction's changes are \
+                         recorded without it"
+                    ),
+                    (None, _) => {}
                 }
             }
             // Sent after each statement on a captured table (`ROLE_PREFIX`): its role made the
@@ -593,7 +854,7 @@ async fn peek(
             Message::Logical { .. } | Message::Other(_) => {}
         }
     }
-    Ok(transactions)
+    Ok((transactions, upto))
 }
 
 /// An old row's values as far as they were sent: of a key-only row, the columns outside the
@@ -633,12 +894,18 @@ fn push(
 
 /// The primary key's columns of the table `relation` (its OID), in key order; none for a table
 /// without one.
+/// The columns that name a row of the table: the index of its `REPLICA IDENTITY USING INDEX`
+/// if it has one (a delete sends only those), else its primary key.
 async fn primary_key(pool: &PgPool, relation: u32) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i \
+        "WITH identity AS ( \
+           SELECT i.* FROM pg_index i WHERE i.indrelid = $1::oid \
+             AND (i.indisreplident OR i.indisprimary) \
+           ORDER BY i.indisreplident DESC LIMIT 1) \
+         SELECT a.attname::text FROM identity i \
          JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
+         ORDER BY k.n",
     )
     .bind(i64::from(relation))
     .fetch_all(pool)
@@ -664,8 +931,15 @@ fn events_of<S: Store>(
         _ => None,
     };
     let ip = match context.remove("ip") {
-        Some(Value::String(ip)) => ip.parse().ok(),
-        _ => None,
+        Some(Value::String(ip)) => ip.parse().ok().or_else(|| {
+            tracing::warn!(capture = %settings.name, %ip, "a context message's ip is no address; left out");
+            None
+        }),
+        Some(other) => {
+            tracing::warn!(capture = %settings.name, ip = %other, "a context message's ip is no address; left out");
+            None
+        }
+        None => None,
     };
     let mut events = Vec::new();
     for (index, change) in transaction.changes.iter().enumerate() {
@@ -694,7 +968,8 @@ fn events_of<S: Store>(
             })
         };
         let (old, new) = (row(&change.old), row(&change.new));
-        // The primary key names the row; a denied column's value never leaves, even as a key.
+        // The key names the row, also when `allow_columns` leaves it out of the data; a denied
+        // column's value never leaves, even as a key.
         let key_source = change.new.as_ref().or(change.old.as_ref());
         let primary_key = tables
             .primary_keys
@@ -705,7 +980,7 @@ fn events_of<S: Store>(
             .iter()
             .zip(key_source.into_iter().flatten())
             .filter(|(column, _)| primary_key.contains(&column.name))
-            .filter(|(column, _)| settings.copies(&relation.schema, &relation.table, &column.name))
+            .filter(|(column, _)| !settings.denies(&relation.schema, &relation.table, &column.name))
             .filter_map(|(_, datum)| match datum {
                 Datum::Text(text) => Some(text.clone()),
                 _ => None,
@@ -716,7 +991,11 @@ fn events_of<S: Store>(
             1 => keys.into_iter().next(),
             _ => Some(Value::from(keys).to_string()),
         };
-        let property = changed_columns(relation, change);
+        // Only the columns the event may show: that a hidden column changed, and when, is
+        // itself what the deny list keeps back.
+        let property = changed_columns(relation, change, |column| {
+            settings.copies(&relation.schema, &relation.table, column)
+        });
         let (action, kind) = match change.kind {
             ChangeKind::Insert => ("create", "create"),
             ChangeKind::Update => ("update", "update"),
@@ -737,6 +1016,7 @@ fn events_of<S: Store>(
             .clone()
             .or_else(|| change.role.clone())
             .unwrap_or_else(|| settings.name.clone());
+        let plain_data = data.clone();
         if !context.is_empty() {
             data.insert("context".into(), Value::Object(context.clone()));
         }
@@ -758,7 +1038,24 @@ fn events_of<S: Store>(
                 format_lsn(transaction.commit_lsn)
             )),
         };
-        match log.parse(raw.clone()) {
+        let parsed = log.parse(raw.clone()).or_else(|error| {
+            // The application's context may be what the log refuses (a name too long, a
+            // number no double holds): the change is then recorded without it, as by the
+            // role, the refusal said in `context_refused`, rather than lost.
+            if context_user.is_none() && context.is_empty() && ip.is_none() {
+                return Err(error);
+            }
+            let mut data = plain_data.clone();
+            data.insert("context_refused".into(), Value::from(error.to_string()));
+            log.parse(RawEvent {
+                user_identity: change.role.clone().unwrap_or_else(|| settings.name.clone()),
+                ip: None,
+                event_data: serde_json::value::to_raw_value(&Value::Object(data)).ok(),
+                ..raw.clone()
+            })
+            .map_err(|_| error)
+        });
+        match parsed {
             Ok(event) => events.push(event),
             Err(error) => {
                 let placeholder = RawEvent {
@@ -783,8 +1080,11 @@ fn events_of<S: Store>(
 
 /// The columns a change touched: those whose value differs from the old row's when the old row
 /// was sent (`REPLICA IDENTITY FULL`), else every column sent.
-fn changed_columns(relation: &Relation, change: &Change) -> String {
-    let names = relation.columns.iter().enumerate().filter(|(i, _)| {
+fn changed_columns(relation: &Relation, change: &Change, shown: impl Fn(&str) -> bool) -> String {
+    let names = relation.columns.iter().enumerate().filter(|(i, column)| {
+        if !shown(&column.name) {
+            return false;
+        }
         let new = change.new.as_ref().and_then(|row| row.get(*i));
         let old = change.old.as_ref().and_then(|row| row.get(*i));
         match (change.kind, old, new) {
@@ -860,6 +1160,46 @@ mod tests {
             lag_warning_bytes: 1,
             record_role: true,
         }
+    }
+
+    #[test]
+    fn two_captures_of_one_name_or_one_slot_are_refused() {
+        let settings = |captures: Vec<PostgresCapture>| CaptureSettings { postgres: captures };
+        let other = PostgresCapture {
+            name: "other".into(),
+            slot: "other".into(),
+            ..capture()
+        };
+        assert!(settings(vec![capture(), other.clone()]).validate().is_ok());
+        let same_name = PostgresCapture {
+            slot: "third".into(),
+            ..capture()
+        };
+        assert!(settings(vec![capture(), same_name]).validate().is_err());
+        let same_slot = PostgresCapture {
+            slot: "auditor".into(),
+            ..other.clone()
+        };
+        assert!(settings(vec![capture(), same_slot]).validate().is_err());
+        // One slot name on another database is another slot.
+        let elsewhere = PostgresCapture {
+            slot: "auditor".into(),
+            url: crate::config::DatabaseUrl::new("postgres://host/other"),
+            ..other
+        };
+        assert!(settings(vec![capture(), elsewhere]).validate().is_ok());
+    }
+
+    #[test]
+    fn allow_columns_match_without_regard_to_case_and_keys_are_never_hidden_by_them() {
+        let settings = PostgresCapture {
+            allow_columns: vec!["public.USERS.Email".into()],
+            ..capture()
+        };
+        assert!(settings.copies("public", "users", "email"));
+        assert!(!settings.copies("public", "users", "id"));
+        assert!(!settings.denies("public", "users", "id"));
+        assert!(settings.denies("public", "users", "SECRET"));
     }
 
     #[test]

@@ -36,12 +36,26 @@ pub struct IngestSettings {
 
 impl IngestSettings {
     pub fn validate(&self) -> Result<(), String> {
+        let mut consumers = std::collections::HashSet::new();
         for nats in &self.nats {
-            if subject_matches(&nats.subject, &nats.dead_letter_subject) {
+            // A dead letter within `subject` comes back to the consumer, which passes over
+            // what carries `Auditor-Error`; one with no subject, or a wildcard, goes nowhere.
+            let subject = &nats.dead_letter_subject;
+            if subject.is_empty()
+                || subject
+                    .split('.')
+                    .any(|token| token.is_empty() || token == "*" || token == ">")
+                || subject.chars().any(char::is_whitespace)
+            {
                 return Err(format!(
-                    "ingest.nats: dead_letter_subject `{}` is within subject `{}`: a dead \
-                     letter would come back to the consumer, again and again",
-                    nats.dead_letter_subject, nats.subject
+                    "ingest.nats: dead_letter_subject `{subject}` is not a subject a message \
+                     can be published to (tokens separated by `.`, no wildcards or spaces)"
+                ));
+            }
+            if !consumers.insert((&nats.url, &nats.stream, &nats.consumer)) {
+                return Err(format!(
+                    "ingest.nats: consumer `{}` of stream `{}` is configured twice",
+                    nats.consumer, nats.stream
                 ));
             }
             if nats.batch == 0 {
@@ -133,6 +147,12 @@ pub(crate) trait Broker {
 
     /// The database could not take it: it is to come again, not before `after`.
     async fn redeliver(&self, message: &Self::Message, after: Duration) -> anyhow::Result<()>;
+
+    /// Whether it is a dead letter of this service (one that came back on a subject the
+    /// consumer reads): acknowledged and passed over, never recorded or dead-lettered again.
+    fn is_dead_letter(&self, _message: &Self::Message) -> bool {
+        false
+    }
 }
 
 /// Records `messages` through `log` and settles each with `broker`: acknowledged once
@@ -147,13 +167,19 @@ pub(crate) async fn settle<S: Store, B: Broker>(
     backoff: &mut Backoff,
     stop: &CancellationToken,
 ) -> anyhow::Result<bool> {
+    let (passed_over, messages): (Vec<&B::Message>, Vec<&B::Message>) = messages
+        .iter()
+        .partition(|message| broker.is_dead_letter(message));
+    for message in passed_over {
+        broker.acknowledge(message).await;
+    }
     let decoded = messages
         .iter()
         .map(|message| broker.delivery(message).events())
         .collect();
     let fates = record_messages(log, tenant, recorded_by, decoded).await;
     let mut retry = false;
-    for (message, fate) in messages.iter().zip(fates) {
+    for (message, fate) in messages.into_iter().zip(fates) {
         let counted = match &fate {
             Fate::Committed => "committed",
             Fate::Refused(_) => "dead_lettered",
@@ -167,11 +193,23 @@ pub(crate) async fn settle<S: Store, B: Broker>(
         .increment(1);
         match fate {
             Fate::Committed => broker.acknowledge(message).await,
-            Fate::Refused(reason) => {
-                tracing::warn!(%reason, "a message cannot be recorded; dead-lettered");
-                broker.dead_letter(message, &reason).await?;
-                broker.acknowledge(message).await;
-            }
+            Fate::Refused(reason) => match broker.dead_letter(message, &reason).await {
+                Ok(()) => {
+                    tracing::warn!(%reason, "a message cannot be recorded; dead-lettered");
+                    broker.acknowledge(message).await;
+                }
+                // Kept unacknowledged rather than lost; the others of the batch go on.
+                Err(error) => {
+                    tracing::error!(
+                        %reason, error = format!("{error:#}"),
+                        "a message cannot be recorded, nor dead-lettered; it will be tried again"
+                    );
+                    retry = true;
+                    broker
+                        .redeliver(message, backoff.redelivery_delay())
+                        .await?;
+                }
+            },
             Fate::Retry => {
                 retry = true;
                 broker
@@ -192,7 +230,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dead_letter_destination_the_consumer_reads_is_refused() {
+    fn dead_letter_destinations_that_cannot_work_are_refused() {
         let nats = nats::NatsSettings {
             url: "nats://127.0.0.1:4222".into(),
             stream: "AUDIT".into(),
@@ -215,11 +253,28 @@ mod tests {
             amqp: vec![amqp],
         };
         assert!(settings(nats.clone(), amqp.clone()).validate().is_ok());
-        let looping_nats = nats::NatsSettings {
+        // Within the consumer's own filter: it passes over its dead letters (the issue's and
+        // the README's example).
+        let within = nats::NatsSettings {
             dead_letter_subject: "audit.dead".into(),
             ..nats.clone()
         };
-        assert!(settings(looping_nats, amqp.clone()).validate().is_err());
+        assert!(settings(within, amqp.clone()).validate().is_ok());
+        for nowhere in ["", "audit.*", "audit.>", "audit..dead", "audit dead"] {
+            let nats = nats::NatsSettings {
+                dead_letter_subject: nowhere.into(),
+                ..nats.clone()
+            };
+            assert!(
+                settings(nats, amqp.clone()).validate().is_err(),
+                "{nowhere:?}"
+            );
+        }
+        let twice = IngestSettings {
+            nats: vec![nats.clone(), nats.clone()],
+            amqp: vec![],
+        };
+        assert!(twice.validate().is_err());
         let looping_amqp = amqp::AmqpSettings {
             dead_letter_queue: "audit".into(),
             ..amqp.clone()

@@ -102,11 +102,26 @@ async fn consume<S: Store>(
     );
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("nats:{}", settings.consumer);
+    // Acknowledging a message of a work-queue or interest stream deletes it: a dead letter
+    // that comes back to this consumer (which passes over dead letters) would be lost.
+    let retention = stream.cached_info().config.retention;
+    if retention != jetstream::stream::RetentionPolicy::Limits
+        && super::subject_matches(&settings.subject, &settings.dead_letter_subject)
+    {
+        anyhow::bail!(
+            "dead_letter_subject `{}` is within subject `{}` of a stream whose retention is \
+             {retention:?}: the consumer would acknowledge, and so delete, its own dead letters; \
+             choose a dead-letter subject outside the consumer's filter",
+            settings.dead_letter_subject,
+            settings.subject
+        );
+    }
     let broker = JetStream {
         client: &client,
         context: &context,
         dead_letter_subject: &settings.dead_letter_subject,
         scope: &scope,
+        consumer: &settings.consumer,
     };
     while !stop.is_cancelled() {
         let mut batch = consumer
@@ -137,6 +152,9 @@ struct JetStream<'a> {
     dead_letter_subject: &'a str,
     /// `nats:<stream>@<created>`, which the keys derived from message ids are scoped by.
     scope: &'a str,
+    /// The durable consumer's name, which dead letters' ids are scoped by (several consumers
+    /// of one stream each dead-letter a poison message).
+    consumer: &'a str,
 }
 
 impl Broker for JetStream<'_> {
@@ -147,6 +165,15 @@ impl Broker for JetStream<'_> {
             scope: self.scope.to_owned(),
             ..delivery(message)
         }
+    }
+
+    /// A message that carries `Auditor-Error` is a dead letter of a consumer of this service
+    /// (its subject may be within this consumer's filter): not an event.
+    fn is_dead_letter(&self, message: &Message) -> bool {
+        message
+            .headers
+            .as_ref()
+            .is_some_and(|headers| headers.get(DEAD_LETTER_ERROR).is_some())
     }
 
     async fn acknowledge(&self, message: &Message) {
@@ -183,7 +210,8 @@ fn delivery(message: &Message) -> Delivery<'_> {
     }
     Delivery {
         body: &message.payload,
-        message_id: header("Nats-Msg-Id"),
+        // JetStream takes an empty id for none, and so does this service.
+        message_id: header("Nats-Msg-Id").filter(|id| !id.is_empty()),
         broker_id: message
             .info()
             .ok()
@@ -206,28 +234,43 @@ async fn dead_letter(
         client,
         context,
         dead_letter_subject,
+        consumer,
         ..
     } = *broker;
     let mut headers = message.headers.clone().unwrap_or_default();
-    headers.insert("Auditor-Error", reason);
+    headers.insert(DEAD_LETTER_ERROR, reason);
     headers.insert("Auditor-Subject", message.subject.as_str());
     // The dead letter gets an id of its own below; a fixed message republished under its
     // original id is still one event.
     if let Some(original) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
         headers.insert("Auditor-Original-Msg-Id", original.as_str());
     }
-    // A dead letter written again after a redelivery is one dead letter.
+    // A dead letter written again after a redelivery is one dead letter; another consumer's
+    // dead letter of the same message is another.
     if let Ok(info) = message.info() {
         headers.insert(
-            "Nats-Msg-Id",
-            format!("dead:{}:{}", info.stream, info.stream_sequence).as_str(),
+            "Auditor-Original-Seq",
+            info.stream_sequence.to_string().as_str(),
         );
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dead:{}:{consumer}:{}", info.stream, info.stream_sequence).as_str(),
+        );
+    }
+    // A message near the server's size limit does not fit beside the headers added: its head
+    // goes, marked, and the whole stays in its stream at `Auditor-Original-Seq`.
+    let limit = client.server_info().max_payload;
+    let mut payload = message.payload.clone();
+    let room = limit.saturating_sub(headers_size(&headers) + DEAD_LETTER_MARGIN);
+    if payload.len() > room {
+        headers.insert("Auditor-Truncated-From", payload.len().to_string().as_str());
+        payload.truncate(room);
     }
     let published = context
         .publish_with_headers(
             dead_letter_subject.to_owned(),
             headers.clone(),
-            message.payload.clone(),
+            payload.clone(),
         )
         .await;
     let confirmed = match published {
@@ -242,14 +285,30 @@ async fn dead_letter(
                 "no JetStream stream keeps the dead-letter subject; published without confirmation"
             );
             client
-                .publish_with_headers(
-                    dead_letter_subject.to_owned(),
-                    headers,
-                    message.payload.clone(),
-                )
+                .publish_with_headers(dead_letter_subject.to_owned(), headers, payload)
                 .await?;
             client.flush().await?;
             Ok(())
         }
     }
+}
+
+/// The header a dead letter carries its reason in.
+const DEAD_LETTER_ERROR: &str = "Auditor-Error";
+
+/// Bytes kept free below the server's payload limit for the protocol's own framing.
+const DEAD_LETTER_MARGIN: usize = 1024;
+
+/// The size of `headers` as NATS sends them (`name: value\r\n` each, and the preamble).
+fn headers_size(headers: &async_nats::HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|value| AsRef::<str>::as_ref(name).len() + value.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    lines + "NATS/1.0\r\n\r\n".len()
 }

@@ -47,6 +47,22 @@ impl<S: Store> AuditLog<S> {
         Ok(query.page(events))
     }
 
+    /// The latest event that `recorded_by` recorded in `tenant`, for the service's own
+    /// consumers (a capture finding where it left off); not recorded as a read.
+    pub async fn last_recorded_by(
+        &self,
+        tenant: &crate::model::TenantId,
+        recorded_by: &str,
+    ) -> Result<Option<Event>, LogError> {
+        let query = EventQuery {
+            filters: vec![Filter::Equals(Field::RecordedBy, recorded_by.to_owned())],
+            limit: 1,
+            order: crate::model::Order::Desc,
+            ..EventQuery::default()
+        };
+        Ok(self.store.query(tenant, &query).await?.into_iter().next())
+    }
+
     /// Parses a query string's pairs (every name checked against the whitelist) and runs it.
     pub async fn query_params(
         &self,

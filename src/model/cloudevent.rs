@@ -10,7 +10,7 @@
 //! | `id` | `idempotency_key`, as `ce:<length of source>:<source>:<id>` (`model::idempotency`): an id is unique per source |
 //! | `subject` | `entity_id` |
 //! | `time` | `occurred_at` |
-//! | `data` | `event_data`: a JSON object as it is; any other JSON value as `{"data": …}`; other content as `{"data_base64": …, "datacontenttype": …}` |
+//! | `data` | `event_data`: a JSON object as it is; any other JSON value (and a binary-mode body of text, `text/*`, XML or with a charset) as `{"data": …}`; other content as `{"data_base64": …, "datacontenttype": …}` |
 //! | extension `authid` (the Auth Context extension's actor) | `user_identity`; without it, `source` |
 //! | extensions `entity`, `action`, `outcome`, `property`, `ip` | the field of that name |
 //!
@@ -112,6 +112,15 @@ impl CloudEvent {
                 std::str::from_utf8(body).map_err(|e| FieldError::new("data", e.to_string()))?;
             let raw = RawValue::from_string(text.trim().to_owned())
                 .map_err(|e| FieldError::new("data", format!("is not JSON: {e}")))?;
+            Some(CloudEventData::Json(raw))
+        } else if let Some(text) = is_text_content_type(content_type)
+            .then(|| std::str::from_utf8(body).ok())
+            .flatten()
+        {
+            // Text is what the JSON event format carries as a string in `data`: the same
+            // event sent in either mode is then recorded alike.
+            let raw = serde_json::value::to_raw_value(text)
+                .map_err(|e| FieldError::new("data", e.to_string()))?;
             Some(CloudEventData::Json(raw))
         } else {
             Some(CloudEventData::Binary(body.to_vec()))
@@ -271,6 +280,20 @@ impl CloudEvent {
     }
 }
 
+/// Whether a binary-mode body of `content_type` is text: `text/*`, XML, or a type that names
+/// its charset.
+fn is_text_content_type(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return false;
+    };
+    let lower = content_type.to_ascii_lowercase();
+    let essence = lower.split(';').next().unwrap_or("").trim();
+    essence.starts_with("text/")
+        || essence.ends_with("/xml")
+        || essence.ends_with("+xml")
+        || lower.contains("charset=")
+}
+
 /// Whether a binary-mode body of `content_type` is JSON data (absent means JSON, as the
 /// spec's JSON event format assumes).
 pub fn is_json_content_type(content_type: Option<&str>) -> bool {
@@ -406,5 +429,29 @@ mod tests {
             .collect();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "[1].type");
+    }
+
+    #[test]
+    fn text_is_recorded_alike_in_structured_and_binary_mode() {
+        let structured = CloudEvent::from_structured(
+            br#"{"specversion":"1.0","id":"t1","source":"/s","type":"t",
+                "datacontenttype":"text/plain","data":"hello"}"#,
+        )
+        .unwrap();
+        let attributes: BTreeMap<String, String> = [
+            ("specversion", "1.0"),
+            ("id", "t1"),
+            ("source", "/s"),
+            ("type", "t"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let binary =
+            CloudEvent::from_binary(attributes, Some("text/plain; charset=utf-8"), b"hello")
+                .unwrap();
+        let data = |event: &CloudEvent| event.event_data().unwrap().map(|d| d.get().to_owned());
+        assert_eq!(data(&structured), Some(r#"{"data":"hello"}"#.to_owned()));
+        assert_eq!(data(&binary), data(&structured));
     }
 }

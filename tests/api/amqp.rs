@@ -232,6 +232,38 @@ async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend:
     assert_gapless_chain(&app.all_events().await);
 }
 
+/// A dead-letter queue deleted while the service runs is declared again, and the dead letter
+/// kept in it; an empty `message-id` is no id (two such messages are two events).
+async fn a_deleted_dead_letter_queue_comes_back_and_empty_ids_are_none(backend: Backend) {
+    let amqp = TestQueue::create().await;
+    let db = TestDb::new(backend).await;
+    let _app = spawn_with(db.share(), with_amqp(&db, amqp.settings())).await;
+    let plain = BasicProperties::default;
+    amqp.publish(Some(""), &event(1), plain()).await;
+    amqp.publish(Some(""), &event(2), plain()).await;
+    db.wait_for_events("default", 2, Duration::from_secs(30))
+        .await;
+
+    amqp.channel
+        .queue_delete(
+            format!("{}.dead", amqp.queue).as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    amqp.publish(
+        Some("poison"),
+        b"not an event after the queue went",
+        plain(),
+    )
+    .await;
+    amqp.publish(Some("good-3"), &event(3), plain()).await;
+    db.wait_for_events("default", 3, Duration::from_secs(30))
+        .await;
+    let letters = amqp.dead_letters(1).await;
+    assert_eq!(letters[0].1, b"not an event after the queue went");
+}
+
 /// The broker closes the consumer's connection (as a broker restart or failover does); the
 /// consumer reconnects, and a binary-mode CloudEvent sent meanwhile is recorded once.
 async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backend) {
@@ -305,6 +337,7 @@ async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backe
 }
 
 crate::both_backends!(
+    a_deleted_dead_letter_queue_comes_back_and_empty_ids_are_none,
     every_message_is_stored_once_through_a_sigkill,
     poison_is_dead_lettered_and_a_refusing_database_holds_messages,
     the_consumer_reconnects_and_takes_cloudevents_in_headers,

@@ -334,9 +334,22 @@ async fn the_capture_command_runs_alone(backend: Backend) {
     host.drop_now().await;
 }
 
-/// A publication over a table without a replica identity would make the host's own UPDATEs
-/// and DELETEs on it fail: the capture does not create it, and the host keeps working.
-async fn a_table_without_replica_identity_gets_no_publication(backend: Backend) {
+/// The tables of the host's publication as it is now.
+async fn published(host: &HostDb, publication: &str) -> Vec<String> {
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+    )
+    .bind(publication)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// A table without a replica identity in a publication would make the host's own UPDATEs and
+/// DELETEs on it fail: a pattern leaves it out (and a name refuses the start), also when it is
+/// created later; a later table with one is taken in, with its role trigger.
+async fn the_publication_takes_only_tables_with_a_replica_identity(backend: Backend) {
     let host = HostDb::create().await;
     host.execute("CREATE TABLE nopk (x int); INSERT INTO nopk VALUES (1)")
         .await;
@@ -346,23 +359,244 @@ async fn a_table_without_replica_identity_gets_no_publication(backend: Backend) 
         ..host.capture()
     };
     let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    host.wait_for_slot().await;
+    assert_eq!(
+        published(&host, &capture.publication).await,
+        ["accounts", "plain", "unwatched"]
+    );
+    host.execute("UPDATE nopk SET x = 2; DELETE FROM nopk")
+        .await;
+
+    host.execute(
+        "CREATE TABLE later (id int PRIMARY KEY, v text); CREATE TABLE later_nopk (x int); \
+         INSERT INTO later_nopk VALUES (1)",
+    )
+    .await;
+    for _ in 0..150 {
+        if published(&host, &capture.publication)
+            .await
+            .contains(&"later".to_owned())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        published(&host, &capture.publication).await,
+        ["accounts", "later", "plain", "unwatched"]
+    );
+    host.execute("INSERT INTO later VALUES (1, 'x'); UPDATE later_nopk SET x = 3")
+        .await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
+    let later = app.get_ok("/events?event_type=public.later.create").await;
+    assert_eq!(later["events"][0]["entity_id"], "1");
+    assert_eq!(later["events"][0]["event_data"]["role"], "postgres");
+    app.stop().await.unwrap();
+
+    // Named, it stops the capture from starting: no publication, no slot.
+    let named = PostgresCapture {
+        tables: vec!["public.nopk".into()],
+        publication: format!("named_{}", host.name),
+        slot: format!("named_{}", host.name),
+        ..host.capture()
+    };
+    let mut app = spawn_with(db.share(), with_capture(&db, named.clone())).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
-    let published: bool =
+    let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
-            .bind(&capture.publication)
+            .bind(&named.publication)
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert!(!published, "no publication that would break the host");
-    host.execute("UPDATE nopk SET x = 2; DELETE FROM nopk")
+    assert!(!exists, "no publication that would break the host");
+    host.execute("UPDATE nopk SET x = 4").await;
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
+/// The slot's confirmed position on the host.
+async fn confirmed_lsn(host: &HostDb) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots \
+         WHERE slot_name = $1",
+    )
+    .bind(format!("slot_{}", host.name))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// The slot moves while the captured tables are quiet; a row is named by its key also when
+/// `allow_columns` leave it out of the data, and by its replica identity index when it has one;
+/// `property` names only what the event may show; a `TRUNCATE` names its role; a context the
+/// log refuses costs the change nothing but the context.
+async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Backend) {
+    let host = HostDb::create().await;
+    let role = format!("r_{}", host.name);
+    host.execute(&format!(
+        "CREATE TABLE coded (id int PRIMARY KEY, code text NOT NULL, secret text); \
+         CREATE UNIQUE INDEX coded_code ON coded (code); \
+         ALTER TABLE coded REPLICA IDENTITY USING INDEX coded_code; \
+         CREATE ROLE {role}; GRANT ALL ON plain TO {role}"
+    ))
+    .await;
+    let db = TestDb::new(backend).await;
+    let capture = PostgresCapture {
+        tables: vec![
+            "public.accounts".into(),
+            "public.plain".into(),
+            "public.coded".into(),
+        ],
+        allow_columns: vec!["public.PLAIN.note".into()],
+        ..host.capture()
+    };
+    let mut app = spawn_with(db.share(), with_capture(&db, capture)).await;
+    host.wait_for_slot().await;
+
+    let before = confirmed_lsn(&host).await;
+    host.execute("INSERT INTO unwatched SELECT generate_series(1, 1000)")
         .await;
+    let mut moved = false;
+    for _ in 0..100 {
+        if confirmed_lsn(&host).await > before {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        moved,
+        "the slot moves past writes to tables it does not capture"
+    );
+
+    host.execute(&format!(
+        "INSERT INTO plain VALUES (1, 'n'); DELETE FROM plain WHERE id = 1; \
+         INSERT INTO coded VALUES (1, 'C1', 's'); DELETE FROM coded; \
+         INSERT INTO accounts (id, email, password_hash) VALUES (5, 'e', 'h'); \
+         UPDATE accounts SET password_hash = 'h2' WHERE id = 5; \
+         INSERT INTO plain VALUES (2, 'm'); \
+         SET ROLE {role}; TRUNCATE plain; RESET ROLE; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"user_identity\": \"{long}\", \"n\": 9007199254740993}}'); \
+         INSERT INTO plain VALUES (3, 'o'); COMMIT",
+        long = "x".repeat(2000)
+    ))
+    .await;
+    db.wait_for_events("default", 9, Duration::from_secs(30))
+        .await;
+    let events = app.all_events().await;
+    let by_type = |event_type: &str| -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .filter(|e| e["event_type"] == event_type)
+            .collect()
+    };
+    let plain_deleted = &by_type("public.plain.delete")[0];
+    assert_eq!(
+        plain_deleted["entity_id"], "1",
+        "the key, though not allowed"
+    );
+    assert_eq!(plain_deleted["event_data"]["old"], json!({}));
+    assert_eq!(
+        by_type("public.plain.create")[0]["event_data"]["new"],
+        json!({"note": "n"})
+    );
+    assert_eq!(by_type("public.coded.create")[0]["entity_id"], "C1");
+    assert_eq!(by_type("public.coded.delete")[0]["entity_id"], "C1");
+    let hidden = &by_type("public.accounts.update")[0];
+    assert_eq!(
+        hidden["property"],
+        Value::Null,
+        "only a denied column changed"
+    );
+    assert!(
+        !by_type("public.accounts.create")[0]["property"]
+            .as_str()
+            .unwrap()
+            .contains("password_hash")
+    );
+    let truncated = &by_type("public.plain.truncate")[0];
+    assert_eq!(truncated["user_identity"], role.as_str());
+    let refused = by_type("public.plain.create")
+        .into_iter()
+        .find(|e| e["entity_id"] == "3")
+        .unwrap();
+    assert_eq!(refused["user_identity"], "postgres");
+    assert!(
+        refused["event_data"]["context_refused"].is_string(),
+        "{refused}"
+    );
+    assert_eq!(refused["event_data"].get("context"), None);
+    app.stop().await.unwrap();
+    host.drop_now().await;
+    let mut admin = sqlx::PgConnection::connect(&host_admin_url())
+        .await
+        .unwrap();
+    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&mut admin)
+        .await;
+}
+
+fn host_admin_url() -> String {
+    std::env::var("AUDITOR_TEST_HOST_DATABASE_URL").unwrap()
+}
+
+/// A slot dropped while the service was stopped loses the changes made meanwhile: the gap is
+/// recorded in the log before a new slot is made.
+async fn a_missing_slot_is_recorded_as_a_gap(backend: Backend) {
+    let host = HostDb::create().await;
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_capture(&db, host.capture())).await;
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO plain VALUES (1, 'kept')").await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
+    app.stop().await.unwrap();
+    host.execute(&format!(
+        "SELECT pg_drop_replication_slot('slot_{}'); INSERT INTO plain VALUES (2, 'lost')",
+        host.name
+    ))
+    .await;
+
+    let mut app = spawn_with(db.share(), with_capture(&db, host.capture())).await;
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO plain VALUES (3, 'after')").await;
+    db.wait_for_events("default", 3, Duration::from_secs(30))
+        .await;
+    let events: Vec<Value> = app
+        .all_events()
+        .await
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["public.plain.create", "capture.gap", "public.plain.create"]
+    );
+    let gap = &events[1];
+    assert_eq!(gap["outcome"], "failure");
+    assert_eq!(gap["entity_id"], format!("slot_{}", host.name));
+    assert_eq!(
+        gap["event_data"]["last_recorded_key"],
+        events[0]["idempotency_key"]
+    );
+    assert_eq!(events[2]["entity_id"], "3");
     app.stop().await.unwrap();
     host.drop_now().await;
 }
 
 crate::both_backends!(
-    a_table_without_replica_identity_gets_no_publication,
+    the_publication_takes_only_tables_with_a_replica_identity,
+    keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves,
+    a_missing_slot_is_recorded_as_a_gap,
     committed_changes_become_events_once,
     every_change_is_stored_once_through_a_sigkill,
     the_capture_command_runs_alone,

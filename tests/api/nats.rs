@@ -217,6 +217,76 @@ async fn poison_is_dead_lettered_and_a_refusing_database_holds_messages(backend:
     assert_gapless_chain(&app.all_events().await);
 }
 
+/// The README's layout: the dead-letter subject within the consumed one. No consumer records
+/// or dead-letters a dead letter again (here a second one reads nothing else); a dead letter's
+/// id names its consumer; an empty `Nats-Msg-Id` is no id; a poison message too large to be
+/// published again with the added headers is dead-lettered with its head only.
+async fn dead_letters_within_the_subject_are_passed_over_and_kept_per_consumer(backend: Backend) {
+    let nats = TestStream::create(NATS_URL).await;
+    let db = TestDb::new(backend).await;
+    let within = format!("audit.{}.dead", nats.id);
+    let first = NatsSettings {
+        dead_letter_subject: within.clone(),
+        ..nats.settings()
+    };
+    let second = NatsSettings {
+        consumer: "auditor2".into(),
+        subject: format!("audit.{}.dead", nats.id),
+        ..first.clone()
+    };
+    let mut settings = settings_for(&db);
+    settings.ingest.nats = vec![first, second];
+    let app = spawn_with(db.share(), settings).await;
+
+    nats.publish(Some(""), &event(1)).await;
+    nats.publish(Some(""), &event(2)).await;
+    nats.publish(Some("poison"), b"not an event").await;
+    let limit = nats.context.client().server_info().max_payload;
+    nats.publish(Some("huge"), &vec![b'y'; limit - 64]).await;
+    nats.publish(Some("good-3"), &event(3)).await;
+    db.wait_for_events("default", 3, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        db.count_events("default").await,
+        3,
+        "two empty ids, two events"
+    );
+
+    let stream = nats
+        .context
+        .get_stream(format!("AUDIT_{}", nats.id))
+        .await
+        .unwrap();
+    let count = stream.get_info().await.unwrap().state.messages;
+    let mut letters = Vec::new();
+    for sequence in 1..=count {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        if message.subject.as_str() == within {
+            let header = |name: &str| {
+                message
+                    .headers
+                    .get(name)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            letters.push((
+                header("Nats-Msg-Id"),
+                header("Auditor-Truncated-From"),
+                message.payload.len(),
+            ));
+        }
+    }
+    // The first consumer's two dead letters (the poison and the huge one), kept in the stream
+    // and passed over by both consumers; the second consumer reads only the dead letters.
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters[0].0.contains(":auditor:"), "{letters:?}");
+    assert_eq!(letters[0].1, "");
+    assert_eq!(letters[1].1, (limit - 64).to_string());
+    assert!(letters[1].2 < limit - 64, "{letters:?}");
+    assert_gapless_chain(&app.all_events().await);
+}
+
 /// A NATS server of the test's own, with JetStream in a directory of its own, on `port`.
 fn start_nats_server(port: u16, store: &std::path::Path) -> std::process::Child {
     std::process::Command::new("nats-server")
@@ -320,6 +390,7 @@ async fn messages_wait_out_a_database_outage() {
 }
 
 crate::both_backends!(
+    dead_letters_within_the_subject_are_passed_over_and_kept_per_consumer,
     every_message_is_stored_once_through_a_sigkill,
     poison_is_dead_lettered_and_a_refusing_database_holds_messages,
     the_consumer_carries_on_after_the_broker_restarts,
