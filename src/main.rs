@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", auditor::telemetry::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

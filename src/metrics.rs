@@ -48,6 +48,9 @@ pub const BROKER_MESSAGES: &str = "auditor_broker_messages_total";
 pub const CAPTURE_SLOT_LAG: &str = "auditor_capture_slot_lag_bytes";
 /// Row changes captured and committed, by `capture`.
 pub const CAPTURE_CHANGES: &str = "auditor_capture_changes_total";
+/// Times a broker consumer or a capture failed and started over after its back-off, by
+/// `consumer` (e.g. `capture `billing-db``): a rate above zero means it is not consuming.
+pub const CONSUMER_FAILURES: &str = "auditor_consumer_failures_total";
 
 /// Upper bounds of the latency histograms' buckets, in seconds: 0.5 ms to 10 s.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -135,6 +138,10 @@ fn describe() {
         "Write-ahead log a capture's replication slot holds back"
     );
     describe_counter!(CAPTURE_CHANGES, "Row changes captured and committed");
+    describe_counter!(
+        CONSUMER_FAILURES,
+        "Times a broker consumer or a capture failed and started over"
+    );
 }
 
 /// One tenant's log as a scrape shows it.

@@ -208,3 +208,37 @@ mod tests {
         assert!(log.contains(r"error=bad\nthing"), "{log}");
     }
 }
+
+/// An error and its causes, `outer: cause: …`, each cause left out when the text before it
+/// already says it: many errors repeat their source in their own message (`io::Error` in
+/// sqlx's, a database error's text in its wrapper), which `{:#}` would print twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    #[test]
+    fn causes_already_said_are_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let said = anyhow::Error::new(io).context("cannot write the export");
+        assert_eq!(
+            error_chain(said.as_ref()),
+            "cannot write the export: broken pipe"
+        );
+        let repeated = anyhow::anyhow!("broken pipe").context("write failed: broken pipe");
+        assert_eq!(error_chain(repeated.as_ref()), "write failed: broken pipe");
+    }
+}

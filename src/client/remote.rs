@@ -131,7 +131,7 @@ impl Remote {
     ) -> Result<reqwest::Response, ClientError> {
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.to_string(),
-            reason: error_chain(&e),
+            reason: crate::telemetry::error_chain(&e),
         })?;
         if response.status().is_success() {
             return Ok(response);
@@ -266,24 +266,4 @@ fn field_note(field: &Option<String>) -> String {
     field
         .as_deref()
         .map_or_else(String::new, |field| format!(" (`{field}`)"))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = cause_source(source);
-    }
-    text
-}
-
-fn cause_source<'a>(
-    error: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    error.and_then(std::error::Error::source)
 }

@@ -636,7 +636,7 @@ async fn install_role_triggers(
 ) {
     if let Err(error) = ensure_role_triggers(pool, tables).await {
         tracing::warn!(
-            capture = %settings.name, error = format!("{error:#}"),
+            capture = %settings.name, error = crate::telemetry::error_chain(error.as_ref()),
             "cannot install the triggers that name a change's database role; changes \
              without a context message are recorded as by the capture's name"
         );

@@ -201,7 +201,7 @@ pub(crate) async fn settle<S: Store, B: Broker>(
                 // Kept unacknowledged rather than lost; the others of the batch go on.
                 Err(error) => {
                     tracing::error!(
-                        %reason, error = format!("{error:#}"),
+                        %reason, error = crate::telemetry::error_chain(error.as_ref()),
                         "a message cannot be recorded, nor dead-lettered; it will be tried again"
                     );
                     retry = true;
@@ -410,8 +410,11 @@ where
         match outcome {
             Ok(()) => return,
             Err(error) => {
-                // `{:#}`: the whole chain of causes, not just the outermost.
-                tracing::warn!(error = format!("{error:#}"), "{what} failed; retrying");
+                // The whole chain of causes, not just the outermost.
+                let error = crate::telemetry::error_chain(error.as_ref());
+                tracing::warn!(%error, "{what} failed; retrying");
+                metrics::counter!(crate::metrics::CONSUMER_FAILURES, "consumer" => what.to_owned())
+                    .increment(1);
                 if !backoff.wait(stop).await {
                     return;
                 }
