@@ -194,13 +194,37 @@ pub struct Overrides {
 pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    /// Said in full by [`describe`]; not a source, which would say it again.
+    #[error("invalid configuration: {}", describe(.0))]
+    Invalid(Box<figment::Error>),
     #[error("invalid configuration: {0}")]
     Rule(String),
 }
 
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(error: Box<figment::Error>) -> Self {
+        Self::Invalid(error)
+    }
+}
+
 impl Settings {
+    /// Where the checkpoint signing key is. An absolute `integrity.signing_key_file` is taken
+    /// as it is; a relative one never depends on the folder the command runs in: it lies next
+    /// to the SQLite database file, or on PostgreSQL in the service's state directory
+    /// (`$STATE_DIRECTORY`, which systemd sets, else `$XDG_STATE_HOME/auditor`, else
+    /// `~/.local/state/auditor`).
+    pub fn signing_key_path(&self) -> PathBuf {
+        let configured = &self.integrity.signing_key_file;
+        if configured.is_absolute() {
+            return configured.clone();
+        }
+        let base = match sqlite_file(self.database_url.expose()) {
+            Some(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => state_directory(),
+        };
+        base.join(configured)
+    }
+
     /// Loads all layers from the process environment. Unknown `AUDITOR_*` variables are ignored;
     /// [`unknown_env_names`] lists them for a warning once logging is up.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
@@ -472,6 +496,85 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Each of figment's errors once, in words: the key (dotted, as the file or the `AUDITOR_*`
+/// variable names it), where it came from, and what is wrong.
+fn describe(error: &figment::Error) -> String {
+    use figment::error::Kind;
+    (*error)
+        .clone()
+        .into_iter()
+        .map(|error| {
+            let mut path = error.path.clone();
+            if let Kind::UnknownField(field, _) = &error.kind
+                && path.last() != Some(field)
+            {
+                path.push(field.clone());
+            }
+            let key = path.join(".");
+            let from = error
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (in {source})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            let what = match &error.kind {
+                Kind::UnknownField(_, expected) => {
+                    format!("unknown key; valid here: {}", expected.join(", "))
+                }
+                Kind::MissingField(field) => format!("`{field}` is missing"),
+                other => other.to_string(),
+            };
+            if key.is_empty() {
+                format!("{what}{from}")
+            } else {
+                format!("`{key}`{from}: {what}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The database file of a `sqlite://` URL, made absolute against the current folder (which is
+/// where the store opens it).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = Path::new(path);
+    Some(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    })
+}
+
+/// The service's state directory when it has no SQLite file to keep its key beside.
+fn state_directory() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("STATE_DIRECTORY") {
+        // systemd may pass several, separated by `:`; the first is the service's own.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        return PathBuf::from(first);
+    }
+    if let Some(dir) = var("XDG_STATE_HOME") {
+        return dir.join("auditor");
+    }
+    var("HOME")
+        .map(|home| home.join(".local/state/auditor"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,8 +623,20 @@ mod tests {
     #[allow(clippy::result_large_err)]
     fn unknown_keys_in_a_file_are_errors_and_in_the_environment_warnings() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("auditor.toml", "listn = \"127.0.0.1:7000\"")?;
-            assert!(Settings::load(Some(Path::new("auditor.toml")), Overrides::default()).is_err());
+            jail.create_file("auditor.toml", "[limits]\nfoo = 1")?;
+            let error = Settings::load(Some(Path::new("auditor.toml")), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            // Once, by its dotted key and file, with what is valid there.
+            assert!(
+                error.starts_with("invalid configuration: `limits.foo` (in "),
+                "{error}"
+            );
+            assert!(
+                error.contains("unknown key; valid here: max_body_bytes"),
+                "{error}"
+            );
+            assert_eq!(error.matches("foo").count(), 1, "{error}");
             Ok(())
         });
         let names = [

@@ -375,11 +375,18 @@ fn read_password(name: &str) -> anyhow::Result<String> {
     Ok(first)
 }
 
+/// The signing key as the server keeps it; never made here: a key made by a command run in the
+/// wrong place would be printed, trusted, and verify nothing.
 fn signer(settings: &Settings) -> anyhow::Result<LogSigner> {
-    Ok(LogSigner::load_or_generate(
-        &settings.integrity.signing_key_file,
-        &settings.integrity.log_origin,
-    )?)
+    let path = settings.signing_key_path();
+    LogSigner::load(&path, &settings.integrity.log_origin).with_context(|| {
+        format!(
+            "no checkpoint signing key at {}: `auditor serve` makes it at its first start (next \
+             to the SQLite database, or in the state directory on PostgreSQL); run this with the \
+             server's configuration, or set integrity.signing_key_file",
+            path.display()
+        )
+    })
 }
 
 async fn verify(
@@ -417,7 +424,7 @@ async fn verify(
             with_store!(settings.database_url.expose(), 2, |store| {
                 if keys.is_empty() {
                     let signer = LogSigner::load(
-                        &settings.integrity.signing_key_file,
+                        &settings.signing_key_path(),
                         &settings.integrity.log_origin,
                     )
                     .context(

@@ -84,7 +84,7 @@ async fn serve_store<S: Store>(
     store.maintain().await?;
 
     let signer = Arc::new(LogSigner::load_or_generate(
-        &settings.integrity.signing_key_file,
+        &settings.signing_key_path(),
         &settings.integrity.log_origin,
     )?);
     crate::metrics::install();
@@ -247,7 +247,7 @@ pub async fn capture_only(
             return Err(ServeError::PendingMigrations(pending));
         }
         let signer = Arc::new(LogSigner::load_or_generate(
-            &settings.integrity.signing_key_file,
+            &settings.signing_key_path(),
             &settings.integrity.log_origin,
         )?);
         crate::metrics::install();

@@ -8,6 +8,8 @@ use crate::store::{Store, StoreError};
 pub enum UserError {
     #[error("{0}")]
     Invalid(String),
+    #[error("there is no user `{0}` (`auditor user list` shows them)")]
+    NoSuchUser(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,7 +54,8 @@ async fn insert<S: Store>(
 /// Removes a user, refusing to remove the last admin of every tenant (nobody could manage the
 /// log after).
 pub async fn remove<S: Store>(store: &S, name: &str) -> Result<(), UserError> {
-    let user = store.find_user(name).await?.ok_or(StoreError::NotFound)?;
+    let no_such_user = || UserError::NoSuchUser(name.to_owned());
+    let user = store.find_user(name).await?.ok_or_else(no_such_user)?;
     if user.role == Role::Admin
         && user.tenant == TenantScope::All
         && store.count_users_with_role(Role::Admin).await? <= 1
@@ -61,8 +64,10 @@ pub async fn remove<S: Store>(store: &S, name: &str) -> Result<(), UserError> {
             "`{name}` is the last admin; add another admin before removing it"
         )));
     }
-    store.remove_user(name).await?;
-    Ok(())
+    match store.remove_user(name).await {
+        Err(StoreError::NotFound) => Err(no_such_user()),
+        other => Ok(other?),
+    }
 }
 
 /// What became of the first admin on start-up.

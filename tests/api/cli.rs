@@ -141,6 +141,45 @@ fn users_are_managed_from_the_command_line() {
     assert!(!missing.status.success());
 }
 
+/// The key's default place is beside the SQLite database, wherever the command runs; `key
+/// show` reads it there and never makes one (a key made in the wrong folder would be printed,
+/// trusted, and verify nothing).
+#[test]
+fn key_show_finds_the_key_beside_the_database_and_never_makes_one() {
+    let state = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", state.path().join("auditor.db").display());
+    let show = || {
+        Command::new(BIN)
+            .args(["--database-url", &url, "key", "show"])
+            .current_dir(elsewhere.path())
+            .env_remove("AUDITOR_CONFIG")
+            .env_remove("AUDITOR_INTEGRITY__SIGNING_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let missing = show();
+    assert!(!missing.status.success());
+    let said = text(&missing.stderr);
+    assert!(said.contains("no checkpoint signing key at"), "{said}");
+    assert!(
+        said.contains(&state.path().join("auditor.key").display().to_string()),
+        "{said}"
+    );
+    assert!(!state.path().join("auditor.key").exists());
+    assert!(!elsewhere.path().join("auditor.key").exists());
+
+    let signer = auditor::integrity::LogSigner::load_or_generate(
+        &state.path().join("auditor.key"),
+        "auditor.local/log",
+    )
+    .unwrap();
+    let shown = show();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let expected = signer.verifier_key(&auditor::model::TenantId::new("default"));
+    assert_eq!(text(&shown.stdout).trim(), expected);
+}
+
 /// An export with no events and no checkpoints proves nothing: `verify --export` must not
 /// report it as verified.
 #[test]
@@ -148,6 +187,7 @@ fn verifying_an_empty_export_fails() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("never-opened.db").display());
     let key_file = dir.path().join("auditor.key");
+    auditor::integrity::LogSigner::load_or_generate(&key_file, "auditor.local/log").unwrap();
     let shown = Command::new(BIN)
         .args(["--database-url", &url, "key", "show"])
         .env_remove("AUDITOR_CONFIG")
