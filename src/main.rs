@@ -413,12 +413,16 @@ async fn verify(
             }
             let file = std::fs::File::open(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
-            let lines = std::io::BufReader::new(file).lines();
-            tokio::task::spawn_blocking({
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let bar = auditor::progress::bytes("verifying", size);
+            let lines = std::io::BufReader::new(bar.wrap_read(file)).lines();
+            let results = tokio::task::spawn_blocking({
                 let keys = keys.clone();
                 move || verify::verify_export(lines, &keys, &kept)
             })
-            .await??
+            .await??;
+            bar.finish_and_clear();
+            results
         }
         None => {
             with_store!(settings.database_url.expose(), 2, |store| {
@@ -434,26 +438,44 @@ async fn verify(
                         keys.push(NoteVerifier::parse(&signer.verifier_key(&tenant))?);
                     }
                 }
-                let terminal = std::io::stderr().is_terminal();
-                verify::verify_store(&store, &keys, &kept, |tenant, seq| {
-                    if terminal {
-                        eprint!("\rverifying {tenant}: {seq} events");
+                let bar = auditor::progress::events("verifying", events_in(&store).await?);
+                // `seq` counts within a tenant: the bar adds up the tenants done before.
+                let mut done_before = 0;
+                let mut current: Option<TenantId> = None;
+                let mut at = 0;
+                let results = verify::verify_store(&store, &keys, &kept, |tenant, seq| {
+                    if current.as_ref() != Some(tenant) {
+                        done_before += at;
+                        current = Some(tenant.clone());
                     }
+                    at = seq;
+                    bar.set_position(done_before + seq);
                 })
-                .await?
+                .await?;
+                bar.finish_and_clear();
+                results
             })
         }
     };
     report(results, started.elapsed())
 }
 
+/// The events in every tenant's log, as their chain heads count them: the length of an export
+/// or a verification, for its progress bar.
+async fn events_in<S: Store>(store: &S) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for tenant in store.tenants().await? {
+        if let Some(head) = store.head(&tenant).await? {
+            total += u64::try_from(head.seq.0).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 fn report(
     results: Vec<Result<Verified, Problem>>,
     elapsed: std::time::Duration,
 ) -> anyhow::Result<()> {
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
     let mut failed = 0;
     let mut events = 0;
     for result in &results {
@@ -488,17 +510,21 @@ async fn export(settings: &Settings, output: Option<&std::path::Path>) -> anyhow
         let destination = output.map_or("stdout".to_owned(), |p| p.display().to_string());
         let details = json!({"output": destination});
         record_cli(&store, settings, Access::read("export", object(details))).await?;
+        let bar = auditor::progress::events("exporting", events_in(&store).await?);
+        let advance = |events| bar.inc(events);
         let written = match output {
             Some(path) => {
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
-                log_export::export(&store, &mut std::io::BufWriter::new(file)).await?
+                log_export::export(&store, &mut std::io::BufWriter::new(file), advance).await?
             }
             None => {
                 let stdout = std::io::stdout();
-                log_export::export(&store, &mut std::io::BufWriter::new(stdout.lock())).await?
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                log_export::export(&store, &mut out, advance).await?
             }
         };
+        bar.finish_and_clear();
         eprintln!("exported {written} events");
         Ok(())
     })

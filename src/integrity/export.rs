@@ -20,8 +20,13 @@ pub enum WriteExportError {
     Write(#[from] std::io::Error),
 }
 
-/// Streams every tenant's log to `out`; returns the number of events written.
-pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, WriteExportError> {
+/// Streams every tenant's log to `out`, calling `progress` with the events of each page
+/// written; returns the number of events written.
+pub async fn export<S: Store>(
+    store: &S,
+    out: &mut impl Write,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, WriteExportError> {
     let mut written = 0;
     for tenant in store.tenants().await? {
         let (lines, head) = preamble(store, &tenant).await?;
@@ -36,6 +41,7 @@ pub async fn export<S: Store>(store: &S, out: &mut impl Write) -> Result<u64, Wr
                 out.write_all(b"\n")?;
             }
             written += page.len() as u64;
+            progress(page.len() as u64);
         }
     }
     out.flush()?;

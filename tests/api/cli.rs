@@ -270,3 +270,59 @@ async fn serve_finishes_in_flight_requests_on_sigterm() {
     assert!(log.contains("auditor stopped"), "{log}");
     assert!(!log.contains("secret"), "no password in the logs");
 }
+
+/// `auditor export` and `auditor verify` show a progress bar on a terminal (here a pseudo-
+/// terminal from `script`) and say only their result otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_verify_show_progress_on_a_terminal_only() {
+    let mut app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    let batch: Vec<Value> = (0..500)
+        .map(|i| serde_json::json!({"event_type": "t", "user_identity": format!("u{i}")}))
+        .collect();
+    let response = app
+        .post_json("/events", crate::helpers::ADMIN, &serde_json::json!(batch))
+        .await;
+    assert_eq!(response.status(), 201);
+    app.stop().await.unwrap();
+    let url = app.db.url.clone();
+    let key = app
+        .settings
+        .integrity
+        .signing_key_file
+        .display()
+        .to_string();
+    let output = app.db.dir.path().join("export.ndjson");
+    let output = output.to_str().unwrap();
+    for (args, result) in [
+        // 500 and the system log's records of the export and the requests.
+        (format!("export --output {output}"), "exported 50"),
+        ("verify".to_owned(), "verified 50"),
+    ] {
+        let command = format!("{BIN} --database-url {url} {args}");
+        let on_terminal = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env_remove("AUDITOR_CONFIG")
+            .env("AUDITOR_INTEGRITY__SIGNING_KEY_FILE", &key)
+            .output()
+            .unwrap();
+        let shown = text(&on_terminal.stdout);
+        assert!(on_terminal.status.success(), "{shown}");
+        assert!(
+            shown.contains(" events, ") && shown.contains("ETA"),
+            "{shown}"
+        );
+        assert!(shown.contains(result), "{shown}");
+
+        let piped = Command::new(BIN)
+            .args(["--database-url", &url])
+            .args(args.split(' '))
+            .env_remove("AUDITOR_CONFIG")
+            .env("AUDITOR_INTEGRITY__SIGNING_KEY_FILE", &key)
+            .output()
+            .unwrap();
+        assert!(piped.status.success());
+        let said = format!("{}{}", text(&piped.stdout), text(&piped.stderr));
+        assert!(!said.contains("ETA") && !said.contains('\r'), "{said}");
+        assert!(said.contains(result), "{said}");
+    }
+}
