@@ -1,4 +1,4 @@
-//! One typed `Settings`, layered: built-in defaults (`auditor.example.toml`) < a TOML file <
+//! One typed `Settings`, layered: built-in defaults (`deploy/auditor.toml`) < a TOML file <
 //! `AUDITOR_*` environment variables < command-line flags; validated once at load.
 
 use std::collections::BTreeSet;
@@ -23,7 +23,7 @@ use crate::log::retention::RetentionPolicy;
 use crate::model::Limits;
 
 /// The documented defaults, embedded; `auditor default-config` prints them.
-pub const DEFAULT_CONFIG: &str = include_str!("../auditor.example.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../deploy/auditor.toml");
 
 const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.

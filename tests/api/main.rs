@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod cloudevents;
 mod compat;
+mod deploy;
 mod erasure;
 mod events;
 mod export;
