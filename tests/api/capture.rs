@@ -95,12 +95,16 @@ impl HostDb {
         )
     }
 
-    /// Waits until the service has made its slot: changes before it are not captured.
+    /// Waits until the service has made its slot: changes before it are not captured. A slot
+    /// is listed as soon as its creation begins, and decodes only transactions that commit
+    /// after it waited out every transaction then running (other tests' on this cluster): its
+    /// `confirmed_flush_lsn` is set once it has.
     async fn wait_for_slot(&self) {
         let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-        for _ in 0..300 {
+        for _ in 0..600 {
             let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 \
+                 AND confirmed_flush_lsn IS NOT NULL)",
             )
             .bind(format!("slot_{}", self.name))
             .fetch_one(&mut conn)

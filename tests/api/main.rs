@@ -30,6 +30,7 @@ mod partitions;
 mod postgres_tls;
 mod postings;
 mod query;
+mod readme;
 mod scale;
 mod store;
 mod stream;
