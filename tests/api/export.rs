@@ -49,7 +49,8 @@ async fn an_unfiltered_ndjson_export_is_the_verifiable_form(backend: Backend) {
         .send()
         .await
         .expect("request");
-    assert_eq!(signed.status(), 201);
+    // 200 when the checkpointer, which signs new events within a second, got there first.
+    assert!([200, 201].contains(&signed.status().as_u16()));
     record_numbered(&app, 5).await;
 
     let response = export(&app, "?format=ndjson", READER).await;

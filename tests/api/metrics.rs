@@ -58,7 +58,8 @@ async fn a_scrape_shows_requests_writes_connections_and_every_tenant(backend: Ba
         .send()
         .await
         .expect("request");
-    assert_eq!(signed.status(), 201);
+    // 200 when the checkpointer, which signs new events within a second, got there first.
+    assert!([200, 201].contains(&signed.status().as_u16()));
 
     let scrape = parsed(app.get("/metrics", ADMIN).await).await;
 

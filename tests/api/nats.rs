@@ -94,17 +94,21 @@ impl TestStream {
         self.dead_letters_with("Auditor-Error").await
     }
 
+    /// Every message in the stream `name` (`AUDIT_<id>` or `DEAD_<id>`), in order.
+    async fn messages(&self, name: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+        let stream = self.context.get_stream(name).await.unwrap();
+        let count = stream.get_info().await.unwrap().state.messages;
+        let mut messages = Vec::new();
+        for sequence in 1..=count {
+            messages.push(stream.get_raw_message(sequence).await.unwrap());
+        }
+        messages
+    }
+
     /// The dead letters so far: each one's header `name` and body.
     async fn dead_letters_with(&self, name: &str) -> Vec<(String, Vec<u8>)> {
-        let stream = self
-            .context
-            .get_stream(format!("DEAD_{}", self.id))
-            .await
-            .unwrap();
-        let count = stream.get_info().await.unwrap().state.messages;
         let mut letters = Vec::new();
-        for sequence in 1..=count {
-            let message = stream.get_raw_message(sequence).await.unwrap();
+        for message in self.messages(&format!("DEAD_{}", self.id)).await {
             let error = message
                 .headers
                 .get(name)
@@ -253,15 +257,8 @@ async fn dead_letters_within_the_subject_are_passed_over_and_kept_per_consumer(b
         "two empty ids, two events"
     );
 
-    let stream = nats
-        .context
-        .get_stream(format!("AUDIT_{}", nats.id))
-        .await
-        .unwrap();
-    let count = stream.get_info().await.unwrap().state.messages;
     let mut letters = Vec::new();
-    for sequence in 1..=count {
-        let message = stream.get_raw_message(sequence).await.unwrap();
+    for message in nats.messages(&format!("AUDIT_{}", nats.id)).await {
         if message.subject.as_str() == within {
             let header = |name: &str| {
                 message

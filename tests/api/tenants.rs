@@ -101,7 +101,13 @@ async fn credentials_act_in_their_tenant_and_no_other(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(issued.status(), 201);
+    // 200 when the background checkpointer, which signs a tenant's first events within a
+    // second, got there first: either way the latest checkpoint covers them.
+    assert!(
+        [200, 201].contains(&issued.status().as_u16()),
+        "{}",
+        issued.status()
+    );
     let note = issued.json::<Value>().await.unwrap()["note"].clone();
     assert!(
         note.as_str()
