@@ -17,6 +17,8 @@ pub enum ClientError {
     NoCredentials,
     #[error("`{0}` is not a server URL (e.g. https://audit.example.com)")]
     BadUrl(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot read the CA certificate {path}: {reason}")]
     CaCert { path: String, reason: String },
     #[error("cannot reach {url}: {reason}")]
@@ -178,11 +180,15 @@ impl Remote {
 
     /// `GET /events/{id}`.
     pub async fn get(&self, id: &str) -> Result<Value, ClientError> {
-        let id: String = id
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit() || *c == '-')
-            .collect();
-        self.json(self.request(&format!("/events/{id}"), &[])).await
+        // Sent as typed, as one path segment: the server says what is wrong with it.
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(ClientError::Usage("an event id is required".into()));
+        }
+        let segment: String =
+            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).collect();
+        self.json(self.request(&format!("/events/{segment}"), &[]))
+            .await
     }
 
     /// Follows `GET /events/stream`, calling `each` with every event, reconnecting after the

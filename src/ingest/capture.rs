@@ -751,17 +751,21 @@ async fn check_lag(pool: &PgPool, settings: &PostgresCapture) {
 
 /// The next committed transactions in the slot, whole, without consuming them.
 ///
-/// Only transactions that committed before the host's WAL position read first are decoded, and
-/// that position is returned: when nothing came back, none of the captured tables changed
+/// Only transactions that committed before the host's WAL flush position read first are
+/// decoded, and that position is returned: when nothing came back, none of the captured tables changed
 /// before it.
 async fn peek(
     pool: &PgPool,
     settings: &PostgresCapture,
     relations: &mut HashMap<u32, Relation>,
 ) -> anyhow::Result<(Vec<Transaction>, Lsn)> {
-    let upto: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
-        .fetch_one(pool)
-        .await?;
+    // The flush position, not the write position: decoding reads only flushed WAL, and a
+    // commit written but not yet flushed (`synchronous_commit = off`) must not be passed by
+    // the advance of a peek that could not see it.
+    let upto: i64 =
+        sqlx::query_scalar("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint")
+            .fetch_one(pool)
+            .await?;
     let upto = Lsn::try_from(upto)?;
     let rows = sqlx::query(
         "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, \

@@ -167,13 +167,19 @@ impl Broker for JetStream<'_> {
         }
     }
 
-    /// A message that carries `Auditor-Error` is a dead letter of a consumer of this service
-    /// (its subject may be within this consumer's filter): not an event.
+    /// A message on this consumer's own dead-letter subject that carries `Auditor-Error` is a
+    /// dead letter come back (the subject lies within the filter): not an event. The header
+    /// alone, anywhere else, is no reason to pass a message over.
     fn is_dead_letter(&self, message: &Message) -> bool {
-        message
-            .headers
-            .as_ref()
-            .is_some_and(|headers| headers.get(DEAD_LETTER_ERROR).is_some())
+        let dead = message.subject.as_str() == self.dead_letter_subject
+            && message
+                .headers
+                .as_ref()
+                .is_some_and(|headers| headers.get(DEAD_LETTER_ERROR).is_some());
+        if dead {
+            tracing::info!(subject = %message.subject, "passing over a dead letter of this consumer");
+        }
+        dead
     }
 
     async fn acknowledge(&self, message: &Message) {
@@ -254,7 +260,8 @@ async fn dead_letter(
         );
         headers.insert(
             "Nats-Msg-Id",
-            format!("dead:{}:{consumer}:{}", info.stream, info.stream_sequence).as_str(),
+            // The stream's creation time too (in `scope`): a stream made again counts from 1.
+            format!("dead:{}:{consumer}:{}", broker.scope, info.stream_sequence).as_str(),
         );
     }
     // A message near the server's size limit does not fit beside the headers added: its head
@@ -266,20 +273,26 @@ async fn dead_letter(
         headers.insert("Auditor-Truncated-From", payload.len().to_string().as_str());
         payload.truncate(room);
     }
-    let published = context
+    use async_nats::jetstream::context::PublishErrorKind;
+    let published = match context
         .publish_with_headers(
             dead_letter_subject.to_owned(),
             headers.clone(),
             payload.clone(),
         )
-        .await;
-    let confirmed = match published {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
+        .await
+    {
+        Ok(ack) => ack.await,
+        Err(error) => Err(error),
     };
-    match confirmed {
-        true => Ok(()),
-        false => {
+    match published {
+        Ok(_) => Ok(()),
+        // A stream that refuses it (too large for it, full) leaves the dead letter nowhere:
+        // the message stays unacknowledged, to be tried again.
+        Err(error) if error.kind() != PublishErrorKind::StreamNotFound => Err(anyhow::anyhow!(
+            "the stream that keeps `{dead_letter_subject}` refused the dead letter: {error}"
+        )),
+        Err(_) => {
             tracing::warn!(
                 %dead_letter_subject,
                 "no JetStream stream keeps the dead-letter subject; published without confirmation"

@@ -69,6 +69,8 @@ pub async fn preamble<S: Store>(
         let line = ExportedHead {
             tenant: tenant.clone(),
             recorded_at_ordered_from: head.recorded_at_ordered_from,
+            seq: Some(head.seq),
+            hash: Some(head.hash),
         };
         lines.push(json!({ "chain_head": line }));
     }

@@ -741,6 +741,12 @@ pub struct ExportedHead {
     pub tenant: TenantId,
     /// See `Chained::recorded_at_ordered_from`.
     pub recorded_at_ordered_from: Seq,
+    /// The chain head the export runs up to, its last event's `seq` and `hash`: an export cut
+    /// short at a line's end is then told from a whole one. Absent in exports written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Digest>,
 }
 
 /// A line of an NDJSON export: a checkpoint (written before its tenant's events) or an event.
@@ -769,6 +775,7 @@ pub fn verify_export(
     // An export written before `recorded_at` was kept in order has no `chain_head` lines; its
     // order is then not judged.
     let mut ordered_from: HashMap<TenantId, Seq> = HashMap::new();
+    let mut heads: HashMap<TenantId, (Seq, Digest)> = HashMap::new();
     let mut dropped: HashMap<TenantId, ExportedPrefix> = HashMap::new();
     for (number, line) in lines.enumerate() {
         let line = line.map_err(ExportError::Read)?;
@@ -779,6 +786,9 @@ pub fn verify_export(
             .map_err(|e| ExportError::Line(number + 1, e.to_string()))?;
         match parsed {
             ExportLine::ChainHead { chain_head } => {
+                if let (Some(seq), Some(hash)) = (chain_head.seq, chain_head.hash) {
+                    heads.insert(chain_head.tenant.clone(), (seq, hash));
+                }
                 ordered_from.insert(chain_head.tenant, chain_head.recorded_at_ordered_from);
             }
             ExportLine::DroppedPrefix { dropped_prefix } => {
@@ -843,7 +853,10 @@ pub fn verify_export(
         .into_iter()
         .map(|verifier| match failed.remove(&verifier.tenant) {
             Some(problem) => Err(problem),
-            None => verifier.finish(None),
+            None => {
+                let head = heads.get(&verifier.tenant).copied();
+                verifier.finish(head)
+            }
         })
         .collect())
 }
@@ -928,6 +941,8 @@ mod tests {
             serde_json::json!({"chain_head": ExportedHead {
                 tenant: first.tenant.clone(),
                 recorded_at_ordered_from: seq,
+                seq: None,
+                hash: None,
             }})
             .to_string()
         });

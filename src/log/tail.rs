@@ -67,10 +67,21 @@ impl<S: Store> AuditLog<S> {
         after: Option<Seq>,
     ) -> Result<Tail<S>, LogError> {
         let tenant = Self::tenant_of(principal);
-        let start = match after {
-            Some(after) => after,
-            None => head_of(&self.store, &tenant).await?,
-        };
+        let head = head_of(&self.store, &tenant).await?;
+        // A position past the head (another tenant's id, or one from before a restore) would
+        // pass over the events up to it unseen.
+        if let Some(after) = after
+            && after > head
+        {
+            return Err(LogError::InvalidQuery(crate::model::QueryError {
+                param: "Last-Event-ID".into(),
+                message: format!(
+                    "`Last-Event-ID` {after} is past the end of this tenant's log (seq {head}); \
+                     resume from an id this stream sent, or 0 for the start"
+                ),
+            }));
+        }
+        let start = after.unwrap_or(head);
         let mut details = query_details(&query, 0);
         for paging in ["returned", "limit", "order", "after"] {
             details.remove(paging);

@@ -92,6 +92,16 @@ async fn an_unfiltered_ndjson_export_is_the_verifiable_form(backend: Backend) {
         "{out}"
     );
 
+    // Cut short at a line's end, as an interrupted download leaves it: the head says so.
+    let mut cut = tempfile::NamedTempFile::new().unwrap();
+    for line in &lines[..lines.len() - 2] {
+        writeln!(cut, "{line}").unwrap();
+    }
+    let refused = verify_offline(cut.path(), &key, &[]);
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("chain head is at seq 35"), "{said}");
+
     // The export itself is a recorded read.
     let system = app
         .get_ok("/events?tenant=_system&event_type=audit.access&limit=1000")

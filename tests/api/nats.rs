@@ -248,13 +248,23 @@ async fn dead_letters_within_the_subject_are_passed_over_and_kept_per_consumer(b
     let limit = nats.context.client().server_info().max_payload;
     nats.publish(Some("huge"), &vec![b'y'; limit - 64]).await;
     nats.publish(Some("good-3"), &event(3)).await;
-    db.wait_for_events("default", 3, Duration::from_secs(30))
+    // The header alone, off the dead-letter subject, passes nothing over.
+    let mut forged = HeaderMap::new();
+    forged.insert("Nats-Msg-Id", "forged");
+    forged.insert("Auditor-Error", "whatever");
+    nats.context
+        .publish_with_headers(format!("audit.{}.events", nats.id), forged, event(4).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    db.wait_for_events("default", 4, Duration::from_secs(30))
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         db.count_events("default").await,
-        3,
-        "two empty ids, two events"
+        4,
+        "two empty ids, two events; and one with a forged Auditor-Error"
     );
 
     let mut letters = Vec::new();

@@ -278,6 +278,8 @@ async fn bad_stream_requests_are_refused_with_the_reason(backend: Backend) {
         ("?colour=red", None, "colour"),
         ("", Some("abc"), "Last-Event-ID"),
         ("", Some("-1"), "Last-Event-ID"),
+        // Past the head: the events up to it would pass unseen.
+        ("", Some("5"), "Last-Event-ID"),
     ] {
         let mut request = app
             .client
