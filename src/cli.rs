@@ -115,8 +115,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Print the verifier key of a tenant's log (signed-note form), generating the key file
-    /// first if it does not exist.
+    /// Print the verifier key of a tenant's log (signed-note form), from the key the server
+    /// made at its first start; never makes one.
     Show {
         /// The tenant whose log the key names (`_system` for the system log).
         #[arg(long, default_value = "default")]

@@ -225,6 +225,11 @@ impl Settings {
         base.join(configured)
     }
 
+    /// The SQLite database file, when the database is SQLite.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        sqlite_file(self.database_url.expose())
+    }
+
     /// Loads all layers from the process environment. Unknown `AUDITOR_*` variables are ignored;
     /// [`unknown_env_names`] lists them for a warning once logging is up.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {

@@ -425,6 +425,7 @@ async fn verify(
             results
         }
         None => {
+            require_database(settings)?;
             with_store!(settings.database_url.expose(), 2, |store| {
                 if keys.is_empty() {
                     let signer = LogSigner::load(
@@ -504,7 +505,19 @@ fn report(
     Ok(())
 }
 
+/// Refuses to read a SQLite database that is not there: opening it would make an empty one.
+fn require_database(settings: &Settings) -> anyhow::Result<()> {
+    match settings.sqlite_file() {
+        Some(file) if !file.exists() => bail!(
+            "no database at {} (set --database-url, or run where `auditor serve` keeps it)",
+            file.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 async fn export(settings: &Settings, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    require_database(settings)?;
     with_store!(settings.database_url.expose(), 2, |store| {
         // Every event of every tenant leaves the database: recorded first, as any read is.
         let destination = output.map_or("stdout".to_owned(), |p| p.display().to_string());

@@ -50,9 +50,9 @@ async fn stream<S: Store>(
                 .map(|item| Ok::<_, Infallible>(sse_event(item))),
         )
         .take_until(state.shutdown.cancelled_owned());
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
-        .into_response())
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"));
+    // A proxy such as nginx would otherwise hold the frames back until its buffer fills.
+    Ok(([("x-accel-buffering", "no")], sse).into_response())
 }
 
 fn sse_event(item: Result<Tailed, crate::store::StoreError>) -> SseEvent {

@@ -153,7 +153,8 @@ impl LogSigner {
         Ok(Self::new(key, origin))
     }
 
-    /// Loads the PEM key at `path`, or generates one there (mode 0600) when none exists yet.
+    /// Loads the PEM key at `path`, or generates one there (mode 0600, its folder made with mode
+    /// 0700 if missing) when none exists yet.
     pub fn load_or_generate(path: &Path, origin: &str) -> Result<Self, KeyError> {
         let shown = path.display().to_string();
         match std::fs::read_to_string(path) {
@@ -220,6 +221,14 @@ fn write_private(path: &Path, key: &SigningKey) -> std::io::Result<()> {
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // The state directory on a fresh account (`~/.local/state/auditor`) may not exist yet.
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -294,6 +303,23 @@ pub fn parse_checkpoint_text(text: &str) -> Option<(&str, u64, Digest)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generated_key_gets_its_missing_folders_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/auditor/auditor.key");
+        LogSigner::load_or_generate(&path, "o").unwrap();
+        assert!(path.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+    }
 
     #[test]
     fn a_signed_checkpoint_opens_with_its_verifier_key_only() {

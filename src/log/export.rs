@@ -23,7 +23,7 @@ pub enum ExportFormat {
     /// `auditor verify --export` checks with no database; with filters, the matching events
     /// alone, each with its hashed fields.
     Ndjson,
-    /// RFC 4180 CSV with a header row ([`CSV_COLUMNS`]); objects as compact JSON, absent
+    /// RFC 4180 CSV (CRLF line ends) with a header row ([`CSV_COLUMNS`]); objects as compact JSON, absent
     /// values empty, and every cell that a spreadsheet would take for a formula neutralised.
     Csv,
 }
@@ -245,14 +245,21 @@ fn ndjson_lines(lines: &[Value]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A CSV writer with RFC 4180's CRLF line ends.
+fn csv_writer(capacity: usize) -> csv::Writer<Vec<u8>> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::with_capacity(capacity))
+}
+
 fn csv_header() -> Bytes {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = csv_writer(256);
     let _ = writer.write_record(csv_columns());
     Bytes::from(writer.into_inner().unwrap_or_default())
 }
 
 fn csv_rows(events: &[Event]) -> Bytes {
-    let mut writer = csv::Writer::from_writer(Vec::with_capacity(events.len() * 256));
+    let mut writer = csv_writer(events.len() * 256);
     for event in events {
         let Ok(Value::Object(fields)) = serde_json::to_value(event) else {
             continue;

@@ -180,6 +180,21 @@ fn key_show_finds_the_key_beside_the_database_and_never_makes_one() {
     assert_eq!(text(&shown.stdout).trim(), expected);
 }
 
+/// `verify` and `export` of a SQLite database that is not there say so, and make no file.
+#[test]
+fn verify_and_export_make_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("none.db");
+    let url = format!("sqlite://{}", file.display());
+    for args in [&["verify"][..], &["export", "--output", "/dev/null"]] {
+        let output = auditor(&url, args, "");
+        assert!(!output.status.success());
+        let said = text(&output.stderr);
+        assert!(said.contains("no database at"), "{said}");
+        assert!(!file.exists(), "{args:?} made {}", file.display());
+    }
+}
+
 /// An export with no events and no checkpoints proves nothing: `verify --export` must not
 /// report it as verified.
 #[test]

@@ -157,6 +157,10 @@ async fn a_csv_export_is_safe_to_open_in_a_spreadsheet(backend: Backend) {
         "text/csv; charset=utf-8"
     );
     let text = response.text().await.unwrap();
+    assert!(
+        text.starts_with("id,seq,tenant,") && text.contains("\r\n"),
+        "CRLF line ends"
+    );
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     let column = |name: &str| header.iter().position(|h| h == name).unwrap();

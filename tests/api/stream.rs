@@ -40,6 +40,7 @@ impl Sse {
         let response = request.send().await.expect("request");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
         Self {
             response,
             buffer: String::new(),
