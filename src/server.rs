@@ -83,12 +83,7 @@ async fn serve_store<S: Store>(
     // user may not create) fails the start rather than an append at the next month.
     store.maintain().await?;
 
-    let signer = Arc::new(LogSigner::load_or_generate(
-        &settings.signing_key_path(),
-        &settings.integrity.log_origin,
-    )?);
-    crate::metrics::install();
-    let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
+    let (signer, writer, writer_task) = start_writing(&store, &settings)?;
     let stop_background = CancellationToken::new();
     let checkpoints = checkpointer::spawn(
         store.clone(),
@@ -210,6 +205,21 @@ async fn serve_store<S: Store>(
     Ok(())
 }
 
+/// What every way of running the log needs before it takes events: the signing key (made at
+/// the first start), the metrics recorder, and the writer task.
+fn start_writing<S: Store>(
+    store: &S,
+    settings: &Settings,
+) -> Result<(Arc<LogSigner>, Writer, tokio::task::JoinHandle<()>), ServeError> {
+    let signer = Arc::new(LogSigner::load_or_generate(
+        &settings.signing_key_path(),
+        &settings.integrity.log_origin,
+    )?);
+    crate::metrics::install();
+    let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
+    Ok((signer, writer, writer_task))
+}
+
 /// Serves `/metrics` alone on `address` until `shutdown`.
 async fn serve_metrics<S: Store>(
     log: &AuditLog<S>,
@@ -246,12 +256,7 @@ pub async fn capture_only(
         if !pending.is_empty() {
             return Err(ServeError::PendingMigrations(pending));
         }
-        let signer = Arc::new(LogSigner::load_or_generate(
-            &settings.signing_key_path(),
-            &settings.integrity.log_origin,
-        )?);
-        crate::metrics::install();
-        let (writer, writer_task) = Writer::spawn(store.clone(), settings.writer_options());
+        let (signer, writer, writer_task) = start_writing(&store, &settings)?;
         let checkpoints = checkpointer::spawn(
             store.clone(),
             Arc::clone(&signer),
