@@ -1,6 +1,6 @@
 //! The `auditor` binary: parse the command line, set up logging, run the subcommand.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -27,7 +27,8 @@ async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", auditor::telemetry::error_chain(error.as_ref()));
+            let error = auditor::telemetry::error_chain(error.as_ref());
+            let _ = writeln!(std::io::stderr(), "error: {error}");
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! Server lifecycle: open the store, check migrations, make sure an admin exists, run the writer
 //! and the HTTP server until `shutdown` fires, then drain in-flight requests and the write queue.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,8 +301,10 @@ async fn bootstrap<S: Store>(store: &S, settings: &Settings) -> Result<(), Serve
             );
         }
         Bootstrap::Generated(secret) => {
-            // Printed once, straight to the terminal, never through the log pipeline.
-            eprintln!(
+            // Printed once, straight to the terminal, never through the log pipeline. A closed
+            // stderr (`serve 2>&1 | head`) loses the text but must not stop the server.
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n  No users existed, so an admin was created.\n  user:     {}\n  password: {secret}\n  This password is shown only once; store it now.\n",
                 users::BOOTSTRAP_ADMIN
             );

@@ -17,6 +17,9 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr (`serve 2>&1 | head`) loses log lines; reporting that with
+        // `eprintln!`, as the default does, would panic whichever task logged.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.fmt_fields(EscapedFields).try_init(),

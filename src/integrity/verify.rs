@@ -602,8 +602,11 @@ async fn verify_tenant<S: crate::store::Store>(
     dropped: Option<DroppedPrefix>,
     progress: &mut impl FnMut(&TenantId, u64),
 ) -> Result<Result<Verified, Problem>, crate::store::StoreError> {
-    // Read the head first and verify up to it: events appended meanwhile are not this run's
-    // business, and must not look like a rewritten tail.
+    // The checkpoints first, then the head, and verify up to it: events appended meanwhile are
+    // not this run's business, and must not look like a rewritten tail. In the other order a
+    // checkpoint signed between the two reads would cover more than the head and look like a
+    // truncation.
+    let mut checkpoints = store.checkpoints(tenant).await?;
     let (chained, unreadable_head) = match store.head(tenant).await {
         Ok(chained) => (chained, None),
         // A head that does not decode (say its partial tiles no longer fit the events) is a
@@ -617,7 +620,6 @@ async fn verify_tenant<S: crate::store::Store>(
         .map_or(Seq(1), |h| h.recorded_at_ordered_from);
     let head = chained.as_ref().map(|h| (h.seq, h.hash));
     let until = head.map(|(seq, _)| seq);
-    let mut checkpoints = store.checkpoints(tenant).await?;
     checkpoints.extend(for_tenant(kept, tenant));
     let mut verifier = TenantVerifier::new(tenant.clone(), keys.to_vec(), checkpoints)
         .recorded_at_ordered_from(ordered_from)

@@ -341,3 +341,57 @@ async fn export_and_verify_show_progress_on_a_terminal_only() {
         assert!(said.contains(result), "{said}");
     }
 }
+
+/// A server whose log pipe is closed (`serve 2>&1 | head`) goes on serving, and stops cleanly on
+/// SIGTERM: a log line it cannot write is lost, not a panic.
+#[tokio::test]
+async fn serve_outlives_a_closed_log_pipe() {
+    use std::io::BufRead;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .env_remove("AUDITOR_CONFIG")
+        .args(["serve", "--migrate", "--listen", "127.0.0.1:0"])
+        .args(["--database-url", &db.url])
+        .env(
+            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+            db.dir.path().join("auditor.key"),
+        )
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "exited before listening"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    drop(log);
+    let client = crate::helpers::http_client();
+    for _ in 0..5 {
+        let ping = client.get(format!("http://{address}/ping")).send().await;
+        assert!(
+            ping.unwrap().status().is_success(),
+            "serving after the pipe closed"
+        );
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGTERM ignored");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+}

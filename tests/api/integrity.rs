@@ -891,8 +891,47 @@ async fn concurrent_signers_keep_one_chain_of_checkpoints(backend: Backend) {
     assert!(ok.status.success(), "{}", text(&ok.stdout));
 }
 
+/// A verification run while events are appended and checkpoints signed raises no alarm: a
+/// checkpoint signed during the run covers no more than the head the run verifies up to.
+async fn a_log_verified_while_it_grows_and_is_signed_raises_no_alarm(backend: Backend) {
+    let app = spawn_app(backend).await;
+    seed(&app, 1).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (client, address, stop) = (app.client.clone(), app.address.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let event = json!({"event_type": "t", "user_identity": format!("w{round}")});
+                let recorded = client.post(format!("{address}/events")).json(&event);
+                let recorded = recorded.basic_auth(ADMIN.0, Some(ADMIN.1)).send().await;
+                assert!(recorded.unwrap().status().is_success());
+                let signed = client.post(format!("{address}/checkpoints"));
+                let signed = signed.basic_auth(ADMIN.0, Some(ADMIN.1)).send().await;
+                assert!(signed.unwrap().status().is_success());
+            }
+            round
+        })
+    };
+    for _ in 0..30 {
+        let run = tokio::task::block_in_place(|| verify(&app, &[]));
+        assert!(
+            run.status.success(),
+            "a false alarm:\n{}",
+            text(&run.stdout)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        busy.await.unwrap() > 30,
+        "the log hardly grew during the runs"
+    );
+}
+
 crate::both_backends!(
     a_deleted_checkpoint_is_caught,
+    a_log_verified_while_it_grows_and_is_signed_raises_no_alarm,
     concurrent_signers_keep_one_chain_of_checkpoints,
     a_changed_tile_is_caught,
     a_changed_partial_tile_in_the_head_is_caught,
