@@ -12,18 +12,19 @@
 //! never decoded.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::pgoutput::{Datum, Lsn, Message, OldRow, Relation, format_lsn};
-use super::{Backoff, default_tenant, retry_later, run_until_stopped};
+use super::{Backoff, Misconfigured, default_tenant, retry_later, run_until_stopped};
 use crate::log::{AuditLog, LogError};
 use crate::model::payload::MAX_EXACT_INTEGER;
 use crate::model::{NewEvent, RawEvent, TenantId};
@@ -132,6 +133,9 @@ const LAG_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often the host is looked at for tables created since that `tables` matches.
 const PUBLICATION_SYNC_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a capture standing by tries again to claim its slot.
+const CLAIM_RETRY_EVERY: Duration = Duration::from_secs(5);
+
 impl PostgresCapture {
     pub fn validate(&self) -> Result<(), String> {
         let identifier = |s: &str| {
@@ -222,7 +226,9 @@ struct Transaction {
 }
 
 struct Change {
-    relation: u32,
+    /// The table as the slot described it when the change was decoded (a later description
+    /// in the same read may differ: a key changed since).
+    relation: Arc<Relation>,
     kind: ChangeKind,
     old: Option<Vec<Datum>>,
     new: Option<Vec<Datum>>,
@@ -255,27 +261,41 @@ async fn capture<S: Store>(
     stop: &CancellationToken,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
+    let mut claim = sqlx::PgConnection::connect(settings.url.expose()).await?;
+    if !claim_slot(&mut claim, settings, stop).await? {
+        return Ok(());
+    }
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect(settings.url.expose())
         .await?;
+    let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
+    let recorded_by = format!("capture:{}", settings.name);
+    let gaps = Gaps {
+        log,
+        settings,
+        tenant: &tenant,
+        recorded_by: &recorded_by,
+    };
+    let slot_existed = slot_exists(&pool, settings).await?;
     let mut warned = HashSet::new();
-    sync_publication(&pool, settings, &mut warned, false).await?;
+    // A table added to the publication while the slot exists missed what came before.
+    let record_gaps = slot_existed.then_some(&gaps);
+    sync_publication(&pool, settings, &mut warned, false, record_gaps).await?;
+    check_publication(&pool, settings).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
     // Before the slot: every change the slot will hold then has its role.
     if settings.record_role {
         let tables = published_tables(&pool, settings).await?;
         install_role_triggers(&pool, settings, &tables).await;
     }
-    let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
-    let recorded_by = format!("capture:{}", settings.name);
-    if !slot_exists(&pool, settings).await? {
+    if !slot_existed {
         record_gap(log, &pool, settings, &tenant, &recorded_by).await?;
         create_slot(&pool, settings).await?;
     }
     tracing::info!(capture = %settings.name, slot = %settings.slot, "capturing changes");
-    let mut relations: HashMap<u32, Relation> = HashMap::new();
-    let mut primary_keys: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
+    let mut full_row_keys: HashMap<u32, (Arc<Relation>, Vec<String>)> = HashMap::new();
     let mut lag_checked: Option<Instant> = None;
     // Where an empty peek last moved the slot.
     let mut quiet_until: Lsn = 0;
@@ -286,7 +306,10 @@ async fn capture<S: Store>(
             lag_checked = Some(Instant::now());
         }
         if synced.elapsed() >= PUBLICATION_SYNC_EVERY {
-            let added = sync_publication(&pool, settings, &mut warned, true).await?;
+            // The claim's connection still holds it (a broken one fails here).
+            sqlx::query("SELECT 1").execute(&mut claim).await?;
+            let added = sync_publication(&pool, settings, &mut warned, true, Some(&gaps)).await?;
+            check_publication(&pool, settings).await?;
             if settings.record_role {
                 install_role_triggers(&pool, settings, &added).await;
             }
@@ -307,14 +330,23 @@ async fn capture<S: Store>(
             continue;
         };
         let end_lsn = last.end_lsn;
-        for id in relations.keys() {
-            if !primary_keys.contains_key(id) {
-                primary_keys.insert(*id, primary_key(&pool, *id).await?);
+        // Read again whenever the slot describes the table anew (its columns changed).
+        let full_rows = transactions
+            .iter()
+            .flat_map(|t| &t.changes)
+            .map(|change| &change.relation)
+            .filter(|relation| relation.replica_identity == b'f');
+        for relation in full_rows {
+            if full_row_keys
+                .get(&relation.id)
+                .is_none_or(|(seen, _)| seen != relation)
+            {
+                let keys = primary_key(&pool, relation.id).await?;
+                full_row_keys.insert(relation.id, (relation.clone(), keys));
             }
         }
         let tables = Tables {
-            relations: &relations,
-            primary_keys: &primary_keys,
+            full_row_keys: &full_row_keys,
         };
         let events: Vec<NewEvent> = transactions
             .iter()
@@ -427,11 +459,12 @@ impl HostTable {
 /// identity is an error at the start (`started` false); one a pattern matches is left out with a warning, as is a name that
 /// matches no table (each warned of once, through `warned`). A publication `FOR ALL TABLES` is
 /// used as it is.
-async fn sync_publication(
+async fn sync_publication<S: Store>(
     pool: &PgPool,
     settings: &PostgresCapture,
     warned: &mut HashSet<String>,
     started: bool,
+    gaps: Option<&Gaps<'_, S>>,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let host: Vec<HostTable> = sqlx::query_as::<_, (String, String, bool)>(
         "SELECT n.nspname::text, c.relname::text, \
@@ -471,12 +504,13 @@ async fn sync_publication(
         .map(|t| t.display())
         .collect();
     if !named.is_empty() && !started {
-        anyhow::bail!(
+        return Err(Misconfigured(format!(
             "not publishing {}: without a replica identity the host's UPDATE and DELETE on them \
              would fail; give them a primary key or `ALTER TABLE … REPLICA IDENTITY FULL`, or \
              leave them out of `tables`",
             named.join(", ")
-        );
+        ))
+        .into());
     }
     // Once capturing, a named table created without one is passed over like any other: the
     // others' changes go on being captured.
@@ -531,6 +565,9 @@ async fn sync_publication(
                 .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
                 .collect();
             for table in &missing {
+                if let Some(gaps) = gaps {
+                    gaps.record_table(pool, table).await?;
+                }
                 let statement = format!(
                     "ALTER PUBLICATION {} ADD TABLE {}",
                     settings.publication,
@@ -551,6 +588,152 @@ async fn sync_publication(
         .into_iter()
         .map(|t| (t.schema.clone(), t.name.clone()))
         .collect())
+}
+
+/// Takes the slot for this capture alone, for as long as `claim` stays open: a session
+/// advisory lock on the host named after the slot. Another capture reading it (another
+/// `auditor` instance with the same configuration, or a second capture of this database under
+/// another spelling of its URL) holds it: this one stands by until that one stops, since two
+/// would each confirm changes the other has not recorded. False when `stop` came first.
+async fn claim_slot(
+    claim: &mut sqlx::PgConnection,
+    settings: &PostgresCapture,
+    stop: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut told = false;
+    loop {
+        let claimed: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("auditor capture slot {}", settings.slot))
+                .fetch_one(&mut *claim)
+                .await?;
+        if claimed {
+            return Ok(true);
+        }
+        if !told {
+            tracing::info!(
+                capture = %settings.name, slot = %settings.slot,
+                "another capture reads this slot (another auditor instance, or another capture \
+                 of this database); standing by until it stops"
+            );
+            told = true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(false),
+            () = tokio::time::sleep(CLAIM_RETRY_EVERY) => {}
+        }
+    }
+}
+
+/// Refuses a publication that leaves changes of the captured tables out: a `publish` option
+/// without one of insert, update, delete and truncate, or (PostgreSQL 15 and later) a row filter
+/// or column list on a captured table. What it leaves out would be missing from the log without
+/// a trace; columns are kept out of events by `deny_columns` and `allow_columns` instead.
+async fn check_publication(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
+    let publication = &settings.publication;
+    let whole: Option<bool> = sqlx::query_scalar(
+        "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication \
+         WHERE pubname = $1",
+    )
+    .bind(publication)
+    .fetch_optional(pool)
+    .await?;
+    if whole == Some(false) {
+        return Err(Misconfigured(format!(
+            "publication `{publication}` does not publish every insert, update, delete and \
+             truncate (its `publish` option), so the changes it leaves out would be missing \
+             from the log; `ALTER PUBLICATION {publication} SET (publish = 'insert, update, \
+             delete, truncate')`"
+        ))
+        .into());
+    }
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(pool)
+        .await?;
+    if version < 150_000 {
+        return Ok(());
+    }
+    let partial: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_publication_rel r \
+         JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE p.pubname = $1 AND (r.prqual IS NOT NULL OR r.prattrs IS NOT NULL) ORDER BY 1, 2",
+    )
+    .bind(publication)
+    .fetch_all(pool)
+    .await?;
+    let partial: Vec<String> = partial
+        .into_iter()
+        .filter(|(schema, table)| settings.captures(schema, table))
+        .map(|(schema, table)| format!("{schema}.{table}"))
+        .collect();
+    if !partial.is_empty() {
+        return Err(Misconfigured(format!(
+            "publication `{publication}` publishes only some rows or columns of {} (a row \
+             filter or a column list), so the changes it leaves out would be missing from the \
+             log; publish those tables whole, and keep columns out of events with \
+             `deny_columns` or `allow_columns`",
+            partial.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// What a gap in the capture is recorded with: the log, and whom the events are by.
+struct Gaps<'a, S: Store> {
+    log: &'a AuditLog<S>,
+    settings: &'a PostgresCapture,
+    tenant: &'a TenantId,
+    recorded_by: &'a str,
+}
+
+impl<S: Store> Gaps<'_, S> {
+    /// A table added to the publication while the slot exists: its changes committed before
+    /// (a table created since the last look, [`PUBLICATION_SYNC_EVERY`] ago, or while the
+    /// service was stopped) were not captured. Recorded as a `capture.gap` for the table before
+    /// it is added, so that a failure in between leaves the record, never the gap alone; a
+    /// retry is a replay (the key names the table's OID).
+    async fn record_table(&self, pool: &PgPool, table: &HostTable) -> anyhow::Result<()> {
+        let (oid, had_rows): (i64, bool) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT $1::text::regclass::oid::bigint, EXISTS (SELECT 1 FROM {})",
+            table.qualified()
+        )))
+        .bind(table.qualified())
+        .fetch_one(pool)
+        .await?;
+        let name = &self.settings.name;
+        tracing::warn!(
+            capture = %name, table = %table.display(), had_rows,
+            "a table is added to the publication: its changes before now were not captured"
+        );
+        let data = serde_json::json!({
+            "table": table.display(),
+            "had_rows": had_rows,
+            "reason": "the table was added to the publication only now (it was created since \
+                       the capture last looked, or while the service was stopped); its changes \
+                       committed before this event were not captured",
+        });
+        let raw = RawEvent {
+            event_type: "capture.gap".into(),
+            user_identity: format!("capture:{name}"),
+            action: None,
+            entity: Some(table.display()),
+            entity_id: None,
+            property: None,
+            source: Some(name.clone()),
+            ip: None,
+            outcome: Some(crate::model::Outcome::Failure),
+            occurred_at: None,
+            event_data: Some(serde_json::value::to_raw_value(&data)?),
+            idempotency_key: Some(format!("{name}:gap:table:{oid}")),
+        };
+        let event = self.log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.log
+            .record_in(self.tenant.clone(), self.recorded_by, vec![event])
+            .await?;
+        Ok(())
+    }
 }
 
 /// Warns of each `deny_columns` or `allow_columns` entry that names no column of the host: a
@@ -757,7 +940,7 @@ async fn check_lag(pool: &PgPool, settings: &PostgresCapture) {
 async fn peek(
     pool: &PgPool,
     settings: &PostgresCapture,
-    relations: &mut HashMap<u32, Relation>,
+    relations: &mut HashMap<u32, Arc<Relation>>,
 ) -> anyhow::Result<(Vec<Transaction>, Lsn)> {
     // The flush position, not the write position: decoding reads only flushed WAL, and a
     // commit written but not yet flushed (`synchronous_commit = off`) must not be passed by
@@ -804,18 +987,37 @@ async fn peek(
                 }
             }
             Message::Relation(relation) => {
-                relations.insert(relation.id, relation);
+                relations.insert(relation.id, Arc::new(relation));
             }
-            Message::Insert { relation, new } => {
-                push(&mut open, relation, ChangeKind::Insert, None, Some(new))
-            }
+            Message::Insert { relation, new } => push(
+                &mut open,
+                relations,
+                relation,
+                ChangeKind::Insert,
+                None,
+                Some(new),
+            ),
             Message::Update { relation, old, new } => {
                 let old = old.map(|old| known_values(relations, relation, old));
-                push(&mut open, relation, ChangeKind::Update, old, Some(new));
+                push(
+                    &mut open,
+                    relations,
+                    relation,
+                    ChangeKind::Update,
+                    old,
+                    Some(new),
+                );
             }
             Message::Delete { relation, old } => {
                 let old = known_values(relations, relation, old);
-                push(&mut open, relation, ChangeKind::Delete, Some(old), None);
+                push(
+                    &mut open,
+                    relations,
+                    relation,
+                    ChangeKind::Delete,
+                    Some(old),
+                    None,
+                );
             }
             Message::Logical {
                 transactional: true,
@@ -850,9 +1052,18 @@ async fn peek(
                     }
                 }
             }
-            Message::Truncate { relations } => {
-                for relation in relations {
-                    push(&mut open, relation, ChangeKind::Truncate, None, None);
+            Message::Truncate {
+                relations: truncated,
+            } => {
+                for relation in truncated {
+                    push(
+                        &mut open,
+                        relations,
+                        relation,
+                        ChangeKind::Truncate,
+                        None,
+                        None,
+                    );
                 }
             }
             Message::Logical { .. } | Message::Other(_) => {}
@@ -863,7 +1074,7 @@ async fn peek(
 
 /// An old row's values as far as they were sent: of a key-only row, the columns outside the
 /// replica identity are unknown (`Unchanged`, left out of the event), not null.
-fn known_values(relations: &HashMap<u32, Relation>, relation: u32, old: OldRow) -> Vec<Datum> {
+fn known_values(relations: &HashMap<u32, Arc<Relation>>, relation: u32, old: OldRow) -> Vec<Datum> {
     if !old.key_only {
         return old.datums;
     }
@@ -880,11 +1091,17 @@ fn known_values(relations: &HashMap<u32, Relation>, relation: u32, old: OldRow) 
 
 fn push(
     open: &mut Option<Transaction>,
+    relations: &HashMap<u32, Arc<Relation>>,
     relation: u32,
     kind: ChangeKind,
     old: Option<Vec<Datum>>,
     new: Option<Vec<Datum>>,
 ) {
+    let Some(relation) = relations.get(&relation).cloned() else {
+        // pgoutput describes each table before its first change in a session.
+        tracing::warn!(relation, "a change to a table never described");
+        return;
+    };
     if let Some(transaction) = open {
         transaction.changes.push(Change {
             relation,
@@ -897,15 +1114,13 @@ fn push(
 }
 
 /// The primary key's columns of the table `relation` (its OID), in key order; none for a table
-/// without one.
-/// The columns that name a row of the table: the index of its `REPLICA IDENTITY USING INDEX`
-/// if it has one (a delete sends only those), else its primary key.
+/// without one. Only for a `REPLICA IDENTITY FULL` table, whose `Relation` message marks every
+/// column as the key: of any other, the message's own key flags name the row as it was when
+/// the change was made, which the catalog read now may no longer say.
 async fn primary_key(pool: &PgPool, relation: u32) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "WITH identity AS ( \
-           SELECT i.* FROM pg_index i WHERE i.indrelid = $1::oid \
-             AND (i.indisreplident OR i.indisprimary) \
-           ORDER BY i.indisreplident DESC LIMIT 1) \
+           SELECT i.* FROM pg_index i WHERE i.indrelid = $1::oid AND i.indisprimary) \
          SELECT a.attname::text FROM identity i \
          JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
@@ -916,10 +1131,22 @@ async fn primary_key(pool: &PgPool, relation: u32) -> anyhow::Result<Vec<String>
     .await?)
 }
 
-/// What is known of the host's tables: as the slot describes them, and their primary keys.
+/// What is known of the host's tables beyond the slot's descriptions: the primary keys of those
+/// whose replica identity is the whole row (with the description they were read for).
 struct Tables<'a> {
-    relations: &'a HashMap<u32, Relation>,
-    primary_keys: &'a HashMap<u32, Vec<String>>,
+    full_row_keys: &'a HashMap<u32, (Arc<Relation>, Vec<String>)>,
+}
+
+impl Tables<'_> {
+    /// Whether `column` of `relation` is part of the key that names its rows.
+    fn names_rows(&self, relation: &Relation, column: &super::pgoutput::Column) -> bool {
+        if relation.replica_identity != b'f' {
+            return column.key;
+        }
+        self.full_row_keys
+            .get(&relation.id)
+            .is_some_and(|(_, keys)| keys.contains(&column.name))
+    }
 }
 
 /// The events of one transaction's changes to the captured tables.
@@ -947,13 +1174,7 @@ fn events_of<S: Store>(
     };
     let mut events = Vec::new();
     for (index, change) in transaction.changes.iter().enumerate() {
-        let Some(relation) = tables.relations.get(&change.relation) else {
-            tracing::warn!(
-                relation = change.relation,
-                "a change to a table never described"
-            );
-            continue;
-        };
+        let relation = &change.relation;
         if !settings.captures(&relation.schema, &relation.table) {
             continue;
         }
@@ -975,15 +1196,11 @@ fn events_of<S: Store>(
         // The key names the row, also when `allow_columns` leaves it out of the data; a denied
         // column's value never leaves, even as a key.
         let key_source = change.new.as_ref().or(change.old.as_ref());
-        let primary_key = tables
-            .primary_keys
-            .get(&change.relation)
-            .map_or(&[][..], Vec::as_slice);
         let keys: Vec<String> = relation
             .columns
             .iter()
             .zip(key_source.into_iter().flatten())
-            .filter(|(column, _)| primary_key.contains(&column.name))
+            .filter(|(column, _)| tables.names_rows(relation, column))
             .filter(|(column, _)| !settings.denies(&relation.schema, &relation.table, &column.name))
             .filter_map(|(_, datum)| match datum {
                 Datum::Text(text) => Some(text.clone()),
@@ -1044,20 +1261,47 @@ fn events_of<S: Store>(
         };
         let parsed = log.parse(raw.clone()).or_else(|error| {
             // The application's context may be what the log refuses (a name too long, a
-            // number no double holds): the change is then recorded without it, as by the
-            // role, the refusal said in `context_refused`, rather than lost.
-            if context_user.is_none() && context.is_empty() && ip.is_none() {
-                return Err(error);
+            // number no double holds): the change is then recorded with as much of it as the
+            // log takes (its other fields first, then the ip, then the user given up), the
+            // refusal said in `context_refused`, rather than lost.
+            let by_role = change.role.clone().unwrap_or_else(|| settings.name.clone());
+            let kept = |given: bool| {
+                if given {
+                    &[true, false][..]
+                } else {
+                    &[false][..]
+                }
+            };
+            let mut variants = Vec::new();
+            for &user in kept(context_user.is_some()) {
+                for &address in kept(ip.is_some()) {
+                    for &fields in kept(!context.is_empty()) {
+                        variants.push((user, address, fields));
+                    }
+                }
             }
-            let mut data = plain_data.clone();
-            data.insert("context_refused".into(), Value::from(error.to_string()));
-            log.parse(RawEvent {
-                user_identity: change.role.clone().unwrap_or_else(|| settings.name.clone()),
-                ip: None,
-                event_data: serde_json::value::to_raw_value(&Value::Object(data)).ok(),
-                ..raw.clone()
-            })
-            .map_err(|_| error)
+            // The first keeps everything: the event just refused.
+            for (user, address, fields) in variants.into_iter().skip(1) {
+                let mut data = plain_data.clone();
+                if fields {
+                    data.insert("context".into(), Value::Object(context.clone()));
+                }
+                data.insert("context_refused".into(), Value::from(error.to_string()));
+                let attempt = log.parse(RawEvent {
+                    user_identity: if user {
+                        raw.user_identity.clone()
+                    } else {
+                        by_role.clone()
+                    },
+                    ip: if address { ip } else { None },
+                    event_data: serde_json::value::to_raw_value(&Value::Object(data)).ok(),
+                    ..raw.clone()
+                });
+                if attempt.is_ok() {
+                    return attempt;
+                }
+            }
+            Err(error)
         });
         match parsed {
             Ok(event) => events.push(event),

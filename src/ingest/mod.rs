@@ -410,9 +410,18 @@ where
         match outcome {
             Ok(()) => return,
             Err(error) => {
+                let misconfigured = error.downcast_ref::<Misconfigured>().is_some();
                 // The whole chain of causes, not just the outermost.
                 let error = crate::telemetry::error_chain(error.as_ref());
-                tracing::warn!(%error, "{what} failed; retrying");
+                if misconfigured {
+                    tracing::error!(
+                        %error,
+                        "{what} cannot start as configured; trying again every 30 s until it is fixed"
+                    );
+                    backoff.exhaust();
+                } else {
+                    tracing::warn!(%error, "{what} failed; retrying");
+                }
                 metrics::counter!(crate::metrics::CONSUMER_FAILURES, "consumer" => what.to_owned())
                     .increment(1);
                 if !backoff.wait(stop).await {
@@ -422,6 +431,13 @@ where
         }
     }
 }
+
+/// A set-up that cannot work as configured (a named table without a replica identity, a
+/// dead-letter subject whose stream would discard its messages): it takes someone to fix it, so
+/// it is logged as an error and tried again at the longest back-off.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Misconfigured(pub String);
 
 /// Waits out a consumer's back-off after a failure: 1 s, doubling to 30 s.
 #[derive(Debug, Default)]
@@ -444,6 +460,11 @@ impl Backoff {
 
     pub(crate) fn reset(&mut self) {
         self.failures = 0;
+    }
+
+    /// The next wait is the longest.
+    fn exhaust(&mut self) {
+        self.failures = self.failures.max(5);
     }
 
     /// The delay a message waits before its redelivery is asked for.

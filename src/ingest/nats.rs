@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::Delivery;
-use super::{Backoff, Broker, default_tenant, run_until_stopped, settle};
+use super::{Backoff, Broker, Misconfigured, default_tenant, run_until_stopped, settle};
 use crate::log::AuditLog;
 use crate::model::TenantId;
 use crate::store::Store;
@@ -108,14 +108,15 @@ async fn consume<S: Store>(
     if retention != jetstream::stream::RetentionPolicy::Limits
         && super::subject_matches(&settings.subject, &settings.dead_letter_subject)
     {
-        anyhow::bail!(
+        return Err(Misconfigured(format!(
             "dead_letter_subject `{}` is within subject `{}` of a stream whose retention is \
              {retention:?}: the consumer would acknowledge, and so delete, its own dead letters; \
              choose a dead-letter subject outside the consumer's filter",
-            settings.dead_letter_subject,
-            settings.subject
-        );
+            settings.dead_letter_subject, settings.subject
+        ))
+        .into());
     }
+    check_dead_letters_are_kept(&context, settings).await?;
     let broker = JetStream {
         client: &client,
         context: &context,
@@ -143,6 +144,51 @@ async fn consume<S: Store>(
         }
     }
     Ok(())
+}
+
+/// A stream of interest retention keeps a message only while a consumer wants it: when the one
+/// that would store the dead letters has no consumer whose filter takes the dead-letter subject,
+/// each dead letter would be discarded as soon as it was stored, and its original acknowledged.
+/// With no stream on the subject at all, dead letters are published plainly (see
+/// [`dead_letter`]); that is warned of here, once.
+async fn check_dead_letters_are_kept(
+    context: &jetstream::Context,
+    settings: &NatsSettings,
+) -> anyhow::Result<()> {
+    let subject = &settings.dead_letter_subject;
+    let Ok(name) = context.stream_by_subject(subject.as_str()).await else {
+        tracing::warn!(
+            dead_letter_subject = %subject,
+            "no JetStream stream keeps the dead-letter subject: dead letters are published \
+             without confirmation, and lost unless something subscribes to it"
+        );
+        return Ok(());
+    };
+    let mut stream = context.get_stream(&name).await?;
+    if stream.info().await?.config.retention != jetstream::stream::RetentionPolicy::Interest {
+        return Ok(());
+    }
+    let mut consumers = stream.consumers();
+    while let Some(consumer) = consumers.next().await {
+        let config = consumer?.config;
+        // No filter at all reads every subject of the stream.
+        let reads = (config.filter_subject.is_empty() && config.filter_subjects.is_empty())
+            || std::iter::once(&config.filter_subject)
+                .chain(&config.filter_subjects)
+                .any(|filter| !filter.is_empty() && super::subject_matches(filter, subject));
+        // This consumer passes over its dead letters, acknowledging them.
+        let ours =
+            name == settings.stream && config.durable_name.as_ref() == Some(&settings.consumer);
+        if reads && !ours {
+            return Ok(());
+        }
+    }
+    Err(Misconfigured(format!(
+        "stream `{name}` keeps dead_letter_subject `{subject}` with interest retention, and no \
+         consumer of it reads that subject: every dead letter would be discarded at once; add a \
+         consumer for it, or keep dead letters in a stream with limits or work-queue retention"
+    ))
+    .into())
 }
 
 /// The JetStream side of a consumer.

@@ -32,6 +32,9 @@ pub struct Relation {
     pub id: u32,
     pub schema: String,
     pub table: String,
+    /// The table's replica identity setting as the change was decoded: `d` (the primary key),
+    /// `n` (none), `f` (the whole row) or `i` (an index).
+    pub replica_identity: u8,
     pub columns: Vec<Column>,
 }
 
@@ -40,7 +43,8 @@ pub struct Column {
     pub name: String,
     /// The type's OID (`pg_type.oid`).
     pub type_oid: u32,
-    /// Part of the replica identity (the primary key, by default).
+    /// Part of the replica identity as the change was decoded (the primary key, by default;
+    /// every column under `REPLICA IDENTITY FULL`).
     pub key: bool,
 }
 
@@ -191,7 +195,7 @@ impl Message {
                 let id = r.u32()?;
                 let schema = r.string()?;
                 let table = r.string()?;
-                let _identity = r.u8()?;
+                let replica_identity = r.u8()?;
                 let count = r.u16()?;
                 let columns = (0..count)
                     .map(|_| {
@@ -210,6 +214,7 @@ impl Message {
                     id,
                     schema,
                     table,
+                    replica_identity,
                     columns,
                 })
             }
@@ -318,6 +323,7 @@ mod tests {
             panic!("a relation");
         };
         assert_eq!(parsed.table, "accounts");
+        assert_eq!(parsed.replica_identity, b'd');
         assert!(parsed.columns[0].key && !parsed.columns[1].key);
 
         let mut insert = vec![b'I'];
