@@ -396,7 +396,115 @@ async fn messages_wait_out_a_database_outage() {
     assert_gapless_chain(&app.all_events().await);
 }
 
+/// A dead letter is never given up for lost: a stream that refuses it (here one whose message
+/// size limit is too small for it) leaves the original unacknowledged, to be dead-lettered once
+/// the stream takes it; and a dead-letter subject kept by an interest stream on which no
+/// consumer reads it (each dead letter would be discarded at once) keeps the consumer from
+/// starting until such a consumer exists.
+async fn dead_letters_are_never_discarded(backend: Backend) {
+    let nats = TestStream::create(NATS_URL).await;
+    let dead = format!("DEAD_{}", nats.id);
+    let mut config = nats
+        .context
+        .get_stream(&dead)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_message_size = 16;
+    nats.context.update_stream(&config).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_nats(&db, nats.settings())).await;
+    nats.publish(
+        Some("poison"),
+        b"this is not an event, and longer than 16 bytes",
+    )
+    .await;
+    nats.publish(Some("good-1"), &event(1)).await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        nats.dead_letters().await.is_empty(),
+        "refused by its stream"
+    );
+    let audit = nats
+        .context
+        .get_stream(format!("AUDIT_{}", nats.id))
+        .await
+        .unwrap();
+    let mut consumer = audit.consumer_info("auditor").await.unwrap().clone();
+    assert_eq!(
+        consumer.num_ack_pending + consumer.num_pending as usize,
+        1,
+        "the poison is kept"
+    );
+    config.max_message_size = -1;
+    nats.context.update_stream(&config).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while nats.dead_letters().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered once the stream takes it"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let letters = nats.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].1.starts_with(b"this is not an event"));
+    for _ in 0..50 {
+        consumer = audit.consumer_info("auditor").await.unwrap().clone();
+        if consumer.num_ack_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        consumer.num_ack_pending, 0,
+        "acknowledged once dead-lettered"
+    );
+    app.stop().await.unwrap();
+
+    // Dead letters on a subject of an interest stream that no consumer reads.
+    let interest = format!("INTEREST_{}", nats.id);
+    let subject = format!("deadinterest.{}", nats.id);
+    nats.context
+        .get_or_create_stream(stream::Config {
+            name: interest.clone(),
+            subjects: vec![subject.clone()],
+            retention: stream::RetentionPolicy::Interest,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let settings = NatsSettings {
+        consumer: "interested".into(),
+        dead_letter_subject: subject.clone(),
+        ..nats.settings()
+    };
+    let mut app = spawn_with(db.share(), with_nats(&db, settings)).await;
+    nats.publish(Some("good-2"), &event(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(db.count_events("default").await, 1, "not started");
+    nats.context
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some("dead-letter-reader".into()),
+                filter_subject: subject,
+                ..Default::default()
+            },
+            interest,
+        )
+        .await
+        .unwrap();
+    db.wait_for_events("default", 2, Duration::from_secs(60))
+        .await;
+    app.stop().await.unwrap();
+}
+
 crate::both_backends!(
+    dead_letters_are_never_discarded,
     dead_letters_within_the_subject_are_passed_over_and_kept_per_consumer,
     every_message_is_stored_once_through_a_sigkill,
     poison_is_dead_lettered_and_a_refusing_database_holds_messages,
