@@ -122,6 +122,8 @@ pub struct LimitSettings {
     pub requests_per_sec: u32,
     /// Requests a credential may make at once above that rate; 0 for as many as the rate.
     pub burst: u32,
+    /// Live tails (`GET /events/stream`) one credential may hold open at once; 0 for no limit.
+    pub max_streams_per_credential: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,6 +334,20 @@ impl Settings {
             (1..=10_000).contains(&self.retention.batch_events),
             "retention.batch_events must lie between 1 and 10000",
         )?;
+        // A misspelt tenant would keep its events forever (or for the default) without a word.
+        for tenant in self.retention.tenants.keys() {
+            crate::model::TenantId::parse(tenant)
+                .map_err(|e| ConfigError::Rule(format!("retention.tenants: {e}")))?;
+        }
+        if let Some(metrics) = self.metrics.listen {
+            rule(
+                metrics.port() != self.listen.port()
+                    || (!metrics.ip().is_unspecified()
+                        && !self.listen.ip().is_unspecified()
+                        && metrics.ip() != self.listen.ip()),
+                "metrics.listen must differ from listen: it serves /metrics without credentials",
+            )?;
+        }
         rule(
             self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
             "set both tls.cert_file and tls.key_file, or neither",
@@ -373,6 +389,7 @@ impl Settings {
                 .unwrap_or(NonZeroU32::MIN),
             max_failures: NonZeroU32::new(self.auth.max_failures),
             failure_window: Duration::from_secs(self.auth.failure_window_secs),
+            max_streams: NonZeroU32::new(self.limits.max_streams_per_credential),
         }
     }
 
@@ -589,6 +606,21 @@ mod tests {
         let settings = Settings::defaults();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(settings.database_url.expose(), "sqlite://auditor.db");
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_retention_tenant_and_metrics_on_the_api_address_are_refused() {
+        let mut settings = Settings::defaults();
+        settings.retention.tenants.insert("ac me".into(), 30);
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("retention.tenants"), "{error}");
+
+        let mut settings = Settings::defaults();
+        settings.metrics.listen = Some(settings.listen);
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("metrics.listen"), "{error}");
+        settings.metrics.listen = Some("127.0.0.1:9464".parse().unwrap());
         settings.validate().unwrap();
     }
 

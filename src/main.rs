@@ -67,7 +67,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Needs no configuration or database: it is only a yardstick for the benchmark.
         Command::BenchCeiling { listen } => return bench_ceiling(listen).await,
         // A client of a server elsewhere: neither this machine's configuration nor a database.
-        Command::Events { command } => return Ok(auditor::client::run(command).await?),
+        Command::Events { command } => {
+            if cli.database_url.is_some() {
+                anyhow::bail!(
+                    "`auditor events` asks a running server (--server or AUDITOR_URL); \
+                     --database-url is for the commands that open the database themselves"
+                );
+            }
+            return Ok(auditor::client::run(command).await?);
+        }
         _ => {}
     }
     let settings = Settings::load(cli.config.as_deref(), overrides)?;

@@ -113,6 +113,7 @@ async fn serve_store<S: Store>(
         Some(jwt) => auth.with_jwt(JwtVerifier::new(jwt).await.map_err(ServeError::Jwt)?),
         None => auth,
     };
+    let closing = writer.clone();
     let log =
         AuditLog::new(store, writer, signer, settings.limits()).audit_reads(settings.audit_reads);
     let retention = crate::log::retention::spawn(
@@ -156,9 +157,12 @@ async fn serve_store<S: Store>(
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
         None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await?;
+            let serving = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::select! {
+                served = serving => served?,
+                () = grace_expired(&shutdown) => {}
+            }
         }
         Some((cert_file, key_file)) => {
             let config = RustlsConfig::from_config(Arc::new(crate::tls::server_config(
@@ -175,7 +179,7 @@ async fn serve_store<S: Store>(
                 let (handle, shutdown) = (handle.clone(), shutdown.clone());
                 async move {
                     shutdown.cancelled().await;
-                    handle.graceful_shutdown(None);
+                    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
                 }
             });
             axum_server::from_tcp_rustls(listener.into_std()?, config)?
@@ -200,10 +204,26 @@ async fn serve_store<S: Store>(
     for consumer in consumers {
         let _ = consumer.await;
     }
-    // The router (and with it every other writer handle) is gone: the writer drains and stops.
+    // What is queued is committed and answered; a connection cut off after the grace may still
+    // hold a handle, so the writer is told to stop rather than left waiting for it.
+    closing.close();
     let _ = writer_task.await;
     tracing::info!("auditor stopped");
     Ok(())
+}
+
+/// How long the server waits, after SIGTERM, for requests in flight and open streams to finish
+/// (a client that stopped reading holds its connection open): then they are cut off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Completes `SHUTDOWN_GRACE` after `shutdown`, warning that connections are being cut off.
+async fn grace_expired(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    tracing::warn!(
+        grace_secs = SHUTDOWN_GRACE.as_secs(),
+        "connections still open after the shutdown grace are cut off"
+    );
 }
 
 /// What every way of running the log needs before it takes events: the signing key (made at
@@ -234,6 +254,17 @@ async fn serve_metrics<S: Store>(
         ))
     })?;
     tracing::info!(listen = %listener.local_addr()?, "metrics listening");
+    let private = match address.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.is_unique_local(),
+    };
+    if !private {
+        tracing::warn!(
+            listen = %address,
+            "metrics.listen is not a loopback or private address: /metrics, which names every \
+             tenant, is served without credentials to whoever reaches it"
+        );
+    }
     let app = api::metrics::standalone(log.clone());
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)

@@ -28,6 +28,9 @@ use crate::store::Store;
 /// How often an idle stream sends a comment.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// The `Retry-After` of a stream refused for the credential's open streams.
+const RETRY_STREAM_AFTER: Duration = Duration::from_secs(5);
+
 pub fn router<S: Store>() -> Router<AppState<S>> {
     Router::new().route("/events/stream", get(stream::<S>))
 }
@@ -40,6 +43,13 @@ async fn stream<S: Store>(
 ) -> Result<Response, ApiError> {
     let query = parse(query_pairs(pairs)?)?;
     let after = last_event_id(&headers)?;
+    let slot = state.throttle.open_stream(&principal.name).map_err(|_| {
+        ApiError::TooManyRequests(
+            "these credentials hold as many live tails open as limits.max_streams_per_credential \
+             allows; close one first",
+            RETRY_STREAM_AFTER,
+        )
+    })?;
     let tail = state.log.tail(&principal, query, after).await?;
     // An id without data: a client that reconnects before the first event (an `EventSource`
     // keeps the id of every frame) resumes where this stream began, missing nothing between.
@@ -49,7 +59,12 @@ async fn stream<S: Store>(
             tail.into_stream()
                 .map(|item| Ok::<_, Infallible>(sse_event(item))),
         )
-        .take_until(state.shutdown.cancelled_owned());
+        .take_until(state.shutdown.cancelled_owned())
+        // The slot is freed when the stream is dropped: ended, or its client gone.
+        .map(move |frame| {
+            let _held = &slot;
+            frame
+        });
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"));
     // A proxy such as nginx would otherwise hold the frames back until its buffer fills.
     Ok(([("x-accel-buffering", "no")], sse).into_response())

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -25,6 +25,8 @@ pub struct ThrottleSettings {
     /// limit.
     pub max_failures: Option<NonZeroU32>,
     pub failure_window: Duration,
+    /// Live tails one credential may hold open at once; `None` for no limit.
+    pub max_streams: Option<NonZeroU32>,
 }
 
 /// Failures of one (address, name) pair in the window that began at `since`.
@@ -42,6 +44,8 @@ pub struct Throttle {
     /// which almost never follows a failure.
     tracked: AtomicUsize,
     rate: Option<DefaultKeyedRateLimiter<String>>,
+    /// Live tails open, by credential.
+    streams: Mutex<HashMap<String, u32>>,
 }
 
 impl Throttle {
@@ -54,7 +58,27 @@ impl Throttle {
             failures: Mutex::default(),
             tracked: AtomicUsize::new(0),
             rate,
+            streams: Mutex::default(),
         }
+    }
+
+    /// A place for one more live tail of `credential`, held until the slot is dropped;
+    /// `Err(open)` when it already holds `max_streams`. Each open stream costs the server a
+    /// task and a page of events, and a reader that stops reading keeps it until the socket
+    /// times out: one credential must not take them all.
+    pub fn open_stream(self: &Arc<Self>, credential: &str) -> Result<StreamSlot, u32> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let open = streams.entry(credential.to_owned()).or_default();
+        if let Some(max) = self.settings.max_streams
+            && *open >= max.get()
+        {
+            return Err(*open);
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            throttle: Arc::clone(self),
+            credential: credential.to_owned(),
+        })
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(Option<IpAddr>, String), Failures>> {
@@ -133,6 +157,28 @@ impl Throttle {
     }
 }
 
+/// One open live tail of a credential; dropping it frees the place.
+pub struct StreamSlot {
+    throttle: Arc<Throttle>,
+    credential: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self
+            .throttle
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = streams.get_mut(&self.credential) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.credential);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +189,19 @@ mod tests {
             burst: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
             max_failures: NonZeroU32::new(max_failures),
             failure_window: window,
+            max_streams: NonZeroU32::new(2),
         }
+    }
+
+    #[test]
+    fn a_credential_holds_at_most_its_streams_and_a_closed_one_frees_its_place() {
+        let throttle = Arc::new(Throttle::new(settings(3, Duration::from_secs(60))));
+        let first = throttle.open_stream("svc").unwrap();
+        let _second = throttle.open_stream("svc").unwrap();
+        assert_eq!(throttle.open_stream("svc").err(), Some(2));
+        assert!(throttle.open_stream("other").is_ok(), "per credential");
+        drop(first);
+        assert!(throttle.open_stream("svc").is_ok());
     }
 
     #[test]

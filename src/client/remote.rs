@@ -46,11 +46,19 @@ impl Credentials {
     /// From the environment, so that no secret appears in a command line (`ps` shows those).
     fn from_env() -> Result<Self, ClientError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let Some(token) = var("AUDITOR_TOKEN") {
-            return Ok(Self::Bearer(token));
-        }
-        match (var("AUDITOR_USER"), var("AUDITOR_PASSWORD")) {
-            (Some(user), Some(password)) => Ok(Self::Basic { user, password }),
+        match (
+            var("AUDITOR_TOKEN"),
+            var("AUDITOR_USER"),
+            var("AUDITOR_PASSWORD"),
+        ) {
+            (Some(token), None, None) => Ok(Self::Bearer(token)),
+            (None, Some(user), Some(password)) => Ok(Self::Basic { user, password }),
+            // Acting as someone other than the caller meant is worse than not acting.
+            (Some(_), _, _) => Err(ClientError::Usage(
+                "both AUDITOR_TOKEN and AUDITOR_USER or AUDITOR_PASSWORD are set; unset the \
+                 ones not meant for this command"
+                    .into(),
+            )),
             _ => Err(ClientError::NoCredentials),
         }
     }

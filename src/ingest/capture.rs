@@ -865,6 +865,18 @@ async fn record_gap<S: Store>(
     let created_at: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(pool)
         .await?;
+    // Nothing captured since the last gap's record: this is that gap still (a retry after the
+    // record, before the new slot was made), or one more loss of a slot that captured nothing;
+    // either way its record, naming the last change captured, stands.
+    if last.event_type == "capture.gap" && last.entity.as_deref() == Some("replication_slot") {
+        tracing::error!(
+            capture = %settings.name, slot = %settings.slot, resumed_at = %created_at,
+            gap_seq = %last.seq,
+            "the replication slot is missing and is created anew; nothing was captured since \
+             the gap recorded at this seq, which stands for this one too"
+        );
+        return Ok(());
+    }
     let last_key = last.idempotency_key.clone().unwrap_or_default();
     tracing::error!(
         capture = %settings.name, slot = %settings.slot, last_recorded = %last_key,

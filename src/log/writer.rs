@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EVENTS_INGESTED, WRITE_BATCH_EVENTS, WRITE_COMMIT_DURATION, WRITE_FAILURES};
 use crate::model::Submission;
@@ -68,15 +69,30 @@ struct Job {
 pub struct Writer {
     queue: mpsc::Sender<Job>,
     commits: watch::Receiver<u64>,
+    closing: CancellationToken,
 }
 
 impl Writer {
-    /// Starts the writer task. It ends when every `Writer` handle is dropped and the queue drained.
+    /// Starts the writer task. It ends when every `Writer` handle is dropped, or [`Self::close`]
+    /// is called, and the queue is drained.
     pub fn spawn<S: Store>(store: S, options: WriterOptions) -> (Self, JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(options.queue_capacity.max(1));
         let (committed, commits) = watch::channel(0);
-        let task = tokio::spawn(run(store, jobs, options, committed));
-        (Self { queue, commits }, task)
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(run(store, jobs, options, committed, closing.clone()));
+        let writer = Self {
+            queue,
+            commits,
+            closing,
+        };
+        (writer, task)
+    }
+
+    /// Stops taking submissions, also while handles remain (a connection that outlived the
+    /// shutdown's grace holds one): what is queued is still committed and answered, later
+    /// appends fail with [`WriteError::Stopped`], and the task ends once the queue is drained.
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// A count of this process's committed write transactions, changed after each: a reader
@@ -117,8 +133,19 @@ async fn run<S: Store>(
     mut jobs: mpsc::Receiver<Job>,
     options: WriterOptions,
     committed: watch::Sender<u64>,
+    closing: CancellationToken,
 ) {
-    while let Some(first) = jobs.recv().await {
+    let mut closed = false;
+    loop {
+        let next = tokio::select! {
+            job = jobs.recv() => job,
+            () = closing.cancelled(), if !closed => {
+                jobs.close();
+                closed = true;
+                continue;
+            }
+        };
+        let Some(first) = next else { break };
         let batch = gather(first, &mut jobs, &options).await;
         commit(&store, batch).await;
         committed.send_modify(|count| *count += 1);

@@ -395,3 +395,54 @@ async fn serve_outlives_a_closed_log_pipe() {
     };
     assert!(exit.success(), "{exit}");
 }
+
+/// A stream client that stops reading holds its connection open: SIGTERM still ends the
+/// server, cutting it off after the shutdown grace (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cuts_off_a_stream_client_that_stopped_reading() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut server = ServerProcess::serve(&db);
+    let client = crate::helpers::http_client();
+    // Several megabytes of replay: more than the sockets' buffers hold.
+    let padding = "x".repeat(400);
+    let body: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "{{\"event_type\":\"t\",\"user_identity\":\"u\",\"event_data\":{{\"i\":{i},\"p\":\"{padding}\"}}}}\n"
+            )
+        })
+        .collect();
+    let loaded = client
+        .post(format!("http://{}/events/bulk", server.address))
+        .basic_auth(crate::helpers::ADMIN.0, Some(crate::helpers::ADMIN.1))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        loaded.status().is_success(),
+        "{}",
+        loaded.text().await.unwrap()
+    );
+    let mut stalled = std::net::TcpStream::connect(&server.address).unwrap();
+    write!(
+        stalled,
+        "GET /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46c2VjcmV0\r\n\
+         Last-Event-ID: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 64];
+    stalled.read_exact(&mut head).unwrap();
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    server.terminate();
+    let (status, log) = server.wait_within(Duration::from_secs(45));
+    assert!(status.success(), "{status}");
+    assert!(log.contains("cut off"), "{log}");
+    drop(stalled);
+}

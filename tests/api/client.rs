@@ -123,6 +123,20 @@ async fn refusals_are_reported_with_the_server_reason(backend: Backend) {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("AUDITOR_TOKEN"));
 
+    // Two sets of credentials: which one is meant is not guessed.
+    let mut both = client(&app, READER);
+    both.env("AUDITOR_TOKEN", "aud_x").arg("query");
+    let output = both.output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("both AUDITOR_TOKEN"));
+
+    // A database is the server's business.
+    let mut with_database = client(&app, READER);
+    with_database.args(["query", "--database-url", "sqlite://x.db"]);
+    let output = with_database.output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
+
     let mut unreachable = client(&app, READER);
     unreachable.args(["query", "--server", "http://127.0.0.1:9"]);
     let output = unreachable.output().unwrap();

@@ -564,6 +564,23 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Waits for the process to exit within `limit` (killing it and failing the test
+    /// otherwise); returns its status and everything it logged.
+    pub fn wait_within(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                self.kill();
+                panic!("the server did not exit within {limit:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.wait()
+    }
+
     /// Waits for the process to exit; returns its status and everything it logged.
     pub fn wait(&mut self) -> (std::process::ExitStatus, String) {
         let status = self.child.wait().expect("wait");

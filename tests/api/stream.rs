@@ -297,7 +297,44 @@ async fn bad_stream_requests_are_refused_with_the_reason(backend: Backend) {
     assert_eq!(app.get("/events/stream", WRITER).await.status(), 403);
 }
 
+/// A credential holds at most `limits.max_streams_per_credential` streams; one more is a 429
+/// with Retry-After, other credentials are not held back, and a stream its client closed frees
+/// its place.
+async fn a_credential_holds_a_limited_number_of_streams(backend: Backend) {
+    let db = crate::helpers::TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.limits.max_streams_per_credential = 2;
+    let app = spawn_with(db, settings).await;
+    app.add_user(READER.0, auditor::auth::Role::Reader, READER.1)
+        .await;
+    let first = Sse::open(&app, "", None).await;
+    let _second = Sse::open(&app, "", None).await;
+    let refused = app.get("/events/stream", READER).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    let other = app.get("/events/stream", ADMIN).await;
+    assert_eq!(other.status(), 200, "another credential");
+    drop(first);
+    // The server learns of the closed connection at its next write, the heartbeat at the latest.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = app.get("/events/stream", READER).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed stream's place is freed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 crate::both_backends!(
+    a_credential_holds_a_limited_number_of_streams,
     a_new_stream_starts_with_the_events_committed_from_then_on,
     last_event_id_zero_replays_the_log_then_follows_it,
     reconnecting_with_last_event_id_loses_and_repeats_nothing_while_writers_run,
