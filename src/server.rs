@@ -79,6 +79,15 @@ async fn serve_store<S: Store>(
     if !pending.is_empty() {
         return Err(ServeError::PendingMigrations(pending));
     }
+    // Before anything starts: a certificate that does not load fails the start at once.
+    let tls = match settings.tls.files() {
+        Some((cert_file, key_file)) => Some((
+            RustlsConfig::from_config(Arc::new(crate::tls::server_config(cert_file, key_file)?)),
+            cert_file.to_owned(),
+            key_file.to_owned(),
+        )),
+        None => None,
+    };
     bootstrap(&store, &settings).await?;
     // Before serving: a database where this cannot work (e.g. PostgreSQL partitions that this
     // user may not create) fails the start rather than an append at the next month.
@@ -139,7 +148,6 @@ async fn serve_store<S: Store>(
     };
     let app = api::router(state, settings.http_limits());
     let address = listener.local_addr()?;
-    let tls = settings.tls.files();
     tracing::info!(
         %address,
         database = %settings.database_url,
@@ -164,16 +172,9 @@ async fn serve_store<S: Store>(
                 () = grace_expired(&shutdown) => {}
             }
         }
-        Some((cert_file, key_file)) => {
-            let config = RustlsConfig::from_config(Arc::new(crate::tls::server_config(
-                cert_file, key_file,
-            )?));
-            let reload = crate::tls::reload_on_sighup(
-                config.clone(),
-                cert_file.to_owned(),
-                key_file.to_owned(),
-                shutdown.clone(),
-            );
+        Some((config, cert_file, key_file)) => {
+            let reload =
+                crate::tls::reload_on_sighup(config.clone(), cert_file, key_file, shutdown.clone());
             let handle = axum_server::Handle::new();
             tokio::spawn({
                 let (handle, shutdown) = (handle.clone(), shutdown.clone());

@@ -784,8 +784,17 @@ pub fn verify_export(
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: ExportLine = serde_json::from_str(&line)
-            .map_err(|e| ExportError::Line(number + 1, e.to_string()))?;
+        let parsed: ExportLine = serde_json::from_str(&line).map_err(|_| {
+            // An untagged enum's error names only the enum; an event's says what is amiss.
+            let why = match serde_json::from_str::<Event>(&line) {
+                Err(error) => format!(
+                    "not a chain head, dropped prefix, checkpoint or event (read as an event: \
+                     {error})"
+                ),
+                Ok(_) => "not a line of an export".to_owned(),
+            };
+            ExportError::Line(number + 1, why)
+        })?;
         match parsed {
             ExportLine::ChainHead { chain_head } => {
                 if let (Some(seq), Some(hash)) = (chain_head.seq, chain_head.hash) {

@@ -151,11 +151,27 @@ impl Statistics {
 
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
-            .await?;
+            .await
+        {
+            Ok(pool) => pool,
+            Err(error) => {
+                // The pool's own error is often only that it timed out: one connection of
+                // its own says why (refused, no such database, authentication failed).
+                use sqlx::Connection;
+                let cause = match sqlx::PgConnection::connect(url).await {
+                    Err(cause) => cause,
+                    Ok(_) => error,
+                };
+                let at = crate::config::DatabaseUrl::new(url.to_owned());
+                return Err(StoreError::Unavailable(
+                    format!("cannot connect to {at}: {cause}").into(),
+                ));
+            }
+        };
         Ok(Self {
             pool,
             clock: Arc::default(),

@@ -634,6 +634,47 @@ async fn a_missing_slot_is_recorded_as_a_gap(backend: Backend) {
         events[0]["idempotency_key"]
     );
     assert_eq!(events[2]["entity_id"], "3");
+
+    // Lost twice more with nothing captured in between: one more record, naming the last
+    // change captured; a loss with nothing captured since the last record adds none (its keys
+    // never nest), and a retry does not double it.
+    for _ in 0..2 {
+        app.stop().await.unwrap();
+        host.execute(&format!(
+            "SELECT pg_drop_replication_slot('slot_{}')",
+            host.name
+        ))
+        .await;
+        app = spawn_with(db.share(), with_capture(&db, host.capture())).await;
+        host.wait_for_slot().await;
+    }
+    host.execute("INSERT INTO plain VALUES (4, 'later')").await;
+    db.wait_for_events("default", 5, Duration::from_secs(30))
+        .await;
+    let events: Vec<Value> = app
+        .all_events()
+        .await
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "public.plain.create",
+            "capture.gap",
+            "public.plain.create",
+            "capture.gap",
+            "public.plain.create"
+        ]
+    );
+    assert_eq!(
+        events[3]["idempotency_key"],
+        format!("app:gap:{}", events[2]["idempotency_key"].as_str().unwrap())
+    );
     app.stop().await.unwrap();
     host.drop_now().await;
 }

@@ -250,6 +250,47 @@ fn verifying_an_empty_export_fails() {
             text(&report.stderr)
         );
     }
+    // A line that is none of an export's: said in terms of an event, not of the parser.
+    let path = dir.path().join("junk.ndjson");
+    std::fs::write(&path, "{\"seq\": 1}\n").unwrap();
+    let report = auditor(
+        &url,
+        &[
+            "verify",
+            "--export",
+            path.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+        "",
+    );
+    let said = text(&report.stderr);
+    assert!(!report.status.success());
+    assert!(said.contains("read as an event: missing field"), "{said}");
+    assert!(!said.contains("untagged"), "{said}");
+}
+
+/// A database that cannot be opened is named, with the reason, not only as "unavailable".
+#[test]
+fn serve_says_why_the_database_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder").join("auditor.db");
+    for (url, expected) in [
+        (
+            format!("sqlite://{}", missing.display()),
+            "no-such-folder of the SQLite database does not exist".to_owned(),
+        ),
+        (
+            "postgres://auditor:hunter2@127.0.0.1:9/audit".to_owned(),
+            "cannot connect to postgres://auditor:***@127.0.0.1:9/audit".to_owned(),
+        ),
+    ] {
+        let output = auditor(&url, &["serve", "--listen", "127.0.0.1:0"], "");
+        let said = text(&output.stderr);
+        assert!(!output.status.success());
+        assert!(said.contains(&expected), "{said}");
+        assert!(!said.contains("hunter2"), "{said}");
+    }
 }
 
 #[tokio::test]

@@ -120,6 +120,16 @@ impl Location {
     /// a page put on the freelist) is zeroed, so that an erased value leaves no stale copy that
     /// an earlier write left behind (turned on for erasures only, copies from before stayed).
     pub fn open_writer(&self) -> Result<Connection, StoreError> {
+        // SQLite says only "unable to open database file" when the folder is missing.
+        if let Some(folder) = self.path.parent().filter(|f| !f.as_os_str().is_empty())
+            && !folder.is_dir()
+        {
+            return Err(StoreError::Other(anyhow::anyhow!(
+                "the folder {} of the SQLite database does not exist; create it first (the \
+                 database file itself is created on the first start)",
+                folder.display()
+            )));
+        }
         let mut conn =
             self.open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         let mode: String =
