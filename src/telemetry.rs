@@ -13,7 +13,10 @@ use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+        // lapin logs a returned message whole (an audit payload has no place in the service's
+        // own log) and a queue's expected absence as an error; its failures reach the consumer
+        // as errors, which it logs.
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn,lapin=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

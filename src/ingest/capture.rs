@@ -560,6 +560,19 @@ async fn sync_publication<S: Store>(
             .await?
             .into_iter()
             .collect();
+            // A table renamed or moved out of what `tables` matches stays in the publication,
+            // but its changes are no longer captured: said once for each.
+            for (schema, table) in &published {
+                let name = format!("{schema}.{table}");
+                if !settings.captures(schema, table) && warned.insert(format!("unmatched {name}")) {
+                    tracing::warn!(
+                        capture = %settings.name, table = %name,
+                        "a table of the publication is not matched by `tables` (renamed or \
+                         moved since it was added, or put there by someone else): its changes \
+                         are not captured"
+                    );
+                }
+            }
             let missing: Vec<&HostTable> = wanted
                 .into_iter()
                 .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))

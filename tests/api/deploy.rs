@@ -18,6 +18,10 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "DynamicUser=yes",
         "ProtectSystem=strict",
         "StateDirectory=auditor",
+        // Secrets stay root's: the service gets private copies.
+        "LoadCredential=auditor.toml:/etc/auditor/auditor.toml",
+        "--config %d/auditor.toml",
+        "AUDITOR_ADMIN_PASSWORD_FILE=%d/admin-password",
     ] {
         assert!(unit.contains(hardening), "{hardening}");
     }
