@@ -238,3 +238,66 @@ async fn https_serves_the_configured_certificate_and_a_new_one_after_sighup() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(fetch(&https("/healthz"), &second_ca.0).is_some());
 }
+
+/// `auditor events --ca-cert` trusts a private authority's certificate for the server's TLS,
+/// and only that; a certificate that does not load stops the start before it is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_trusts_the_authority_it_is_given_and_a_bad_certificate_stops_the_start() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = db.dir.path().to_owned();
+    let (trusted, other) = (authority(&dir, "trusted-ca"), authority(&dir, "other-ca"));
+    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+    server_certificate(&dir, &trusted, &cert, &key);
+    let mut server = ServerProcess::serve_with_env(
+        &db,
+        &[
+            ("AUDITOR_TLS__CERT_FILE", cert.to_str().unwrap()),
+            ("AUDITOR_TLS__KEY_FILE", key.to_str().unwrap()),
+        ],
+    );
+    let port = server.address.rsplit(':').next().unwrap().to_owned();
+    let query = |ca: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_auditor"))
+            .args(["events", "query", "--server"])
+            .arg(format!("https://localhost:{port}"))
+            .arg("--ca-cert")
+            .arg(ca)
+            .env_remove("AUDITOR_CONFIG")
+            .env_remove("AUDITOR_TOKEN")
+            .env("AUDITOR_USER", ADMIN.0)
+            .env("AUDITOR_PASSWORD", ADMIN.1)
+            .output()
+            .unwrap()
+    };
+    let through = query(&trusted.0);
+    assert!(
+        through.status.success(),
+        "{}",
+        String::from_utf8_lossy(&through.stderr)
+    );
+    let refused = query(&other.0);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot reach"));
+    server.terminate();
+    server.wait();
+
+    std::fs::write(&key, "not a key").unwrap();
+    let started = Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ])
+        .env_remove("AUDITOR_CONFIG")
+        .env("AUDITOR_TLS__CERT_FILE", &cert)
+        .env("AUDITOR_TLS__KEY_FILE", &key)
+        .env("AUDITOR_ADMIN_PASSWORD", ADMIN.1)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&started.stderr);
+    assert!(!started.status.success());
+    assert!(!said.contains("auditor listening"), "{said}");
+    assert!(said.contains("tls.key"), "{said}");
+}
