@@ -590,6 +590,22 @@ fn host_admin_url() -> String {
     std::env::var("AUDITOR_TEST_HOST_DATABASE_URL").unwrap()
 }
 
+/// Every event of the default tenant, as JSON.
+async fn recorded(app: &crate::helpers::TestApp) -> Vec<Value> {
+    app.all_events()
+        .await
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect()
+}
+
+fn event_types(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect()
+}
+
 /// A slot dropped while the service was stopped loses the changes made meanwhile: the gap is
 /// recorded in the log before a new slot is made.
 async fn a_missing_slot_is_recorded_as_a_gap(backend: Backend) {
@@ -612,16 +628,8 @@ async fn a_missing_slot_is_recorded_as_a_gap(backend: Backend) {
     host.execute("INSERT INTO plain VALUES (3, 'after')").await;
     db.wait_for_events("default", 3, Duration::from_secs(30))
         .await;
-    let events: Vec<Value> = app
-        .all_events()
-        .await
-        .iter()
-        .map(|e| serde_json::to_value(e).unwrap())
-        .collect();
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
+    let events = recorded(&app).await;
+    let types = event_types(&events);
     assert_eq!(
         types,
         ["public.plain.create", "capture.gap", "public.plain.create"]
@@ -651,16 +659,8 @@ async fn a_missing_slot_is_recorded_as_a_gap(backend: Backend) {
     host.execute("INSERT INTO plain VALUES (4, 'later')").await;
     db.wait_for_events("default", 5, Duration::from_secs(30))
         .await;
-    let events: Vec<Value> = app
-        .all_events()
-        .await
-        .iter()
-        .map(|e| serde_json::to_value(e).unwrap())
-        .collect();
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
+    let events = recorded(&app).await;
+    let types = event_types(&events);
     assert_eq!(
         types,
         [

@@ -219,20 +219,20 @@ fn verifying_an_empty_export_fails() {
         .output()
         .unwrap();
     assert!(text(&system.stdout).starts_with("auditor.local/log/_system+"));
-    for (name, content) in [("empty.ndjson", ""), ("blank.ndjson", "\n  \n")] {
+    let verify_file = |name: &str, content: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
-        let report = auditor(
-            &url,
-            &[
-                "verify",
-                "--export",
-                path.to_str().unwrap(),
-                "--public-key",
-                &key,
-            ],
-            "",
-        );
+        let args = [
+            "verify",
+            "--export",
+            path.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ];
+        auditor(&url, &args, "")
+    };
+    for (name, content) in [("empty.ndjson", ""), ("blank.ndjson", "\n  \n")] {
+        let report = verify_file(name, content);
         assert_eq!(
             report.status.code(),
             Some(1),
@@ -251,19 +251,7 @@ fn verifying_an_empty_export_fails() {
         );
     }
     // A line that is none of an export's: said in terms of an event, not of the parser.
-    let path = dir.path().join("junk.ndjson");
-    std::fs::write(&path, "{\"seq\": 1}\n").unwrap();
-    let report = auditor(
-        &url,
-        &[
-            "verify",
-            "--export",
-            path.to_str().unwrap(),
-            "--public-key",
-            &key,
-        ],
-        "",
-    );
+    let report = verify_file("junk.ndjson", "{\"seq\": 1}\n");
     let said = text(&report.stderr);
     assert!(!report.status.success());
     assert!(said.contains("read as an event: missing field"), "{said}");
