@@ -111,6 +111,16 @@ pub async fn tenant_parameter(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// Whether the credentials a long-lived response (a live tail) began with still admit it, as
+/// they would a new request: a revoked or expired token, or a removed user, ends it.
+pub(crate) async fn still_admitted<S: Store>(
+    parts: &Parts,
+    state: &AppState<S>,
+    scope: Scope,
+) -> bool {
+    authorise(parts, state, scope).await.is_ok()
+}
+
 /// Authenticates the request, acts in the tenant it names, and requires `scope`.
 async fn authorise<S: Store>(
     parts: &Parts,

@@ -10,15 +10,17 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::WriteAccess;
 use super::body::parse;
@@ -29,9 +31,9 @@ use crate::model::{NewEvent, RawEvent};
 use crate::store::Store;
 
 /// `idle`: how long the upload may go without receiving a byte (`limits.request_timeout_secs`).
-pub fn router<S: Store>(idle: Duration) -> Router<AppState<S>> {
-    Router::new()
-        .route("/events/bulk", post(ingest::<S>))
+pub fn router<S: Store>(idle: Duration) -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest))
         .layer(Extension(IdleTimeout(idle)))
 }
 
@@ -101,6 +103,7 @@ impl Chunk {
     }
 }
 
+#[utoipa::path(post, path = "/events/bulk", tag = "events")]
 async fn ingest<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,

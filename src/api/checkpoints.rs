@@ -1,12 +1,14 @@
 //! Signed checkpoints and the key that signs them: `/checkpoint` (the signed note as text, where
 //! transparency clients look), `/checkpoints/...` (JSON) and `/keys`.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::{CheckpointAccess, ReadAccess};
 use super::{ApiError, AppState};
@@ -14,13 +16,13 @@ use crate::integrity::Checkpoint;
 use crate::model::QueryError;
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/checkpoint", get(note::<S>))
-        .route("/checkpoints", axum::routing::post(create::<S>))
-        .route("/checkpoints/latest", get(latest::<S>))
-        .route("/checkpoints/{tree_size}", get(by_size::<S>))
-        .route("/keys", get(keys::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(note))
+        .routes(routes!(create))
+        .routes(routes!(latest))
+        .routes(routes!(by_size))
+        .routes(routes!(keys))
 }
 
 fn describe(checkpoint: &Checkpoint) -> Value {
@@ -40,6 +42,7 @@ fn none_yet() -> ApiError {
 }
 
 /// The latest signed note, verbatim, as `text/plain`.
+#[utoipa::path(get, path = "/checkpoint", tag = "integrity")]
 async fn note<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -55,6 +58,7 @@ async fn note<S: Store>(
     ))
 }
 
+#[utoipa::path(get, path = "/checkpoints/latest", tag = "integrity")]
 async fn latest<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -67,6 +71,7 @@ async fn latest<S: Store>(
     Ok(Json(describe(&checkpoint)))
 }
 
+#[utoipa::path(get, path = "/checkpoints/{tree_size}", tag = "integrity")]
 async fn by_size<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -87,6 +92,7 @@ async fn by_size<S: Store>(
 }
 
 /// Signs the current tree head now (admin).
+#[utoipa::path(post, path = "/checkpoints", tag = "integrity")]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     CheckpointAccess(principal): CheckpointAccess,
@@ -101,6 +107,7 @@ async fn create<S: Store>(
 }
 
 /// The verifier key of the caller's log, in signed-note form.
+#[utoipa::path(get, path = "/keys", tag = "integrity")]
 async fn keys<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

@@ -4,15 +4,17 @@
 
 use std::net::IpAddr;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::{ReadAccess, RedactAccess, WriteAccess};
 use super::body::{RawBody, parse, parse_or_default};
@@ -23,13 +25,13 @@ use crate::model::event::parse_rfc3339;
 use crate::model::{Action, Event, FieldError, Outcome, RawEvent};
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/create_log/{user_id}", post(create::<S>))
-        .route("/get_log/customer/{user_id}", get(customer_logs::<S>))
-        .route("/get_log/event/{event_uuid}", get(event_log::<S>))
-        .route("/update_log/{event_uuid}", put(update::<S>))
-        .route("/delete_log/{event_uuid}", delete(remove::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(customer_logs))
+        .routes(routes!(event_log))
+        .routes(routes!(update))
+        .routes(routes!(remove))
 }
 
 /// An [`ApiError`] in seed 2's failure shape, keeping the standard `error` object beside it.
@@ -134,6 +136,7 @@ struct CreateBody {
     idempotency_key: Option<String>,
 }
 
+#[utoipa::path(post, path = "/create_log/{user_id}", tag = "seed routes")]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<WriteAccess, ApiError>,
@@ -166,6 +169,7 @@ async fn create<S: Store>(
     recorded_answer(state.log.record_one(&principal, raw).await?)
 }
 
+#[utoipa::path(get, path = "/get_log/customer/{user_id}", tag = "seed routes")]
 async fn customer_logs<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<ReadAccess, ApiError>,
@@ -196,6 +200,7 @@ async fn customer_logs<S: Store>(
     Ok(success(StatusCode::OK, body))
 }
 
+#[utoipa::path(get, path = "/get_log/event/{event_uuid}", tag = "seed routes")]
 async fn event_log<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<ReadAccess, ApiError>,
@@ -233,6 +238,7 @@ struct UpdateBody {
 
 /// Records an amendment (see [`crate::log::AuditLog::amend`]): a new `update` event naming the
 /// original, which stays untouched.
+#[utoipa::path(put, path = "/update_log/{event_uuid}", tag = "seed routes")]
 async fn update<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<WriteAccess, ApiError>,
@@ -272,6 +278,7 @@ struct DeleteBody {
 /// Deletes an event the only way an audit log may (admin only): its personal fields are erased,
 /// their commitments kept, and an `audit.erased` event records who, when and why. Deleting it
 /// again answers with that record.
+#[utoipa::path(delete, path = "/delete_log/{event_uuid}", tag = "seed routes")]
 async fn remove<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<RedactAccess, ApiError>,

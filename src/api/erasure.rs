@@ -3,11 +3,13 @@
 //! every event about one data subject. The log records each erasure as an event, which is (or is
 //! in) the answer.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::RedactAccess;
 use super::body::{JsonBytes, parse};
@@ -17,11 +19,11 @@ use crate::log::SubjectErasure;
 use crate::model::{Event, FieldError, Personal};
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/events/{id}/redact", post(redact::<S>))
-        .route("/events/{id}/erase", post(erase::<S>))
-        .route("/erasures", post(erase_subject::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(redact))
+        .routes(routes!(erase))
+        .routes(routes!(erase_subject))
 }
 
 #[derive(Deserialize)]
@@ -42,6 +44,7 @@ struct SubjectBody {
 }
 
 /// `201` with the `audit.redacted` event.
+#[utoipa::path(post, path = "/events/{id}/redact", tag = "erasure")]
 async fn redact<S: Store>(
     state: State<AppState<S>>,
     access: RedactAccess,
@@ -53,6 +56,7 @@ async fn redact<S: Store>(
 
 /// `201` with the `audit.erased` event, or `200` with the record of the erasure that already
 /// left the event without personal data.
+#[utoipa::path(post, path = "/events/{id}/erase", tag = "erasure")]
 async fn erase<S: Store>(
     state: State<AppState<S>>,
     access: RedactAccess,
@@ -92,6 +96,7 @@ async fn erase_one<S: Store>(
 
 /// `201` with `{"erased": n, "record": <audit.erased event>}`, or `200` with `{"erased": 0,
 /// "record": null}` when no event of the subject holds personal data any more.
+#[utoipa::path(post, path = "/erasures", tag = "erasure")]
 async fn erase_subject<S: Store>(
     State(state): State<AppState<S>>,
     RedactAccess(principal): RedactAccess,

@@ -1,11 +1,13 @@
 //! `/events`: record events, fetch one, and query them by any field.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::{ReadAccess, WriteAccess};
 use super::body::{OneOrMany, RawBody, parse_one_or_many, require_json};
@@ -15,11 +17,11 @@ use crate::log::Recorded;
 use crate::model::{Event, EventId, Page, QueryError, RawEvent};
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/events", post(create::<S>).get(list::<S>))
-        .route("/events/query", get(query::<S>))
-        .route("/events/{id}", get(show::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(query))
+        .routes(routes!(show))
 }
 
 /// `201 Created` when anything new was recorded, `200 OK` when every event was a replay.
@@ -33,6 +35,7 @@ pub fn status_of(recorded: &Recorded) -> StatusCode {
 
 /// Records the body's events: the service's own event JSON, or CloudEvents in any of the HTTP
 /// binding's modes (`api::cloudevents`).
+#[utoipa::path(post, path = "/events", tag = "events")]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,
@@ -60,6 +63,7 @@ async fn create<S: Store>(
     }
 }
 
+#[utoipa::path(get, path = "/events/{id}", tag = "events")]
 async fn show<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -103,6 +107,7 @@ async fn run_query<S: Store>(
         .await?)
 }
 
+#[utoipa::path(get, path = "/events", tag = "events")]
 async fn list<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -124,6 +129,7 @@ struct EventsPage {
 }
 
 /// Seed 1's route: the same query, answered with a bare array.
+#[utoipa::path(get, path = "/events/query", tag = "events")]
 async fn query<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

@@ -3,14 +3,15 @@
 
 use std::io;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::ReadAccess;
 use super::events::{QueryPairs, query_pairs};
@@ -19,10 +20,11 @@ use crate::log::export::ExportFormat;
 use crate::model::{EventQuery, QueryError};
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new().route("/events/export", get(export::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new().routes(routes!(export))
 }
 
+#[utoipa::path(get, path = "/events/export", tag = "events")]
 async fn export<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

@@ -12,6 +12,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::access::AdminAccess;
 use super::{ApiError, AppState};
 use crate::log::AuditLog;
@@ -24,8 +27,8 @@ use crate::store::Store;
 /// The Prometheus text exposition format's media type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new().route("/metrics", get(behind_admin::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new().routes(routes!(behind_admin))
 }
 
 /// `/metrics` alone and open, for `metrics.listen`.
@@ -36,6 +39,7 @@ pub fn standalone<S: Store>(log: AuditLog<S>) -> Router {
         .with_state(log)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations")]
 async fn behind_admin<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use body::BodyLimit;
 pub use error::ApiError;
@@ -76,24 +77,8 @@ pub struct HttpLimits {
 /// or the server shuts down, and answers with what it committed either way.
 pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     let body_limit = http.max_body_bytes;
-    let deadlined = Router::new()
-        .merge(health::router())
-        .merge(events::router())
-        .merge(export::router())
-        .merge(stream::router())
-        .merge(compat::router())
-        .merge(checkpoints::router())
-        .merge(proofs::router())
-        .merge(erasure::router())
-        .merge(tiles::router())
-        .merge(tokens::router())
-        .merge(metrics::router())
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            deadline(request, next, http.request_timeout)
-        }));
-    Router::new()
-        .merge(bulk::router(http.request_timeout))
-        .merge(deadlined)
+    let (routes, _document) = routes::<S>(http);
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(access::tenant_parameter))
@@ -133,11 +118,104 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         .with_state(state)
 }
 
+/// Every route of the API and its OpenAPI document, from one registration: each module lists
+/// its handlers in utoipa-axum's `routes!`, which adds a handler to the router and its
+/// `#[utoipa::path]` to the document together, so neither lists a route the other lacks.
+pub fn routes<S: Store>(http: HttpLimits) -> (Router<AppState<S>>, utoipa::openapi::OpenApi) {
+    let (deadlined, mut document) = OpenApiRouter::new()
+        .merge(health::router())
+        .merge(events::router())
+        .merge(export::router())
+        .merge(stream::router())
+        .merge(compat::router())
+        .merge(checkpoints::router())
+        .merge(proofs::router())
+        .merge(erasure::router())
+        .merge(tiles::router())
+        .merge(tokens::router())
+        .merge(metrics::router())
+        .split_for_parts();
+    let deadlined = deadlined.layer(middleware::from_fn(move |request: Request, next: Next| {
+        deadline(request, next, http.request_timeout)
+    }));
+    // A bulk upload runs as long as its client sends: it is not under the deadline.
+    let (bulk, bulk_document) = bulk::router(http.request_timeout).split_for_parts();
+    document.merge(bulk_document);
+    (Router::new().merge(bulk).merge(deadlined), document)
+}
+
 /// A request that outlives the timeout is answered 408, so no client can hold shutdown hostage.
 async fn deadline(request: Request, next: Next, timeout: Duration) -> Response {
     use axum::response::IntoResponse;
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document lists each route the router serves, with its method, and no other.
+    #[test]
+    fn the_document_names_every_route_and_method() {
+        let http = HttpLimits {
+            max_body_bytes: 1024,
+            request_timeout: Duration::from_secs(1),
+        };
+        let (_, document) = routes::<crate::store::SqliteStore>(http);
+        let mut operations: Vec<String> = document
+            .paths
+            .paths
+            .iter()
+            .flat_map(|(path, item)| {
+                [
+                    ("GET", item.get.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                ]
+                .into_iter()
+                .filter(|(_, present)| *present)
+                .map(move |(method, _)| format!("{method} {path}"))
+            })
+            .collect();
+        operations.sort();
+        let expected = [
+            "DELETE /admin/tokens/{name}",
+            "DELETE /delete_log/{event_uuid}",
+            "GET /admin/tokens",
+            "GET /checkpoint",
+            "GET /checkpoints/consistency",
+            "GET /checkpoints/latest",
+            "GET /checkpoints/{tree_size}",
+            "GET /events",
+            "GET /events/export",
+            "GET /events/query",
+            "GET /events/stream",
+            "GET /events/{id}",
+            "GET /events/{id}/proof",
+            "GET /get_log/customer/{user_id}",
+            "GET /get_log/event/{event_uuid}",
+            "GET /healthz",
+            "GET /keys",
+            "GET /logs/{tenant}/checkpoint",
+            "GET /logs/{tenant}/tile/{*path}",
+            "GET /metrics",
+            "GET /ping",
+            "GET /readyz",
+            "POST /admin/tokens",
+            "POST /checkpoints",
+            "POST /create_log/{user_id}",
+            "POST /erasures",
+            "POST /events",
+            "POST /events/bulk",
+            "POST /events/{id}/erase",
+            "POST /events/{id}/redact",
+            "PUT /update_log/{event_uuid}",
+        ];
+        assert_eq!(operations, expected);
     }
 }

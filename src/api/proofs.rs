@@ -1,10 +1,12 @@
 //! Proofs over HTTP: an event's inclusion in a tree, and a tree's consistency with an earlier one.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::ReadAccess;
 use super::events::parse_event_id;
@@ -12,10 +14,10 @@ use super::{ApiError, AppState};
 use crate::model::QueryError;
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/events/{id}/proof", get(inclusion::<S>))
-        .route("/checkpoints/consistency", get(consistency::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(inclusion))
+        .routes(routes!(consistency))
 }
 
 #[derive(Deserialize)]
@@ -33,6 +35,7 @@ fn bad_query(param: &str, rejection: impl std::fmt::Display) -> ApiError {
 
 /// Inclusion proof of an event, in the latest checkpoint's tree when it covers the event (so the
 /// proof checks against a signed root), else in the current tree; or in `tree_size`.
+#[utoipa::path(get, path = "/events/{id}/proof", tag = "integrity")]
 async fn inclusion<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -66,6 +69,7 @@ struct Range {
 }
 
 /// Consistency proof from tree size `from` to `to` (default: the current tree).
+#[utoipa::path(get, path = "/checkpoints/consistency", tag = "integrity")]
 async fn consistency<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

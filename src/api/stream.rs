@@ -9,36 +9,44 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures::stream::StreamExt;
 use serde_json::json;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::ReadAccess;
 use super::events::{QueryPairs, query_pairs};
 use super::{ApiError, AppState};
 use crate::log::tail::Tailed;
+use crate::model::Scope;
 use crate::model::{EventQuery, QueryError, Seq};
 use crate::store::Store;
 
 /// How often an idle stream sends a comment.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// How often an open stream's credentials are checked again.
+const READMIT_EVERY: Duration = Duration::from_secs(5);
+
 /// The `Retry-After` of a stream refused for the credential's open streams.
 const RETRY_STREAM_AFTER: Duration = Duration::from_secs(5);
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new().route("/events/stream", get(stream::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
+#[utoipa::path(get, path = "/events/stream", tag = "events")]
 async fn stream<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
     headers: HeaderMap,
+    request: Parts,
     pairs: QueryPairs,
 ) -> Result<Response, ApiError> {
     let query = parse(query_pairs(pairs)?)?;
@@ -59,7 +67,8 @@ async fn stream<S: Store>(
             tail.into_stream()
                 .map(|item| Ok::<_, Infallible>(sse_event(item))),
         )
-        .take_until(state.shutdown.cancelled_owned())
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .take_until(admission_ends(request, state))
         // The slot is freed when the stream is dropped: ended, or its client gone.
         .map(move |frame| {
             let _held = &slot;
@@ -68,6 +77,18 @@ async fn stream<S: Store>(
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"));
     // A proxy such as nginx would otherwise hold the frames back until its buffer fills.
     Ok(([("x-accel-buffering", "no")], sse).into_response())
+}
+
+/// Completes once the stream's credentials no longer admit it (revoked, expired, or their user
+/// removed), checked every `READMIT_EVERY` as a new request's would be: the stream then ends,
+/// and the client's reconnection is refused.
+async fn admission_ends<S: Store>(request: Parts, state: AppState<S>) {
+    loop {
+        tokio::time::sleep(READMIT_EVERY).await;
+        if !super::access::still_admitted(&request, &state, Scope::EventsRead).await {
+            return;
+        }
+    }
 }
 
 fn sse_event(item: Result<Tailed, crate::store::StoreError>) -> SseEvent {

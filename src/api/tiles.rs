@@ -1,11 +1,12 @@
 //! `/logs/{tenant}/…`: a tenant's log at the paths of C2SP `tlog-tiles`, so that any tlog-tiles
 //! client can fetch its checkpoint, tiles and entry bundles (same credentials as other reads).
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::ReadAccess;
 use super::{ApiError, AppState};
@@ -13,13 +14,14 @@ use crate::integrity::tiles::{TILE_WIDTH, Tile};
 use crate::model::QueryError;
 use crate::store::Store;
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/logs/{tenant}/checkpoint", get(checkpoint::<S>))
-        .route("/logs/{tenant}/tile/{*path}", get(tile::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(checkpoint))
+        .routes(routes!(tile))
 }
 
 /// The latest signed checkpoint, as a C2SP `tlog-checkpoint` note.
+#[utoipa::path(get, path = "/logs/{tenant}/checkpoint", tag = "integrity")]
 async fn checkpoint<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -42,6 +44,7 @@ async fn checkpoint<S: Store>(
 
 /// A hash tile or an entry bundle. A full tile never changes, so it may be cached for good; a
 /// partial one is superseded as the log grows.
+#[utoipa::path(get, path = "/logs/{tenant}/tile/{*path}", tag = "integrity")]
 async fn tile<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

@@ -2,11 +2,13 @@
 //! it once, `GET /admin/tokens` lists them (never a secret), `DELETE /admin/tokens/{name}`
 //! revokes one. An admin of one tenant sees and makes tokens of that tenant only.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::access::AdminAccess;
 use super::body::{JsonBytes, parse};
@@ -17,10 +19,10 @@ use crate::model::token::TokenRecord;
 use crate::model::{Action, FieldError, Scopes, TenantScope};
 use crate::store::{Store, StoreError};
 
-pub fn router<S: Store>() -> Router<AppState<S>> {
-    Router::new()
-        .route("/admin/tokens", post(create::<S>).get(list::<S>))
-        .route("/admin/tokens/{name}", delete(revoke::<S>))
+pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(revoke))
 }
 
 /// Scopes as a JSON array of names, or one string of names separated by spaces (RFC 9068).
@@ -62,6 +64,7 @@ impl From<TokenError> for ApiError {
 }
 
 /// `201` with the token's record and the token, shown this once.
+#[utoipa::path(post, path = "/admin/tokens", tag = "tokens")]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,
@@ -109,6 +112,7 @@ struct TokenList {
 }
 
 /// `200` with `{"tokens": [...]}`: those the admin covers, by name.
+#[utoipa::path(get, path = "/admin/tokens", tag = "tokens")]
 async fn list<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,
@@ -126,6 +130,7 @@ async fn list<S: Store>(
 
 /// `200` with the revoked token's record; `404` for a token the admin does not cover or that
 /// does not exist. Revoking a revoked token keeps its first revocation time.
+#[utoipa::path(delete, path = "/admin/tokens/{name}", tag = "tokens")]
 async fn revoke<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,

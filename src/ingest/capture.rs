@@ -222,7 +222,9 @@ struct Transaction {
     end_lsn: Lsn,
     committed_at: OffsetDateTime,
     changes: Vec<Change>,
-    context: Map<String, Value>,
+    /// The context messages so far, merged: each change takes the context as it stood when
+    /// the change was made, so a message applies to the changes after it only.
+    context: Arc<Map<String, Value>>,
 }
 
 struct Change {
@@ -234,6 +236,8 @@ struct Change {
     new: Option<Vec<Datum>>,
     /// The database role whose statement made it, from the statement's role message.
     role: Option<String>,
+    /// The transaction's context as it stood when the change was made.
+    context: Arc<Map<String, Value>>,
 }
 
 #[derive(Clone, Copy)]
@@ -411,7 +415,7 @@ async fn record_chunk<S: Store>(
 fn unrecordable(event: &NewEvent, error: &LogError) -> anyhow::Result<NewEvent> {
     let data = serde_json::json!({
         "entity": event.entity,
-        "reason": error.to_string(),
+        "reason": storable(error.to_string()),
     });
     let raw = RawEvent {
         event_type: "capture.unrecordable".into(),
@@ -428,6 +432,13 @@ fn unrecordable(event: &NewEvent, error: &LogError) -> anyhow::Result<NewEvent> 
         idempotency_key: event.idempotency_key.clone(),
     };
     NewEvent::parse(raw, &crate::model::Limits::default()).map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// A refusal's text as the log may keep it. It may quote what was refused, such as a key
+/// holding U+0000, which the log refuses everywhere: the record of the refusal would then be
+/// refused too.
+fn storable(text: String) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// A table of the host: its schema, its name, and whether it has a replica identity (without
@@ -996,7 +1007,7 @@ async fn peek(
                     end_lsn: 0,
                     committed_at,
                     changes: Vec::new(),
-                    context: Map::new(),
+                    context: Arc::default(),
                 });
             }
             Message::Commit {
@@ -1051,7 +1062,17 @@ async fn peek(
             } if prefix == CONTEXT_PREFIX => {
                 match (open.as_mut(), serde_json::from_slice(&content)) {
                     (Some(transaction), Ok(Value::Object(context))) => {
-                        transaction.context.extend(context);
+                        if let Some(ip) = context.get("ip")
+                            && ip
+                                .as_str()
+                                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                                .is_none()
+                        {
+                            tracing::warn!(capture = %settings.name, %ip, "a context message's ip is no address; left out");
+                        }
+                        let mut merged = (*transaction.context).clone();
+                        merged.extend(context);
+                        transaction.context = Arc::new(merged);
                     }
                     (Some(_), _) => tracing::warn!(
                         capture = %settings.name,
@@ -1134,6 +1155,7 @@ fn push(
             old,
             new,
             role: None,
+            context: Arc::clone(&transaction.context),
         });
     }
 }
@@ -1181,28 +1203,22 @@ fn events_of<S: Store>(
     tables: &Tables<'_>,
     transaction: &Transaction,
 ) -> Vec<NewEvent> {
-    let mut context = transaction.context.clone();
-    let context_user = match context.remove("user_identity") {
-        Some(Value::String(user)) if !user.trim().is_empty() => Some(user),
-        _ => None,
-    };
-    let ip = match context.remove("ip") {
-        Some(Value::String(ip)) => ip.parse().ok().or_else(|| {
-            tracing::warn!(capture = %settings.name, %ip, "a context message's ip is no address; left out");
-            None
-        }),
-        Some(other) => {
-            tracing::warn!(capture = %settings.name, ip = %other, "a context message's ip is no address; left out");
-            None
-        }
-        None => None,
-    };
     let mut events = Vec::new();
     for (index, change) in transaction.changes.iter().enumerate() {
         let relation = &change.relation;
         if !settings.captures(&relation.schema, &relation.table) {
             continue;
         }
+        let mut context = (*change.context).clone();
+        let context_user = match context.remove("user_identity") {
+            Some(Value::String(user)) if !user.trim().is_empty() => Some(user),
+            _ => None,
+        };
+        // An ip that is no address was warned of when its message was read.
+        let ip = match context.remove("ip") {
+            Some(Value::String(ip)) => ip.parse().ok(),
+            _ => None,
+        };
         let row = |datums: &Option<Vec<Datum>>| {
             datums.as_ref().map(|datums| {
                 let mut row = Map::new();
@@ -1311,7 +1327,10 @@ fn events_of<S: Store>(
                 if fields {
                     data.insert("context".into(), Value::Object(context.clone()));
                 }
-                data.insert("context_refused".into(), Value::from(error.to_string()));
+                data.insert(
+                    "context_refused".into(),
+                    Value::from(storable(error.to_string())),
+                );
                 let attempt = log.parse(RawEvent {
                     user_identity: if user {
                         raw.user_identity.clone()
@@ -1331,7 +1350,11 @@ fn events_of<S: Store>(
         match parsed {
             Ok(event) => events.push(event),
             Err(error) => {
+                // Nothing of the row or the context: only what names the change, which the log
+                // always takes, so that the change is never dropped without a trace.
                 let placeholder = RawEvent {
+                    user_identity: "capture".into(),
+                    ip: None,
                     entity_id: None,
                     property: None,
                     event_data: None,

@@ -495,11 +495,16 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
          INSERT INTO plain VALUES (3, 'o'); COMMIT; \
          BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
            '{{\"user_identity\": \"alice\", \"ip\": \"10.0.0.9\", \"n\": 9007199254740993}}'); \
-         INSERT INTO plain VALUES (4, 'p'); COMMIT",
+         INSERT INTO plain VALUES (4, 'p'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', '{{\"user_identity\": \"carol\"}}'); \
+         INSERT INTO plain VALUES (5, 'q'); \
+         SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"user_identity\": \"dave\", \"k\\u0000\": 1}}'); \
+         INSERT INTO plain VALUES (6, 'r'); COMMIT",
         long = "x".repeat(2000)
     ))
     .await;
-    db.wait_for_events("default", 10, Duration::from_secs(30))
+    db.wait_for_events("default", 12, Duration::from_secs(30))
         .await;
     let events = app.all_events().await;
     let by_type = |event_type: &str| -> Vec<Value> {
@@ -554,6 +559,18 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
     assert_eq!(partly["ip"], "10.0.0.9");
     assert!(partly["event_data"]["context_refused"].is_string());
     assert_eq!(partly["event_data"].get("context"), None);
+    // A context message applies to the changes after it; one the log cannot keep even in
+    // its refusal's text (a key holding U+0000) still costs nothing but itself.
+    let created = |id: &str| {
+        by_type("public.plain.create")
+            .into_iter()
+            .find(|e| e["entity_id"] == id)
+            .unwrap()
+    };
+    assert_eq!(created("5")["user_identity"], "carol");
+    let nul = created("6");
+    assert_eq!(nul["user_identity"], "dave", "{nul}");
+    assert!(nul["event_data"]["context_refused"].is_string());
 
     // A key changed before its changes are decoded: each is named by the key it had.
     app.stop().await.unwrap();
@@ -564,7 +581,7 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
     )
     .await;
     let mut app = spawn_with(db.share(), with_capture(&db, capture)).await;
-    db.wait_for_events("default", 12, Duration::from_secs(30))
+    db.wait_for_events("default", 14, Duration::from_secs(30))
         .await;
     let keyed = app
         .get_ok("/events?event_type=public.plain.create&order=desc&limit=2")

@@ -333,7 +333,65 @@ async fn a_credential_holds_a_limited_number_of_streams(backend: Backend) {
     }
 }
 
+/// A stream ends once its credentials no longer admit it: here its token is revoked. Within
+/// the re-check (5 s) and a margin, the stream is over, and a new one with the token is a 401.
+async fn a_stream_ends_when_its_token_is_revoked(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created: Value = app
+        .post_json(
+            "/admin/tokens",
+            ADMIN,
+            &json!({"name": "tail", "tenant": "default", "scopes": ["events:read"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let response = app
+        .client
+        .get(format!("{}/events/stream", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = Sse {
+        response,
+        buffer: String::new(),
+    };
+    assert!(
+        stream.frame(Duration::from_secs(5)).await.is_some(),
+        "the first frame"
+    );
+    let revoked = app
+        .request(reqwest::Method::DELETE, "/admin/tokens/tail", Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream outlived its token"
+        );
+        if stream.frame(Duration::from_secs(15)).await.is_none() {
+            break;
+        }
+    }
+    let again = app
+        .client
+        .get(format!("{}/events/stream", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401);
+}
+
 crate::both_backends!(
+    a_stream_ends_when_its_token_is_revoked,
     a_credential_holds_a_limited_number_of_streams,
     a_new_stream_starts_with_the_events_committed_from_then_on,
     last_event_id_zero_replays_the_log_then_follows_it,
