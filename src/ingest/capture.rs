@@ -224,7 +224,46 @@ struct Transaction {
     changes: Vec<Change>,
     /// The context messages so far, merged: each change takes the context as it stood when
     /// the change was made, so a message applies to the changes after it only.
-    context: Arc<Map<String, Value>>,
+    context: Arc<Context>,
+}
+
+/// What a transaction's context messages gave: the fields the log takes, and why any were
+/// refused.
+#[derive(Debug, Clone, Default)]
+struct Context {
+    fields: Map<String, Value>,
+    refused: Option<String>,
+}
+
+/// A context message's fields under the contract of `event_data` (exact numbers, no U+0000,
+/// unique keys, bounded depth). When the whole is refused, each field the log takes is kept,
+/// and the refusal is said.
+fn context_fields(content: &[u8]) -> (Map<String, Value>, Option<String>) {
+    use serde_json::value::RawValue;
+    let parsed = serde_json::from_slice::<Box<RawValue>>(content);
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(error) => return (Map::new(), Some(format!("context: not JSON ({error})"))),
+    };
+    let whole = match crate::model::payload::parse_member(&raw, "context") {
+        Ok(Value::Object(fields)) => return (fields, None),
+        Ok(_) => return (Map::new(), Some("context: not a JSON object".into())),
+        Err(error) => error,
+    };
+    let members: Vec<(String, Box<RawValue>)> =
+        serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(raw.get())
+            .map(|members| members.into_iter().collect())
+            .unwrap_or_default();
+    let fields = members
+        .into_iter()
+        .filter(|(name, _)| !name.contains('\0'))
+        .filter_map(|(name, value)| {
+            let path = format!("context.{name}");
+            let value = crate::model::payload::parse_member(&value, &path).ok()?;
+            Some((name, value))
+        })
+        .collect();
+    (fields, Some(storable(whole.to_string())))
 }
 
 struct Change {
@@ -237,7 +276,7 @@ struct Change {
     /// The database role whose statement made it, from the statement's role message.
     role: Option<String>,
     /// The transaction's context as it stood when the change was made.
-    context: Arc<Map<String, Value>>,
+    context: Arc<Context>,
 }
 
 #[derive(Clone, Copy)]
@@ -582,6 +621,9 @@ async fn sync_publication<S: Store>(
                          moved since it was added, or put there by someone else): its changes \
                          are not captured"
                     );
+                    if let Some(gaps) = gaps {
+                        gaps.record_unmatched(&name).await?;
+                    }
                 }
             }
             let missing: Vec<&HostTable> = wanted
@@ -713,6 +755,49 @@ struct Gaps<'a, S: Store> {
 }
 
 impl<S: Store> Gaps<'_, S> {
+    /// A table of the publication that `tables` does not match (a captured table renamed or
+    /// moved): its changes are passed over from now on, and since when is recorded, once per
+    /// name.
+    async fn record_unmatched(&self, table: &str) -> anyhow::Result<()> {
+        let name = &self.settings.name;
+        let data = serde_json::json!({
+            "table": table,
+            "reason": "the table is in the publication but `tables` does not match it (renamed \
+                       or moved since it was added, or added by someone else): its changes are \
+                       not captured",
+        });
+        self.record_gap(table, data, format!("{name}:gap:unmatched:{table}"))
+            .await
+    }
+
+    async fn record_gap(
+        &self,
+        table: &str,
+        data: serde_json::Value,
+        key: String,
+    ) -> anyhow::Result<()> {
+        let name = &self.settings.name;
+        let raw = RawEvent {
+            event_type: "capture.gap".into(),
+            user_identity: format!("capture:{name}"),
+            action: None,
+            entity: Some(table.to_owned()),
+            entity_id: None,
+            property: None,
+            source: Some(name.clone()),
+            ip: None,
+            outcome: Some(crate::model::Outcome::Failure),
+            occurred_at: None,
+            event_data: Some(serde_json::value::to_raw_value(&data)?),
+            idempotency_key: Some(key),
+        };
+        let event = self.log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.log
+            .record_in(self.tenant.clone(), self.recorded_by, vec![event])
+            .await?;
+        Ok(())
+    }
+
     /// A table added to the publication while the slot exists: its changes committed before
     /// (a table created since the last look, [`PUBLICATION_SYNC_EVERY`] ago, or while the
     /// service was stopped) were not captured. Recorded as a `capture.gap` for the table before
@@ -738,23 +823,7 @@ impl<S: Store> Gaps<'_, S> {
                        the capture last looked, or while the service was stopped); its changes \
                        committed before this event were not captured",
         });
-        let raw = RawEvent {
-            event_type: "capture.gap".into(),
-            user_identity: format!("capture:{name}"),
-            action: None,
-            entity: Some(table.display()),
-            entity_id: None,
-            property: None,
-            source: Some(name.clone()),
-            ip: None,
-            outcome: Some(crate::model::Outcome::Failure),
-            occurred_at: None,
-            event_data: Some(serde_json::value::to_raw_value(&data)?),
-            idempotency_key: Some(format!("{name}:gap:table:{oid}")),
-        };
-        let event = self.log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.log
-            .record_in(self.tenant.clone(), self.recorded_by, vec![event])
+        self.record_gap(&table.display(), data, format!("{name}:gap:table:{oid}"))
             .await?;
         Ok(())
     }
@@ -1060,27 +1129,29 @@ async fn peek(
                 prefix,
                 content,
             } if prefix == CONTEXT_PREFIX => {
-                match (open.as_mut(), serde_json::from_slice(&content)) {
-                    (Some(transaction), Ok(Value::Object(context))) => {
-                        if let Some(ip) = context.get("ip")
-                            && ip
-                                .as_str()
-                                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-                                .is_none()
-                        {
-                            tracing::warn!(capture = %settings.name, %ip, "a context message's ip is no address; left out");
-                        }
-                        let mut merged = (*transaction.context).clone();
-                        merged.extend(context);
-                        transaction.context = Arc::new(merged);
-                    }
-                    (Some(_), _) => tracing::warn!(
-                        capture = %settings.name,
-                        "a context message is not a JSON object; its transaction's changes are \
-                         recorded without it"
-                    ),
-                    (None, _) => {}
+                let Some(transaction) = open.as_mut() else {
+                    continue;
+                };
+                let (fields, refused) = context_fields(&content);
+                if let Some(why) = &refused {
+                    tracing::warn!(
+                        capture = %settings.name, refused = %why,
+                        "a context message is refused in part; the changes after it keep what \
+                         the log takes of it"
+                    );
                 }
+                if let Some(ip) = fields.get("ip")
+                    && ip
+                        .as_str()
+                        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                        .is_none()
+                {
+                    tracing::warn!(capture = %settings.name, %ip, "a context message's ip is no address; left out");
+                }
+                let mut merged = (*transaction.context).clone();
+                merged.fields.extend(fields);
+                merged.refused = refused.or(merged.refused);
+                transaction.context = Arc::new(merged);
             }
             // Sent after each statement on a captured table (`ROLE_PREFIX`): its role made the
             // changes before it that have none yet.
@@ -1209,7 +1280,7 @@ fn events_of<S: Store>(
         if !settings.captures(&relation.schema, &relation.table) {
             continue;
         }
-        let mut context = (*change.context).clone();
+        let mut context = change.context.fields.clone();
         let context_user = match context.remove("user_identity") {
             Some(Value::String(user)) if !user.trim().is_empty() => Some(user),
             _ => None,
@@ -1278,6 +1349,9 @@ fn events_of<S: Store>(
             .clone()
             .or_else(|| change.role.clone())
             .unwrap_or_else(|| settings.name.clone());
+        if let Some(refused) = &change.context.refused {
+            data.insert("context_refused".into(), Value::from(refused.as_str()));
+        }
         let plain_data = data.clone();
         if !context.is_empty() {
             data.insert("context".into(), Value::Object(context.clone()));

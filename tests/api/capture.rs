@@ -403,6 +403,15 @@ async fn the_publication_takes_only_tables_with_a_replica_identity(backend: Back
     assert_eq!(gap["outcome"], "failure");
     assert_eq!(gap["event_data"]["had_rows"], false);
     assert!(gap["seq"].as_i64() < later["events"][0]["seq"].as_i64());
+    // Moved out of what `tables` matches, it is no longer captured, and that is recorded.
+    host.execute("CREATE SCHEMA elsewhere; ALTER TABLE later SET SCHEMA elsewhere")
+        .await;
+    db.wait_for_events("default", 3, Duration::from_secs(30))
+        .await;
+    let moved = app
+        .get_ok("/events?event_type=capture.gap&entity=elsewhere.later")
+        .await;
+    assert_eq!(moved["events"][0]["outcome"], "failure", "{moved}");
     app.stop().await.unwrap();
 
     // Named, it stops the capture from starting: no publication, no slot.
@@ -500,11 +509,17 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
          INSERT INTO plain VALUES (5, 'q'); \
          SELECT pg_logical_emit_message(true, 'auditor', \
            '{{\"user_identity\": \"dave\", \"k\\u0000\": 1}}'); \
-         INSERT INTO plain VALUES (6, 'r'); COMMIT",
+         INSERT INTO plain VALUES (6, 'r'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"user_identity\": \"erin\", \"ip\": \"10.0.0.8\", \"big\": 1e400}}'); \
+         INSERT INTO plain VALUES (7, 's'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"user_identity\": \"fay\", \"amount\": 12345678901234567.89, \"ok\": 1}}'); \
+         INSERT INTO plain VALUES (8, 't'); COMMIT",
         long = "x".repeat(2000)
     ))
     .await;
-    db.wait_for_events("default", 12, Duration::from_secs(30))
+    db.wait_for_events("default", 14, Duration::from_secs(30))
         .await;
     let events = app.all_events().await;
     let by_type = |event_type: &str| -> Vec<Value> {
@@ -571,17 +586,26 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
     let nul = created("6");
     assert_eq!(nul["user_identity"], "dave", "{nul}");
     assert!(nul["event_data"]["context_refused"].is_string());
+    // Numbers no double holds are refused, not rounded; the rest of the message stays.
+    let huge = created("7");
+    assert_eq!(huge["user_identity"], "erin", "{huge}");
+    assert_eq!(huge["ip"], "10.0.0.8");
+    assert!(huge["event_data"]["context_refused"].is_string());
+    let inexact = created("8");
+    assert_eq!(inexact["user_identity"], "fay", "{inexact}");
+    assert_eq!(inexact["event_data"]["context"], json!({"ok": 1}));
+    assert!(inexact["event_data"]["context_refused"].is_string());
 
     // A key changed before its changes are decoded: each is named by the key it had.
     app.stop().await.unwrap();
     host.execute(
-        "INSERT INTO plain VALUES (7, 'seven'); \
+        "INSERT INTO plain VALUES (17, 'seven'); \
          ALTER TABLE plain DROP CONSTRAINT plain_pkey; ALTER TABLE plain ADD PRIMARY KEY (note); \
-         INSERT INTO plain VALUES (8, 'eight')",
+         INSERT INTO plain VALUES (18, 'eight')",
     )
     .await;
     let mut app = spawn_with(db.share(), with_capture(&db, capture)).await;
-    db.wait_for_events("default", 14, Duration::from_secs(30))
+    db.wait_for_events("default", 16, Duration::from_secs(30))
         .await;
     let keyed = app
         .get_ok("/events?event_type=public.plain.create&order=desc&limit=2")
@@ -592,7 +616,7 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
         .iter()
         .map(|e| &e["entity_id"])
         .collect();
-    assert_eq!(keys, [&json!("eight"), &json!("7")]);
+    assert_eq!(keys, [&json!("eight"), &json!("17")]);
     app.stop().await.unwrap();
     host.drop_now().await;
     let mut admin = sqlx::PgConnection::connect(&host_admin_url())
