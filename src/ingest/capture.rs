@@ -352,7 +352,14 @@ async fn capture<S: Store>(
             // The claim's connection still holds it (a broken one fails here).
             sqlx::query("SELECT 1").execute(&mut claim).await?;
             let added = sync_publication(&pool, settings, &mut warned, true, Some(&gaps)).await?;
-            check_publication(&pool, settings).await?;
+            // Changed while running, it may already have left changes out since the last look.
+            if let Err(error) = check_publication(&pool, settings).await {
+                if error.downcast_ref::<Misconfigured>().is_some() {
+                    gaps.record_publication_changed(&pool, &error.to_string())
+                        .await?;
+                }
+                return Err(error);
+            }
             if settings.record_role {
                 install_role_triggers(&pool, settings, &added).await;
             }
@@ -770,6 +777,29 @@ impl<S: Store> Gaps<'_, S> {
             .await
     }
 
+    /// The publication, checked again, leaves changes out: those made since the last look
+    /// (`PUBLICATION_SYNC_EVERY`) may be missing. Recorded before the capture stops.
+    async fn record_publication_changed(&self, pool: &PgPool, why: &str) -> anyhow::Result<()> {
+        let at: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(pool)
+            .await?;
+        let name = &self.settings.name;
+        let publication = &self.settings.publication;
+        let data = serde_json::json!({
+            "publication": publication,
+            "found_at_lsn": at,
+            "reason": format!(
+                "the publication was changed to leave changes out; those made since the \
+                 capture last looked (at most {} s before this event) may be missing, and none \
+                 are captured until it is fixed: {why}",
+                PUBLICATION_SYNC_EVERY.as_secs()
+            ),
+        });
+        let key = format!("{name}:gap:publication:{at}");
+        self.record_gap(&format!("publication {publication}"), data, key)
+            .await
+    }
+
     async fn record_gap(
         &self,
         table: &str,
@@ -984,9 +1014,11 @@ async fn record_gap<S: Store>(
             .recorded_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
+        "found_at_lsn": created_at,
         "reason": "the replication slot was missing and was created anew; changes committed \
-                   on the host after the last recorded one and before the new slot (this \
-                   event's recorded_at) were not captured",
+                   on the host after the last recorded one and before the new slot was made \
+                   (logged with its position; this event's recorded_at is when the gap was \
+                   found, and a retry may make the slot later) were not captured",
     });
     let raw = RawEvent {
         event_type: "capture.gap".into(),

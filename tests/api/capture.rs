@@ -753,6 +753,24 @@ async fn a_publication_that_leaves_changes_out_is_refused(backend: Backend) {
         host.execute(&format!("DROP PUBLICATION {}", capture.publication))
             .await;
     }
+    // Changed while the capture runs: what it may have missed since its last look is recorded.
+    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    host.wait_for_slot().await;
+    host.execute(&format!(
+        "ALTER PUBLICATION {} SET (publish = 'insert')",
+        capture.publication
+    ))
+    .await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
+    let gap = app.get_ok("/events?event_type=capture.gap").await;
+    let gap = &gap["events"][0];
+    assert_eq!(
+        gap["entity"],
+        format!("publication {}", capture.publication)
+    );
+    assert_eq!(gap["outcome"], "failure");
+    app.stop().await.unwrap();
     host.drop_now().await;
 }
 
