@@ -24,8 +24,7 @@ use super::access::ReadAccess;
 use super::events::{QueryPairs, query_pairs};
 use super::{ApiError, AppState};
 use crate::log::tail::Tailed;
-use crate::model::Scope;
-use crate::model::{EventQuery, QueryError, Seq};
+use crate::model::{EventQuery, QueryError, Scope, Seq};
 use crate::store::Store;
 
 /// How often an idle stream sends a comment.
@@ -45,12 +44,11 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
 async fn stream<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
-    headers: HeaderMap,
     request: Parts,
     pairs: QueryPairs,
 ) -> Result<Response, ApiError> {
     let query = parse(query_pairs(pairs)?)?;
-    let after = last_event_id(&headers)?;
+    let after = last_event_id(&request.headers)?;
     let slot = state.throttle.open_stream(&principal.name).map_err(|_| {
         ApiError::TooManyRequests(
             "these credentials hold as many live tails open as limits.max_streams_per_credential \

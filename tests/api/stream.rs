@@ -348,13 +348,13 @@ async fn a_stream_ends_when_its_token_is_revoked(backend: Backend) {
         .await
         .unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
-    let response = app
-        .client
-        .get(format!("{}/events/stream", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let open = || {
+        app.client
+            .get(format!("{}/events/stream", app.address))
+            .bearer_auth(&token)
+            .send()
+    };
+    let response = open().await.unwrap();
     assert_eq!(response.status(), 200);
     let mut stream = Sse {
         response,
@@ -380,14 +380,7 @@ async fn a_stream_ends_when_its_token_is_revoked(backend: Backend) {
             break;
         }
     }
-    let again = app
-        .client
-        .get(format!("{}/events/stream", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 401);
+    assert_eq!(open().await.unwrap().status(), 401);
 }
 
 crate::both_backends!(
