@@ -454,15 +454,7 @@ impl PgStore {
         if !keys.is_empty() {
             let tenants: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
             let names: Vec<&str> = keys.iter().map(|(_, k)| k.as_str()).collect();
-            // The key's row gives the event's full primary key, so only the partition of its
-            // month is read (run-time partition pruning).
-            let sql = format!(
-                "SELECT {} FROM idempotency_keys \
-                 JOIN events USING (tenant, idempotency_key, seq, recorded_at) \
-                 WHERE (tenant, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-                *EVENT_COLUMNS
-            );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(KNOWN_KEYS.as_str()))
                 .bind(&tenants)
                 .bind(&names)
                 .fetch_all(&mut *tx)
@@ -707,6 +699,26 @@ fn column_of<'a, T>(
         })
         .collect()
 }
+
+/// The events already recorded under some of a batch's idempotency keys: `$1` the tenants,
+/// `$2` the keys, zipped. Each key is looked up on its own, through the keys' primary key and
+/// then the event's (only the partition of its month is read): joined as sets instead, the
+/// planner reads every event once a batch holds a thousand keys, seconds at millions of events.
+pub static KNOWN_KEYS: LazyLock<String> = LazyLock::new(|| {
+    let columns = FIELDS
+        .iter()
+        .map(|field| format!("e.{}", field.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {columns} FROM UNNEST($1::text[], $2::text[]) AS k(tenant, idempotency_key) \
+         CROSS JOIN LATERAL (SELECT i.seq, i.recorded_at FROM idempotency_keys i \
+             WHERE i.tenant = k.tenant AND i.idempotency_key = k.idempotency_key LIMIT 1) i \
+         CROSS JOIN LATERAL (SELECT * FROM events e \
+             WHERE e.tenant = k.tenant AND e.seq = i.seq AND e.recorded_at = i.recorded_at \
+             LIMIT 1) e"
+    )
+});
 
 /// Inserts a batch's rows in one statement: one array per column, zipped by UNNEST. The same
 /// statement records each idempotency key in `idempotency_keys`, whose primary key keeps keys
