@@ -94,12 +94,6 @@ async fn consume<S: Store>(
             },
         )
         .await?;
-    tracing::info!(
-        stream = %settings.stream,
-        consumer = %settings.consumer,
-        subject = %settings.subject,
-        "consuming from NATS JetStream"
-    );
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("nats:{}", settings.consumer);
     // Acknowledging a message of a work-queue or interest stream deletes it: a dead letter
@@ -116,13 +110,24 @@ async fn consume<S: Store>(
         ))
         .into());
     }
-    check_dead_letters_are_kept(&context, settings).await?;
+    if !check_dead_letters_are_kept(&context, settings).await? {
+        tracing::warn!(
+            dead_letter_subject = %settings.dead_letter_subject,
+            "no JetStream stream keeps the dead-letter subject: dead letters are published \
+             without confirmation, and lost unless something subscribes to it"
+        );
+    }
+    tracing::info!(
+        stream = %settings.stream,
+        consumer = %settings.consumer,
+        subject = %settings.subject,
+        "consuming from NATS JetStream"
+    );
     let broker = JetStream {
         client: &client,
         context: &context,
-        dead_letter_subject: &settings.dead_letter_subject,
+        settings,
         scope: &scope,
-        consumer: &settings.consumer,
     };
     while !stop.is_cancelled() {
         let mut batch = consumer
@@ -149,24 +154,20 @@ async fn consume<S: Store>(
 /// A stream of interest retention keeps a message only while a consumer wants it: when the one
 /// that would store the dead letters has no consumer whose filter takes the dead-letter subject,
 /// each dead letter would be discarded as soon as it was stored, and its original acknowledged.
-/// With no stream on the subject at all, dead letters are published plainly (see
-/// [`dead_letter`]); that is warned of here, once.
+/// Checked at start and again before each dead letter (that consumer may have gone since).
+/// Returns whether a stream keeps the subject: with none, dead letters are published plainly
+/// (see [`dead_letter`]).
 async fn check_dead_letters_are_kept(
     context: &jetstream::Context,
     settings: &NatsSettings,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let subject = &settings.dead_letter_subject;
     let Ok(name) = context.stream_by_subject(subject.as_str()).await else {
-        tracing::warn!(
-            dead_letter_subject = %subject,
-            "no JetStream stream keeps the dead-letter subject: dead letters are published \
-             without confirmation, and lost unless something subscribes to it"
-        );
-        return Ok(());
+        return Ok(false);
     };
     let mut stream = context.get_stream(&name).await?;
     if stream.info().await?.config.retention != jetstream::stream::RetentionPolicy::Interest {
-        return Ok(());
+        return Ok(true);
     }
     let mut consumers = stream.consumers();
     while let Some(consumer) = consumers.next().await {
@@ -180,7 +181,7 @@ async fn check_dead_letters_are_kept(
         let ours =
             name == settings.stream && config.durable_name.as_ref() == Some(&settings.consumer);
         if reads && !ours {
-            return Ok(());
+            return Ok(true);
         }
     }
     Err(Misconfigured(format!(
@@ -195,12 +196,9 @@ async fn check_dead_letters_are_kept(
 struct JetStream<'a> {
     client: &'a async_nats::Client,
     context: &'a jetstream::Context,
-    dead_letter_subject: &'a str,
+    settings: &'a NatsSettings,
     /// `nats:<stream>@<created>`, which the keys derived from message ids are scoped by.
     scope: &'a str,
-    /// The durable consumer's name, which dead letters' ids are scoped by (several consumers
-    /// of one stream each dead-letter a poison message).
-    consumer: &'a str,
 }
 
 impl Broker for JetStream<'_> {
@@ -217,7 +215,7 @@ impl Broker for JetStream<'_> {
     /// dead letter come back (the subject lies within the filter): not an event. The header
     /// alone, anywhere else, is no reason to pass a message over.
     fn is_dead_letter(&self, message: &Message) -> bool {
-        let dead = message.subject.as_str() == self.dead_letter_subject
+        let dead = message.subject.as_str() == self.settings.dead_letter_subject
             && message
                 .headers
                 .as_ref()
@@ -285,10 +283,13 @@ async fn dead_letter(
     let JetStream {
         client,
         context,
-        dead_letter_subject,
-        consumer,
+        settings,
         ..
     } = *broker;
+    // With no stream on the subject, the publish below says so.
+    check_dead_letters_are_kept(context, settings).await?;
+    // Several consumers of one stream each dead-letter a poison message, under their own ids.
+    let (dead_letter_subject, consumer) = (&settings.dead_letter_subject, &settings.consumer);
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(DEAD_LETTER_ERROR, reason);
     headers.insert("Auditor-Subject", message.subject.as_str());

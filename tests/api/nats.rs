@@ -400,7 +400,8 @@ async fn messages_wait_out_a_database_outage() {
 /// size limit is too small for it) leaves the original unacknowledged, to be dead-lettered once
 /// the stream takes it; and a dead-letter subject kept by an interest stream on which no
 /// consumer reads it (each dead letter would be discarded at once) keeps the consumer from
-/// starting until such a consumer exists.
+/// starting until such a consumer exists, and holds a poison message back while that consumer
+/// is gone.
 async fn dead_letters_are_never_discarded(backend: Backend) {
     let nats = TestStream::create(NATS_URL).await;
     let dead = format!("DEAD_{}", nats.id);
@@ -487,19 +488,48 @@ async fn dead_letters_are_never_discarded(backend: Backend) {
     nats.publish(Some("good-2"), &event(2)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(db.count_events("default").await, 1, "not started");
+    let reader = jetstream::consumer::pull::Config {
+        durable_name: Some("dead-letter-reader".into()),
+        filter_subject: subject,
+        ..Default::default()
+    };
     nats.context
-        .create_consumer_on_stream(
-            jetstream::consumer::pull::Config {
-                durable_name: Some("dead-letter-reader".into()),
-                filter_subject: subject,
-                ..Default::default()
-            },
-            interest,
-        )
+        .create_consumer_on_stream(reader.clone(), &interest)
         .await
         .unwrap();
     db.wait_for_events("default", 2, Duration::from_secs(60))
         .await;
+
+    // That reader gone while the consumer runs: a poison message waits, unacknowledged, for it.
+    let interest_stream = nats.context.get_stream(&interest).await.unwrap();
+    interest_stream
+        .delete_consumer("dead-letter-reader")
+        .await
+        .unwrap();
+    nats.publish(Some("poison-2"), b"not an event either").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let consumer = audit.consumer_info("interested").await.unwrap().clone();
+    assert_eq!(
+        consumer.num_ack_pending + consumer.num_pending as usize,
+        1,
+        "the poison is kept while nothing would keep its dead letter"
+    );
+    nats.context
+        .create_consumer_on_stream(reader, &interest)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut interest_stream = nats.context.get_stream(&interest).await.unwrap();
+        if interest_stream.info().await.unwrap().state.messages == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead-lettered once a reader is back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     app.stop().await.unwrap();
 }
 
