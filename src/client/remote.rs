@@ -59,7 +59,15 @@ impl Credentials {
                  ones not meant for this command"
                     .into(),
             )),
-            _ => Err(ClientError::NoCredentials),
+            (None, Some(_), None) => Err(ClientError::Usage(
+                "AUDITOR_USER is set without AUDITOR_PASSWORD; set both, or AUDITOR_TOKEN alone"
+                    .into(),
+            )),
+            (None, None, Some(_)) => Err(ClientError::Usage(
+                "AUDITOR_PASSWORD is set without AUDITOR_USER; set both, or AUDITOR_TOKEN alone"
+                    .into(),
+            )),
+            (None, None, None) => Err(ClientError::NoCredentials),
         }
     }
 }

@@ -569,10 +569,29 @@ async fn sync_publication<S: Store>(
         ))
         .into());
     }
+    // With no publication yet, this is empty.
+    let published: HashSet<(String, String)> = sqlx::query_as(
+        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+    )
+    .bind(&settings.publication)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
     // Once capturing, a named table created without one is passed over like any other: the
     // others' changes go on being captured.
     for table in unidentified {
-        if warned.insert(table.display()) {
+        if !warned.insert(table.display()) {
+            continue;
+        }
+        if published.contains(&(table.schema.clone(), table.name.clone())) {
+            tracing::warn!(
+                capture = %settings.name, table = %table.display(),
+                "a captured table has lost its replica identity (its primary key dropped?): \
+                 the host's UPDATE and DELETE on it fail until it has one again; its inserts \
+                 are still captured; give it a primary key or `REPLICA IDENTITY FULL`"
+            );
+        } else {
             tracing::warn!(
                 capture = %settings.name, table = %table.display(),
                 "not capturing a matching table without a replica identity: publishing it would \
@@ -608,15 +627,6 @@ async fn sync_publication<S: Store>(
             wanted
         }
         Some(false) => {
-            let published: HashSet<(String, String)> = sqlx::query_as(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
-                 WHERE pubname = $1",
-            )
-            .bind(&settings.publication)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
             // A table renamed or moved out of what `tables` matches stays in the publication,
             // but its changes are no longer captured: said once for each.
             for (schema, table) in &published {

@@ -118,10 +118,23 @@ async fn refusals_are_reported_with_the_server_reason(backend: Backend) {
     assert!(stderr.contains("404"), "{stderr}");
 
     let mut no_credentials = client(&app, READER);
-    no_credentials.env_remove("AUDITOR_USER").arg("query");
+    no_credentials
+        .env_remove("AUDITOR_USER")
+        .env_remove("AUDITOR_PASSWORD")
+        .arg("query");
     let output = no_credentials.output().unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("AUDITOR_TOKEN"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no credentials"));
+    // Half a pair is named as such, not taken for none.
+    let mut user_only = client(&app, READER);
+    user_only.env_remove("AUDITOR_PASSWORD").arg("query");
+    let output = user_only.output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("AUDITOR_USER is set without"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // Two sets of credentials: which one is meant is not guessed.
     let mut both = client(&app, READER);
