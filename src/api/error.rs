@@ -4,7 +4,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::log::{LogError, WriteError};
 use crate::model::{FieldError, QueryError};
@@ -60,6 +62,25 @@ pub enum ApiError {
     ShuttingDown,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// The body of every error response, `{"error": {"code", "message", "field"?}}` (the schema the
+/// OpenAPI document gives it).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorObject<'a> {
+    /// What went wrong, for a program: `invalid_query`, `invalid_field`, `unauthorized`, … (one
+    /// per status; the README's "Errors" lists them).
+    code: &'a str,
+    /// What went wrong, for a person.
+    message: String,
+    /// The parameter or field at fault, for `invalid_query` and `invalid_field`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 /// A wait as `Retry-After` gives it: whole seconds, at least 1.
@@ -141,11 +162,15 @@ impl ApiError {
 
     /// The `error` object of the body; seed 2's routes wrap the same object in their own shape.
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code(), "message": self.to_string() });
-        if let Some(field) = self.field() {
-            error["field"] = Value::from(field);
+        json!(self.object())
+    }
+
+    fn object(&self) -> ErrorObject<'_> {
+        ErrorObject {
+            code: self.code(),
+            message: self.to_string(),
+            field: self.field(),
         }
-        error
     }
 
     /// Logs what the client does not get to see, and answers with `body`.
@@ -198,7 +223,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.body() });
+        let body = json!(ErrorBody {
+            error: self.object()
+        });
         self.into_response_with(body)
     }
 }

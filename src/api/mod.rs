@@ -13,6 +13,7 @@ mod events;
 mod export;
 mod health;
 pub mod metrics;
+mod openapi;
 mod proofs;
 mod stream;
 mod tiles;
@@ -77,8 +78,9 @@ pub struct HttpLimits {
 /// or the server shuts down, and answers with what it committed either way.
 pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     let body_limit = http.max_body_bytes;
-    let (routes, _document) = routes::<S>(http);
+    let (routes, document) = routes::<S>(http);
     routes
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(access::tenant_parameter))
@@ -141,7 +143,10 @@ pub fn routes<S: Store>(http: HttpLimits) -> (Router<AppState<S>>, utoipa::opena
     // A bulk upload runs as long as its client sends: it is not under the deadline.
     let (bulk, bulk_document) = bulk::router(http.request_timeout).split_for_parts();
     document.merge(bulk_document);
-    (Router::new().merge(bulk).merge(deadlined), document)
+    (
+        Router::new().merge(bulk).merge(deadlined),
+        openapi::document(document),
+    )
 }
 
 /// A request that outlives the timeout is answered 408, so no client can hold shutdown hostage.
@@ -202,7 +207,7 @@ mod tests {
             "GET /healthz",
             "GET /keys",
             "GET /logs/{tenant}/checkpoint",
-            "GET /logs/{tenant}/tile/{*path}",
+            "GET /logs/{tenant}/tile/{path}",
             "GET /metrics",
             "GET /ping",
             "GET /readyz",

@@ -26,6 +26,7 @@ mod jwt;
 mod lifecycle;
 mod metrics;
 mod nats;
+mod openapi;
 mod partitions;
 mod postgres_tls;
 mod postings;

@@ -1,0 +1,373 @@
+//! The API's OpenAPI 3.1 document, served at `/openapi.json` with a reference page at `/docs`.
+//!
+//! The routes and their operations come from each module's `routes!` (see [`super::routes`]), so
+//! the document lists exactly what the router serves. What every route shares is added here, in
+//! one place, from the code that defines it: the credential schemes, the `tenant` parameter
+//! ([`super::access::tenant_parameter`]), path parameters (from the path templates), the event
+//! filters (from [`Field::ALL`]) and the error shape ([`ErrorBody`]) with the statuses a route
+//! may answer.
+
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, Ref, RefOr, Required, ResponseBuilder, Schema, path::PathItem,
+};
+use utoipa::{Modify, OpenApi};
+
+use super::error::ErrorBody;
+use crate::model::Field;
+use crate::model::fields::Kind;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Auditor",
+        description = "An append-only, tamper-evident audit log. Every route but `/ping`, \
+            `/healthz` and `/readyz` takes a user's name and password (HTTP Basic) or an API \
+            token or identity provider's JWT (`Authorization: Bearer`). Errors have one shape, \
+            `ErrorBody`; its `code` names the error (README, \"Errors\")."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Shared),
+    tags(
+        (name = "events", description = "Record, query, export and follow events"),
+        (name = "integrity", description = "Signed checkpoints, proofs and the log as C2SP tiles"),
+        (name = "erasure", description = "Redaction and erasure of personal data"),
+        (name = "tokens", description = "API tokens"),
+        (name = "seed routes", description = "The routes of the seed documents, as their curl \
+            examples use them"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The whole document: `routes`, the operations the router serves, completed by [`Shared`].
+pub fn document(routes: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    document.paths = routes.paths;
+    Shared.modify(&mut document);
+    document
+}
+
+/// Routes that take no credentials.
+const PUBLIC: [&str; 3] = ["/ping", "/healthz", "/readyz"];
+
+/// Routes that take a query of the event log: the filters and paging of `GET /events`.
+const QUERIED: [&str; 5] = [
+    "/events",
+    "/events/query",
+    "/events/export",
+    "/events/stream",
+    "/get_log/customer/{user_id}",
+];
+
+/// Completes every operation with what all routes share.
+struct Shared;
+
+impl Modify for Shared {
+    fn modify(&self, document: &mut utoipa::openapi::OpenApi) {
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`aud_…`, POST /admin/tokens) or, with `[auth.jwt]` \
+                         configured, an identity provider's JWT",
+                    ))
+                    .build(),
+            ),
+        );
+        // OpenAPI path templates have no catch-all: the tile path is one parameter with slashes.
+        if let Some(item) = document.paths.paths.remove("/logs/{tenant}/tile/{*path}") {
+            document
+                .paths
+                .paths
+                .insert("/logs/{tenant}/tile/{path}".to_owned(), item);
+        }
+        for (path, item) in &mut document.paths.paths {
+            for (method, operation) in operations(item) {
+                complete(path, method, operation);
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> Vec<(&'static str, &mut Operation)> {
+    [
+        ("get", item.get.as_mut()),
+        ("post", item.post.as_mut()),
+        ("put", item.put.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("patch", item.patch.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| Some((method, operation?)))
+    .collect()
+}
+
+/// What `event_data.<path>` filters are: a parameter whose name is a pattern, which OpenAPI's
+/// parameter list cannot hold.
+const PAYLOAD_FILTER: &str = "Besides the parameters listed, `event_data.<path>=<value>` matches \
+    the value at a path of keys in `event_data` (`event_data.plan.tier=gold`; at most 8 keys; a key \
+    with other characters than letters, digits, `_` and `-` written as a JSON string, \
+    `event_data.\"a.b\"`). The value is read as JSON (`1346` a number, `\"1346\"` the string), and \
+    as a string when it is not JSON. Filters combine with AND; an unknown or repeated parameter \
+    is a `400`.";
+
+fn complete(path: &str, method: &str, operation: &mut Operation) {
+    let public = PUBLIC.contains(&path);
+    // Unique by construction; the handlers' own names repeat across modules (`create`, `list`).
+    operation.operation_id = Some(operation_id(method, path));
+    let mut parameters = path_parameters(path);
+    if QUERIED.contains(&path) {
+        parameters.extend(event_filters(path));
+        let description = operation.description.get_or_insert_with(String::new);
+        if !description.is_empty() {
+            description.push_str("\n\n");
+        }
+        description.push_str(PAYLOAD_FILTER);
+    }
+    if !public && !path.contains("{tenant}") {
+        parameters.push(query_parameter(
+            "tenant",
+            string(),
+            "The tenant to act in, for credentials that admit more than their own (an admin of \
+             every tenant, `_system` for the system log); default: the credential's tenant",
+        ));
+    }
+    let declared = operation.parameters.get_or_insert_with(Vec::new);
+    for parameter in parameters {
+        if !declared.iter().any(|p| p.name == parameter.name) {
+            declared.push(parameter);
+        }
+    }
+    let takes_parameters = !declared.is_empty();
+    operation.security = Some(if public {
+        vec![SecurityRequirement::default()]
+    } else {
+        vec![
+            SecurityRequirement::new("basic", Vec::<String>::new()),
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ]
+    });
+    let mut errors: Vec<(&str, &str)> = vec![("500", "An internal error (logged, never sent)")];
+    if path != "/healthz" && path != "/ping" {
+        errors.push((
+            "503",
+            "The database is unavailable or the service is busy; `Retry-After` says when to retry",
+        ));
+    }
+    if !public {
+        errors.extend([
+            ("401", "Missing or wrong credentials (`WWW-Authenticate` names both schemes)"),
+            ("403", "The credentials lack the scope, or may not act in the tenant named"),
+            ("429", "Over the credential's request rate, or too many failed sign-ins; `Retry-After` says when to retry"),
+        ]);
+    }
+    if path != "/events/bulk" {
+        errors.push((
+            "408",
+            "The request took longer than `limits.request_timeout_secs`",
+        ));
+    }
+    if takes_parameters {
+        errors.push((
+            "400",
+            "A bad parameter (`invalid_query`, `field` names it) or a malformed body",
+        ));
+    }
+    if matches!(method, "post" | "put") {
+        errors.push(("413", "The body is larger than `limits.max_body_bytes`"));
+    }
+    if path.contains('{') {
+        errors.push(("404", "No such event, checkpoint, token or tile"));
+    }
+    for (status, description) in errors {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description));
+    }
+}
+
+/// `get_events_id` for `GET /events/{id}`.
+fn operation_id(method: &str, path: &str) -> String {
+    let words = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty());
+    std::iter::once(method)
+        .chain(words)
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// One required string parameter per `{name}` of the template.
+fn path_parameters(path: &str) -> Vec<Parameter> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            let (schema, description) = match name {
+                "id" | "event_uuid" => (uuid(), "The event's id"),
+                "user_id" => (string(), "The customer: the events' `user_identity`"),
+                "tree_size" => (integer(), "The number of events the checkpoint covers"),
+                "name" => (string(), "The token's name"),
+                "tenant" => (string(), "The tenant whose log this is"),
+                "path" => (
+                    string(),
+                    "The tile's path as C2SP tlog-tiles names it, slashes included \
+                     (`0/x001/234`, `1/005.p/17`, `entries/…`)",
+                ),
+                _ => (string(), ""),
+            };
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(schema))
+                .description(Some(description))
+                .build()
+        })
+        .collect()
+}
+
+/// The filters and paging a query of the log takes on `path`.
+fn event_filters(path: &str) -> Vec<Parameter> {
+    let mut parameters: Vec<Parameter> = Field::ALL
+        .iter()
+        .filter(|field| !(path == "/get_log/customer/{user_id}" && field.name() == "user_identity"))
+        .map(|field| {
+            let schema = match (field.name(), field.kind()) {
+                ("action", _) => enumeration(&["create", "read", "update", "delete"]),
+                ("outcome", _) => enumeration(&["success", "failure"]),
+                (_, Kind::Uuid) => uuid(),
+                (_, Kind::Integer) => integer(),
+                _ => string(),
+            };
+            let description = match field.name() {
+                "ip" => "Events from this address (compared in canonical form)".to_owned(),
+                name => format!("Events whose `{name}` equals this value"),
+            };
+            query_parameter(field.name(), schema, &description)
+        })
+        .collect();
+    parameters.extend([
+        query_parameter(
+            "since",
+            date_time(),
+            "Events that occurred at or after this instant (RFC 3339)",
+        ),
+        query_parameter(
+            "until",
+            date_time(),
+            "Events that occurred before this instant (RFC 3339)",
+        ),
+    ]);
+    if path != "/events/stream" {
+        parameters.push(query_parameter(
+            "cursor",
+            string(),
+            "The `next_cursor` of the previous page (sent with the same `order`)",
+        ));
+    }
+    match path {
+        "/events/export" => parameters.push(query_parameter(
+            "format",
+            enumeration(&["ndjson", "csv"]),
+            "NDJSON (default; without filters, what `auditor verify --export` checks) or CSV",
+        )),
+        "/events/stream" => parameters.push(
+            ParameterBuilder::new()
+                .name("Last-Event-ID")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .schema(Some(integer()))
+                .description(Some(
+                    "Resume after this `seq` (`0`: from the start); without it, the stream \
+                     begins with the events committed from then on",
+                ))
+                .build(),
+        ),
+        _ => parameters.extend([
+            query_parameter(
+                "limit",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(1000))
+                    .default(Some(100.into()))
+                    .into(),
+                "Page size",
+            ),
+            query_parameter(
+                "order",
+                enumeration(&["asc", "desc"]),
+                "By `seq`; default `asc`",
+            ),
+        ]),
+    }
+    parameters
+}
+
+fn query_parameter(name: &str, schema: Schema, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .schema(Some(schema))
+        .description(Some(description))
+        .build()
+}
+
+fn string() -> Schema {
+    ObjectBuilder::new().schema_type(Type::String).into()
+}
+
+fn integer() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .into()
+}
+
+fn uuid() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+        .into()
+}
+
+fn date_time() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .into()
+}
+
+fn enumeration(values: &[&str]) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .into()
+}
