@@ -103,7 +103,19 @@ impl Chunk {
     }
 }
 
-#[utoipa::path(post, path = "/events/bulk", tag = "events")]
+#[utoipa::path(
+    post,
+    path = "/events/bulk",
+    tag = "events",
+    responses(
+        (status = 200, description = "Every line committed or replayed: the report \
+            `{committed, replayed, committed_lines, replayed_lines, rejected}`", body = Object),
+        (status = 207, description = "Some lines were rejected (`rejected` says which and why); \
+            the others are committed", body = Object),
+    ),
+    request_body(content((String = "application/x-ndjson")), description = "One event per \
+        line, as `POST /events` takes it; streamed, no overall size limit"),
+)]
 async fn ingest<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,

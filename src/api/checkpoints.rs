@@ -42,7 +42,13 @@ fn none_yet() -> ApiError {
 }
 
 /// The latest signed note, verbatim, as `text/plain`.
-#[utoipa::path(get, path = "/checkpoint", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/checkpoint",
+    tag = "integrity",
+    responses((status = 200, description = "The latest checkpoint: a signed note (C2SP \
+        tlog-checkpoint)", content_type = "text/plain", body = String)),
+)]
 async fn note<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -58,7 +64,12 @@ async fn note<S: Store>(
     ))
 }
 
-#[utoipa::path(get, path = "/checkpoints/latest", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/checkpoints/latest",
+    tag = "integrity",
+    responses((status = 200, description = "The latest checkpoint, its fields and its signed note", body = Object)),
+)]
 async fn latest<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -71,7 +82,12 @@ async fn latest<S: Store>(
     Ok(Json(describe(&checkpoint)))
 }
 
-#[utoipa::path(get, path = "/checkpoints/{tree_size}", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/checkpoints/{tree_size}",
+    tag = "integrity",
+    responses((status = 200, description = "The checkpoint of that tree size", body = Object)),
+)]
 async fn by_size<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -92,7 +108,15 @@ async fn by_size<S: Store>(
 }
 
 /// Signs the current tree head now (admin).
-#[utoipa::path(post, path = "/checkpoints", tag = "integrity")]
+#[utoipa::path(
+    post,
+    path = "/checkpoints",
+    tag = "integrity",
+    responses(
+        (status = 201, description = "The new checkpoint", body = Object),
+        (status = 409, description = "The log is empty"),
+    ),
+)]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     CheckpointAccess(principal): CheckpointAccess,
@@ -107,7 +131,13 @@ async fn create<S: Store>(
 }
 
 /// The verifier key of the caller's log, in signed-note form.
-#[utoipa::path(get, path = "/keys", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/keys",
+    tag = "integrity",
+    responses((status = 200, description = "The log's verifier key (signed-note form) and \
+        its Ed25519 public key", body = Object)),
+)]
 async fn keys<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

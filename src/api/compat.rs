@@ -136,7 +136,15 @@ struct CreateBody {
     idempotency_key: Option<String>,
 }
 
-#[utoipa::path(post, path = "/create_log/{user_id}", tag = "seed routes")]
+#[utoipa::path(
+    post,
+    path = "/create_log/{user_id}",
+    tag = "seed routes",
+    responses(
+        (status = 201, description = "`{\"result\": \"success\", …}` with the event recorded", body = Object),
+        (status = 422, description = "A wrong or missing field, in seed 2's error shape"),
+    ),
+)]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<WriteAccess, ApiError>,
@@ -169,7 +177,13 @@ async fn create<S: Store>(
     recorded_answer(state.log.record_one(&principal, raw).await?)
 }
 
-#[utoipa::path(get, path = "/get_log/customer/{user_id}", tag = "seed routes")]
+#[utoipa::path(
+    get,
+    path = "/get_log/customer/{user_id}",
+    tag = "seed routes",
+    responses((status = 200, description = "`{\"customer\", \"logs\", \"next_cursor\"}`: the \
+        customer's events, a page at a time", body = Object)),
+)]
 async fn customer_logs<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<ReadAccess, ApiError>,
@@ -200,7 +214,12 @@ async fn customer_logs<S: Store>(
     Ok(success(StatusCode::OK, body))
 }
 
-#[utoipa::path(get, path = "/get_log/event/{event_uuid}", tag = "seed routes")]
+#[utoipa::path(
+    get,
+    path = "/get_log/event/{event_uuid}",
+    tag = "seed routes",
+    responses((status = 200, description = "The event, in seed 2's shape", body = Object)),
+)]
 async fn event_log<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<ReadAccess, ApiError>,
@@ -238,7 +257,15 @@ struct UpdateBody {
 
 /// Records an amendment (see [`crate::log::AuditLog::amend`]): a new `update` event naming the
 /// original, which stays untouched.
-#[utoipa::path(put, path = "/update_log/{event_uuid}", tag = "seed routes")]
+#[utoipa::path(
+    put,
+    path = "/update_log/{event_uuid}",
+    tag = "seed routes",
+    responses(
+        (status = 201, description = "The amendment recorded (the original stays as it was)", body = Object),
+        (status = 422, description = "A wrong or missing field, in seed 2's error shape"),
+    ),
+)]
 async fn update<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<WriteAccess, ApiError>,
@@ -278,7 +305,15 @@ struct DeleteBody {
 /// Deletes an event the only way an audit log may (admin only): its personal fields are erased,
 /// their commitments kept, and an `audit.erased` event records who, when and why. Deleting it
 /// again answers with that record.
-#[utoipa::path(delete, path = "/delete_log/{event_uuid}", tag = "seed routes")]
+#[utoipa::path(
+    delete,
+    path = "/delete_log/{event_uuid}",
+    tag = "seed routes",
+    responses(
+        (status = 201, description = "Erased: the `audit.erased` record", body = Object),
+        (status = 200, description = "Erased before: the record of that erasure", body = Object),
+    ),
+)]
 async fn remove<S: Store>(
     State(state): State<AppState<S>>,
     access: Result<RedactAccess, ApiError>,

@@ -44,7 +44,15 @@ struct SubjectBody {
 }
 
 /// `201` with the `audit.redacted` event.
-#[utoipa::path(post, path = "/events/{id}/redact", tag = "erasure")]
+#[utoipa::path(
+    post,
+    path = "/events/{id}/redact",
+    tag = "erasure",
+    responses(
+        (status = 201, description = "The `audit.redacted` event", body = Event),
+        (status = 409, description = "The payload is already erased, or there never was one"),
+    ),
+)]
 async fn redact<S: Store>(
     state: State<AppState<S>>,
     access: RedactAccess,
@@ -56,7 +64,16 @@ async fn redact<S: Store>(
 
 /// `201` with the `audit.erased` event, or `200` with the record of the erasure that already
 /// left the event without personal data.
-#[utoipa::path(post, path = "/events/{id}/erase", tag = "erasure")]
+#[utoipa::path(
+    post,
+    path = "/events/{id}/erase",
+    tag = "erasure",
+    responses(
+        (status = 201, description = "The `audit.erased` event", body = Event),
+        (status = 200, description = "Erased before: the record of that erasure", body = Event),
+        (status = 409, description = "One of the service's own `audit.*` records"),
+    ),
+)]
 async fn erase<S: Store>(
     state: State<AppState<S>>,
     access: RedactAccess,
@@ -96,7 +113,16 @@ async fn erase_one<S: Store>(
 
 /// `201` with `{"erased": n, "record": <audit.erased event>}`, or `200` with `{"erased": 0,
 /// "record": null}` when no event of the subject holds personal data any more.
-#[utoipa::path(post, path = "/erasures", tag = "erasure")]
+#[utoipa::path(
+    post,
+    path = "/erasures",
+    tag = "erasure",
+    responses(
+        (status = 201, description = "`{\"erased\": n, \"record\": <audit.erased event>}`", body = Object),
+        (status = 200, description = "`{\"erased\": 0, \"record\": null}`: nothing of the \
+            subject holds personal data any more", body = Object),
+    ),
+)]
 async fn erase_subject<S: Store>(
     State(state): State<AppState<S>>,
     RedactAccess(principal): RedactAccess,

@@ -35,7 +35,31 @@ pub fn status_of(recorded: &Recorded) -> StatusCode {
 
 /// Records the body's events: the service's own event JSON, or CloudEvents in any of the HTTP
 /// binding's modes (`api::cloudevents`).
-#[utoipa::path(post, path = "/events", tag = "events")]
+#[utoipa::path(
+    post,
+    path = "/events",
+    tag = "events",
+    request_body(
+        description = "One event, or an array of them recorded atomically (at most \
+            `limits.max_batch_events`); or CloudEvents 1.0: `application/cloudevents+json`, \
+            `application/cloudevents-batch+json`, or binary mode (`ce-*` headers)",
+        content(
+            (RawEvent = "application/json"),
+            (Object = "application/cloudevents+json"),
+            (Vec<Object> = "application/cloudevents-batch+json"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Recorded: the event as stored (an array, in the order \
+            sent, for an array)", body = Event),
+        (status = 200, description = "Every event was recorded before under its \
+            `idempotency_key`: the events as first recorded", body = Event),
+        (status = 409, description = "An `idempotency_key` used before for other content"),
+        (status = 415, description = "A body that is neither JSON nor a CloudEvent"),
+        (status = 422, description = "A wrong, missing, unknown, blank or over-long field \
+            (`field` names it)"),
+    ),
+)]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,
@@ -63,7 +87,12 @@ async fn create<S: Store>(
     }
 }
 
-#[utoipa::path(get, path = "/events/{id}", tag = "events")]
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    responses((status = 200, description = "The event", body = Event)),
+)]
 async fn show<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -107,7 +136,13 @@ async fn run_query<S: Store>(
         .await?)
 }
 
-#[utoipa::path(get, path = "/events", tag = "events")]
+/// Query the log: the events that match every filter, a page at a time, in `seq` order.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    responses((status = 200, description = "A page of events", body = EventsPage)),
+)]
 async fn list<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -122,14 +157,20 @@ async fn list<S: Store>(
 
 /// The body of `GET /events`: a page of events and the cursor of the next one (`null` at the
 /// end), serialised straight from the events.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct EventsPage {
     events: Vec<Event>,
+    /// The `cursor` of the next page; `null` on the last.
     next_cursor: Option<String>,
 }
 
 /// Seed 1's route: the same query, answered with a bare array.
-#[utoipa::path(get, path = "/events/query", tag = "events")]
+#[utoipa::path(
+    get,
+    path = "/events/query",
+    tag = "events",
+    responses((status = 200, description = "The first page of events", body = Vec<Event>)),
+)]
 async fn query<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

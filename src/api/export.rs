@@ -24,7 +24,17 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
     OpenApiRouter::new().routes(routes!(export))
 }
 
-#[utoipa::path(get, path = "/events/export", tag = "events")]
+#[utoipa::path(
+    get,
+    path = "/events/export",
+    tag = "events",
+    responses((status = 200, description = "Every matching event in `seq` order, streamed: \
+        NDJSON (without filters, with the checkpoints and chain head `auditor verify --export` \
+        checks) or CSV", content(
+        (String = "application/x-ndjson"),
+        (String = "text/csv"),
+    ))),
+)]
 async fn export<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

@@ -20,18 +20,33 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
 }
 
 /// Seed 2's ping, in its response format.
-#[utoipa::path(get, path = "/ping", tag = "operations")]
+#[utoipa::path(
+    get,
+    path = "/ping",
+    tag = "operations",
+    responses((status = 200, description = "Seed 2's ping, `{\"result\": \"success\", …}`", body = Object)),
+)]
 async fn ping() -> Json<Value> {
     Json(json!({ "result": "success", "message": "pong" }))
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations")]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}` while the process runs", body = Object)),
+)]
 async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready while the writer runs and the database answers within a second.
-#[utoipa::path(get, path = "/readyz", tag = "operations")]
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`", body = Object)),
+)]
 async fn ready<S: Store>(State(state): State<AppState<S>>) -> Result<Json<Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(1), state.log.ready()).await {
         Ok(true) => Ok(Json(json!({ "status": "ready" }))),

@@ -39,7 +39,12 @@ pub fn standalone<S: Store>(log: AuditLog<S>) -> Router {
         .with_state(log)
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations")]
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String)),
+)]
 async fn behind_admin<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,

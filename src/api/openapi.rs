@@ -45,7 +45,7 @@ struct ApiDoc;
 /// The whole document: `routes`, the operations the router serves, completed by [`Shared`].
 pub fn document(routes: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
-    document.paths = routes.paths;
+    document.merge(routes);
     Shared.modify(&mut document);
     document
 }
@@ -196,6 +196,15 @@ fn complete(path: &str, method: &str, operation: &mut Operation) {
             .entry(status.to_owned())
             .or_insert_with(|| error_response(description));
     }
+    // An error a handler declares by its status and description has the one shape too.
+    for (status, response) in &mut operation.responses.responses {
+        if let RefOr::T(response) = response
+            && status.parse::<u16>().is_ok_and(|status| status >= 400)
+            && response.content.is_empty()
+        {
+            *response = error_shape(&response.description);
+        }
+    }
 }
 
 /// `get_events_id` for `GET /events/{id}`.
@@ -210,17 +219,19 @@ fn operation_id(method: &str, path: &str) -> String {
 }
 
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
-    RefOr::T(
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build(),
-    )
+    RefOr::T(error_shape(description))
+}
+
+fn error_shape(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
 }
 
 /// One required string parameter per `{name}` of the template.

@@ -20,9 +20,12 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
         .routes(routes!(consistency))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TreeSize {
+    /// The tree to prove inclusion in (it must cover the event); default: the latest
+    /// checkpoint's when it covers the event, else the current tree.
     tree_size: Option<u64>,
 }
 
@@ -35,7 +38,14 @@ fn bad_query(param: &str, rejection: impl std::fmt::Display) -> ApiError {
 
 /// Inclusion proof of an event, in the latest checkpoint's tree when it covers the event (so the
 /// proof checks against a signed root), else in the current tree; or in `tree_size`.
-#[utoipa::path(get, path = "/events/{id}/proof", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/events/{id}/proof",
+    tag = "integrity",
+    params(TreeSize),
+    responses((status = 200, description = "The inclusion proof (RFC 9162): leaf index, tree \
+        size, audit path, and the checkpoint it checks against", body = Object)),
+)]
 async fn inclusion<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -61,15 +71,25 @@ async fn inclusion<S: Store>(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Range {
+    /// The older tree size.
     from: u64,
+    /// The newer tree size; default: the current tree.
     to: Option<u64>,
 }
 
 /// Consistency proof from tree size `from` to `to` (default: the current tree).
-#[utoipa::path(get, path = "/checkpoints/consistency", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/checkpoints/consistency",
+    tag = "integrity",
+    params(Range),
+    responses((status = 200, description = "The consistency proof (RFC 9162) between the two \
+        tree sizes", body = Object)),
+)]
 async fn consistency<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

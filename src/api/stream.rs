@@ -40,7 +40,14 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
     OpenApiRouter::new().routes(routes!(stream))
 }
 
-#[utoipa::path(get, path = "/events/stream", tag = "events")]
+#[utoipa::path(
+    get,
+    path = "/events/stream",
+    tag = "events",
+    responses((status = 200, description = "Server-Sent Events: `id: <seq>`, `data: <event>`; \
+        `: heartbeat` every 15 s; `event: lagged` or `event: error` with where to resume",
+        content_type = "text/event-stream", body = String)),
+)]
 async fn stream<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

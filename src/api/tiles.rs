@@ -21,7 +21,13 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
 }
 
 /// The latest signed checkpoint, as a C2SP `tlog-checkpoint` note.
-#[utoipa::path(get, path = "/logs/{tenant}/checkpoint", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/logs/{tenant}/checkpoint",
+    tag = "integrity",
+    responses((status = 200, description = "The latest checkpoint as a C2SP tlog-checkpoint \
+        note", content_type = "text/plain", body = String)),
+)]
 async fn checkpoint<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
@@ -44,7 +50,13 @@ async fn checkpoint<S: Store>(
 
 /// A hash tile or an entry bundle. A full tile never changes, so it may be cached for good; a
 /// partial one is superseded as the log grows.
-#[utoipa::path(get, path = "/logs/{tenant}/tile/{*path}", tag = "integrity")]
+#[utoipa::path(
+    get,
+    path = "/logs/{tenant}/tile/{*path}",
+    tag = "integrity",
+    responses((status = 200, description = "The tile's bytes (C2SP tlog-tiles)",
+        content_type = "application/octet-stream", body = Vec<u8>)),
+)]
 async fn tile<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,

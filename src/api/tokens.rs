@@ -64,7 +64,16 @@ impl From<TokenError> for ApiError {
 }
 
 /// `201` with the token's record and the token, shown this once.
-#[utoipa::path(post, path = "/admin/tokens", tag = "tokens")]
+#[utoipa::path(
+    post,
+    path = "/admin/tokens",
+    tag = "tokens",
+    responses(
+        (status = 201, description = "The token's record and the token, shown this once", body = Object),
+        (status = 409, description = "A token of that name exists"),
+        (status = 422, description = "A wrong or missing field"),
+    ),
+)]
 async fn create<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,
@@ -112,7 +121,12 @@ struct TokenList {
 }
 
 /// `200` with `{"tokens": [...]}`: those the admin covers, by name.
-#[utoipa::path(get, path = "/admin/tokens", tag = "tokens")]
+#[utoipa::path(
+    get,
+    path = "/admin/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "`{\"tokens\": [...]}`, by name", body = Object)),
+)]
 async fn list<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,
@@ -130,7 +144,12 @@ async fn list<S: Store>(
 
 /// `200` with the revoked token's record; `404` for a token the admin does not cover or that
 /// does not exist. Revoking a revoked token keeps its first revocation time.
-#[utoipa::path(delete, path = "/admin/tokens/{name}", tag = "tokens")]
+#[utoipa::path(
+    delete,
+    path = "/admin/tokens/{name}",
+    tag = "tokens",
+    responses((status = 200, description = "The revoked token's record", body = Object)),
+)]
 async fn revoke<S: Store>(
     State(state): State<AppState<S>>,
     AdminAccess(principal): AdminAccess,

@@ -66,10 +66,27 @@ impl Serialize for Digest {
     }
 }
 
+/// In the OpenAPI document: 64 lowercase hex digits, as it is serialised.
+impl utoipa::PartialSchema for Digest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::model::digest::hex_256_schema()
+    }
+}
+
+impl utoipa::ToSchema for Digest {}
+
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
         Digest::from_slice(&bytes).ok_or_else(|| serde::de::Error::custom("expected 32 bytes"))
     }
+}
+
+/// The schema of a 256-bit value written as 64 lowercase hex digits.
+pub fn hex_256_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^[0-9a-f]{64}$"))
+        .into()
 }

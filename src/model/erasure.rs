@@ -82,6 +82,15 @@ impl Serialize for SaltSecret {
     }
 }
 
+/// In the OpenAPI document: 64 lowercase hex digits, as it is serialised.
+impl utoipa::PartialSchema for SaltSecret {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::model::digest::hex_256_schema()
+    }
+}
+
+impl utoipa::ToSchema for SaltSecret {}
+
 impl<'de> Deserialize<'de> for SaltSecret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -94,7 +103,7 @@ impl<'de> Deserialize<'de> for SaltSecret {
 /// commitment of each erased field (which the leaf holds), and the salt of each field still
 /// present (the secret they derived from is gone). Stored as a JSON object and served as such:
 /// `{"commitments": {"user_identity": "<hex>", …}, "salts": {"entity_id": "<hex>", …}}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Erased {
     pub commitments: BTreeMap<String, Digest>,

@@ -16,7 +16,7 @@ use super::ids::{EventId, Seq, TenantId};
 use super::payload;
 
 /// CRUD verb describing what was done to the entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
@@ -45,7 +45,7 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Success,
@@ -70,10 +70,12 @@ impl Outcome {
 }
 
 /// The body of `POST /events` exactly as accepted on the wire: anything not listed is refused.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEvent {
+    /// What happened, e.g. `customer.billed`.
     pub event_type: String,
+    /// Who did it.
     pub user_identity: String,
     #[serde(default)]
     pub action: Option<Action>,
@@ -86,13 +88,17 @@ pub struct RawEvent {
     #[serde(default)]
     pub source: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub ip: Option<IpAddr>,
     #[serde(default)]
     pub outcome: Option<Outcome>,
+    /// When it happened (RFC 3339); default: when it was recorded.
     #[serde(default, deserialize_with = "rfc3339_without_leap_second")]
     pub occurred_at: Option<OffsetDateTime>,
-    /// Kept as the text received: numbers are checked against their digits (`model::payload`).
+    /// Any JSON object. Kept as the text received: numbers are checked against their digits
+    /// (`model::payload`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub event_data: Option<Box<RawValue>>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
@@ -327,7 +333,10 @@ event_fields! {
     /// `model::fields`). Adding one here adds its column to both backends' statements; it then
     /// needs a migration per backend, and a place in the leaf or `NotInLeaf`. `Client` fields
     /// come from the body of `POST /events`, through [`RawEvent`] and [`NewEvent`].
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+    #[schema(description = "An event as recorded: the fields sent, the ones the log adds \
+        (`id`, `seq`, `tenant`, `recorded_at`, `recorded_by`), and those that prove it \
+        (docs/integrity.md)")]
     pub struct Event {
         id: EventId [Leaf] => Id,
         seq: Seq [Leaf],
@@ -348,6 +357,7 @@ event_fields! {
         recorded_at: OffsetDateTime [Leaf],
         recorded_by: String [Leaf] => RecordedBy,
         /// The payload; `None` when there was none or it was erased (see `redacted_at`).
+        #[schema(value_type = Option<Object>)]
         event_data: Option<Map<String, Value>> [Client, NotInLeaf, Personal, Erasable],
         /// Leaf version 1 only: SHA-256 of the payload's canonical form, kept when the payload
         /// is erased so the leaf still verifies. `None` in version 2, which commits to the

@@ -88,6 +88,38 @@ async fn the_document_describes_the_router_as_it_serves() {
             );
         }
     }
+    // What a success answers with, and what `POST /events` takes.
+    for (template, item) in paths {
+        for method in METHODS {
+            let Some(operation) = item.get(method) else {
+                continue;
+            };
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|status| status.starts_with('2')),
+                "{method} {template} documents no success"
+            );
+        }
+    }
+    let record = &paths["/events"]["post"];
+    assert_eq!(
+        record["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/RawEvent"
+    );
+    assert_eq!(
+        record["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Event"
+    );
+    let event = document["components"]["schemas"]["Event"]["properties"]
+        .as_object()
+        .unwrap();
+    let recorded = app
+        .record(serde_json::json!({"event_type": "t", "user_identity": "u"}))
+        .await;
+    for key in recorded.as_object().unwrap().keys() {
+        assert!(event.contains_key(key), "Event lacks `{key}`");
+    }
+
     let ids: Vec<&str> = paths
         .values()
         .flat_map(|item| METHODS.iter().filter_map(|m| item.get(*m)))
