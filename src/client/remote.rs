@@ -72,6 +72,18 @@ impl Credentials {
     }
 }
 
+/// `url` with anything between `://` and an `@` of its authority hidden, parseable or not.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// One page of a query.
 pub struct Page {
     pub events: Vec<Value>,
@@ -91,7 +103,16 @@ impl Remote {
         let base = reqwest::Url::parse(connection.server.trim_end_matches('/'))
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https"))
-            .ok_or_else(|| ClientError::BadUrl(connection.server.clone()))?;
+            .ok_or_else(|| ClientError::BadUrl(without_userinfo(&connection.server)))?;
+        // Credentials come from the environment alone: a URL's would be sent in their place
+        // and shown in every error that names the server.
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(ClientError::Usage(format!(
+                "the server URL `{}` carries credentials, which are not read from there; set \
+                 AUDITOR_USER and AUDITOR_PASSWORD, or AUDITOR_TOKEN",
+                without_userinfo(&connection.server)
+            )));
+        }
         crate::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("auditor-cli/", env!("CARGO_PKG_VERSION")));

@@ -322,9 +322,18 @@ async fn capture<S: Store>(
     };
     let slot_existed = slot_exists(&pool, settings).await?;
     let mut warned = HashSet::new();
+    let mut published = HashSet::new();
     // A table added to the publication while the slot exists missed what came before.
     let record_gaps = slot_existed.then_some(&gaps);
-    sync_publication(&pool, settings, &mut warned, false, record_gaps).await?;
+    sync_publication(
+        &pool,
+        settings,
+        &mut warned,
+        &mut published,
+        false,
+        record_gaps,
+    )
+    .await?;
     check_publication(&pool, settings).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
     // Before the slot: every change the slot will hold then has its role.
@@ -351,7 +360,15 @@ async fn capture<S: Store>(
         if synced.elapsed() >= PUBLICATION_SYNC_EVERY {
             // The claim's connection still holds it (a broken one fails here).
             sqlx::query("SELECT 1").execute(&mut claim).await?;
-            let added = sync_publication(&pool, settings, &mut warned, true, Some(&gaps)).await?;
+            let added = sync_publication(
+                &pool,
+                settings,
+                &mut warned,
+                &mut published,
+                true,
+                Some(&gaps),
+            )
+            .await?;
             // Changed while running, it may already have left changes out since the last look.
             if let Err(error) = check_publication(&pool, settings).await {
                 if error.downcast_ref::<Misconfigured>().is_some() {
@@ -520,6 +537,7 @@ async fn sync_publication<S: Store>(
     pool: &PgPool,
     settings: &PostgresCapture,
     warned: &mut HashSet<String>,
+    seen: &mut HashSet<(String, String)>,
     started: bool,
     gaps: Option<&Gaps<'_, S>>,
 ) -> anyhow::Result<Vec<(String, String)>> {
@@ -624,6 +642,7 @@ async fn sync_publication<S: Store>(
                 .execute(pool)
                 .await?;
             tracing::info!(publication = %settings.publication, tables = list.len(), "created the publication");
+            seen.extend(wanted.iter().map(|t| (t.schema.clone(), t.name.clone())));
             wanted
         }
         Some(false) => {
@@ -643,6 +662,21 @@ async fn sync_publication<S: Store>(
                     }
                 }
             }
+            // Put in the publication by someone else since the last look: what it held, and
+            // its changes before, were not captured; its role trigger is installed as for one
+            // this capture adds.
+            let mut appeared = Vec::new();
+            for table in &wanted {
+                let key = (table.schema.clone(), table.name.clone());
+                if started && published.contains(&key) && !seen.contains(&key) {
+                    if let Some(gaps) = gaps {
+                        gaps.record_table(pool, table).await?;
+                    }
+                    appeared.push(*table);
+                }
+            }
+            seen.retain(|table| published.contains(table));
+            seen.extend(published.iter().cloned());
             let missing: Vec<&HostTable> = wanted
                 .into_iter()
                 .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
@@ -663,8 +697,9 @@ async fn sync_publication<S: Store>(
                     publication = %settings.publication, table = %table.display(),
                     "added a table to the publication"
                 );
+                seen.insert((table.schema.clone(), table.name.clone()));
             }
-            missing
+            missing.into_iter().chain(appeared).collect()
         }
     };
     Ok(added
@@ -841,16 +876,19 @@ impl<S: Store> Gaps<'_, S> {
     /// A table added to the publication while the slot exists: its changes committed before
     /// (a table created since the last look, [`PUBLICATION_SYNC_EVERY`] ago, or while the
     /// service was stopped) were not captured. Recorded as a `capture.gap` for the table before
-    /// it is added, so that a failure in between leaves the record, never the gap alone; a
-    /// retry is a replay (the key names the table's OID).
+    /// it is added, so that a failure in between leaves the record, never the gap alone. The
+    /// key names the table's OID and the WAL position it was found at: a table taken out of
+    /// the publication and put back is a new gap, not a replay of its first.
     async fn record_table(&self, pool: &PgPool, table: &HostTable) -> anyhow::Result<()> {
-        let (oid, had_rows): (i64, bool) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT $1::text::regclass::oid::bigint, EXISTS (SELECT 1 FROM {})",
-            table.qualified()
-        )))
-        .bind(table.qualified())
-        .fetch_one(pool)
-        .await?;
+        let (oid, had_rows, at): (i64, bool, String) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT $1::text::regclass::oid::bigint, EXISTS (SELECT 1 FROM {}), \
+             pg_current_wal_lsn()::text",
+                table.qualified()
+            )))
+            .bind(table.qualified())
+            .fetch_one(pool)
+            .await?;
         let name = &self.settings.name;
         tracing::warn!(
             capture = %name, table = %table.display(), had_rows,
@@ -859,12 +897,14 @@ impl<S: Store> Gaps<'_, S> {
         let data = serde_json::json!({
             "table": table.display(),
             "had_rows": had_rows,
+            "found_at_lsn": at,
             "reason": "the table was added to the publication only now (it was created since \
-                       the capture last looked, or while the service was stopped); its changes \
-                       committed before this event were not captured",
+                       the capture last looked, taken out of the publication, or changed while \
+                       the service was stopped); its changes committed before this event, or \
+                       while it was out of the publication, were not captured",
         });
-        self.record_gap(&table.display(), data, format!("{name}:gap:table:{oid}"))
-            .await?;
+        let key = format!("{name}:gap:table:{oid}:{at}");
+        self.record_gap(&table.display(), data, key).await?;
         Ok(())
     }
 }

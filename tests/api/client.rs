@@ -150,6 +150,17 @@ async fn refusals_are_reported_with_the_server_reason(backend: Backend) {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--database-url"));
 
+    // Credentials in the URL are neither sent in place of the environment's nor shown.
+    let with_userinfo = app.address.replace("http://", "http://admin:url-secret@");
+    for server in [with_userinfo.as_str(), "http://admin:url-secret@[bad"] {
+        let mut in_url = client(&app, READER);
+        in_url.args(["query", "--server", server]);
+        let output = in_url.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{server}");
+        assert!(!stderr.contains("url-secret"), "{stderr}");
+    }
+
     let mut unreachable = client(&app, READER);
     unreachable.args(["query", "--server", "http://127.0.0.1:9"]);
     let output = unreachable.output().unwrap();
