@@ -227,43 +227,128 @@ struct Transaction {
     context: Arc<Context>,
 }
 
-/// What a transaction's context messages gave: the fields the log takes, and why any were
-/// refused.
+/// What a transaction's context messages gave, as of some change: who and from where, the
+/// other fields the log takes, and why any were refused.
 #[derive(Debug, Clone, Default)]
 struct Context {
+    user_identity: Option<String>,
+    ip: Option<std::net::IpAddr>,
+    /// The other fields, recorded as `event_data.context`.
     fields: Map<String, Value>,
-    refused: Option<String>,
+    /// Each refusal, naming its message (1 for the transaction's first) and field.
+    refused: Vec<String>,
+    messages: usize,
 }
 
-/// A context message's fields under the contract of `event_data` (exact numbers, no U+0000,
-/// unique keys, bounded depth). When the whole is refused, each field the log takes is kept,
-/// and the refusal is said.
-fn context_fields(content: &[u8]) -> (Map<String, Value>, Option<String>) {
-    use serde_json::value::RawValue;
-    let parsed = serde_json::from_slice::<Box<RawValue>>(content);
-    let raw = match parsed {
-        Ok(raw) => raw,
-        Err(error) => return (Map::new(), Some(format!("context: not JSON ({error})"))),
-    };
-    let whole = match crate::model::payload::parse_member(&raw, "context") {
-        Ok(Value::Object(fields)) => return (fields, None),
-        Ok(_) => return (Map::new(), Some("context: not a JSON object".into())),
-        Err(error) => error,
-    };
-    let members: Vec<(String, Box<RawValue>)> =
-        serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(raw.get())
-            .map(|members| members.into_iter().collect())
-            .unwrap_or_default();
-    let fields = members
-        .into_iter()
-        .filter(|(name, _)| !name.contains('\0'))
-        .filter_map(|(name, value)| {
+impl Context {
+    /// This context with the next message applied. Its fields override the earlier ones; a
+    /// field it gives that the log refuses clears the earlier value too (the message meant to
+    /// replace it), so a refused `user_identity` falls back to the role, never to an earlier
+    /// message's user. Each member is read under `event_data`'s contract (exact numbers, no
+    /// U+0000, bounded depth); a key given twice is refused, since which was meant is unknown.
+    fn with_message(&self, content: &[u8]) -> Self {
+        let mut next = self.clone();
+        next.messages += 1;
+        let mut refusals = Vec::new();
+        let members = match serde_json::from_slice::<Members>(content) {
+            Ok(Members(members)) => members,
+            Err(error) => {
+                refusals.push(if error.is_data() {
+                    "not a JSON object".to_owned()
+                } else {
+                    format!("not JSON ({error})")
+                });
+                Vec::new()
+            }
+        };
+        let mut refuse = |what: String| refusals.push(what);
+        let mut seen = HashMap::new();
+        for (name, _) in &members {
+            *seen.entry(name.clone()).or_insert(0usize) += 1;
+        }
+        let mut accepted: Vec<(String, Result<Value, String>)> = Vec::new();
+        for (name, raw) in members {
             let path = format!("context.{name}");
-            let value = crate::model::payload::parse_member(&value, &path).ok()?;
-            Some((name, value))
-        })
-        .collect();
-    (fields, Some(storable(whole.to_string())))
+            let value = if seen[&name] > 1 {
+                if accepted.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                Err(format!("{path}: given more than once"))
+            } else if name.contains('\0') {
+                Err("context: a key holds U+0000".to_owned())
+            } else {
+                crate::model::payload::parse_member(&raw, &path).map_err(|error| error.to_string())
+            };
+            accepted.push((name, value));
+        }
+        for (name, value) in accepted {
+            match (name.as_str(), value) {
+                ("user_identity", Ok(Value::String(user))) if !user.trim().is_empty() => {
+                    next.user_identity = Some(user);
+                }
+                ("user_identity", Ok(Value::Null)) => next.user_identity = None,
+                ("user_identity", Ok(other)) => {
+                    next.user_identity = None;
+                    refuse(format!("context.user_identity: {other} is not a name"));
+                }
+                ("ip", Ok(Value::Null)) => next.ip = None,
+                ("ip", Ok(value)) => {
+                    next.ip = value.as_str().and_then(|ip| ip.parse().ok());
+                    if next.ip.is_none() {
+                        refuse(format!("context.ip: {value} is not an address"));
+                    }
+                }
+                ("user_identity", Err(why)) => {
+                    next.user_identity = None;
+                    refuse(why);
+                }
+                ("ip", Err(why)) => {
+                    next.ip = None;
+                    refuse(why);
+                }
+                (_, Ok(value)) => {
+                    next.fields.insert(name, value);
+                }
+                (_, Err(why)) => {
+                    next.fields.remove(&name);
+                    refuse(why);
+                }
+            }
+        }
+        let message = next.messages;
+        next.refused.extend(
+            refusals
+                .into_iter()
+                .map(|why| storable(format!("message {message}: {why}"))),
+        );
+        next
+    }
+}
+
+/// A JSON object's members in their order, repeated keys kept (a map would keep one).
+struct Members(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 struct Change {
@@ -478,11 +563,12 @@ async fn record_chunk<S: Store>(
 fn unrecordable(event: &NewEvent, error: &LogError) -> anyhow::Result<NewEvent> {
     let data = serde_json::json!({
         "entity": event.entity,
+        "change": event.event_type,
         "reason": storable(error.to_string()),
     });
     let raw = RawEvent {
         event_type: "capture.unrecordable".into(),
-        user_identity: "capture".into(),
+        user_identity: format!("capture:{}", event.source.as_deref().unwrap_or_default()),
         action: None,
         entity: event.entity.clone(),
         entity_id: None,
@@ -1214,26 +1300,28 @@ async fn peek(
                 let Some(transaction) = open.as_mut() else {
                     continue;
                 };
-                let (fields, refused) = context_fields(&content);
-                if let Some(why) = &refused {
+                let context = transaction.context.with_message(&content);
+                let refused = &context.refused[transaction.context.refused.len()..];
+                if !refused.is_empty() {
                     tracing::warn!(
-                        capture = %settings.name, refused = %why,
+                        capture = %settings.name, refused = %refused.join("; "),
                         "a context message is refused in part; the changes after it keep what \
-                         the log takes of it"
+                         the log takes of it, and say what was refused (event_data.context_refused)"
                     );
                 }
-                if let Some(ip) = fields.get("ip")
-                    && ip
-                        .as_str()
-                        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-                        .is_none()
-                {
-                    tracing::warn!(capture = %settings.name, %ip, "a context message's ip is no address; left out");
-                }
-                let mut merged = (*transaction.context).clone();
-                merged.fields.extend(fields);
-                merged.refused = refused.or(merged.refused);
-                transaction.context = Arc::new(merged);
+                transaction.context = Arc::new(context);
+            }
+            Message::Logical {
+                transactional: false,
+                prefix,
+                ..
+            } if prefix == CONTEXT_PREFIX => {
+                tracing::warn!(
+                    capture = %settings.name,
+                    "a context message was sent outside the transaction \
+                     (pg_logical_emit_message(false, …)): it applies to no change; send it \
+                     with true, before the changes it describes"
+                );
             }
             // Sent after each statement on a captured table (`ROLE_PREFIX`): its role made the
             // changes before it that have none yet.
@@ -1362,16 +1450,9 @@ fn events_of<S: Store>(
         if !settings.captures(&relation.schema, &relation.table) {
             continue;
         }
-        let mut context = change.context.fields.clone();
-        let context_user = match context.remove("user_identity") {
-            Some(Value::String(user)) if !user.trim().is_empty() => Some(user),
-            _ => None,
-        };
-        // An ip that is no address was warned of when its message was read.
-        let ip = match context.remove("ip") {
-            Some(Value::String(ip)) => ip.parse().ok(),
-            _ => None,
-        };
+        let context = &change.context.fields;
+        let context_user = change.context.user_identity.clone();
+        let ip = change.context.ip;
         let row = |datums: &Option<Vec<Datum>>| {
             datums.as_ref().map(|datums| {
                 let mut row = Map::new();
@@ -1431,8 +1512,11 @@ fn events_of<S: Store>(
             .clone()
             .or_else(|| change.role.clone())
             .unwrap_or_else(|| settings.name.clone());
-        if let Some(refused) = &change.context.refused {
-            data.insert("context_refused".into(), Value::from(refused.as_str()));
+        if !change.context.refused.is_empty() {
+            data.insert(
+                "context_refused".into(),
+                Value::from(change.context.refused.join("; ")),
+            );
         }
         let plain_data = data.clone();
         if !context.is_empty() {
@@ -1483,10 +1567,14 @@ fn events_of<S: Store>(
                 if fields {
                     data.insert("context".into(), Value::Object(context.clone()));
                 }
-                data.insert(
-                    "context_refused".into(),
-                    Value::from(storable(error.to_string())),
-                );
+                let refused = change
+                    .context
+                    .refused
+                    .iter()
+                    .cloned()
+                    .chain([storable(error.to_string())])
+                    .collect::<Vec<_>>();
+                data.insert("context_refused".into(), Value::from(refused.join("; ")));
                 let attempt = log.parse(RawEvent {
                     user_identity: if user {
                         raw.user_identity.clone()
@@ -1498,6 +1586,10 @@ fn events_of<S: Store>(
                     ..raw.clone()
                 });
                 if attempt.is_ok() {
+                    tracing::warn!(
+                        capture = %settings.name, %error,
+                        "a change's context is refused by the log; recorded with what it takes"
+                    );
                     return attempt;
                 }
             }
@@ -1508,8 +1600,12 @@ fn events_of<S: Store>(
             Err(error) => {
                 // Nothing of the row or the context: only what names the change, which the log
                 // always takes, so that the change is never dropped without a trace.
+                tracing::warn!(
+                    capture = %settings.name, %error,
+                    "a captured change cannot be recorded; recording why (capture.unrecordable)"
+                );
                 let placeholder = RawEvent {
-                    user_identity: "capture".into(),
+                    user_identity: format!("capture:{}", settings.name),
                     ip: None,
                     entity_id: None,
                     property: None,

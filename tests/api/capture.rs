@@ -485,6 +485,25 @@ async fn tables_published_by_hand_are_recorded_as_gaps(backend: Backend) {
     host.execute("INSERT INTO byhand VALUES (5)").await;
     let created = wait_for_type(&app, "public.byhand.create", 2).await;
     assert_eq!(created[1]["entity_id"], "5");
+
+    // A change the log cannot take (a key longer than a field may be) is recorded as such.
+    host.execute(&format!(
+        "BEGIN; CREATE TABLE longkey (k text PRIMARY KEY); \
+         ALTER PUBLICATION {publication} ADD TABLE longkey; COMMIT; \
+         INSERT INTO longkey VALUES (repeat('x', 1100))"
+    ))
+    .await;
+    let unrecordable = wait_for_type(&app, "capture.unrecordable", 1).await;
+    let unrecordable = &unrecordable[0];
+    assert_eq!(unrecordable["entity"], "public.longkey");
+    assert_eq!(
+        unrecordable["user_identity"],
+        format!("capture:{}", capture.name)
+    );
+    assert_eq!(
+        unrecordable["event_data"]["change"],
+        "public.longkey.create"
+    );
     app.stop().await.unwrap();
     host.drop_now().await;
 }
@@ -597,11 +616,26 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
          INSERT INTO plain VALUES (7, 's'); COMMIT; \
          BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
            '{{\"user_identity\": \"fay\", \"amount\": 12345678901234567.89, \"ok\": 1}}'); \
-         INSERT INTO plain VALUES (8, 't'); COMMIT",
+         INSERT INTO plain VALUES (8, 't'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"user_identity\": \"frank\", \"ip\": \"10.1.1.1\"}}'); \
+         INSERT INTO plain VALUES (9, 'u'); \
+         SELECT pg_logical_emit_message(true, 'auditor', '{{\"user_identity\": \"g\\u0000\"}}'); \
+         INSERT INTO plain VALUES (10, 'v'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"user_identity\": \"p1\", \"n\": 9007199254740993, \"s\": \"a\\u0000b\", \
+              \"k\": 1, \"k\": 2, \"kept\": true}}'); \
+         INSERT INTO plain VALUES (11, 'w'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', '[1, 2]'); \
+         SELECT pg_logical_emit_message(true, 'auditor', \
+           '{{\"ip\": \"not-an-ip\", \"user_identity\": \"hal\"}}'); \
+         INSERT INTO plain VALUES (12, 'x'); COMMIT; \
+         BEGIN; SELECT pg_logical_emit_message(true, 'auditor', '{{\"user_identity\": 42, \"ip\": null}}'); \
+         INSERT INTO plain VALUES (13, 'y'); COMMIT",
         long = "x".repeat(2000)
     ))
     .await;
-    db.wait_for_events("default", 14, Duration::from_secs(30))
+    db.wait_for_events("default", 19, Duration::from_secs(30))
         .await;
     let events = app.all_events().await;
     let by_type = |event_type: &str| -> Vec<Value> {
@@ -677,6 +711,42 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
     assert_eq!(inexact["user_identity"], "fay", "{inexact}");
     assert_eq!(inexact["event_data"]["context"], json!({"ok": 1}));
     assert!(inexact["event_data"]["context_refused"].is_string());
+    // A later message's user that the log refuses falls back to the role, never to the
+    // earlier message's user; what it did not give (the ip) stays.
+    let replaced = created("10");
+    assert_eq!(created("9")["user_identity"], "frank");
+    assert_eq!(replaced["user_identity"], "postgres", "{replaced}");
+    assert_eq!(replaced["ip"], "10.1.1.1");
+    let refused = replaced["event_data"]["context_refused"].as_str().unwrap();
+    assert!(
+        refused.starts_with("message 2: context.user_identity"),
+        "{refused}"
+    );
+    // Every refusal is named, each with its message; a key given twice is refused.
+    let several = created("11");
+    assert_eq!(several["user_identity"], "p1");
+    assert_eq!(several["event_data"]["context"], json!({"kept": true}));
+    let refused = several["event_data"]["context_refused"].as_str().unwrap();
+    for field in ["context.n", "context.s", "context.k"] {
+        assert!(refused.contains(field), "{field} in {refused}");
+    }
+    let second = created("12");
+    assert_eq!(second["user_identity"], "hal");
+    assert_eq!(second["ip"], Value::Null);
+    let refused = second["event_data"]["context_refused"].as_str().unwrap();
+    assert!(
+        refused.contains("message 1: not a JSON object"),
+        "{refused}"
+    );
+    assert!(refused.contains("message 2: context.ip"), "{refused}");
+    let numbered = created("13");
+    assert_eq!(numbered["user_identity"], "postgres");
+    let refused = numbered["event_data"]["context_refused"].as_str().unwrap();
+    assert!(refused.contains("context.user_identity"), "{refused}");
+    assert!(
+        !refused.contains("context.ip"),
+        "a null ip is no refusal: {refused}"
+    );
 
     // A key changed before its changes are decoded: each is named by the key it had.
     app.stop().await.unwrap();
@@ -687,7 +757,7 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
     )
     .await;
     let mut app = spawn_with(db.share(), with_capture(&db, capture)).await;
-    db.wait_for_events("default", 16, Duration::from_secs(30))
+    db.wait_for_events("default", 21, Duration::from_secs(30))
         .await;
     let keyed = app
         .get_ok("/events?event_type=public.plain.create&order=desc&limit=2")
