@@ -81,19 +81,43 @@ async fn consume<S: Store>(
     // creation time keeps the keys derived from sequences apart.
     let created = stream.info().await?.created.unix_timestamp_nanos();
     let scope = format!("nats:{}@{created}", settings.stream);
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            &settings.consumer,
-            pull::Config {
-                durable_name: Some(settings.consumer.clone()),
-                filter_subject: settings.subject.clone(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(settings.ack_wait_secs),
-                max_ack_pending: i64::try_from(settings.batch.saturating_mul(4)).unwrap_or(-1),
-                ..Default::default()
-            },
-        )
+    let wanted = pull::Config {
+        durable_name: Some(settings.consumer.clone()),
+        filter_subject: settings.subject.clone(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(settings.ack_wait_secs),
+        max_ack_pending: i64::try_from(settings.batch.saturating_mul(4)).unwrap_or(-1),
+        ..Default::default()
+    };
+    let mut consumer: PullConsumer = stream
+        .get_or_create_consumer(&settings.consumer, wanted.clone())
         .await?;
+    // A durable consumer made before keeps its settings unless told: a changed `subject`
+    // would otherwise be logged as consumed while the old filter still applies.
+    let existing = consumer.cached_info().config.clone();
+    if (
+        &existing.filter_subject,
+        existing.ack_wait,
+        existing.max_ack_pending,
+    ) != (
+        &wanted.filter_subject,
+        wanted.ack_wait,
+        wanted.max_ack_pending,
+    ) {
+        consumer = stream.update_consumer(wanted).await.map_err(|error| {
+            Misconfigured(format!(
+                "the durable consumer `{}` exists with other settings (subject `{}`) and cannot \
+                 be updated to this configuration's: {error}; delete it, or name another consumer",
+                settings.consumer, existing.filter_subject
+            ))
+        })?;
+        tracing::info!(
+            consumer = %settings.consumer,
+            subject = %settings.subject,
+            was = %existing.filter_subject,
+            "updated the durable consumer to the configuration"
+        );
+    }
     let tenant = TenantId::parse(&settings.tenant).map_err(anyhow::Error::msg)?;
     let recorded_by = format!("nats:{}", settings.consumer);
     // Acknowledging a message of a work-queue or interest stream deletes it: a dead letter

@@ -533,7 +533,60 @@ async fn dead_letters_are_never_discarded(backend: Backend) {
     app.stop().await.unwrap();
 }
 
+/// A durable consumer made before takes the configuration's subject (and acknowledgement
+/// settings) when the service starts again with others: what is logged as consumed is.
+async fn a_changed_subject_is_applied_to_the_durable_consumer(backend: Backend) {
+    let nats = TestStream::create(NATS_URL).await;
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_nats(&db, nats.settings())).await;
+    nats.publish(Some("first"), &event(1)).await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
+    app.stop().await.unwrap();
+
+    let narrowed = NatsSettings {
+        subject: format!("audit.{}.only", nats.id),
+        ack_wait_secs: 20,
+        ..nats.settings()
+    };
+    let mut app = spawn_with(db.share(), with_nats(&db, narrowed)).await;
+    // `events` is outside the new filter; `only` within it.
+    nats.publish(Some("outside"), &event(2)).await;
+    nats.context
+        .publish_with_headers(
+            format!("audit.{}.only", nats.id),
+            async_nats::HeaderMap::new(),
+            event(3).into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    db.wait_for_events("default", 2, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        db.count_events("default").await,
+        2,
+        "the old filter no longer applies"
+    );
+    let stream = nats
+        .context
+        .get_stream(format!("AUDIT_{}", nats.id))
+        .await
+        .unwrap();
+    let mut stream = stream;
+    let info = stream.consumer_info("auditor").await.unwrap();
+    assert_eq!(
+        info.config.filter_subject,
+        format!("audit.{}.only", nats.id)
+    );
+    assert_eq!(info.config.ack_wait, Duration::from_secs(20));
+    app.stop().await.unwrap();
+}
+
 crate::both_backends!(
+    a_changed_subject_is_applied_to_the_durable_consumer,
     dead_letters_are_never_discarded,
     dead_letters_within_the_subject_are_passed_over_and_kept_per_consumer,
     every_message_is_stored_once_through_a_sigkill,
