@@ -575,7 +575,6 @@ async fn a_changed_subject_is_applied_to_the_durable_consumer(backend: Backend) 
         .get_stream(format!("AUDIT_{}", nats.id))
         .await
         .unwrap();
-    let mut stream = stream;
     let info = stream.consumer_info("auditor").await.unwrap();
     assert_eq!(
         info.config.filter_subject,
