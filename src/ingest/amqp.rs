@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::Delivery;
-use super::{Backoff, Broker, default_tenant, run_until_stopped, settle};
+use super::{Backoff, Broker, Misconfigured, default_tenant, run_until_stopped, settle};
 use crate::log::AuditLog;
 use crate::model::TenantId;
 use crate::store::Store;
@@ -98,6 +98,42 @@ async fn ensure_queue(connection: &Connection, queue: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// The dead-letter queue must keep what it is given: an existing one is declared again as a
+/// durable classic queue without arguments, then as a durable quorum queue; the broker refuses
+/// both (`PRECONDITION_FAILED`) for a queue that is not durable or has arguments such as a
+/// length limit or a TTL, which would discard confirmed dead letters. Limits set by a policy
+/// are not seen by AMQP and so not checked.
+async fn check_dead_letters_are_kept(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    for arguments in [FieldTable::default(), quorum] {
+        // A refused declaration closes its channel: one channel per try.
+        let channel = connection.create_channel().await?;
+        if channel
+            .queue_declare(queue.into(), durable, arguments)
+            .await
+            .is_ok()
+        {
+            let _ = channel.close(200, "ok".into()).await;
+            return Ok(());
+        }
+    }
+    Err(Misconfigured(format!(
+        "dead_letter_queue `{queue}` exists with settings that may discard dead letters (not \
+         durable, or with arguments such as x-max-length or x-message-ttl): it must be a durable \
+         classic or quorum queue without limits; delete it (the consumer declares it) or name \
+         another"
+    ))
+    .into())
+}
+
 async fn consume<S: Store>(
     log: &AuditLog<S>,
     settings: &AmqpSettings,
@@ -110,6 +146,7 @@ async fn consume<S: Store>(
     let connection = Connection::connect(&settings.url, properties).await?;
     ensure_queue(&connection, &settings.queue).await?;
     ensure_queue(&connection, &settings.dead_letter_queue).await?;
+    check_dead_letters_are_kept(&connection, &settings.dead_letter_queue).await?;
     let dead_letters = connection.create_channel().await?;
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())

@@ -336,6 +336,47 @@ async fn the_consumer_reconnects_and_takes_cloudevents_in_headers(backend: Backe
     assert_eq!(paid["event_data"], json!({"amount": 12.5}));
 }
 
+/// A dead-letter queue that may discard what it confirms (not durable, or with a length limit)
+/// keeps the consumer from starting: a poison message would be acknowledged, then lost.
+#[tokio::test]
+async fn a_dead_letter_queue_that_discards_is_refused() {
+    let amqp = TestQueue::create().await;
+    let limited = format!("{}.limited", amqp.queue);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    amqp.channel
+        .queue_declare(
+            limited.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let settings = AmqpSettings {
+        dead_letter_queue: limited.clone(),
+        ..amqp.settings()
+    };
+    let _app = spawn_with(db.share(), with_amqp(&db, settings)).await;
+    amqp.publish(Some("good-1"), &event(1), BasicProperties::default())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(db.count_events("default").await, 0, "not started");
+    let waiting = amqp
+        .channel
+        .queue_declare(
+            amqp.queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting.message_count(), 1, "the message waits in its queue");
+}
+
 crate::both_backends!(
     a_deleted_dead_letter_queue_comes_back_and_empty_ids_are_none,
     every_message_is_stored_once_through_a_sigkill,
