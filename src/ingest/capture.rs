@@ -124,6 +124,11 @@ pub const CONTEXT_PREFIX: &str = "auditor";
 /// table, holding the role that ran it (`current_user`): logical decoding does not carry it.
 pub const ROLE_PREFIX: &str = "auditor-role";
 
+/// The prefix of the messages the capture's event triggers send before and after each `ALTER
+/// PUBLICATION`, holding each publication's state then, and who ran it: a publication
+/// narrowed and restored between two looks would otherwise leave changes out without a trace.
+pub const PUBLICATION_PREFIX: &str = "auditor-publication";
+
 /// Events committed per append.
 const CHUNK_EVENTS: usize = 1_000;
 
@@ -225,6 +230,11 @@ struct Transaction {
     /// The context messages so far, merged: each change takes the context as it stood when
     /// the change was made, so a message applies to the changes after it only.
     context: Arc<Context>,
+    /// What this transaction did to the publication that leaves changes out (from the
+    /// `PUBLICATION_PREFIX` messages of [`ensure_publication_trace`]).
+    publication_narrowed: Vec<Value>,
+    /// The publication as the `ALTER PUBLICATION` being run found it.
+    publication_before: Option<Value>,
 }
 
 /// What a transaction's context messages gave, as of some change: who and from where, the
@@ -421,6 +431,8 @@ async fn capture<S: Store>(
     .await?;
     check_publication(&pool, settings).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
+    // Before the slot, as the role triggers: every change to the publication it holds is told.
+    ensure_publication_trace(&pool, settings).await?;
     // Before the slot: every change the slot will hold then has its role.
     if settings.record_role {
         let tables = published_tables(&pool, settings).await?;
@@ -937,22 +949,7 @@ impl<S: Store> Gaps<'_, S> {
         data: serde_json::Value,
         key: String,
     ) -> anyhow::Result<()> {
-        let name = &self.settings.name;
-        let raw = RawEvent {
-            event_type: "capture.gap".into(),
-            user_identity: format!("capture:{name}"),
-            action: None,
-            entity: Some(table.to_owned()),
-            entity_id: None,
-            property: None,
-            source: Some(name.clone()),
-            ip: None,
-            outcome: Some(crate::model::Outcome::Failure),
-            occurred_at: None,
-            event_data: Some(serde_json::value::to_raw_value(&data)?),
-            idempotency_key: Some(key),
-        };
-        let event = self.log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let event = gap_event(self.log, self.settings, table, &data, key, None)?;
         self.log
             .record_in(self.tenant.clone(), self.recorded_by, vec![event])
             .await?;
@@ -993,6 +990,33 @@ impl<S: Store> Gaps<'_, S> {
         self.record_gap(&table.display(), data, key).await?;
         Ok(())
     }
+}
+
+/// A `capture.gap` event: what `entity` missed, and why (`data`).
+fn gap_event<S: Store>(
+    log: &AuditLog<S>,
+    settings: &PostgresCapture,
+    entity: &str,
+    data: &Value,
+    key: String,
+    occurred_at: Option<OffsetDateTime>,
+) -> anyhow::Result<NewEvent> {
+    let name = &settings.name;
+    let raw = RawEvent {
+        event_type: "capture.gap".into(),
+        user_identity: format!("capture:{name}"),
+        action: None,
+        entity: Some(entity.to_owned()),
+        entity_id: None,
+        property: None,
+        source: Some(name.clone()),
+        ip: None,
+        outcome: Some(crate::model::Outcome::Failure),
+        occurred_at,
+        event_data: Some(serde_json::value::to_raw_value(data)?),
+        idempotency_key: Some(key),
+    };
+    log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Warns of each `deny_columns` or `allow_columns` entry that names no column of the host: a
@@ -1050,6 +1074,103 @@ async fn ensure_role_triggers(pool: &PgPool, tables: &[(String, String)]) -> any
             .await?;
     }
     Ok(())
+}
+
+/// Installs the event triggers that send, before and after each `ALTER PUBLICATION`, every
+/// publication's state (`PUBLICATION_PREFIX`), in the command's transaction: the
+/// capture reads it in WAL order, so a narrowing is seen however briefly it lasted, also one
+/// made while the service was stopped. Event triggers need a superuser; without one, this is
+/// warned of and changes are only looked for every `PUBLICATION_SYNC_EVERY`.
+async fn ensure_publication_trace(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<()> {
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(pool)
+            .await?;
+    if !superuser {
+        tracing::warn!(
+            capture = %settings.name,
+            "the capture's role is no superuser, so it cannot install the event trigger that \
+             traces changes to the publication: one narrowed and restored within 5 s would \
+             leave changes out without a trace"
+        );
+        return Ok(());
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE OR REPLACE FUNCTION auditor_capture_publication() RETURNS event_trigger \
+         LANGUAGE plpgsql AS $$ DECLARE p record; BEGIN \
+           FOR p IN SELECT pubname, pubinsert, pubupdate, pubdelete, pubtruncate \
+                    FROM pg_publication LOOP \
+             PERFORM pg_logical_emit_message(true, '{PUBLICATION_PREFIX}', json_build_object( \
+               'publication', p.pubname, 'insert', p.pubinsert, 'update', p.pubupdate, \
+               'delete', p.pubdelete, 'truncate', p.pubtruncate, 'role', current_user, \
+               'event', tg_event, \
+               'tables', (SELECT coalesce(json_agg(t.schemaname || '.' || t.tablename), '[]') \
+                          FROM pg_publication_tables t WHERE t.pubname = p.pubname))::text); \
+           END LOOP; END $$; \
+         DO $$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_event_trigger \
+                          WHERE evtname = 'auditor_capture_publication') THEN \
+             CREATE EVENT TRIGGER auditor_capture_publication ON ddl_command_end \
+               WHEN TAG IN ('ALTER PUBLICATION') \
+               EXECUTE FUNCTION auditor_capture_publication(); \
+           END IF; \
+           IF NOT EXISTS (SELECT 1 FROM pg_event_trigger \
+                          WHERE evtname = 'auditor_capture_publication_before') THEN \
+             CREATE EVENT TRIGGER auditor_capture_publication_before ON ddl_command_start \
+               WHEN TAG IN ('ALTER PUBLICATION') \
+               EXECUTE FUNCTION auditor_capture_publication(); \
+           END IF; END $$"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The gap an `ALTER PUBLICATION` of this capture's publication made, from its state `before`
+/// and `after` the command: the operations it no longer publishes and the captured tables it
+/// took out, and who ran it; `None` when it left out nothing this capture reads.
+fn publication_narrowed(
+    settings: &PostgresCapture,
+    before: Option<Value>,
+    after: &Value,
+) -> Option<Value> {
+    let left_out: Vec<&str> = ["insert", "update", "delete", "truncate"]
+        .into_iter()
+        .filter(|operation| after[operation] != true)
+        .collect();
+    let tables = |state: &Value| -> HashSet<String> {
+        state["tables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    };
+    let now = tables(after);
+    let mut taken_out: Vec<String> = before
+        .as_ref()
+        .map(tables)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|table| !now.contains(table))
+        .filter(|table| {
+            table
+                .split_once('.')
+                .is_some_and(|(schema, name)| settings.captures(schema, name))
+        })
+        .collect();
+    taken_out.sort();
+    if left_out.is_empty() && taken_out.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "publication": settings.publication,
+        "left_out": left_out,
+        "tables_taken_out": taken_out,
+        "role": after["role"],
+        "reason": "the publication was changed to leave these operations or tables out: their \
+                   changes from this event until it publishes them again were not captured",
+    }))
 }
 
 /// The tables the capture covers, by the publication as it is now.
@@ -1245,6 +1366,8 @@ async fn peek(
                     committed_at,
                     changes: Vec::new(),
                     context: Arc::default(),
+                    publication_narrowed: Vec::new(),
+                    publication_before: None,
                 });
             }
             Message::Commit {
@@ -1310,6 +1433,28 @@ async fn peek(
                     );
                 }
                 transaction.context = Arc::new(context);
+            }
+            Message::Logical {
+                transactional: true,
+                prefix,
+                content,
+            } if prefix == PUBLICATION_PREFIX => {
+                let Some(transaction) = open.as_mut() else {
+                    continue;
+                };
+                let Ok(state) = serde_json::from_slice::<Value>(&content) else {
+                    continue;
+                };
+                if state["publication"] != settings.publication.as_str() {
+                    continue;
+                }
+                if state["event"] == "ddl_command_start" {
+                    transaction.publication_before = Some(state);
+                } else if let Some(narrowed) =
+                    publication_narrowed(settings, transaction.publication_before.take(), &state)
+                {
+                    transaction.publication_narrowed.push(narrowed);
+                }
             }
             Message::Logical {
                 transactional: false,
@@ -1445,6 +1590,31 @@ fn events_of<S: Store>(
     transaction: &Transaction,
 ) -> Vec<NewEvent> {
     let mut events = Vec::new();
+    for (index, narrowed) in transaction.publication_narrowed.iter().enumerate() {
+        let key = format!(
+            "{}:gap:publication:{}:{index}",
+            settings.name,
+            format_lsn(transaction.commit_lsn)
+        );
+        let entity = format!("publication {}", settings.publication);
+        match gap_event(
+            log,
+            settings,
+            &entity,
+            narrowed,
+            key,
+            Some(transaction.committed_at),
+        ) {
+            Ok(event) => {
+                tracing::error!(
+                    capture = %settings.name, change = %narrowed,
+                    "the publication was narrowed: changes were left out; recorded as a capture.gap"
+                );
+                events.push(event);
+            }
+            Err(error) => tracing::error!(%error, "a publication gap cannot be recorded"),
+        }
+    }
     for (index, change) in transaction.changes.iter().enumerate() {
         let relation = &change.relation;
         if !settings.captures(&relation.schema, &relation.table) {

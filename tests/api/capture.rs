@@ -926,6 +926,72 @@ async fn a_publication_that_leaves_changes_out_is_refused(backend: Backend) {
     host.drop_now().await;
 }
 
+/// A publication narrowed and restored between two looks (here within one statement list),
+/// while the capture runs or while it is stopped, is recorded as a `capture.gap` at that point
+/// of the WAL, naming what was left out and who did it: the capture's event trigger tells it.
+async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
+    let host = HostDb::create().await;
+    let capture = host.capture();
+    let publication = capture.publication.clone();
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
+        .await;
+    wait_for_type(&app, "public.accounts.create", 1).await;
+    // Each statement its own transaction, as an operator's would be.
+    let narrow_and_restore = |id: i32| {
+        [
+            format!("ALTER PUBLICATION {publication} SET (publish = 'insert')"),
+            "UPDATE accounts SET email = 'changed@example.com' WHERE id = 1".to_owned(),
+            format!(
+                "ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate')"
+            ),
+            format!("INSERT INTO accounts (id, email) VALUES ({id}, 'after@example.com')"),
+        ]
+    };
+    for statement in narrow_and_restore(2) {
+        host.execute(&statement).await;
+    }
+    wait_for_type(&app, "public.accounts.create", 2).await;
+    let gaps = app_gaps(&app).await;
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0]["entity"], format!("publication {publication}"));
+    assert_eq!(
+        gaps[0]["event_data"]["left_out"],
+        serde_json::json!(["update", "delete", "truncate"])
+    );
+    assert_eq!(gaps[0]["event_data"]["role"], "postgres");
+    app.stop().await.unwrap();
+
+    for statement in narrow_and_restore(3) {
+        host.execute(&statement).await;
+    }
+    app.restart().await;
+    wait_for_type(&app, "public.accounts.create", 3).await;
+    assert_eq!(app_gaps(&app).await.len(), 2, "told while stopped too");
+
+    // A table taken out and put back (`SET TABLE` never fails, whatever the capture's own
+    // look did meanwhile).
+    for statement in [
+        format!("ALTER PUBLICATION {publication} SET TABLE plain"),
+        "INSERT INTO accounts (id, email) VALUES (4, 'unseen@example.com')".to_owned(),
+        format!("ALTER PUBLICATION {publication} SET TABLE accounts, plain"),
+        "INSERT INTO accounts (id, email) VALUES (5, 'seen@example.com')".to_owned(),
+    ] {
+        host.execute(&statement).await;
+    }
+    wait_for_type(&app, "public.accounts.create", 4).await;
+    let gaps = app_gaps(&app).await;
+    let taken_out = gaps
+        .iter()
+        .find(|gap| gap["event_data"]["tables_taken_out"] == serde_json::json!(["public.accounts"]))
+        .unwrap_or_else(|| panic!("{gaps:?}"));
+    assert_eq!(taken_out["event_data"]["left_out"], serde_json::json!([]));
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
 /// Two captures of one slot, under two spellings of the host's URL: one reads it, the other
 /// stands by, so no change is recorded twice (under each capture's name).
 async fn one_slot_is_read_by_one_capture_at_a_time(backend: Backend) {
@@ -1010,6 +1076,7 @@ async fn unflushed_commits_are_not_passed_by_a_quiet_advance(backend: Backend) {
 }
 
 crate::both_backends!(
+    a_publication_narrowed_for_a_moment_is_recorded,
     tables_published_by_hand_are_recorded_as_gaps,
     the_publication_takes_only_tables_with_a_replica_identity,
     a_publication_that_leaves_changes_out_is_refused,
