@@ -105,6 +105,8 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
                     tracing::info_span!("request", method = %request.method(), route)
                 })
                 .on_request(())
+                // The response line below says the status; a second line for each 5xx is noise.
+                .on_failure(())
                 .on_response(
                     |response: &Response, latency: Duration, _span: &tracing::Span| {
                         tracing::info!(

@@ -1207,13 +1207,43 @@ async fn install_role_triggers(
 }
 
 /// Whether the replication slot exists.
+/// Whether the slot exists; one that the capture cannot read (made with another output plugin,
+/// physical, or on another database) is `Misconfigured`.
 async fn slot_exists(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+    let slot: Option<(Option<String>, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT plugin::text, slot_type, database::text, current_database()::text \
+         FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(&settings.slot)
-    .fetch_one(pool)
-    .await?)
+    .fetch_optional(pool)
+    .await?;
+    let Some((plugin, kind, database, here)) = slot else {
+        return Ok(false);
+    };
+    let fault = if kind != "logical" {
+        Some(format!("is a {kind} slot"))
+    } else if plugin.as_deref() != Some("pgoutput") {
+        Some(format!(
+            "was made with the output plugin `{}`",
+            plugin.unwrap_or_default()
+        ))
+    } else if database.as_deref() != Some(here.as_str()) {
+        Some(format!(
+            "belongs to the database `{}`",
+            database.unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    match fault {
+        Some(fault) => Err(Misconfigured(format!(
+            "replication slot `{}` {fault}; the capture needs a logical `pgoutput` slot of \
+             database `{here}`: drop it, or name another slot (the capture makes it)",
+            settings.slot
+        ))
+        .into()),
+        None => Ok(true),
+    }
 }
 
 /// Creates the slot; returns the LSN it begins at.

@@ -128,9 +128,14 @@ async fn consume<S: Store>(
     {
         return Err(Misconfigured(format!(
             "dead_letter_subject `{}` is within subject `{}` of a stream whose retention is \
-             {retention:?}: the consumer would acknowledge, and so delete, its own dead letters; \
+             {}: the consumer would acknowledge, and so delete, its own dead letters; \
              choose a dead-letter subject outside the consumer's filter",
-            settings.dead_letter_subject, settings.subject
+            settings.dead_letter_subject,
+            settings.subject,
+            match retention {
+                jetstream::stream::RetentionPolicy::WorkQueue => "work-queue",
+                _ => "interest",
+            }
         ))
         .into());
     }

@@ -74,17 +74,41 @@ pub fn spawn<S: Store>(
     tokio::spawn(async move {
         let mut last_issued: HashMap<TenantId, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1).min(schedule.interval));
+        // A failure is logged when it begins and once a minute while it lasts, not every tick.
+        let mut failing_since: Option<(Instant, Instant)> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if let Err(error) = run_once(&store, &signer, schedule, &mut last_issued).await {
-                tracing::warn!(error = %error, "checkpointing failed; will retry");
+            match run_once(&store, &signer, schedule, &mut last_issued).await {
+                Ok(()) => {
+                    if let Some((since, _)) = failing_since.take() {
+                        tracing::info!(
+                            after_secs = since.elapsed().as_secs(),
+                            "checkpointing works again"
+                        );
+                    }
+                }
+                Err(error) => {
+                    let now = Instant::now();
+                    let (since, logged) = failing_since.get_or_insert((now, now));
+                    if *logged == now || logged.elapsed() >= FAILURE_LOGGED_EVERY {
+                        *logged = now;
+                        tracing::warn!(
+                            error = crate::telemetry::error_chain(&error),
+                            failing_for_secs = since.elapsed().as_secs(),
+                            "checkpointing failed; retrying every second"
+                        );
+                    }
+                }
             }
         }
     })
 }
+
+/// How often a lasting checkpointing failure is logged again.
+const FAILURE_LOGGED_EVERY: Duration = Duration::from_secs(60);
 
 async fn run_once<S: Store>(
     store: &S,

@@ -992,6 +992,36 @@ async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
     host.drop_now().await;
 }
 
+/// A slot of the capture's name that it cannot read (made with another output plugin) is
+/// refused, saying so, not retried with PostgreSQL's puzzling error about a protocol option.
+#[tokio::test]
+async fn a_slot_of_another_plugin_is_refused_by_name() {
+    let host = HostDb::create().await;
+    host.execute(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'test_decoding')",
+        host.capture().slot
+    ))
+    .await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, host.toml()).unwrap();
+    let mut server =
+        ServerProcess::serve_with_env(&db, &[("AUDITOR_CONFIG", config.to_str().unwrap())]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.terminate();
+    let (_, log) = server.wait();
+    assert!(
+        log.contains("was made with the output plugin `test_decoding`"),
+        "{log}"
+    );
+    host.execute(&format!(
+        "SELECT pg_drop_replication_slot('{}')",
+        host.capture().slot
+    ))
+    .await;
+    host.drop_now().await;
+}
+
 /// Two captures of one slot, under two spellings of the host's URL: one reads it, the other
 /// stands by, so no change is recorded twice (under each capture's name).
 async fn one_slot_is_read_by_one_capture_at_a_time(backend: Backend) {
