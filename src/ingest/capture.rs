@@ -23,7 +23,7 @@ use sqlx::{Connection, PgPool, Row};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::pgoutput::{Datum, Lsn, Message, OldRow, Relation, format_lsn};
+use super::pgoutput::{Datum, Lsn, Message, OldRow, Relation, format_lsn, parse_lsn};
 use super::{Backoff, Misconfigured, default_tenant, retry_later, run_until_stopped};
 use crate::log::{AuditLog, LogError};
 use crate::model::payload::MAX_EXACT_INTEGER;
@@ -137,6 +137,9 @@ const LAG_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// How often the host is looked at for tables created since that `tables` matches.
 const PUBLICATION_SYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// How often, at most, a quiet slot is moved up to the host's current WAL position.
+const QUIET_ADVANCE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a capture standing by tries again to claim its slot.
 const CLAIM_RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -438,9 +441,15 @@ async fn capture<S: Store>(
         let tables = published_tables(&pool, settings).await?;
         install_role_triggers(&pool, settings, &tables).await;
     }
-    if !slot_existed {
+    if slot_existed {
+        check_slot_position(log, &pool, settings, &gaps).await?;
+    } else {
         record_gap(log, &pool, settings, &tenant, &recorded_by).await?;
-        create_slot(&pool, settings).await?;
+        let created = create_slot(&pool, settings).await?;
+        if let Some(lsn) = parse_lsn(&created) {
+            log.set_capture_position(&settings.name, &settings.slot, lsn)
+                .await?;
+        }
     }
     tracing::info!(capture = %settings.name, slot = %settings.slot, "capturing changes");
     let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
@@ -448,6 +457,7 @@ async fn capture<S: Store>(
     let mut lag_checked: Option<Instant> = None;
     // Where an empty peek last moved the slot.
     let mut quiet_until: Lsn = 0;
+    let mut quiet_advanced = Instant::now() - QUIET_ADVANCE_EVERY;
     let mut synced = Instant::now();
     while !stop.is_cancelled() {
         if lag_checked.is_none_or(|at| at.elapsed() >= LAG_CHECK_EVERY) {
@@ -483,9 +493,11 @@ async fn capture<S: Store>(
         let Some(last) = transactions.last() else {
             // Nothing this capture reads committed before `upto`: the slot moves there, or it
             // would hold back (and decode again at every poll) the WAL of everything else.
-            if upto > quiet_until {
-                advance(&pool, settings, upto).await?;
+            // At most once a second: each records the position in the log's database too.
+            if upto > quiet_until && quiet_advanced.elapsed() >= QUIET_ADVANCE_EVERY {
+                advance(log, &pool, settings, upto).await?;
                 quiet_until = upto;
+                quiet_advanced = Instant::now();
             }
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -521,14 +533,22 @@ async fn capture<S: Store>(
             metrics::counter!(crate::metrics::CAPTURE_CHANGES, "capture" => settings.name.clone())
                 .increment(chunk.len() as u64);
         }
-        advance(&pool, settings, end_lsn).await?;
+        advance(log, &pool, settings, end_lsn).await?;
         backoff.reset();
     }
     Ok(())
 }
 
-/// Confirms the slot up to `lsn`: the host may recycle the WAL before it.
-async fn advance(pool: &PgPool, settings: &PostgresCapture, lsn: Lsn) -> anyhow::Result<()> {
+/// Confirms the slot up to `lsn`: the host may recycle the WAL before it. The position is
+/// recorded in the log's database first, so that the slot is past it only by another's hand.
+async fn advance<S: Store>(
+    log: &AuditLog<S>,
+    pool: &PgPool,
+    settings: &PostgresCapture,
+    lsn: Lsn,
+) -> anyhow::Result<()> {
+    log.set_capture_position(&settings.name, &settings.slot, lsn)
+        .await?;
     sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
         .bind(&settings.slot)
         .bind(format_lsn(lsn))
@@ -1244,6 +1264,52 @@ async fn slot_exists(pool: &PgPool, settings: &PostgresCapture) -> anyhow::Resul
         .into()),
         None => Ok(true),
     }
+}
+
+/// A slot that someone else made again, or advanced, while the capture was away is past where
+/// the capture last confirmed it: the changes committed in between were never read. Recorded
+/// as a `capture.gap`, then taken as the capture's position.
+async fn check_slot_position<S: Store>(
+    log: &AuditLog<S>,
+    pool: &PgPool,
+    settings: &PostgresCapture,
+    gaps: &Gaps<'_, S>,
+) -> anyhow::Result<()> {
+    let confirmed: Option<String> = sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(&settings.slot)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    let Some(confirmed) = confirmed.as_deref().and_then(parse_lsn) else {
+        return Ok(());
+    };
+    if let Some((slot, last)) = log.capture_position(&settings.name).await?
+        && slot == settings.slot
+        && confirmed > last
+    {
+        tracing::error!(
+            capture = %settings.name, slot = %settings.slot,
+            last_confirmed = %format_lsn(last), found_at = %format_lsn(confirmed),
+            "the replication slot is past where this capture confirmed it (made again, or \
+             advanced, by someone else): the changes committed in between were not captured"
+        );
+        let data = serde_json::json!({
+            "slot": settings.slot,
+            "last_confirmed_lsn": format_lsn(last),
+            "found_at_lsn": format_lsn(confirmed),
+            "reason": "the replication slot was past where this capture last confirmed it \
+                       (made again or advanced by someone else, or this log's database restored \
+                       from an earlier backup): changes committed on the host between the two \
+                       positions were not captured",
+        });
+        let key = format!("{}:gap:slot-moved:{}", settings.name, format_lsn(confirmed));
+        gaps.record_gap("replication_slot", data, key).await?;
+    }
+    log.set_capture_position(&settings.name, &settings.slot, confirmed)
+        .await?;
+    Ok(())
 }
 
 /// Creates the slot; returns the LSN it begins at.

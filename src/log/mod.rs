@@ -3,6 +3,7 @@
 //! is a thin adapter over it; none reaches past it into the writer or the store.
 
 pub mod access_log;
+mod capture_positions;
 mod checkpoints;
 mod erase;
 pub mod export;

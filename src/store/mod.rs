@@ -13,6 +13,7 @@ use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
 
 mod assemble;
+mod capture_positions;
 pub mod pages;
 pub mod postgres;
 mod rows;
@@ -317,6 +318,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         name: &str,
         at: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Where the change capture `capture` last confirmed its slot: `(slot, LSN)`, the LSN as
+    /// a number; `None` before its first confirmation.
+    fn capture_position(
+        &self,
+        capture: &str,
+    ) -> impl Future<Output = Result<Option<(String, i64)>, StoreError>> + Send;
+
+    /// Records that `capture` is about to confirm `slot` up to `lsn` (committed before the
+    /// slot is advanced, so the slot is never past it but by someone else's hand).
+    fn set_capture_position(
+        &self,
+        capture: &str,
+        slot: &str,
+        lsn: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Starts watching the users table, until `shutdown`, for changes made by anyone: this

@@ -1402,6 +1402,28 @@ impl Store for PgStore {
         self.insert_token(token).await
     }
 
+    async fn capture_position(&self, capture: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(super::capture_positions::FIND)
+            .bind(capture)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_capture_position(
+        &self,
+        capture: &str,
+        slot: &str,
+        lsn: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(super::capture_positions::SET)
+            .bind(capture)
+            .bind(slot)
+            .bind(lsn)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn find_token(&self, secret_hash: &Digest) -> Result<Option<TokenRecord>, StoreError> {
         self.select_token(secret_hash).await
     }

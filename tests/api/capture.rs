@@ -1022,6 +1022,50 @@ async fn a_slot_of_another_plugin_is_refused_by_name() {
     host.drop_now().await;
 }
 
+/// A slot made again by someone else while the service was stopped is past where the capture
+/// confirmed it: what was committed in between is recorded as lost, not passed over.
+async fn a_slot_made_again_by_someone_else_is_recorded_as_a_gap(backend: Backend) {
+    let host = HostDb::create().await;
+    let capture = host.capture();
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
+        .await;
+    wait_for_type(&app, "public.accounts.create", 1).await;
+    app.stop().await.unwrap();
+
+    host.execute("INSERT INTO accounts (id, email) VALUES (2, 'lost@example.com')")
+        .await;
+    host.execute(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); \
+         SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')",
+        slot = capture.slot
+    ))
+    .await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (3, 'after@example.com')")
+        .await;
+    app.restart().await;
+    wait_for_type(&app, "public.accounts.create", 2).await;
+    let gaps = app_gaps(&app).await;
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0]["entity"], "replication_slot");
+    assert!(
+        gaps[0]["event_data"]["last_confirmed_lsn"].is_string(),
+        "{}",
+        gaps[0]
+    );
+    // Started again with nothing changed: no alarm.
+    app.stop().await.unwrap();
+    app.restart().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (4, 'more@example.com')")
+        .await;
+    wait_for_type(&app, "public.accounts.create", 3).await;
+    assert_eq!(app_gaps(&app).await.len(), 1, "no false alarm");
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
 /// Two captures of one slot, under two spellings of the host's URL: one reads it, the other
 /// stands by, so no change is recorded twice (under each capture's name).
 async fn one_slot_is_read_by_one_capture_at_a_time(backend: Backend) {
@@ -1106,6 +1150,7 @@ async fn unflushed_commits_are_not_passed_by_a_quiet_advance(backend: Backend) {
 }
 
 crate::both_backends!(
+    a_slot_made_again_by_someone_else_is_recorded_as_a_gap,
     a_publication_narrowed_for_a_moment_is_recorded,
     tables_published_by_hand_are_recorded_as_gaps,
     the_publication_takes_only_tables_with_a_replica_identity,

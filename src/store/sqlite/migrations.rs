@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 14] = [
+const FILES: [(&str, &str); 15] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -76,6 +76,10 @@ const FILES: [(&str, &str); 14] = [
         "0014_api_tokens.sql",
         include_str!("../migrations/sqlite/0014_api_tokens.sql"),
     ),
+    (
+        "0015_capture_positions.sql",
+        include_str!("../migrations/sqlite/0015_capture_positions.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -93,6 +97,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[11].1),
     M::up(FILES[12].1),
     M::up(FILES[13].1),
+    M::up(FILES[14].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

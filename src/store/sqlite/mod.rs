@@ -947,6 +947,34 @@ impl Store for SqliteStore {
         self.insert_token(token).await
     }
 
+    async fn capture_position(&self, capture: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let capture = capture.to_owned();
+        self.read(move |conn| {
+            let mut select = conn.prepare_cached(super::capture_positions::FIND)?;
+            let mut rows = select.query([capture])?;
+            match rows.next()? {
+                Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn set_capture_position(
+        &self,
+        capture: &str,
+        slot: &str,
+        lsn: i64,
+    ) -> Result<(), StoreError> {
+        let (capture, slot) = (capture.to_owned(), slot.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(super::capture_positions::SET)?
+                .execute(rusqlite::params![capture, slot, lsn])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn find_token(&self, secret_hash: &Digest) -> Result<Option<TokenRecord>, StoreError> {
         self.select_token(secret_hash).await
     }
