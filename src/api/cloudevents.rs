@@ -10,23 +10,55 @@ use percent_encoding::percent_decode_str;
 use super::ApiError;
 use super::body::{OneOrMany, content_type, require_well_formed};
 use crate::model::cloudevent::{
-    BATCH_CONTENT_TYPE, CloudEvent, STRUCTURED_CONTENT_TYPE, is_json_content_type,
+    BATCH_CONTENT_TYPE, CloudEvent, STRUCTURED_CONTENT_TYPE, into_raw_events, is_json_content_type,
 };
 use crate::model::{FieldError, RawEvent};
 
 /// The events a CloudEvents request carries, or `None` when the request is not one (then
 /// it is the service's own event JSON).
+///
+/// The `Content-Type` decides the mode (HTTP binding 3.1): a CloudEvents one is structured or
+/// batched mode, where the body holds every attribute, so a `ce-*` header there is refused
+/// rather than ignored; otherwise `ce-specversion` makes it binary mode, and any other `ce-*`
+/// header without it is refused rather than dropped with the attribute it meant.
 pub fn events_in(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<Result<OneOrMany<RawEvent>, ApiError>> {
-    if headers.contains_key("ce-specversion") {
-        return Some(binary_mode(headers, body).map(OneOrMany::One));
-    }
-    match content_type(headers).as_deref() {
-        Some(STRUCTURED_CONTENT_TYPE) => Some(structured_mode(body).map(OneOrMany::One)),
-        Some(BATCH_CONTENT_TYPE) => Some(batched_mode(body).map(OneOrMany::Many)),
+    let content_type = content_type(headers);
+    let structured = match content_type.as_deref() {
+        Some(STRUCTURED_CONTENT_TYPE) => Some(false),
+        Some(BATCH_CONTENT_TYPE) => Some(true),
         _ => None,
+    };
+    let first_ce_header = headers
+        .keys()
+        .map(|name| name.as_str())
+        .find(|name| name.starts_with("ce-"));
+    match (structured, first_ce_header) {
+        (Some(_), Some(header)) => Some(Err(ApiError::Invalid(FieldError::new(
+            header,
+            format!(
+                "`{header}` is a binary-mode header, but `Content-Type: {}` is structured \
+                 mode, where the body holds every attribute: put it in the event, or send the \
+                 event in binary mode",
+                content_type.unwrap_or_default()
+            ),
+        )))),
+        (Some(false), None) => Some(structured_mode(body).map(OneOrMany::One)),
+        (Some(true), None) => Some(batched_mode(body).map(OneOrMany::Many)),
+        (None, Some(_)) if headers.contains_key("ce-specversion") => {
+            Some(binary_mode(headers, body).map(OneOrMany::One))
+        }
+        (None, Some(header)) => Some(Err(ApiError::Invalid(FieldError::new(
+            "ce-specversion",
+            format!(
+                "`ce-specversion` is missing, yet the request carries `{header}`: `ce-*` \
+                 headers mean CloudEvents binary mode, whose body is the event's data, and \
+                 need `ce-specversion: 1.0`; a plain event must not carry them"
+            ),
+        )))),
+        (None, None) => None,
     }
 }
 
@@ -37,15 +69,7 @@ fn structured_mode(body: &Bytes) -> Result<RawEvent, ApiError> {
 
 fn batched_mode(body: &Bytes) -> Result<Vec<RawEvent>, ApiError> {
     require_well_formed(body)?;
-    CloudEvent::from_structured_batch(body)?
-        .into_iter()
-        .enumerate()
-        .map(|(index, event)| {
-            event
-                .into_raw_event()
-                .map_err(|e| ApiError::Invalid(e.at_index(index)))
-        })
-        .collect()
+    Ok(into_raw_events(CloudEvent::from_structured_batch(body)?)?)
 }
 
 /// Binary mode: each `ce-<name>` header is the attribute `<name>`, its value percent-decoded
@@ -56,6 +80,15 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
         let Some(attribute) = name.as_str().strip_prefix("ce-") else {
             continue;
         };
+        if let Some(escape) = invalid_escape(value.as_bytes()) {
+            return Err(ApiError::Invalid(FieldError::new(
+                attribute,
+                format!(
+                    "is not percent-encoded: the header `{name}` holds `{escape}`, and a `%` \
+                     must be followed by two hex digits (`%25` for a `%` itself)"
+                ),
+            )));
+        }
         let value = value
             .to_str()
             .ok()
@@ -82,4 +115,29 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
     }
     let event = CloudEvent::from_binary(attributes, content_type, body)?;
     Ok(event.into_raw_event()?)
+}
+
+/// The first `%` escape in a header value that is not `%` and two hex digits, as sent (up to
+/// three bytes); `percent_decode_str` would pass it through as it is.
+fn invalid_escape(value: &[u8]) -> Option<String> {
+    value.iter().enumerate().find_map(|(at, &byte)| {
+        let digits = value.get(at + 1..at + 3);
+        let valid = digits.is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit));
+        (byte == b'%' && !valid)
+            .then(|| String::from_utf8_lossy(&value[at..value.len().min(at + 3)]).into_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_percent_not_followed_by_two_hex_digits_is_an_invalid_escape() {
+        assert_eq!(invalid_escape(b"bad%zz").as_deref(), Some("%zz"));
+        assert_eq!(invalid_escape(b"end%4").as_deref(), Some("%4"));
+        assert_eq!(invalid_escape(b"%").as_deref(), Some("%"));
+        assert_eq!(invalid_escape(b"a%20b%2Fc%25"), None);
+        assert_eq!(invalid_escape(b"plain"), None);
+    }
 }

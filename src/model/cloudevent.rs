@@ -16,6 +16,9 @@
 //!
 //! `specversion` must be `1.0`. `datacontenttype` and `dataschema` describe the data and are not
 //! kept apart from it; any other attribute is refused (`422`) rather than silently dropped.
+//! In the JSON format each attribute's type is checked (the spec's and the Auth Context's are
+//! strings; another extension a string, a boolean or a 32-bit integer): a value of another type
+//! is refused naming the attribute, never recorded as its text.
 //! The data's JSON is kept as its text, so its numbers reach `model::payload`'s exactness
 //! checks as sent: the reason this mapping does not go through an SDK's `serde_json::Value`.
 
@@ -130,14 +133,24 @@ impl CloudEvent {
 
     fn from_members(members: Vec<(String, &RawValue)>) -> Result<Self, FieldError> {
         let mut event = Self::default();
+        let mut data_member: Option<String> = None;
         for (name, value) in members {
-            if event.attributes.contains_key(&name)
-                || (name == "data" || name == "data_base64") && event.data.is_some()
-            {
-                return Err(FieldError::new(
-                    name,
-                    "appears twice (or with data_base64/data)",
-                ));
+            if name == "data" || name == "data_base64" {
+                match data_member.as_deref() {
+                    Some(seen) if seen == name => {
+                        return Err(FieldError::new(name, "appears twice"));
+                    }
+                    Some(_) => {
+                        return Err(FieldError::new(
+                            name,
+                            "`data` and `data_base64` are mutually exclusive: an event carries \
+                             its data in one of them (`data_base64` for binary data)",
+                        ));
+                    }
+                    None => data_member = Some(name.clone()),
+                }
+            } else if event.attributes.contains_key(&name) {
+                return Err(FieldError::new(name, "appears twice"));
             }
             match name.as_str() {
                 "data" => event.data = Some(CloudEventData::Json(value.to_owned())),
@@ -150,18 +163,7 @@ impl CloudEvent {
                     event.data = Some(CloudEventData::Binary(bytes));
                 }
                 _ => {
-                    let text = match serde_json::from_str::<String>(value.get()) {
-                        Ok(text) => text,
-                        Err(_) if !value.get().starts_with(['{', '[', 'n']) => {
-                            value.get().to_owned()
-                        }
-                        Err(_) => {
-                            return Err(FieldError::new(
-                                name,
-                                "must be a string, a number or a boolean",
-                            ));
-                        }
-                    };
+                    let text = attribute_text(&name, value)?;
                     event.attributes.insert(name, text);
                 }
             }
@@ -278,6 +280,78 @@ impl CloudEvent {
             }
         }
     }
+}
+
+/// The attributes whose type is String in CloudEvents 1.0's JSON event format: the spec's own
+/// (URI, URI-reference and Timestamp are strings there too) and the Auth Context extension's.
+const STRING_ATTRIBUTES: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "authid",
+    "authtype",
+];
+
+/// An attribute's value in the JSON event format, as the text a binary-mode header would carry:
+/// a string for the attributes in [`STRING_ATTRIBUTES`]; for any other extension a string, a
+/// boolean or an Integer (a whole number within 32 bits), the types the spec gives extensions
+/// a JSON value of. Anything else is refused naming the attribute, never turned into text.
+fn attribute_text(name: &str, value: &RawValue) -> Result<String, FieldError> {
+    if let Ok(text) = serde_json::from_str::<String>(value.get()) {
+        return Ok(text);
+    }
+    if STRING_ATTRIBUTES.contains(&name) {
+        return Err(FieldError::new(
+            name,
+            format!("must be a JSON string (CloudEvents 1.0 types `{name}` as a String)"),
+        ));
+    }
+    if let Ok(flag) = serde_json::from_str::<bool>(value.get()) {
+        return Ok(flag.to_string());
+    }
+    serde_json::from_str::<i64>(value.get())
+        .ok()
+        .and_then(|n| i32::try_from(n).ok())
+        .map(|n| n.to_string())
+        .ok_or_else(|| {
+            FieldError::new(
+                name,
+                "must be a string, a boolean or an integer from -2147483648 to 2147483647 \
+                 (the types CloudEvents 1.0 gives an extension attribute)",
+            )
+        })
+}
+
+/// The errors of a batch's events, named by their index (`[2].type`), and the one error a
+/// batch can hold on its own: two events with the same `source` and `id`, which are one event
+/// (CloudEvents 1.0: `source` + `id` identify an event), named `[i].id`.
+pub fn into_raw_events(events: Vec<CloudEvent>) -> Result<Vec<RawEvent>, FieldError> {
+    let mut first_of_key = std::collections::HashMap::new();
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let raw = event.into_raw_event().map_err(|e| e.at_index(index))?;
+            if let Some(key) = &raw.idempotency_key
+                && let Some(first) = first_of_key.insert(key.clone(), index)
+            {
+                return Err(FieldError::new(
+                    attribute_of("idempotency_key"),
+                    format!(
+                        "is the id of event [{first}] from the same `source`: a batch must not \
+                         hold one event twice"
+                    ),
+                )
+                .at_index(index));
+            }
+            Ok(raw)
+        })
+        .collect()
 }
 
 /// Whether a binary-mode body of `content_type` is text: `text/*`, XML, or a type that names
@@ -429,6 +503,108 @@ mod tests {
             .collect();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "[1].type");
+    }
+
+    #[test]
+    fn a_context_attribute_must_be_a_json_string() {
+        for attribute in [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "dataschema",
+            "authid",
+            "authtype",
+        ] {
+            for value in ["5", "1.0", "true", "null", "{}", "[]"] {
+                let mut members = serde_json::Map::new();
+                for (name, text) in [
+                    ("specversion", "1.0"),
+                    ("id", "1"),
+                    ("source", "/s"),
+                    ("type", "t"),
+                ] {
+                    members.insert(name.into(), text.into());
+                }
+                members.insert(attribute.into(), serde_json::from_str(value).unwrap());
+                let json = serde_json::Value::Object(members).to_string();
+                let error = structured(&json).expect_err(&json);
+                assert_eq!(error.field, attribute, "{json}: {error:?}");
+                assert!(error.message.contains("String"), "{json}: {error:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_extension_is_a_string_a_boolean_or_a_32_bit_integer() {
+        let with_entity = |value: &str| {
+            structured(&format!(
+                r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","entity":{value}}}"#
+            ))
+        };
+        for (value, recorded) in [
+            (r#""invoice""#, "invoice"),
+            ("true", "true"),
+            ("7", "7"),
+            ("-2147483648", "-2147483648"),
+            ("2147483647", "2147483647"),
+        ] {
+            let event = with_entity(value).unwrap_or_else(|e| panic!("{value}: {e:?}"));
+            assert_eq!(event.entity.as_deref(), Some(recorded), "{value}");
+        }
+        for value in [
+            "1.5",
+            "1e3",
+            "2147483648",
+            "-2147483649",
+            "null",
+            "[1]",
+            "{}",
+        ] {
+            let error = with_entity(value).expect_err(value);
+            assert_eq!(error.field, "entity", "{value}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn data_and_data_base64_are_mutually_exclusive() {
+        let error = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"AA==","data":1}"#,
+        )
+        .expect_err("both");
+        assert_eq!(error.field, "data");
+        assert!(error.message.contains("mutually exclusive"), "{error:?}");
+        let twice = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data":2}"#,
+        )
+        .expect_err("twice");
+        assert_eq!(
+            (twice.field.as_str(), twice.message.as_str()),
+            ("data", "appears twice")
+        );
+    }
+
+    #[test]
+    fn a_batch_holding_one_source_and_id_twice_names_the_id() {
+        let batch = br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},
+                         {"specversion":"1.0","id":"1","source":"/other","type":"t"},
+                         {"specversion":"1.0","id":"1","source":"/s","type":"t"}]"#;
+        let events = CloudEvent::from_structured_batch(batch).unwrap();
+        let error = into_raw_events(events).expect_err("one event twice");
+        assert_eq!(error.field, "[2].id");
+        assert!(error.message.contains("[0]"), "{error:?}");
+        let events = CloudEvent::from_structured_batch(
+            br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},
+                 {"specversion":"1.0","id":"2","source":"/s"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            into_raw_events(events).expect_err("no type").field,
+            "[1].type"
+        );
     }
 
     #[test]

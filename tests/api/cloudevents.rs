@@ -132,4 +132,158 @@ async fn cloudevents_from_the_sdk_are_recorded_once_in_every_mode(backend: Backe
     crate::helpers::assert_gapless_chain(&events);
 }
 
-crate::both_backends!(cloudevents_from_the_sdk_are_recorded_once_in_every_mode);
+/// POSTs `body` to `/events` as the writer with `headers`; the status and the JSON answer.
+async fn post(app: &TestApp, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let mut request = app
+        .request(reqwest::Method::POST, "/events", Some(WRITER))
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+const STRUCTURED: (&str, &str) = ("Content-Type", "application/cloudevents+json");
+const BATCH: (&str, &str) = ("Content-Type", "application/cloudevents-batch+json");
+
+/// Asserts a `422 invalid_field` naming `field`, and returns its message.
+fn refused(answer: &(u16, Value), field: &str) -> String {
+    let (status, body) = answer;
+    assert_eq!(*status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_field", "{body}");
+    assert_eq!(body["error"]["field"], field, "{body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+async fn a_context_attribute_that_is_not_a_json_string_is_refused_naming_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let one = r#"{"specversion":"1.0","id":5,"source":"/s","type":"t"}"#;
+    let message = refused(&post(&app, &[STRUCTURED], one).await, "id");
+    assert!(
+        message.contains("`id`") && message.contains("String"),
+        "{message}"
+    );
+    let batch = r#"[{"specversion":"1.0","id":"a","source":"/s","type":"t"},
+                    {"specversion":"1.0","id":5,"source":"/s","type":"t"}]"#;
+    refused(&post(&app, &[BATCH], batch).await, "[1].id");
+    let version = r#"{"specversion":1.0,"id":"a","source":"/s","type":"t"}"#;
+    refused(&post(&app, &[STRUCTURED], version).await, "specversion");
+    // An extension may be an integer: the type system gives extensions one.
+    let extension = r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","entity":7}"#;
+    let (status, event) = post(&app, &[STRUCTURED], extension).await;
+    assert_eq!(status, 201, "{event}");
+    assert_eq!(event["entity"], "7");
+    assert_eq!(app.all_events().await.len(), 1);
+}
+
+async fn a_binary_mode_header_with_an_invalid_percent_escape_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let headers = |id| {
+        [
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+            ("Content-Type", "application/json"),
+        ]
+    };
+    let message = refused(&post(&app, &headers("bad%zz"), "{}").await, "id");
+    assert!(
+        message.contains("`ce-id`") && message.contains("%zz"),
+        "{message}"
+    );
+    refused(&post(&app, &headers("bad%4"), "{}").await, "id");
+    let (status, event) = post(&app, &headers("good%2D1"), "{}").await;
+    assert_eq!(status, 201, "{event}");
+    assert_eq!(event["idempotency_key"], "ce:2:/s:good-1");
+    assert_eq!(app.all_events().await.len(), 1);
+}
+
+async fn a_cloudevents_content_type_is_structured_mode_and_refuses_ce_headers(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let event = r#"{"specversion":"1.0","id":"body","source":"/s","type":"t","data":{"a":1}}"#;
+    let binary_headers = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "header"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+    ];
+    let message = refused(
+        &post(&app, &[STRUCTURED, binary_headers[1]], event).await,
+        "ce-id",
+    );
+    assert!(message.contains("structured mode"), "{message}");
+    let all = [
+        STRUCTURED,
+        binary_headers[0],
+        binary_headers[1],
+        binary_headers[2],
+        binary_headers[3],
+    ];
+    let (status, body) = post(&app, &all, event).await;
+    assert_eq!(
+        status, 422,
+        "the content type decides, not ce-specversion: {body}"
+    );
+    let batch = format!("[{event}]");
+    let (status, body) = post(&app, &[BATCH, binary_headers[0]], &batch).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(app.all_events().await.is_empty());
+    // Without them, the body is the event.
+    let (status, body) = post(&app, &[STRUCTURED], event).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["idempotency_key"], "ce:2:/s:body");
+}
+
+async fn a_batch_holding_one_id_twice_names_the_id(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let batch = r#"[{"specversion":"1.0","id":"same","source":"/s","type":"t"},
+                    {"specversion":"1.0","id":"same","source":"/s","type":"t"}]"#;
+    let message = refused(&post(&app, &[BATCH], batch).await, "[1].id");
+    assert!(!message.contains("idempotency_key"), "{message}");
+    // The same id from another source is another event.
+    let two_sources = r#"[{"specversion":"1.0","id":"same","source":"/s","type":"t"},
+                          {"specversion":"1.0","id":"same","source":"/t","type":"t"}]"#;
+    let (status, body) = post(&app, &[BATCH], two_sources).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn data_and_data_base64_together_are_refused_as_mutually_exclusive(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let event = r#"{"specversion":"1.0","id":"a","source":"/s","type":"t",
+                    "data":{"a":1},"data_base64":"AA=="}"#;
+    let message = refused(&post(&app, &[STRUCTURED], event).await, "data_base64");
+    assert!(message.contains("mutually exclusive"), "{message}");
+    assert!(app.all_events().await.is_empty());
+}
+
+async fn a_ce_header_on_a_plain_event_is_refused_for_want_of_ce_specversion(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let event = r#"{"event_type":"t","user_identity":"u"}"#;
+    let plain = ("Content-Type", "application/json");
+    let message = refused(
+        &post(&app, &[plain, ("ce-id", "meant")], event).await,
+        "ce-specversion",
+    );
+    assert!(
+        message.contains("`ce-id`") && message.contains("binary mode"),
+        "{message}"
+    );
+    refused(
+        &post(&app, &[("ce-subject", "x")], event).await,
+        "ce-specversion",
+    );
+    assert!(app.all_events().await.is_empty());
+}
+
+crate::both_backends!(
+    cloudevents_from_the_sdk_are_recorded_once_in_every_mode,
+    a_context_attribute_that_is_not_a_json_string_is_refused_naming_it,
+    a_binary_mode_header_with_an_invalid_percent_escape_is_refused,
+    a_cloudevents_content_type_is_structured_mode_and_refuses_ce_headers,
+    a_batch_holding_one_id_twice_names_the_id,
+    data_and_data_base64_together_are_refused_as_mutually_exclusive,
+    a_ce_header_on_a_plain_event_is_refused_for_want_of_ce_specversion,
+);
