@@ -38,24 +38,13 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// The `Content-Type` of a batch of structured-mode events (a JSON array).
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
-/// The context attributes this mapping reads; any other is refused.
-const KNOWN_ATTRIBUTES: [&str; 15] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "subject",
-    "time",
-    "datacontenttype",
-    "dataschema",
-    "authid",
-    "authtype",
-    "entity",
-    "action",
-    "outcome",
-    "property",
-    "ip",
-];
+/// The extension attributes this mapping reads besides [`STRING_ATTRIBUTES`]; any other
+/// attribute is refused.
+const EXTENSION_ATTRIBUTES: [&str; 5] = ["entity", "action", "outcome", "property", "ip"];
+
+fn is_known_attribute(name: &str) -> bool {
+    STRING_ATTRIBUTES.contains(&name) || EXTENSION_ATTRIBUTES.contains(&name)
+}
 
 /// An event's data as a binding carries it.
 #[derive(Debug, Clone)]
@@ -201,13 +190,18 @@ impl CloudEvent {
         if let Some(unknown) = self
             .attributes
             .keys()
-            .find(|name| !KNOWN_ATTRIBUTES.contains(&name.as_str()))
+            .find(|name| !is_known_attribute(name))
         {
             return Err(FieldError::new(
                 unknown.clone(),
                 format!(
                     "is not an attribute this service records; it takes {} (see the README)",
-                    KNOWN_ATTRIBUTES.join(", ")
+                    STRING_ATTRIBUTES
+                        .iter()
+                        .chain(&EXTENSION_ATTRIBUTES)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }

@@ -508,6 +508,21 @@ async fn tables_published_by_hand_are_recorded_as_gaps(backend: Backend) {
     host.drop_now().await;
 }
 
+/// A capture of a new host database, running, with one account's creation recorded.
+async fn capturing_one_account(
+    backend: Backend,
+) -> (HostDb, PostgresCapture, TestDb, crate::helpers::TestApp) {
+    let host = HostDb::create().await;
+    let capture = host.capture();
+    let db = TestDb::new(backend).await;
+    let app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
+        .await;
+    wait_for_type(&app, "public.accounts.create", 1).await;
+    (host, capture, db, app)
+}
+
 async fn app_gaps(app: &crate::helpers::TestApp) -> Vec<serde_json::Value> {
     let page = app.get_ok("/events?event_type=capture.gap").await;
     page["events"].as_array().unwrap().clone()
@@ -930,15 +945,8 @@ async fn a_publication_that_leaves_changes_out_is_refused(backend: Backend) {
 /// while the capture runs or while it is stopped, is recorded as a `capture.gap` at that point
 /// of the WAL, naming what was left out and who did it: the capture's event trigger tells it.
 async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
-    let host = HostDb::create().await;
-    let capture = host.capture();
+    let (host, capture, _db, mut app) = capturing_one_account(backend).await;
     let publication = capture.publication.clone();
-    let db = TestDb::new(backend).await;
-    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
-    host.wait_for_slot().await;
-    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
-        .await;
-    wait_for_type(&app, "public.accounts.create", 1).await;
     // Each statement its own transaction, as an operator's would be.
     let narrow_and_restore = |id: i32| {
         [
@@ -1025,14 +1033,7 @@ async fn a_slot_of_another_plugin_is_refused_by_name() {
 /// A slot made again by someone else while the service was stopped is past where the capture
 /// confirmed it: what was committed in between is recorded as lost, not passed over.
 async fn a_slot_made_again_by_someone_else_is_recorded_as_a_gap(backend: Backend) {
-    let host = HostDb::create().await;
-    let capture = host.capture();
-    let db = TestDb::new(backend).await;
-    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
-    host.wait_for_slot().await;
-    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
-        .await;
-    wait_for_type(&app, "public.accounts.create", 1).await;
+    let (host, capture, _db, mut app) = capturing_one_account(backend).await;
     app.stop().await.unwrap();
 
     host.execute("INSERT INTO accounts (id, email) VALUES (2, 'lost@example.com')")
