@@ -182,6 +182,21 @@ impl PostgresCapture {
             }
         }
         TenantId::parse(&self.tenant).map_err(|e| format!("capture `{}`: {e}", self.name))?;
+        // Any other scheme (a MySQL URL, say) would be read as PostgreSQL's defaults.
+        let url = self.url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "capture `{}`: url must be a PostgreSQL URL (postgres://…); it is `{}`",
+                self.name, self.url
+            ));
+        }
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .map_err(|error| {
+                format!(
+                    "capture `{}`: url `{}` is not a PostgreSQL URL: {error}",
+                    self.name, self.url
+                )
+            })?;
         Ok(())
     }
 
@@ -1974,6 +1989,25 @@ mod tests {
             lag_warning_bytes: 1,
             record_role: true,
         }
+    }
+
+    /// A URL that cannot reach a PostgreSQL server is refused when the configuration is read,
+    /// without its password, instead of being retried as if the host were down.
+    #[test]
+    fn urls_that_are_no_postgresql_urls_are_refused() {
+        for url in [
+            "mysql://user:pw-secret@127.0.0.1/app",
+            "postgres://user:pw-secret@127.0.0.1:notaport/app",
+        ] {
+            let capture = PostgresCapture {
+                url: crate::config::DatabaseUrl::new(url),
+                ..capture()
+            };
+            let error = capture.validate().unwrap_err();
+            assert!(error.contains("url"), "{error}");
+            assert!(!error.contains("pw-secret"), "{error}");
+        }
+        assert!(capture().validate().is_ok());
     }
 
     #[test]

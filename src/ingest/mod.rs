@@ -61,6 +61,12 @@ impl IngestSettings {
             if nats.batch == 0 {
                 return Err("ingest.nats: batch must be at least 1".into());
             }
+            // Refused here, with the reason, rather than retried for ever as if unreachable.
+            nats.url
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|error| {
+                    format!("ingest.nats: url is not a NATS server address: {error}")
+                })?;
         }
         for amqp in &self.amqp {
             if amqp.dead_letter_queue == amqp.queue {
@@ -72,6 +78,9 @@ impl IngestSettings {
             if amqp.prefetch == 0 {
                 return Err("ingest.amqp: prefetch must be at least 1".into());
             }
+            amqp.url
+                .parse::<lapin::uri::AMQPUri>()
+                .map_err(|error| format!("ingest.amqp: url is not an AMQP URI: {error}"))?;
         }
         let tenants = self
             .nats
@@ -253,6 +262,17 @@ mod tests {
             amqp: vec![amqp],
         };
         assert!(settings(nats.clone(), amqp.clone()).validate().is_ok());
+        // URLs that reach no broker are refused when read, not retried as if it were down.
+        let bad_nats = nats::NatsSettings {
+            url: "nats://127.0.0.1:notaport".into(),
+            ..nats.clone()
+        };
+        assert!(settings(bad_nats, amqp.clone()).validate().is_err());
+        let bad_amqp = amqp::AmqpSettings {
+            url: "amqp://127.0.0.1:notaport".into(),
+            ..amqp.clone()
+        };
+        assert!(settings(nats.clone(), bad_amqp).validate().is_err());
         // Within the consumer's own filter: it passes over its dead letters (the and
         // the README's example).
         let within = nats::NatsSettings {
