@@ -480,8 +480,7 @@ async fn capture<S: Store>(
             lag_checked = Some(Instant::now());
         }
         if synced.elapsed() >= PUBLICATION_SYNC_EVERY {
-            // The claim's connection still holds it (a broken one fails here).
-            sqlx::query("SELECT 1").execute(&mut claim).await?;
+            still_claimed(&mut claim).await?;
             let added = sync_publication(
                 &pool,
                 settings,
@@ -510,6 +509,7 @@ async fn capture<S: Store>(
             // would hold back (and decode again at every poll) the WAL of everything else.
             // At most once a second: each records the position in the log's database too.
             if upto > quiet_until && quiet_advanced.elapsed() >= QUIET_ADVANCE_EVERY {
+                still_claimed(&mut claim).await?;
                 advance(log, &pool, settings, upto).await?;
                 quiet_until = upto;
                 quiet_advanced = Instant::now();
@@ -548,9 +548,18 @@ async fn capture<S: Store>(
             metrics::counter!(crate::metrics::CAPTURE_CHANGES, "capture" => settings.name.clone())
                 .increment(chunk.len() as u64);
         }
+        still_claimed(&mut claim).await?;
         advance(log, &pool, settings, end_lsn).await?;
         backoff.reset();
     }
+    Ok(())
+}
+
+/// Fails unless the claim's connection, and so its lock on the slot, is still there: checked
+/// before each confirmation, so that a capture whose session was ended (and whose slot another
+/// may have taken since) stops before confirming what that one reads.
+async fn still_claimed(claim: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SELECT 1").execute(claim).await?;
     Ok(())
 }
 
