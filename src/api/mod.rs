@@ -14,6 +14,7 @@ mod export;
 mod health;
 pub mod metrics;
 mod openapi;
+mod parameters;
 mod proofs;
 mod stream;
 mod tiles;
@@ -79,11 +80,20 @@ pub struct HttpLimits {
 pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     let body_limit = http.max_body_bytes;
     let (routes, document) = routes::<S>(http);
+    let known = parameters::KnownParameters::from_document(&document);
     routes
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/openapi.json", document)
+                // Else the page sends the document's address to swagger.io's validator.
+                .config(utoipa_swagger_ui::Config::default().validator_url("none")),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(access::tenant_parameter))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            parameters::refuse_unknown(known.clone(), request, next)
+        }))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(
             move |mut request: Request, next: Next| {

@@ -53,8 +53,11 @@ pub fn document(routes: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// Routes that take no credentials.
 const PUBLIC: [&str; 3] = ["/ping", "/healthz", "/readyz"];
 
+/// Seed 2's routes, which answer in their own shape (`api::compat`), by prefix.
+pub const SEED_ROUTES: [&str; 4] = ["/create_log/", "/update_log/", "/delete_log/", "/get_log/"];
+
 /// Routes that take a query of the event log: the filters and paging of `GET /events`.
-const QUERIED: [&str; 5] = [
+pub const QUERIED: [&str; 5] = [
     "/events",
     "/events/query",
     "/events/export",
@@ -78,7 +81,7 @@ impl Modify for Shared {
                 utoipa::openapi::security::HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "An API token (`aud_…`, POST /admin/tokens) or, with `[auth.jwt]` \
+                        "An API token (`auditor_…`, POST /admin/tokens) or, with `[auth.jwt]` \
                          configured, an identity provider's JWT",
                     ))
                     .build(),
@@ -126,7 +129,7 @@ fn complete(path: &str, method: &str, operation: &mut Operation) {
     // Unique by construction; the handlers' own names repeat across modules (`create`, `list`).
     operation.operation_id = Some(operation_id(method, path));
     let mut parameters = path_parameters(path);
-    if QUERIED.contains(&path) {
+    if method == "get" && QUERIED.contains(&path) {
         parameters.extend(event_filters(path));
         let description = operation.description.get_or_insert_with(String::new);
         if !description.is_empty() {

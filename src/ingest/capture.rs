@@ -1099,8 +1099,10 @@ async fn ensure_role_triggers(pool: &PgPool, tables: &[(String, String)]) -> any
         return Ok(());
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE OR REPLACE FUNCTION auditor_capture_role() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_logical_emit_message(true, '{ROLE_PREFIX}', current_user::text); \
+        "CREATE OR REPLACE FUNCTION auditor_capture_role() RETURNS trigger LANGUAGE plpgsql \
+         SET search_path = pg_catalog, pg_temp AS \
+         $$ BEGIN \
+           PERFORM pg_catalog.pg_logical_emit_message(true, '{ROLE_PREFIX}', current_user::text); \
          RETURN NULL; END $$"
     )))
     .execute(pool)
@@ -1141,15 +1143,17 @@ async fn ensure_publication_trace(pool: &PgPool, settings: &PostgresCapture) -> 
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE OR REPLACE FUNCTION auditor_capture_publication() RETURNS event_trigger \
-         LANGUAGE plpgsql AS $$ DECLARE p record; BEGIN \
+         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$ DECLARE p record; BEGIN \
            FOR p IN SELECT pubname, pubinsert, pubupdate, pubdelete, pubtruncate \
-                    FROM pg_publication LOOP \
-             PERFORM pg_logical_emit_message(true, '{PUBLICATION_PREFIX}', json_build_object( \
+                    FROM pg_catalog.pg_publication LOOP \
+             PERFORM pg_catalog.pg_logical_emit_message(true, '{PUBLICATION_PREFIX}', \
+               pg_catalog.json_build_object( \
                'publication', p.pubname, 'insert', p.pubinsert, 'update', p.pubupdate, \
                'delete', p.pubdelete, 'truncate', p.pubtruncate, 'role', current_user, \
                'event', tg_event, \
                'tables', (SELECT coalesce(json_agg(t.schemaname || '.' || t.tablename), '[]') \
-                          FROM pg_publication_tables t WHERE t.pubname = p.pubname))::text); \
+                          FROM pg_catalog.pg_publication_tables t \
+                          WHERE t.pubname = p.pubname))::text); \
            END LOOP; END $$; \
          DO $$ BEGIN \
            IF NOT EXISTS (SELECT 1 FROM pg_event_trigger \

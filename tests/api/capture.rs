@@ -947,6 +947,23 @@ async fn a_publication_that_leaves_changes_out_is_refused(backend: Backend) {
 async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
     let (host, capture, _db, mut app) = capturing_one_account(backend).await;
     let publication = capture.publication.clone();
+    // The capture's functions run with a fixed search_path: a caller's own schema cannot put
+    // a view in place of pg_publication, or a function in place of pg_logical_emit_message.
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    let configs: Vec<String> = sqlx::query_scalar(
+        "SELECT array_to_string(proconfig, ';') FROM pg_proc \
+         WHERE proname IN ('auditor_capture_role', 'auditor_capture_publication') ORDER BY proname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        configs,
+        [
+            "search_path=pg_catalog, pg_temp",
+            "search_path=pg_catalog, pg_temp"
+        ]
+    );
     // Each statement its own transaction, as an operator's would be.
     let narrow_and_restore = |id: i32| {
         [

@@ -194,6 +194,55 @@ async fn the_reference_page_is_served_from_the_binary() {
         let text = response.text().await.unwrap();
         if asset == "swagger-initializer.js" {
             assert!(text.contains("/openapi.json"), "{text}");
+            // Nothing is sent to swagger.io's online validator.
+            assert!(text.contains(r#""validatorUrl": "none""#), "{text}");
         }
     }
+}
+
+/// A route that reads no query of the log refuses a parameter it does not take, as the query
+/// routes do: a misspelt `tenant` must not record into the caller's own tenant unnoticed.
+#[tokio::test]
+async fn a_parameter_a_route_does_not_take_is_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let body = serde_json::json!({"event_type": "t", "user_identity": "u"});
+    let misspelt = app
+        .request(Method::POST, "/events?tenat=acme", Some(ADMIN))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(misspelt.status(), 400);
+    let error: Value = misspelt.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_query");
+    assert_eq!(error["error"]["field"], "tenat");
+    assert_eq!(app.db.count_events("default").await, 0, "nothing recorded");
+    let listed = app
+        .request(Method::GET, "/admin/tokens?tenat=acme", Some(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 400);
+    // What a route does take still passes.
+    let named = app
+        .request(Method::POST, "/events?tenant=default", Some(ADMIN))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.status(), 201);
+    let id = named.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proof = app
+        .request(
+            Method::GET,
+            &format!("/events/{id}/proof?tree_size=1"),
+            Some(ADMIN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(proof.status(), 400, "tree_size is a parameter of the proof");
 }
