@@ -11,11 +11,14 @@ use time::OffsetDateTime;
 use super::context::Context;
 use super::publication::publication_narrowed;
 use super::settings::PostgresCapture;
+use super::triggers::MessageKey;
 use super::{CONTEXT_PREFIX, PUBLICATION_PREFIX, ROLE_PREFIX};
+use crate::ingest::Misconfigured;
 use crate::ingest::pgoutput::{Datum, Lsn, Message, OldRow, Relation, format_lsn};
 
 /// One committed transaction's changes, as read from the slot.
 pub(super) struct Transaction {
+    pub(super) xid: u32,
     pub(super) commit_lsn: Lsn,
     pub(super) end_lsn: Lsn,
     pub(super) committed_at: OffsetDateTime,
@@ -61,6 +64,7 @@ pub(super) async fn peek(
     pool: &PgPool,
     settings: &PostgresCapture,
     relations: &mut HashMap<u32, Arc<Relation>>,
+    key: Option<&MessageKey>,
 ) -> anyhow::Result<(Vec<Transaction>, Lsn)> {
     // The flush position, not the write position: decoding reads only flushed WAL, and a
     // commit written but not yet flushed (`synchronous_commit = off`) must not be passed by
@@ -79,14 +83,18 @@ pub(super) async fn peek(
     .bind(i32::try_from(settings.batch_changes).unwrap_or(i32::MAX))
     .bind(&settings.publication)
     .fetch_all(pool)
-    .await?;
+    .await
+    .map_err(|error| publication_missing(settings, error))?;
     let mut transactions = Vec::new();
     let mut open: Option<Transaction> = None;
     for row in rows {
         let data: Vec<u8> = row.try_get("data")?;
         match Message::parse(&data)? {
-            Message::Begin { committed_at, .. } => {
+            Message::Begin {
+                committed_at, xid, ..
+            } => {
                 open = Some(Transaction {
+                    xid,
                     commit_lsn: 0,
                     end_lsn: 0,
                     committed_at,
@@ -168,7 +176,10 @@ pub(super) async fn peek(
                 let Some(transaction) = open.as_mut() else {
                     continue;
                 };
-                let Ok(state) = serde_json::from_slice::<Value>(&content) else {
+                let Some(body) = signed(key, settings, &prefix, transaction, &content) else {
+                    continue;
+                };
+                let Ok(state) = serde_json::from_slice::<Value>(body) else {
                     continue;
                 };
                 if state["publication"] != settings.publication.as_str() {
@@ -201,12 +212,18 @@ pub(super) async fn peek(
                 prefix,
                 content,
             } if prefix == ROLE_PREFIX => {
-                if let (Some(transaction), Ok(role)) = (open.as_mut(), String::from_utf8(content)) {
+                let Some(transaction) = open.as_mut() else {
+                    continue;
+                };
+                let Some(body) = signed(key, settings, &prefix, transaction, &content) else {
+                    continue;
+                };
+                if let Ok(role) = std::str::from_utf8(body) {
                     for change in transaction.changes.iter_mut().rev() {
                         if change.role.is_some() {
                             break;
                         }
-                        change.role = Some(role.clone());
+                        change.role = Some(role.to_owned());
                     }
                 }
             }
@@ -228,6 +245,48 @@ pub(super) async fn peek(
         }
     }
     Ok((transactions, upto))
+}
+
+/// The body of a message that claims to come from the capture's triggers, if it does (see
+/// [`MessageKey`]); one that does not is warned of and passed over: any role that writes a
+/// captured table can send messages of every prefix.
+fn signed<'a>(
+    key: Option<&MessageKey>,
+    settings: &PostgresCapture,
+    prefix: &str,
+    transaction: &Transaction,
+    content: &'a [u8],
+) -> Option<&'a [u8]> {
+    let body = key.and_then(|key| key.verify(prefix, transaction.xid, content));
+    if body.is_none() {
+        tracing::warn!(
+            capture = %settings.name, prefix, xid = transaction.xid,
+            "a message in the prefix of the capture's triggers was not sent by them (its \
+             signature does not verify): passed over; someone may be passing their changes off \
+             as another role's, or faking a change to the publication"
+        );
+    }
+    body
+}
+
+/// The peek's failure; `Misconfigured` when the slot holds changes made while the publication
+/// was missing (dropped, or renamed): the slot cannot be read past them, whatever is retried.
+fn publication_missing(settings: &PostgresCapture, error: sqlx::Error) -> anyhow::Error {
+    let missing = error.as_database_error().is_some_and(|e| {
+        e.code().as_deref() == Some("42704") && e.message().contains("publication")
+    });
+    if !missing {
+        return error.into();
+    }
+    Misconfigured(format!(
+        "the replication slot `{slot}` holds changes made while the publication `{publication}` \
+         did not exist (dropped, or renamed, since the capture last read it): the slot cannot \
+         be read past them. Drop the slot (`SELECT pg_drop_replication_slot('{slot}')`): the capture \
+         then makes a new one and records the changes in between as a capture.gap",
+        slot = settings.slot,
+        publication = settings.publication,
+    ))
+    .into()
 }
 
 /// An old row's values as far as they were sent: of a key-only row, the columns outside the

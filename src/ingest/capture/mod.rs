@@ -40,7 +40,7 @@ use publication::{
     check_publication, published_tables, sync_publication, warn_of_unmatched_denials,
 };
 use slot::{check_lag, check_slot_position, claim_slot, create_slot, record_gap, slot_exists};
-use triggers::{ensure_publication_trace, install_role_triggers};
+use triggers::{ensure_message_key, ensure_publication_trace, install_role_triggers};
 
 pub use settings::{CaptureSettings, PostgresCapture};
 
@@ -120,12 +120,28 @@ async fn capture<S: Store>(
     .await?;
     check_publication(&pool, settings).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
-    // Before the slot, as the role triggers: every change to the publication it holds is told.
-    ensure_publication_trace(&pool, settings).await?;
-    // Before the slot: every change the slot will hold then has its role.
-    if settings.record_role {
-        let tables = published_tables(&pool, settings).await?;
-        install_role_triggers(&pool, settings, &tables).await;
+    let key = match ensure_message_key(&pool).await {
+        Ok(key) => Some(key),
+        Err(error) if error.downcast_ref::<Misconfigured>().is_some() => return Err(error),
+        Err(error) => {
+            tracing::warn!(
+                capture = %settings.name, error = crate::telemetry::error_chain(error.as_ref()),
+                "cannot make the key the capture's triggers sign with (the role needs CREATE \
+                 on its first schema): changes are recorded without their database role, and \
+                 changes to the publication are looked for every 5 s only"
+            );
+            None
+        }
+    };
+    if let Some(key) = &key {
+        // Before the slot, as the role triggers: every change to the publication it holds is
+        // told.
+        ensure_publication_trace(&pool, key, settings).await?;
+        // Before the slot: every change the slot will hold then has its role.
+        if settings.record_role {
+            let tables = published_tables(&pool, settings).await?;
+            install_role_triggers(&pool, key, settings, &tables).await;
+        }
     }
     if slot_existed {
         check_slot_position(log, &pool, settings, &gaps).await?;
@@ -169,12 +185,12 @@ async fn capture<S: Store>(
                 }
                 return Err(error);
             }
-            if settings.record_role {
-                install_role_triggers(&pool, settings, &added).await;
+            if let (true, Some(key)) = (settings.record_role, &key) {
+                install_role_triggers(&pool, key, settings, &added).await;
             }
             synced = Instant::now();
         }
-        let (transactions, upto) = peek(&pool, settings, &mut relations).await?;
+        let (transactions, upto) = peek(&pool, settings, &mut relations, key.as_ref()).await?;
         let Some(last) = transactions.last() else {
             // Nothing this capture reads committed before `upto`: the slot moves there, or it
             // would hold back (and decode again at every poll) the WAL of everything else.

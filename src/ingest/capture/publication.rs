@@ -313,13 +313,11 @@ pub(super) fn publication_narrowed(
         .into_iter()
         .filter(|operation| after[operation] != true)
         .collect();
-    let tables = |state: &Value| -> HashSet<String> {
-        state["tables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect()
+    let tables = |state: &Value| -> HashSet<String> { names(&state["tables"]) };
+    let captured = |table: &String| {
+        table
+            .split_once('.')
+            .is_some_and(|(schema, name)| settings.captures(schema, name))
     };
     let now = tables(after);
     let mut taken_out: Vec<String> = before
@@ -328,24 +326,37 @@ pub(super) fn publication_narrowed(
         .unwrap_or_default()
         .into_iter()
         .filter(|table| !now.contains(table))
-        .filter(|table| {
-            table
-                .split_once('.')
-                .is_some_and(|(schema, name)| settings.captures(schema, name))
-        })
+        .filter(captured)
         .collect();
     taken_out.sort();
-    if left_out.is_empty() && taken_out.is_empty() {
+    // A row filter or a column list on a captured table (PostgreSQL 15 and later).
+    let mut filtered: Vec<String> = names(&after["partial"])
+        .into_iter()
+        .filter(captured)
+        .collect();
+    filtered.sort();
+    if left_out.is_empty() && taken_out.is_empty() && filtered.is_empty() {
         return None;
     }
     Some(serde_json::json!({
         "publication": settings.publication,
         "left_out": left_out,
         "tables_taken_out": taken_out,
+        "tables_filtered": filtered,
         "role": after["role"],
-        "reason": "the publication was changed to leave these operations or tables out: their \
-                   changes from this event until it publishes them again were not captured",
+        "reason": "the publication was changed to leave these operations, tables, or rows and \
+                   columns of tables out: their changes from this event until it publishes \
+                   them whole again were not captured",
     }))
+}
+
+/// The strings of a JSON array (none when it is no array).
+fn names(list: &Value) -> HashSet<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The tables the capture covers, by the publication as it is now.

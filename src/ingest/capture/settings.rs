@@ -147,14 +147,18 @@ impl PostgresCapture {
         Ok(())
     }
 
+    /// Whether the table is captured: matched by `tables`, and not the capture's own key table
+    /// (whose key would then be copied into the log, where anyone who reads it could sign).
     pub(super) fn captures(&self, schema: &str, table: &str) -> bool {
-        self.tables
-            .iter()
-            .any(|pattern| match pattern.split_once('.') {
-                Some((s, "*")) => s == schema,
-                Some((s, t)) => s == schema && t == table,
-                None => false,
-            })
+        table != super::triggers::KEY_TABLE
+            && self
+                .tables
+                .iter()
+                .any(|pattern| match pattern.split_once('.') {
+                    Some((s, "*")) => s == schema,
+                    Some((s, t)) => s == schema && t == table,
+                    None => false,
+                })
     }
 
     /// Whether `column` of `schema.table` may be copied into an event. The deny list matches
