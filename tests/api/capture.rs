@@ -504,6 +504,45 @@ async fn tables_published_by_hand_are_recorded_as_gaps(backend: Backend) {
         unrecordable["event_data"]["change"],
         "public.longkey.create"
     );
+
+    // Put in by another role: the trace tells it in WAL order, so its gap comes before the
+    // table's first captured change, names who did it, and is not told again at the next look.
+    let ops = format!("o_{}", host.name);
+    host.execute(&format!(
+        "CREATE ROLE {ops} SUPERUSER; \
+         BEGIN; SET LOCAL ROLE {ops}; CREATE TABLE later (id int PRIMARY KEY); \
+         INSERT INTO later VALUES (1); ALTER PUBLICATION {publication} ADD TABLE later; COMMIT; \
+         INSERT INTO later VALUES (2)"
+    ))
+    .await;
+    wait_for_type(&app, "public.later.create", 1).await;
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, bool>(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'later'::regclass)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no role trigger");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.execute("INSERT INTO later VALUES (3)").await;
+    wait_for_type(&app, "public.later.create", 2).await;
+    let events = recorded(&app).await;
+    let later: Vec<(&str, &Value)> = events
+        .iter()
+        .filter(|e| e["entity"] == "public.later")
+        .map(|e| (e["event_type"].as_str().unwrap(), &e["event_data"]))
+        .collect();
+    assert_eq!(
+        later.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        ["capture.gap", "public.later.create", "public.later.create"],
+        "{later:?}"
+    );
+    assert_eq!(later[0].1["role"], ops.as_str());
+    assert_eq!(later[2].1["role"], "postgres", "the role trigger");
     app.stop().await.unwrap();
     host.drop_now().await;
 }
@@ -932,10 +971,8 @@ async fn a_publication_that_leaves_changes_out_is_refused(backend: Backend) {
         .await;
     let gap = app.get_ok("/events?event_type=capture.gap").await;
     let gap = &gap["events"][0];
-    assert_eq!(
-        gap["entity"],
-        format!("publication {}", capture.publication)
-    );
+    assert_eq!(gap["entity"], "publication");
+    assert_eq!(gap["entity_id"], capture.publication.as_str());
     assert_eq!(gap["outcome"], "failure");
     app.stop().await.unwrap();
     host.drop_now().await;
@@ -981,7 +1018,8 @@ async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
     wait_for_type(&app, "public.accounts.create", 2).await;
     let gaps = app_gaps(&app).await;
     assert_eq!(gaps.len(), 1, "{gaps:?}");
-    assert_eq!(gaps[0]["entity"], format!("publication {publication}"));
+    assert_eq!(gaps[0]["entity"], "publication");
+    assert_eq!(gaps[0]["entity_id"], publication.as_str());
     assert_eq!(
         gaps[0]["event_data"]["left_out"],
         serde_json::json!(["update", "delete", "truncate"])
@@ -1220,6 +1258,7 @@ async fn a_slot_made_again_by_someone_else_is_recorded_as_a_gap(backend: Backend
     let gaps = app_gaps(&app).await;
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert_eq!(gaps[0]["entity"], "replication_slot");
+    assert_eq!(gaps[0]["entity_id"], capture.slot.as_str());
     assert!(
         gaps[0]["event_data"]["last_confirmed_lsn"].is_string(),
         "{}",

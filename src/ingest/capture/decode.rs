@@ -9,7 +9,7 @@ use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 
 use super::context::Context;
-use super::publication::publication_narrowed;
+use super::publication::{publication_narrowed, publication_widened};
 use super::settings::PostgresCapture;
 use super::triggers::MessageKey;
 use super::{CONTEXT_PREFIX, PUBLICATION_PREFIX, ROLE_PREFIX};
@@ -29,6 +29,9 @@ pub(super) struct Transaction {
     /// What this transaction did to the publication that leaves changes out (from the
     /// `PUBLICATION_PREFIX` messages of [`ensure_publication_trace`]).
     pub(super) publication_narrowed: Vec<Value>,
+    /// The captured tables this transaction put in the publication by hand, as gaps' data
+    /// (from the same messages).
+    pub(super) tables_added: Vec<Value>,
     /// The publication as the `ALTER PUBLICATION` being run found it.
     pub(super) publication_before: Option<Value>,
 }
@@ -101,6 +104,7 @@ pub(super) async fn peek(
                     changes: Vec::new(),
                     context: Arc::default(),
                     publication_narrowed: Vec::new(),
+                    tables_added: Vec::new(),
                     publication_before: None,
                 });
             }
@@ -187,10 +191,19 @@ pub(super) async fn peek(
                 }
                 if state["event"] == "ddl_command_start" {
                     transaction.publication_before = Some(state);
-                } else if let Some(narrowed) =
-                    publication_narrowed(settings, transaction.publication_before.take(), &state)
-                {
+                    continue;
+                }
+                let before = transaction.publication_before.take();
+                if let Some(narrowed) = publication_narrowed(settings, before.as_ref(), &state) {
                     transaction.publication_narrowed.push(narrowed);
+                }
+                if let Some(key) = key {
+                    transaction.tables_added.extend(publication_widened(
+                        settings,
+                        before.as_ref(),
+                        &state,
+                        &key.capture_role,
+                    ));
                 }
             }
             Message::Logical {

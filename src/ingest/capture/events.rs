@@ -53,11 +53,10 @@ pub(super) fn events_of<S: Store>(
             settings.name,
             format_lsn(transaction.commit_lsn)
         );
-        let entity = format!("publication {}", settings.publication);
         match gap_event(
             log,
             settings,
-            &entity,
+            ("publication", Some(&settings.publication)),
             narrowed,
             key,
             Some(transaction.committed_at),
@@ -70,6 +69,32 @@ pub(super) fn events_of<S: Store>(
                 events.push(event);
             }
             Err(error) => tracing::error!(%error, "a publication gap cannot be recorded"),
+        }
+    }
+    for (index, added) in transaction.tables_added.iter().enumerate() {
+        let table = added["table"].as_str().unwrap_or_default();
+        let key = format!(
+            "{}:gap:table-added:{}:{index}",
+            settings.name,
+            format_lsn(transaction.commit_lsn)
+        );
+        match gap_event(
+            log,
+            settings,
+            (table, None),
+            added,
+            key,
+            Some(transaction.committed_at),
+        ) {
+            Ok(event) => {
+                tracing::warn!(
+                    capture = %settings.name, %table, role = %added["role"],
+                    "a table was put in the publication by hand: its changes before were not \
+                     captured; recorded as a capture.gap"
+                );
+                events.push(event);
+            }
+            Err(error) => tracing::error!(%error, "a table's gap cannot be recorded"),
         }
     }
     for (index, change) in transaction.changes.iter().enumerate() {

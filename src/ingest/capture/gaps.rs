@@ -32,7 +32,7 @@ impl<S: Store> Gaps<'_, S> {
                        or moved since it was added, or added by someone else): its changes are \
                        not captured",
         });
-        self.record_gap(table, data, format!("{name}:gap:unmatched:{table}"))
+        self.record_gap(table, None, data, format!("{name}:gap:unmatched:{table}"))
             .await
     }
 
@@ -59,17 +59,26 @@ impl<S: Store> Gaps<'_, S> {
             ),
         });
         let key = format!("{name}:gap:publication:{at}");
-        self.record_gap(&format!("publication {publication}"), data, key)
+        self.record_gap("publication", Some(publication), data, key)
             .await
     }
 
+    /// Records a gap of `entity` (`entity_id`: the slot or publication, none for a table).
     pub(super) async fn record_gap(
         &self,
-        table: &str,
+        entity: &str,
+        entity_id: Option<&str>,
         data: serde_json::Value,
         key: String,
     ) -> anyhow::Result<()> {
-        let event = gap_event(self.log, self.settings, table, &data, key, None)?;
+        let event = gap_event(
+            self.log,
+            self.settings,
+            (entity, entity_id),
+            &data,
+            key,
+            None,
+        )?;
         self.log
             .record_in(self.tenant.clone(), self.recorded_by, vec![event])
             .await?;
@@ -111,16 +120,17 @@ impl<S: Store> Gaps<'_, S> {
                        while it was out of the publication, were not captured",
         });
         let key = format!("{name}:gap:table:{oid}:{at}");
-        self.record_gap(&table.display(), data, key).await?;
+        self.record_gap(&table.display(), None, data, key).await?;
         Ok(())
     }
 }
 
-/// A `capture.gap` event: what `entity` missed, and why (`data`).
+/// A `capture.gap` event: what `entity` (and `entity_id`: the slot or the publication; none for
+/// a table) missed, and why (`data`).
 pub(super) fn gap_event<S: Store>(
     log: &AuditLog<S>,
     settings: &PostgresCapture,
-    entity: &str,
+    (entity, entity_id): (&str, Option<&str>),
     data: &Value,
     key: String,
     occurred_at: Option<OffsetDateTime>,
@@ -131,7 +141,7 @@ pub(super) fn gap_event<S: Store>(
         user_identity: format!("capture:{name}"),
         action: None,
         entity: Some(entity.to_owned()),
-        entity_id: None,
+        entity_id: entity_id.map(str::to_owned),
         property: None,
         source: Some(name.clone()),
         ip: None,

@@ -20,7 +20,7 @@ mod settings;
 mod slot;
 mod triggers;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use decode::{peek, primary_key};
 use events::{Tables, events_of};
 use gaps::Gaps;
 use publication::{
-    check_publication, published_tables, sync_publication, warn_of_unmatched_denials,
+    Looks, check_publication, published_tables, sync_publication, warn_of_unmatched_denials,
 };
 use slot::{check_lag, check_slot_position, claim_slot, create_slot, record_gap, slot_exists};
 use triggers::{ensure_message_key, ensure_publication_trace, install_role_triggers};
@@ -105,19 +105,10 @@ async fn capture<S: Store>(
         recorded_by: &recorded_by,
     };
     let slot_existed = slot_exists(&pool, settings).await?;
-    let mut warned = HashSet::new();
-    let mut published = HashSet::new();
+    let mut looks = Looks::default();
     // A table added to the publication while the slot exists missed what came before.
     let record_gaps = slot_existed.then_some(&gaps);
-    sync_publication(
-        &pool,
-        settings,
-        &mut warned,
-        &mut published,
-        false,
-        record_gaps,
-    )
-    .await?;
+    sync_publication(&pool, settings, &mut looks, false, record_gaps).await?;
     check_publication(&pool, settings).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
     let key = match ensure_message_key(&pool).await {
@@ -168,15 +159,7 @@ async fn capture<S: Store>(
         }
         if synced.elapsed() >= PUBLICATION_SYNC_EVERY {
             still_claimed(&mut claim).await?;
-            let added = sync_publication(
-                &pool,
-                settings,
-                &mut warned,
-                &mut published,
-                true,
-                Some(&gaps),
-            )
-            .await?;
+            let added = sync_publication(&pool, settings, &mut looks, true, Some(&gaps)).await?;
             // Changed while running, it may already have left changes out since the last look.
             if let Err(error) = check_publication(&pool, settings).await {
                 if error.downcast_ref::<Misconfigured>().is_some() {
@@ -191,6 +174,12 @@ async fn capture<S: Store>(
             synced = Instant::now();
         }
         let (transactions, upto) = peek(&pool, settings, &mut relations, key.as_ref()).await?;
+        let traced = transactions
+            .iter()
+            .flat_map(|t| &t.tables_added)
+            .filter_map(|added| added["table"].as_str()?.split_once('.'))
+            .map(|(schema, table)| (schema.to_owned(), table.to_owned()));
+        looks.traced.extend(traced);
         let Some(last) = transactions.last() else {
             // Nothing this capture reads committed before `upto`: the slot moves there, or it
             // would hold back (and decode again at every poll) the WAL of everything else.

@@ -33,6 +33,18 @@ impl HostTable {
     }
 }
 
+/// What the looks at the publication remember from one to the next.
+#[derive(Default)]
+pub(super) struct Looks {
+    /// What has been warned of (each once).
+    pub(super) warned: HashSet<String>,
+    /// The tables seen in the publication.
+    pub(super) seen: HashSet<(String, String)>,
+    /// Tables the publication's trace saw put in by hand since the last look: their gap is
+    /// recorded already, at that point of the log.
+    pub(super) traced: HashSet<(String, String)>,
+}
+
 /// Makes the publication hold every table of the host that `tables` matches, table by table
 /// (never `FOR TABLES IN SCHEMA`, which would take in a later table without a replica identity
 /// and so break the host's writes to it): creates it when missing, adds a matching table
@@ -43,8 +55,7 @@ impl HostTable {
 pub(super) async fn sync_publication<S: Store>(
     pool: &PgPool,
     settings: &PostgresCapture,
-    warned: &mut HashSet<String>,
-    seen: &mut HashSet<(String, String)>,
+    looks: &mut Looks,
     started: bool,
     gaps: Option<&Gaps<'_, S>>,
 ) -> anyhow::Result<Vec<(String, String)>> {
@@ -71,7 +82,7 @@ pub(super) async fn sync_publication<S: Store>(
         .filter(|t| settings.captures(&t.schema, &t.name))
         .collect();
     for named in settings.tables.iter().filter(|t| !t.ends_with(".*")) {
-        if !host.iter().any(|t| t.display() == *named) && warned.insert(named.clone()) {
+        if !host.iter().any(|t| t.display() == *named) && looks.warned.insert(named.clone()) {
             tracing::warn!(
                 capture = %settings.name, table = %named,
                 "a table named in `tables` does not exist on the host; it is captured once it is \
@@ -106,7 +117,7 @@ pub(super) async fn sync_publication<S: Store>(
     // Once capturing, a named table created without one is passed over like any other: the
     // others' changes go on being captured.
     for table in unidentified {
-        if !warned.insert(table.display()) {
+        if !looks.warned.insert(table.display()) {
             continue;
         }
         if published.contains(&(table.schema.clone(), table.name.clone())) {
@@ -149,7 +160,9 @@ pub(super) async fn sync_publication<S: Store>(
                 .execute(pool)
                 .await?;
             tracing::info!(publication = %settings.publication, tables = list.len(), "created the publication");
-            seen.extend(wanted.iter().map(|t| (t.schema.clone(), t.name.clone())));
+            looks
+                .seen
+                .extend(wanted.iter().map(|t| (t.schema.clone(), t.name.clone())));
             wanted
         }
         Some(false) => {
@@ -157,7 +170,9 @@ pub(super) async fn sync_publication<S: Store>(
             // but its changes are no longer captured: said once for each.
             for (schema, table) in &published {
                 let name = format!("{schema}.{table}");
-                if !settings.captures(schema, table) && warned.insert(format!("unmatched {name}")) {
+                if !settings.captures(schema, table)
+                    && looks.warned.insert(format!("unmatched {name}"))
+                {
                     tracing::warn!(
                         capture = %settings.name, table = %name,
                         "a table of the publication is not matched by `tables` (renamed or \
@@ -175,15 +190,16 @@ pub(super) async fn sync_publication<S: Store>(
             let mut appeared = Vec::new();
             for table in &wanted {
                 let key = (table.schema.clone(), table.name.clone());
-                if started && published.contains(&key) && !seen.contains(&key) {
-                    if let Some(gaps) = gaps {
+                if started && published.contains(&key) && !looks.seen.contains(&key) {
+                    // Its gap is recorded already where the trace saw it put in.
+                    if let (Some(gaps), false) = (gaps, looks.traced.remove(&key)) {
                         gaps.record_table(pool, table).await?;
                     }
                     appeared.push(*table);
                 }
             }
-            seen.retain(|table| published.contains(table));
-            seen.extend(published.iter().cloned());
+            looks.seen.retain(|table| published.contains(table));
+            looks.seen.extend(published.iter().cloned());
             let missing: Vec<&HostTable> = wanted
                 .into_iter()
                 .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
@@ -204,7 +220,9 @@ pub(super) async fn sync_publication<S: Store>(
                     publication = %settings.publication, table = %table.display(),
                     "added a table to the publication"
                 );
-                seen.insert((table.schema.clone(), table.name.clone()));
+                looks
+                    .seen
+                    .insert((table.schema.clone(), table.name.clone()));
             }
             missing.into_iter().chain(appeared).collect()
         }
@@ -306,7 +324,7 @@ pub(super) async fn warn_of_unmatched_denials(
 /// took out, and who ran it; `None` when it left out nothing this capture reads.
 pub(super) fn publication_narrowed(
     settings: &PostgresCapture,
-    before: Option<Value>,
+    before: Option<&Value>,
     after: &Value,
 ) -> Option<Value> {
     let left_out: Vec<&str> = ["insert", "update", "delete", "truncate"]
@@ -321,7 +339,6 @@ pub(super) fn publication_narrowed(
     };
     let now = tables(after);
     let mut taken_out: Vec<String> = before
-        .as_ref()
         .map(tables)
         .unwrap_or_default()
         .into_iter()
@@ -348,6 +365,48 @@ pub(super) fn publication_narrowed(
                    columns of tables out: their changes from this event until it publishes \
                    them whole again were not captured",
     }))
+}
+
+/// The captured tables an `ALTER PUBLICATION` put in the publication, from its state `before`
+/// and `after` the command, each as a gap's data: what the table held, and its changes before,
+/// were not captured. None when the capture's own role ran it: the capture records the gap of
+/// each table it adds itself, before adding it.
+pub(super) fn publication_widened(
+    settings: &PostgresCapture,
+    before: Option<&Value>,
+    after: &Value,
+    capture_role: &str,
+) -> Vec<Value> {
+    let Some(before) = before else {
+        return Vec::new();
+    };
+    if after["role"] == capture_role {
+        return Vec::new();
+    }
+    let had = names(&before["tables"]);
+    let mut added: Vec<String> = names(&after["tables"])
+        .into_iter()
+        .filter(|table| !had.contains(table))
+        .filter(|table| {
+            table
+                .split_once('.')
+                .is_some_and(|(schema, name)| settings.captures(schema, name))
+        })
+        .collect();
+    added.sort();
+    added
+        .into_iter()
+        .map(|table| {
+            serde_json::json!({
+                "table": table,
+                "role": after["role"],
+                "reason": "the table was put in the publication by hand: its changes committed \
+                           before this event were not captured, and those until the capture \
+                           installs its role trigger (within seconds) are recorded as by the \
+                           capture's name",
+            })
+        })
+        .collect()
 }
 
 /// The strings of a JSON array (none when it is no array).

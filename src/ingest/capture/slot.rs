@@ -5,12 +5,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::CLAIM_RETRY_EVERY;
-use super::gaps::Gaps;
+use super::gaps::{Gaps, gap_event};
 use super::settings::PostgresCapture;
 use crate::ingest::Misconfigured;
 use crate::ingest::pgoutput::{format_lsn, parse_lsn};
 use crate::log::AuditLog;
-use crate::model::{RawEvent, TenantId};
+use crate::model::TenantId;
 use crate::store::Store;
 
 /// Takes the slot for this capture alone, for as long as `claim` stays open: a session
@@ -127,7 +127,8 @@ pub(super) async fn check_slot_position<S: Store>(
                        positions were not captured",
         });
         let key = format!("{}:gap:slot-moved:{}", settings.name, format_lsn(confirmed));
-        gaps.record_gap("replication_slot", data, key).await?;
+        gaps.record_gap("replication_slot", Some(&settings.slot), data, key)
+            .await?;
     }
     log.set_capture_position(&settings.name, &settings.slot, confirmed)
         .await?;
@@ -198,22 +199,15 @@ pub(super) async fn record_gap<S: Store>(
                    (logged with its position; this event's recorded_at is when the gap was \
                    found, and a retry may make the slot later) were not captured",
     });
-    let raw = RawEvent {
-        event_type: "capture.gap".into(),
-        user_identity: format!("capture:{}", settings.name),
-        action: None,
-        entity: Some("replication_slot".into()),
-        entity_id: Some(settings.slot.clone()),
-        property: None,
-        source: Some(settings.name.clone()),
-        ip: None,
-        outcome: Some(crate::model::Outcome::Failure),
-        // Where the gap begins; and nothing here differs in a retry, which is then a replay.
-        occurred_at: Some(last.recorded_at),
-        event_data: Some(serde_json::value::to_raw_value(&data)?),
-        idempotency_key: Some(format!("{}:gap:{last_key}", settings.name)),
-    };
-    let event = log.parse(raw).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Where the gap begins; and nothing here differs in a retry, which is then a replay.
+    let event = gap_event(
+        log,
+        settings,
+        ("replication_slot", Some(&settings.slot)),
+        &data,
+        format!("{}:gap:{last_key}", settings.name),
+        Some(last.recorded_at),
+    )?;
     log.record_in(tenant.clone(), recorded_by, vec![event])
         .await?;
     Ok(())

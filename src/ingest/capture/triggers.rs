@@ -19,6 +19,9 @@ pub(super) struct MessageKey {
     key: [u8; 32],
     /// The schema the key table and the trigger functions are in.
     schema: String,
+    /// The capture's own role, as the triggers name it: its own `ALTER PUBLICATION`s are
+    /// told apart by it.
+    pub(super) capture_role: String,
 }
 
 impl MessageKey {
@@ -72,9 +75,11 @@ fn quote(identifier: &str) -> String {
 /// the triggers). A key table that another role owns (unless a superuser) or that others may
 /// read is `Misconfigured`: whoever can read the key can sign.
 pub(super) async fn ensure_message_key(pool: &PgPool) -> anyhow::Result<MessageKey> {
-    let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
-        .fetch_one(pool)
-        .await?;
+    let (schema, capture_role): (Option<String>, String) = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!("SELECT current_schema()::text, {INVOKING_ROLE}"),
+    ))
+    .fetch_one(pool)
+    .await?;
     let schema = schema.ok_or_else(|| {
         Misconfigured(
             "the capture's role has no schema in its search_path to install its triggers in".into(),
@@ -83,6 +88,7 @@ pub(super) async fn ensure_message_key(pool: &PgPool) -> anyhow::Result<MessageK
     let mut key = MessageKey {
         key: [0; 32],
         schema,
+        capture_role,
     };
     let table = key.table();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
