@@ -216,15 +216,21 @@ impl Settings {
     /// (`$STATE_DIRECTORY`, which systemd sets, else `$XDG_STATE_HOME/auditor`, else
     /// `~/.local/state/auditor`).
     pub fn signing_key_path(&self) -> PathBuf {
-        let configured = &self.integrity.signing_key_file;
-        if configured.is_absolute() {
-            return configured.clone();
+        self.state_path(&self.integrity.signing_key_file)
+    }
+
+    /// `path` as the service's own files are placed: an absolute one as it is; a relative one
+    /// next to the SQLite database file, or on PostgreSQL in the state directory (see
+    /// [`Settings::signing_key_path`]).
+    pub fn state_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
         }
         let base = match sqlite_file(self.database_url.expose()) {
             Some(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
             None => state_directory(),
         };
-        base.join(configured)
+        base.join(path)
     }
 
     /// The SQLite database file, when the database is SQLite.

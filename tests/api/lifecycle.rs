@@ -60,6 +60,22 @@ async fn without_a_configured_password_the_admin_gets_a_generated_one(backend: B
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].name, "admin");
     assert!(users[0].password_hash.starts_with("$argon2id$"));
+    // No terminal here: the password is left in a file only its owner may read, not logged.
+    let file = app
+        .settings
+        .signing_key_path()
+        .with_file_name(auditor::server::GENERATED_PASSWORD_FILE);
+    let password = std::fs::read_to_string(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        app.get("/events", ("admin", password.trim_end())).await.status(),
+        200,
+        "the password in the file signs in"
+    );
 }
 
 async fn readiness_reports_the_database(backend: Backend) {
