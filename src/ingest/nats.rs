@@ -95,6 +95,8 @@ async fn consume<S: Store>(
     // A durable consumer made before keeps its settings unless told: a changed `subject`
     // would otherwise be logged as consumed while the old filter still applies.
     let existing = consumer.cached_info().config.clone();
+    let unread = consumer.cached_info().num_pending
+        + u64::try_from(consumer.cached_info().num_ack_pending).unwrap_or(0);
     if (
         &existing.filter_subject,
         existing.ack_wait,
@@ -111,6 +113,19 @@ async fn consume<S: Store>(
                 settings.consumer, existing.filter_subject
             ))
         })?;
+        if existing.filter_subject != settings.subject && unread > 0 {
+            // The messages the old filter took and were not yet acknowledged: those outside
+            // the new filter are never delivered to this consumer again.
+            tracing::warn!(
+                consumer = %settings.consumer,
+                subject = %settings.subject,
+                was = %existing.filter_subject,
+                unread,
+                "the durable consumer's subject changed while messages of the old one were \
+                 unread: those the new subject does not match will not be consumed; put the \
+                 old subject back to read them first"
+            );
+        }
         tracing::info!(
             consumer = %settings.consumer,
             subject = %settings.subject,

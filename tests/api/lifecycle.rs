@@ -72,7 +72,9 @@ async fn without_a_configured_password_the_admin_gets_a_generated_one(backend: B
         0o600
     );
     assert_eq!(
-        app.get("/events", ("admin", password.trim_end())).await.status(),
+        app.get("/events", ("admin", password.trim_end()))
+            .await
+            .status(),
         200,
         "the password in the file signs in"
     );
