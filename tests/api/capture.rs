@@ -730,9 +730,10 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
         .find(|e| e["entity_id"] == "3")
         .unwrap();
     assert_eq!(refused["user_identity"], "postgres");
+    let why = refused["event_data"]["context_refused"].as_str().unwrap();
     assert!(
-        refused["event_data"]["context_refused"].is_string(),
-        "{refused}"
+        why.contains("message 1: user_identity: "),
+        "the refusal of the whole event names its message too: {why}"
     );
     assert_eq!(refused["event_data"].get("context"), None);
     // Only the field refused is given up: the user and the address stay.

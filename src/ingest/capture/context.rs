@@ -18,6 +18,11 @@ pub(super) struct Context {
     /// Each refusal, naming its message (1 for the transaction's first) and field.
     pub(super) refused: Vec<String>,
     messages: usize,
+    /// The message (numbered as in `refused`) that gave `user_identity`, `ip`, and the latest
+    /// of `fields`: a refusal of the whole event names it too.
+    pub(super) user_from: usize,
+    pub(super) ip_from: usize,
+    pub(super) fields_from: usize,
 }
 
 impl Context {
@@ -65,6 +70,7 @@ impl Context {
             match (name.as_str(), value) {
                 ("user_identity", Ok(Value::String(user))) if !user.trim().is_empty() => {
                     next.user_identity = Some(user);
+                    next.user_from = next.messages;
                 }
                 ("user_identity", Ok(Value::Null)) => next.user_identity = None,
                 ("user_identity", Ok(other)) => {
@@ -74,6 +80,7 @@ impl Context {
                 ("ip", Ok(Value::Null)) => next.ip = None,
                 ("ip", Ok(value)) => {
                     next.ip = value.as_str().and_then(|ip| ip.parse().ok());
+                    next.ip_from = next.messages;
                     if next.ip.is_none() {
                         refuse(format!("context.ip: {value} is not an address"));
                     }
@@ -88,6 +95,7 @@ impl Context {
                 }
                 (_, Ok(value)) => {
                     next.fields.insert(name, value);
+                    next.fields_from = next.messages;
                 }
                 (_, Err(why)) => {
                     next.fields.remove(&name);

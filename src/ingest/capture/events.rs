@@ -219,12 +219,20 @@ pub(super) fn events_of<S: Store>(
                 if fields {
                     data.insert("context".into(), Value::Object(context.clone()));
                 }
-                let refused = change
-                    .context
+                // The message that gave what this attempt gives up.
+                let given = &change.context;
+                let message = if !user && context_user.is_some() {
+                    given.user_from
+                } else if !address && ip.is_some() {
+                    given.ip_from
+                } else {
+                    given.fields_from
+                };
+                let refused = given
                     .refused
                     .iter()
                     .cloned()
-                    .chain([storable(error.to_string())])
+                    .chain([storable(format!("message {message}: {error}"))])
                     .collect::<Vec<_>>();
                 data.insert("context_refused".into(), Value::from(refused.join("; ")));
                 let attempt = log.parse(RawEvent {
