@@ -468,3 +468,43 @@ async fn text_logs_escape_control_characters_from_clients() {
         "{failed}"
     );
 }
+
+/// A database that hangs rather than fails (a table lock held by someone else) stalls every
+/// write: the writer says so while it waits, and the write commits once the lock is gone.
+#[tokio::test]
+async fn a_commit_waiting_on_the_database_is_logged() {
+    use sqlx::Connection;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut server = crate::helpers::ServerProcess::serve(&db);
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let post = crate::helpers::http_client()
+        .post(format!("http://{}/events", server.address))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .json(&json!({"event_type": "a", "user_identity": "u"}))
+        .send();
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+    };
+    let (response, ()) = tokio::join!(post, release);
+    let status = response.unwrap().status();
+    assert!(
+        status == 201 || status == 408,
+        "committed, or answered 408 while it waited: {status}"
+    );
+    assert_eq!(db.count_events("default").await, 1, "committed once free");
+    server.terminate();
+    let (_, log) = server.wait();
+    assert!(
+        log.contains("a commit is still waiting for the database"),
+        "{log}"
+    );
+}
