@@ -74,9 +74,32 @@ async fn consume<S: Store>(
     stop: &CancellationToken,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&settings.url).await?;
+    let address = crate::config::DatabaseUrl::new(settings.url.clone()).redacted();
+    let client = async_nats::connect(&settings.url)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to NATS at {address}: {error}"))?;
     let context = jetstream::new(client.clone());
-    let mut stream = context.get_stream(&settings.stream).await?;
+    let mut stream = context
+        .get_stream(&settings.stream)
+        .await
+        .map_err(|error| {
+            use jetstream::context::GetStreamErrorKind;
+            match error.kind() {
+                GetStreamErrorKind::JetStream(cause)
+                    if cause.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    anyhow::Error::new(Misconfigured(format!(
+                        "NATS at {address} has no JetStream stream `{}`: create it (e.g. `nats \
+                     stream add {} --subjects '{}'`), or name an existing one in `stream`",
+                        settings.stream, settings.stream, settings.subject
+                    )))
+                }
+                _ => anyhow::anyhow!(
+                    "cannot read the stream `{}` at {address}: {error}",
+                    settings.stream
+                ),
+            }
+        })?;
     // A stream deleted and made again under its name counts its sequence from 1 again: its
     // creation time keeps the keys derived from sequences apart.
     let created = stream.info().await?.created.unix_timestamp_nanos();
