@@ -279,6 +279,7 @@ fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
             .filter(|id| !id.is_empty()),
         broker_id: None,
         cloudevent_attributes,
+        attributes_percent_encoded: false,
         scope: String::new(),
         content_type: properties
             .content_type()

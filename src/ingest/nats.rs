@@ -334,6 +334,7 @@ fn delivery(message: &Message) -> Delivery<'_> {
             .ok()
             .map(|info| format!("seq-{}", info.stream_sequence)),
         cloudevent_attributes,
+        attributes_percent_encoded: true,
         scope: String::new(),
         content_type: header("Content-Type").or_else(|| header("content-type")),
     }
