@@ -142,6 +142,10 @@ pub struct AuthSettings {
     /// limit.
     pub max_failures: u32,
     pub failure_window_secs: u64,
+    /// A web viewer session unused this long has ended (seconds).
+    pub session_idle_secs: u64,
+    /// A web viewer session ends this long after sign-in, however much it is used (seconds).
+    pub session_lifetime_secs: u64,
     /// Bearer JWTs from an OAuth 2.0 / OpenID Connect identity provider; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSettings>,
@@ -321,6 +325,10 @@ impl Settings {
             "auth.failure_window_secs must be at least 1",
         )?;
         rule(
+            self.auth.session_idle_secs >= 1 && self.auth.session_lifetime_secs >= 1,
+            "auth.session_idle_secs and auth.session_lifetime_secs must be at least 1",
+        )?;
+        rule(
             self.retention.check_interval_secs >= 1,
             "retention.check_interval_secs must be at least 1",
         )?;
@@ -377,6 +385,14 @@ impl Settings {
         HttpLimits {
             max_body_bytes: self.limits.max_body_bytes,
             request_timeout: Duration::from_secs(self.limits.request_timeout_secs),
+        }
+    }
+
+    /// How long web viewer sessions last (`[auth] session_*`).
+    pub fn session_policy(&self) -> crate::auth::sessions::SessionPolicy {
+        crate::auth::sessions::SessionPolicy {
+            idle: Duration::from_secs(self.auth.session_idle_secs),
+            lifetime: Duration::from_secs(self.auth.session_lifetime_secs),
         }
     }
 

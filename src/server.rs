@@ -145,6 +145,10 @@ async fn serve_store<S: Store>(
         auth: Arc::new(auth),
         throttle: Arc::new(Throttle::new(settings.throttle_settings())),
         shutdown: shutdown.clone(),
+        sessions: api::SessionOptions {
+            policy: settings.session_policy(),
+            secure: tls.is_some(),
+        },
     };
     let app = api::router(state, settings.http_limits());
     let address = listener.local_addr()?;

@@ -6,6 +6,7 @@ mod authenticator;
 mod cache;
 pub mod jwt;
 pub mod password;
+pub mod sessions;
 pub mod throttle;
 pub mod tokens;
 mod user_cache;

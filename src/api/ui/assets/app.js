@@ -1,0 +1,462 @@
+// The web viewer: signs in with a session cookie, lists and filters events, follows the live
+// tail, and shows one event with its amendments and its inclusion in the signed log, checked
+// here (verify.js). Event data is attacker-controlled: it is only ever set as textContent.
+
+import { verifyEvent, parseVerifierKey, keyFingerprint } from "./verify.js";
+
+const PAGE_SIZE = 50;
+const LIVE_MAX_ROWS = 500;
+const COLUMNS = [
+  "seq", "occurred_at", "event_type", "user_identity", "action", "entity", "entity_id",
+  "outcome", "recorded_by",
+];
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  session: null,
+  tenant: null,
+  // The cursors of the pages before the current one (the first page has none).
+  cursors: [],
+  cursor: null,
+  nextCursor: null,
+  live: null,
+  // Filters applied when Search was last pressed: the live tail follows these.
+  applied: new URLSearchParams(),
+};
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error && body.error.message) || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (method !== "GET") headers["X-CSRF-Token"] = state.session ? state.session.csrf_token : "";
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+    cache: "no-store",
+  });
+  const text = await response.text();
+  const json = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    if (response.status === 401 && state.session && path !== "/ui/session") signedOut();
+    throw new ApiError(response.status, json);
+  }
+  return json;
+}
+
+function withTenant(params) {
+  const p = new URLSearchParams(params);
+  if (state.tenant) p.set("tenant", state.tenant);
+  return p;
+}
+
+function el(tag, text, attrs) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+function show(message) {
+  const box = $("message");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function view(name) {
+  for (const id of ["sign-in-view", "list-view", "event-view"]) $(id).hidden = id !== name;
+}
+
+// --- Signing in and out -------------------------------------------------------------------
+
+function signedOut() {
+  stopLive();
+  state.session = null;
+  $("who").hidden = true;
+  view("sign-in-view");
+}
+
+function signedIn(session) {
+  state.session = session;
+  const select = $("tenant");
+  select.replaceChildren(...session.tenants.map((t) => el("option", t, { value: t })));
+  if (!session.tenants.includes(state.tenant)) state.tenant = session.tenants[0];
+  select.value = state.tenant;
+  $("tenant").disabled = session.tenants.length < 2;
+  $("user").textContent = session.user;
+  $("who").hidden = false;
+  buildFilterInputs(session.filters);
+  route();
+}
+
+$("sign-in").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  show("");
+  try {
+    const session = await api("POST", "/ui/session", {
+      user: $("sign-in-user").value,
+      password: $("sign-in-password").value,
+    });
+    $("sign-in-password").value = "";
+    signedIn(session);
+  } catch (err) {
+    show(err.status === 401 ? "Wrong user name or password." : err.message);
+  }
+});
+
+$("sign-out").addEventListener("click", async () => {
+  try {
+    await api("DELETE", "/ui/session");
+  } catch (err) {
+    if (err.status !== 401) return show(err.message);
+  }
+  signedOut();
+});
+
+$("tenant").addEventListener("change", () => {
+  state.tenant = $("tenant").value;
+  resetPaging();
+  if (location.hash === "#/" || location.hash === "") loadPage();
+  else location.hash = "#/";
+});
+
+// --- Filters ------------------------------------------------------------------------------
+
+let filtersBuilt = false;
+
+function buildFilterInputs(fields) {
+  if (filtersBuilt) return;
+  filtersBuilt = true;
+  const grid = $("field-filters");
+  for (const name of fields) {
+    const label = el("label", name);
+    label.append(el("input", null, { id: `filter-${name}`, "data-field": name, autocomplete: "off" }));
+    grid.append(label);
+  }
+  addDataFilter();
+}
+
+function addDataFilter() {
+  const rows = $("data-filters");
+  const i = rows.children.length;
+  const row = el("div", null, { class: "row" });
+  const path = el("label", "event_data.");
+  path.append(el("input", null, { id: `data-path-${i}`, placeholder: "path, e.g. account.id", autocomplete: "off" }));
+  const value = el("label", "value");
+  value.append(el("input", null, { id: `data-value-${i}`, placeholder: 'e.g. 42 or "text"', autocomplete: "off" }));
+  row.append(path, value);
+  rows.append(row);
+}
+
+$("add-data-filter").addEventListener("click", addDataFilter);
+
+function localToUtc(value) {
+  if (!value) return null;
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? null : d.toISOString();
+}
+
+// The query the form describes: filters and time range, without paging.
+function formQuery() {
+  const p = new URLSearchParams();
+  for (const input of $("field-filters").querySelectorAll("input")) {
+    if (input.value !== "") p.set(input.dataset.field, input.value);
+  }
+  for (const row of $("data-filters").children) {
+    const [path, value] = row.querySelectorAll("input");
+    if (path.value.trim() !== "" && value.value !== "") p.set(`event_data.${path.value.trim()}`, value.value);
+  }
+  const since = localToUtc($("since").value);
+  const until = localToUtc($("until").value);
+  if (since) p.set("since", since);
+  if (until) p.set("until", until);
+  return p;
+}
+
+$("filters").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.applied = formQuery();
+  resetPaging();
+  loadPage();
+  if (state.live) startLive();
+});
+
+$("clear").addEventListener("click", () => {
+  for (const input of $("filters").querySelectorAll("input:not([type=checkbox])")) input.value = "";
+  state.applied = new URLSearchParams();
+  resetPaging();
+  loadPage();
+  if (state.live) startLive();
+});
+
+// --- The table ----------------------------------------------------------------------------
+
+function resetPaging() {
+  state.cursors = [];
+  state.cursor = null;
+  state.nextCursor = null;
+}
+
+function cell(event, column) {
+  const value = event[column];
+  return value === null || value === undefined ? "" : value;
+}
+
+function row(event) {
+  const tr = el("tr", null, { "data-id": event.id, "data-seq": String(event.seq) });
+  for (const column of COLUMNS) {
+    const td = el("td", cell(event, column));
+    td.title = String(cell(event, column));
+    tr.append(td);
+  }
+  tr.addEventListener("click", () => {
+    location.hash = `#/event/${encodeURIComponent(event.id)}`;
+  });
+  return tr;
+}
+
+async function loadPage() {
+  show("");
+  const params = withTenant(state.applied);
+  params.set("order", "desc");
+  params.set("limit", String(PAGE_SIZE));
+  if (state.cursor) params.set("cursor", state.cursor);
+  try {
+    const page = await api("GET", `/events?${params}`);
+    const body = $("events").tBodies[0];
+    body.replaceChildren(...page.events.map(row));
+    $("empty").hidden = page.events.length > 0;
+    state.nextCursor = page.next_cursor;
+    $("next").disabled = !page.next_cursor;
+    $("previous").disabled = state.cursors.length === 0;
+    $("page-number").textContent = `page ${state.cursors.length + 1}`;
+  } catch (err) {
+    show(err.message);
+  }
+}
+
+$("next").addEventListener("click", () => {
+  if (!state.nextCursor) return;
+  state.cursors.push(state.cursor);
+  state.cursor = state.nextCursor;
+  loadPage();
+});
+
+$("previous").addEventListener("click", () => {
+  if (state.cursors.length === 0) return;
+  state.cursor = state.cursors.pop();
+  loadPage();
+});
+
+// --- Live mode ----------------------------------------------------------------------------
+
+function stopLive() {
+  if (state.live) state.live.close();
+  state.live = null;
+  $("live-state").textContent = "";
+}
+
+// Follows the tail with the applied filters; new events go on top of the first page.
+function startLive() {
+  stopLive();
+  const params = withTenant(state.applied);
+  const source = new EventSource(`/events/stream?${params}`);
+  state.live = source;
+  $("live-state").textContent = "connecting…";
+  source.onopen = () => {
+    $("live-state").textContent = "following";
+  };
+  source.onmessage = (message) => {
+    if (!message.data) return;
+    const event = JSON.parse(message.data);
+    // Only the first page shows the newest events.
+    if (state.cursors.length > 0 || state.cursor) return;
+    const body = $("events").tBodies[0];
+    if (body.querySelector(`tr[data-id="${CSS.escape(event.id)}"]`)) return;
+    const tr = row(event);
+    tr.classList.add("new");
+    body.prepend(tr);
+    while (body.rows.length > LIVE_MAX_ROWS) body.deleteRow(-1);
+    $("empty").hidden = true;
+  };
+  for (const kind of ["lagged", "error"]) {
+    source.addEventListener(kind, (e) => {
+      if (e.data) $("live-state").textContent = `interrupted (${kind}); reconnecting…`;
+    });
+  }
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) $("live-state").textContent = "stopped";
+    else $("live-state").textContent = "reconnecting…";
+  };
+}
+
+$("live").addEventListener("change", () => {
+  if ($("live").checked) startLive();
+  else stopLive();
+});
+
+// --- One event ----------------------------------------------------------------------------
+
+function definition(list, term, value) {
+  list.append(el("dt", term), el("dd", value));
+}
+
+let showing = null;
+
+async function showEvent(id) {
+  view("event-view");
+  showing = id;
+  current = null;
+  show("");
+  setVerdict("checking", "", []);
+  $("event-title").textContent = `Event ${id}`;
+  $("event-json").textContent = "";
+  $("amendments").replaceChildren();
+  $("redaction").replaceChildren();
+  let event;
+  try {
+    event = await api("GET", `/events/${encodeURIComponent(id)}?${withTenant({})}`);
+  } catch (err) {
+    setVerdict("failed", err.message, [], id);
+    return show(err.message);
+  }
+  if (showing !== id) return;
+  $("event-title").textContent = `Event ${event.seq}: ${event.event_type}`;
+  $("event-json").textContent = JSON.stringify(event, null, 2);
+  showRedaction(event);
+  showAmendments(event);
+  await checkEvent(event);
+}
+
+function showRedaction(event) {
+  const box = $("redaction");
+  const erased = event.erased ? Object.keys(event.erased.commitments || {}) : [];
+  if (event.redacted_at || erased.length) {
+    box.append(el("h3", "Erasure"));
+    const p = el("p");
+    p.append(el("span", "erased", { class: "badge" }));
+    p.append(document.createTextNode(
+      ` at ${event.redacted_at || "?"}${erased.length ? `: ${erased.join(", ")}` : ""}. The fields' commitments stay in the leaf, so the event still verifies.`,
+    ));
+    box.append(p);
+  }
+  if (event.amends) {
+    const p = el("p", "This event amends ");
+    const a = el("a", event.amends, { href: `#/event/${encodeURIComponent(event.amends)}` });
+    p.append(a);
+    box.append(p);
+  }
+}
+
+async function showAmendments(event) {
+  const list = $("amendments");
+  try {
+    const page = await api("GET", `/events?${withTenant({ amends: event.id, limit: "100" })}`);
+    if (page.events.length === 0) list.append(el("li", "none"));
+    for (const amendment of page.events) {
+      const li = el("li");
+      li.append(el("a", `seq ${amendment.seq}: ${amendment.event_type}`, {
+        href: `#/event/${encodeURIComponent(amendment.id)}`,
+      }));
+      li.append(document.createTextNode(` by ${amendment.recorded_by} at ${amendment.recorded_at}`));
+      list.append(li);
+    }
+  } catch (err) {
+    list.append(el("li", `cannot list: ${err.message}`));
+  }
+}
+
+// The verdict on the event shown; `data-event` names the event it is about, so that nothing
+// (a person or a test) takes the previous event's verdict for this one's.
+function setVerdict(stateName, reason, details, eventId) {
+  const status = $("verify-status");
+  status.dataset.state = stateName;
+  status.dataset.event = eventId || "";
+  status.textContent = {
+    verified: "✔ Verified",
+    failed: "✘ Not verified",
+    pending: "… Not yet covered by a checkpoint",
+    checking: "Checking…",
+  }[stateName];
+  $("verify-reason").textContent = reason || "";
+  const list = $("verify-details");
+  list.replaceChildren();
+  for (const [term, value] of details) definition(list, term, value);
+  $("verify-again").hidden = stateName === "verified" || stateName === "checking";
+}
+
+let current = null;
+
+async function checkEvent(event) {
+  current = event;
+  setVerdict("checking", "", [], event.id);
+  if (!window.isSecureContext || !crypto.subtle) {
+    return setVerdict(
+      "failed",
+      "this browser offers no WebCrypto on this page: serve the viewer over HTTPS (or open it on localhost)",
+      [],
+      event.id,
+    );
+  }
+  try {
+    const [proof, keys] = await Promise.all([
+      api("GET", `/events/${encodeURIComponent(event.id)}/proof?${withTenant({})}`),
+      api("GET", `/keys?${withTenant({})}`),
+    ]);
+    const key = keys.keys.find((k) => k.tenant === event.tenant);
+    if (!key) return setVerdict("failed", "the server names no key for this tenant", [], event.id);
+    const parsed = await parseVerifierKey(key.verifier_key);
+    const fingerprint = await keyFingerprint(parsed.publicKey);
+    const verdict = await verifyEvent(event, proof, key.verifier_key);
+    const details = [
+      ["verifier key", key.verifier_key],
+      ["key fingerprint (SHA-256)", fingerprint],
+      ["leaf hash (recomputed)", verdict.leaf || "—"],
+    ];
+    if (verdict.treeSize) details.push(["signed tree size", String(verdict.treeSize)], ["signed root", verdict.root]);
+    details.push([
+      "note",
+      "The key comes from this server: compare its fingerprint with one you obtained independently.",
+    ]);
+    if (current !== event) return;
+    setVerdict(verdict.state, verdict.reason, details, event.id);
+  } catch (err) {
+    setVerdict("failed", `cannot check: ${err.message}`, [], event.id);
+  }
+}
+
+$("verify-again").addEventListener("click", () => {
+  if (current) checkEvent(current);
+});
+
+// --- Routing ------------------------------------------------------------------------------
+
+function route() {
+  if (!state.session) return;
+  const match = location.hash.match(/^#\/event\/(.+)$/);
+  if (match) {
+    showEvent(decodeURIComponent(match[1]));
+  } else {
+    view("list-view");
+    loadPage();
+  }
+}
+
+window.addEventListener("hashchange", route);
+
+(async function start() {
+  try {
+    signedIn(await api("GET", "/ui/session"));
+  } catch (err) {
+    if (err.status !== 401) show(err.message);
+    signedOut();
+  }
+})();
