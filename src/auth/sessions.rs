@@ -124,7 +124,8 @@ impl<S: Store> Authenticator<S> {
             return Err(AuthError::InvalidCredentials);
         }
         let user = self.user(&session.user_name).await?;
-        let Some(user) = user.filter(|u| credential_tag(&u.password_hash) == session.credential_tag)
+        let Some(user) =
+            user.filter(|u| credential_tag(&u.password_hash) == session.credential_tag)
         else {
             tracing::info!(user = %session.user_name, "authentication failed: the session's user was removed or changed password");
             self.store().remove_session(&hash).await?;

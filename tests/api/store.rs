@@ -261,25 +261,53 @@ async fn sessions_are_added_found_touched_and_removed<S: Store>(store: S, _db: &
         store.find_session(&fresh.secret_hash).await.unwrap(),
         Some(fresh.clone())
     );
-    assert!(store.find_session(&Digest([3; 32])).await.unwrap().is_none());
+    assert!(
+        store
+            .find_session(&Digest([3; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Touching moves the time forward only.
     let later = now + time::Duration::minutes(5);
-    store.touch_session(&fresh.secret_hash, later).await.unwrap();
+    store
+        .touch_session(&fresh.secret_hash, later)
+        .await
+        .unwrap();
     store.touch_session(&fresh.secret_hash, now).await.unwrap();
-    let touched = store.find_session(&fresh.secret_hash).await.unwrap().unwrap();
+    let touched = store
+        .find_session(&fresh.secret_hash)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(touched.last_seen_at, later);
     assert_eq!(touched.created_at, now);
 
     let removed = store
-        .remove_expired_sessions(now - time::Duration::hours(8), now - time::Duration::hours(24))
+        .remove_expired_sessions(
+            now - time::Duration::hours(8),
+            now - time::Duration::hours(24),
+        )
         .await
         .unwrap();
     assert_eq!(removed, 1);
-    assert!(store.find_session(&old.secret_hash).await.unwrap().is_none());
+    assert!(
+        store
+            .find_session(&old.secret_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.remove_session(&fresh.secret_hash).await.unwrap();
     store.remove_session(&fresh.secret_hash).await.unwrap();
-    assert!(store.find_session(&fresh.secret_hash).await.unwrap().is_none());
+    assert!(
+        store
+            .find_session(&fresh.secret_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// The watch's generation once it moves off `from`, within a second.

@@ -26,6 +26,8 @@ both_backends!(
     signing_out_ends_the_session,
     an_expired_session_is_refused,
     a_removed_users_session_ends_at_its_next_request,
+    a_changed_password_ends_the_session,
+    over_https_the_cookie_is_secure_and_host_prefixed,
     the_cookie_reads_only_the_users_tenants,
     pages_are_served_with_strict_security_headers,
     the_viewer_filters_verifies_and_follows_events_in_a_browser,
@@ -55,7 +57,10 @@ async fn the_browsers_checks_agree_with_the_documented_examples() {
         results["resized"],
         "the checkpoint's signature does not verify"
     );
-    assert_eq!(results["other_key"], "the checkpoint's signature does not verify");
+    assert_eq!(
+        results["other_key"],
+        "the checkpoint's signature does not verify"
+    );
     client.close().await.unwrap();
 }
 
@@ -113,7 +118,12 @@ async fn session_users(app: &TestApp) -> Vec<String> {
 }
 
 /// A request carrying the session's cookie and nothing else.
-fn with_cookie(app: &TestApp, method: Method, path: &str, session: &Session) -> reqwest::RequestBuilder {
+fn with_cookie(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    session: &Session,
+) -> reqwest::RequestBuilder {
     app.request(method, path, None)
         .header("cookie", &session.cookie)
 }
@@ -122,9 +132,15 @@ async fn signing_in_sets_a_strict_http_only_session_cookie(backend: Backend) {
     let app = spawn_app(backend).await;
     let session = sign_in(&app, READER).await;
     let attributes: Vec<&str> = session.set_cookie.split("; ").collect();
-    assert!(attributes[0].starts_with("auditor_session="), "{attributes:?}");
+    assert!(
+        attributes[0].starts_with("auditor_session="),
+        "{attributes:?}"
+    );
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(attributes.contains(&attribute), "{attribute} in {attributes:?}");
+        assert!(
+            attributes.contains(&attribute),
+            "{attribute} in {attributes:?}"
+        );
     }
     assert!(
         !attributes.contains(&"Secure"),
@@ -132,13 +148,19 @@ async fn signing_in_sets_a_strict_http_only_session_cookie(backend: Backend) {
     );
     assert_eq!(session.body["user"], "reader");
     assert_eq!(session.body["scopes"], json!(["events:read"]));
-    assert!(session.body["filters"].as_array().unwrap().contains(&json!("event_type")));
+    assert!(
+        session.body["filters"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("event_type"))
+    );
     // The secret is stored only as a hash.
     let secret = attributes[0].split_once('=').unwrap().1;
     assert_eq!(session_users(&app).await, ["reader"]);
     assert_ne!(session.csrf, secret);
 
-    app.record(json!({"event_type": "seen", "user_identity": "u"})).await;
+    app.record(json!({"event_type": "seen", "user_identity": "u"}))
+        .await;
     let read = with_cookie(&app, Method::GET, "/events", &session)
         .send()
         .await
@@ -171,7 +193,12 @@ async fn a_cookie_write_without_the_csrf_token_is_refused(backend: Backend) {
         assert_eq!(refused.status(), 403, "token {token:?}");
         let body: Value = refused.json().await.unwrap();
         assert_eq!(body["error"]["code"], "forbidden");
-        assert!(body["error"]["message"].as_str().unwrap().contains("X-CSRF-Token"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("X-CSRF-Token")
+        );
     }
     let from_elsewhere = with_cookie(&app, Method::POST, "/events", &session)
         .header("origin", "http://evil.example")
@@ -180,7 +207,11 @@ async fn a_cookie_write_without_the_csrf_token_is_refused(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(from_elsewhere.status(), 403, "another site's page, even with the token");
+    assert_eq!(
+        from_elsewhere.status(),
+        403,
+        "another site's page, even with the token"
+    );
     let cross_site_read = with_cookie(&app, Method::GET, "/events", &session)
         .header("sec-fetch-site", "cross-site")
         .send()
@@ -202,7 +233,11 @@ async fn a_cookie_write_without_the_csrf_token_is_refused(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(made.status(), 201, "with the token, from the page's own origin");
+    assert_eq!(
+        made.status(),
+        201,
+        "with the token, from the page's own origin"
+    );
     let made: Value = made.json().await.unwrap();
     assert_eq!(made["recorded_by"], "admin");
 }
@@ -225,7 +260,11 @@ async fn a_sign_in_from_another_site_or_as_a_form_is_refused(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(form.status(), 415, "a cross-site form can send only form types");
+    assert_eq!(
+        form.status(),
+        415,
+        "a cross-site form can send only form types"
+    );
     let none = app
         .request(Method::GET, "/ui/session", None)
         .send()
@@ -282,9 +321,7 @@ async fn signing_out_ends_the_session(backend: Backend) {
             .unwrap();
         assert_eq!(after.status(), 401, "{path}");
     }
-    assert!(
-session_users(&app).await.is_empty()
-    );
+    assert!(session_users(&app).await.is_empty());
 }
 
 async fn an_expired_session_is_refused(backend: Backend) {
@@ -322,7 +359,8 @@ async fn an_expired_session_is_refused(backend: Backend) {
 
 async fn a_removed_users_session_ends_at_its_next_request(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.add_user("carol", Role::Reader, "carol-password-1").await;
+    app.add_user("carol", Role::Reader, "carol-password-1")
+        .await;
     let session = sign_in(&app, ("carol", "carol-password-1")).await;
     let read = with_cookie(&app, Method::GET, "/events", &session)
         .send()
@@ -330,21 +368,123 @@ async fn a_removed_users_session_ends_at_its_next_request(backend: Backend) {
         .unwrap();
     assert_eq!(read.status(), 200);
     app.remove_user("carol").await;
-    // The server learns of the removal through its watch of the users table (a notification
-    // or the next poll): wait for it, as a new request would.
+    wait_until_signed_out(&app, &session).await;
+}
+
+/// Polls until the session's reads are refused `401`, as the server learns of a change to its
+/// user through its watch of the users table (a notification, or the next poll).
+async fn wait_until_signed_out(app: &TestApp, session: &Session) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = with_cookie(&app, Method::GET, "/events", &session)
+        let status = with_cookie(app, Method::GET, "/events", session)
             .send()
             .await
             .unwrap()
             .status();
         if status == 401 {
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "the session outlived its user: {status}");
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "the session outlived the change");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn a_changed_password_ends_the_session(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.add_user("carol", Role::Reader, "carol-password-1")
+        .await;
+    let session = sign_in(&app, ("carol", "carol-password-1")).await;
+    let hash = auditor::auth::password::hash("carol-password-2").unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE users SET password_hash = '{hash}' WHERE name = 'carol'"
+        ))
+        .await
+        .unwrap();
+    wait_until_signed_out(&app, &session).await;
+    assert_eq!(
+        sign_in_raw(&app, ("carol", "carol-password-2"))
+            .await
+            .status(),
+        201
+    );
+}
+
+async fn over_https_the_cookie_is_secure_and_host_prefixed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut settings = settings_for(&db);
+    settings.tls.cert_file = Some(cert);
+    settings.tls.key_file = Some(key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("https://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(auditor::serve_with_listener(
+        settings,
+        listener,
+        shutdown.clone(),
+        true,
+    ));
+    // The listener is bound: the request waits in its backlog until the server serves.
+    let client = crate::helpers::http_client_from(
+        reqwest::Client::builder().danger_accept_invalid_certs(true),
+    );
+    let signed_in = client
+        .post(format!("{address}/ui/session"))
+        .header("origin", &address)
+        .json(&json!({"user": ADMIN.0, "password": ADMIN.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 201);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let attributes: Vec<&str> = cookie.split("; ").collect();
+    assert!(
+        attributes[0].starts_with("__Host-auditor_session="),
+        "{cookie}"
+    );
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&attribute), "{attribute} in {cookie}");
+    }
+    assert!(
+        !cookie.contains("Domain"),
+        "a __Host- cookie names no domain"
+    );
+    let read = client
+        .get(format!("{address}/events"))
+        .header("cookie", attributes[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
 }
 
 async fn the_cookie_reads_only_the_users_tenants(backend: Backend) {
@@ -393,7 +533,11 @@ async fn pages_are_served_with_strict_security_headers(backend: Backend) {
         let headers = response.headers();
         assert_eq!(headers["content-type"], content_type, "{path}");
         let csp = headers["content-security-policy"].to_str().unwrap();
-        for directive in ["default-src 'self'", "script-src 'self'", "frame-ancestors 'none'"] {
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
             assert!(csp.contains(directive), "{path}: {csp}");
         }
         assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
@@ -409,7 +553,10 @@ async fn pages_are_served_with_strict_security_headers(backend: Backend) {
         .await
         .unwrap();
     assert!(!html.contains("<script>"), "no inline script");
-    assert!(!html.contains("http://") && !html.contains("https://"), "nothing from elsewhere");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from elsewhere"
+    );
     let bare = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -579,7 +726,13 @@ async fn fill(client: &Client, id: &str, text: &str) {
 }
 
 async fn click(client: &Client, id: &str) {
-    client.find(Locator::Id(id)).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 /// Waits until the tenant's latest checkpoint covers `size` events.
@@ -616,7 +769,14 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
 
     client.goto(&format!("{}/ui/", app.address)).await.unwrap();
     wait_for("the sign-in form", || async {
-        client.find(Locator::Id("sign-in-user")).await.ok()?.is_displayed().await.ok()?.then_some(())
+        client
+            .find(Locator::Id("sign-in-user"))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?
+            .then_some(())
     })
     .await;
     fill(&client, "sign-in-user", ADMIN.0).await;
@@ -651,9 +811,52 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
         reason.contains("in the log of 3 events signed by auditor.test/log/default"),
         "{reason}"
     );
-    let shown = client.find(Locator::Id("event-json")).await.unwrap().text().await.unwrap();
+    let shown = client
+        .find(Locator::Id("event-json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(shown.contains(&bob), "{shown}");
     screenshot(&client, backend, "3-verified").await;
+
+    // A key pinned in the browser is the one trusted: another key fails the check even though
+    // the server serves its own.
+    client
+        .find(Locator::Css("#pinning summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    fill(
+        &client,
+        "pin-key",
+        &verifier_key("auditor.test/log/default", [7; 32]),
+    )
+    .await;
+    click(&client, "pin-save").await;
+    let (state, reason) = verdict(&client, &bob).await;
+    assert_eq!(state, "failed", "{reason}");
+    assert!(
+        reason.contains("has no signature by auditor.test/log/default"),
+        "{reason}"
+    );
+    click(&client, "pin-forget").await;
+    let (state, reason) = verdict(&client, &bob).await;
+    assert_eq!(state, "verified", "{reason}");
+    click(&client, "pin-server").await;
+    let (state, reason) = verdict(&client, &bob).await;
+    assert_eq!(state, "verified", "{reason}");
+    let details = client
+        .find(Locator::Id("verify-details"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(details.contains("pinned in this browser"), "{details}");
 
     // The payload that looks like markup is shown as text, and verifies too.
     let first = recorded[0]["id"].as_str().unwrap().to_owned();
@@ -663,12 +866,27 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
         .unwrap();
     let (state, reason) = verdict(&client, &first).await;
     assert_eq!(state, "verified", "{reason}");
-    let shown = client.find(Locator::Id("event-json")).await.unwrap().text().await.unwrap();
+    let shown = client
+        .find(Locator::Id("event-json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(shown.contains("<img src=x onerror=alert(1)>"), "{shown}");
-    assert!(client.find_all(Locator::Css("img")).await.unwrap().is_empty());
+    assert!(
+        client
+            .find_all(Locator::Css("img"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Live: a new matching event appears on top; one that does not match does not.
-    client.goto(&format!("{}/ui/#/", app.address)).await.unwrap();
+    client
+        .goto(&format!("{}/ui/#/", app.address))
+        .await
+        .unwrap();
     click(&client, "clear").await;
     wait_for_rows(&client, &["3", "2", "1"]).await;
     fill(&client, "data-path-0", "account.id").await;
@@ -677,7 +895,13 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     wait_for_rows(&client, &["2"]).await;
     click(&client, "live").await;
     wait_for("the live tail to open", || async {
-        let text = client.find(Locator::Id("live-state")).await.ok()?.text().await.ok()?;
+        let text = client
+            .find(Locator::Id("live-state"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         (text == "following").then_some(())
     })
     .await;
@@ -694,7 +918,10 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     click_row(&client, "5").await;
     let (state, reason) = verdict(&client, &refund).await;
     assert_eq!(state, "pending", "{reason}");
-    assert!(reason.contains("not yet covered by a checkpoint"), "{reason}");
+    assert!(
+        reason.contains("not yet covered by a checkpoint"),
+        "{reason}"
+    );
     screenshot(&client, backend, "5-pending").await;
     app.request(Method::POST, "/checkpoints", Some(ADMIN))
         .send()
@@ -732,13 +959,36 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     // Signing out in the page ends the session for the API too.
     click(&client, "sign-out").await;
     wait_for("the sign-in form again", || async {
-        client.find(Locator::Id("sign-in-user")).await.ok()?.is_displayed().await.ok()?.then_some(())
+        client
+            .find(Locator::Id("sign-in-user"))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?
+            .then_some(())
     })
     .await;
-    assert!(
-session_users(&app).await.is_empty()
-    );
+    assert!(session_users(&app).await.is_empty());
     client.close().await.unwrap();
+}
+
+/// A signed-note verifier key named `name` for the Ed25519 public key `public` (docs/integrity.md).
+fn verifier_key(name: &str, public: [u8; 32]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut raw = vec![1u8];
+    raw.extend_from_slice(&public);
+    let id = sha2::Sha256::new()
+        .chain_update(name.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(&raw)
+        .finalize();
+    format!(
+        "{name}+{}+{}",
+        hex::encode(&id[..4]),
+        base64::engine::general_purpose::STANDARD.encode(&raw)
+    )
 }
 
 async fn click_row(client: &Client, seq: &str) {

@@ -99,7 +99,10 @@ pub fn pages<S: Store>() -> Router<AppState<S>> {
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(|| async { asset("index.html") }));
     for (name, ..) in ASSETS {
-        router = router.route(&format!("/ui/{name}"), get(move || async move { asset(name) }));
+        router = router.route(
+            &format!("/ui/{name}"),
+            get(move || async move { asset(name) }),
+        );
     }
     router
 }

@@ -161,9 +161,10 @@ async fn describe<S: Store>(
     credential: Credential,
     secret: &str,
 ) -> Result<SessionInfo, ApiError> {
-    let principal = credential.clone().act_in(None).map_err(|e| {
-        ApiError::Forbidden(e.to_string())
-    })?;
+    let principal = credential
+        .clone()
+        .act_in(None)
+        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
     let tenants = if principal.may(Scope::EventsRead) {
         let mut tenants: Vec<String> = state
             .log
@@ -228,8 +229,8 @@ async fn sign_in<S: Store>(
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let SignIn { user, password } = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let SignIn { user, password } =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let credential = check_password(&state, client_address(&parts), &user, password).await?;
     let secret = state
         .auth

@@ -953,11 +953,18 @@ impl Store for SqliteStore {
         self.insert_session(session).await
     }
 
-    async fn find_session(&self, secret_hash: &Digest) -> Result<Option<SessionRecord>, StoreError> {
+    async fn find_session(
+        &self,
+        secret_hash: &Digest,
+    ) -> Result<Option<SessionRecord>, StoreError> {
         self.select_session(secret_hash).await
     }
 
-    async fn touch_session(&self, secret_hash: &Digest, at: OffsetDateTime) -> Result<(), StoreError> {
+    async fn touch_session(
+        &self,
+        secret_hash: &Digest,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         self.update_session_seen(secret_hash, at).await
     }
 
@@ -970,7 +977,8 @@ impl Store for SqliteStore {
         idle_before: OffsetDateTime,
         begun_before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        self.delete_expired_sessions(idle_before, begun_before).await
+        self.delete_expired_sessions(idle_before, begun_before)
+            .await
     }
 
     async fn capture_position(&self, capture: &str) -> Result<Option<(String, i64)>, StoreError> {

@@ -395,8 +395,34 @@ function setVerdict(stateName, reason, details, eventId) {
 
 let current = null;
 
+// Verifier keys the user pinned in this browser, by key name (`<log_origin>/<tenant>`). A key
+// fetched from the server at check time proves nothing against whoever controls the server; a
+// pinned one, obtained out of band, does.
+const PINS = "auditor.pinned-keys";
+
+function pinnedKeys() {
+  try {
+    return JSON.parse(localStorage.getItem(PINS) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function setPinned(name, key) {
+  const pins = pinnedKeys();
+  if (key) pins[name] = key;
+  else delete pins[name];
+  localStorage.setItem(PINS, JSON.stringify(pins));
+}
+
+// How often a page whose event no checkpoint covers yet checks again by itself.
+const RECHECK_PENDING_MS = 15000;
+let recheck = null;
+let serverKey = null;
+
 async function checkEvent(event) {
   current = event;
+  clearTimeout(recheck);
   setVerdict("checking", "", [], event.id);
   if (!window.isSecureContext || !crypto.subtle) {
     return setVerdict(
@@ -413,25 +439,70 @@ async function checkEvent(event) {
     ]);
     const key = keys.keys.find((k) => k.tenant === event.tenant);
     if (!key) return setVerdict("failed", "the server names no key for this tenant", [], event.id);
-    const parsed = await parseVerifierKey(key.verifier_key);
+    serverKey = key;
+    const pinned = pinnedKeys()[key.origin];
+    const trusted = pinned || key.verifier_key;
+    const parsed = await parseVerifierKey(trusted);
     const fingerprint = await keyFingerprint(parsed.publicKey);
-    const verdict = await verifyEvent(event, proof, key.verifier_key);
+    const verdict = await verifyEvent(event, proof, trusted);
     const details = [
-      ["verifier key", key.verifier_key],
+      ["verifier key", trusted],
       ["key fingerprint (SHA-256)", fingerprint],
+      ["trusted because", pinned ? "pinned in this browser" : "served by this server (not pinned)"],
       ["leaf hash (recomputed)", verdict.leaf || "—"],
     ];
+    if (pinned && pinned !== key.verifier_key) {
+      details.push(["warning", `the server now names another key: ${key.verifier_key}`]);
+    }
     if (verdict.treeSize) details.push(["signed tree size", String(verdict.treeSize)], ["signed root", verdict.root]);
-    details.push([
-      "note",
-      "The key comes from this server: compare its fingerprint with one you obtained independently.",
-    ]);
     if (current !== event) return;
     setVerdict(verdict.state, verdict.reason, details, event.id);
+    showPinState(key.origin, pinned);
+    if (verdict.state === "pending") {
+      recheck = setTimeout(() => {
+        if (current === event && !$("event-view").hidden) checkEvent(event);
+      }, RECHECK_PENDING_MS);
+    }
   } catch (err) {
     setVerdict("failed", `cannot check: ${err.message}`, [], event.id);
   }
 }
+
+function showPinState(name, pinned) {
+  $("pin-state").textContent = pinned
+    ? `This browser trusts only the pinned key for ${name}.`
+    : `No key is pinned for ${name}: the server's own key is used, which proves the event is in the log this server signs, not that the server is honest. Pin the key you obtained independently.`;
+  $("pin-key").value = pinned || "";
+}
+
+$("pin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!serverKey) return;
+  const text = $("pin-key").value.trim();
+  try {
+    const parsed = await parseVerifierKey(text);
+    if (parsed.name !== serverKey.origin) {
+      return show(`that key is for ${parsed.name}, not for this log (${serverKey.origin})`);
+    }
+  } catch (err) {
+    return show(`not a verifier key: ${err.message}`);
+  }
+  show("");
+  setPinned(serverKey.origin, text);
+  if (current) checkEvent(current);
+});
+
+$("pin-server").addEventListener("click", () => {
+  if (!serverKey) return;
+  setPinned(serverKey.origin, serverKey.verifier_key);
+  if (current) checkEvent(current);
+});
+
+$("pin-forget").addEventListener("click", () => {
+  if (!serverKey) return;
+  setPinned(serverKey.origin, null);
+  if (current) checkEvent(current);
+});
 
 $("verify-again").addEventListener("click", () => {
   if (current) checkEvent(current);
