@@ -483,6 +483,23 @@ async fn over_https_the_cookie_is_secure_and_host_prefixed(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(read.status(), 200);
+
+    // A browser speaks HTTP/2 to it (which names the server in its authority, not `Host`),
+    // and signs in and reads all the same.
+    let (_driver, browser) = browser_with(&["--ignore-certificate-errors"]).await;
+    browser.goto(&format!("{address}/ui/")).await.unwrap();
+    let protocol = browser
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(protocol, "h2");
+    client_post_event(&client, &address).await;
+    sign_in_with_the_form(&browser).await;
+    wait_for_rows(&browser, &["1"]).await;
+    browser.close().await.unwrap();
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -592,6 +609,11 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 async fn browser() -> (Driver, Client) {
+    browser_with(&[]).await
+}
+
+/// A headless Chromium with `extra` arguments.
+async fn browser_with(extra: &[&str]) -> (Driver, Client) {
     assert!(
         std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
         "the viewer's tests need Debian's chromium and chromium-driver (scripts/test installs them)"
@@ -621,18 +643,26 @@ async fn browser() -> (Driver, Client) {
         assert!(Instant::now() < deadline, "chromedriver did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    args.push(format!(
+        "--user-data-dir={}",
+        driver._profile.path().display()
+    ));
     let mut capabilities = serde_json::Map::new();
     capabilities.insert("browserName".into(), json!("chrome"));
     capabilities.insert(
         "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000",
-                format!("--user-data-dir={}", driver._profile.path().display()),
-            ],
-        }),
+        json!({"binary": CHROMIUM, "args": args}),
     );
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(capabilities)
@@ -748,6 +778,47 @@ async fn wait_for_checkpoint(app: &TestApp, size: u64) {
     .await;
 }
 
+/// Signs in as the admin through the page's form.
+async fn sign_in_with_the_form(client: &Client) {
+    wait_for("the sign-in form", || async {
+        client
+            .find(Locator::Id("sign-in-user"))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?
+            .then_some(())
+    })
+    .await;
+    fill(client, "sign-in-user", ADMIN.0).await;
+    fill(client, "sign-in-password", ADMIN.1).await;
+    click(client, "sign-in-submit").await;
+    wait_for("the event table", || async {
+        client
+            .find(Locator::Id("list-view"))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?
+            .then_some(())
+    })
+    .await;
+}
+
+/// Records one event through the API, before the page looks.
+async fn client_post_event(client: &reqwest::Client, address: &str) {
+    let recorded = client
+        .post(format!("{address}/events"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .json(&json!({"event_type": "over.https", "user_identity": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recorded.status(), 201);
+}
+
 async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut settings = settings_for(&db);
@@ -768,20 +839,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     wait_for_checkpoint(&app, 3).await;
 
     client.goto(&format!("{}/ui/", app.address)).await.unwrap();
-    wait_for("the sign-in form", || async {
-        client
-            .find(Locator::Id("sign-in-user"))
-            .await
-            .ok()?
-            .is_displayed()
-            .await
-            .ok()?
-            .then_some(())
-    })
-    .await;
-    fill(&client, "sign-in-user", ADMIN.0).await;
-    fill(&client, "sign-in-password", ADMIN.1).await;
-    click(&client, "sign-in-submit").await;
+    sign_in_with_the_form(&client).await;
     // Newest first.
     wait_for_rows(&client, &["3", "2", "1"]).await;
     let cells = client

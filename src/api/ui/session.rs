@@ -72,25 +72,27 @@ pub fn cookie_secret(headers: &HeaderMap) -> Option<String> {
 /// Whether the browser says the request came from another site. A request that says nothing
 /// (no `Sec-Fetch-Site`, no `Origin`) is not from a browser's cross-site page: browsers send
 /// `Origin` with every cross-origin request and every POST.
-fn cross_site(headers: &HeaderMap) -> bool {
+fn cross_site(parts: &Parts) -> bool {
+    let headers = &parts.headers;
     if let Some(site) = headers.get("sec-fetch-site") {
         // `none`: the user typed the address or followed a bookmark.
         if !matches!(site.as_bytes(), b"same-origin" | b"none") {
             return true;
         }
     }
-    match headers.get(ORIGIN) {
-        None => false,
-        Some(origin) => {
-            let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-            let origin = origin.to_str().ok();
-            // The scheme is not compared: behind a TLS-terminating proxy the server sees plain
-            // HTTP. Host and port are the same site's only if equal.
-            match (origin.and_then(|o| o.split_once("://")), host) {
-                (Some((_, origin_host)), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
-                _ => true,
-            }
-        }
+    let Some(origin) = headers.get(ORIGIN) else {
+        return false;
+    };
+    // HTTP/1.1 names the server in `Host`, HTTP/2 in the request's authority.
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    // The scheme is not compared: behind a TLS-terminating proxy the server sees plain HTTP.
+    // Host and port are the same site's only if equal.
+    match (origin.to_str().ok().and_then(|o| o.split_once("://")), host) {
+        (Some((_, origin_host)), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
+        _ => true,
     }
 }
 
@@ -105,7 +107,7 @@ pub(in crate::api) async fn admit<S: Store>(
     state: &AppState<S>,
     secret: &str,
 ) -> Result<Credential, ApiError> {
-    if cross_site(&parts.headers) {
+    if cross_site(parts) {
         return Err(forbidden(
             "a request from another site may not use the viewer's session",
         ));
@@ -217,7 +219,7 @@ async fn sign_in<S: Store>(
     parts: Parts,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if cross_site(&parts.headers) {
+    if cross_site(&parts) {
         return Err(forbidden("signing in from another site is not allowed"));
     }
     let json = parts
