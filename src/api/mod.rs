@@ -26,12 +26,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderName;
+use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -135,7 +138,13 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
                 ),
         )
         .layer(middleware::from_fn(metrics::track))
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // The viewer's session secret travels in `Cookie`, and its anti-CSRF token beside it.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            COOKIE,
+            HeaderName::from_static(ui::session::CSRF_HEADER),
+        ]))
+        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
         .with_state(state)
 }
 

@@ -34,6 +34,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How the viewer's sessions behave on this server.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionOptions {
+    /// How long a session lasts (`[auth] session_idle_secs`, `session_lifetime_secs`).
     pub policy: SessionPolicy,
     /// The server runs TLS: the cookie is `Secure` and `__Host-` prefixed.
     pub secure: bool,
@@ -52,6 +53,7 @@ impl SessionOptions {
 const SECURE_COOKIE: &str = "__Host-auditor_session";
 const PLAIN_COOKIE: &str = "auditor_session";
 
+/// `/ui/session`: sign in, who is signed in, sign out (in the OpenAPI document).
 pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
     OpenApiRouter::new().routes(routes!(sign_in, show, sign_out))
 }
