@@ -53,6 +53,9 @@ async fn the_browsers_checks_agree_with_the_documented_examples() {
     assert_eq!(results["root"], documented_root);
     assert_ne!(results["wrong_leaf_root"], documented_root);
     assert_eq!(results["checkpoint"], json!([7, documented_root]));
+    // The consistency proof from 2 to 7 holds between the documented roots, not otherwise.
+    assert_eq!(results["consistent"], true);
+    assert_eq!(results["rewritten"], false);
     assert_eq!(
         results["resized"],
         "the checkpoint's signature does not verify"
@@ -991,6 +994,17 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     let (state, reason) = verdict(&client, &refund).await;
     assert_eq!(state, "verified", "{reason}");
     assert!(reason.contains("in the log of 5 events"), "{reason}");
+    let details = client
+        .find(Locator::Id("verify-details"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        details.contains("consistent with the checkpoint of 3 events this browser verified before"),
+        "{details}"
+    );
 
     // Tampered with in the database: the browser says so.
     let drop_triggers: &[&str] = match backend {

@@ -51,6 +51,13 @@ const done = arguments[arguments.length - 1];
       return e.message;
     }
   };
+  // "HTTP endpoints": the consistency proof from 2 to 7.
+  const documentedRoot = "094fc27d812cdfc01bb0ba0e707d4e2f120895d6c0194a23e75492fc9fb3f4de";
+  const fromRoot = v.hexToBytes("385f1215f2fedad9eb7aa2a5ab750e95e7be225ec5de1ca92c0fd58dc083183f");
+  const consistency = [
+    "91a9172dd3be99ad13f20ecca9a6bbab6039b7b608ba5004541956db344b029b",
+    "0c12022ee4948becb9fd3fff8bc12a00cfb75c7a5d6a19a97d0ea963c28ba5a1",
+  ].map(v.hexToBytes);
   const checkpoint = await v.openCheckpoint(note, key);
   const wrongLeaf = v.hexToBytes("00".repeat(32));
   return {
@@ -60,6 +67,8 @@ const done = arguments[arguments.length - 1];
     root: hex(await v.rootFromInclusion(0, 7, leaf, path)),
     wrong_leaf_root: hex(await v.rootFromInclusion(0, 7, wrongLeaf, path)),
     checkpoint: [checkpoint.size, hex(checkpoint.root)],
+    consistent: await v.consistent(2, 7, fromRoot, v.hexToBytes(documentedRoot), consistency),
+    rewritten: await v.consistent(2, 7, v.hexToBytes(documentedRoot), v.hexToBytes(documentedRoot), consistency),
     resized: await refused(v.openCheckpoint(note.replace("\n7\n", "\n8\n"), key)),
     other_key: await refused(
       v.openCheckpoint(note, { ...key, publicKey: new Uint8Array(32).fill(7) }),

@@ -2,7 +2,13 @@
 // tail, and shows one event with its amendments and its inclusion in the signed log, checked
 // here (verify.js). Event data is attacker-controlled: it is only ever set as textContent.
 
-import { verifyEvent, parseVerifierKey, keyFingerprint } from "./verify.js";
+import {
+  verifyEvent,
+  parseVerifierKey,
+  keyFingerprint,
+  consistent,
+  hexToBytes,
+} from "./verify.js";
 
 const PAGE_SIZE = 50;
 const LIVE_MAX_ROWS = 500;
@@ -415,6 +421,52 @@ function setPinned(name, key) {
   localStorage.setItem(PINS, JSON.stringify(pins));
 }
 
+// The largest checkpoint this browser has verified, by key name: each later one must extend it
+// (a consistency proof), so a log rewritten between two visits, or shown differently to this
+// browser than before, is caught.
+const SEEN = "auditor.seen-checkpoints";
+
+function seenCheckpoints() {
+  try {
+    return JSON.parse(localStorage.getItem(SEEN) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function rememberCheckpoint(name, size, root) {
+  const seen = seenCheckpoints();
+  seen[name] = { size, root };
+  localStorage.setItem(SEEN, JSON.stringify(seen));
+}
+
+// Whether the signed tree (`size`, `root` in hex, from a checkpoint just verified) extends the
+// one seen before, or is extended by it: `{ ok, text }`.
+async function checkHistory(name, size, root) {
+  const seen = seenCheckpoints()[name];
+  if (!seen) {
+    rememberCheckpoint(name, size, root);
+    return { ok: true, text: "the first checkpoint of this log this browser has seen" };
+  }
+  let ok;
+  if (seen.size === size) {
+    ok = seen.root === root;
+  } else {
+    const [from, to, fromRoot, toRoot] =
+      seen.size < size ? [seen.size, size, seen.root, root] : [size, seen.size, root, seen.root];
+    const proof = await api("GET", `/checkpoints/consistency?${withTenant({ from, to })}`);
+    ok = await consistent(from, to, hexToBytes(fromRoot), hexToBytes(toRoot), proof.proof.map(hexToBytes));
+  }
+  if (!ok) {
+    return {
+      ok,
+      text: `the signed log of ${size} events is not consistent with the one of ${seen.size} events this browser verified before: the log was rewritten`,
+    };
+  }
+  if (size > seen.size) rememberCheckpoint(name, size, root);
+  return { ok, text: `consistent with the checkpoint of ${seen.size} events this browser verified before` };
+}
+
 // How often a page whose event no checkpoint covers yet checks again by itself.
 const RECHECK_PENDING_MS = 15000;
 let recheck = null;
@@ -455,8 +507,17 @@ async function checkEvent(event) {
       details.push(["warning", `the server now names another key: ${key.verifier_key}`]);
     }
     if (verdict.treeSize) details.push(["signed tree size", String(verdict.treeSize)], ["signed root", verdict.root]);
+    let { state: verdictState, reason } = verdict;
+    if (verdictState === "verified") {
+      const history = await checkHistory(parsed.name, verdict.treeSize, verdict.root);
+      details.push(["history", history.text]);
+      if (!history.ok) {
+        verdictState = "failed";
+        reason = history.text;
+      }
+    }
     if (current !== event) return;
-    setVerdict(verdict.state, verdict.reason, details, event.id);
+    setVerdict(verdictState, reason, details, event.id);
     showPinState(key.origin, pinned);
     if (verdict.state === "pending") {
       recheck = setTimeout(() => {

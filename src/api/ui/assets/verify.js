@@ -159,6 +159,39 @@ export async function rootFromInclusion(index, size, leaf, proof) {
   return sn === 0n ? r : null;
 }
 
+// RFC 9162 2.1.4.2: whether `proof` shows that the tree of `second` leaves (root `secondRoot`)
+// extends the tree of `first` leaves (root `firstRoot`) unchanged.
+export async function consistent(first, second, firstRoot, secondRoot, proof) {
+  if (first === second) return proof.length === 0 && equalBytes(firstRoot, secondRoot);
+  if (!(0 < first && first < second) || proof.length === 0) return false;
+  let path = proof;
+  if ((BigInt(first) & (BigInt(first) - 1n)) === 0n) path = [firstRoot, ...proof];
+  let fn = BigInt(first) - 1n;
+  let sn = BigInt(second) - 1n;
+  while ((fn & 1n) === 1n) {
+    fn >>= 1n;
+    sn >>= 1n;
+  }
+  let fr = path[0];
+  let sr = path[0];
+  for (const c of path.slice(1)) {
+    if (sn === 0n) return false;
+    if ((fn & 1n) === 1n || fn === sn) {
+      fr = await node(c, fr);
+      sr = await node(c, sr);
+      while ((fn & 1n) === 0n && fn !== 0n) {
+        fn >>= 1n;
+        sn >>= 1n;
+      }
+    } else {
+      sr = await node(sr, c);
+    }
+    fn >>= 1n;
+    sn >>= 1n;
+  }
+  return sn === 0n && equalBytes(fr, firstRoot) && equalBytes(sr, secondRoot);
+}
+
 // A signed-note verifier key `<name>+<key id>+<base64(0x01 ‖ public key)>`, checked.
 export async function parseVerifierKey(text) {
   const first = text.indexOf("+");
