@@ -29,7 +29,7 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
-const OPTIONAL_KEYS: [&str; 14] = [
+const OPTIONAL_KEYS: [&str; 18] = [
     "admin_password",
     "metrics.listen",
     "admin_password_file",
@@ -44,6 +44,10 @@ const OPTIONAL_KEYS: [&str; 14] = [
     "auth.jwt.leeway_secs",
     "auth.jwt.jwks_max_age_secs",
     "auth.jwt.jwks_min_refetch_secs",
+    "auth.jwt.login.client_id",
+    "auth.jwt.login.authorization_url",
+    "auth.jwt.login.token_url",
+    "auth.jwt.login.redirect_url",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

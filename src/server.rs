@@ -148,6 +148,12 @@ async fn serve_store<S: Store>(
         sessions: api::SessionOptions {
             policy: settings.session_policy(),
             secure: tls.is_some(),
+            login: settings
+                .auth
+                .jwt
+                .as_ref()
+                .and_then(|jwt| jwt.login.clone())
+                .map(Arc::new),
         },
     };
     let app = api::router(state, settings.http_limits());

@@ -68,7 +68,7 @@ impl<S: Clone> Clone for AppState<S> {
             auth: Arc::clone(&self.auth),
             throttle: Arc::clone(&self.throttle),
             shutdown: self.shutdown.clone(),
-            sessions: self.sessions,
+            sessions: self.sessions.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod authenticator;
 mod cache;
 pub mod jwt;
+pub mod oidc;
 pub mod password;
 pub mod sessions;
 pub mod throttle;

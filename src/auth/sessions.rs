@@ -94,6 +94,7 @@ impl<S: Store> Authenticator<S> {
                 credential_tag: credential_tag(&record.password_hash),
                 created_at: now,
                 last_seen_at: now,
+                granted: None,
             })
             .await?;
         Ok(secret)
@@ -122,6 +123,21 @@ impl<S: Store> Authenticator<S> {
             tracing::info!(user = %session.user_name, "authentication failed: session expired");
             self.store().remove_session(&hash).await?;
             return Err(AuthError::InvalidCredentials);
+        }
+        if let Some(granted) = session.granted {
+            if now >= granted.expires_at {
+                tracing::info!(user = %session.user_name, "authentication failed: the provider's grant expired");
+                self.store().remove_session(&hash).await?;
+                return Err(AuthError::InvalidCredentials);
+            }
+            if now - session.last_seen_at >= TOUCH_EVERY {
+                self.store().touch_session(&hash, now).await?;
+            }
+            return Ok(Credential {
+                name: session.user_name,
+                scopes: granted.scopes,
+                tenants: granted.tenants,
+            });
         }
         let user = self.user(&session.user_name).await?;
         let Some(user) =

@@ -252,11 +252,21 @@ async fn sessions_are_added_found_touched_and_removed<S: Store>(store: S, _db: &
         credential_tag: Digest([byte ^ 0xff; 32]),
         created_at: begun,
         last_seen_at: begun,
+        granted: (byte == 2).then(|| auditor::model::session::Granted {
+            scopes: auditor::model::Scopes::parse("events:read").unwrap(),
+            tenants: auditor::model::TenantScope::parse("acme").unwrap(),
+            expires_at: begun + time::Duration::hours(1),
+        }),
     };
     let fresh = session(1, now);
     let old = session(2, now - time::Duration::hours(30));
     store.add_session(&fresh).await.unwrap();
     store.add_session(&old).await.unwrap();
+    assert_eq!(
+        store.find_session(&old.secret_hash).await.unwrap(),
+        Some(old.clone()),
+        "with its grant"
+    );
     assert_eq!(
         store.find_session(&fresh.secret_hash).await.unwrap(),
         Some(fresh.clone())

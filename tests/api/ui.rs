@@ -3,12 +3,17 @@
 //! Chromium through chromedriver: sign in, find and filter events, see one verified in the
 //! browser, follow the live tail, and see a tampered event refused.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditor::auth::Role;
 use auditor::model::TenantScope;
+use axum::extract::{Form, Query};
+use axum::http::{StatusCode, header};
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -31,7 +36,239 @@ both_backends!(
     the_cookie_reads_only_the_users_tenants,
     pages_are_served_with_strict_security_headers,
     the_viewer_filters_verifies_and_follows_events_in_a_browser,
+    people_sign_in_through_the_identity_provider_with_pkce,
 );
+
+/// An authorization server for the viewer's sign-in: `/authorize` approves at once and sends
+/// the browser back with a code; `/token` exchanges that code for `access_token` only with the
+/// verifier of its PKCE challenge, for the redirect URI it was issued to. Counts exchanges.
+async fn authorization_server(access_token: String) -> (String, Arc<AtomicUsize>) {
+    type Issued = Arc<Mutex<HashMap<String, (String, String)>>>;
+    let issued: Issued = Arc::default();
+    let exchanges = Arc::new(AtomicUsize::new(0));
+    let authorize = {
+        let issued = Arc::clone(&issued);
+        move |Query(q): Query<HashMap<String, String>>| async move {
+            assert_eq!(q["response_type"], "code");
+            assert_eq!(q["client_id"], "auditor-ui");
+            assert_eq!(q["code_challenge_method"], "S256");
+            assert!(q["scope"].split(' ').any(|s| s == "openid"));
+            let code = format!("code-{}", issued.lock().unwrap().len());
+            issued.lock().unwrap().insert(
+                code.clone(),
+                (q["code_challenge"].clone(), q["redirect_uri"].clone()),
+            );
+            let back = format!(
+                "{}?code={code}&state={}",
+                q["redirect_uri"],
+                percent_encoding::utf8_percent_encode(
+                    &q["state"],
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            );
+            (StatusCode::SEE_OTHER, [(header::LOCATION, back)])
+        }
+    };
+    let token = {
+        let (issued, exchanges) = (Arc::clone(&issued), Arc::clone(&exchanges));
+        move |Form(f): Form<HashMap<String, String>>| async move {
+            exchanges.fetch_add(1, Ordering::SeqCst);
+            let Some((challenge, redirect)) = issued.lock().unwrap().remove(&f["code"]) else {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": "invalid_grant"})),
+                );
+            };
+            use base64::Engine;
+            let derived = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                <sha2::Sha256 as sha2::Digest>::digest(f["code_verifier"].as_bytes()),
+            );
+            let good = f["grant_type"] == "authorization_code"
+                && f["client_id"] == "auditor-ui"
+                && f["redirect_uri"] == redirect
+                && derived == challenge;
+            if !good {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"error": "invalid_grant"})),
+                );
+            }
+            (
+                StatusCode::OK,
+                axum::Json(
+                    json!({"access_token": access_token, "token_type": "Bearer", "expires_in": 3600}),
+                ),
+            )
+        }
+    };
+    let app = axum::Router::new()
+        .route("/authorize", axum::routing::get(authorize))
+        .route("/token", axum::routing::post(token));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, exchanges)
+}
+
+async fn people_sign_in_through_the_identity_provider_with_pkce(backend: Backend) {
+    let idp = crate::idp::IdentityProvider::start().await;
+    let token = idp
+        .key("ed")
+        .sign(&crate::idp::claims("sso-alice", "default", "events:read"));
+    let (provider, exchanges) = authorization_server(token).await;
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    idp.configure(&mut settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    if let Some(jwt) = settings.auth.jwt.as_mut() {
+        jwt.login = Some(auditor::auth::oidc::OidcLogin {
+            client_id: "auditor-ui".into(),
+            authorization_url: format!("{provider}/authorize"),
+            token_url: format!("{provider}/token"),
+            redirect_url: format!("{address}/ui/oidc/callback"),
+        });
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(auditor::serve_with_listener(
+        settings,
+        listener,
+        shutdown.clone(),
+        true,
+    ));
+    let client = crate::helpers::http_client();
+    client_post_event(&client, &address).await;
+
+    // A code with a state this browser did not start is refused before it reaches the provider.
+    let forged = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!(
+            "{address}/ui/oidc/callback?code=code-0&state=forged"
+        ))
+        .header("cookie", "auditor_oidc=real.verifier")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 303);
+    assert_eq!(forged.headers()["location"], "/ui/#/sign-in-failed");
+    assert!(
+        forged
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("auditor_session=")),
+        "no session"
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 0);
+
+    let (_driver, browser) = browser().await;
+    browser.goto(&format!("{address}/ui/")).await.unwrap();
+    wait_for("the provider's sign-in link", || async {
+        browser
+            .find(Locator::Id("provider-link"))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?
+            .then_some(())
+    })
+    .await;
+    click(&browser, "provider-link").await;
+    wait_for_rows(&browser, &["1"]).await;
+    let user = browser
+        .find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(user, "sso-alice");
+    assert_eq!(
+        exchanges.load(Ordering::SeqCst),
+        1,
+        "one code, exchanged once"
+    );
+    screenshot(&browser, backend, "7-provider-sign-in").await;
+    let cookies = browser.get_all_cookies().await.unwrap();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.name() == "auditor_session" && c.http_only() == Some(true)),
+        "{cookies:?}"
+    );
+    assert!(
+        !cookies.iter().any(|c| c.name() == "auditor_oidc"),
+        "the flow's cookie is gone"
+    );
+    // The session holds the provider's grant until its token expires, and no longer.
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == "auditor_session")
+        .unwrap()
+        .value()
+        .to_owned();
+    let with_session = |method: Method, path: &str| {
+        client
+            .request(method, format!("{address}{path}"))
+            .header("cookie", format!("auditor_session={session}"))
+    };
+    assert_eq!(
+        with_session(Method::GET, "/events")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let me: Value = with_session(Method::GET, "/ui/session")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["scopes"], json!(["events:read"]));
+    let written = with_session(Method::POST, "/events")
+        .header("origin", &address)
+        .header("x-csrf-token", me["csrf_token"].as_str().unwrap())
+        .json(&json!({"event_type": "t", "user_identity": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 403, "the token granted events:read only");
+    db.execute(match backend {
+        Backend::Sqlite => "UPDATE ui_sessions SET expires_at = 0",
+        Backend::Postgres => "UPDATE ui_sessions SET expires_at = now() - interval '1 second'",
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        with_session(Method::GET, "/events")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    click(&browser, "sign-out").await;
+    wait_for("the sign-in form again", || async {
+        browser
+            .find(Locator::Id("sign-in-user"))
+            .await
+            .ok()?
+            .is_displayed()
+            .await
+            .ok()?
+            .then_some(())
+    })
+    .await;
+    browser.close().await.unwrap();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browsers_checks_agree_with_the_documented_examples() {
@@ -815,7 +1052,7 @@ async fn client_post_event(client: &reqwest::Client, address: &str) {
     let recorded = client
         .post(format!("{address}/events"))
         .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .json(&json!({"event_type": "over.https", "user_identity": "u"}))
+        .json(&json!({"event_type": "seen.in.viewer", "user_identity": "u"}))
         .send()
         .await
         .unwrap();

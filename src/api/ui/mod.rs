@@ -3,6 +3,7 @@
 //! page signs in with a session cookie (`session`); every answer under `/ui` carries a strict
 //! Content-Security-Policy (scripts from this origin only, no inline script, not framable).
 
+mod oidc;
 pub mod session;
 
 use axum::Router;
@@ -92,12 +93,30 @@ fn asset(name: &'static str) -> Response {
         .into_response()
 }
 
+/// The page, saying whether people may sign in through the identity provider (the script reads
+/// it; nothing else of the page differs).
+async fn index<S: Store>(
+    axum::extract::State(state): axum::extract::State<AppState<S>>,
+) -> Response {
+    let mut response = asset("index.html");
+    if state.sessions.login.is_some() {
+        let html = include_str!("assets/index.html").replacen(
+            "data-provider=\"off\"",
+            "data-provider=\"on\"",
+            1,
+        );
+        *response.body_mut() = axum::body::Body::from(html);
+    }
+    response
+}
+
 /// The page and its files. Not in the OpenAPI document: they are no API, and take no query
 /// (the page keeps its state after `#`).
 pub fn pages<S: Store>() -> Router<AppState<S>> {
     let mut router = Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(|| async { asset("index.html") }));
+        .route("/ui/", get(index::<S>))
+        .merge(oidc::pages());
     for (name, ..) in ASSETS {
         router = router.route(
             &format!("/ui/{name}"),

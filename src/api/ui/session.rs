@@ -32,26 +32,48 @@ use crate::store::Store;
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// How the viewer's sessions behave on this server.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     /// How long a session lasts (`[auth] session_idle_secs`, `session_lifetime_secs`).
     pub policy: SessionPolicy,
     /// The server runs TLS: the cookie is `Secure` and `__Host-` prefixed.
     pub secure: bool,
+    /// Signing in through the identity provider (`[auth.jwt.login]`), when configured.
+    pub login: Option<std::sync::Arc<crate::auth::oidc::OidcLogin>>,
 }
 
 impl SessionOptions {
-    fn cookie_name(self) -> &'static str {
-        if self.secure {
-            SECURE_COOKIE
+    /// The cookie `name` with `value` and `attributes` (`SameSite`, `Max-Age`), `HttpOnly` and
+    /// for the whole site; `Secure` and `__Host-` prefixed over TLS.
+    pub(super) fn cookie(&self, name: &str, value: &str, attributes: &str) -> HeaderValue {
+        let (prefix, secure) = if self.secure {
+            ("__Host-", "; Secure")
         } else {
-            PLAIN_COOKIE
-        }
+            ("", "")
+        };
+        let text = format!("{prefix}{name}={value}; Path=/; HttpOnly; {attributes}{secure}");
+        // Names, base64url secrets and these attributes are all visible ASCII.
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The `Set-Cookie` of a new session whose secret is `secret`.
+    pub(super) fn session_cookie(&self, secret: &str) -> HeaderValue {
+        self.cookie(
+            COOKIE_NAME,
+            secret,
+            &format!(
+                "SameSite=Strict; Max-Age={}",
+                self.policy.lifetime.as_secs()
+            ),
+        )
     }
 }
 
+/// The session cookie's name, `__Host-` prefixed over TLS.
+const COOKIE_NAME: &str = "auditor_session";
+
 const SECURE_COOKIE: &str = "__Host-auditor_session";
-const PLAIN_COOKIE: &str = "auditor_session";
+const PLAIN_COOKIE: &str = COOKIE_NAME;
 
 /// `/ui/session`: sign in, who is signed in, sign out (in the OpenAPI document).
 pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
@@ -194,7 +216,7 @@ async fn describe<S: Store>(
     })
 }
 
-fn no_store(mut response: Response) -> Response {
+pub(super) fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-store"));
@@ -241,18 +263,10 @@ async fn sign_in<S: Store>(
         .begin_session(&credential.name, state.sessions.policy)
         .await?;
     let info = describe(&state, credential, &secret).await?;
-    let options = state.sessions;
-    let cookie = format!(
-        "{}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        options.cookie_name(),
-        options.policy.lifetime.as_secs(),
-        if options.secure { "; Secure" } else { "" },
-    );
     let mut response = (StatusCode::CREATED, Json(info)).into_response();
-    response.headers_mut().insert(
-        SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.into()))?,
-    );
+    response
+        .headers_mut()
+        .insert(SET_COOKIE, state.sessions.session_cookie(&secret));
     Ok(no_store(response))
 }
 
@@ -295,16 +309,12 @@ async fn sign_out<S: Store>(
     let secret = cookie_secret(&parts.headers).ok_or(ApiError::SignedOut)?;
     admit(&parts, &state, &secret).await?;
     state.auth.end_session(&secret).await?;
-    let options = state.sessions;
-    let cookie = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
-        options.cookie_name(),
-        if options.secure { "; Secure" } else { "" },
-    );
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(
         SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.into()))?,
+        state
+            .sessions
+            .cookie(COOKIE_NAME, "", "SameSite=Strict; Max-Age=0"),
     );
     Ok(no_store(response))
 }

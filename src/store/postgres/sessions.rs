@@ -15,6 +15,14 @@ impl PgStore {
             .bind(session.credential_tag.as_bytes())
             .bind(session.created_at)
             .bind(session.last_seen_at)
+            .bind(session.granted.as_ref().map(|g| g.scopes.to_string()))
+            .bind(
+                session
+                    .granted
+                    .as_ref()
+                    .map(|g| g.tenants.as_str().to_owned()),
+            )
+            .bind(session.granted.as_ref().map(|g| g.expires_at))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -18,6 +18,12 @@ impl SqliteStore {
                 session.credential_tag.as_bytes(),
                 micros(session.created_at),
                 micros(session.last_seen_at),
+                session.granted.as_ref().map(|g| g.scopes.to_string()),
+                session
+                    .granted
+                    .as_ref()
+                    .map(|g| g.tenants.as_str().to_owned()),
+                session.granted.as_ref().map(|g| micros(g.expires_at)),
             ])?;
             Ok(())
         })

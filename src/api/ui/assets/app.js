@@ -87,6 +87,11 @@ function signedOut() {
   stopLive();
   state.session = null;
   $("who").hidden = true;
+  $("provider-sign-in").hidden = document.body.dataset.provider !== "on";
+  if (location.hash === "#/sign-in-failed") {
+    show("Signing in through the identity provider failed; try again.");
+    history.replaceState(null, "", "/ui/");
+  }
   view("sign-in-view");
 }
 
@@ -573,6 +578,7 @@ $("verify-again").addEventListener("click", () => {
 
 function route() {
   if (!state.session) return;
+  if (location.hash === "#/sign-in-failed") history.replaceState(null, "", "/ui/#/");
   const match = location.hash.match(/^#\/event\/(.+)$/);
   if (match) {
     showEvent(decodeURIComponent(match[1]));

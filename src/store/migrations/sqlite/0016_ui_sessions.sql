@@ -6,6 +6,11 @@ CREATE TABLE ui_sessions (
     user_name      TEXT    NOT NULL,
     credential_tag BLOB    NOT NULL,
     created_at     INTEGER NOT NULL,
-    last_seen_at   INTEGER NOT NULL
+    last_seen_at   INTEGER NOT NULL,
+    -- A sign-in through the identity provider: what its token granted, until it expires.
+    -- NULL for a local user's sign-in.
+    scopes         TEXT,
+    tenant         TEXT,
+    expires_at     INTEGER
 );
 CREATE INDEX ui_sessions_by_last_seen ON ui_sessions (last_seen_at);
