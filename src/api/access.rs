@@ -159,7 +159,7 @@ pub(crate) async fn check_password<S: Store>(
 }
 
 /// Authenticates the request, acts in the tenant it names, and requires `scope`.
-pub(crate) async fn authorise<S: Store>(
+async fn authorise<S: Store>(
     parts: &Parts,
     state: &AppState<S>,
     scope: Scope,

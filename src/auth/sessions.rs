@@ -117,40 +117,41 @@ impl<S: Store> Authenticator<S> {
             return Err(AuthError::InvalidCredentials);
         };
         let now = OffsetDateTime::now_utc();
-        if now - session.last_seen_at >= to_time(policy.idle)
+        let outcome = if now - session.last_seen_at >= to_time(policy.idle)
             || now - session.created_at >= to_time(policy.lifetime)
         {
-            tracing::info!(user = %session.user_name, "authentication failed: session expired");
-            self.store().remove_session(&hash).await?;
-            return Err(AuthError::InvalidCredentials);
-        }
-        if let Some(granted) = session.granted {
-            if now >= granted.expires_at {
-                tracing::info!(user = %session.user_name, "authentication failed: the provider's grant expired");
-                self.store().remove_session(&hash).await?;
-                return Err(AuthError::InvalidCredentials);
+            Err("the session expired")
+        } else {
+            match session.granted {
+                // A provider's sign-in: what its token granted, until the token expires.
+                Some(granted) if now < granted.expires_at => Ok(Credential {
+                    name: session.user_name.clone(),
+                    scopes: granted.scopes,
+                    tenants: granted.tenants,
+                }),
+                Some(_) => Err("the provider's grant expired"),
+                // A local user's: as the user is now, with the password they signed in with.
+                None => self
+                    .user(&session.user_name)
+                    .await?
+                    .filter(|u| credential_tag(&u.password_hash) == session.credential_tag)
+                    .map(Credential::from)
+                    .ok_or("the session's user was removed or changed password"),
             }
-            if now - session.last_seen_at >= TOUCH_EVERY {
-                self.store().touch_session(&hash, now).await?;
-            }
-            return Ok(Credential {
-                name: session.user_name,
-                scopes: granted.scopes,
-                tenants: granted.tenants,
-            });
-        }
-        let user = self.user(&session.user_name).await?;
-        let Some(user) =
-            user.filter(|u| credential_tag(&u.password_hash) == session.credential_tag)
-        else {
-            tracing::info!(user = %session.user_name, "authentication failed: the session's user was removed or changed password");
-            self.store().remove_session(&hash).await?;
-            return Err(AuthError::InvalidCredentials);
         };
-        if now - session.last_seen_at >= TOUCH_EVERY {
-            self.store().touch_session(&hash, now).await?;
+        match outcome {
+            Ok(credential) => {
+                if now - session.last_seen_at >= TOUCH_EVERY {
+                    self.store().touch_session(&hash, now).await?;
+                }
+                Ok(credential)
+            }
+            Err(reason) => {
+                tracing::info!(user = %session.user_name, reason, "authentication failed: session ended");
+                self.store().remove_session(&hash).await?;
+                Err(AuthError::InvalidCredentials)
+            }
         }
-        Ok(Credential::from(user))
     }
 
     /// Ends the session whose secret is `secret` (sign-out); an unknown one is no error.
