@@ -1216,9 +1216,17 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     click_row(&client, "5").await;
     let (state, reason) = verdict(&client, &refund).await;
     assert_eq!(state, "pending", "{reason}");
+    assert!(reason.contains("has not been signed since"), "{reason}");
+    let status = client
+        .find(Locator::Id("verify-status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        reason.contains("not yet covered by a checkpoint"),
-        "{reason}"
+        status.contains("Not yet covered by a checkpoint"),
+        "{status}"
     );
     screenshot(&client, backend, "5-pending").await;
     app.request(Method::POST, "/checkpoints", Some(ADMIN))

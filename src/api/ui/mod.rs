@@ -117,7 +117,8 @@ pub fn pages<S: Store>() -> Router<AppState<S>> {
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(index::<S>))
         .merge(oidc::pages());
-    for (name, ..) in ASSETS {
+    // The page itself only at `/ui/`, where it is told whether the provider's sign-in is on.
+    for (name, ..) in ASSETS.iter().filter(|(name, ..)| *name != "index.html") {
         router = router.route(
             &format!("/ui/{name}"),
             get(move || async move { asset(name) }),

@@ -524,7 +524,8 @@ async function checkEvent(event) {
     if (current !== event) return;
     setVerdict(verdictState, reason, details, event.id);
     showPinState(key.origin, pinned);
-    if (verdict.state === "pending") {
+    if (verdictState === "pending") {
+      $("verify-reason").textContent += `; checked again every ${RECHECK_PENDING_MS / 1000} s`;
       recheck = setTimeout(() => {
         if (current === event && !$("event-view").hidden) checkEvent(event);
       }, RECHECK_PENDING_MS);

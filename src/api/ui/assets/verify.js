@@ -268,7 +268,7 @@ export async function verifyEvent(event, proof, verifierKey) {
   if (!proof.checkpoint) {
     return {
       state: "pending",
-      reason: "not yet covered by a checkpoint: the log has not been signed since this event",
+      reason: "the log has not been signed since this event was recorded, so nothing vouches for it yet",
       leaf: leafHex,
     };
   }
