@@ -145,6 +145,16 @@ async fn serve_store<S: Store>(
         auth: Arc::new(auth),
         throttle: Arc::new(Throttle::new(settings.throttle_settings())),
         shutdown: shutdown.clone(),
+        sessions: api::SessionOptions {
+            policy: settings.session_policy(),
+            secure: tls.is_some(),
+            login: settings
+                .auth
+                .jwt
+                .as_ref()
+                .and_then(|jwt| jwt.login.clone())
+                .map(Arc::new),
+        },
     };
     let app = api::router(state, settings.http_limits());
     let address = listener.local_addr()?;
