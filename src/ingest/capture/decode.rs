@@ -61,22 +61,29 @@ pub(super) enum ChangeKind {
 /// The next committed transactions in the slot, whole, without consuming them.
 ///
 /// Only transactions that committed before the host's WAL flush position read first are
-/// decoded, and that position is returned: when nothing came back, none of the captured tables changed
-/// before it.
+/// decoded, and that position is returned (when nothing came back, none of the captured tables
+/// changed before it), with the slot's confirmed position read at the same moment.
 pub(super) async fn peek(
     pool: &PgPool,
     settings: &PostgresCapture,
     relations: &mut HashMap<u32, Arc<Relation>>,
     key: Option<&MessageKey>,
-) -> anyhow::Result<(Vec<Transaction>, Lsn)> {
+) -> anyhow::Result<(Vec<Transaction>, Lsn, Option<Lsn>)> {
     // The flush position, not the write position: decoding reads only flushed WAL, and a
     // commit written but not yet flushed (`synchronous_commit = off`) must not be passed by
     // the advance of a peek that could not see it.
-    let upto: i64 =
-        sqlx::query_scalar("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint")
-            .fetch_one(pool)
-            .await?;
+    // Where the slot is confirmed too, read at the same moment: past where this capture
+    // confirmed it, someone else moved it, and what lay between is not in this peek.
+    let (upto, confirmed): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint, \
+           (SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots \
+            WHERE slot_name = $1)",
+    )
+    .bind(&settings.slot)
+    .fetch_one(pool)
+    .await?;
     let upto = Lsn::try_from(upto)?;
+    let confirmed = confirmed.and_then(|lsn| Lsn::try_from(lsn).ok());
     let rows = sqlx::query(
         "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3, \
          'proto_version', '1', 'publication_names', $4, 'messages', 'true')",
@@ -257,7 +264,7 @@ pub(super) async fn peek(
             Message::Logical { .. } | Message::Other(_) => {}
         }
     }
-    Ok((transactions, upto))
+    Ok((transactions, upto, confirmed))
 }
 
 /// The body of a message that claims to come from the capture's triggers, if it does (see

@@ -39,7 +39,10 @@ use gaps::Gaps;
 use publication::{
     Looks, check_publication, published_tables, sync_publication, warn_of_unmatched_denials,
 };
-use slot::{check_lag, check_slot_position, claim_slot, create_slot, record_gap, slot_exists};
+use slot::{
+    check_lag, check_slot_position, claim_slot, create_slot, record_gap, record_slot_moved,
+    slot_exists,
+};
 use triggers::{ensure_message_key, ensure_publication_trace, install_role_triggers};
 
 pub use settings::{CaptureSettings, PostgresCapture};
@@ -134,16 +137,18 @@ async fn capture<S: Store>(
             install_role_triggers(&pool, key, settings, &tables).await;
         }
     }
-    if slot_existed {
-        check_slot_position(log, &pool, settings, &gaps).await?;
+    // Where this capture last confirmed the slot: found past it, someone else moved it.
+    let mut position = if slot_existed {
+        check_slot_position(log, &pool, settings, &gaps).await?
     } else {
         record_gap(log, &pool, settings, &tenant, &recorded_by).await?;
-        let created = create_slot(&pool, settings).await?;
-        if let Some(lsn) = parse_lsn(&created) {
+        let created = parse_lsn(&create_slot(&pool, settings).await?);
+        if let Some(lsn) = created {
             log.set_capture_position(&settings.name, &settings.slot, lsn)
                 .await?;
         }
-    }
+        created
+    };
     tracing::info!(capture = %settings.name, slot = %settings.slot, "capturing changes");
     let mut relations: HashMap<u32, Arc<Relation>> = HashMap::new();
     let mut full_row_keys: HashMap<u32, (Arc<Relation>, Vec<String>)> = HashMap::new();
@@ -173,7 +178,16 @@ async fn capture<S: Store>(
             }
             synced = Instant::now();
         }
-        let (transactions, upto) = peek(&pool, settings, &mut relations, key.as_ref()).await?;
+        let (transactions, upto, confirmed) =
+            peek(&pool, settings, &mut relations, key.as_ref()).await?;
+        if let (Some(last), Some(confirmed)) = (position, confirmed)
+            && confirmed > last
+        {
+            record_slot_moved(&gaps, last, confirmed).await?;
+            log.set_capture_position(&settings.name, &settings.slot, confirmed)
+                .await?;
+            position = Some(confirmed);
+        }
         let traced = transactions
             .iter()
             .flat_map(|t| &t.tables_added)
@@ -187,6 +201,7 @@ async fn capture<S: Store>(
             if upto > quiet_until && quiet_advanced.elapsed() >= QUIET_ADVANCE_EVERY {
                 still_claimed(&mut claim).await?;
                 advance(log, &pool, settings, upto).await?;
+                position = Some(upto);
                 quiet_until = upto;
                 quiet_advanced = Instant::now();
             }
@@ -226,6 +241,7 @@ async fn capture<S: Store>(
         }
         still_claimed(&mut claim).await?;
         advance(log, &pool, settings, end_lsn).await?;
+        position = Some(end_lsn);
         backoff.reset();
     }
     Ok(())

@@ -8,7 +8,7 @@ use super::CLAIM_RETRY_EVERY;
 use super::gaps::{Gaps, gap_event};
 use super::settings::PostgresCapture;
 use crate::ingest::Misconfigured;
-use crate::ingest::pgoutput::{format_lsn, parse_lsn};
+use crate::ingest::pgoutput::{Lsn, format_lsn, parse_lsn};
 use crate::log::AuditLog;
 use crate::model::TenantId;
 use crate::store::Store;
@@ -90,13 +90,13 @@ pub(super) async fn slot_exists(pool: &PgPool, settings: &PostgresCapture) -> an
 
 /// A slot that someone else made again, or advanced, while the capture was away is past where
 /// the capture last confirmed it: the changes committed in between were never read. Recorded
-/// as a `capture.gap`, then taken as the capture's position.
+/// as a `capture.gap`, then taken as the capture's position, which is returned.
 pub(super) async fn check_slot_position<S: Store>(
     log: &AuditLog<S>,
     pool: &PgPool,
     settings: &PostgresCapture,
     gaps: &Gaps<'_, S>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Lsn>> {
     let confirmed: Option<String> = sqlx::query_scalar(
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
     )
@@ -105,34 +105,46 @@ pub(super) async fn check_slot_position<S: Store>(
     .await?
     .flatten();
     let Some(confirmed) = confirmed.as_deref().and_then(parse_lsn) else {
-        return Ok(());
+        return Ok(None);
     };
     if let Some((slot, last)) = log.capture_position(&settings.name).await?
         && slot == settings.slot
         && confirmed > last
     {
-        tracing::error!(
-            capture = %settings.name, slot = %settings.slot,
-            last_confirmed = %format_lsn(last), found_at = %format_lsn(confirmed),
-            "the replication slot is past where this capture confirmed it (made again, or \
-             advanced, by someone else): the changes committed in between were not captured"
-        );
-        let data = serde_json::json!({
-            "slot": settings.slot,
-            "last_confirmed_lsn": format_lsn(last),
-            "found_at_lsn": format_lsn(confirmed),
-            "reason": "the replication slot was past where this capture last confirmed it \
-                       (made again or advanced by someone else, or this log's database restored \
-                       from an earlier backup): changes committed on the host between the two \
-                       positions were not captured",
-        });
-        let key = format!("{}:gap:slot-moved:{}", settings.name, format_lsn(confirmed));
-        gaps.record_gap("replication_slot", Some(&settings.slot), data, key)
-            .await?;
+        record_slot_moved(gaps, last, confirmed).await?;
     }
     log.set_capture_position(&settings.name, &settings.slot, confirmed)
         .await?;
-    Ok(())
+    Ok(Some(confirmed))
+}
+
+/// Records that the slot was found confirmed at `confirmed`, past `last`, where this capture
+/// confirmed it: someone else advanced it, or made it again, and the changes committed in
+/// between were never read. Once per position found.
+pub(super) async fn record_slot_moved<S: Store>(
+    gaps: &Gaps<'_, S>,
+    last: Lsn,
+    confirmed: Lsn,
+) -> anyhow::Result<()> {
+    let settings = gaps.settings;
+    tracing::error!(
+        capture = %settings.name, slot = %settings.slot,
+        last_confirmed = %format_lsn(last), found_at = %format_lsn(confirmed),
+        "the replication slot is past where this capture confirmed it (made again, or \
+         advanced, by someone else): the changes committed in between were not captured"
+    );
+    let data = serde_json::json!({
+        "slot": settings.slot,
+        "last_confirmed_lsn": format_lsn(last),
+        "found_at_lsn": format_lsn(confirmed),
+        "reason": "the replication slot was past where this capture last confirmed it \
+                   (made again or advanced by someone else, or this log's database restored \
+                   from an earlier backup): changes to the captured tables committed on the \
+                   host between the two positions, if there were any, were not captured",
+    });
+    let key = format!("{}:gap:slot-moved:{}", settings.name, format_lsn(confirmed));
+    gaps.record_gap("replication_slot", Some(&settings.slot), data, key)
+        .await
 }
 
 /// Creates the slot; returns the LSN it begins at.
