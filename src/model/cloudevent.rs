@@ -552,14 +552,17 @@ mod tests {
             ("7", "7"),
             ("-2147483648", "-2147483648"),
             ("2147483647", "2147483647"),
+            // JSON has one number type: these are the whole numbers 7 and 1000.
+            ("7.0", "7"),
+            ("1e3", "1000"),
         ] {
             let event = with_entity(value).unwrap_or_else(|e| panic!("{value}: {e:?}"));
             assert_eq!(event.entity.as_deref(), Some(recorded), "{value}");
         }
         for value in [
             "1.5",
-            "1e3",
             "2147483648",
+            "2147483648.0",
             "-2147483649",
             "null",
             "[1]",

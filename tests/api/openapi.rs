@@ -498,7 +498,7 @@ async fn the_api_keeps_to_its_document(backend: Backend) {
         // The live tail answers at once but never ends its body: a request to it would only
         // time out. Its head and parameters are tested in `stream`.
         .args(["--exclude-path", "/events/stream"])
-        .args(["--max-examples", "40"])
+        .args(["--max-examples", "60"])
         // The same cases every run, so that a failure is the service's, not the draw's.
         .arg("--generation-deterministic")
         .args(["--workers", "2"])
