@@ -9,7 +9,7 @@
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, Ref, RefOr, Required, ResponseBuilder, Schema, path::PathItem,
 };
@@ -83,13 +83,22 @@ impl Modify for Shared {
         refine_event_fields(components);
         components.add_security_scheme(
             "basic",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A user's name and password; the user's role (`reader`, `writer` or \
+                         `admin`, of one tenant or all) decides what it may do",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
-                utoipa::openapi::security::HttpBuilder::new()
+                HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("auditor_ token or JWT")
                     .description(Some(
                         "An API token (`auditor_…`, POST /admin/tokens) or, with `[auth.jwt]` \
                          configured, an identity provider's JWT",
