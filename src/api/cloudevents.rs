@@ -195,9 +195,14 @@ impl utoipa::PartialSchema for StructuredEvent {
                         ),
                     )),
                 )
+                // Kept with binary data (in `event_data`, where U+0000 cannot be), else dropped.
                 .property(
                     "datacontenttype",
-                    ObjectBuilder::new().schema_type(Type::String),
+                    if data == "data" {
+                        ObjectBuilder::new().schema_type(Type::String)
+                    } else {
+                        string(r"^[^\u0000]*$")
+                    },
                 )
                 .property("dataschema", ObjectBuilder::new().schema_type(Type::String))
                 .property(data, data_schema)

@@ -5,7 +5,9 @@
 //! one place, from the code that defines it: the credential schemes, the `tenant` parameter
 //! ([`super::access::tenant_parameter`]), path parameters (from the path templates), the event
 //! filters (from [`Field::ALL`]) and the error shape ([`ErrorBody`]) with the statuses a route
-//! may answer.
+//! may answer. So are the rules of what the model validates (an event's text fields,
+//! `event_data`), as schemas the bodies share: schemathesis runs the API from this document
+//! (`tests/api/openapi.rs`), and takes each rule at its word.
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
