@@ -75,7 +75,8 @@ struct Report {
     stopped: Option<Value>,
 }
 
-/// Any body: each line is judged on its own, and reported (a schema only).
+/// Any body: each line is judged on its own, and reported, so no body is invalid as a whole (a
+/// schema only).
 struct AnyJson;
 
 impl utoipa::PartialSchema for AnyJson {
@@ -165,9 +166,9 @@ impl Chunk {
     ),
     request_body(
         content(
-            (String = "application/x-ndjson"),
-            (String = "application/ndjson"),
-            (String = "application/jsonl"),
+            (AnyJson = "application/x-ndjson"),
+            (AnyJson = "application/ndjson"),
+            (AnyJson = "application/jsonl"),
             (AnyJson = "application/json"),
         ),
         description = "One event per line, as `POST /events` takes it (`RawEvent`); streamed, \
