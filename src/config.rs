@@ -29,7 +29,7 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
-const OPTIONAL_KEYS: [&str; 14] = [
+const OPTIONAL_KEYS: [&str; 18] = [
     "admin_password",
     "metrics.listen",
     "admin_password_file",
@@ -44,6 +44,10 @@ const OPTIONAL_KEYS: [&str; 14] = [
     "auth.jwt.leeway_secs",
     "auth.jwt.jwks_max_age_secs",
     "auth.jwt.jwks_min_refetch_secs",
+    "auth.jwt.login.client_id",
+    "auth.jwt.login.authorization_url",
+    "auth.jwt.login.token_url",
+    "auth.jwt.login.redirect_url",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +146,10 @@ pub struct AuthSettings {
     /// limit.
     pub max_failures: u32,
     pub failure_window_secs: u64,
+    /// A web viewer session unused this long has ended (seconds).
+    pub session_idle_secs: u64,
+    /// A web viewer session ends this long after sign-in, however much it is used (seconds).
+    pub session_lifetime_secs: u64,
     /// Bearer JWTs from an OAuth 2.0 / OpenID Connect identity provider; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSettings>,
@@ -216,15 +224,21 @@ impl Settings {
     /// (`$STATE_DIRECTORY`, which systemd sets, else `$XDG_STATE_HOME/auditor`, else
     /// `~/.local/state/auditor`).
     pub fn signing_key_path(&self) -> PathBuf {
-        let configured = &self.integrity.signing_key_file;
-        if configured.is_absolute() {
-            return configured.clone();
+        self.state_path(&self.integrity.signing_key_file)
+    }
+
+    /// `path` as the service's own files are placed: an absolute one as it is; a relative one
+    /// next to the SQLite database file, or on PostgreSQL in the state directory (see
+    /// [`Settings::signing_key_path`]).
+    pub fn state_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
         }
         let base = match sqlite_file(self.database_url.expose()) {
             Some(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
             None => state_directory(),
         };
-        base.join(configured)
+        base.join(path)
     }
 
     /// The SQLite database file, when the database is SQLite.
@@ -321,6 +335,10 @@ impl Settings {
             "auth.failure_window_secs must be at least 1",
         )?;
         rule(
+            self.auth.session_idle_secs >= 1 && self.auth.session_lifetime_secs >= 1,
+            "auth.session_idle_secs and auth.session_lifetime_secs must be at least 1",
+        )?;
+        rule(
             self.retention.check_interval_secs >= 1,
             "retention.check_interval_secs must be at least 1",
         )?;
@@ -377,6 +395,14 @@ impl Settings {
         HttpLimits {
             max_body_bytes: self.limits.max_body_bytes,
             request_timeout: Duration::from_secs(self.limits.request_timeout_secs),
+        }
+    }
+
+    /// How long web viewer sessions last (`[auth] session_*`).
+    pub fn session_policy(&self) -> crate::auth::sessions::SessionPolicy {
+        crate::auth::sessions::SessionPolicy {
+            idle: Duration::from_secs(self.auth.session_idle_secs),
+            lifetime: Duration::from_secs(self.auth.session_lifetime_secs),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod integrity;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod private_file;
 pub mod progress;
 pub mod server;
 pub mod store;

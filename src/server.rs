@@ -145,6 +145,16 @@ async fn serve_store<S: Store>(
         auth: Arc::new(auth),
         throttle: Arc::new(Throttle::new(settings.throttle_settings())),
         shutdown: shutdown.clone(),
+        sessions: api::SessionOptions {
+            policy: settings.session_policy(),
+            secure: tls.is_some(),
+            login: settings
+                .auth
+                .jwt
+                .as_ref()
+                .and_then(|jwt| jwt.login.clone())
+                .map(Arc::new),
+        },
     };
     let app = api::router(state, settings.http_limits());
     let address = listener.local_addr()?;
@@ -313,6 +323,46 @@ pub async fn capture_only(
     })
 }
 
+/// The file, next to the signing key, where a generated first admin password is left when no
+/// terminal is there to show it.
+pub const GENERATED_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// Shows the first admin's generated password once, never through the log: on a terminal, on
+/// stderr; otherwise (a service, a container, JSON logs collected from stderr) in the file
+/// [`GENERATED_PASSWORD_FILE`], mode 0600, and the log says where. When that file cannot be
+/// written, the log says how to make the admin again, rather than holding the password.
+fn show_generated_password(settings: &Settings, secret: &str) {
+    use std::io::IsTerminal;
+    let admin = users::BOOTSTRAP_ADMIN;
+    if std::io::stderr().is_terminal() {
+        // A closed stderr (`serve 2>&1 | head`) loses the text but must not stop the server.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n  No users existed, so an admin was created.\n  user:     {admin}\n  password: {secret}\n  This password is shown only once; store it now.\n",
+        );
+        return;
+    }
+    let path = settings
+        .signing_key_path()
+        .with_file_name(GENERATED_PASSWORD_FILE);
+    // One left by an earlier first start (of a database since thrown away) is stale.
+    let _ = std::fs::remove_file(&path);
+    match crate::private_file::create(&path, format!("{secret}\n").as_bytes()) {
+        Ok(()) => tracing::warn!(
+            user = admin, path = %path.display(),
+            "no users existed, so an admin was created; its generated password is in this file \
+             (mode 0600): store it elsewhere, then delete the file"
+        ),
+        Err(error) => tracing::error!(
+            user = admin, path = %path.display(), %error,
+            "no users existed, so an admin was created, but its generated password cannot be \
+             written to this file (and is never logged): make the admin again with \
+             `auditor user remove admin` and `auditor user add admin --role admin`, or start \
+             with AUDITOR_ADMIN_PASSWORD or admin_password_file on a new database"
+        ),
+    }
+}
+
 async fn bootstrap<S: Store>(store: &S, settings: &Settings) -> Result<(), ServeError> {
     let configured = match (&settings.admin_password, &settings.admin_password_file) {
         (Some(secret), _) => Some(secret.expose().to_owned()),
@@ -332,15 +382,7 @@ async fn bootstrap<S: Store>(store: &S, settings: &Settings) -> Result<(), Serve
                 "created the first admin from the configured password"
             );
         }
-        Bootstrap::Generated(secret) => {
-            // Printed once, straight to the terminal, never through the log pipeline. A closed
-            // stderr (`serve 2>&1 | head`) loses the text but must not stop the server.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n  No users existed, so an admin was created.\n  user:     {}\n  password: {secret}\n  This password is shown only once; store it now.\n",
-                users::BOOTSTRAP_ADMIN
-            );
-        }
+        Bootstrap::Generated(secret) => show_generated_password(settings, &secret),
     }
     Ok(())
 }

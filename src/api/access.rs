@@ -39,10 +39,15 @@ enum Presented {
     Basic(String, String),
     /// `Bearer`: an API token or a JWT.
     Bearer(String),
+    /// The web viewer's session cookie, when no `Authorization` header is sent.
+    Session(String),
 }
 
 fn presented_credentials(parts: &Parts) -> Option<Presented> {
-    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let Some(header) = parts.headers.get(AUTHORIZATION) else {
+        return super::ui::session::cookie_secret(&parts.headers).map(Presented::Session);
+    };
+    let header = header.to_str().ok()?;
     let (scheme, value) = header.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
         return Some(Presented::Bearer(value.trim().to_owned()));
@@ -121,6 +126,38 @@ pub(crate) async fn still_admitted<S: Store>(
     authorise(parts, state, scope).await.is_ok()
 }
 
+/// The client's address, which keys the limit on failed sign-ins.
+pub(crate) fn client_address(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
+}
+
+/// Checks a user's password as HTTP Basic and the viewer's sign-in both do: after too many
+/// failures of this name from this address, it is not even checked (`429`).
+pub(crate) async fn check_password<S: Store>(
+    state: &AppState<S>,
+    address: Option<std::net::IpAddr>,
+    name: &str,
+    secret: String,
+) -> Result<crate::auth::Credential, ApiError> {
+    state.throttle.may_try(address, name).map_err(|wait| {
+        ApiError::TooManyRequests("too many failed sign-ins of this user name from here", wait)
+    })?;
+    match state.auth.authenticate(name, secret).await {
+        Ok(credential) => {
+            state.throttle.succeeded(address, name);
+            Ok(credential)
+        }
+        Err(AuthError::InvalidCredentials) => {
+            state.throttle.failed(address, name);
+            Err(ApiError::Unauthorized)
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
 /// Authenticates the request, acts in the tenant it names, and requires `scope`.
 async fn authorise<S: Store>(
     parts: &Parts,
@@ -128,32 +165,10 @@ async fn authorise<S: Store>(
     scope: Scope,
 ) -> Result<Principal, ApiError> {
     let presented = presented_credentials(parts).ok_or(ApiError::Unauthorized)?;
-    let address = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip());
+    let address = client_address(parts);
     let credential = match presented {
-        Presented::Basic(name, secret) => {
-            // A password can be guessed: after too many failures of this name from this
-            // address, it is not even checked.
-            state.throttle.may_try(address, &name).map_err(|wait| {
-                ApiError::TooManyRequests(
-                    "too many failed sign-ins of this user name from here",
-                    wait,
-                )
-            })?;
-            match state.auth.authenticate(&name, secret).await {
-                Ok(credential) => {
-                    state.throttle.succeeded(address, &name);
-                    credential
-                }
-                Err(AuthError::InvalidCredentials) => {
-                    state.throttle.failed(address, &name);
-                    return Err(ApiError::Unauthorized);
-                }
-                Err(other) => return Err(other.into()),
-            }
-        }
+        Presented::Basic(name, secret) => check_password(state, address, &name, secret).await?,
+        Presented::Session(secret) => super::ui::session::admit(parts, state, &secret).await?,
         // A bearer token cannot be guessed (256 random bits, or a signature), so a valid one
         // always passes; the failures of invalid ones from one address are limited all the same,
         // to bound the lookups they cost.

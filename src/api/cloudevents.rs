@@ -5,12 +5,12 @@
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use percent_encoding::percent_decode_str;
 
 use super::ApiError;
 use super::body::{OneOrMany, content_type, require_well_formed};
 use crate::model::cloudevent::{
     BATCH_CONTENT_TYPE, CloudEvent, STRUCTURED_CONTENT_TYPE, into_raw_events, is_json_content_type,
+    percent_decoded,
 };
 use crate::model::{FieldError, RawEvent};
 
@@ -80,26 +80,8 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
         let Some(attribute) = name.as_str().strip_prefix("ce-") else {
             continue;
         };
-        if let Some(escape) = invalid_escape(value.as_bytes()) {
-            return Err(ApiError::Invalid(FieldError::new(
-                attribute,
-                format!(
-                    "is not percent-encoded: the header `{name}` holds `{escape}`, and a `%` \
-                     must be followed by two hex digits (`%25` for a `%` itself)"
-                ),
-            )));
-        }
-        let value = value
-            .to_str()
-            .ok()
-            .and_then(|v| percent_decode_str(v).decode_utf8().ok())
-            .ok_or_else(|| {
-                ApiError::Invalid(FieldError::new(attribute, "is not percent-encoded UTF-8"))
-            })?;
-        if attributes
-            .insert(attribute.to_owned(), value.into_owned())
-            .is_some()
-        {
+        let value = percent_decoded(attribute, name.as_str(), value.as_bytes())?;
+        if attributes.insert(attribute.to_owned(), value).is_some() {
             return Err(ApiError::Invalid(FieldError::new(
                 attribute,
                 "appears twice",
@@ -115,17 +97,6 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
     }
     let event = CloudEvent::from_binary(attributes, content_type, body)?;
     Ok(event.into_raw_event()?)
-}
-
-/// The first `%` escape in a header value that is not `%` and two hex digits, as sent (up to
-/// three bytes); `percent_decode_str` would pass it through as it is.
-fn invalid_escape(value: &[u8]) -> Option<String> {
-    value.iter().enumerate().find_map(|(at, &byte)| {
-        let digits = value.get(at + 1..at + 3);
-        let valid = digits.is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit));
-        (byte == b'%' && !valid)
-            .then(|| String::from_utf8_lossy(&value[at..value.len().min(at + 3)]).into_owned())
-    })
 }
 
 /// One structured-mode CloudEvent as the document describes it: the attributes this service
@@ -268,19 +239,5 @@ impl utoipa::ToSchema for StructuredBatch {
     ) {
         use utoipa::PartialSchema;
         schemas.push(("CloudEvent".into(), StructuredEvent::schema()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_percent_not_followed_by_two_hex_digits_is_an_invalid_escape() {
-        assert_eq!(invalid_escape(b"bad%zz").as_deref(), Some("%zz"));
-        assert_eq!(invalid_escape(b"end%4").as_deref(), Some("%4"));
-        assert_eq!(invalid_escape(b"%").as_deref(), Some("%"));
-        assert_eq!(invalid_escape(b"a%20b%2Fc%25"), None);
-        assert_eq!(invalid_escape(b"plain"), None);
     }
 }

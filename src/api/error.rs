@@ -27,6 +27,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("authentication required: send valid HTTP Basic credentials or a Bearer token")]
     Unauthorized,
+    /// The web viewer's session cookie is missing, unknown or expired. Unlike `Unauthorized` it
+    /// sends no `WWW-Authenticate`, so a browser does not pop up its own password dialog.
+    #[error("not signed in, or the session has ended: sign in again")]
+    SignedOut,
     /// Over a credential's request rate, or too many failed sign-ins of one name from one
     /// address: retry after the wait (whole seconds, rounded up, in `Retry-After`).
     #[error("{reason}; retry after {secs} s", reason = .0, secs = retry_after_secs(*.1))]
@@ -122,7 +126,9 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::SignedOut | Self::InvalidToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -144,7 +150,7 @@ impl ApiError {
             Self::Invalid(_) => "invalid_field",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized | Self::SignedOut => "unauthorized",
             Self::InvalidToken(_) => "invalid_token",
             Self::TooManyRequests(..) => "too_many_requests",
             Self::Forbidden(_) => "forbidden",

@@ -19,23 +19,28 @@ mod proofs;
 mod stream;
 mod tiles;
 mod tokens;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderName;
+use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
+};
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use body::BodyLimit;
 pub use error::ApiError;
+pub use ui::SessionOptions;
 
 use crate::auth::Authenticator;
 use crate::auth::throttle::Throttle;
@@ -52,6 +57,8 @@ pub struct AppState<S> {
     /// Cancelled when the server begins a graceful shutdown; a request that could run on
     /// indefinitely (a bulk upload) watches it and ends early.
     pub shutdown: CancellationToken,
+    /// How the web viewer's sign-in sessions behave.
+    pub sessions: SessionOptions,
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -61,6 +68,7 @@ impl<S: Clone> Clone for AppState<S> {
             auth: Arc::clone(&self.auth),
             throttle: Arc::clone(&self.throttle),
             shutdown: self.shutdown.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
@@ -82,6 +90,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
     let (routes, document) = routes::<S>(http);
     let known = parameters::KnownParameters::from_document(&document);
     routes
+        .merge(ui::pages())
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .url("/openapi.json", document)
@@ -90,6 +99,7 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
         )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(ui::security_headers))
         .layer(middleware::from_fn(access::tenant_parameter))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             parameters::refuse_unknown(known.clone(), request, next)
@@ -128,7 +138,13 @@ pub fn router<S: Store>(state: AppState<S>, http: HttpLimits) -> Router {
                 ),
         )
         .layer(middleware::from_fn(metrics::track))
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // The viewer's session secret travels in `Cookie`, and its anti-CSRF token beside it.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            COOKIE,
+            HeaderName::from_static(ui::session::CSRF_HEADER),
+        ]))
+        .layer(SetSensitiveResponseHeadersLayer::new([SET_COOKIE]))
         .with_state(state)
 }
 
@@ -148,6 +164,7 @@ pub fn routes<S: Store>(http: HttpLimits) -> (Router<AppState<S>>, utoipa::opena
         .merge(tiles::router())
         .merge(tokens::router())
         .merge(metrics::router())
+        .merge(ui::session::router())
         .split_for_parts();
     let deadlined = deadlined.layer(middleware::from_fn(move |request: Request, next: Next| {
         deadline(request, next, http.request_timeout)
@@ -203,6 +220,7 @@ mod tests {
         let expected = [
             "DELETE /admin/tokens/{name}",
             "DELETE /delete_log/{event_uuid}",
+            "DELETE /ui/session",
             "GET /admin/tokens",
             "GET /checkpoint",
             "GET /checkpoints/consistency",
@@ -223,6 +241,7 @@ mod tests {
             "GET /metrics",
             "GET /ping",
             "GET /readyz",
+            "GET /ui/session",
             "POST /admin/tokens",
             "POST /checkpoints",
             "POST /create_log/{user_id}",
@@ -231,6 +250,7 @@ mod tests {
             "POST /events/bulk",
             "POST /events/{id}/erase",
             "POST /events/{id}/redact",
+            "POST /ui/session",
             "PUT /update_log/{event_uuid}",
         ];
         assert_eq!(operations, expected);

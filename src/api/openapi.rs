@@ -41,6 +41,7 @@ use crate::model::fields::Kind;
         (name = "seed routes", description = "The routes of the seed documents, as their curl \
             examples use them"),
         (name = "operations", description = "Health and metrics"),
+        (name = "viewer", description = "Signing in to the web viewer at /ui (a session cookie)"),
     )
 )]
 struct ApiDoc;

@@ -81,6 +81,17 @@ impl<S: Store> Authenticator<S> {
         &self.store
     }
 
+    /// The user named `name` as the users table has it now (from memory while unchanged).
+    pub(super) async fn user(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::model::user::UserRecord>, StoreError> {
+        if name.chars().any(char::is_control) {
+            return Ok(None);
+        }
+        self.users.find(name).await
+    }
+
     /// The credential of a `Bearer` token: an API token (`auditor_…`), or, when `[auth.jwt]` is
     /// configured, a JWT of its identity provider. `InvalidCredentials` for anything else.
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Credential, AuthError> {

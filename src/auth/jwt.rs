@@ -52,6 +52,9 @@ pub struct JwtSettings {
     /// The shortest time, in seconds, between two fetches caused by unknown `kid`s.
     #[serde(default = "default_jwks_min_refetch_secs")]
     pub jwks_min_refetch_secs: u64,
+    /// Signing in to the web viewer through this provider; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<super::oidc::OidcLogin>,
 }
 
 /// The most clock skew `leeway_secs` may allow.
@@ -102,6 +105,9 @@ impl JwtSettings {
                 "auth.jwt.leeway_secs must be at most {MAX_LEEWAY_SECS}: more would make `exp` \
                  meaningless"
             ));
+        }
+        if let Some(login) = &self.login {
+            login.validate()?;
         }
         if self.jwks_min_refetch_secs == 0 || self.jwks_max_age_secs == 0 {
             return Err(
@@ -503,6 +509,7 @@ mod tests {
             leeway_secs: default_leeway_secs(),
             jwks_max_age_secs: default_jwks_max_age_secs(),
             jwks_min_refetch_secs: default_jwks_min_refetch_secs(),
+            login: None,
         }
     }
 

@@ -5,7 +5,9 @@
 mod authenticator;
 mod cache;
 pub mod jwt;
+pub mod oidc;
 pub mod password;
+pub mod sessions;
 pub mod throttle;
 pub mod tokens;
 mod user_cache;

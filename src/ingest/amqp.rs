@@ -143,7 +143,12 @@ async fn consume<S: Store>(
     // Named, so that an operator finds it in `rabbitmqctl list_connections`.
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("auditor {}", settings.queue).into());
-    let connection = Connection::connect(&settings.url, properties).await?;
+    let connection = Connection::connect(&settings.url, properties)
+        .await
+        .map_err(|error| {
+            let address = crate::config::DatabaseUrl::new(settings.url.clone()).redacted();
+            anyhow::anyhow!("cannot connect to RabbitMQ at {address}: {error}")
+        })?;
     ensure_queue(&connection, &settings.queue).await?;
     ensure_queue(&connection, &settings.dead_letter_queue).await?;
     check_dead_letters_are_kept(&connection, &settings.dead_letter_queue).await?;
@@ -274,6 +279,7 @@ fn delivery(message: &AmqpDelivery) -> Delivery<'_> {
             .filter(|id| !id.is_empty()),
         broker_id: None,
         cloudevent_attributes,
+        attributes_percent_encoded: false,
         scope: String::new(),
         content_type: properties
             .content_type()

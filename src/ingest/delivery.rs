@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::model::cloudevent::CloudEvent;
+use crate::model::cloudevent::{CloudEvent, percent_decoded};
 use crate::model::idempotency::scoped_key;
 use crate::model::json::{self, JsonError};
 use crate::model::payload::Members;
@@ -29,6 +29,9 @@ pub struct Delivery<'a> {
     pub scope: String,
     /// CloudEvents binary mode: the attributes found in the message's headers.
     pub cloudevent_attributes: BTreeMap<String, String>,
+    /// Whether the binding percent-encodes those headers' values (NATS does, as HTTP; AMQP's
+    /// typed headers do not).
+    pub attributes_percent_encoded: bool,
     pub content_type: Option<String>,
 }
 
@@ -60,12 +63,14 @@ impl Delivery<'_> {
     }
 
     fn binary_cloudevent(&self) -> Result<RawEvent, FieldError> {
-        CloudEvent::from_binary(
-            self.cloudevent_attributes.clone(),
-            self.content_type.as_deref(),
-            self.body,
-        )?
-        .into_raw_event()
+        let mut attributes = self.cloudevent_attributes.clone();
+        if self.attributes_percent_encoded {
+            for (name, value) in &mut attributes {
+                *value = percent_decoded(name, &format!("ce-{name}"), value.as_bytes())?;
+            }
+        }
+        CloudEvent::from_binary(attributes, self.content_type.as_deref(), self.body)?
+            .into_raw_event()
     }
 
     /// The body: one event or an array of them, each the service's event JSON or a structured
@@ -84,11 +89,27 @@ impl Delivery<'_> {
             ]
         };
         let many = items.len() > 1 || first == Some(&b'[');
+        // CloudEvents 1.0: `source` and `id` identify an event, so one message holding two
+        // with both alike holds one event twice; said of the `id`, as the HTTP batch says it.
+        let mut first_of_cloudevent = std::collections::HashMap::new();
         items
             .into_iter()
             .enumerate()
             .map(|(index, item)| {
-                let event = one_event(item);
+                let event = one_event(item).and_then(|(event, cloudevent)| {
+                    if let (true, Some(key)) = (cloudevent, &event.idempotency_key)
+                        && let Some(first) = first_of_cloudevent.insert(key.clone(), index)
+                    {
+                        return Err(FieldError::new(
+                            "id",
+                            format!(
+                                "is the id of event [{first}] from the same `source`: a message \
+                                 must not hold one event twice"
+                            ),
+                        ));
+                    }
+                    Ok(event)
+                });
                 if many {
                     event.map_err(|e| e.at_index(index))
                 } else {
@@ -99,16 +120,20 @@ impl Delivery<'_> {
     }
 }
 
-fn one_event(item: &RawValue) -> Result<RawEvent, FieldError> {
+/// One item of the body, and whether it is a CloudEvent.
+fn one_event(item: &RawValue) -> Result<(RawEvent, bool), FieldError> {
     let Members(members) = serde_json::from_str(item.get())
         .map_err(|_| FieldError::new("body", "each event must be a JSON object"))?;
     if members.iter().any(|(name, _)| name == "specversion") {
-        return CloudEvent::from_structured(item.get().as_bytes())?.into_raw_event();
+        let event = CloudEvent::from_structured(item.get().as_bytes())?.into_raw_event()?;
+        return Ok((event, true));
     }
-    json::parse(item.get().as_bytes()).map_err(|error| match error {
-        JsonError::Invalid(error) => error,
-        JsonError::Malformed(message) => FieldError::new("body", message),
-    })
+    json::parse(item.get().as_bytes())
+        .map(|event| (event, false))
+        .map_err(|error| match error {
+            JsonError::Invalid(error) => error,
+            JsonError::Malformed(message) => FieldError::new("body", message),
+        })
 }
 
 #[cfg(test)]
@@ -180,6 +205,42 @@ mod tests {
             events[0].event_data.as_ref().map(|d| d.get()),
             Some(r#"{"a":1}"#)
         );
+    }
+
+    #[test]
+    fn percent_encoded_headers_are_decoded_and_a_bad_escape_is_named() {
+        let binary = |id: &str| Delivery {
+            body: br#"{"a":1}"#,
+            cloudevent_attributes: [
+                ("specversion", "1.0"),
+                ("id", id),
+                ("source", "/s%2Fa"),
+                ("type", "t"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            attributes_percent_encoded: true,
+            content_type: Some("application/json".into()),
+            ..Delivery::default()
+        };
+        assert_eq!(keys(&binary("9%20a")), [Some("ce:4:/s/a:9 a".to_owned())]);
+        let error = binary("9%zz").events().unwrap_err();
+        assert_eq!(error.field, "id");
+        assert!(error.message.contains("`%zz`"), "{error:?}");
+    }
+
+    #[test]
+    fn one_cloudevent_twice_in_a_message_is_named_by_its_id() {
+        let error = Delivery {
+            body: br#"[{"specversion":"1.0","id":"9","source":"/s","type":"t"},
+                       {"specversion":"1.0","id":"9","source":"/s","type":"u"}]"#,
+            ..Delivery::default()
+        }
+        .events()
+        .unwrap_err();
+        assert_eq!(error.field, "[1].id");
+        assert!(error.message.contains("event [0]"), "{error:?}");
     }
 
     #[test]

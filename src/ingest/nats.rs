@@ -74,9 +74,32 @@ async fn consume<S: Store>(
     stop: &CancellationToken,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&settings.url).await?;
+    let address = crate::config::DatabaseUrl::new(settings.url.clone()).redacted();
+    let client = async_nats::connect(&settings.url)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to NATS at {address}: {error}"))?;
     let context = jetstream::new(client.clone());
-    let mut stream = context.get_stream(&settings.stream).await?;
+    let mut stream = context
+        .get_stream(&settings.stream)
+        .await
+        .map_err(|error| {
+            use jetstream::context::GetStreamErrorKind;
+            match error.kind() {
+                GetStreamErrorKind::JetStream(cause)
+                    if cause.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    anyhow::Error::new(Misconfigured(format!(
+                        "NATS at {address} has no JetStream stream `{}`: create it (e.g. `nats \
+                     stream add {} --subjects '{}'`), or name an existing one in `stream`",
+                        settings.stream, settings.stream, settings.subject
+                    )))
+                }
+                _ => anyhow::anyhow!(
+                    "cannot read the stream `{}` at {address}: {error}",
+                    settings.stream
+                ),
+            }
+        })?;
     // A stream deleted and made again under its name counts its sequence from 1 again: its
     // creation time keeps the keys derived from sequences apart.
     let created = stream.info().await?.created.unix_timestamp_nanos();
@@ -95,6 +118,8 @@ async fn consume<S: Store>(
     // A durable consumer made before keeps its settings unless told: a changed `subject`
     // would otherwise be logged as consumed while the old filter still applies.
     let existing = consumer.cached_info().config.clone();
+    let unread = consumer.cached_info().num_pending
+        + u64::try_from(consumer.cached_info().num_ack_pending).unwrap_or(0);
     if (
         &existing.filter_subject,
         existing.ack_wait,
@@ -111,6 +136,19 @@ async fn consume<S: Store>(
                 settings.consumer, existing.filter_subject
             ))
         })?;
+        if existing.filter_subject != settings.subject && unread > 0 {
+            // The messages the old filter took and were not yet acknowledged: those outside
+            // the new filter are never delivered to this consumer again.
+            tracing::warn!(
+                consumer = %settings.consumer,
+                subject = %settings.subject,
+                was = %existing.filter_subject,
+                unread,
+                "the durable consumer's subject changed while messages of the old one were \
+                 unread: those the new subject does not match will not be consumed; put the \
+                 old subject back to read them first"
+            );
+        }
         tracing::info!(
             consumer = %settings.consumer,
             subject = %settings.subject,
@@ -296,6 +334,7 @@ fn delivery(message: &Message) -> Delivery<'_> {
             .ok()
             .map(|info| format!("seq-{}", info.stream_sequence)),
         cloudevent_attributes,
+        attributes_percent_encoded: true,
         scope: String::new(),
         content_type: header("Content-Type").or_else(|| header("content-type")),
     }

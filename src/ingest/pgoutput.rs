@@ -53,6 +53,8 @@ pub enum Message {
     Begin {
         final_lsn: Lsn,
         committed_at: OffsetDateTime,
+        /// The transaction's id (32 bits, without its epoch).
+        xid: u32,
     },
     Commit {
         commit_lsn: Lsn,
@@ -174,10 +176,11 @@ impl Message {
             b'B' => {
                 let final_lsn = r.u64()?;
                 let committed_at = r.timestamp()?;
-                let _xid = r.u32()?;
+                let xid = r.u32()?;
                 Self::Begin {
                     final_lsn,
                     committed_at,
+                    xid,
                 }
             }
             b'C' => {

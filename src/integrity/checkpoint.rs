@@ -2,7 +2,6 @@
 //! `tlog-checkpoint` (origin, tree size, base64 root), signed as a C2SP `signed-note` with
 //! Ed25519, so tools nobody here wrote (Go's `sumdb/note`, witnesses) can check it.
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
@@ -221,21 +220,7 @@ fn write_private(path: &Path, key: &SigningKey) -> std::io::Result<()> {
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // The state directory on a fresh account (`~/.local/state/auditor`) may not exist yet.
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(pem.as_bytes())?;
-    file.sync_all()
+    crate::private_file::create(path, pem.as_bytes())
 }
 
 /// A parsed verifier key.

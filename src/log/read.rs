@@ -19,6 +19,24 @@ impl<S: Store> AuditLog<S> {
         event
     }
 
+    /// The tenants whose logs the caller may read, by name: its own, or for a credential of
+    /// every tenant each tenant that has a log (the system log only for those who may read it).
+    pub async fn readable_tenants(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<crate::model::TenantId>, LogError> {
+        match &principal.tenants {
+            crate::model::TenantScope::One(own) => Ok(vec![own.clone()]),
+            crate::model::TenantScope::All => Ok(self
+                .store
+                .tenants()
+                .await?
+                .into_iter()
+                .filter(|tenant| principal.in_tenant(tenant.clone()).is_some())
+                .collect()),
+        }
+    }
+
     /// [`Self::get`] for the core's own use: not recorded.
     pub(super) async fn find(&self, principal: &Principal, id: EventId) -> Result<Event, LogError> {
         self.store

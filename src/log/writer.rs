@@ -173,12 +173,38 @@ async fn gather(first: Job, jobs: &mut mpsc::Receiver<Job>, options: &WriterOpti
     batch
 }
 
+/// How often a commit that is still waiting for the database says so.
+const STALL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Awaits `append`, warning every [`STALL_WARNING_EVERY`] while it waits: a database that
+/// hangs (a lock held, a server that stopped answering) rather than fails would otherwise stall
+/// every write, from every way in, without a word.
+async fn watched<T>(append: impl Future<Output = T>, submissions: usize) -> T {
+    let started = Instant::now();
+    let mut warn_at = tokio::time::interval_at(
+        tokio::time::Instant::now() + STALL_WARNING_EVERY,
+        STALL_WARNING_EVERY,
+    );
+    tokio::pin!(append);
+    loop {
+        tokio::select! {
+            result = &mut append => return result,
+            _ = warn_at.tick() => tracing::warn!(
+                submissions,
+                waited_secs = started.elapsed().as_secs(),
+                "a commit is still waiting for the database (a lock held, or the server not \
+                 answering?); writes wait behind it"
+            ),
+        }
+    }
+}
+
 async fn commit<S: Store>(store: &S, batch: Vec<Job>) {
     let (submissions, replies): (Vec<Submission>, Vec<_>) =
         batch.into_iter().map(|j| (j.submission, j.reply)).unzip();
     tracing::trace!(submissions = submissions.len(), "committing batch");
     let started = Instant::now();
-    match store.append(&submissions).await {
+    match watched(store.append(&submissions), submissions.len()).await {
         Ok(outcomes) => {
             observe_commit(started, &submissions, &outcomes);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {

@@ -328,6 +328,37 @@ fn attribute_text(name: &str, value: &RawValue) -> Result<String, FieldError> {
         })
 }
 
+/// A binary-mode header's value, percent-decoded (HTTP binding 3.1.3.2, which the NATS binding
+/// follows): a `%` must begin an escape of two hex digits, and the bytes must be UTF-8.
+/// `attribute` names the error; `header` is the header as sent.
+pub fn percent_decoded(attribute: &str, header: &str, value: &[u8]) -> Result<String, FieldError> {
+    if let Some(escape) = invalid_escape(value) {
+        return Err(FieldError::new(
+            attribute,
+            format!(
+                "is not percent-encoded: the header `{header}` holds `{escape}`, and a `%` must \
+                 be followed by two hex digits (`%25` for a `%` itself)"
+            ),
+        ));
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| percent_encoding::percent_decode_str(v).decode_utf8().ok())
+        .map(|v| v.into_owned())
+        .ok_or_else(|| FieldError::new(attribute, "is not percent-encoded UTF-8"))
+}
+
+/// The first `%` escape in a header value that is not `%` and two hex digits, as sent (up to
+/// three bytes); `percent_decode_str` would pass it through as it is.
+fn invalid_escape(value: &[u8]) -> Option<String> {
+    value.iter().enumerate().find_map(|(at, &byte)| {
+        let digits = value.get(at + 1..at + 3);
+        let valid = digits.is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit));
+        (byte == b'%' && !valid)
+            .then(|| String::from_utf8_lossy(&value[at..value.len().min(at + 3)]).into_owned())
+    })
+}
+
 /// The errors of a batch's events, named by their index (`[2].type`), and the one error a
 /// batch can hold on its own: two events with the same `source` and `id`, which are one event
 /// (CloudEvents 1.0: `source` + `id` identify an event), named `[i].id`.
@@ -402,6 +433,19 @@ fn attribute_of(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_percent_not_followed_by_two_hex_digits_is_an_invalid_escape() {
+        assert_eq!(invalid_escape(b"bad%zz").as_deref(), Some("%zz"));
+        assert_eq!(invalid_escape(b"end%4").as_deref(), Some("%4"));
+        assert_eq!(invalid_escape(b"%").as_deref(), Some("%"));
+        assert_eq!(invalid_escape(b"a%20b%2Fc%25"), None);
+        assert_eq!(invalid_escape(b"plain"), None);
+        assert_eq!(
+            percent_decoded("id", "ce-id", b"a%20b%2Fc%25").unwrap(),
+            "a b/c%"
+        );
+    }
 
     fn structured(json: &str) -> Result<RawEvent, FieldError> {
         CloudEvent::from_structured(json.as_bytes())?.into_raw_event()

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod json;
 pub mod payload;
 pub mod query;
+pub mod session;
 pub mod token;
 pub mod user;
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use crate::integrity::dropped::DroppedPrefix;
 use crate::integrity::tiles::{TILE_WIDTH, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
+use crate::model::session::SessionRecord;
 use crate::model::token::{NewToken, TokenRecord};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{Event, EventId, EventQuery, Seq, Submission, TenantId};
@@ -17,6 +18,7 @@ mod capture_positions;
 pub mod pages;
 pub mod postgres;
 mod rows;
+mod sessions;
 pub mod sqlite;
 mod tokens;
 mod users;
@@ -319,6 +321,40 @@ pub trait Store: Clone + Send + Sync + 'static {
         name: &str,
         at: time::OffsetDateTime,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores a web viewer session (its secret already hashed).
+    fn add_session(
+        &self,
+        session: &SessionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The session whose secret hashes to `secret_hash`, expired or not.
+    fn find_session(
+        &self,
+        secret_hash: &Digest,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// Records that the session was used at `at` (never moving its time back); a session that
+    /// is gone is no error.
+    fn touch_session(
+        &self,
+        secret_hash: &Digest,
+        at: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the session (sign-out); one that is gone already is no error.
+    fn remove_session(
+        &self,
+        secret_hash: &Digest,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the sessions last used before `idle_before` or begun before `begun_before`,
+    /// returning how many.
+    fn remove_expired_sessions(
+        &self,
+        idle_before: time::OffsetDateTime,
+        begun_before: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Where the change capture `capture` last confirmed its slot: `(slot, LSN)`, the LSN as
     /// a number; `None` before its first confirmation.

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use super::{StoreError, corrupt, decode_frontier, decode_role};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::fields::{Cell, Kind, Stored};
+use crate::model::session::{Granted, SessionRecord};
 use crate::model::token::TokenRecord;
 use crate::model::user::UserRecord;
 use crate::model::{Event, FIELDS, Scopes, Seq, TenantId, TenantScope};
@@ -60,6 +61,31 @@ pub fn token<'r>(row: &mut impl ReadRow<'r>) -> Result<TokenRecord, StoreError> 
         created_at: get(row, "created_at")?,
         expires_at: get(row, "expires_at")?,
         revoked_at: get(row, "revoked_at")?,
+    })
+}
+
+/// A session from a row of the statements of `store::sessions`.
+pub fn session<'r>(row: &mut impl ReadRow<'r>) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        secret_hash: get(row, "secret_hash")?,
+        user_name: get(row, "user_name")?,
+        credential_tag: get(row, "credential_tag")?,
+        created_at: get(row, "created_at")?,
+        last_seen_at: get(row, "last_seen_at")?,
+        granted: match (
+            get::<Option<String>>(row, "scopes")?,
+            get::<Option<String>>(row, "tenant")?,
+            get::<Option<time::OffsetDateTime>>(row, "expires_at")?,
+        ) {
+            (Some(scopes), Some(tenant), Some(expires_at)) => Some(Granted {
+                scopes: Scopes::parse(&scopes).map_err(|e| corrupt("ui_sessions.scopes", e))?,
+                tenants: TenantScope::parse(&tenant)
+                    .map_err(|e| corrupt("ui_sessions.tenant", e))?,
+                expires_at,
+            }),
+            (None, None, None) => None,
+            _ => return Err(corrupt("ui_sessions", "a grant without all of its columns")),
+        },
     })
 }
 

@@ -504,6 +504,45 @@ async fn tables_published_by_hand_are_recorded_as_gaps(backend: Backend) {
         unrecordable["event_data"]["change"],
         "public.longkey.create"
     );
+
+    // Put in by another role: the trace tells it in WAL order, so its gap comes before the
+    // table's first captured change, names who did it, and is not told again at the next look.
+    let ops = format!("o_{}", host.name);
+    host.execute(&format!(
+        "CREATE ROLE {ops} SUPERUSER; \
+         BEGIN; SET LOCAL ROLE {ops}; CREATE TABLE later (id int PRIMARY KEY); \
+         INSERT INTO later VALUES (1); ALTER PUBLICATION {publication} ADD TABLE later; COMMIT; \
+         INSERT INTO later VALUES (2)"
+    ))
+    .await;
+    wait_for_type(&app, "public.later.create", 1).await;
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, bool>(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'later'::regclass)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no role trigger");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.execute("INSERT INTO later VALUES (3)").await;
+    wait_for_type(&app, "public.later.create", 2).await;
+    let events = recorded(&app).await;
+    let later: Vec<(&str, &Value)> = events
+        .iter()
+        .filter(|e| e["entity"] == "public.later")
+        .map(|e| (e["event_type"].as_str().unwrap(), &e["event_data"]))
+        .collect();
+    assert_eq!(
+        later.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        ["capture.gap", "public.later.create", "public.later.create"],
+        "{later:?}"
+    );
+    assert_eq!(later[0].1["role"], ops.as_str());
+    assert_eq!(later[2].1["role"], "postgres", "the role trigger");
     app.stop().await.unwrap();
     host.drop_now().await;
 }
@@ -691,9 +730,10 @@ async fn keys_roles_and_hidden_columns_hold_and_a_quiet_slot_moves(backend: Back
         .find(|e| e["entity_id"] == "3")
         .unwrap();
     assert_eq!(refused["user_identity"], "postgres");
+    let why = refused["event_data"]["context_refused"].as_str().unwrap();
     assert!(
-        refused["event_data"]["context_refused"].is_string(),
-        "{refused}"
+        why.contains("message 1: user_identity: "),
+        "the refusal of the whole event names its message too: {why}"
     );
     assert_eq!(refused["event_data"].get("context"), None);
     // Only the field refused is given up: the user and the address stay.
@@ -932,10 +972,8 @@ async fn a_publication_that_leaves_changes_out_is_refused(backend: Backend) {
         .await;
     let gap = app.get_ok("/events?event_type=capture.gap").await;
     let gap = &gap["events"][0];
-    assert_eq!(
-        gap["entity"],
-        format!("publication {}", capture.publication)
-    );
+    assert_eq!(gap["entity"], "publication");
+    assert_eq!(gap["entity_id"], capture.publication.as_str());
     assert_eq!(gap["outcome"], "failure");
     app.stop().await.unwrap();
     host.drop_now().await;
@@ -981,7 +1019,8 @@ async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
     wait_for_type(&app, "public.accounts.create", 2).await;
     let gaps = app_gaps(&app).await;
     assert_eq!(gaps.len(), 1, "{gaps:?}");
-    assert_eq!(gaps[0]["entity"], format!("publication {publication}"));
+    assert_eq!(gaps[0]["entity"], "publication");
+    assert_eq!(gaps[0]["entity_id"], publication.as_str());
     assert_eq!(
         gaps[0]["event_data"]["left_out"],
         serde_json::json!(["update", "delete", "truncate"])
@@ -1013,7 +1052,159 @@ async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
         .find(|gap| gap["event_data"]["tables_taken_out"] == serde_json::json!(["public.accounts"]))
         .unwrap_or_else(|| panic!("{gaps:?}"));
     assert_eq!(taken_out["event_data"]["left_out"], serde_json::json!([]));
+
+    // A row filter put on a captured table and taken off again.
+    for statement in [
+        format!("ALTER PUBLICATION {publication} SET TABLE accounts WHERE (id > 100), plain"),
+        "INSERT INTO accounts (id, email) VALUES (6, 'filtered@example.com')".to_owned(),
+        format!("ALTER PUBLICATION {publication} SET TABLE accounts, plain"),
+        "INSERT INTO accounts (id, email) VALUES (7, 'whole@example.com')".to_owned(),
+    ] {
+        host.execute(&statement).await;
+    }
+    wait_for_type(&app, "public.accounts.create", 5).await;
+    let gaps = app_gaps(&app).await;
+    assert!(
+        gaps.iter()
+            .any(|gap| gap["event_data"]["tables_filtered"]
+                == serde_json::json!(["public.accounts"])),
+        "{gaps:?}"
+    );
     app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
+/// The events from the capture `app` of a service run as a process, once one of them names the
+/// row `entity_id` (within 30 s).
+async fn events_until(server: &ServerProcess, entity_id: &str) -> Vec<Value> {
+    let client = crate::helpers::http_client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page: Value = client
+            .get(format!("http://{}/events?source=app", server.address))
+            .basic_auth(crate::helpers::ADMIN.0, Some(crate::helpers::ADMIN.1))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["events"].as_array().unwrap().clone();
+        if events.iter().any(|e| e["entity_id"] == entity_id) {
+            return events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Any role that writes a captured table can send messages under every prefix: one that names
+/// another role for its own changes, or fakes a narrowing of the publication, is passed over,
+/// since only the capture's triggers hold the key that signs theirs; and that key is no
+/// writer's to read.
+async fn messages_the_capture_did_not_send_are_passed_over(backend: Backend) {
+    let (host, capture, _db, mut app) = capturing_one_account(backend).await;
+    let writer = format!("w_{}", host.name);
+    host.execute(&format!(
+        "CREATE ROLE {writer}; GRANT SELECT, INSERT, UPDATE ON accounts TO {writer}"
+    ))
+    .await;
+    let forged_narrowing = json!({
+        "publication": capture.publication, "event": "ddl_command_end", "insert": false,
+        "update": false, "delete": false, "truncate": false, "role": "postgres", "tables": [],
+    })
+    .to_string();
+    host.execute(&format!(
+        "BEGIN; SET LOCAL ROLE {writer}; \
+         WITH inserted AS (INSERT INTO accounts (id, email) VALUES (2, 'w@example.com') \
+           RETURNING id) \
+         SELECT pg_logical_emit_message(true, 'auditor-role', 'postgres') FROM inserted; \
+         SELECT pg_logical_emit_message(true, 'auditor-role', \
+           repeat('0', 64) || ' postgres'); \
+         SELECT pg_logical_emit_message(true, 'auditor-publication', '{forged_narrowing}'); \
+         UPDATE accounts SET email = 'w2@example.com' WHERE id = 2; \
+         COMMIT"
+    ))
+    .await;
+    let updated = wait_for_type(&app, "public.accounts.update", 1).await;
+    let inserted = wait_for_type(&app, "public.accounts.create", 2).await;
+    let mine = inserted
+        .iter()
+        .chain(&updated)
+        .filter(|e| e["entity_id"] == "2")
+        .collect::<Vec<_>>();
+    assert_eq!(mine.len(), 2, "{inserted:?}");
+    for event in mine {
+        assert_eq!(event["event_data"]["role"], writer.as_str(), "{event}");
+        assert_eq!(event["user_identity"], writer.as_str(), "{event}");
+    }
+    assert_eq!(app_gaps(&app).await, Vec::<Value>::new(), "no false alarm");
+
+    let mut conn = sqlx::PgConnection::connect(&host.url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {writer}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let read = sqlx::query("SELECT key FROM auditor_capture_key")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(read.to_string().contains("permission denied"), "{read}");
+    drop(conn);
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
+/// A publication dropped while its slot holds changes made after: the slot cannot be read past
+/// them, and the capture says so, with what to do, rather than retrying PostgreSQL's error
+/// forever; once the slot is dropped, it starts anew and records the gap.
+#[tokio::test]
+async fn a_publication_dropped_under_its_slot_is_refused_with_the_way_out() {
+    let host = HostDb::create().await;
+    let capture = host.capture();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, host.toml()).unwrap();
+    let env = [("AUDITOR_CONFIG", config.to_str().unwrap())];
+    let server = ServerProcess::serve_with_env(&db, &env);
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
+        .await;
+    events_until(&server, "1").await;
+    host.execute(&format!("DROP PUBLICATION {}", capture.publication))
+        .await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (2, 'unreadable@example.com')")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.terminate();
+    let mut server = server;
+    let (_, log) = server.wait();
+    assert!(
+        log.contains("holds changes made while the publication")
+            && log.contains("pg_drop_replication_slot"),
+        "{log}"
+    );
+
+    host.execute(&format!(
+        "SELECT pg_drop_replication_slot('{}')",
+        capture.slot
+    ))
+    .await;
+    let server = ServerProcess::serve_with_env(&db, &env);
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (3, 'after@example.com')")
+        .await;
+    let events = events_until(&server, "3").await;
+    assert_eq!(
+        event_types(&events),
+        [
+            "public.accounts.create",
+            "capture.gap",
+            "public.accounts.create"
+        ],
+        "{events:?}"
+    );
+    drop(server);
     host.drop_now().await;
 }
 
@@ -1068,6 +1259,7 @@ async fn a_slot_made_again_by_someone_else_is_recorded_as_a_gap(backend: Backend
     let gaps = app_gaps(&app).await;
     assert_eq!(gaps.len(), 1, "{gaps:?}");
     assert_eq!(gaps[0]["entity"], "replication_slot");
+    assert_eq!(gaps[0]["entity_id"], capture.slot.as_str());
     assert!(
         gaps[0]["event_data"]["last_confirmed_lsn"].is_string(),
         "{}",
@@ -1168,6 +1360,7 @@ async fn unflushed_commits_are_not_passed_by_a_quiet_advance(backend: Backend) {
 }
 
 crate::both_backends!(
+    messages_the_capture_did_not_send_are_passed_over,
     a_slot_made_again_by_someone_else_is_recorded_as_a_gap,
     a_publication_narrowed_for_a_moment_is_recorded,
     tables_published_by_hand_are_recorded_as_gaps,

@@ -119,8 +119,14 @@ fn the_documented_configuration_is_the_default_and_names_every_setting() {
     settings.tls.key_file = Some("k".into());
     settings.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
     settings.retention.tenants.insert("default".into(), 1);
-    settings.auth.jwt =
-        Some(toml::from_str("issuer = \"i\"\naudience = \"a\"\njwks_url = \"https://k\"").unwrap());
+    settings.auth.jwt = Some(
+        toml::from_str(
+            "issuer = \"i\"\naudience = \"a\"\njwks_url = \"https://k\"\n[login]\n\
+             client_id = \"c\"\nauthorization_url = \"https://a\"\ntoken_url = \"https://t\"\n\
+             redirect_url = \"https://r/ui/oidc/callback\"",
+        )
+        .unwrap(),
+    );
     settings.ingest.nats = vec![
         toml::from_str(
             "url = \"u\"\nstream = \"S\"\nconsumer = \"c\"\nsubject = \"s\"\n\

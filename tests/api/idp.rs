@@ -188,6 +188,7 @@ impl IdentityProvider {
             leeway_secs: 60,
             jwks_max_age_secs: 300,
             jwks_min_refetch_secs: 1,
+            login: None,
         });
     }
 }

@@ -60,6 +60,24 @@ async fn without_a_configured_password_the_admin_gets_a_generated_one(backend: B
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].name, "admin");
     assert!(users[0].password_hash.starts_with("$argon2id$"));
+    // No terminal here: the password is left in a file only its owner may read, not logged.
+    let file = app
+        .settings
+        .signing_key_path()
+        .with_file_name(auditor::server::GENERATED_PASSWORD_FILE);
+    let password = std::fs::read_to_string(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        app.get("/events", ("admin", password.trim_end()))
+            .await
+            .status(),
+        200,
+        "the password in the file signs in"
+    );
 }
 
 async fn readiness_reports_the_database(backend: Backend) {
@@ -448,5 +466,45 @@ async fn text_logs_escape_control_characters_from_clients() {
     assert!(
         failed.ends_with(r"user=x\nFORGED LINE level=ERROR\r\u{1b}[2J\u{2028}end"),
         "{failed}"
+    );
+}
+
+/// A database that hangs rather than fails (a table lock held by someone else) stalls every
+/// write: the writer says so while it waits, and the write commits once the lock is gone.
+#[tokio::test]
+async fn a_commit_waiting_on_the_database_is_logged() {
+    use sqlx::Connection;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut server = crate::helpers::ServerProcess::serve(&db);
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let post = crate::helpers::http_client()
+        .post(format!("http://{}/events", server.address))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .json(&json!({"event_type": "a", "user_identity": "u"}))
+        .send();
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+    };
+    let (response, ()) = tokio::join!(post, release);
+    let status = response.unwrap().status();
+    assert!(
+        status == 201 || status == 408,
+        "committed, or answered 408 while it waited: {status}"
+    );
+    assert_eq!(db.count_events("default").await, 1, "committed once free");
+    server.terminate();
+    let (_, log) = server.wait();
+    assert!(
+        log.contains("a commit is still waiting for the database"),
+        "{log}"
     );
 }

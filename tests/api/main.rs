@@ -39,5 +39,6 @@ mod tenants;
 mod tiles;
 mod tls;
 mod tokens;
+mod ui;
 mod upgrade;
 mod validation;

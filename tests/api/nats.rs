@@ -592,3 +592,33 @@ crate::both_backends!(
     poison_is_dead_lettered_and_a_refusing_database_holds_messages,
     the_consumer_carries_on_after_the_broker_restarts,
 );
+
+/// A stream that does not exist, or a server that does not answer, is said in words that name
+/// them and where (without the URL's password), not as the client library's bare error.
+#[tokio::test]
+async fn a_missing_stream_or_server_is_named() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(
+        &config,
+        "[[ingest.nats]]\nurl = \"nats://127.0.0.1:4222\"\nstream = \"NO_SUCH_STREAM\"\n\
+         consumer = \"auditor\"\nsubject = \"nowhere.>\"\ndead_letter_subject = \"nowhere.dead\"\n\
+         [[ingest.nats]]\nurl = \"nats://user:hunter2@127.0.0.1:1\"\nstream = \"S\"\n\
+         consumer = \"c\"\nsubject = \"s.>\"\ndead_letter_subject = \"s.dead\"\n",
+    )
+    .unwrap();
+    let mut server =
+        ServerProcess::serve_with_env(&db, &[("AUDITOR_CONFIG", config.to_str().unwrap())]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.terminate();
+    let (_, log) = server.wait();
+    assert!(
+        log.contains("has no JetStream stream `NO_SUCH_STREAM`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cannot connect to NATS at nats://user:***@127.0.0.1:1"),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+}

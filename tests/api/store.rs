@@ -242,6 +242,84 @@ async fn users_are_added_found_listed_and_removed<S: Store>(store: S, _db: &Test
     ));
 }
 
+async fn sessions_are_added_found_touched_and_removed<S: Store>(store: S, _db: &TestDb) {
+    use auditor::model::session::SessionRecord;
+    store.migrate().await.unwrap();
+    let now = truncate_to_micros(OffsetDateTime::now_utc());
+    let session = |byte: u8, begun: OffsetDateTime| SessionRecord {
+        secret_hash: Digest([byte; 32]),
+        user_name: format!("user{byte}"),
+        credential_tag: Digest([byte ^ 0xff; 32]),
+        created_at: begun,
+        last_seen_at: begun,
+        granted: (byte == 2).then(|| auditor::model::session::Granted {
+            scopes: auditor::model::Scopes::parse("events:read").unwrap(),
+            tenants: auditor::model::TenantScope::parse("acme").unwrap(),
+            expires_at: begun + time::Duration::hours(1),
+        }),
+    };
+    let fresh = session(1, now);
+    let old = session(2, now - time::Duration::hours(30));
+    store.add_session(&fresh).await.unwrap();
+    store.add_session(&old).await.unwrap();
+    assert_eq!(
+        store.find_session(&old.secret_hash).await.unwrap(),
+        Some(old.clone()),
+        "with its grant"
+    );
+    assert_eq!(
+        store.find_session(&fresh.secret_hash).await.unwrap(),
+        Some(fresh.clone())
+    );
+    assert!(
+        store
+            .find_session(&Digest([3; 32]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Touching moves the time forward only.
+    let later = now + time::Duration::minutes(5);
+    store
+        .touch_session(&fresh.secret_hash, later)
+        .await
+        .unwrap();
+    store.touch_session(&fresh.secret_hash, now).await.unwrap();
+    let touched = store
+        .find_session(&fresh.secret_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(touched.last_seen_at, later);
+    assert_eq!(touched.created_at, now);
+
+    let removed = store
+        .remove_expired_sessions(
+            now - time::Duration::hours(8),
+            now - time::Duration::hours(24),
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(
+        store
+            .find_session(&old.secret_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.remove_session(&fresh.secret_hash).await.unwrap();
+    store.remove_session(&fresh.secret_hash).await.unwrap();
+    assert!(
+        store
+            .find_session(&fresh.secret_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 /// The watch's generation once it moves off `from`, within a second.
 async fn generation_after(watch: &UsersWatch, from: Option<u64>, what: &str) -> u64 {
     let started = std::time::Instant::now();
@@ -1234,6 +1312,7 @@ conformance!(
     the_schema_refuses_updates_and_deletes,
     a_redaction_may_change_no_other_column,
     users_are_added_found_listed_and_removed,
+    sessions_are_added_found_touched_and_removed,
     the_users_watch_sees_every_change_to_users,
     the_last_admin_cannot_be_removed,
     every_documented_filter_is_planned_through_an_index,

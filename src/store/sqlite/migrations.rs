@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 15] = [
+const FILES: [(&str, &str); 16] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -80,6 +80,10 @@ const FILES: [(&str, &str); 15] = [
         "0015_capture_positions.sql",
         include_str!("../migrations/sqlite/0015_capture_positions.sql"),
     ),
+    (
+        "0016_ui_sessions.sql",
+        include_str!("../migrations/sqlite/0016_ui_sessions.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -98,6 +102,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[12].1),
     M::up(FILES[13].1),
     M::up(FILES[14].1),
+    M::up(FILES[15].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

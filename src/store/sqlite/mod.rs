@@ -20,6 +20,7 @@ use crate::integrity::tiles::{FullTile, TileId};
 use crate::integrity::{Chained, Checkpoint, Digest};
 use crate::model::event::truncate_to_micros;
 use crate::model::fields::{Cell, Flag, Kind};
+use crate::model::session::SessionRecord;
 use crate::model::token::{NewToken, TokenRecord};
 use crate::model::user::{NewUser, Role, UserRecord};
 use crate::model::{
@@ -32,6 +33,7 @@ mod lists;
 mod migrations;
 mod postings;
 mod runs;
+mod sessions;
 mod tokens;
 
 use connections::{Location, Threads};
@@ -945,6 +947,38 @@ impl Store for SqliteStore {
 
     async fn add_token(&self, token: &NewToken) -> Result<(), StoreError> {
         self.insert_token(token).await
+    }
+
+    async fn add_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.insert_session(session).await
+    }
+
+    async fn find_session(
+        &self,
+        secret_hash: &Digest,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.select_session(secret_hash).await
+    }
+
+    async fn touch_session(
+        &self,
+        secret_hash: &Digest,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.update_session_seen(secret_hash, at).await
+    }
+
+    async fn remove_session(&self, secret_hash: &Digest) -> Result<(), StoreError> {
+        self.delete_session(secret_hash).await
+    }
+
+    async fn remove_expired_sessions(
+        &self,
+        idle_before: OffsetDateTime,
+        begun_before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.delete_expired_sessions(idle_before, begun_before)
+            .await
     }
 
     async fn capture_position(&self, capture: &str) -> Result<Option<(String, i64)>, StoreError> {
