@@ -26,9 +26,29 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 /// `415` unless the `Content-Type` is JSON (`application/json` or `…+json`) or absent.
 pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     match content_type(headers) {
-        Some(essence) if essence != "application/json" && !essence.ends_with("+json") => {
-            Err(ApiError::UnsupportedMediaType)
-        }
+        Some(essence) if essence != "application/json" && !essence.ends_with("+json") => Err(
+            ApiError::UnsupportedMediaType("JSON (Content-Type: application/json)"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The media types `POST /events/bulk` reads: NDJSON under its common names, and JSON (one
+/// event on one line is both).
+pub const NDJSON_TYPES: [&str; 4] = [
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/json",
+];
+
+/// `415` unless the `Content-Type` is one of [`NDJSON_TYPES`] or absent, as [`require_json`]
+/// for one JSON document: a form or `text/plain` is more likely a mistake than NDJSON.
+pub fn require_ndjson(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    match content_type(headers) {
+        Some(essence) if !NDJSON_TYPES.contains(&essence.as_str()) => Err(
+            ApiError::UnsupportedMediaType("NDJSON (Content-Type: application/x-ndjson)"),
+        ),
         _ => Ok(()),
     }
 }
@@ -90,12 +110,27 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Like [`parse`], but an empty body means "all defaults" (seed 2's bodiless PUT and DELETE).
+/// Like [`parse`], for a body that must be one JSON object: serde would also fill a struct
+/// from an array of its fields in order (`[null, null]`), which no client means.
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => parse(bytes),
+        Some(_) => {
+            require_well_formed(bytes)?;
+            Err(ApiError::Invalid(crate::model::FieldError::new(
+                ".",
+                "the body must be a JSON object",
+            )))
+        }
+    }
+}
+
+/// Like [`parse_object`], but an empty body means "all defaults" (seed 2's bodiless PUT and DELETE).
 pub fn parse_or_default<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        parse(bytes)
+        parse_object(bytes)
     }
 }
 

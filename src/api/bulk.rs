@@ -23,7 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::WriteAccess;
-use super::body::parse;
+use super::body::{parse, require_ndjson};
 use super::{ApiError, AppState, BodyLimit};
 use crate::auth::Principal;
 use crate::log::{LogError, Recorded};
@@ -41,7 +41,8 @@ pub fn router<S: Store>(idle: Duration) -> OpenApiRouter<AppState<S>> {
 struct IdleTimeout(Duration);
 
 /// Inclusive ranges of 1-based line numbers.
-#[derive(Default, Serialize)]
+#[derive(Default, Serialize, utoipa::ToSchema)]
+#[schema(value_type = Vec<[u64; 2]>)]
 struct Lines(Vec<[u64; 2]>);
 
 impl Lines {
@@ -53,17 +54,59 @@ impl Lines {
     }
 }
 
-#[derive(Default, Serialize)]
+/// What an upload committed, line by line.
+#[derive(Default, Serialize, utoipa::ToSchema)]
+#[schema(as = BulkReport)]
 struct Report {
+    /// How many lines were recorded as new events.
     committed: u64,
+    /// How many lines replayed an event recorded before under its `idempotency_key`.
     replayed: u64,
+    /// The lines committed, as `[first, last]` ranges.
     committed_lines: Lines,
+    /// The lines replayed, as `[first, last]` ranges.
     replayed_lines: Lines,
+    /// `{"line", "error"}` for each line refused, `error` as `ErrorBody`'s.
+    #[schema(value_type = Vec<Object>)]
     rejected: Vec<Value>,
     /// `{"line", "error"}` when the upload ended early: no line from `line` on was committed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     stopped: Option<Value>,
 }
+
+/// Any body: each line is judged on its own, and reported, so no body is invalid as a whole (a
+/// schema only).
+struct AnyJson;
+
+impl utoipa::PartialSchema for AnyJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AnyJson {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "NdjsonLines".into()
+    }
+}
+
+/// A refusal before the upload began (`ErrorBody`), or the report of one that ended early: a
+/// schema only, the answer being built as one or the other.
+struct BulkOrError;
+
+impl utoipa::PartialSchema for BulkOrError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name("ErrorBody"))
+            .item(utoipa::openapi::Ref::from_schema_name("BulkReport"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BulkOrError {}
 
 impl Report {
     /// Records that line `line` was refused and why; the upload goes on.
@@ -108,21 +151,42 @@ impl Chunk {
     path = "/events/bulk",
     tag = "events",
     responses(
-        (status = 200, description = "Every line committed or replayed: the report \
-            `{committed, replayed, committed_lines, replayed_lines, rejected}`", body = Object),
+        (status = 200, description = "Every line committed or replayed: the report", body = Report),
         (status = 207, description = "Some lines were rejected (`rejected` says which and why); \
-            the others are committed", body = Object),
+            the others are committed", body = Report),
+        (status = 400, description = "A bad parameter (`ErrorBody`), or the body broke off \
+            (`body_error`: the report, with `stopped`)",
+            body = inline(BulkOrError)),
+        (status = 408, description = "No data arrived for `limits.request_timeout_secs` \
+            (`idle_timeout`): the report, with `stopped`", body = Report),
+        (status = 415, description = "A body that is not NDJSON (a form, `text/plain`)"),
+        (status = 503, description = "The database is unavailable, the service is busy or \
+            shutting down; `Retry-After` says when to retry. Once the upload began: the report, \
+            with `stopped`", body = inline(BulkOrError)),
     ),
-    request_body(content((String = "application/x-ndjson")), description = "One event per \
-        line, as `POST /events` takes it; streamed, no overall size limit"),
+    request_body(
+        content(
+            (AnyJson = "application/x-ndjson"),
+            (AnyJson = "application/ndjson"),
+            (AnyJson = "application/jsonl"),
+            (AnyJson = "application/json"),
+        ),
+        description = "One event per line, as `POST /events` takes it (`RawEvent`); streamed, \
+            no overall size limit, each line at most `limits.max_body_bytes`. Also as \
+            `application/json` (one event on one line is NDJSON too). A line that is not an \
+            event does not make the request invalid: the report's `rejected` names it"),
 )]
 async fn ingest<S: Store>(
     State(state): State<AppState<S>>,
     WriteAccess(principal): WriteAccess,
     Extension(IdleTimeout(idle)): Extension<IdleTimeout>,
     limit: Option<Extension<BodyLimit>>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
+    if let Err(refused) = require_ndjson(&headers) {
+        return refused.into_response();
+    }
     let max_line = limit.map_or(1 << 20, |Extension(BodyLimit(n))| n);
     let mut report = Report::default();
     let mut chunk = Chunk::new();

@@ -98,3 +98,146 @@ fn binary_mode(headers: &HeaderMap, body: &Bytes) -> Result<RawEvent, ApiError> 
     let event = CloudEvent::from_binary(attributes, content_type, body)?;
     Ok(event.into_raw_event()?)
 }
+
+/// One structured-mode CloudEvent as the document describes it: the attributes this service
+/// records, each with the rules of the field it becomes (`model::cloudevent` has the mapping).
+pub struct StructuredEvent;
+
+impl utoipa::PartialSchema for StructuredEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use super::openapi;
+        use utoipa::openapi::schema::{AdditionalProperties, AnyOfBuilder, ObjectBuilder, Type};
+        let string = |pattern: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern))
+        };
+        let enumeration = |values: &[&str]| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(values.iter().copied()))
+        };
+        // An extension's value may be a boolean or a 32-bit integer too, recorded as its text.
+        let extension = || {
+            utoipa::openapi::schema::OneOfBuilder::new()
+                .item(openapi::event_text())
+                .item(ObjectBuilder::new().schema_type(Type::Boolean))
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(i32::MIN))
+                        .maximum(Some(i32::MAX)),
+                )
+        };
+        // The data is in `data` or in `data_base64`, never both: each branch allows one.
+        let event = |data: &str| {
+            let data_schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> = if data
+                == "data"
+            {
+                utoipa::openapi::Ref::from_schema_name("JsonValue").into()
+            } else {
+                // Canonical base64: the padded last group's unused bits are zero.
+                string(
+                        "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+                    )
+                    .into()
+            };
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property("specversion", enumeration(&["1.0"]))
+                // Unique per `source`: with it, the idempotency key.
+                .property("id", string(&format!("^[^{}]+$", openapi::CONTROL)))
+                // A URI reference: the event's `source`.
+                .property(
+                    "source",
+                    string(&format!(
+                        "^[^{}{}]+$",
+                        openapi::WHITE_SPACE,
+                        openapi::CONTROL
+                    )),
+                )
+                .property("type", openapi::event_type())
+                .property("subject", openapi::event_text())
+                .property(
+                    "time",
+                    ObjectBuilder::new().schema_type(Type::String).format(Some(
+                        utoipa::openapi::SchemaFormat::KnownFormat(
+                            utoipa::openapi::KnownFormat::DateTime,
+                        ),
+                    )),
+                )
+                // Kept with binary data (in `event_data`, where U+0000 cannot be), else dropped.
+                .property(
+                    "datacontenttype",
+                    if data == "data" {
+                        ObjectBuilder::new().schema_type(Type::String)
+                    } else {
+                        string(r"^[^\u0000]*$")
+                    },
+                )
+                .property("dataschema", ObjectBuilder::new().schema_type(Type::String))
+                .property(data, data_schema)
+                // The actor: the event's `user_identity`.
+                .property("authid", openapi::event_text())
+                .property("entity", extension())
+                .property("property", extension())
+                .property(
+                    "action",
+                    enumeration(&["create", "read", "update", "delete"]),
+                )
+                .property("outcome", enumeration(&["success", "failure"]))
+                .property("ip", openapi::ip_address())
+                .required("specversion")
+                .required("id")
+                .required("source")
+                .required("type")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        AnyOfBuilder::new()
+            .item(event("data"))
+            .item(event("data_base64"))
+            .description(Some(
+                "A CloudEvent 1.0 in the JSON format, with its data in `data` or in \
+                 `data_base64`; `source` and `id` together at most `limits.max_field_len` bytes",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StructuredEvent {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CloudEvent".into()
+    }
+}
+
+/// A batch of structured-mode CloudEvents: one at least, at most `limits.max_batch_events`.
+pub struct StructuredBatch;
+
+impl utoipa::PartialSchema for StructuredBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // Two events with the same `source` and `id` are one event, refused twice in one batch;
+        // the document can say no more than that two equal events are.
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(utoipa::openapi::Ref::from_schema_name("CloudEvent"))
+            .unique_items(true)
+            .min_items(Some(1))
+            .max_items(Some(crate::model::Limits::default().max_batch_events))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StructuredBatch {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CloudEventBatch".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push(("CloudEvent".into(), StructuredEvent::schema()));
+    }
+}

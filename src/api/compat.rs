@@ -17,9 +17,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::{ReadAccess, RedactAccess, WriteAccess};
-use super::body::{RawBody, parse, parse_or_default};
+use super::body::{RawBody, parse_object, parse_or_default};
 use super::events::{QueryPairs, parse_event_id, query_pairs, status_of};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, openapi};
 use crate::log::{Amendment, Recorded};
 use crate::model::event::parse_rfc3339;
 use crate::model::{Action, Event, FieldError, Outcome, RawEvent};
@@ -113,26 +113,40 @@ fn parse_datetime(text: &str) -> Result<OffsetDateTime, FieldError> {
         })
 }
 
-#[derive(Deserialize)]
+/// Seed 2's event: the route's `user_id` becomes `user_identity`, `datetime` `occurred_at`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SeedEvent)]
 struct CreateBody {
+    #[schema(schema_with = openapi::event_text)]
     entity: String,
+    /// A CRUD verb in any letter case (`CREATE`) also sets `action`.
+    #[schema(schema_with = openapi::event_type)]
     event_type: String,
+    /// When it happened: RFC 3339, or `YYYY-MM-DD` for midnight UTC.
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_seed_datetime)]
     datetime: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     property: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     entity_id: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_ip_address)]
     ip: Option<IpAddr>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     source: Option<String>,
     #[serde(default)]
     outcome: Option<Outcome>,
+    /// Any JSON object, as `POST /events` takes it.
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_data)]
     event_data: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     idempotency_key: Option<String>,
 }
 
@@ -140,7 +154,13 @@ struct CreateBody {
     post,
     path = "/create_log/{user_id}",
     tag = "seed routes",
+    // Read as JSON whatever the `Content-Type` says, as seed 2's curl lines send it.
+    request_body(content = CreateBody, content_type = "application/json"),
     responses(
+        (status = 200, description = "Recorded before under its `idempotency_key`: the event \
+            as first recorded", body = Object),
+        (status = 409, description = "An `idempotency_key` used before for other content, in \
+            seed 2's error shape"),
         (status = 201, description = "`{\"result\": \"success\", …}` with the event recorded", body = Object),
         (status = 422, description = "A wrong or missing field, in seed 2's error shape"),
     ),
@@ -153,7 +173,7 @@ async fn create<S: Store>(
 ) -> Answer {
     let WriteAccess(principal) = access?;
     let RawBody(body) = body?;
-    let body: CreateBody = parse(&body)?;
+    let body: CreateBody = parse_object(&body)?;
     let occurred_at = body
         .datetime
         .as_deref()
@@ -234,24 +254,36 @@ async fn event_log<S: Store>(
     Ok(success(StatusCode::OK, body))
 }
 
-#[derive(Deserialize, Default)]
+/// What an amendment changes; every field is optional, and so is the body.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SeedAmendment)]
 struct UpdateBody {
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     user_identity: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_type)]
     event_type: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     entity: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     entity_id: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     property: Option<String>,
+    /// When it happened: RFC 3339, or `YYYY-MM-DD` for midnight UTC.
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_seed_datetime)]
     datetime: Option<String>,
+    /// Any JSON object, as `POST /events` takes it.
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_data)]
     event_data: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_event_text)]
     idempotency_key: Option<String>,
 }
 
@@ -261,7 +293,13 @@ struct UpdateBody {
     put,
     path = "/update_log/{event_uuid}",
     tag = "seed routes",
+    request_body(content = UpdateBody, content_type = "application/json",
+        description = "Optional: without a body, the amendment takes the original's fields"),
     responses(
+        (status = 200, description = "Recorded before under its `idempotency_key`: the \
+            amendment as first recorded", body = Object),
+        (status = 409, description = "An `idempotency_key` used before for other content, in \
+            seed 2's error shape"),
         (status = 201, description = "The amendment recorded (the original stays as it was)", body = Object),
         (status = 422, description = "A wrong or missing field, in seed 2's error shape"),
     ),
@@ -295,10 +333,14 @@ async fn update<S: Store>(
     recorded_answer(state.log.amend(&principal, id, amendment).await?)
 }
 
-#[derive(Deserialize, Default)]
+/// Why the event is deleted; optional, and so is the body.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SeedDeletion)]
 struct DeleteBody {
+    /// Default: `deleted with DELETE /delete_log`. Not blank, without U+0000.
     #[serde(default)]
+    #[schema(schema_with = openapi::optional_reason)]
     reason: Option<String>,
 }
 
@@ -309,7 +351,12 @@ struct DeleteBody {
     delete,
     path = "/delete_log/{event_uuid}",
     tag = "seed routes",
+    request_body(content = DeleteBody, content_type = "application/json",
+        description = "Optional"),
     responses(
+        (status = 409, description = "One of the service's own `audit.*` records, in seed 2's \
+            error shape"),
+        (status = 422, description = "A blank or unknown field, in seed 2's error shape"),
         (status = 201, description = "Erased: the `audit.erased` record", body = Object),
         (status = 200, description = "Erased before: the record of that erasure", body = Object),
     ),
@@ -326,6 +373,7 @@ async fn remove<S: Store>(
     let reason = body
         .reason
         .unwrap_or_else(|| "deleted with DELETE /delete_log".to_owned());
+    super::erasure::check_reason(&reason)?;
     let id = parse_event_id(&event_uuid)?;
     recorded_answer(state.log.erase(&principal, id, reason).await?)
 }

@@ -16,12 +16,13 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("the body is not valid JSON: {0}")]
     MalformedJson(String),
-    #[error("{0}")]
+    #[error("{}", query_message(.0))]
     InvalidQuery(QueryError),
     #[error("{}", field_message(.0))]
     Invalid(FieldError),
-    #[error("the body must be JSON (Content-Type: application/json)")]
-    UnsupportedMediaType,
+    /// A body of another type than the route reads; the text says which it reads.
+    #[error("the body must be {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("the body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("authentication required: send valid HTTP Basic credentials or a Bearer token")]
@@ -92,6 +93,16 @@ fn retry_after_secs(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
+/// "`limit` must be a whole number from 1 to 1000": the model's short messages ("must be …")
+/// leave the parameter to `field`, but a person reading the message wants it named too.
+fn query_message(error: &QueryError) -> String {
+    if error.message.starts_with("must ") || error.message.starts_with("is ") {
+        format!("`{}` {}", error.param, error.message)
+    } else {
+        error.message.clone()
+    }
+}
+
 /// "`event_type` must not be empty", but not "`x` unknown field `x`…" (serde names it already).
 fn field_message(error: &FieldError) -> String {
     let leaf = error
@@ -113,7 +124,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized | Self::SignedOut | Self::InvalidToken(_) => {
                 StatusCode::UNAUTHORIZED
@@ -137,7 +148,7 @@ impl ApiError {
             Self::MalformedJson(_) => "malformed_json",
             Self::InvalidQuery(_) => "invalid_query",
             Self::Invalid(_) => "invalid_field",
-            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unauthorized | Self::SignedOut => "unauthorized",
             Self::InvalidToken(_) => "invalid_token",

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::access::{ReadAccess, WriteAccess};
 use super::body::{OneOrMany, RawBody, parse_one_or_many, require_json};
-use super::cloudevents;
+use super::cloudevents::{self, StructuredBatch, StructuredEvent};
 use super::{ApiError, AppState};
 use crate::log::Recorded;
 use crate::model::{Event, EventId, Page, QueryError, RawEvent};
@@ -33,6 +33,65 @@ pub fn status_of(recorded: &Recorded) -> StatusCode {
     }
 }
 
+/// The JSON body of `POST /events`: one event, or an array of them (a schema only).
+struct EventsToRecord;
+
+impl utoipa::PartialSchema for EventsToRecord {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        let event = || utoipa::openapi::Ref::from_schema_name("RawEvent");
+        OneOfBuilder::new()
+            .item(event())
+            .item(
+                ArrayBuilder::new()
+                    .items(event())
+                    .min_items(Some(1))
+                    .max_items(Some(crate::model::Limits::default().max_batch_events)),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventsToRecord {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((RawEvent::name().into(), RawEvent::schema()));
+        <RawEvent as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// What `POST /events` answers with: the event, or the array of them (a schema only).
+struct RecordedEvents;
+
+impl utoipa::PartialSchema for RecordedEvents {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        let event = || utoipa::openapi::Ref::from_schema_name("Event");
+        OneOfBuilder::new()
+            .item(event())
+            .item(ArrayBuilder::new().items(event()))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RecordedEvents {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((Event::name().into(), Event::schema()));
+        <Event as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// Records the body's events: the service's own event JSON, or CloudEvents in any of the HTTP
 /// binding's modes (`api::cloudevents`).
 #[utoipa::path(
@@ -41,19 +100,20 @@ pub fn status_of(recorded: &Recorded) -> StatusCode {
     tag = "events",
     request_body(
         description = "One event, or an array of them recorded atomically (at most \
-            `limits.max_batch_events`); or CloudEvents 1.0: `application/cloudevents+json`, \
-            `application/cloudevents-batch+json`, or binary mode (`ce-*` headers)",
+            `limits.max_batch_events`; no two with the same `idempotency_key`); or \
+            CloudEvents 1.0: `application/cloudevents+json`, `application/cloudevents-batch+json` \
+            (no two with the same `source` and `id`), or binary mode (`ce-*` headers)",
         content(
-            (RawEvent = "application/json"),
-            (Object = "application/cloudevents+json"),
-            (Vec<Object> = "application/cloudevents-batch+json"),
+            (EventsToRecord = "application/json"),
+            (StructuredEvent = "application/cloudevents+json"),
+            (StructuredBatch = "application/cloudevents-batch+json"),
         ),
     ),
     responses(
         (status = 201, description = "Recorded: the event as stored (an array, in the order \
-            sent, for an array)", body = Event),
+            sent, for an array)", body = RecordedEvents),
         (status = 200, description = "Every event was recorded before under its \
-            `idempotency_key`: the events as first recorded", body = Event),
+            `idempotency_key`: the events as first recorded", body = RecordedEvents),
         (status = 409, description = "An `idempotency_key` used before for other content"),
         (status = 415, description = "A body that is neither JSON nor a CloudEvent"),
         (status = 422, description = "A wrong, missing, unknown, blank or over-long field \
@@ -116,10 +176,11 @@ pub type QueryPairs =
 
 /// The query string's pairs, or why it could not be read.
 pub fn query_pairs(pairs: QueryPairs) -> Result<Vec<(String, String)>, ApiError> {
-    let Query(pairs) = pairs.map_err(|e| {
+    // Not the extractor's own text, which names serde ("Failed to deserialize query string").
+    let Query(pairs) = pairs.map_err(|_| {
         ApiError::InvalidQuery(QueryError {
             param: "query".into(),
-            message: e.body_text(),
+            message: "the query string is not `name=value` pairs joined by `&`".into(),
         })
     })?;
     Ok(pairs)

@@ -5,17 +5,20 @@
 //! one place, from the code that defines it: the credential schemes, the `tenant` parameter
 //! ([`super::access::tenant_parameter`]), path parameters (from the path templates), the event
 //! filters (from [`Field::ALL`]) and the error shape ([`ErrorBody`]) with the statuses a route
-//! may answer.
+//! may answer. So are the rules of what the model validates (an event's text fields,
+//! `event_data`), as schemas the bodies share: schemathesis runs the API from this document
+//! (`tests/api/openapi.rs`), and takes each rule at its word.
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, Ref, RefOr, Required, ResponseBuilder, Schema, path::PathItem,
 };
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
+use super::parameters::MAX_WHOLE_NUMBER;
 use crate::model::Field;
 use crate::model::fields::Kind;
 
@@ -57,6 +60,13 @@ const PUBLIC: [&str; 3] = ["/ping", "/healthz", "/readyz"];
 /// Seed 2's routes, which answer in their own shape (`api::compat`), by prefix.
 pub const SEED_ROUTES: [&str; 4] = ["/create_log/", "/update_log/", "/delete_log/", "/get_log/"];
 
+/// Operations whose body may be left out.
+const OPTIONAL_BODY: [(&str, &str); 3] = [
+    ("put", "/update_log/{event_uuid}"),
+    ("delete", "/delete_log/{event_uuid}"),
+    ("post", "/events/bulk"),
+];
+
 /// Routes that take a query of the event log: the filters and paging of `GET /events`.
 pub const QUERIED: [&str; 5] = [
     "/events",
@@ -72,15 +82,26 @@ struct Shared;
 impl Modify for Shared {
     fn modify(&self, document: &mut utoipa::openapi::OpenApi) {
         let components = document.components.get_or_insert_with(Default::default);
+        add_payload_schemas(components);
+        refine_event_fields(components);
         components.add_security_scheme(
             "basic",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A user's name and password; the user's role (`reader`, `writer` or \
+                         `admin`, of one tenant or all) decides what it may do",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
-                utoipa::openapi::security::HttpBuilder::new()
+                HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("auditor_ token or JWT")
                     .description(Some(
                         "An API token (`auditor_…`, POST /admin/tokens) or, with `[auth.jwt]` \
                          configured, an identity provider's JWT",
@@ -101,6 +122,87 @@ impl Modify for Shared {
             }
         }
     }
+}
+
+/// `RawEvent` is derived in `model`, which knows nothing of the document: what its fields take
+/// ([`crate::model::NewEvent::parse`]) is said here, as the seed routes' bodies say it.
+fn refine_event_fields(components: &mut utoipa::openapi::Components) {
+    let Some(RefOr::T(Schema::Object(raw))) = components.schemas.get_mut("RawEvent") else {
+        return;
+    };
+    for (name, schema) in &mut raw.properties {
+        let refined = match name.as_str() {
+            "event_type" => event_type(),
+            "user_identity" => event_text(),
+            "entity" | "entity_id" | "property" | "source" | "idempotency_key" => {
+                optional_event_text()
+            }
+            "ip" => optional_ip_address(),
+            "event_data" => {
+                *schema = optional_event_data().into();
+                continue;
+            }
+            _ => continue,
+        };
+        *schema = RefOr::T(refined);
+    }
+}
+
+/// `event_data`'s rules ([`crate::model::payload`]) as schemas: `EventData` (an object) and
+/// `JsonValue` (a member of it, at any depth): no U+0000 in a string or key, no integer beyond
+/// ±(2^53 − 1) (a double is kept as its shortest form, which every generator writes). The
+/// nesting limit (64 levels) is said, not checked.
+fn add_payload_schemas(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::schema::{AdditionalProperties, AnyOfBuilder, ArrayBuilder};
+    let exact = crate::model::payload::MAX_EXACT_INTEGER;
+    let object_of = |members: RefOr<Schema>| {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(pattern("^[^\\u0000]*$")))
+            .additional_properties(Some(AdditionalProperties::RefOr(members)))
+    };
+    let value = |nested: RefOr<Schema>| {
+        AnyOfBuilder::new()
+            .item(pattern("^[^\\u0000]*$"))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(-exact))
+                    .maximum(Some(exact)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(ArrayBuilder::new().items(nested.clone()))
+            .item(object_of(nested))
+    };
+    let json_value = value(Ref::from_schema_name("JsonValue").into()).description(Some(
+        "Any JSON value but a string or key holding U+0000 or an integer beyond ±(2^53 − 1) \
+         (send it as a string), nested at most 64 levels deep",
+    ));
+    components.schemas.insert(
+        "JsonValue".to_owned(),
+        Schema::AnyOf(json_value.build()).into(),
+    );
+    components.schemas.insert(
+        "EventData".to_owned(),
+        Schema::Object(
+            object_of(Ref::from_schema_name("JsonValue").into())
+                .description(Some(
+                    "Any JSON object, kept as sent: see `JsonValue` for its members",
+                ))
+                .build(),
+        )
+        .into(),
+    );
+}
+
+/// An optional `EventData`.
+pub fn optional_event_data() -> Schema {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(Ref::from_schema_name("EventData"))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
 }
 
 fn operations(item: &mut PathItem) -> Vec<(&'static str, &mut Operation)> {
@@ -141,18 +243,31 @@ fn complete(path: &str, method: &str, operation: &mut Operation) {
     if !public && !path.contains("{tenant}") {
         parameters.push(query_parameter(
             "tenant",
-            string(),
+            tenant(),
             "The tenant to act in, for credentials that admit more than their own (an admin of \
              every tenant, `_system` for the system log); default: the credential's tenant",
         ));
     }
     let declared = operation.parameters.get_or_insert_with(Vec::new);
+    // A tree size in the query, as `whole_number` reads it (`api::proofs`).
+    for parameter in declared.iter_mut() {
+        if matches!(parameter.name.as_str(), "tree_size" | "from" | "to") {
+            parameter.schema = Some(RefOr::T(whole_number(1)));
+        }
+    }
     for parameter in parameters {
         if !declared.iter().any(|p| p.name == parameter.name) {
             declared.push(parameter);
         }
     }
     let takes_parameters = !declared.is_empty();
+    // These read an absent body as defaults (seed 2's bodiless PUT and DELETE) or as an upload
+    // of no lines.
+    if OPTIONAL_BODY.contains(&(method, path))
+        && let Some(body) = operation.request_body.as_mut()
+    {
+        body.required = Some(Required::False);
+    }
     operation.security = Some(if public {
         vec![SecurityRequirement::default()]
     } else {
@@ -245,12 +360,19 @@ fn path_parameters(path: &str) -> Vec<Parameter> {
         .map(|name| {
             let (schema, description) = match name {
                 "id" | "event_uuid" => (uuid(), "The event's id"),
+                // It becomes the recorded event's `user_identity`, with that field's rules.
+                "user_id" if path.starts_with("/create_log/") => {
+                    (event_text(), "The customer: the event's `user_identity`")
+                }
                 "user_id" => (string(), "The customer: the events' `user_identity`"),
-                "tree_size" => (integer(), "The number of events the checkpoint covers"),
+                "tree_size" => (
+                    whole_number(1),
+                    "The number of events the checkpoint covers",
+                ),
                 "name" => (string(), "The token's name"),
-                "tenant" => (string(), "The tenant whose log this is"),
+                "tenant" => (tenant(), "The tenant whose log this is"),
                 "path" => (
-                    string(),
+                    pattern(TILE_PATH),
                     "The tile's path as C2SP tlog-tiles names it, slashes included \
                      (`0/x001/234`, `1/005.p/17`, `entries/…`)",
                 ),
@@ -275,6 +397,7 @@ fn event_filters(path: &str) -> Vec<Parameter> {
         .map(|field| {
             let schema = match (field.name(), field.kind()) {
                 ("action", _) => enumeration(&["create", "read", "update", "delete"]),
+                ("ip", _) => ip_address(),
                 ("outcome", _) => enumeration(&["success", "failure"]),
                 (_, Kind::Uuid) => uuid(),
                 (_, Kind::Integer) => integer(),
@@ -355,6 +478,40 @@ fn query_parameter(name: &str, schema: Schema, description: &str) -> Parameter {
         .build()
 }
 
+/// A tenant's name as [`crate::model::TenantId::parse`] takes it: 1 to 64 of `a-z`, `0-9`, `.`,
+/// `_` and `-`, other than `.` and `..`. Without a lookahead (`(?!\.\.?$)`), which generators
+/// can only meet by discarding what they made.
+pub const TENANT_PATTERN: &str =
+    r"^([a-z0-9_-][a-z0-9._-]{0,63}|\.[a-z0-9_-][a-z0-9._-]{0,62}|\.\.[a-z0-9._-]{1,62})$";
+
+/// A tile's path in its one canonical spelling ([`crate::integrity::tiles::Tile::parse`]):
+/// level 0 to 7 or `entries`; the index in groups of three digits, all but the last prefixed
+/// with `x`, the first not `x000`, at most six groups (an index that fits in 64 bits); a
+/// partial tile's width from 1 to 255.
+const TILE_PATH: &str = r"^(entries|[0-7])/(x(00[1-9]|0[1-9][0-9]|[1-9][0-9]{2})(/x[0-9]{3}){0,4}/)?[0-9]{3}(\.p/([1-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5]))?$";
+
+fn tenant() -> Schema {
+    pattern(TENANT_PATTERN)
+}
+
+fn pattern(pattern: &str) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .into()
+}
+
+/// A whole number from `min` to [`MAX_WHOLE_NUMBER`], as [`super::parameters::whole_number`]
+/// reads it.
+fn whole_number(min: u64) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(min))
+        .maximum(Some(MAX_WHOLE_NUMBER))
+        .into()
+}
+
 fn string() -> Schema {
     ObjectBuilder::new().schema_type(Type::String).into()
 }
@@ -385,4 +542,117 @@ fn enumeration(values: &[&str]) -> Schema {
         .schema_type(Type::String)
         .enum_values(Some(values.iter().copied()))
         .into()
+}
+
+/// The characters Rust's `str::trim` takes for white space (Unicode's White_Space), as a
+/// character class's body: regular expressions' `\s` differs between dialects (U+001C–U+001F in
+/// Python's, U+FEFF in ECMAScript's).
+pub const WHITE_SPACE: &str =
+    r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// Control characters (`char::is_control`), as a character class's body.
+pub const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
+
+/// Text an event's field holds ([`crate::model::NewEvent::parse`]), after `^`: not blank, no
+/// control characters.
+fn event_text_pattern() -> String {
+    format!("[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$")
+}
+
+/// The default `limits.max_field_len`, in bytes of UTF-8; the document gives it as a length in
+/// characters, which the server counts in bytes.
+const MAX_FIELD_LEN: usize = 1024;
+
+fn text_types(nullable: bool) -> utoipa::openapi::schema::SchemaType {
+    if nullable {
+        utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        utoipa::openapi::schema::SchemaType::new(Type::String)
+    }
+}
+
+fn event_text_of(pattern: String, nullable: bool) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(text_types(nullable))
+        .pattern(Some(pattern))
+        .max_length(Some(MAX_FIELD_LEN))
+        .description(Some(
+            "Not blank, no control characters, at most `limits.max_field_len` bytes (default \
+             1024)",
+        ))
+        .into()
+}
+
+/// A required text field of an event.
+pub fn event_text() -> Schema {
+    event_text_of(format!("^{}", event_text_pattern()), false)
+}
+
+/// An optional text field of an event (`null` is as good as leaving it out).
+pub fn optional_event_text() -> Schema {
+    event_text_of(format!("^{}", event_text_pattern()), true)
+}
+
+/// An event type a client may record: event text, not of the service's own `audit.*` records.
+pub fn event_type() -> Schema {
+    event_text_of(format!("^(?!audit\\.){}", event_text_pattern()), false)
+}
+
+fn ip_addresses() -> utoipa::openapi::schema::OneOfBuilder {
+    utoipa::openapi::schema::OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv4))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv6))),
+        )
+}
+
+/// An IP address, v4 or v6.
+pub fn ip_address() -> Schema {
+    ip_addresses().into()
+}
+
+/// An optional IP address, v4 or v6.
+pub fn optional_ip_address() -> Schema {
+    ip_addresses()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
+}
+
+/// Seed 2's optional `datetime`: an RFC 3339 timestamp, or a date meaning midnight UTC.
+pub fn optional_seed_datetime() -> Schema {
+    utoipa::openapi::schema::AnyOfBuilder::new()
+        .item(date_time())
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date))),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
+}
+
+/// A reason for an erasure ([`super::erasure::check_reason`]): not blank, no U+0000.
+pub fn reason() -> Schema {
+    pattern(&format!("^[^\\u0000]*[^\\u0000{WHITE_SPACE}][^\\u0000]*$"))
+}
+
+/// An optional [`reason`].
+pub fn optional_reason() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(text_types(true))
+        .pattern(Some(format!(
+            "^[^\\u0000]*[^\\u0000{WHITE_SPACE}][^\\u0000]*$"
+        )))
+        .into()
+}
+
+/// An optional [`event_type`].
+pub fn optional_event_type() -> Schema {
+    event_text_of(format!("^(?!audit\\.){}", event_text_pattern()), true)
 }

@@ -1,17 +1,16 @@
 //! Proofs over HTTP: an event's inclusion in a tree, and a tree's consistency with an earlier one.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use serde::Deserialize;
+use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::ReadAccess;
-use super::events::parse_event_id;
+use super::events::{QueryPairs, parse_event_id, query_pairs};
+use super::parameters::{single, whole_number};
 use super::{ApiError, AppState};
-use crate::model::QueryError;
 use crate::store::Store;
 
 pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
@@ -20,20 +19,11 @@ pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
         .routes(routes!(consistency))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct TreeSize {
-    /// The tree to prove inclusion in (it must cover the event); default: the latest
-    /// checkpoint's when it covers the event, else the current tree.
-    tree_size: Option<u64>,
-}
-
-fn bad_query(param: &str, rejection: impl std::fmt::Display) -> ApiError {
-    ApiError::InvalidQuery(QueryError {
-        param: param.into(),
-        message: rejection.to_string(),
-    })
+/// The optional tree size `param` of the query: a whole number from 1.
+fn tree_size(pairs: &[(String, String)], param: &str) -> Result<Option<u64>, ApiError> {
+    single(pairs, param)?
+        .map(|text| whole_number(param, text, 1))
+        .transpose()
 }
 
 /// Inclusion proof of an event, in the latest checkpoint's tree when it covers the event (so the
@@ -42,7 +32,11 @@ fn bad_query(param: &str, rejection: impl std::fmt::Display) -> ApiError {
     get,
     path = "/events/{id}/proof",
     tag = "integrity",
-    params(TreeSize),
+    // Read with `whole_number`, so that a bad value is refused naming the parameter; the
+    // document gives the tree sizes its range (`api::openapi`).
+    params(("tree_size" = Option<u64>, Query,
+        description = "The tree to prove inclusion in (it must cover the event); default: the \
+        latest checkpoint's when it covers the event, else the current tree")),
     responses((status = 200, description = "The inclusion proof (RFC 9162): leaf index, tree \
         size, audit path, and the checkpoint it checks against", body = Object)),
 )]
@@ -50,14 +44,11 @@ async fn inclusion<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
     Path(id): Path<String>,
-    query: Result<Query<TreeSize>, axum::extract::rejection::QueryRejection>,
+    pairs: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| bad_query("tree_size", e.body_text()))?;
+    let size = tree_size(&query_pairs(pairs)?, "tree_size")?;
     let id = parse_event_id(&id)?;
-    let found = state
-        .log
-        .inclusion_proof(&principal, id, query.tree_size)
-        .await?;
+    let found = state.log.inclusion_proof(&principal, id, size).await?;
     let proof = found.proof;
     Ok(Json(json!({
         "event_id": found.event_id,
@@ -71,34 +62,34 @@ async fn inclusion<S: Store>(
     })))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct Range {
-    /// The older tree size.
-    from: u64,
-    /// The newer tree size; default: the current tree.
-    to: Option<u64>,
-}
-
 /// Consistency proof from tree size `from` to `to` (default: the current tree).
 #[utoipa::path(
     get,
     path = "/checkpoints/consistency",
     tag = "integrity",
-    params(Range),
+    params(
+        ("from" = u64, Query,
+            description = "The older tree size: from 1 to `to`"),
+        ("to" = Option<u64>, Query,
+            description = "The newer tree size, at most the current tree's; default: the \
+            current tree"),
+    ),
     responses((status = 200, description = "The consistency proof (RFC 9162) between the two \
         tree sizes", body = Object)),
 )]
 async fn consistency<S: Store>(
     State(state): State<AppState<S>>,
     ReadAccess(principal): ReadAccess,
-    query: Result<Query<Range>, axum::extract::rejection::QueryRejection>,
+    pairs: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(range) = query.map_err(|e| bad_query("from", e.body_text()))?;
-    let proof = state
-        .log
-        .consistency_proof(&principal, range.from, range.to)
-        .await?;
+    let pairs = query_pairs(pairs)?;
+    let from = tree_size(&pairs, "from")?.ok_or_else(|| {
+        ApiError::InvalidQuery(crate::model::QueryError {
+            param: "from".into(),
+            message: "`from`, the older tree size, is required".into(),
+        })
+    })?;
+    let to = tree_size(&pairs, "to")?;
+    let proof = state.log.consistency_proof(&principal, from, to).await?;
     Ok(Json(json!(proof)))
 }

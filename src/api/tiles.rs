@@ -66,7 +66,7 @@ async fn tile<S: Store>(
     let tile = Tile::parse(&path).map_err(|e| {
         ApiError::InvalidQuery(QueryError {
             param: "path".into(),
-            message: e.to_string(),
+            message: format!("`path`: {e}"),
         })
     })?;
     let data = state.log.tile(&principal, tile).await?;

@@ -6,17 +6,18 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::AdminAccess;
-use super::body::{JsonBytes, parse};
+use super::body::{JsonBytes, parse_object};
 use super::{ApiError, AppState};
 use crate::auth::tokens::{self, TokenError};
 use crate::log::access_log::Access;
 use crate::model::token::TokenRecord;
-use crate::model::{Action, FieldError, Scopes, TenantScope};
+use crate::model::{Action, FieldError, Scope, Scopes, TenantScope};
 use crate::store::{Store, StoreError};
 
 pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
@@ -35,22 +36,64 @@ enum ScopeList {
 
 /// `{"name", "tenant", "scopes", "expires_in_secs"}`; `tenant` defaults to the one the request
 /// acts in, and without `expires_in_secs` the token lasts until revoked.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewToken)]
 struct NewTokenBody {
+    /// The token's name, unique: 1 to 64 of letters, digits, `_`, `-`, `.` and `@`, other than
+    /// `.` and `..` (the rule of user names).
+    #[schema(
+        pattern = r"^([A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,63}|\.[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,62}|\.\.[A-Za-z0-9_.@-]{1,62})$"
+    )]
     name: String,
+    /// `*` (every tenant) or one tenant, which the admin must cover; not `_system`. Default: the
+    /// tenant the request acts in.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(\*|[a-z0-9-][a-z0-9._-]{0,63}|_([a-z0-9._-]{0,5}|[a-z0-9._-]{7,63}|[a-rt-z0-9._-][a-z0-9._-]{5}|s[a-xz0-9._-][a-z0-9._-]{4}|sy[a-rt-z0-9._-][a-z0-9._-]{3}|sys[a-su-z0-9._-][a-z0-9._-]{2}|syst[a-df-z0-9._-][a-z0-9._-]|syste[a-ln-z0-9._-])|\.[a-z0-9_-][a-z0-9._-]{0,62}|\.\.[a-z0-9._-]{1,62})$"
+    )]
     tenant: Option<String>,
+    #[schema(schema_with = scope_list_schema)]
     scopes: ScopeList,
+    /// The token's lifetime in seconds, from 1 s to 3652 days; without it, until revoked.
     #[serde(default)]
-    expires_in_secs: Option<u64>,
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 315_532_800)]
+    expires_in_secs: Option<serde_json::Number>,
+}
+
+/// At least one scope, by name: an array, or a string of names separated by spaces or commas.
+fn scope_list_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let names: Vec<&str> = Scope::ALL.iter().map(|scope| scope.as_str()).collect();
+    let name = format!("({})", names.join("|"));
+    OneOfBuilder::new()
+        .item(
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(names.clone())),
+                )
+                .min_items(Some(1)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!("^[ ,]*{name}([ ,]+{name})*[ ,]*$"))),
+        )
+        .description(Some(
+            "The token's scopes: an array of names, or one string of names separated by spaces",
+        ))
+        .into()
 }
 
 /// A created token: its record and, this once, the token.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreatedToken)]
 struct Created {
     #[serde(flatten)]
     record: TokenRecord,
+    /// The token (`auditor_…`), for `Authorization: Bearer`; shown this once.
     token: String,
 }
 
@@ -68,8 +111,10 @@ impl From<TokenError> for ApiError {
     post,
     path = "/admin/tokens",
     tag = "tokens",
+    request_body(content = NewTokenBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "The token's record and the token, shown this once", body = Object),
+        (status = 201, description = "The token's record and the token, shown this once", body = Created),
+        (status = 415, description = "A body that is not JSON"),
         (status = 409, description = "A token of that name exists"),
         (status = 422, description = "A wrong or missing field"),
     ),
@@ -79,7 +124,7 @@ async fn create<S: Store>(
     AdminAccess(principal): AdminAccess,
     JsonBytes(body): JsonBytes,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let body: NewTokenBody = parse(&body)?;
+    let body: NewTokenBody = parse_object(&body)?;
     let tenant = match body.tenant {
         Some(text) => TenantScope::parse(&text)
             .map_err(|e| ApiError::Invalid(FieldError::new("tenant", e)))?,
@@ -102,9 +147,8 @@ async fn create<S: Store>(
     })?;
     let lifetime = body
         .expires_in_secs
-        .map(|secs| i64::try_from(secs).map(time::Duration::seconds))
-        .transpose()
-        .map_err(|_| ApiError::Invalid(FieldError::new("expires_in_secs", "is too large")))?;
+        .map(|secs| whole_seconds(&secs).map(time::Duration::seconds))
+        .transpose()?;
     let access = token_access("token.create", Action::Create, &body.name, &tenant, scopes);
     let created = tokens::create(state.auth.store(), &body.name, tenant, scopes, lifetime);
     let (record, token) = state
@@ -115,7 +159,29 @@ async fn create<S: Store>(
     Ok((StatusCode::CREATED, Json(Created { record, token })))
 }
 
-#[derive(Serialize)]
+/// A lifetime in whole seconds. JSON does not tell `60.0` from `60` (nor does a JSON Schema's
+/// `integer`), so neither does this; `60.5` or `-1` is refused.
+fn whole_seconds(number: &serde_json::Number) -> Result<i64, ApiError> {
+    let refused = || {
+        ApiError::Invalid(FieldError::new(
+            "expires_in_secs",
+            "must be a whole number of seconds from 1 to 315532800 (3652 days)",
+        ))
+    };
+    if let Some(secs) = number.as_i64() {
+        return Ok(secs);
+    }
+    match number.as_f64() {
+        // Within ±2^53 a double is a whole number exactly when it has no fraction.
+        Some(secs) if secs.fract() == 0.0 && secs.abs() < 9_007_199_254_740_992.0 => {
+            #[allow(clippy::cast_possible_truncation)] // Whole and within range, checked above.
+            Ok(secs as i64)
+        }
+        _ => Err(refused()),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
 struct TokenList {
     tokens: Vec<TokenRecord>,
 }
@@ -125,7 +191,7 @@ struct TokenList {
     get,
     path = "/admin/tokens",
     tag = "tokens",
-    responses((status = 200, description = "`{\"tokens\": [...]}`, by name", body = Object)),
+    responses((status = 200, description = "`{\"tokens\": [...]}`, by name", body = TokenList)),
 )]
 async fn list<S: Store>(
     State(state): State<AppState<S>>,
@@ -148,7 +214,7 @@ async fn list<S: Store>(
     delete,
     path = "/admin/tokens/{name}",
     tag = "tokens",
-    responses((status = 200, description = "The revoked token's record", body = Object)),
+    responses((status = 200, description = "The revoked token's record", body = TokenRecord)),
 )]
 async fn revoke<S: Store>(
     State(state): State<AppState<S>>,

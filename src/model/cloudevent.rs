@@ -308,8 +308,15 @@ fn attribute_text(name: &str, value: &RawValue) -> Result<String, FieldError> {
     if let Ok(flag) = serde_json::from_str::<bool>(value.get()) {
         return Ok(flag.to_string());
     }
-    serde_json::from_str::<i64>(value.get())
-        .ok()
+    // JSON has one number type: `5.0` is the Integer 5 as much as `5` is.
+    let whole = serde_json::from_str::<i64>(value.get()).ok().or_else(|| {
+        serde_json::from_str::<f64>(value.get())
+            .ok()
+            .filter(|n| n.fract() == 0.0 && n.abs() <= f64::from(i32::MAX) + 1.0)
+            // Whole and within 32 bits (checked above and below), so nothing is cut off.
+            .map(|n| n as i64)
+    });
+    whole
         .and_then(|n| i32::try_from(n).ok())
         .map(|n| n.to_string())
         .ok_or_else(|| {
@@ -589,14 +596,17 @@ mod tests {
             ("7", "7"),
             ("-2147483648", "-2147483648"),
             ("2147483647", "2147483647"),
+            // JSON has one number type: these are the whole numbers 7 and 1000.
+            ("7.0", "7"),
+            ("1e3", "1000"),
         ] {
             let event = with_entity(value).unwrap_or_else(|e| panic!("{value}: {e:?}"));
             assert_eq!(event.entity.as_deref(), Some(recorded), "{value}");
         }
         for value in [
             "1.5",
-            "1e3",
             "2147483648",
+            "2147483648.0",
             "-2147483649",
             "null",
             "[1]",

@@ -19,12 +19,16 @@ pub struct NewToken {
 }
 
 /// A stored token, as `auditor token list` and `GET /admin/tokens` show it (never its hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenRecord {
     pub name: String,
+    /// `*` for every tenant, or the one tenant.
     #[serde(serialize_with = "as_str")]
+    #[schema(value_type = String)]
     pub tenant: TenantScope,
+    /// The scopes' names, separated by spaces.
     #[serde(serialize_with = "as_string")]
+    #[schema(value_type = String)]
     pub scopes: Scopes,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
