@@ -1074,6 +1074,71 @@ async fn a_publication_narrowed_for_a_moment_is_recorded(backend: Backend) {
     host.drop_now().await;
 }
 
+/// A capture whose role is no superuser, on a schema where others make tables too: a table it
+/// cannot add to the publication (another role's) is recorded as a gap once and passed over,
+/// and one put in the publication by hand that it may not read is recorded as a gap without
+/// knowing whether it held rows; neither stops the capture of the others.
+async fn tables_the_capture_cannot_take_do_not_stop_it(backend: Backend) {
+    let host = HostDb::create().await;
+    let role = format!("c_{}", host.name);
+    host.execute(&format!(
+        "CREATE ROLE {role} LOGIN REPLICATION; GRANT CREATE ON DATABASE {db} TO {role}; \
+         GRANT CREATE ON SCHEMA public TO {role}; ALTER TABLE accounts OWNER TO {role}; \
+         ALTER TABLE plain OWNER TO {role}",
+        db = host.name
+    ))
+    .await;
+    let capture = PostgresCapture {
+        url: DatabaseUrl::new(host.url.replacen("postgres@", &format!("{role}@"), 1)),
+        tables: vec!["public.*".into()],
+        ..host.capture()
+    };
+    let db = TestDb::new(backend).await;
+    let mut app = spawn_with(db.share(), with_capture(&db, capture.clone())).await;
+    host.wait_for_slot().await;
+    host.execute("INSERT INTO accounts (id, email) VALUES (1, 'a@example.com')")
+        .await;
+    wait_for_type(&app, "public.accounts.create", 1).await;
+    // Told at the first look after the slot is made (within 5 s).
+    let gaps = wait_for_type(&app, "capture.gap", 1).await;
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0]["entity"], "public.unwatched");
+
+    host.execute(&format!(
+        "CREATE TABLE theirs (id int PRIMARY KEY); \
+         CREATE TABLE unreadable (id int PRIMARY KEY); INSERT INTO unreadable VALUES (1); \
+         ALTER PUBLICATION {} ADD TABLE unreadable",
+        capture.publication
+    ))
+    .await;
+    host.execute("INSERT INTO unreadable VALUES (2)").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app_gaps(&app).await.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            app_gaps(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.execute("INSERT INTO accounts (id, email) VALUES (2, 'b@example.com')")
+        .await;
+    wait_for_type(&app, "public.accounts.create", 2).await;
+    wait_for_type(&app, "public.unreadable.create", 1).await;
+    let gaps = app_gaps(&app).await;
+    let of = |table: &str| {
+        gaps.iter()
+            .filter(|gap| gap["entity"] == table)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("public.theirs").len(), 1, "{gaps:?}");
+    let unreadable = of("public.unreadable");
+    assert_eq!(unreadable.len(), 1, "{gaps:?}");
+    assert_eq!(unreadable[0]["event_data"]["had_rows"], Value::Null);
+    app.stop().await.unwrap();
+    host.drop_now().await;
+}
+
 /// The events from the capture `app` of a service run as a process, once one of them names the
 /// row `entity_id` (within 30 s).
 async fn events_until(server: &ServerProcess, entity_id: &str) -> Vec<Value> {
@@ -1400,6 +1465,7 @@ async fn unflushed_commits_are_not_passed_by_a_quiet_advance(backend: Backend) {
 }
 
 crate::both_backends!(
+    tables_the_capture_cannot_take_do_not_stop_it,
     messages_the_capture_did_not_send_are_passed_over,
     a_slot_made_again_by_someone_else_is_recorded_as_a_gap,
     a_publication_narrowed_for_a_moment_is_recorded,

@@ -36,6 +36,22 @@ impl<S: Store> Gaps<'_, S> {
             .await
     }
 
+    /// A table `tables` matches that the capture's role cannot add to the publication (it
+    /// neither owns it nor is a member of its owner's role): its changes are not captured.
+    /// Once per name (a retry is a replay).
+    pub(super) async fn record_unaddable(&self, table: &str) -> anyhow::Result<()> {
+        let name = &self.settings.name;
+        let data = serde_json::json!({
+            "table": table,
+            "reason": "`tables` matches the table, but the capture's role cannot add it to the \
+                       publication (the table belongs to a role it is not a member of): its \
+                       changes are not captured; make the capture's role a member of the \
+                       table's owner, or leave the table out of `tables`",
+        });
+        self.record_gap(table, None, data, format!("{name}:gap:unaddable:{table}"))
+            .await
+    }
+
     /// The publication, checked again, leaves changes out: those made since the last look
     /// (`PUBLICATION_SYNC_EVERY`) may be missing. Recorded before the capture stops.
     pub(super) async fn record_publication_changed(
@@ -96,18 +112,29 @@ impl<S: Store> Gaps<'_, S> {
         pool: &PgPool,
         table: &HostTable,
     ) -> anyhow::Result<()> {
-        let (oid, had_rows, at): (i64, bool, String) =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT $1::text::regclass::oid::bigint, EXISTS (SELECT 1 FROM {}), \
-             pg_current_wal_lsn()::text",
-                table.qualified()
-            )))
-            .bind(table.qualified())
-            .fetch_one(pool)
-            .await?;
+        let (oid, readable, at): (i64, bool, String) = sqlx::query_as(
+            "SELECT $1::text::regclass::oid::bigint, \
+               has_table_privilege($1::text::regclass, 'SELECT'), pg_current_wal_lsn()::text",
+        )
+        .bind(table.qualified())
+        .fetch_one(pool)
+        .await?;
+        // Unknown when the capture's role may not read it (a table someone else put in).
+        let had_rows: Option<bool> = if readable {
+            Some(
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT EXISTS (SELECT 1 FROM {})",
+                    table.qualified()
+                )))
+                .fetch_one(pool)
+                .await?,
+            )
+        } else {
+            None
+        };
         let name = &self.settings.name;
         tracing::warn!(
-            capture = %name, table = %table.display(), had_rows,
+            capture = %name, table = %table.display(), ?had_rows,
             "a table is added to the publication: its changes before now were not captured"
         );
         let data = serde_json::json!({

@@ -110,8 +110,7 @@ async fn capture<S: Store>(
     let slot_existed = slot_exists(&pool, settings).await?;
     let mut looks = Looks::default();
     // A table added to the publication while the slot exists missed what came before.
-    let record_gaps = slot_existed.then_some(&gaps);
-    sync_publication(&pool, settings, &mut looks, false, record_gaps).await?;
+    sync_publication(&pool, settings, &mut looks, false, &gaps, slot_existed).await?;
     check_publication(&pool, settings).await?;
     warn_of_unmatched_denials(&pool, settings).await?;
     let key = match ensure_message_key(&pool).await {
@@ -164,7 +163,7 @@ async fn capture<S: Store>(
         }
         if synced.elapsed() >= PUBLICATION_SYNC_EVERY {
             still_claimed(&mut claim).await?;
-            let added = sync_publication(&pool, settings, &mut looks, true, Some(&gaps)).await?;
+            let added = sync_publication(&pool, settings, &mut looks, true, &gaps, true).await?;
             // Changed while running, it may already have left changes out since the last look.
             if let Err(error) = check_publication(&pool, settings).await {
                 if error.downcast_ref::<Misconfigured>().is_some() {

@@ -17,6 +17,9 @@ pub(super) struct HostTable {
     pub(super) schema: String,
     pub(super) name: String,
     pub(super) identified: bool,
+    /// Whether the capture's role may add it to the publication (it owns it, or is a member
+    /// of its owner's role, or is a superuser).
+    pub(super) owned: bool,
 }
 
 impl HostTable {
@@ -49,20 +52,24 @@ pub(super) struct Looks {
 /// (never `FOR TABLES IN SCHEMA`, which would take in a later table without a replica identity
 /// and so break the host's writes to it): creates it when missing, adds a matching table
 /// created since. Returns the tables added. A table named in `tables` that lacks a replica
-/// identity is an error at the start (`started` false); one a pattern matches is left out with a warning, as is a name that
-/// matches no table (each warned of once, through `warned`). A publication `FOR ALL TABLES` is
-/// used as it is.
+/// identity is an error at the start (`started` false); one a pattern matches is left out with
+/// a warning, as is a name that matches no table (each warned of once, through `looks`), and a
+/// table the capture's role cannot add (warned of, and recorded as a gap, once). When
+/// `missed_before` (the slot exists), a table added now missed the changes before: each is
+/// recorded as a gap first. A publication `FOR ALL TABLES` is used as it is.
 pub(super) async fn sync_publication<S: Store>(
     pool: &PgPool,
     settings: &PostgresCapture,
     looks: &mut Looks,
     started: bool,
-    gaps: Option<&Gaps<'_, S>>,
+    gaps: &Gaps<'_, S>,
+    missed_before: bool,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let host: Vec<HostTable> = sqlx::query_as::<_, (String, String, bool)>(
+    let host: Vec<HostTable> = sqlx::query_as::<_, (String, String, bool, bool)>(
         "SELECT n.nspname::text, c.relname::text, \
            NOT (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
-             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+             (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))), \
+           pg_has_role(c.relowner, 'USAGE') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
            AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -71,10 +78,11 @@ pub(super) async fn sync_publication<S: Store>(
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(schema, name, identified)| HostTable {
+    .map(|(schema, name, identified, owned)| HostTable {
         schema,
         name,
         identified,
+        owned,
     })
     .collect();
     let matching: Vec<&HostTable> = host
@@ -136,7 +144,32 @@ pub(super) async fn sync_publication<S: Store>(
             );
         }
     }
-    let wanted: Vec<&HostTable> = matching.into_iter().filter(|t| t.identified).collect();
+    let mut wanted: Vec<&HostTable> = matching.into_iter().filter(|t| t.identified).collect();
+    // One the capture's role cannot add (someone else's table in a captured schema) must not
+    // stop the capture of the others: it is told once, in the log itself, and passed over.
+    let mut unaddable = Vec::new();
+    wanted.retain(|t| {
+        let keep = t.owned || published.contains(&(t.schema.clone(), t.name.clone()));
+        if !keep {
+            unaddable.push(*t);
+        }
+        keep
+    });
+    // From the first look the slot exists at: recorded before it, the gap would be this
+    // capture's last record when the slot is made, and so read as a slot lost since.
+    for table in unaddable.into_iter().filter(|_| missed_before) {
+        if looks
+            .warned
+            .insert(format!("unaddable {}", table.display()))
+        {
+            tracing::warn!(
+                capture = %settings.name, table = %table.display(),
+                "a table `tables` matches belongs to a role the capture's role is not a member \
+                 of, so it cannot be added to the publication: its changes are not captured"
+            );
+            gaps.record_unaddable(&table.display()).await?;
+        }
+    }
     let publication: Option<bool> =
         sqlx::query_scalar("SELECT puballtables FROM pg_publication WHERE pubname = $1")
             .bind(&settings.publication)
@@ -179,7 +212,7 @@ pub(super) async fn sync_publication<S: Store>(
                          moved since it was added, or put there by someone else): its changes \
                          are not captured"
                     );
-                    if let Some(gaps) = gaps {
+                    if missed_before {
                         gaps.record_unmatched(&name).await?;
                     }
                 }
@@ -192,7 +225,7 @@ pub(super) async fn sync_publication<S: Store>(
                 let key = (table.schema.clone(), table.name.clone());
                 if started && published.contains(&key) && !looks.seen.contains(&key) {
                     // Its gap is recorded already where the trace saw it put in.
-                    if let (Some(gaps), false) = (gaps, looks.traced.remove(&key)) {
+                    if !looks.traced.remove(&key) {
                         gaps.record_table(pool, table).await?;
                     }
                     appeared.push(*table);
@@ -205,7 +238,7 @@ pub(super) async fn sync_publication<S: Store>(
                 .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
                 .collect();
             for table in &missing {
-                if let Some(gaps) = gaps {
+                if missed_before {
                     gaps.record_table(pool, table).await?;
                 }
                 let statement = format!(
