@@ -43,9 +43,9 @@ enum Presented {
     Session(String),
 }
 
-fn presented_credentials(parts: &Parts) -> Option<Presented> {
+fn presented_credentials(parts: &Parts, sessions: &super::SessionOptions) -> Option<Presented> {
     let Some(header) = parts.headers.get(AUTHORIZATION) else {
-        return super::ui::session::cookie_secret(&parts.headers).map(Presented::Session);
+        return super::ui::session::cookie_secret(&parts.headers, sessions).map(Presented::Session);
     };
     let header = header.to_str().ok()?;
     let (scheme, value) = header.split_once(' ')?;
@@ -164,10 +164,21 @@ async fn authorise<S: Store>(
     state: &AppState<S>,
     scope: Scope,
 ) -> Result<Principal, ApiError> {
-    let presented = presented_credentials(parts).ok_or(ApiError::Unauthorized)?;
+    let presented = presented_credentials(parts, &state.sessions).ok_or(ApiError::Unauthorized)?;
     let address = client_address(parts);
     let credential = match presented {
-        Presented::Basic(name, secret) => check_password(state, address, &name, secret).await?,
+        Presented::Basic(name, secret) => {
+            // A browser sends a password it was once given on its own, also from another
+            // site's page: such a page must not change anything with it.
+            if !parts.method.is_safe() && super::ui::session::cross_site(parts) {
+                return Err(ApiError::Forbidden(
+                    "a request from another site's page may not change anything with the \
+                     password a browser keeps; send it from this site, or without the browser"
+                        .into(),
+                ));
+            }
+            check_password(state, address, &name, secret).await?
+        }
         Presented::Session(secret) => super::ui::session::admit(parts, state, &secret).await?,
         // A bearer token cannot be guessed (256 random bits, or a signature), so a valid one
         // always passes; the failures of invalid ones from one address are limited all the same,

@@ -31,6 +31,10 @@ pub enum ApiError {
     /// sends no `WWW-Authenticate`, so a browser does not pop up its own password dialog.
     #[error("not signed in, or the session has ended: sign in again")]
     SignedOut,
+    /// The viewer's sign-in with a wrong user name or password; like `SignedOut`, without
+    /// `WWW-Authenticate`.
+    #[error("wrong user name or password")]
+    SignInRefused,
     /// Over a credential's request rate, or too many failed sign-ins of one name from one
     /// address: retry after the wait (whole seconds, rounded up, in `Retry-After`).
     #[error("{reason}; retry after {secs} s", reason = .0, secs = retry_after_secs(*.1))]
@@ -126,7 +130,7 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized | Self::SignedOut | Self::InvalidToken(_) => {
+            Self::Unauthorized | Self::SignedOut | Self::SignInRefused | Self::InvalidToken(_) => {
                 StatusCode::UNAUTHORIZED
             }
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
@@ -150,7 +154,7 @@ impl ApiError {
             Self::Invalid(_) => "invalid_field",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Unauthorized | Self::SignedOut => "unauthorized",
+            Self::Unauthorized | Self::SignedOut | Self::SignInRefused => "unauthorized",
             Self::InvalidToken(_) => "invalid_token",
             Self::TooManyRequests(..) => "too_many_requests",
             Self::Forbidden(_) => "forbidden",

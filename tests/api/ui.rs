@@ -480,6 +480,29 @@ async fn a_cookie_write_without_the_csrf_token_is_refused(backend: Backend) {
     );
     let made: Value = made.json().await.unwrap();
     assert_eq!(made["recorded_by"], "admin");
+
+    // A password a browser keeps (HTTP Basic) is sent by it on its own too: from another
+    // site's page it changes nothing, though it still reads, and a client that is no browser
+    // (no `Sec-Fetch-Site`, no `Origin`) is not affected.
+    let basic = |site: Option<&str>| {
+        let request = app
+            .request(Method::POST, "/events", Some(ADMIN))
+            .json(&event);
+        match site {
+            Some(site) => request.header("sec-fetch-site", site),
+            None => request,
+        }
+    };
+    let forged = basic(Some("cross-site")).send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(basic(None).send().await.unwrap().status(), 201);
+    let read = app
+        .request(Method::GET, "/events", Some(ADMIN))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
 }
 
 async fn a_sign_in_from_another_site_or_as_a_form_is_refused(backend: Backend) {
@@ -530,6 +553,18 @@ async fn wrong_passwords_are_refused_and_throttled_as_basic_ones_are(backend: Ba
         let refused = sign_in_raw(&app, (READER.0, "wrong")).await;
         assert_eq!(refused.status(), 401);
         assert!(refused.headers().get("set-cookie").is_none());
+        // No `WWW-Authenticate`: a browser would offer its own password box, and then send
+        // that password by itself, also from other sites' pages.
+        assert!(
+            refused.headers().get("www-authenticate").is_none(),
+            "{:?}",
+            refused.headers()
+        );
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(
+            body["error"]["message"], "wrong user name or password",
+            "{body}"
+        );
     }
     let held = sign_in_raw(&app, READER).await;
     assert_eq!(held.status(), 429, "the right password is not even tried");
@@ -723,6 +758,28 @@ async fn over_https_the_cookie_is_secure_and_host_prefixed(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(read.status(), 200);
+    // Under TLS the session is read from the `__Host-` cookie alone: one set without the
+    // prefix (by another host of the domain, or over plain HTTP) cannot plant a session.
+    let secret = attributes[0].split_once('=').unwrap().1;
+    for planted in [
+        format!("auditor_session={secret}"),
+        format!("auditor_session=planted; {}", attributes[0]),
+    ] {
+        let read = client
+            .get(format!("{address}/ui/session"))
+            .header("cookie", &planted)
+            .send()
+            .await
+            .unwrap();
+        let status = read.status();
+        let body: Value = read.json().await.unwrap();
+        if planted.contains("__Host-") {
+            assert_eq!(status, 200, "{planted}: {body}");
+            assert_eq!(body["user"], ADMIN.0, "the __Host- cookie counts: {body}");
+        } else {
+            assert_eq!(status, 401, "{planted}: {body}");
+        }
+    }
 
     // A browser speaks HTTP/2 to it (which names the server in its authority, not `Host`),
     // and signs in and reads all the same.

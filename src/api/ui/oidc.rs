@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -43,17 +43,6 @@ fn see_other(location: &str, cookies: &[HeaderValue]) -> Response {
         headers.append(SET_COOKIE, cookie.clone());
     }
     no_store(response)
-}
-
-fn flow_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| name.trim_start_matches("__Host-") == FLOW_COOKIE)
-        .map(|(_, value)| value.to_owned())
 }
 
 /// Sends the browser to the provider, with a new flow's `state` and PKCE challenge.
@@ -101,7 +90,7 @@ async fn callback<S: Store>(
     let (Some(code), Some(returned_state)) = (query.get("code"), query.get("state")) else {
         return failed("no code or state");
     };
-    let Some(binding) = flow_cookie(&parts.headers) else {
+    let Some(binding) = state.sessions.read_cookie(&parts.headers, FLOW_COOKIE) else {
         return failed("no sign-in under way in this browser");
     };
     let Some(verifier) = oidc::verifier_for(&binding, returned_state) else {

@@ -46,12 +46,9 @@ impl SessionOptions {
     /// The cookie `name` with `value` and `attributes` (`SameSite`, `Max-Age`), `HttpOnly` and
     /// for the whole site; `Secure` and `__Host-` prefixed over TLS.
     pub(super) fn cookie(&self, name: &str, value: &str, attributes: &str) -> HeaderValue {
-        let (prefix, secure) = if self.secure {
-            ("__Host-", "; Secure")
-        } else {
-            ("", "")
-        };
-        let text = format!("{prefix}{name}={value}; Path=/; HttpOnly; {attributes}{secure}");
+        let secure = if self.secure { "; Secure" } else { "" };
+        let name = self.cookie_name(name);
+        let text = format!("{name}={value}; Path=/; HttpOnly; {attributes}{secure}");
         // Names, base64url secrets and these attributes are all visible ASCII.
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -72,31 +69,46 @@ impl SessionOptions {
 /// The session cookie's name, `__Host-` prefixed over TLS.
 const COOKIE_NAME: &str = "auditor_session";
 
-const SECURE_COOKIE: &str = "__Host-auditor_session";
-const PLAIN_COOKIE: &str = COOKIE_NAME;
+impl SessionOptions {
+    /// `name` as this server sets it: `__Host-` prefixed over TLS.
+    fn cookie_name(&self, name: &str) -> String {
+        if self.secure {
+            format!("__Host-{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+
+    /// The value of this server's cookie `name` in the request, by its exact name: over TLS
+    /// only the `__Host-` prefixed one, which no other host, no plain-HTTP answer and no page
+    /// path can have set, so that nobody can plant a session (or a sign-in flow) of theirs.
+    pub(super) fn read_cookie(&self, headers: &HeaderMap, name: &str) -> Option<String> {
+        let name = self.cookie_name(name);
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(found, _)| *found == name)
+            .map(|(_, value)| value.to_owned())
+    }
+}
 
 /// `/ui/session`: sign in, who is signed in, sign out (in the OpenAPI document).
 pub fn router<S: Store>() -> OpenApiRouter<AppState<S>> {
     OpenApiRouter::new().routes(routes!(sign_in, show, sign_out))
 }
 
-/// The session cookie's secret, if the request carries one (either name: a server that gained
-/// or lost TLS still finds, and refuses, the other).
-pub fn cookie_secret(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SECURE_COOKIE || *name == PLAIN_COOKIE)
-        .map(|(_, value)| value.to_owned())
+/// The session cookie's secret, if the request carries one under this server's name for it.
+pub fn cookie_secret(headers: &HeaderMap, options: &SessionOptions) -> Option<String> {
+    options.read_cookie(headers, COOKIE_NAME)
 }
 
 /// Whether the browser says the request came from another site. A request that says nothing
 /// (no `Sec-Fetch-Site`, no `Origin`) is not from a browser's cross-site page: browsers send
 /// `Origin` with every cross-origin request and every POST.
-fn cross_site(parts: &Parts) -> bool {
+pub(in crate::api) fn cross_site(parts: &Parts) -> bool {
     let headers = &parts.headers;
     if let Some(site) = headers.get("sec-fetch-site") {
         // `none`: the user typed the address or followed a bookmark.
@@ -259,7 +271,14 @@ async fn sign_in<S: Store>(
     }
     let SignIn { user, password } =
         serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let credential = check_password(&state, client_address(&parts), &user, password).await?;
+    // Refused as a sign-in, not as a request: `WWW-Authenticate` would make the browser offer
+    // its own password box, whose password it would then send on its own.
+    let credential = check_password(&state, client_address(&parts), &user, password)
+        .await
+        .map_err(|error| match error {
+            ApiError::Unauthorized => ApiError::SignInRefused,
+            other => other,
+        })?;
     let secret = state
         .auth
         .begin_session(&credential.name, state.sessions.policy)
@@ -286,7 +305,7 @@ async fn show<S: Store>(
     State(state): State<AppState<S>>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    let secret = cookie_secret(&parts.headers).ok_or(ApiError::SignedOut)?;
+    let secret = cookie_secret(&parts.headers, &state.sessions).ok_or(ApiError::SignedOut)?;
     let credential = admit(&parts, &state, &secret).await?;
     let info = describe(&state, credential, &secret).await?;
     Ok(no_store(Json(info).into_response()))
@@ -308,7 +327,7 @@ async fn sign_out<S: Store>(
     State(state): State<AppState<S>>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    let secret = cookie_secret(&parts.headers).ok_or(ApiError::SignedOut)?;
+    let secret = cookie_secret(&parts.headers, &state.sessions).ok_or(ApiError::SignedOut)?;
     admit(&parts, &state, &secret).await?;
     state.auth.end_session(&secret).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
