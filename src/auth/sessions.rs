@@ -141,7 +141,10 @@ impl<S: Store> Authenticator<S> {
         };
         match outcome {
             Ok(credential) => {
-                if now - session.last_seen_at >= TOUCH_EVERY {
+                // At most once a minute, and within a quarter of the idle time, so that a
+                // short idle limit still counts use, not only the sign-in.
+                let touch_every = TOUCH_EVERY.min(to_time(policy.idle / 4));
+                if now - session.last_seen_at >= touch_every {
                     self.store().touch_session(&hash, now).await?;
                 }
                 Ok(credential)

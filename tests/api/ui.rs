@@ -30,6 +30,7 @@ both_backends!(
     wrong_passwords_are_refused_and_throttled_as_basic_ones_are,
     signing_out_ends_the_session,
     an_expired_session_is_refused,
+    a_session_in_use_outlives_a_short_idle_limit,
     a_removed_users_session_ends_at_its_next_request,
     a_changed_password_ends_the_session,
     over_https_the_cookie_is_secure_and_host_prefixed,
@@ -597,6 +598,24 @@ async fn signing_out_ends_the_session(backend: Backend) {
         assert_eq!(after.status(), 401, "{path}");
     }
     assert!(session_users(&app).await.is_empty());
+}
+
+/// The idle limit counts from the session's last use, also when it is shorter than the minute
+/// at which uses are otherwise written down.
+async fn a_session_in_use_outlives_a_short_idle_limit(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.auth.session_idle_secs = 4;
+    let app = spawn_with(db, settings).await;
+    let session = sign_in(&app, ADMIN).await;
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let read = with_cookie(&app, Method::GET, "/ui/session", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "used every 1.5 s, idle limit 4 s");
+    }
 }
 
 async fn an_expired_session_is_refused(backend: Backend) {
