@@ -622,3 +622,37 @@ async fn a_missing_stream_or_server_is_named() {
     );
     assert!(!log.contains("hunter2"), "{log}");
 }
+
+/// A durable consumer whose subject is changed while messages of the old subject are unread:
+/// those the new subject does not match will not be consumed, and the service says so.
+#[tokio::test]
+async fn a_subject_changed_over_unread_messages_is_warned_of() {
+    let nats = TestStream::create(NATS_URL).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = db.dir.path().join("auditor.toml");
+    std::fs::write(&config, nats.toml()).unwrap();
+    let env = [("AUDITOR_CONFIG", config.to_str().unwrap())];
+    let mut server = ServerProcess::serve_with_env(&db, &env);
+    nats.publish(Some("first"), &event(1)).await;
+    db.wait_for_events("default", 1, Duration::from_secs(30))
+        .await;
+    server.terminate();
+    server.wait();
+
+    nats.publish(Some("unread-1"), &event(2)).await;
+    nats.publish(Some("unread-2"), &event(3)).await;
+    let old = format!("audit.{}.>", nats.id);
+    let narrowed = nats
+        .toml()
+        .replace(&old, &format!("audit.{}.only", nats.id));
+    std::fs::write(&config, narrowed).unwrap();
+    let mut server = ServerProcess::serve_with_env(&db, &env);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.terminate();
+    let (_, log) = server.wait();
+    assert!(
+        log.contains("subject changed while messages of the old one were unread")
+            && log.contains("unread=2"),
+        "{log}"
+    );
+}
