@@ -29,7 +29,8 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
-const OPTIONAL_KEYS: [&str; 18] = [
+const OPTIONAL_KEYS: [&str; 19] = [
+    "public_url",
     "admin_password",
     "metrics.listen",
     "admin_password_file",
@@ -54,6 +55,12 @@ const OPTIONAL_KEYS: [&str; 18] = [
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where people reach the service when a proxy stands in front of it
+    /// (`https://audit.example.com`): the web viewer's same-site checks compare a browser's
+    /// `Origin` with it (a proxy may rewrite `Host`), and an `https` one makes the session
+    /// cookie `Secure` and `__Host-` prefixed (the proxy ends TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     pub database_url: DatabaseUrl,
     pub log_format: LogFormat,
     /// Whether reads are recorded in the system log (`log::access_log`).
@@ -218,6 +225,20 @@ impl From<Box<figment::Error>> for ConfigError {
 }
 
 impl Settings {
+    /// `public_url` as a browser's `Origin` names it (`https://host[:port]`, lower case), when
+    /// it is set and is one; `None` otherwise.
+    pub fn public_origin(&self) -> Option<String> {
+        let url = self.public_url.as_deref()?.trim_end_matches('/');
+        let (scheme, authority) = url.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+        let valid = matches!(scheme.as_str(), "http" | "https")
+            && !authority.is_empty()
+            && authority.chars().all(plain)
+            && !authority.starts_with(':');
+        valid.then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
+    }
+
     /// Where the checkpoint signing key is. An absolute `integrity.signing_key_file` is taken
     /// as it is; a relative one never depends on the folder the command runs in: it lies next
     /// to the SQLite database file, or on PostgreSQL in the service's state directory
@@ -285,6 +306,11 @@ impl Settings {
                 Err(ConfigError::Rule(message.to_owned()))
             }
         };
+        rule(
+            self.public_url.is_none() || self.public_origin().is_some(),
+            "public_url must be an origin: http:// or https://, a host and an optional port, \
+             no path (e.g. https://audit.example.com)",
+        )?;
         rule(
             self.limits.max_body_bytes >= 1024,
             "limits.max_body_bytes must be at least 1024",
@@ -626,6 +652,32 @@ fn state_directory() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_url_is_an_origin() {
+        let origin = |url: &str| {
+            let mut settings = Settings::defaults();
+            settings.public_url = Some(url.into());
+            (settings.public_origin(), settings.validate().is_ok())
+        };
+        assert_eq!(
+            origin("HTTPS://Audit.Example.com/"),
+            (Some("https://audit.example.com".into()), true)
+        );
+        assert_eq!(
+            origin("http://10.0.0.1:8080"),
+            (Some("http://10.0.0.1:8080".into()), true)
+        );
+        for refused in [
+            "https://audit.example.com/auditor",
+            "audit.example.com",
+            "ftp://audit.example.com",
+            "https://",
+            "https://user@audit.example.com",
+        ] {
+            assert_eq!(origin(refused), (None, false), "{refused}");
+        }
+    }
 
     #[test]
     fn defaults_parse_and_validate() {

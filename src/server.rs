@@ -147,7 +147,11 @@ async fn serve_store<S: Store>(
         shutdown: shutdown.clone(),
         sessions: api::SessionOptions {
             policy: settings.session_policy(),
-            secure: tls.is_some(),
+            secure: tls.is_some()
+                || settings
+                    .public_origin()
+                    .is_some_and(|origin| origin.starts_with("https://")),
+            public_origin: settings.public_origin(),
             login: settings
                 .auth
                 .jwt

@@ -170,7 +170,7 @@ async fn authorise<S: Store>(
         Presented::Basic(name, secret) => {
             // A browser sends a password it was once given on its own, also from another
             // site's page: such a page must not change anything with it.
-            if !parts.method.is_safe() && super::ui::session::cross_site(parts) {
+            if !parts.method.is_safe() && super::ui::session::cross_site(parts, &state.sessions) {
                 return Err(ApiError::Forbidden(
                     "a request from another site's page may not change anything with the \
                      password a browser keeps; send it from this site, or without the browser"

@@ -31,6 +31,7 @@ both_backends!(
     signing_out_ends_the_session,
     an_expired_session_is_refused,
     a_session_in_use_outlives_a_short_idle_limit,
+    behind_a_proxy_the_public_url_is_the_site,
     a_removed_users_session_ends_at_its_next_request,
     a_changed_password_ends_the_session,
     over_https_the_cookie_is_secure_and_host_prefixed,
@@ -598,6 +599,38 @@ async fn signing_out_ends_the_session(backend: Backend) {
         assert_eq!(after.status(), 401, "{path}");
     }
     assert!(session_users(&app).await.is_empty());
+}
+
+/// Behind a proxy that ends TLS and rewrites `Host`, `public_url` names the site: a browser's
+/// `Origin` is compared with it, and the cookie is `Secure` and `__Host-` prefixed.
+async fn behind_a_proxy_the_public_url_is_the_site(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.public_url = Some("https://Audit.Example.com/".into());
+    let app = spawn_with(db, settings).await;
+    let sign_in_from = |origin: &str| {
+        app.request(Method::POST, "/ui/session", None)
+            .header("origin", origin)
+            .json(&json!({"user": ADMIN.0, "password": ADMIN.1}))
+            .send()
+    };
+    let from_the_server_itself = sign_in_from(&app.address).await.unwrap();
+    assert_eq!(from_the_server_itself.status(), 403, "not the public site");
+    let signed_in = sign_in_from("https://audit.example.com").await.unwrap();
+    assert_eq!(signed_in.status(), 201);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("__Host-auditor_session="), "{cookie}");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let read = app
+        .request(Method::GET, "/ui/session", None)
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
 }
 
 /// The idle limit counts from the session's last use, also when it is shorter than the minute

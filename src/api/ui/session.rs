@@ -36,8 +36,12 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub struct SessionOptions {
     /// How long a session lasts (`[auth] session_idle_secs`, `session_lifetime_secs`).
     pub policy: SessionPolicy,
-    /// The server runs TLS: the cookie is `Secure` and `__Host-` prefixed.
+    /// The server runs TLS, or is reached through an `https` `public_url`: the cookie is
+    /// `Secure` and `__Host-` prefixed.
     pub secure: bool,
+    /// The origin browsers reach the service at (`public_url`), when a proxy stands in front:
+    /// a request's `Origin` must be it. Without it, `Origin` is compared with `Host`.
+    pub public_origin: Option<String>,
     /// Signing in through the identity provider (`[auth.jwt.login]`), when configured.
     pub login: Option<std::sync::Arc<crate::auth::oidc::OidcLogin>>,
 }
@@ -108,7 +112,7 @@ pub fn cookie_secret(headers: &HeaderMap, options: &SessionOptions) -> Option<St
 /// Whether the browser says the request came from another site. A request that says nothing
 /// (no `Sec-Fetch-Site`, no `Origin`) is not from a browser's cross-site page: browsers send
 /// `Origin` with every cross-origin request and every POST.
-pub(in crate::api) fn cross_site(parts: &Parts) -> bool {
+pub(in crate::api) fn cross_site(parts: &Parts, options: &SessionOptions) -> bool {
     let headers = &parts.headers;
     if let Some(site) = headers.get("sec-fetch-site") {
         // `none`: the user typed the address or followed a bookmark.
@@ -116,9 +120,12 @@ pub(in crate::api) fn cross_site(parts: &Parts) -> bool {
             return true;
         }
     }
-    let Some(origin) = headers.get(ORIGIN) else {
+    let Some(origin) = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or_default()) else {
         return false;
     };
+    if let Some(public) = &options.public_origin {
+        return !origin.eq_ignore_ascii_case(public);
+    }
     // HTTP/1.1 names the server in `Host`, HTTP/2 in the request's authority.
     let host = headers
         .get(HOST)
@@ -126,7 +133,7 @@ pub(in crate::api) fn cross_site(parts: &Parts) -> bool {
         .or_else(|| parts.uri.authority().map(|a| a.as_str()));
     // The scheme is not compared: behind a TLS-terminating proxy the server sees plain HTTP.
     // Host and port are the same site's only if equal.
-    match (origin.to_str().ok().and_then(|o| o.split_once("://")), host) {
+    match (origin.split_once("://"), host) {
         (Some((_, origin_host)), Some(host)) => !origin_host.eq_ignore_ascii_case(host),
         _ => true,
     }
@@ -143,7 +150,7 @@ pub(in crate::api) async fn admit<S: Store>(
     state: &AppState<S>,
     secret: &str,
 ) -> Result<Credential, ApiError> {
-    if cross_site(parts) {
+    if cross_site(parts, &state.sessions) {
         return Err(forbidden(
             "a request from another site may not use the viewer's session",
         ));
@@ -255,7 +262,7 @@ async fn sign_in<S: Store>(
     parts: Parts,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if cross_site(&parts) {
+    if cross_site(&parts, &state.sessions) {
         return Err(forbidden("signing in from another site is not allowed"));
     }
     let json = parts
