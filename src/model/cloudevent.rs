@@ -552,18 +552,7 @@ mod tests {
 
     #[test]
     fn a_context_attribute_must_be_a_json_string() {
-        for attribute in [
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "subject",
-            "time",
-            "datacontenttype",
-            "dataschema",
-            "authid",
-            "authtype",
-        ] {
+        for attribute in STRING_ATTRIBUTES {
             for value in ["5", "1.0", "true", "null", "{}", "[]"] {
                 let mut members = serde_json::Map::new();
                 for (name, text) in [

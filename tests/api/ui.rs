@@ -1079,6 +1079,17 @@ async fn wait_for_rows(client: &Client, expected: &[&str]) {
 }
 
 /// The verdict the page shows on event `id` once it has decided: `(state, reason)`.
+/// The text of the element `id`, which must be on the page.
+async fn text_of(client: &Client, id: &str) -> String {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn verdict(client: &Client, id: &str) -> (String, String) {
     wait_for(&format!("a verdict on {id}"), || async {
         let status = client.find(Locator::Id("verify-status")).await.ok()?;
@@ -1218,13 +1229,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
         reason.contains("in the log of 3 events signed by auditor.test/log/default"),
         "{reason}"
     );
-    let shown = client
-        .find(Locator::Id("event-json"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let shown = text_of(&client, "event-json").await;
     assert!(shown.contains(&bob), "{shown}");
     screenshot(&client, backend, "3-verified").await;
 
@@ -1256,13 +1261,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     click(&client, "pin-server").await;
     let (state, reason) = verdict(&client, &bob).await;
     assert_eq!(state, "verified", "{reason}");
-    let details = client
-        .find(Locator::Id("verify-details"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let details = text_of(&client, "verify-details").await;
     assert!(details.contains("pinned in this browser"), "{details}");
 
     // The payload that looks like markup is shown as text, and verifies too.
@@ -1273,13 +1272,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
         .unwrap();
     let (state, reason) = verdict(&client, &first).await;
     assert_eq!(state, "verified", "{reason}");
-    let shown = client
-        .find(Locator::Id("event-json"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let shown = text_of(&client, "event-json").await;
     assert!(shown.contains("<img src=x onerror=alert(1)>"), "{shown}");
     assert!(
         client
@@ -1326,13 +1319,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     let (state, reason) = verdict(&client, &refund).await;
     assert_eq!(state, "pending", "{reason}");
     assert!(reason.contains("has not been signed since"), "{reason}");
-    let status = client
-        .find(Locator::Id("verify-status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = text_of(&client, "verify-status").await;
     assert!(
         status.contains("Not yet covered by a checkpoint"),
         "{status}"
@@ -1348,13 +1335,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
     let (state, reason) = verdict(&client, &refund).await;
     assert_eq!(state, "verified", "{reason}");
     assert!(reason.contains("in the log of 5 events"), "{reason}");
-    let details = client
-        .find(Locator::Id("verify-details"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let details = text_of(&client, "verify-details").await;
     assert!(
         details.contains("consistent with the checkpoint of 3 events this browser verified before"),
         "{details}"
