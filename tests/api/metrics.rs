@@ -135,10 +135,30 @@ async fn a_scrape_shows_requests_writes_connections_and_every_tenant(backend: Ba
     assert!((0.0..60.0).contains(&age), "checkpoint age {age}");
     assert!(scrape.docs.contains_key("auditor_chain_head_seq"));
 
+    // Methods a client invents are counted as one `other`, not a series each.
+    for invented in ["INVENTED1", "INVENTED2"] {
+        let method = Method::from_bytes(invented.as_bytes()).expect("method");
+        let answered = app
+            .request(method, "/events", Some(ADMIN))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answered.status(), 405);
+    }
+
     // A later scrape sees the request counted that made the first one.
     let again = parsed(app.get("/metrics", ADMIN).await).await;
     let scraped = [("route", "/metrics"), ("method", "GET"), ("status", "200")];
     assert!(value(&again, "auditor_http_requests_total", &scraped) >= 1.0);
+    let invented = [("route", "/events"), ("method", "other"), ("status", "405")];
+    assert_eq!(value(&again, "auditor_http_requests_total", &invented), 2.0);
+    assert!(
+        again.samples.iter().all(|s| !s
+            .labels
+            .get("method")
+            .is_some_and(|m| m.starts_with("INVENTED"))),
+        "an invented method has a series of its own"
+    );
 }
 
 async fn only_an_admin_of_every_tenant_reads_metrics_on_the_api_listener(backend: Backend) {
