@@ -1,7 +1,8 @@
 //! The web viewer at `/ui`: its sign-in session over plain HTTP (cookie attributes, CSRF,
 //! throttling, sign-out, expiry, tenants, headers), and the page itself driven in a headless
 //! Chromium through chromedriver: sign in, find and filter events, see one verified in the
-//! browser, follow the live tail, and see a tampered event refused.
+//! browser, follow the live tail, and see a tampered event refused; an erased event verified
+//! with the record of its erasure, and one blanked in the database without it refused.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ both_backends!(
     the_cookie_reads_only_the_users_tenants,
     pages_are_served_with_strict_security_headers,
     the_viewer_filters_verifies_and_follows_events_in_a_browser,
+    an_erased_event_shows_the_record_of_its_erasure_in_a_browser,
+    an_erasure_without_its_record_is_not_verified_in_a_browser,
     people_sign_in_through_the_identity_provider_with_pkce,
 );
 
@@ -302,6 +305,29 @@ async fn the_browsers_checks_agree_with_the_documented_examples() {
     assert_eq!(
         results["other_key"],
         "the checkpoint's signature does not verify"
+    );
+    // Which erasure records account for an erased event (src/integrity/verify.rs's rules).
+    let all = json!([
+        "entity_id",
+        "event_data",
+        "idempotency_key",
+        "ip",
+        "property",
+        "user_identity"
+    ]);
+    assert_eq!(
+        results["record_rules"],
+        json!([
+            ["event_data"],
+            null,
+            null,
+            null,
+            ["user_identity"],
+            null,
+            all,
+            "its payload is missing but was never redacted",
+            "it is marked erased but nothing was erased",
+        ])
     );
     client.close().await.unwrap();
 }
@@ -1406,4 +1432,253 @@ async fn click_row(client: &Client, seq: &str) {
         .click()
         .await
         .unwrap();
+}
+
+/// An app whose checkpoints the test makes (`POST /checkpoints`), with a browser signed in.
+async fn erasure_app(backend: Backend) -> (TestApp, Driver, Client) {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings_for(&db);
+    settings.integrity.checkpoint_interval_secs = 3600;
+    settings.integrity.checkpoint_every_events = 1_000_000;
+    let app = spawn_with(db, settings).await;
+    let (driver, client) = browser().await;
+    (app, driver, client)
+}
+
+/// Signs the log as it is now (`POST /checkpoints`) and waits for the checkpoint of `size`.
+async fn sign_log(app: &TestApp, size: u64) {
+    app.request(Method::POST, "/checkpoints", Some(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    wait_for_checkpoint(app, size).await;
+}
+
+/// `POST path` with `body` as the admin, which must create the record it answers with.
+async fn erase_through_the_api(app: &TestApp, path: &str, body: Value) -> Value {
+    let response = app.post_json(path, ADMIN, &body).await;
+    assert_eq!(response.status(), 201, "POST {path}");
+    response.json().await.unwrap()
+}
+
+/// Opens event `id` in the page and waits for its verdict.
+async fn open_event(client: &Client, app: &TestApp, id: &str) -> (String, String) {
+    client
+        .goto(&format!("{}/ui/#/event/{id}", app.address))
+        .await
+        .unwrap();
+    client.refresh().await.unwrap();
+    verdict(client, id).await
+}
+
+async fn an_erased_event_shows_the_record_of_its_erasure_in_a_browser(backend: Backend) {
+    let (app, _driver, client) = erasure_app(backend).await;
+    let recorded = app
+        .record(json!([
+            {"event_type": "customer.updated", "user_identity": "erin@example.com",
+             "entity": "customer", "entity_id": "c-1", "ip": "203.0.113.7",
+             "event_data": {"email": "erin@example.com"}},
+            {"event_type": "invoice.paid", "user_identity": "frank", "event_data": {"card": "4111"}},
+            {"event_type": "login", "user_identity": "grace@example.com"},
+            {"event_type": "logout", "user_identity": "grace@example.com"},
+        ]))
+        .await;
+    let id = |i: usize| recorded[i]["id"].as_str().unwrap().to_owned();
+    // One event's every field, one payload, and a data subject's events (two, one record).
+    let erased = erase_through_the_api(
+        &app,
+        &format!("/events/{}/erase", id(0)),
+        json!({"reason": "GDPR art. 17, ticket 42"}),
+    )
+    .await;
+    let redacted = erase_through_the_api(
+        &app,
+        &format!("/events/{}/redact", id(1)),
+        json!({"reason": "card number pasted by mistake"}),
+    )
+    .await;
+    let subject = erase_through_the_api(
+        &app,
+        "/erasures",
+        json!({"user_identity": "grace@example.com", "reason": "erasure request 7"}),
+    )
+    .await;
+    let subject = &subject["record"];
+    assert_eq!(subject["event_data"]["erased"], json!([[3, 4]]));
+    sign_log(&app, 7).await;
+
+    client.goto(&format!("{}/ui/", app.address)).await.unwrap();
+    sign_in_with_the_form(&client).await;
+    for (i, record, reason) in [
+        (0, &erased, "GDPR art. 17, ticket 42"),
+        (1, &redacted, "card number pasted by mistake"),
+        (2, subject, "erasure request 7"),
+        (3, subject, "erasure request 7"),
+    ] {
+        let (state, why) = open_event(&client, &app, &id(i)).await;
+        assert_eq!(state, "verified", "event {i}: {why}");
+        let seq = &record["seq"];
+        assert!(why.contains(&format!("is recorded by seq {seq}")), "{why}");
+        let shown = text_of(&client, "erasure-record").await;
+        let event_type = record["event_type"].as_str().unwrap();
+        for expected in [
+            &format!("seq {seq}: {event_type}") as &str,
+            "(verified)",
+            reason,
+            &format!("by {}", ADMIN.0),
+            record["recorded_at"].as_str().unwrap(),
+        ] {
+            assert!(shown.contains(expected), "{expected:?} in {shown}");
+        }
+        let details = text_of(&client, "verify-details").await;
+        assert!(details.contains("in the log of 7 events"), "{details}");
+        if i == 1 {
+            assert!(shown.contains("event_data erased by"), "{shown}");
+            screenshot(&client, backend, "8-redacted-with-its-record").await;
+        }
+        if i == 0 {
+            screenshot(&client, backend, "8-erased-with-its-record").await;
+        }
+    }
+    // The link leads to the record, which verifies as any event does.
+    client
+        .find(Locator::Css("#erasure-record a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let record_id = subject["id"].as_str().unwrap();
+    let (state, why) = verdict(&client, record_id).await;
+    assert_eq!(state, "verified", "{why}");
+    assert!(
+        client.find(Locator::Id("erasure-record")).await.is_err(),
+        "a record is not erased"
+    );
+    client.close().await.unwrap();
+}
+
+async fn an_erasure_without_its_record_is_not_verified_in_a_browser(backend: Backend) {
+    use auditor::model::{Event, Personal};
+    let (app, _driver, client) = erasure_app(backend).await;
+    let recorded = app
+        .record(json!([
+            {"event_type": "customer.updated", "user_identity": "erin@example.com",
+             "entity_id": "c-1", "ip": "203.0.113.7", "event_data": {"email": "erin@example.com"}},
+            {"event_type": "invoice.paid", "user_identity": "frank", "event_data": {"card": "4111"}},
+            {"event_type": "login", "user_identity": "grace@example.com"},
+        ]))
+        .await;
+    let id = |i: usize| recorded[i]["id"].as_str().unwrap().to_owned();
+    let stored = |id: String| {
+        let app = &app;
+        async move {
+            serde_json::from_value::<Event>(app.get_ok(&format!("/events/{id}")).await).unwrap()
+        }
+    };
+    // An honest redaction of seq 2's payload, recorded by seq 4.
+    erase_through_the_api(
+        &app,
+        &format!("/events/{}/redact", id(1)),
+        json!({"reason": "card number pasted by mistake"}),
+    )
+    .await;
+    sign_log(&app, 4).await;
+    client.goto(&format!("{}/ui/", app.address)).await.unwrap();
+    sign_in_with_the_form(&client).await;
+    let (state, why) = open_event(&client, &app, &id(1)).await;
+    assert_eq!(state, "verified", "{why}");
+
+    // Someone with database access blanks seq 1 as an erasure would leave it (the commitments
+    // kept, so its leaf and proof still verify) and marks it erased, with no record of it. The
+    // schema lets an erasure-shaped UPDATE through.
+    let now = match backend {
+        Backend::Sqlite => {
+            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).to_string()
+        }
+        Backend::Postgres => "now()".to_owned(),
+    };
+    let blanked = auditor::integrity::commitment::erase(
+        &stored(id(0)).await,
+        &Personal::ALL,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .unwrap();
+    let erased = serde_json::to_string(&blanked.erased).unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE events SET user_identity = NULL, entity_id = NULL, ip = NULL, \
+             event_data = NULL, salt_secret = NULL, erased = '{erased}', redacted_at = {now} \
+             WHERE tenant = 'default' AND seq = 1"
+        ))
+        .await
+        .unwrap();
+    let (state, why) = open_event(&client, &app, &id(0)).await;
+    assert_eq!(state, "failed", "{why}");
+    assert!(
+        why.contains("erased without a record of the erasure"),
+        "{why}"
+    );
+    assert!(why.contains("names seq 1"), "{why}");
+    let shown = text_of(&client, "erasure-record").await;
+    assert!(shown.contains("No record of this erasure"), "{shown}");
+    let details = text_of(&client, "verify-details").await;
+    assert!(details.contains("none found"), "{details}");
+    screenshot(&client, backend, "9-erased-without-a-record").await;
+
+    // Marked erased at the time of another erasure, whose record does not name it.
+    let blanked = auditor::integrity::commitment::erase(
+        &stored(id(2)).await,
+        &[Personal::UserIdentity],
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .unwrap();
+    let erased = serde_json::to_string(&blanked.erased).unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE events SET user_identity = NULL, salt_secret = NULL, erased = '{erased}', \
+             redacted_at = (SELECT redacted_at FROM events WHERE tenant = 'default' AND seq = 2) \
+             WHERE tenant = 'default' AND seq = 3"
+        ))
+        .await
+        .unwrap();
+    let (state, why) = open_event(&client, &app, &id(2)).await;
+    assert_eq!(state, "failed", "{why}");
+    assert!(
+        why.contains("erased without a record of the erasure"),
+        "{why}"
+    );
+
+    // The redacted seq 2 made to lose its actor too: its record names the payload alone.
+    let more = auditor::integrity::commitment::erase(
+        &stored(id(1)).await,
+        &[Personal::UserIdentity],
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .unwrap();
+    let erased = serde_json::to_string(&more.erased).unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE events SET user_identity = NULL, erased = '{erased}' \
+             WHERE tenant = 'default' AND seq = 2"
+        ))
+        .await
+        .unwrap();
+    let (state, why) = open_event(&client, &app, &id(1)).await;
+    assert_eq!(state, "failed", "{why}");
+    assert!(
+        why.contains(
+            "it lost user_identity, but the record of its erasure (seq 4) names only event_data"
+        ),
+        "{why}"
+    );
+    let shown = text_of(&client, "erasure-record").await;
+    assert!(shown.contains("seq 4: audit.redacted"), "{shown}");
+    screenshot(&client, backend, "10-erased-beyond-its-record").await;
+    client.close().await.unwrap();
 }

@@ -60,6 +60,28 @@ const done = arguments[arguments.length - 1];
   ].map(v.hexToBytes);
   const checkpoint = await v.openCheckpoint(note, key);
   const wrongLeaf = v.hexToBytes("00".repeat(32));
+  // The record of an erasure: committed with it (its recorded_at is the event's redacted_at,
+  // to the microsecond), naming it by seq range or, for a version 1 event, by id and hash.
+  const at = "2026-12-01T07:00:00.5Z";
+  const v1 = {
+    seq: 3, id: "01a2303f-93b8-7766-9cd1-f5c5bf663a40", hash: "ab".repeat(32), leaf_version: 1,
+    event_data: null, event_data_hash: "cd".repeat(32), redacted_at: at,
+  };
+  const amending = {
+    event_type: "audit.redacted", recorded_at: "2026-12-01T07:00:00.500000Z", amends: v1.id,
+    amends_hash: v1.hash, event_data: { reason: "r" },
+  };
+  const ranged = {
+    event_type: "audit.erased", recorded_at: at,
+    event_data: { erased: [[1, 2], [4, 9]], fields: ["user_identity"], reason: "r" },
+  };
+  const covers = (record, event) => {
+    try {
+      return v.recordCovers(record, event, v.erasureOf(event));
+    } catch (e) {
+      return e.message;
+    }
+  };
   return {
     leaf: hex(await v.leafHash(event)),
     erased_leaf: hex(await v.leafHash(erased)),
@@ -70,6 +92,17 @@ const done = arguments[arguments.length - 1];
     consistent: await v.consistent(2, 7, fromRoot, v.hexToBytes(documentedRoot), consistency),
     rewritten: await v.consistent(2, 7, v.hexToBytes(documentedRoot), v.hexToBytes(documentedRoot), consistency),
     resized: await refused(v.openCheckpoint(note.replace("\n7\n", "\n8\n"), key)),
+    record_rules: [
+      covers(amending, v1),
+      covers({ ...amending, amends_hash: "00".repeat(32) }, v1),
+      covers({ ...amending, recorded_at: "2026-12-01T07:00:00.500001Z" }, v1),
+      covers({ ...amending, event_type: "audit.erased" }, v1),
+      covers(ranged, { ...v1, seq: 4 }),
+      covers(ranged, v1),
+      covers({ ...ranged, event_data: { erased: [[3, 3]], reason: "r" } }, v1),
+      covers(amending, { ...v1, redacted_at: null }),
+      covers(ranged, { ...event, redacted_at: at }),
+    ],
     other_key: await refused(
       v.openCheckpoint(note, { ...key, publicKey: new Uint8Array(32).fill(7) }),
     ),

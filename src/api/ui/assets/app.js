@@ -1,6 +1,7 @@
 // The web viewer: signs in with a session cookie, lists and filters events, follows the live
 // tail, and shows one event with its amendments and its inclusion in the signed log, checked
-// here (verify.js). Event data is attacker-controlled: it is only ever set as textContent.
+// here (verify.js), and for an erased event the record of its erasure, checked the same way.
+// Event data is attacker-controlled: it is only ever set as textContent.
 
 import {
   verifyEvent,
@@ -8,6 +9,9 @@ import {
   keyFingerprint,
   consistent,
   hexToBytes,
+  erasureOf,
+  recordCovers,
+  ERASURE_RECORD_TYPES,
 } from "./verify.js";
 
 const PAGE_SIZE = 50;
@@ -355,9 +359,12 @@ function showRedaction(event) {
     const p = el("p");
     p.append(el("span", "erased", { class: "badge" }));
     p.append(document.createTextNode(
-      ` at ${event.redacted_at || "?"}${erased.length ? `: ${erased.join(", ")}` : ""}. The fields' commitments stay in the leaf, so the event still verifies.`,
+      ` at ${event.redacted_at || "?"}${erased.length ? `: ${erased.join(", ")}` : ""}. The fields' commitments stay in the leaf, so the event still verifies; the record of the erasure shows it was the service's.`,
     ));
     box.append(p);
+  }
+  if (event.redacted_at || erased.length || (event.event_data === null && event.event_data_hash)) {
+    box.append(el("div", "Looking for the record of the erasure…", { id: "erasure-record" }));
   }
   if (event.amends) {
     const p = el("p", "This event amends ");
@@ -513,12 +520,37 @@ async function checkEvent(event) {
     }
     if (verdict.treeSize) details.push(["signed tree size", String(verdict.treeSize)], ["signed root", verdict.root]);
     let { state: verdictState, reason } = verdict;
+    // Signed trees this check relies on, by size: the event's, and its erasure record's.
+    const trees = new Map();
+    if (verdict.treeSize) trees.set(verdict.treeSize, verdict.root);
+    if (verdictState === "failed") {
+      showErasureRecords(null, "The record of the erasure was not looked for: the event itself does not verify.");
+    } else {
+      const erasure = await checkErasure(event, trusted);
+      if (current !== event) return;
+      showErasureRecords(erasure, "The event lost nothing to an erasure.");
+      if (erasure) {
+        details.push(...erasure.details);
+        for (const { verdict: recordVerdict } of erasure.records) {
+          if (recordVerdict.treeSize) trees.set(recordVerdict.treeSize, recordVerdict.root);
+        }
+        if (erasure.state === "failed" || (erasure.state === "pending" && verdictState === "verified")) {
+          verdictState = erasure.state;
+          reason = erasure.reason;
+        } else if (verdictState === "verified") {
+          reason = `${reason}; ${erasure.reason}`;
+        }
+      }
+    }
     if (verdictState === "verified") {
-      const history = await checkHistory(parsed.name, verdict.treeSize, verdict.root);
-      details.push(["history", history.text]);
-      if (!history.ok) {
-        verdictState = "failed";
-        reason = history.text;
+      for (const [size, root] of [...trees].sort(([a], [b]) => a - b)) {
+        const history = await checkHistory(parsed.name, size, root);
+        details.push(["history", history.text]);
+        if (!history.ok) {
+          verdictState = "failed";
+          reason = history.text;
+          break;
+        }
       }
     }
     if (current !== event) return;
@@ -532,6 +564,125 @@ async function checkEvent(event) {
     }
   } catch (err) {
     setVerdict("failed", `cannot check: ${err.message}`, [], event.id);
+  }
+}
+
+// The records that account for an erased event's erasure (verify.js, `recordCovers`): every
+// `audit.erased` and `audit.redacted` event committed at its `redacted_at` (a record's
+// `occurred_at` is its commit time, and `since` is inclusive) that names it, with the fields
+// each says it erased.
+async function erasureRecords(event, erasure) {
+  const found = [];
+  const at = Date.parse(erasure.at);
+  for (const type of ERASURE_RECORD_TYPES) {
+    let cursor = null;
+    for (;;) {
+      const params = withTenant({ event_type: type, since: erasure.at, order: "asc", limit: "100" });
+      if (cursor) params.set("cursor", cursor);
+      const page = await api("GET", `/events?${params}`);
+      for (const record of page.events) {
+        const fields = recordCovers(record, event, erasure);
+        if (fields) found.push({ record, fields });
+      }
+      const last = page.events[page.events.length - 1];
+      // Records come in commit order: past the erasure's time, none can be of it.
+      if (!page.next_cursor || !last || Date.parse(last.occurred_at) > at) break;
+      cursor = page.next_cursor;
+    }
+  }
+  return found;
+}
+
+// The verdict on an erased event's erasure, `null` for an event that lost nothing: `verified`
+// when records committed with it name it and every field it lost, and each is in the signed
+// log (its proof checked with the key `trusted`, as the event's); `failed` with the reason
+// otherwise (the row was blanked and marked erased by someone other than the service), or
+// `pending` while no checkpoint covers a record yet.
+async function checkErasure(event, trusted) {
+  let erasure;
+  try {
+    erasure = erasureOf(event);
+  } catch (e) {
+    return {
+      state: "failed",
+      reason: `its erasure is not one the service makes: ${e.message}`,
+      details: [],
+      records: [],
+    };
+  }
+  if (erasure === null) return null;
+  const lost = erasure.fields.length ? erasure.fields.join(", ") : "nothing";
+  const found = await erasureRecords(event, erasure);
+  if (found.length === 0) {
+    return {
+      state: "failed",
+      reason: `erased without a record of the erasure: no audit.erased or audit.redacted event recorded at ${erasure.at} (its redacted_at) names seq ${event.seq}, which lost ${lost}`,
+      details: [["erasure record", "none found"]],
+      records: [],
+    };
+  }
+  const records = [];
+  for (const { record, fields } of found) {
+    const proof = await api("GET", `/events/${encodeURIComponent(record.id)}/proof?${withTenant({})}`);
+    records.push({ record, fields, verdict: await verifyEvent(record, proof, trusted) });
+  }
+  const details = records.map(({ record, verdict }) => [
+    "erasure record",
+    `seq ${record.seq} (${record.event_type}): ${verdict.state === "verified" ? verdict.reason : `${verdict.state}, ${verdict.reason}`}`,
+  ]);
+  const result = (state, reason) => ({ state, reason, details, records });
+  const failed = records.find(({ verdict }) => verdict.state === "failed");
+  if (failed) {
+    return result(
+      "failed",
+      `the record of its erasure (seq ${failed.record.seq}) does not verify: ${failed.verdict.reason}`,
+    );
+  }
+  const granted = new Set(records.flatMap(({ fields }) => fields));
+  const missing = erasure.fields.filter((name) => !granted.has(name));
+  if (missing.length) {
+    const named = [...granted].join(", ") || "no field";
+    return result(
+      "failed",
+      `erased without a record of the erasure: it lost ${missing.join(", ")}, but the record of its erasure (seq ${records.map(({ record }) => record.seq).join(", ")}) names only ${named}`,
+    );
+  }
+  const seqs = records.map(({ record }) => `seq ${record.seq}`).join(", ");
+  if (records.some(({ verdict }) => verdict.state === "pending")) {
+    return result(
+      "pending",
+      `the record of its erasure (${seqs}) has not been signed yet, so nothing vouches for the erasure yet`,
+    );
+  }
+  return result("verified", `its erasure of ${lost} is recorded by ${seqs}, in the signed log`);
+}
+
+// The records of the erasure shown next to it: a link to each, who erased, when and why.
+function showErasureRecords(erasure, otherwise) {
+  const box = $("erasure-record");
+  if (!box) return;
+  box.replaceChildren();
+  if (erasure === null) {
+    box.append(el("p", otherwise));
+    return;
+  }
+  if (erasure.records.length === 0) {
+    box.append(el("p", `No record of this erasure: ${erasure.reason}.`, { class: "erasure-missing" }));
+    return;
+  }
+  for (const { record, verdict } of erasure.records) {
+    const data = record.event_data || {};
+    const p = el("p", "Recorded by ");
+    p.append(el("a", `seq ${record.seq}: ${record.event_type}`, {
+      href: `#/event/${encodeURIComponent(record.id)}`,
+      "data-seq": String(record.seq),
+    }));
+    const who = record.user_identity || record.recorded_by;
+    const fields = Array.isArray(data.fields) ? data.fields.join(", ") : "every personal field";
+    p.append(document.createTextNode(
+      ` (${verdict.state === "verified" ? "verified" : verdict.state === "pending" ? "not yet signed" : "not verified"}): ${fields} erased by ${who} at ${record.recorded_at}, reason: ${typeof data.reason === "string" ? data.reason : "none given"}`,
+    ));
+    box.append(p);
   }
 }
 

@@ -306,3 +306,99 @@ export async function verifyEvent(event, proof, verifierKey) {
     root: bytesToHex(signed.root),
   };
 }
+
+// --- Erasures -------------------------------------------------------------------------------
+// An erased event keeps its leaf (the commitments), so its proof verifies whoever blanked it:
+// what shows the erasure was the service's is its record, an `audit.erased` (or
+// `audit.redacted`) event committed with it, whose `recorded_at` is the event's `redacted_at`
+// and which names the event and every field it lost (src/integrity/verify.rs does the same
+// over the whole log).
+
+export const ERASURE_RECORD_TYPES = ["audit.erased", "audit.redacted"];
+
+// What the event lost to an erasure, from what it stores: `null` when it lost nothing, else
+// `{ at, fields }` (`at` its `redacted_at`, `fields` the personal fields' names). Throws with
+// the reason when what it stores cannot be the result of an erasure.
+export function erasureOf(event) {
+  const version = event.leaf_version === undefined ? 1 : event.leaf_version;
+  const at = field(event, "redacted_at");
+  if (version === 1) {
+    const data = field(event, "event_data");
+    const hash = field(event, "event_data_hash");
+    if (data !== null) return null;
+    if (hash !== null && at === null) throw new Error("its payload is missing but was never redacted");
+    if (hash === null && at !== null) throw new Error("it is marked redacted but never had a payload");
+    // A version 1 leaf holds every other field as it is: only the payload can go.
+    return at === null ? null : { at, fields: ["event_data"] };
+  }
+  const erased = field(event, "erased");
+  if (erased === null) {
+    if (at !== null) throw new Error("it is marked erased but nothing was erased");
+    return null;
+  }
+  if (at === null) throw new Error("fields were erased but redacted_at is not set");
+  if (field(event, "salt_secret") !== null) throw new Error("an erased event still has its salt secret");
+  const fields = PERSONAL.filter((name) =>
+    Object.prototype.hasOwnProperty.call(erased.commitments || {}, name),
+  );
+  return { at, fields };
+}
+
+// The `seq` ranges a record's payload names (`[[first, last], …]`), or null when it names
+// none in that shape.
+function recordRanges(data) {
+  if (data === null || typeof data !== "object" || !Array.isArray(data.erased)) return null;
+  const ranges = [];
+  for (const range of data.erased) {
+    if (!Array.isArray(range) || range.length !== 2 || !range.every(Number.isSafeInteger)) return null;
+    ranges.push(range);
+  }
+  return ranges;
+}
+
+// The fields a record says it erased; every personal field for a record that does not say
+// (the `audit.redacted` records written before records named them).
+function recordFields(data) {
+  if (!Array.isArray(data.fields)) return [...PERSONAL];
+  return PERSONAL.filter((name) => data.fields.includes(name));
+}
+
+// Whether `record` accounts for `event`'s `erasure` (`erasureOf`): committed with it, and
+// naming its `seq` (or, for a record from before records named ranges, a version 1 event by
+// id and chain hash). The fields the record says it erased, or null when it does not name
+// the event. The record's own integrity is checked apart (`verifyEvent`).
+export function recordCovers(record, event, erasure) {
+  if (!ERASURE_RECORD_TYPES.includes(record.event_type)) return null;
+  if (!sameInstant(record.recorded_at, erasure.at)) return null;
+  const data = field(record, "event_data");
+  const ranges = recordRanges(data);
+  if (ranges !== null) {
+    const named = ranges.some(([first, last]) => first <= event.seq && event.seq <= last);
+    return named ? recordFields(data) : null;
+  }
+  const version = event.leaf_version === undefined ? 1 : event.leaf_version;
+  if (
+    record.event_type === "audit.redacted" &&
+    version === 1 &&
+    record.amends === event.id &&
+    record.amends_hash === event.hash
+  ) {
+    return ["event_data"];
+  }
+  return null;
+}
+
+// RFC 3339 timestamps of one instant, to the microsecond (what the databases keep), whatever
+// their offset or the digits of their fraction.
+export function sameInstant(a, b) {
+  const instant = (text) => {
+    const m = typeof text === "string" &&
+      /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$/i.exec(text);
+    if (!m) return null;
+    const seconds = Date.parse(`${m[1]}${m[3].toUpperCase()}`);
+    if (Number.isNaN(seconds)) return null;
+    return `${seconds}.${(m[2] || "").padEnd(9, "0")}`;
+  };
+  const x = instant(a);
+  return x !== null && x === instant(b);
+}
