@@ -87,6 +87,10 @@ pub enum Command {
         /// Verify an NDJSON export (from `auditor export`) instead of the database.
         #[arg(long, value_name = "FILE")]
         export: Option<PathBuf>,
+        /// Verify only this tenant's log (repeatable), e.g. the one whose key you pinned.
+        /// Default: every tenant's, each needing its trusted key.
+        #[arg(long = "tenant", value_name = "TENANT")]
+        tenants: Vec<String>,
     },
     /// Write the whole log (checkpoints and events with every hashed field) as NDJSON.
     Export {

@@ -27,7 +27,16 @@ pub const DEFAULT_CONFIG: &str = include_str!("../deploy/auditor.toml");
 
 const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
-const ENV_NOT_SETTINGS: [&str; 2] = ["config", "test_database_url"];
+/// `AUDITOR_URL`, `AUDITOR_USER`, `AUDITOR_PASSWORD` and `AUDITOR_TOKEN` are the command-line
+/// client's (`auditor events`): set in the same shell, they are no typos.
+const ENV_NOT_SETTINGS: [&str; 6] = [
+    "config",
+    "test_database_url",
+    "url",
+    "user",
+    "password",
+    "token",
+];
 /// Keys valid in the configuration but absent from the defaults (they default to unset).
 const OPTIONAL_KEYS: [&str; 19] = [
     "public_url",
@@ -759,6 +768,11 @@ mod tests {
             "AUDITOR_LISTEN",
             "AUDITOR_CONFIG",
             "AUDITOR_WRITER__BATCH_WAIT_MS",
+            // The command-line client's, set in the same shell.
+            "AUDITOR_URL",
+            "AUDITOR_USER",
+            "AUDITOR_PASSWORD",
+            "AUDITOR_TOKEN",
         ];
         assert_eq!(
             unknown_env_names(names.iter().map(|s| s.to_string())),

@@ -99,7 +99,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             public_keys,
             checkpoints,
             export,
-        } => verify(&settings, &public_keys, &checkpoints, export.as_deref()).await,
+            tenants,
+        } => {
+            let logs = Logs {
+                public_keys: &public_keys,
+                checkpoint_files: &checkpoints,
+                tenants: &tenants,
+            };
+            verify(&settings, logs, export.as_deref()).await
+        }
         Command::Export { output } => export(&settings, output.as_deref()).await,
         Command::Key {
             command: KeyCommand::Show { tenant },
@@ -398,10 +406,21 @@ fn signer(settings: &Settings) -> anyhow::Result<LogSigner> {
     })
 }
 
+/// What `auditor verify` checks the logs against, and which logs.
+struct Logs<'a> {
+    public_keys: &'a [String],
+    checkpoint_files: &'a [std::path::PathBuf],
+    /// Only these tenants' logs; every tenant's when empty.
+    tenants: &'a [String],
+}
+
 async fn verify(
     settings: &Settings,
-    public_keys: &[String],
-    checkpoint_files: &[std::path::PathBuf],
+    Logs {
+        public_keys,
+        checkpoint_files,
+        tenants,
+    }: Logs<'_>,
     export: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut keys = public_keys
@@ -467,7 +486,36 @@ async fn verify(
             })
         }
     };
-    report(results, started.elapsed())
+    report(only_tenants(results, tenants), started.elapsed())
+}
+
+/// The results of the named tenants' logs (all of them when none is named); a named tenant
+/// without a log fails, so a typo never passes for a verified log.
+fn only_tenants(
+    results: Vec<Result<Verified, Problem>>,
+    tenants: &[String],
+) -> Vec<Result<Verified, Problem>> {
+    if tenants.is_empty() {
+        return results;
+    }
+    let tenant_of = |result: &Result<Verified, Problem>| match result {
+        Ok(verified) => verified.tenant.as_str().to_owned(),
+        Err(problem) => problem.tenant.as_str().to_owned(),
+    };
+    let mut kept: Vec<_> = results
+        .into_iter()
+        .filter(|result| tenants.contains(&tenant_of(result)))
+        .collect();
+    for tenant in tenants {
+        if !kept.iter().any(|result| tenant_of(result) == *tenant) {
+            kept.push(Err(Problem {
+                tenant: TenantId::new(tenant.as_str()),
+                seq: None,
+                message: "no log of this tenant was found".into(),
+            }));
+        }
+    }
+    kept
 }
 
 /// The events in every tenant's log, as their chain heads count them: the length of an export

@@ -95,25 +95,32 @@ pub fn record_fields(data: &Map<String, Value>) -> u8 {
     }
 }
 
-/// Erased rows read at one erasure time and not yet accounted for: their `seq` ranges, and every
-/// field any of them lost.
-#[derive(Debug, Default)]
+/// Erased rows read at one erasure time that lost the same fields, as a `seq` range, with the
+/// fields the records of that time naming them have granted so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
-    ranges: Vec<(i64, i64)>,
-    fields: u8,
+    first: i64,
+    last: i64,
+    lost: u8,
+    granted: u8,
 }
 
-/// Erased rows a verifier has read whose erasure record it has not read yet, as `seq` ranges
-/// per erasure time (all rows one erasure touched share its commit time). Memory grows with the
-/// number of separate ranges, not of rows: a retention batch is one range.
+impl Pending {
+    fn accounted_for(&self) -> bool {
+        self.lost & !self.granted == 0
+    }
+}
+
+/// Erased rows a verifier has read that their erasure records have not accounted for yet, as
+/// `seq` ranges per erasure time (all rows one erasure touched share its commit time). Memory
+/// grows with the number of separate ranges, not of rows: a retention batch is one range.
 ///
-/// The fields the rows of one erasure time lost must be among those its records name: a
-/// redaction takes the payload alone.
+/// A row may have lost only fields that the records naming it name: records committed at the
+/// same time grant nothing to the rows they do not name, so one erasure committed beside a
+/// redaction cannot cover for a field taken from the redacted row.
 #[derive(Debug, Default)]
 pub struct ErasureRecords {
-    pending: BTreeMap<OffsetDateTime, Pending>,
-    /// The fields the records read so far at each erasure time with rows still pending name.
-    granted: BTreeMap<OffsetDateTime, u8>,
+    pending: BTreeMap<OffsetDateTime, Vec<Pending>>,
     /// Every erased row read so far, as ascending runs of `seq`s: a record may name only these.
     all: Vec<(i64, i64)>,
 }
@@ -126,60 +133,68 @@ impl ErasureRecords {
             Some((_, last)) if *last + 1 == seq.0 => *last = seq.0,
             _ => self.all.push((seq.0, seq.0)),
         }
-        let pending = self.pending.entry(when).or_default();
-        pending.fields |= fields;
-        let ranges = &mut pending.ranges;
+        let ranges = self.pending.entry(when).or_default();
         match ranges.last_mut() {
-            Some((_, last)) if *last + 1 == seq.0 => *last = seq.0,
-            _ => ranges.push((seq.0, seq.0)),
+            Some(range) if range.last + 1 == seq.0 && range.lost == fields && range.granted == 0 => {
+                range.last = seq.0;
+            }
+            _ => ranges.push(Pending {
+                first: seq.0,
+                last: seq.0,
+                lost: fields,
+                granted: 0,
+            }),
         }
     }
 
-    /// A record committed at `when` names `covered` and `fields`: those rows are accounted for.
-    /// Once every row of `when` is, the fields they lost beyond those its records name are the
-    /// error (bits).
-    pub fn recorded(
-        &mut self,
-        when: OffsetDateTime,
-        covered: &[(i64, i64)],
-        fields: u8,
-    ) -> Result<(), u8> {
-        let Some(pending) = self.pending.get_mut(&when) else {
-            return Ok(());
+    /// A record committed at `when` names the rows of `covered` and the fields `fields`: those
+    /// rows are granted those fields, and are accounted for once granted every field they lost
+    /// (possibly by several records of the same commit). What is still missing at the end of
+    /// the log is [`first_unaccounted`](Self::first_unaccounted)'s.
+    pub fn recorded(&mut self, when: OffsetDateTime, covered: &[(i64, i64)], fields: u8) {
+        let Some(ranges) = self.pending.get_mut(&when) else {
+            return;
         };
-        let granted = self.granted.entry(when).or_default();
-        *granted |= fields;
-        let granted = *granted;
-        let ranges = &mut pending.ranges;
-        let mut left = Vec::new();
-        for &(first, last) in ranges.iter() {
-            let mut from = first;
-            for &(c_first, c_last) in covered {
-                if c_last < from || c_first > last {
+        let mut covered = covered.to_vec();
+        covered.sort_unstable();
+        let mut left = Vec::with_capacity(ranges.len());
+        for range in ranges.drain(..) {
+            // The part of `range` not yet split off, from this `seq` on.
+            let mut rest = Some(range.first);
+            for &(c_first, c_last) in &covered {
+                let Some(from) = rest else { break };
+                if c_last < from || c_first > range.last {
                     continue;
                 }
                 if c_first > from {
-                    left.push((from, c_first - 1));
+                    left.push(Pending {
+                        first: from,
+                        last: c_first - 1,
+                        ..range
+                    });
                 }
-                from = from.max(c_last.saturating_add(1));
-                if from > last {
-                    break;
+                let named = Pending {
+                    first: from.max(c_first),
+                    last: c_last.min(range.last),
+                    granted: range.granted | fields,
+                    ..range
+                };
+                if !named.accounted_for() {
+                    left.push(named);
                 }
+                rest = named.last.checked_add(1).filter(|next| *next <= range.last);
             }
-            if from <= last {
-                left.push((from, last));
+            if let Some(from) = rest {
+                left.push(Pending {
+                    first: from,
+                    ..range
+                });
             }
         }
-        if !left.is_empty() {
+        if left.is_empty() {
+            self.pending.remove(&when);
+        } else {
             *ranges = left;
-            return Ok(());
-        }
-        let lost = pending.fields;
-        self.pending.remove(&when);
-        self.granted.remove(&when);
-        match lost & !granted {
-            0 => Ok(()),
-            beyond => Err(beyond),
         }
     }
 
@@ -198,13 +213,31 @@ impl ErasureRecords {
         None
     }
 
-    /// The smallest erased `seq` no record has accounted for.
-    pub fn first_unrecorded(&self) -> Option<i64> {
+    /// The smallest erased `seq` its records have not accounted for, and the fields it lost
+    /// that none of them names (every field it lost when no record names it).
+    pub fn first_unaccounted(&self) -> Option<(i64, Unaccounted)> {
         self.pending
             .values()
-            .filter_map(|pending| pending.ranges.first().map(|(first, _)| *first))
-            .min()
+            .flatten()
+            .min_by_key(|range| range.first)
+            .map(|range| {
+                let why = if range.granted == 0 {
+                    Unaccounted::NoRecord
+                } else {
+                    Unaccounted::FieldsNotNamed(range.lost & !range.granted)
+                };
+                (range.first, why)
+            })
     }
+}
+
+/// Why an erased row is not accounted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unaccounted {
+    /// No record of its erasure time names it.
+    NoRecord,
+    /// The records naming it do not name these fields (bits) it lost.
+    FieldsNotNamed(u8),
 }
 
 #[cfg(test)]
@@ -229,16 +262,21 @@ mod tests {
         }
         pending.erased(Seq(6), other, all);
         pending.erased(Seq(9), at, all);
-        assert_eq!(pending.recorded(other, &[(1, 5)], all), Ok(()));
-        assert_eq!(pending.first_unrecorded(), Some(2), "another time's record");
-        assert_eq!(pending.recorded(at, &[(3, 4)], all), Ok(()));
-        assert_eq!(pending.first_unrecorded(), Some(2));
-        assert_eq!(pending.recorded(at, &[(1, 2), (5, 5)], all), Ok(()));
-        assert_eq!(pending.first_unrecorded(), Some(6));
-        assert_eq!(pending.recorded(other, &[(6, 6)], all), Ok(()));
-        assert_eq!(pending.first_unrecorded(), Some(9));
-        assert_eq!(pending.recorded(at, &[(9, 9)], all), Ok(()));
-        assert_eq!(pending.first_unrecorded(), None);
+        let unrecorded = |pending: &ErasureRecords| pending.first_unaccounted().map(|(seq, _)| seq);
+        pending.recorded(other, &[(1, 5)], all);
+        assert_eq!(unrecorded(&pending), Some(2), "another time's record");
+        assert_eq!(
+            pending.first_unaccounted(),
+            Some((2, Unaccounted::NoRecord))
+        );
+        pending.recorded(at, &[(3, 4)], all);
+        assert_eq!(unrecorded(&pending), Some(2));
+        pending.recorded(at, &[(5, 5), (1, 2)], all);
+        assert_eq!(unrecorded(&pending), Some(6));
+        pending.recorded(other, &[(6, 6)], all);
+        assert_eq!(unrecorded(&pending), Some(9));
+        pending.recorded(at, &[(9, i64::MAX)], all);
+        assert_eq!(unrecorded(&pending), None);
         assert_eq!(pending.first_not_erased(1, 10, 11), Some(1));
         assert_eq!(pending.first_not_erased(2, 6, 11), None);
         assert_eq!(pending.first_not_erased(5, 9, 11), Some(7));
@@ -250,22 +288,50 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_one_commit_may_lose_what_any_of_its_records_names_and_no_more() {
+    fn a_row_may_lose_only_what_the_records_naming_it_name() {
         let at = OffsetDateTime::UNIX_EPOCH;
         let payload = field_bits([Personal::EventData]);
+        let actor = field_bits([Personal::UserIdentity]);
         let all = field_bits(Personal::ALL);
         // A redaction of 5 and an erasure of 6, committed together: no false alarm.
         let mut pending = ErasureRecords::default();
         pending.erased(Seq(5), at, payload);
         pending.erased(Seq(6), at, all);
-        assert_eq!(pending.recorded(at, &[(5, 5)], payload), Ok(()));
-        assert_eq!(pending.recorded(at, &[(6, 6)], all), Ok(()));
-        // A redaction alone whose row lost its actor too.
+        pending.recorded(at, &[(5, 5)], payload);
+        pending.recorded(at, &[(6, 6)], all);
+        assert_eq!(pending.first_unaccounted(), None);
+        // The same, but 5 lost its actor too: the erasure of 6 does not cover for it.
         let mut pending = ErasureRecords::default();
-        let actor = field_bits([Personal::UserIdentity]);
         pending.erased(Seq(5), at, payload | actor);
-        assert_eq!(pending.recorded(at, &[(5, 5)], payload), Err(actor));
+        pending.erased(Seq(6), at, all);
+        pending.recorded(at, &[(5, 5)], payload);
+        pending.recorded(at, &[(6, 6)], all);
+        assert_eq!(
+            pending.first_unaccounted(),
+            Some((5, Unaccounted::FieldsNotNamed(actor)))
+        );
         assert_eq!(field_names(actor), ["user_identity"]);
+        // Two records of one commit naming the same row add up.
+        let mut pending = ErasureRecords::default();
+        pending.erased(Seq(5), at, payload | actor);
+        pending.recorded(at, &[(5, 5)], payload);
+        pending.recorded(at, &[(4, 5)], actor);
+        assert_eq!(pending.first_unaccounted(), None);
+        // A record naming part of a range grants that part alone.
+        let mut pending = ErasureRecords::default();
+        for seq in 1..=4 {
+            pending.erased(Seq(seq), at, all);
+        }
+        pending.recorded(at, &[(2, 3)], all);
+        assert_eq!(
+            pending.first_unaccounted(),
+            Some((1, Unaccounted::NoRecord))
+        );
+        pending.recorded(at, &[(1, 1)], all);
+        assert_eq!(
+            pending.first_unaccounted(),
+            Some((4, Unaccounted::NoRecord))
+        );
     }
 
     #[test]

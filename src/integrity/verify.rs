@@ -8,7 +8,7 @@ use super::chain::{chain_hash, event_data_hash, leaf_hash};
 use super::checkpoint::{Checkpoint, NoteVerifier, parse_checkpoint_text, predecessor_line};
 use super::dropped::{DROP_EVENT_TYPE, DroppedPrefix, ExportedPrefix, parse_record, stored_leaves};
 use super::erasure_record::{
-    ErasureRecords, erased_ranges, field_bits, field_names, record_fields,
+    ErasureRecords, Unaccounted, erased_ranges, field_bits, field_names, record_fields,
 };
 use super::merkle::Frontier;
 use super::tiles::{FullTile, TILE_WIDTH, Tile, TileKind};
@@ -356,16 +356,7 @@ impl TenantVerifier {
                 }
             }
             let named = event.event_data.as_ref().map_or(0, record_fields);
-            if let Err(beyond) = self.erasures.recorded(event.recorded_at, &ranges, named) {
-                return Err(self.problem(
-                    Some(event.seq.0),
-                    format!(
-                        "events erased in this record's commit lost fields no record of it \
-                         names: {}",
-                        field_names(beyond).join(", ")
-                    ),
-                ));
-            }
+            self.erasures.recorded(event.recorded_at, &ranges, named);
         } else if event.event_type == REDACTION_EVENT_TYPE
             && let Some(target) = event.amends
             && let Some((seq, hash, when)) = self.erased_by_id.get(&target).copied()
@@ -375,16 +366,7 @@ impl TenantVerifier {
             self.erased_by_id.remove(&target);
             // A version 1 event loses its payload only, which such a record stands for.
             let payload = field_bits([Personal::EventData]);
-            if self
-                .erasures
-                .recorded(when, &[(seq.0, seq.0)], payload)
-                .is_err()
-            {
-                return Err(self.problem(
-                    Some(event.seq.0),
-                    "an event this redaction names lost more than its payload",
-                ));
-            }
+            self.erasures.recorded(when, &[(seq.0, seq.0)], payload);
         }
         Ok(())
     }
@@ -504,11 +486,23 @@ impl TenantVerifier {
                 ),
             ));
         }
-        if let Some(seq) = self.erasures.first_unrecorded() {
-            return Err(self.problem(
-                Some(seq),
-                "fields erased without an erasure event recording it",
-            ));
+        match self.erasures.first_unaccounted() {
+            None => {}
+            Some((seq, Unaccounted::NoRecord)) => {
+                return Err(self.problem(
+                    Some(seq),
+                    "fields erased without an erasure event recording it",
+                ));
+            }
+            Some((seq, Unaccounted::FieldsNotNamed(fields))) => {
+                return Err(self.problem(
+                    Some(seq),
+                    format!(
+                        "lost fields that no erasure record naming it names: {}",
+                        field_names(fields).join(", ")
+                    ),
+                ));
+            }
         }
         Ok(Verified {
             tenant: self.tenant,

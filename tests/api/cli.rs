@@ -475,3 +475,69 @@ async fn sigterm_cuts_off_a_stream_client_that_stopped_reading() {
     assert!(log.contains("cut off"), "{log}");
     drop(stalled);
 }
+
+/// Holding one tenant's key, `verify --tenant` checks that tenant's log alone; without it, the
+/// other tenants' logs fail for want of their keys; a tenant named that has no log fails.
+#[tokio::test]
+async fn verify_checks_only_the_tenants_named() {
+    let mut app = crate::helpers::spawn_app(Backend::Sqlite).await;
+    for tenant in ["default", "acme"] {
+        let event = serde_json::json!({"event_type": "t", "user_identity": "u"});
+        let recorded = app
+            .post_json(
+                &format!("/events?tenant={tenant}"),
+                crate::helpers::ADMIN,
+                &event,
+            )
+            .await;
+        assert_eq!(recorded.status(), 201);
+        let signed = app
+            .request(
+                reqwest::Method::POST,
+                &format!("/checkpoints?tenant={tenant}"),
+                Some(crate::helpers::ADMIN),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(signed.status().is_success());
+    }
+    app.stop().await.unwrap();
+    let key_file = &app.settings.integrity.signing_key_file;
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(["--database-url", &app.db.url])
+            .args(args)
+            .env_remove("AUDITOR_CONFIG")
+            .env("AUDITOR_INTEGRITY__SIGNING_KEY_FILE", key_file)
+            .env(
+                "AUDITOR_INTEGRITY__LOG_ORIGIN",
+                &app.settings.integrity.log_origin,
+            )
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!("{}{}", text(&output.stdout), text(&output.stderr)),
+        )
+    };
+    let (shown, key) = run(&["key", "show"]);
+    assert!(shown, "{key}");
+    let key = key.trim();
+
+    let (passed, said) = run(&["verify", "--public-key", key]);
+    assert!(!passed, "{said}");
+    assert!(said.contains("FAILED: tenant acme"), "{said}");
+
+    let (passed, said) = run(&["verify", "--tenant", "default", "--public-key", key]);
+    assert!(passed, "{said}");
+    assert!(said.contains("ok: tenant default"), "{said}");
+    assert!(!said.contains("tenant acme"), "{said}");
+
+    let (passed, said) = run(&["verify", "--tenant", "nosuch", "--public-key", key]);
+    assert!(!passed, "{said}");
+    assert!(
+        said.contains("FAILED: tenant nosuch: no log of this tenant was found"),
+        "{said}"
+    );
+}

@@ -573,12 +573,12 @@ async fn fields_erased_beyond_their_record_are_caught(backend: Backend) {
         "the extra erasure went unnoticed:\n{out}"
     );
     assert!(
-        out.contains("lost fields no record of it names: user_identity"),
+        out.contains("lost fields that no erasure record naming it names: user_identity"),
         "{out}"
     );
     let err = checker_failure(&app, None, "the extra erasure").await;
     assert!(
-        err.contains("['user_identity'] lost, which no record names"),
+        err.contains("['user_identity'] lost, which no record naming it names"),
         "{err}"
     );
 }
