@@ -135,7 +135,9 @@ impl ErasureRecords {
         }
         let ranges = self.pending.entry(when).or_default();
         match ranges.last_mut() {
-            Some(range) if range.last + 1 == seq.0 && range.lost == fields && range.granted == 0 => {
+            Some(range)
+                if range.last + 1 == seq.0 && range.lost == fields && range.granted == 0 =>
+            {
                 range.last = seq.0;
             }
             _ => ranges.push(Pending {
