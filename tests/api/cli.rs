@@ -503,17 +503,11 @@ async fn verify_checks_only_the_tenants_named() {
         assert!(signed.status().is_success());
     }
     app.stop().await.unwrap();
-    let key_file = &app.settings.integrity.signing_key_file;
     let run = |args: &[&str]| {
-        let output = Command::new(BIN)
+        let output = crate::helpers::with_log_key(&mut Command::new(BIN), &app)
             .args(["--database-url", &app.db.url])
             .args(args)
             .env_remove("AUDITOR_CONFIG")
-            .env("AUDITOR_INTEGRITY__SIGNING_KEY_FILE", key_file)
-            .env(
-                "AUDITOR_INTEGRITY__LOG_ORIGIN",
-                &app.settings.integrity.log_origin,
-            )
             .output()
             .unwrap();
         (

@@ -264,6 +264,23 @@ pub struct TestApp {
     server: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
+/// `command` with the signing key and log origin of `app`, as the `auditor` commands that
+/// read or check its log need them.
+pub fn with_log_key<'a>(
+    command: &'a mut std::process::Command,
+    app: &TestApp,
+) -> &'a mut std::process::Command {
+    command
+        .env(
+            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
+            &app.settings.integrity.signing_key_file,
+        )
+        .env(
+            "AUDITOR_INTEGRITY__LOG_ORIGIN",
+            &app.settings.integrity.log_origin,
+        )
+}
+
 pub fn settings_for(db: &TestDb) -> Settings {
     let mut settings = Settings::defaults();
     settings.database_url = DatabaseUrl::new(db.url.clone());

@@ -368,17 +368,9 @@ fn text(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn verify(app: &TestApp, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    crate::helpers::with_log_key(&mut Command::new(BIN), app)
         .args(["--database-url", &app.db.url, "verify"])
         .args(args)
-        .env(
-            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
-            &app.settings.integrity.signing_key_file,
-        )
-        .env(
-            "AUDITOR_INTEGRITY__LOG_ORIGIN",
-            &app.settings.integrity.log_origin,
-        )
         .env_remove("AUDITOR_CONFIG")
         .output()
         .unwrap()

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, spawn_app, with_log_key};
 
 /// The shell blocks of `readme`, in order.
 fn shell_blocks(readme: &str) -> Vec<String> {
@@ -60,22 +60,15 @@ async fn the_readme_runs_as_written(backend: Backend) {
         binaries.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let output = Command::new("bash")
+    let mut bash = Command::new("bash");
+    bash.env_clear();
+    let output = with_log_key(&mut bash, &app)
         .arg("-c")
         .arg(&script)
         .current_dir(folder.path())
-        .env_clear()
         .env("PATH", path)
         .env("HOME", folder.path())
         .env("AUDITOR_DATABASE_URL", &app.db.url)
-        .env(
-            "AUDITOR_INTEGRITY__SIGNING_KEY_FILE",
-            &app.settings.integrity.signing_key_file,
-        )
-        .env(
-            "AUDITOR_INTEGRITY__LOG_ORIGIN",
-            &app.settings.integrity.log_origin,
-        )
         .output()
         .expect("bash");
     let said = format!(

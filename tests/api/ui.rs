@@ -1142,13 +1142,11 @@ async fn fill(client: &Client, id: &str, text: &str) {
 }
 
 async fn click(client: &Client, id: &str) {
-    client
-        .find(Locator::Id(id))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_on(client, Locator::Id(id)).await;
+}
+
+async fn click_on(client: &Client, element: Locator<'_>) {
+    client.find(element).await.unwrap().click().await.unwrap();
 }
 
 /// Waits until the tenant's latest checkpoint covers `size` events.
@@ -1261,13 +1259,7 @@ async fn the_viewer_filters_verifies_and_follows_events_in_a_browser(backend: Ba
 
     // A key pinned in the browser is the one trusted: another key fails the check even though
     // the server serves its own.
-    client
-        .find(Locator::Css("#pinning summary"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_on(&client, Locator::Css("#pinning summary")).await;
     fill(
         &client,
         "pin-key",
@@ -1425,13 +1417,8 @@ fn verifier_key(name: &str, public: [u8; 32]) -> String {
 }
 
 async fn click_row(client: &Client, seq: &str) {
-    client
-        .find(Locator::Css(&format!("#events tbody tr[data-seq='{seq}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let row = format!("#events tbody tr[data-seq='{seq}']");
+    click_on(client, Locator::Css(&row)).await;
 }
 
 /// An app whose checkpoints the test makes (`POST /checkpoints`), with a browser signed in.
@@ -1543,13 +1530,7 @@ async fn an_erased_event_shows_the_record_of_its_erasure_in_a_browser(backend: B
         }
     }
     // The link leads to the record, which verifies as any event does.
-    client
-        .find(Locator::Css("#erasure-record a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_on(&client, Locator::Css("#erasure-record a")).await;
     let record_id = subject["id"].as_str().unwrap();
     let (state, why) = verdict(&client, record_id).await;
     assert_eq!(state, "verified", "{why}");
