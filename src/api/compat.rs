@@ -354,8 +354,8 @@ struct DeleteBody {
     request_body(content = DeleteBody, content_type = "application/json",
         description = "Optional"),
     responses(
-        (status = 409, description = "One of the service's own `audit.*` records, in seed 2's \
-            error shape"),
+        (status = 409, description = "One of the service's own records (every `audit.*` type \
+            but `audit.amendment`), in seed 2's error shape"),
         (status = 422, description = "A blank or unknown field, in seed 2's error shape"),
         (status = 201, description = "Erased: the `audit.erased` record", body = Object),
         (status = 200, description = "Erased before: the record of that erasure", body = Object),

@@ -113,7 +113,8 @@ impl utoipa::ToSchema for SubjectBody {
         (status = 415, description = "A body that is not JSON"),
         (status = 422, description = "A missing, blank or unknown field (`field` names it)"),
         (status = 201, description = "The `audit.redacted` event", body = Event),
-        (status = 409, description = "The payload is already erased, or there never was one"),
+        (status = 409, description = "The payload is already erased, or there never was one, \
+            or one of the service's own records (every `audit.*` type but `audit.amendment`)"),
     ),
 )]
 async fn redact<S: Store>(
@@ -137,7 +138,8 @@ async fn redact<S: Store>(
         (status = 422, description = "A missing, blank or unknown field (`field` names it)"),
         (status = 201, description = "The `audit.erased` event", body = Event),
         (status = 200, description = "Erased before: the record of that erasure", body = Event),
-        (status = 409, description = "One of the service's own `audit.*` records"),
+        (status = 409, description = "One of the service's own records (every `audit.*` \
+            type but `audit.amendment`)"),
     ),
 )]
 async fn erase<S: Store>(

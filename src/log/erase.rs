@@ -11,7 +11,6 @@ use crate::auth::Principal;
 use crate::integrity::commitment::fully_erased;
 use crate::integrity::erasure_record::erased_ranges;
 use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
-use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{
     Action, Erasure, ErasureTargets, Event, EventId, EventQuery, Field, FieldError, Filter,
     NewEvent, Order, Personal, RawEvent, TenantId,
@@ -242,7 +241,7 @@ impl<S: Store> AuditLog<S> {
             let subject_events = page
                 .events
                 .iter()
-                .filter(|event| !event.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX));
+                .filter(|event| !event.is_service_record());
             for event in subject_events {
                 if fully_erased(event) {
                     kept += 1;
@@ -385,12 +384,12 @@ impl<S: Store> AuditLog<S> {
 /// The service's own records are kept whole: an erasure record's payload is what accounts for
 /// the fields it erased.
 fn check_not_a_record(target: &Event) -> Result<(), LogError> {
-    if target.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX) {
+    if target.is_service_record() {
         return Err(LogError::Conflict(format!(
-            "event {} is one of the service's own `{RESERVED_EVENT_TYPE_PREFIX}*` records, which \
-             are kept whole and cannot be erased (which is why the reason given for an erasure \
-             should hold no personal data)",
-            target.id
+            "event {} ({}) is one of the service's own records, which are kept whole and \
+             cannot be erased (which is why the reason given for an erasure should hold no \
+             personal data)",
+            target.id, target.event_type
         )));
     }
     Ok(())

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::access_log::Access;
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
-use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
+use crate::model::event::{AMENDMENT_EVENT_TYPE, RESERVED_EVENT_TYPE_PREFIX};
 use crate::model::{Action, Event, EventId, FieldError, NewEvent, RawEvent, Submission, TenantId};
 use crate::store::{Appended, Store};
 
@@ -34,9 +34,6 @@ pub struct Amendment {
     pub event_data: Option<Box<RawValue>>,
     pub idempotency_key: Option<String>,
 }
-
-/// The event type of an amendment that names none and may not inherit the original's.
-const AMENDMENT_EVENT_TYPE: &str = "audit.amendment";
 
 impl<S: Store> AuditLog<S> {
     /// Validates one client event and appends it.

@@ -14,7 +14,6 @@ use super::partition_drop::Kept;
 use super::{AuditLog, LogError};
 use crate::integrity::commitment::fully_erased;
 use crate::integrity::verify::ERASURE_EVENT_TYPE;
-use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{ErasureTargets, Seq, TenantId};
 use crate::store::Store;
 
@@ -92,7 +91,7 @@ impl<S: Store> AuditLog<S> {
         };
         let due: Vec<Seq> = old
             .iter()
-            .filter(|e| !e.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX) && !fully_erased(e))
+            .filter(|e| !e.is_service_record() && !fully_erased(e))
             .map(|e| e.seq)
             .collect();
         let (Some(first), Some(through)) = (due.first(), due.last()) else {

@@ -146,6 +146,24 @@ fn rfc3339_without_leap_second<'de, D: serde::Deserializer<'de>>(
 /// Event types the service records itself (amendment, redaction); clients may not send them.
 pub const RESERVED_EVENT_TYPE_PREFIX: &str = "audit.";
 
+/// The event type of an amendment that names none and may not inherit the original's (seed 2's
+/// `PUT /update_log` by a caller who cannot read the original). Reserved like every `audit.*`
+/// type, but it holds what the client sent, not a record of the service's own: see
+/// [`is_service_record`].
+pub const AMENDMENT_EVENT_TYPE: &str = "audit.amendment";
+
+/// Whether an event of `event_type` is one of the service's own records (`audit.erased`,
+/// `audit.redacted`, `audit.dropped`, `audit.access`, …), which are kept whole: no erasure by
+/// id, by subject or by retention takes anything from them (an erasure record's payload is what
+/// accounts for the fields it erased). The one rule for that; every erasure path asks it.
+///
+/// Every reserved type is one, except those the service writes on a client's behalf with the
+/// client's fields ([`AMENDMENT_EVENT_TYPE`]): those are erasable like any client event. A
+/// reserved type not named here, past or future, stays whole (fails closed).
+pub fn is_service_record(event_type: &str) -> bool {
+    event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX) && event_type != AMENDMENT_EVENT_TYPE
+}
+
 /// Size limits applied while parsing; configurable because deployments differ.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -389,6 +407,13 @@ event_fields! {
     }
 }
 
+impl Event {
+    /// One of the service's own records, kept whole by every erasure ([`is_service_record`]).
+    pub fn is_service_record(&self) -> bool {
+        is_service_record(&self.event_type)
+    }
+}
+
 fn leaf_version_1() -> i64 {
     1
 }
@@ -396,6 +421,33 @@ fn leaf_version_1() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The records the service writes about its own work are kept whole; an amendment, which
+    /// holds the client's fields, is not one; nor is a client's own type.
+    #[test]
+    fn only_the_services_own_records_are_kept_whole() {
+        use crate::integrity::dropped::DROP_EVENT_TYPE;
+        use crate::integrity::verify::{ERASURE_EVENT_TYPE, REDACTION_EVENT_TYPE};
+        use crate::log::access_log::ACCESS_EVENT_TYPE;
+        for record in [
+            ERASURE_EVENT_TYPE,
+            REDACTION_EVENT_TYPE,
+            DROP_EVENT_TYPE,
+            ACCESS_EVENT_TYPE,
+            "audit.log_deleted",
+            "audit.anything_else",
+        ] {
+            assert!(is_service_record(record), "{record}");
+        }
+        for client in [
+            AMENDMENT_EVENT_TYPE,
+            "customer.updated",
+            "auditing",
+            "audit",
+        ] {
+            assert!(!is_service_record(client), "{client}");
+        }
+    }
 
     fn raw(json: &str) -> Result<RawEvent, serde_json::Error> {
         serde_json::from_str(json)

@@ -12,7 +12,6 @@ use crate::integrity::commitment::{self, CommitmentError};
 use crate::integrity::erasure_record::{ranges, record_payload};
 use crate::integrity::tiles::FullTile;
 use crate::integrity::{Chained, chain_events, same_request};
-use crate::model::event::RESERVED_EVENT_TYPE_PREFIX;
 use crate::model::{ErasureTargets, Event, Field, Filter, Personal, Seq, Submission, TenantId};
 
 pub type KeyIndex = HashMap<(TenantId, String), Event>;
@@ -177,9 +176,7 @@ fn erase_targets(
     let mut erased_seqs = Vec::new();
     // The service's own records are kept whole: an erasure record's payload is what accounts
     // for the fields it erased (a subject named like the admin who erased must not erase it).
-    let stored = stored
-        .iter()
-        .filter(|target| !target.event_type.starts_with(RESERVED_EVENT_TYPE_PREFIX));
+    let stored = stored.iter().filter(|target| !target.is_service_record());
     for target in stored {
         let current = done
             .erasures

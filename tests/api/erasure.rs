@@ -583,7 +583,177 @@ async fn fields_erased_beyond_their_record_are_caught(backend: Backend) {
     );
 }
 
+/// A writer's amendment without an `event_type` (`PUT /update_log/{id}`) is recorded as
+/// `audit.amendment` with the client's fields: it is erased like any client event, by subject,
+/// by id (`POST /events/{id}/erase` and seed 2's `DELETE /delete_log/{id}`) and by redaction,
+/// and the log still verifies. The service's own records are still kept whole.
+async fn a_writers_amendment_is_erased_like_any_client_event(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let original = app
+        .record(
+            json!({"event_type": "customer.updated", "user_identity": "jane-k4v",
+                       "entity": "customer", "event_data": {"plan": "gold"}}),
+        )
+        .await;
+    let original_id = original["id"].as_str().unwrap();
+    let amend = |body: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .request(
+                    Method::PUT,
+                    &format!("/update_log/{original_id}"),
+                    Some(WRITER),
+                )
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201, "PUT /update_log {body}");
+            let amendment: Value = response.json().await.unwrap();
+            let id = amendment["event_uuid"].as_str().unwrap().to_owned();
+            let event = app.get_ok(&format!("/events/{id}")).await;
+            assert_eq!(event["event_type"], "audit.amendment");
+            assert_eq!(event["amends"], original_id);
+            id
+        }
+    };
+    let by_subject = amend(
+        json!({"user_identity": "jane-k4v", "entity_id": "jane-k4v-id",
+                                  "event_data": {"ssn": "123-45-6789"}}),
+    )
+    .await;
+    let by_id =
+        amend(json!({"user_identity": "bob-k4v", "event_data": {"ssn": "987-65-4321"}})).await;
+    let by_delete =
+        amend(json!({"user_identity": "eve-k4v", "property": "eve-k4v-property"})).await;
+    let redacted =
+        amend(json!({"user_identity": "ann-k4v", "event_data": {"card": "4111-k4v"}})).await;
+
+    // By subject: the original and the amendment that names her.
+    let (status, erasure) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"user_identity": "jane-k4v", "reason": "gdpr"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{erasure}");
+    assert_eq!(
+        erasure["erased"], 2,
+        "the original and its amendment: {erasure}"
+    );
+    // By id, and by seed 2's DELETE.
+    let (status, by_id_record) = post(
+        &app,
+        &format!("/events/{by_id}/erase"),
+        ADMIN,
+        json!({"reason": "gdpr"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{by_id_record}");
+    assert_eq!(by_id_record["event_type"], "audit.erased");
+    let deleted = app
+        .request(
+            Method::DELETE,
+            &format!("/delete_log/{by_delete}"),
+            Some(ADMIN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 201);
+    // Its payload alone.
+    let (status, redaction) = post(
+        &app,
+        &format!("/events/{redacted}/redact"),
+        ADMIN,
+        json!({"reason": "gdpr"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{redaction}");
+    assert_eq!(redaction["event_type"], "audit.redacted");
+
+    for id in [&by_subject, &by_id, &by_delete] {
+        let event = app.get_ok(&format!("/events/{id}")).await;
+        for field in ["user_identity", "entity_id", "property", "event_data"] {
+            assert_eq!(event[field], Value::Null, "{field} of {event}");
+        }
+        assert!(event["redacted_at"].is_string(), "{event}");
+        assert!(!event.to_string().contains("k4v"), "{event}");
+    }
+    let event = app.get_ok(&format!("/events/{redacted}")).await;
+    assert_eq!(event["event_data"], Value::Null, "{event}");
+    assert_eq!(
+        event["user_identity"], "ann-k4v",
+        "a redaction takes the payload alone"
+    );
+    for query in [
+        "user_identity=jane-k4v",
+        "user_identity=bob-k4v",
+        "user_identity=eve-k4v",
+        "entity_id=jane-k4v-id",
+        "property=eve-k4v-property",
+        "event_data.ssn=123-45-6789",
+        "event_data.ssn=987-65-4321",
+        "event_data.card=4111-k4v",
+    ] {
+        assert_eq!(found(&app, query).await, 0, "{query}");
+    }
+    assert_eq!(found(&app, "event_type=audit.amendment").await, 4);
+
+    // The service's own records are still kept whole.
+    let records = [
+        erasure["record"]["id"].as_str().unwrap(),
+        by_id_record["id"].as_str().unwrap(),
+        redaction["id"].as_str().unwrap(),
+    ];
+    for record in records {
+        for action in ["erase", "redact"] {
+            let (status, body) = post(
+                &app,
+                &format!("/events/{record}/{action}"),
+                ADMIN,
+                json!({"reason": "x"}),
+            )
+            .await;
+            assert_eq!(status, 409, "{action} {record}: {body}");
+        }
+        let deleted = app
+            .request(
+                Method::DELETE,
+                &format!("/delete_log/{record}"),
+                Some(ADMIN),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 409, "DELETE /delete_log/{record}");
+    }
+    // Nor does a subject erasure naming the admin who erased take anything from them.
+    let (status, body) = post(
+        &app,
+        "/erasures",
+        ADMIN,
+        json!({"user_identity": "admin", "reason": "x"}),
+    )
+    .await;
+    assert_eq!((status, body["erased"].clone()), (200, json!(0)), "{body}");
+
+    checkpoint(&app).await;
+    assert_verifies(&app);
+    let exported = export(&app);
+    let report = verify_export(&app, &exported).await;
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+    assert_documented_checker_agrees(&app).await;
+}
+
 crate::both_backends!(
+    a_writers_amendment_is_erased_like_any_client_event,
     fields_erased_beyond_their_record_are_caught,
     values_restored_after_an_erasure_are_caught,
     a_repeated_erasure_answers_with_the_record_naming_its_event,
@@ -711,6 +881,19 @@ async fn retention_erases_old_events_in_batches(backend: Backend) {
         .map(|i| json!({"event_type": "old", "user_identity": format!("old-{i}"), "event_data": {"i": i}}))
         .collect();
     let new_events = json!([{"event_type": "new", "user_identity": "recent"}]);
+    // A writer's amendment without an event_type, as `AuditLog::amend` records it: the
+    // client's fields under the service's `audit.amendment` type.
+    let amendment = {
+        use auditor::model::{Limits, NewEvent, RawEvent};
+        let raw: RawEvent = serde_json::from_value(json!({
+            "event_type": "audit.amendment", "user_identity": "old-amender", "action": "update",
+            "event_data": {"ssn": "123-45-6789"}
+        }))
+        .unwrap();
+        let mut amendment = submission("default", json!([]));
+        amendment.events = vec![NewEvent::parse_own(raw, &Limits::default()).unwrap()];
+        amendment
+    };
     let long_ago = time::OffsetDateTime::now_utc() - time::Duration::days(40);
     macro_rules! load {
         ($store:expr) => {{
@@ -718,7 +901,10 @@ async fn retention_erases_old_events_in_batches(backend: Backend) {
             store.migrate().await.unwrap();
             store
                 .append_at(
-                    &[submission("default", Value::from(old_events.clone()))],
+                    &[
+                        submission("default", Value::from(old_events.clone())),
+                        amendment.clone(),
+                    ],
                     long_ago,
                 )
                 .await
@@ -752,7 +938,7 @@ async fn retention_erases_old_events_in_batches(backend: Backend) {
     }
     let records = app.get_ok("/events?event_type=audit.erased").await["events"].clone();
     let records = records.as_array().unwrap();
-    assert_eq!(records.len(), 4, "30 events, 8 a batch: {records:?}");
+    assert_eq!(records.len(), 4, "31 events, 8 a batch: {records:?}");
     assert_eq!(records[0]["recorded_by"], "auditor-retention");
     assert_eq!(records[0]["event_data"]["erased"], json!([[1, 8]]));
     assert_eq!(
@@ -764,6 +950,13 @@ async fn retention_erases_old_events_in_batches(backend: Backend) {
         1,
         "newer events keep theirs"
     );
+    assert_eq!(
+        records[3]["event_data"]["erased"],
+        json!([[25, 31]]),
+        "the amendment too"
+    );
+    assert_eq!(found(&app, "user_identity=old-amender").await, 0);
+    assert_eq!(found(&app, "event_data.ssn=123-45-6789").await, 0);
     let old = app.get_ok("/events?event_type=old&limit=100").await["events"].clone();
     assert!(
         old.as_array()
