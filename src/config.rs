@@ -29,9 +29,12 @@ const ENV_PREFIX: &str = "AUDITOR_";
 /// `AUDITOR_*` names that are read elsewhere, not configuration keys.
 /// `AUDITOR_URL`, `AUDITOR_USER`, `AUDITOR_PASSWORD` and `AUDITOR_TOKEN` are the command-line
 /// client's (`auditor events`): set in the same shell, they are no typos.
-const ENV_NOT_SETTINGS: [&str; 6] = [
+const ENV_NOT_SETTINGS: [&str; 8] = [
     "config",
+    // The test suite's (`scripts/test`).
     "test_database_url",
+    "test_host_database_url",
+    "test_run",
     "url",
     "user",
     "password",

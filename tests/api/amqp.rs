@@ -26,7 +26,7 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 struct TestQueue {
     queue: String,
     channel: Channel,
-    _connection: Connection,
+    connection: Connection,
 }
 
 impl TestQueue {
@@ -57,7 +57,7 @@ impl TestQueue {
         Self {
             queue,
             channel,
-            _connection: connection,
+            connection,
         }
     }
 
@@ -101,6 +101,32 @@ impl TestQueue {
             .await
             .unwrap();
         assert!(confirmation.is_ack());
+    }
+
+    /// Waits (30 s at most) until the dead-letter queue exists: the consumer declares it again
+    /// when a dead letter finds it gone, which may be after later messages are committed.
+    async fn wait_for_the_dead_letter_queue(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        loop {
+            // A failed passive declaration closes its channel: each try has its own.
+            let channel = self.connection.create_channel().await.unwrap();
+            let dead = format!("{}.dead", self.queue);
+            let declared = channel
+                .queue_declare(dead.as_str().into(), passive, FieldTable::default())
+                .await;
+            if declared.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dead-letter queue was not declared again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Takes the dead letters off their queue: each one's `auditor-error` and body.
@@ -260,6 +286,7 @@ async fn a_deleted_dead_letter_queue_comes_back_and_empty_ids_are_none(backend: 
     amqp.publish(Some("good-3"), &event(3), plain()).await;
     db.wait_for_events("default", 3, Duration::from_secs(30))
         .await;
+    amqp.wait_for_the_dead_letter_queue().await;
     let letters = amqp.dead_letters(1).await;
     assert_eq!(letters[0].1, b"not an event after the queue went");
 }

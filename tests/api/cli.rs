@@ -512,23 +512,24 @@ async fn verify_checks_only_the_tenants_named() {
             .unwrap();
         (
             output.status.success(),
+            text(&output.stdout),
             format!("{}{}", text(&output.stdout), text(&output.stderr)),
         )
     };
-    let (shown, key) = run(&["key", "show"]);
-    assert!(shown, "{key}");
+    let (shown, key, said) = run(&["key", "show"]);
+    assert!(shown, "{said}");
     let key = key.trim();
 
-    let (passed, said) = run(&["verify", "--public-key", key]);
+    let (passed, _, said) = run(&["verify", "--public-key", key]);
     assert!(!passed, "{said}");
     assert!(said.contains("FAILED: tenant acme"), "{said}");
 
-    let (passed, said) = run(&["verify", "--tenant", "default", "--public-key", key]);
+    let (passed, _, said) = run(&["verify", "--tenant", "default", "--public-key", key]);
     assert!(passed, "{said}");
     assert!(said.contains("ok: tenant default"), "{said}");
     assert!(!said.contains("tenant acme"), "{said}");
 
-    let (passed, said) = run(&["verify", "--tenant", "nosuch", "--public-key", key]);
+    let (passed, _, said) = run(&["verify", "--tenant", "nosuch", "--public-key", key]);
     assert!(!passed, "{said}");
     assert!(
         said.contains("FAILED: tenant nosuch: no log of this tenant was found"),
