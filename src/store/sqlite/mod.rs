@@ -600,19 +600,29 @@ fn append(
 }
 
 /// Copies the WAL into the database and empties it, so that the erased values' old page images
-/// leave the WAL file too. A reader still using an older snapshot keeps the WAL from being
-/// emptied: then the next checkpoint that completes does it.
+/// leave the WAL file too. The busy handler waits for readers, but not for another checkpoint:
+/// one the background checkpointer is running makes SQLite answer "busy" at once, so that is
+/// tried again for up to a second. A reader still using an older snapshot after that keeps the
+/// WAL from being emptied: then the next checkpoint that completes does it.
 fn truncate_wal(conn: &Connection) {
-    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-        row.get::<_, i64>(0)
-    });
-    match result {
-        Ok(0) => {}
-        Ok(_) => tracing::warn!(
-            "the WAL could not be emptied after an erasure (a reader holds an older snapshot); \
-             the erased values stay in the WAL file until a later checkpoint empties it"
-        ),
-        Err(error) => tracing::warn!(%error, "checkpointing the WAL after an erasure failed"),
+    const TRIES: u32 = 50;
+    for tried in 1..=TRIES {
+        let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        match result {
+            Ok(0) => return,
+            Ok(_) if tried < TRIES => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(_) => tracing::warn!(
+                "the WAL could not be emptied after an erasure (a reader holds an older \
+                 snapshot); the erased values stay in the WAL file until a later checkpoint \
+                 empties it"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "checkpointing the WAL after an erasure failed");
+                return;
+            }
+        }
     }
 }
 
