@@ -1282,6 +1282,41 @@ async fn frequent_and_rare_values_page_to_exactly_their_matches<S: Store>(store:
     assert_eq!(all_pages(&store, query).await, expected);
 }
 
+/// A long page (which a backend may decode in parts, on several threads) holds every event
+/// whole and in `seq` order: the same events as short pages read one by one.
+async fn a_long_page_is_the_short_pages_in_order<S: Store>(store: S, _db: &TestDb) {
+    store.migrate().await.unwrap();
+    const EVENTS: usize = 2501;
+    let events: Vec<serde_json::Value> = (0..EVENTS)
+        .map(|i| json!({"event_type": "t", "user_identity": format!("u{i}"), "event_data": {"i": i}}))
+        .collect();
+    for chunk in events.chunks(1000) {
+        store
+            .append(&[submission("default", json!(chunk))])
+            .await
+            .unwrap();
+    }
+    let tenant = TenantId::default();
+    let long = store.scan(&tenant, Seq(0), 3000).await.unwrap();
+    let mut short = Vec::new();
+    let mut after = Seq(0);
+    loop {
+        let page = store.scan(&tenant, after, 100).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        short.extend(page);
+    }
+    assert_eq!(long.len(), EVENTS);
+    for (i, event) in long.iter().enumerate() {
+        assert_eq!(event.seq, Seq(i as i64 + 1));
+        assert_eq!(
+            event.user_identity.as_deref(),
+            Some(format!("u{i}").as_str())
+        );
+    }
+    assert_eq!(long, short);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1321,6 +1356,7 @@ conformance!(
     the_chain_head_recorded_at_migration_backfills_existing_logs,
     recorded_at_order_is_judged_from_the_migration_on,
     frequent_and_rare_values_page_to_exactly_their_matches,
+    a_long_page_is_the_short_pages_in_order,
 );
 
 /// Appends `count` small events to the default tenant in batches of 1000.

@@ -37,7 +37,7 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref()
-            .map(|row| rows::session(&mut Columns(row)))
+            .map(|row| rows::session(&mut Columns::new(row)))
             .transpose()
     }
 

@@ -9,7 +9,7 @@ use crate::model::token::{NewToken, TokenRecord};
 use crate::store::{StoreError, rows, tokens};
 
 fn token_from_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
-    rows::token(&mut Columns(row))
+    rows::token(&mut Columns::new(row))
 }
 
 impl PgStore {
