@@ -1290,12 +1290,7 @@ async fn a_long_page_is_the_short_pages_in_order<S: Store>(store: S, _db: &TestD
     let events: Vec<serde_json::Value> = (0..EVENTS)
         .map(|i| json!({"event_type": "t", "user_identity": format!("u{i}"), "event_data": {"i": i}}))
         .collect();
-    for chunk in events.chunks(1000) {
-        store
-            .append(&[submission("default", json!(chunk))])
-            .await
-            .unwrap();
-    }
+    append_in_thousands(&store, &events).await;
     let tenant = TenantId::default();
     let long = store.scan(&tenant, Seq(0), 3000).await.unwrap();
     let mut short = Vec::new();
@@ -1364,6 +1359,11 @@ async fn append_many(store: &SqliteStore, count: usize) {
     let events: Vec<serde_json::Value> = (0..count)
         .map(|i| json!({"event_type": "t", "user_identity": format!("u{}", i % 50)}))
         .collect();
+    append_in_thousands(store, &events).await;
+}
+
+/// Appends `events` to the default tenant in batches of 1000.
+async fn append_in_thousands<S: Store>(store: &S, events: &[serde_json::Value]) {
     for chunk in events.chunks(1000) {
         store
             .append(&[submission("default", json!(chunk))])
