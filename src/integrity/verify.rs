@@ -559,6 +559,18 @@ pub async fn verify_store<S: crate::store::Store>(
     store: &S,
     keys: &[NoteVerifier],
     kept: &[String],
+    progress: impl FnMut(&TenantId, u64),
+) -> Result<Vec<Result<Verified, Problem>>, crate::store::StoreError> {
+    verify_logs(store, None, keys, kept, progress).await
+}
+
+/// [`verify_store`] of the logs of `only` those tenants (every tenant's when `None`); the
+/// others are not read.
+pub async fn verify_logs<S: crate::store::Store>(
+    store: &S,
+    only: Option<&[TenantId]>,
+    keys: &[NoteVerifier],
+    kept: &[String],
     mut progress: impl FnMut(&TenantId, u64),
 ) -> Result<Vec<Result<Verified, Problem>>, crate::store::StoreError> {
     let mut tenants = store.tenants().await?;
@@ -567,6 +579,9 @@ pub async fn verify_store<S: crate::store::Store>(
         if !tenants.iter().any(|t| t.as_str() == name) {
             tenants.push(TenantId::new(name));
         }
+    }
+    if let Some(only) = only {
+        tenants.retain(|tenant| only.contains(tenant));
     }
     let mut results = Vec::new();
     for tenant in tenants {
