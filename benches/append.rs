@@ -37,11 +37,7 @@ fn event(i: u64) -> NewEvent {
 }
 
 fn submission(range: std::ops::Range<u64>) -> Submission {
-    Submission {
-        tenant: TenantId::default(),
-        recorded_by: "bench".into(),
-        events: range.map(event).collect(),
-    }
+    Submission::new(TenantId::default(), "bench", range.map(event).collect())
 }
 
 /// Appends `batch`-event submissions for `seconds`; returns events per second.

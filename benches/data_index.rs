@@ -39,11 +39,11 @@ async fn open(dir: &tempfile::TempDir, name: &str) -> (SqliteStore, String) {
 async fn append_all(store: &SqliteStore, events: u64) -> f64 {
     let started = Instant::now();
     for start in (0..events).step_by(BATCH as usize) {
-        let submission = Submission {
-            tenant: TenantId::default(),
-            recorded_by: "bench".into(),
-            events: (start..(start + BATCH).min(events)).map(event).collect(),
-        };
+        let submission = Submission::new(
+            TenantId::default(),
+            "bench",
+            (start..(start + BATCH).min(events)).map(event).collect(),
+        );
         store.append(&[submission]).await.expect("append");
     }
     events as f64 / started.elapsed().as_secs_f64()

@@ -145,11 +145,11 @@ async fn run<S: Store>(store: &S, events: u64, seconds: u64, clients: u64) {
     while next < events {
         let start = next;
         next = (next + 1000).min(events);
-        let submission = Submission {
-            tenant: TenantId::default(),
-            recorded_by: "bench".into(),
-            events: (start..next).map(event).collect(),
-        };
+        let submission = Submission::new(
+            TenantId::default(),
+            "bench",
+            (start..next).map(event).collect(),
+        );
         store.append(&[submission]).await.expect("preload");
     }
     tokio::time::sleep(STATISTICS_AFTER.saturating_sub(opened.elapsed())).await;

@@ -8,7 +8,7 @@ use super::merkle::Frontier;
 use super::tiles::FullTile;
 use crate::model::Digest;
 use crate::model::canonical;
-use crate::model::{Event, EventId, NewEvent, SaltSecret, Seq, TenantId};
+use crate::model::{Event, EventId, NewEvent, SaltSecret, Sealing, Seq, TenantId};
 
 /// The leaf encoding new events get; bumped whenever the set or meaning of hashed fields
 /// changes. Events keep the version they were recorded with (`Event::leaf_version`).
@@ -97,7 +97,7 @@ pub fn leaf_hash(event: &Event) -> Result<Digest, LeafError> {
 pub fn leaf_bytes(event: &Event) -> Result<Vec<u8>, LeafError> {
     let bytes = match event.leaf_version {
         1 => serde_json::to_vec(&leaf_v1(event)),
-        2 => serde_json::to_vec(&leaf_v2(event)?),
+        2 => serde_json::to_vec(&leaf_v2(event, commitments(event)?)),
         other => return Err(LeafError::UnknownVersion(other)),
     };
     Ok(bytes.unwrap_or_else(|e| unreachable!("strings and integers: {e}")))
@@ -128,7 +128,15 @@ fn leaf_v1(event: &Event) -> LeafFields<'_> {
     }
 }
 
-fn leaf_v2(event: &Event) -> Result<LeafFieldsV2<'_>, LeafError> {
+/// A version 2 leaf hash, given the event's commitments (in `Personal::ALL` order) instead of
+/// computing them: for a new event, whose commitments were computed with its sealing.
+fn leaf_hash_v2(event: &Event, commitments: [Option<Digest>; 6]) -> Digest {
+    let bytes = serde_json::to_vec(&leaf_v2(event, commitments))
+        .unwrap_or_else(|e| unreachable!("strings and integers: {e}"));
+    Digest::sha256(&[&[0x00], &bytes])
+}
+
+fn leaf_v2(event: &Event, commitments: [Option<Digest>; 6]) -> LeafFieldsV2<'_> {
     // In `Personal::ALL` order.
     let [
         entity_id,
@@ -137,8 +145,8 @@ fn leaf_v2(event: &Event) -> Result<LeafFieldsV2<'_>, LeafError> {
         ip,
         property,
         user_identity,
-    ] = commitments(event)?.map(|commitment| commitment.map(|digest| digest.to_hex()));
-    Ok(LeafFieldsV2 {
+    ] = commitments.map(|commitment| commitment.map(|digest| digest.to_hex()));
+    LeafFieldsV2 {
         v: 2,
         tenant: event.tenant.as_str(),
         seq: event.seq.0,
@@ -159,7 +167,7 @@ fn leaf_v2(event: &Event) -> Result<LeafFieldsV2<'_>, LeafError> {
         amends: event.amends.map(|id| id.to_string()),
         amends_hash: event.amends_hash.map(|h| h.to_hex()),
         event_data,
-    })
+    }
 }
 
 /// A request fingerprint as a version 2 event stores it: salted with the event's secret, so
@@ -218,21 +226,21 @@ pub struct Linked {
     pub tiles: Vec<FullTile>,
 }
 
-/// Turns accepted events into log entries following `head`: the next `seq`s, the commit time,
-/// the leaf and chain hashes and the filled tiles. Advances `head` past them.
+/// Turns accepted events, each with its sealing, into log entries following `head`: the next
+/// `seq`s, the commit time, the leaf and chain hashes and the filled tiles. Advances `head` past
+/// them.
 pub fn chain_events(
     head: &mut Chained,
     tenant: &TenantId,
     recorded_by: &str,
     recorded_at: time::OffsetDateTime,
-    events: Vec<(NewEvent, Digest)>,
+    events: Vec<(NewEvent, Sealing)>,
 ) -> Linked {
     let mut tiles = Vec::new();
     let events = events
         .into_iter()
-        .map(|(new, fingerprint)| {
+        .map(|(new, sealing)| {
             let seq = Seq(head.seq.0 + 1);
-            let salt_secret = SaltSecret::random();
             let mut event = Event {
                 id: EventId::new(),
                 seq,
@@ -255,16 +263,20 @@ pub fn chain_events(
                 idempotency_key: new.idempotency_key,
                 amends: new.amends,
                 amends_hash: new.amends_hash,
-                request_hash: salted_fingerprint(&salt_secret, &fingerprint),
-                salt_secret: Some(salt_secret),
+                request_hash: sealing.request_hash,
+                salt_secret: Some(sealing.salt_secret),
                 erased: None,
                 leaf_version: LEAF_VERSION,
                 leaf_hash: Digest::ZERO,
                 prev_hash: head.hash,
                 hash: Digest::ZERO,
             };
-            event.leaf_hash = leaf_hash(&event)
-                .unwrap_or_else(|e| unreachable!("a new event has its secret: {e}"));
+            debug_assert_eq!(
+                commitments(&event).ok(),
+                Some(sealing.commitments),
+                "a sealing made for another event"
+            );
+            event.leaf_hash = leaf_hash_v2(&event, sealing.commitments);
             event.hash = chain_hash(&head.hash, &event.leaf_hash);
             tiles.extend(head.frontier.push(event.leaf_hash));
             head.seq = seq;
@@ -290,7 +302,13 @@ mod tests {
     }
 
     fn chain(n: i64) -> Vec<Event> {
-        let events = (0..n).map(|i| (new_event(i), Digest::ZERO)).collect();
+        let events = (0..n)
+            .map(|i| {
+                let event = new_event(i);
+                let sealing = super::super::commitment::seal(&event);
+                (event, sealing)
+            })
+            .collect();
         let now = crate::model::event::truncate_to_micros(time::OffsetDateTime::now_utc());
         let mut head = Chained::genesis();
         chain_events(&mut head, &TenantId::default(), "admin", now, events).events

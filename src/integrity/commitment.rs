@@ -10,8 +10,9 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::chain::salted_fingerprint;
 use crate::model::canonical;
-use crate::model::{Digest, Event, Personal, SaltSecret};
+use crate::model::{Digest, Event, NewEvent, Personal, SaltSecret, Sealing, Submission};
 
 /// Why a version 2 event's commitments cannot be computed: its stored form is inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +54,50 @@ pub fn canonical_value(event: &Event, field: Personal) -> Option<Vec<u8>> {
         Personal::UserIdentity => event.user_identity.as_deref(),
     };
     text.map(canonical::string_bytes)
+}
+
+/// A new event's sealing, with a fresh salt secret: its fingerprint, and its commitments as
+/// `commitments` will compute them for the recorded event.
+pub fn seal(event: &NewEvent) -> Sealing {
+    let data = event.event_data.as_ref().map(canonical::object_bytes);
+    let fingerprint = event.fingerprint_with(data.as_deref());
+    let salt_secret = SaltSecret::random();
+    Sealing {
+        fingerprint,
+        request_hash: salted_fingerprint(&salt_secret, &fingerprint),
+        commitments: commit_new(event, &salt_secret, data),
+        salt_secret,
+    }
+}
+
+/// Seals every event of the submission (see [`Sealing`]), replacing any sealings it had.
+pub fn seal_submission(submission: &mut Submission) {
+    submission.sealings = submission.events.iter().map(seal).collect();
+}
+
+/// The commitments of a new event's personal fields under `secret`, in [`Personal::ALL`]
+/// order; `canonical_data` is its payload's canonical bytes.
+pub fn commit_new(
+    event: &NewEvent,
+    secret: &SaltSecret,
+    canonical_data: Option<Vec<u8>>,
+) -> [Option<Digest>; 6] {
+    let keyed = keyed(secret);
+    let mut canonical_data = canonical_data;
+    Personal::ALL.map(|field| {
+        let value = match field {
+            Personal::EventData => canonical_data.take(),
+            Personal::EntityId => event.entity_id.as_deref().map(canonical::string_bytes),
+            Personal::IdempotencyKey => event
+                .idempotency_key
+                .as_deref()
+                .map(canonical::string_bytes),
+            Personal::Ip => event.ip.as_deref().map(canonical::string_bytes),
+            Personal::Property => event.property.as_deref().map(canonical::string_bytes),
+            Personal::UserIdentity => Some(canonical::string_bytes(&event.user_identity)),
+        };
+        value.map(|value| commit(&salt_from(&keyed, field), &value))
+    })
 }
 
 /// Removes the field's value from the event.

@@ -941,8 +941,8 @@ mod tests {
             )
             .unwrap();
             let new = NewEvent::parse(raw, &Limits::default()).unwrap();
-            let fingerprint = new.fingerprint();
-            let linked = chain_events(&mut head, &tenant, "w", *at, vec![(new, fingerprint)]);
+            let sealing = crate::integrity::commitment::seal(&new);
+            let linked = chain_events(&mut head, &tenant, "w", *at, vec![(new, sealing)]);
             events.extend(linked.events);
         }
         (events, head)
@@ -1073,8 +1073,8 @@ mod tests {
         let data = serde_json::value::to_raw_value(&payload).unwrap();
         let raw = RawEvent::service_record(DROP_EVENT_TYPE, "auditor-retention", data);
         let record = NewEvent::parse_own(raw, &Limits::default()).unwrap();
-        let fingerprint = record.fingerprint();
-        let linked = chain_events(&mut head, &tenant, "r", now, vec![(record, fingerprint)]);
+        let sealing = crate::integrity::commitment::seal(&record);
+        let linked = chain_events(&mut head, &tenant, "r", now, vec![(record, sealing)]);
         events.extend(linked.events);
         let inside = inside.unwrap();
         let last = signer().sign(

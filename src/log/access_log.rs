@@ -161,11 +161,7 @@ pub async fn record_through_store<S: Store>(
     limits: &Limits,
 ) -> Result<(), LogError> {
     let record = access_record(actor, &TenantId::new(tenant), access, limits)?;
-    let submission = Submission {
-        tenant: TenantId::new(SYSTEM_TENANT),
-        recorded_by: actor.to_owned(),
-        events: vec![record],
-    };
+    let submission = Submission::new(TenantId::new(SYSTEM_TENANT), actor, vec![record]);
     store.append(&[submission]).await?;
     Ok(())
 }

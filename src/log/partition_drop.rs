@@ -150,11 +150,11 @@ impl<S: Store> AuditLog<S> {
             serde_json::value::to_raw_value(&payload).map_err(|e| LogError::Internal(e.into()))?;
         let raw = RawEvent::service_record(DROP_EVENT_TYPE, RETENTION_ACTOR, data);
         let record = NewEvent::parse_own(raw, &self.limits).map_err(LogError::Invalid)?;
-        Ok(Submission {
-            tenant: range.tenant.clone(),
-            recorded_by: RETENTION_ACTOR.into(),
-            events: vec![record],
-        })
+        Ok(Submission::new(
+            range.tenant.clone(),
+            RETENTION_ACTOR,
+            vec![record],
+        ))
     }
 }
 

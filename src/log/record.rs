@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use super::access_log::Access;
 use super::{AuditLog, LogError};
 use crate::auth::Principal;
+use crate::integrity::commitment;
 use crate::model::event::{AMENDMENT_EVENT_TYPE, RESERVED_EVENT_TYPE_PREFIX};
 use crate::model::{Action, Event, EventId, FieldError, NewEvent, RawEvent, Submission, TenantId};
 use crate::store::{Appended, Store};
@@ -81,11 +82,9 @@ impl<S: Store> AuditLog<S> {
         recorded_by: &str,
         events: Vec<NewEvent>,
     ) -> Result<Recorded, LogError> {
-        let submission = Submission {
-            tenant,
-            recorded_by: recorded_by.to_owned(),
-            events,
-        };
+        let mut submission = Submission::new(tenant, recorded_by, events);
+        // Here, on the caller's task, rather than on the single writer that every append waits for.
+        commitment::seal_submission(&mut submission);
         match self.writer.append(submission).await? {
             Appended::Created { events, replayed } => Ok(Recorded {
                 created: true,

@@ -288,13 +288,15 @@ impl NewEvent {
     /// Fingerprint of what the client asked to record, so a retried request with the same
     /// idempotency key can be told apart from a different request reusing the key.
     pub fn fingerprint(&self) -> Digest {
+        let data = self.event_data.as_ref().map(super::canonical::object_bytes);
+        self.fingerprint_with(data.as_deref())
+    }
+
+    /// [`Self::fingerprint`], given the payload's canonical bytes (`canonical::object_bytes`)
+    /// when the caller has them already.
+    pub fn fingerprint_with(&self, canonical_data: Option<&[u8]>) -> Digest {
         let fields = serde_json::to_vec(self).unwrap_or_default();
-        let data = self
-            .event_data
-            .as_ref()
-            .map(super::canonical::object_bytes)
-            .unwrap_or_default();
-        Digest::sha256(&[&fields, &[0], &data])
+        Digest::sha256(&[&fields, &[0], canonical_data.unwrap_or_default()])
     }
 }
 
@@ -344,6 +346,43 @@ pub struct Submission {
     /// The authenticated user who sent it.
     pub recorded_by: String,
     pub events: Vec<NewEvent>,
+    /// One per event, in order, when computed before the hand-off to the writer
+    /// (`integrity::commitment::seal_submission`); empty otherwise, and the writer computes them.
+    pub sealings: Vec<Sealing>,
+}
+
+impl Submission {
+    /// A submission whose sealings the writer will compute.
+    pub fn new(tenant: TenantId, recorded_by: impl Into<String>, events: Vec<NewEvent>) -> Self {
+        Self {
+            tenant,
+            recorded_by: recorded_by.into(),
+            events,
+            sealings: Vec::new(),
+        }
+    }
+
+    /// The sealing computed beforehand for `events[index]`, if they all were.
+    pub fn sealing(&self, index: usize) -> Option<&Sealing> {
+        if self.sealings.len() == self.events.len() {
+            self.sealings.get(index)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a new event's log entry needs that does not depend on where in the log it lands: the
+/// request fingerprint, the event's salt secret, the fingerprint salted with it (the stored
+/// `request_hash`), and the salted commitments to its personal fields in `Personal::ALL` order
+/// (`None` for a field without a value). Computed on the submitting task so that the single
+/// writer only numbers, links and hashes the leaves (`docs/integrity.md`, leaf version 2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealing {
+    pub fingerprint: Digest,
+    pub salt_secret: SaltSecret,
+    pub request_hash: Digest,
+    pub commitments: [Option<Digest>; 6],
 }
 
 event_fields! {

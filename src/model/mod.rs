@@ -20,7 +20,8 @@ pub use access::{Scope, Scopes, TenantScope};
 pub use digest::Digest;
 pub use erasure::{Erased, Erasure, ErasureTargets, Personal, SaltSecret};
 pub use event::{
-    Action, Event, FIELDS, Field, FieldError, Limits, NewEvent, Outcome, RawEvent, Submission,
+    Action, Event, FIELDS, Field, FieldError, Limits, NewEvent, Outcome, RawEvent, Sealing,
+    Submission,
 };
 pub use ids::{EventId, Seq, TenantId};
 pub use query::{

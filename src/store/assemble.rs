@@ -12,7 +12,9 @@ use crate::integrity::commitment::{self, CommitmentError};
 use crate::integrity::erasure_record::{ranges, record_payload};
 use crate::integrity::tiles::FullTile;
 use crate::integrity::{Chained, chain_events, same_request};
-use crate::model::{ErasureTargets, Event, Field, Filter, Personal, Seq, Submission, TenantId};
+use crate::model::{
+    ErasureTargets, Event, Field, Filter, Personal, Seq, Submission, TenantId, canonical,
+};
 
 pub type KeyIndex = HashMap<(TenantId, String), Event>;
 
@@ -210,8 +212,11 @@ fn assemble_one(
     // Decide every event first, so a conflict anywhere leaves the whole submission unrecorded.
     let mut slots: Vec<Option<Event>> = Vec::with_capacity(submission.events.len());
     let mut fresh = Vec::new();
-    for event in &submission.events {
-        let fingerprint = event.fingerprint();
+    for (index, event) in submission.events.iter().enumerate() {
+        let sealing = submission
+            .sealing(index)
+            .cloned()
+            .unwrap_or_else(|| commitment::seal(event));
         let replay = event
             .idempotency_key
             .as_ref()
@@ -222,7 +227,7 @@ fn assemble_one(
             // before its rightful caller.
             Some(previous)
                 if previous.recorded_by == submission.recorded_by
-                    && same_request(previous, &fingerprint) =>
+                    && same_request(previous, &sealing.fingerprint) =>
             {
                 slots.push(Some(previous.clone()))
             }
@@ -232,7 +237,7 @@ fn assemble_one(
             }
             None => {
                 slots.push(None);
-                fresh.push((event.clone(), fingerprint));
+                fresh.push((event.clone(), sealing));
             }
         }
     }
@@ -241,10 +246,14 @@ fn assemble_one(
     }
     let tenant = &submission.tenant;
     let erasures_before = done.erasures.len();
-    for (event, _) in &mut fresh {
+    for (event, sealing) in &mut fresh {
         if let Some(erasure) = &event.erases {
             match erase_targets(tenant, erasure, targets, recorded_at, done)? {
-                Some(payload) => event.event_data = Some(payload),
+                Some(payload) => {
+                    event.event_data = Some(payload);
+                    let data = event.event_data.as_ref().map(canonical::object_bytes);
+                    sealing.commitments = commitment::commit_new(event, &sealing.salt_secret, data);
+                }
                 // A record naming nothing would only say that a race was lost.
                 None => {
                     done.erasures.truncate(erasures_before);
@@ -282,14 +291,13 @@ mod tests {
 
     fn submission(events: serde_json::Value) -> Submission {
         let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
-        Submission {
-            tenant: TenantId::default(),
-            recorded_by: "writer".into(),
-            events: raws
-                .into_iter()
+        Submission::new(
+            TenantId::default(),
+            "writer",
+            raws.into_iter()
                 .map(|r| NewEvent::parse(r, &Limits::default()).unwrap())
                 .collect(),
-        }
+        )
     }
 
     fn now() -> OffsetDateTime {

@@ -676,14 +676,13 @@ macro_rules! both_backends {
 pub fn submission(tenant: &str, events: Value) -> auditor::model::Submission {
     use auditor::model::{Limits, NewEvent, RawEvent, Submission, TenantId};
     let raws: Vec<RawEvent> = serde_json::from_value(events).expect("raw events");
-    Submission {
-        tenant: TenantId::new(tenant),
-        recorded_by: "tester".into(),
-        events: raws
-            .into_iter()
+    Submission::new(
+        TenantId::new(tenant),
+        "tester",
+        raws.into_iter()
             .map(|raw| NewEvent::parse(raw, &Limits::default()).expect("a valid event"))
             .collect(),
-    }
+    )
 }
 
 /// The events of an append outcome that recorded something; panics on any other outcome.
@@ -710,11 +709,7 @@ pub fn redaction(target: &auditor::model::Event) -> auditor::model::Submission {
         fields: vec![auditor::model::Personal::EventData],
         reason: "erasure request".into(),
     });
-    Submission {
-        tenant: target.tenant.clone(),
-        recorded_by: "admin".into(),
-        events: vec![event],
-    }
+    Submission::new(target.tenant.clone(), "admin", vec![event])
 }
 
 /// The Merkle tree of `leaves` as stored before migration 0007, as SQL for `backend`: a

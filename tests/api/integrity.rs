@@ -745,11 +745,11 @@ async fn a_recorded_at_that_goes_backwards_is_caught(backend: Backend) {
         .unwrap();
     let raw: RawEvent =
         serde_json::from_value(json!({"event_type": "late", "user_identity": "u"})).unwrap();
-    let batch = [Submission {
-        tenant: TenantId::default(),
-        recorded_by: "admin".into(),
-        events: vec![NewEvent::parse(raw, &Limits::default()).unwrap()],
-    }];
+    let batch = [Submission::new(
+        TenantId::default(),
+        "admin",
+        vec![NewEvent::parse(raw, &Limits::default()).unwrap()],
+    )];
     let earlier = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
     match backend {
         Backend::Sqlite => app.db.sqlite().await.append_at(&batch, earlier).await,

@@ -19,14 +19,13 @@ use crate::helpers::{
 
 fn submission(events: serde_json::Value) -> Submission {
     let raws: Vec<RawEvent> = serde_json::from_value(events).unwrap();
-    Submission {
-        tenant: TenantId::default(),
-        recorded_by: "tester".into(),
-        events: raws
-            .into_iter()
+    Submission::new(
+        TenantId::default(),
+        "tester",
+        raws.into_iter()
             .map(|raw| NewEvent::parse(raw, &Limits::default()).unwrap())
             .collect(),
-    }
+    )
 }
 
 fn one(event_type: &str) -> Submission {

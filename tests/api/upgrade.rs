@@ -62,11 +62,11 @@ async fn problems(store: &SqliteStore) -> Vec<String> {
 
 fn submission(event: serde_json::Value) -> Submission {
     let raw: RawEvent = serde_json::from_value(event).unwrap();
-    Submission {
-        tenant: TenantId::default(),
-        recorded_by: "tester".into(),
-        events: vec![NewEvent::parse(raw, &Limits::default()).unwrap()],
-    }
+    Submission::new(
+        TenantId::default(),
+        "tester",
+        vec![NewEvent::parse(raw, &Limits::default()).unwrap()],
+    )
 }
 
 fn one(event_type: &str) -> Submission {
@@ -215,11 +215,7 @@ async fn a_database_migrated_by_sqlx_is_carried_forward() {
         reason: "r".into(),
     });
     let outcome = store
-        .append(&[Submission {
-            tenant: tenant.clone(),
-            recorded_by: "admin".into(),
-            events: vec![record],
-        }])
+        .append(&[Submission::new(tenant.clone(), "admin", vec![record])])
         .await
         .unwrap();
     let Appended::Created {

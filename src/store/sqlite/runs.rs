@@ -738,11 +738,7 @@ mod tests {
                 NewEvent::parse_own(raw, &Limits::default()).unwrap()
             })
             .collect();
-        vec![Submission {
-            tenant: TenantId::default(),
-            recorded_by: "tester".into(),
-            events,
-        }]
+        vec![Submission::new(TenantId::default(), "tester", events)]
     }
 
     /// An in-memory database at the latest migration, an empty tail and a commit clock.
