@@ -38,7 +38,7 @@ mod tokens;
 
 use connections::{Location, Threads};
 use data_index::sqlite_json_path;
-use postings::{PostingKey, Tail, posting_of};
+use postings::{BatchPostings, PostingKey, Tail, posting_of};
 pub use runs::PostingOptions;
 
 #[derive(Clone)]
@@ -657,6 +657,43 @@ fn append_in_transaction(
     let targets = erasure_targets(&tx, tail, batch)?;
     let assembled = assemble::assemble(batch, known, &targets, heads, recorded_at)
         .map_err(|e| StoreError::Other(e.into()))?;
+    let rows = &assembled.rows;
+    let (erased, postings) = std::thread::scope(|scope| {
+        // A large batch's postings are gathered on another core while this one writes it.
+        let gathering = (rows.len() >= POSTINGS_GATHERED_APART)
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("sqlite-postings".into())
+                    .spawn_scoped(scope, || BatchPostings::of(rows))
+            })
+            .transpose()
+            .map_err(|e| StoreError::Other(e.into()))?;
+        let erased = write_assembled(tx, &assembled)?;
+        let postings = match gathering {
+            Some(gathering) => gathering
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => BatchPostings::of(rows),
+        };
+        Ok::<_, StoreError>((erased, postings))
+    })?;
+    let mut tail = runs::write(tail);
+    tail.add_batch(postings);
+    for (tenant, seq, keys) in &erased {
+        tail.remove(tenant, *seq, keys);
+    }
+    Ok(assembled.outcomes)
+}
+
+/// Rows of a batch from which their postings are gathered on a thread of their own: below,
+/// starting the thread would cost more than it saves.
+const POSTINGS_GATHERED_APART: usize = 256;
+
+/// Writes an assembled batch and commits it; returns the postings its erasures removed.
+fn write_assembled(
+    tx: rusqlite::Transaction<'_>,
+    assembled: &assemble::Assembled,
+) -> Result<Vec<(TenantId, Seq, Vec<PostingKey>)>, StoreError> {
     insert_events(&tx, &assembled.rows)?;
     insert_tiles(&tx, &assembled.tiles)?;
     let erased = erase_events(&tx, &assembled.erasures)?;
@@ -678,12 +715,7 @@ fn append_in_transaction(
         }
     }
     tx.commit()?;
-    let mut tail = runs::write(tail);
-    tail.add(&assembled.rows);
-    for (tenant, seq, keys) in &erased {
-        tail.remove(tenant, *seq, keys);
-    }
-    Ok(assembled.outcomes)
+    Ok(erased)
 }
 
 impl Store for SqliteStore {

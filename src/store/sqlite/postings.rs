@@ -154,6 +154,29 @@ pub(super) fn posting_of(filter: &Filter) -> Option<PostingKey> {
 }
 
 /// The postings of the events after the last flush, per tenant, in memory.
+/// A batch's postings gathered by key, per tenant with the batch's last `seq`: computed apart
+/// from the tail (beside the batch's insert and commit, on another thread), so that adding them
+/// holds the tail's lock only to merge one list per distinct key.
+#[derive(Default)]
+pub(super) struct BatchPostings {
+    tenants: HashMap<TenantId, (i64, HashMap<PostingKey, Vec<i64>>)>,
+}
+
+impl BatchPostings {
+    /// The postings of `events`, which are in ascending `seq` order per tenant.
+    pub fn of(events: &[Event]) -> Self {
+        let mut batch = Self::default();
+        for event in events {
+            let (last, postings) = batch.tenants.entry(event.tenant.clone()).or_default();
+            *last = event.seq.0;
+            for key in postings_of(event) {
+                postings.entry(key).or_default().push(event.seq.0);
+            }
+        }
+        batch
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Tail {
     /// False until [`runs::load_tail`](super::runs::load_tail) has read the database.
@@ -247,11 +270,16 @@ impl Tail {
 
     /// Adds committed events, in `seq` order per tenant.
     pub fn add(&mut self, events: &[Event]) {
-        for event in events {
-            let tenant = self.tenants.entry(event.tenant.clone()).or_default();
-            tenant.last = event.seq.0;
-            for key in postings_of(event) {
-                tenant.postings.entry(key).or_default().push(event.seq.0);
+        self.add_batch(BatchPostings::of(events));
+    }
+
+    /// Adds a batch's postings, gathered beforehand (see [`BatchPostings`]).
+    pub fn add_batch(&mut self, batch: BatchPostings) {
+        for (tenant, (last, postings)) in batch.tenants {
+            let tail = self.tenants.entry(tenant).or_default();
+            tail.last = last;
+            for (key, seqs) in postings {
+                tail.postings.entry(key).or_default().extend(seqs);
             }
         }
     }
