@@ -333,6 +333,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_submission_records_what_the_writer_would_and_replays_unsealed() {
+        let body = serde_json::json!([{
+            "event_type": "a", "user_identity": "u", "entity_id": "e", "ip": "10.0.0.1",
+            "property": "p", "idempotency_key": "k", "event_data": {"x": 1.5, "y": [1, "z"]}
+        }]);
+        let mut sealed = submission(body.clone());
+        commitment::seal_submission(&mut sealed);
+        let unsealed = submission(body);
+        let done = assemble(
+            &[sealed.clone(), unsealed],
+            KeyIndex::new(),
+            &Targets::new(),
+            HashMap::new(),
+            now(),
+        )
+        .unwrap();
+        let event = &done.rows[0];
+        let sealing = &sealed.sealings[0];
+        // What verification recomputes from the stored fields is what the sealing gave.
+        assert_eq!(event.leaf_hash, crate::integrity::leaf_hash(event).unwrap());
+        assert_eq!(event.salt_secret, Some(sealing.salt_secret));
+        assert_eq!(commitment::commitments(event).unwrap(), sealing.commitments);
+        assert!(same_request(event, &sealed.events[0].fingerprint()));
+        assert_eq!(done.rows.len(), 1);
+        assert_eq!(done.outcomes[1], Appended::Replayed(vec![event.clone()]));
+    }
+
+    #[test]
     fn a_conflicting_submission_records_none_of_its_events() {
         let first = submission(
             serde_json::json!([{"event_type":"a","user_identity":"u","idempotency_key":"k"}]),
