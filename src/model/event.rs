@@ -361,15 +361,6 @@ impl Submission {
             sealings: Vec::new(),
         }
     }
-
-    /// The sealing computed beforehand for `events[index]`, if they all were.
-    pub fn sealing(&self, index: usize) -> Option<&Sealing> {
-        if self.sealings.len() == self.events.len() {
-            self.sealings.get(index)
-        } else {
-            None
-        }
-    }
 }
 
 /// What a new event's log entry needs that does not depend on where in the log it lands: the

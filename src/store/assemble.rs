@@ -139,7 +139,7 @@ pub struct Assembled {
 /// Decides the batch. `Err` only when a stored event to erase is inconsistent (its salts do not
 /// fit its fields): the database was altered.
 pub fn assemble(
-    batch: &[Submission],
+    batch: Vec<Submission>,
     mut known: KeyIndex,
     targets: &Targets,
     mut heads: HashMap<TenantId, Chained>,
@@ -202,7 +202,7 @@ fn erase_targets(
 }
 
 fn assemble_one(
-    submission: &Submission,
+    mut submission: Submission,
     known: &mut KeyIndex,
     targets: &Targets,
     heads: &mut HashMap<TenantId, Chained>,
@@ -212,11 +212,13 @@ fn assemble_one(
     // Decide every event first, so a conflict anywhere leaves the whole submission unrecorded.
     let mut slots: Vec<Option<Event>> = Vec::with_capacity(submission.events.len());
     let mut fresh = Vec::new();
-    for (index, event) in submission.events.iter().enumerate() {
-        let sealing = submission
-            .sealing(index)
-            .cloned()
-            .unwrap_or_else(|| commitment::seal(event));
+    let sealed = submission.sealings.len() == submission.events.len();
+    let mut sealings = std::mem::take(&mut submission.sealings).into_iter();
+    for event in std::mem::take(&mut submission.events) {
+        let sealing = sealings
+            .next()
+            .filter(|_| sealed)
+            .unwrap_or_else(|| commitment::seal(&event));
         let replay = event
             .idempotency_key
             .as_ref()
@@ -237,7 +239,7 @@ fn assemble_one(
             }
             None => {
                 slots.push(None);
-                fresh.push((event.clone(), sealing));
+                fresh.push((event, sealing));
             }
         }
     }
@@ -314,7 +316,7 @@ mod tests {
             serde_json::json!([{"event_type":"b","user_identity":"u","idempotency_key":"k"}]),
         );
         let done = assemble(
-            &[first, same, changed],
+            vec![first, same, changed],
             KeyIndex::new(),
             &Targets::new(),
             HashMap::new(),
@@ -342,7 +344,7 @@ mod tests {
         commitment::seal_submission(&mut sealed);
         let unsealed = submission(body);
         let done = assemble(
-            &[sealed.clone(), unsealed],
+            vec![sealed.clone(), unsealed],
             KeyIndex::new(),
             &Targets::new(),
             HashMap::new(),
@@ -370,7 +372,7 @@ mod tests {
             {"event_type":"other","user_identity":"u","idempotency_key":"k"}
         ]));
         let done = assemble(
-            &[first, mixed],
+            vec![first, mixed],
             KeyIndex::new(),
             &Targets::new(),
             HashMap::new(),
@@ -399,7 +401,7 @@ mod tests {
             recorded_at_ordered_from: Seq(1),
         };
         let heads = HashMap::from([(TenantId::default(), head.clone())]);
-        let done = assemble(&[a, b], KeyIndex::new(), &Targets::new(), heads, now()).unwrap();
+        let done = assemble(vec![a, b], KeyIndex::new(), &Targets::new(), heads, now()).unwrap();
         let seqs: Vec<i64> = done.rows.iter().map(|e| e.seq.0).collect();
         assert_eq!(seqs, vec![42, 43, 44]);
         assert_eq!(done.rows[0].prev_hash, head.hash);

@@ -472,7 +472,7 @@ impl PgStore {
         let recorded_at = self.clock.commit_time(clock, &heads);
         *tried = recorded_at;
         let targets = erasure_targets(&mut tx, batch).await?;
-        let assembled = assemble::assemble(batch, known, &targets, heads, recorded_at)
+        let assembled = assemble::assemble(batch.to_vec(), known, &targets, heads, recorded_at)
             .map_err(|e| StoreError::Other(e.into()))?;
         insert_events(&mut tx, &assembled.rows).await?;
         insert_tiles(&mut tx, &assembled.tiles).await?;

@@ -583,7 +583,7 @@ fn append(
     conn: &mut Connection,
     commit_clock: &CommitClock,
     tail: &RwLock<Tail>,
-    batch: &[Submission],
+    batch: Vec<Submission>,
     clock: Option<OffsetDateTime>,
 ) -> Result<Vec<Appended>, StoreError> {
     runs::load_tail(conn, tail)?;
@@ -630,13 +630,13 @@ fn append_in_transaction(
     conn: &mut Connection,
     commit_clock: &CommitClock,
     tail: &RwLock<Tail>,
-    batch: &[Submission],
+    batch: Vec<Submission>,
     clock: Option<OffsetDateTime>,
 ) -> Result<Vec<Appended>, StoreError> {
     // IMMEDIATE takes the write lock up front: the heads read below cannot change until commit.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut heads = HashMap::new();
-    for tenant in assemble::tenants(batch) {
+    for tenant in assemble::tenants(&batch) {
         if let Some(head) = read_head(&tx, &tenant)? {
             heads.insert(tenant, head);
         }
@@ -644,7 +644,7 @@ fn append_in_transaction(
     let mut known = KeyIndex::new();
     {
         let mut by_key = tx.prepare_cached(&SELECT_BY_KEY)?;
-        for (tenant, key) in assemble::idempotency_keys(batch) {
+        for (tenant, key) in assemble::idempotency_keys(&batch) {
             let mut rows = by_key.query(params![tenant.as_str(), key])?;
             if let Some(row) = rows.next()? {
                 let event = event_from_row(row)?;
@@ -654,7 +654,7 @@ fn append_in_transaction(
     }
     let clock = truncate_to_micros(clock.unwrap_or_else(OffsetDateTime::now_utc));
     let recorded_at = commit_clock.commit_time(clock, &heads);
-    let targets = erasure_targets(&tx, tail, batch)?;
+    let targets = erasure_targets(&tx, tail, &batch)?;
     let assembled = assemble::assemble(batch, known, &targets, heads, recorded_at)
         .map_err(|e| StoreError::Other(e.into()))?;
     let rows = &assembled.rows;
@@ -763,7 +763,7 @@ impl Store for SqliteStore {
         let commit_clock = Arc::clone(&self.inner.clock);
         let tail = Arc::clone(&self.inner.tail);
         let appended = self
-            .write(move |conn| append(conn, &commit_clock, &tail, &batch, clock))
+            .write(move |conn| append(conn, &commit_clock, &tail, batch, clock))
             .await?;
         if runs::read(&self.inner.tail).unfrozen() >= self.inner.postings.run_events {
             self.maintain_postings();

@@ -808,11 +808,11 @@ mod tests {
     #[test]
     fn a_flush_a_stop_interrupted_is_discarded_and_rebuilt() {
         let (mut conn, tail, clock) = migrated();
-        super::super::append(&mut conn, &clock, &tail, &batch(0..10), None).unwrap();
+        super::super::append(&mut conn, &clock, &tail, batch(0..10), None).unwrap();
         assert!(freeze(&mut conn, &tail).unwrap());
         assert!(flush_chunk(&mut conn, &tail, 3).unwrap());
         // Appends and queries go on while the flush is under way.
-        super::super::append(&mut conn, &clock, &tail, &batch(10..12), None).unwrap();
+        super::super::append(&mut conn, &clock, &tail, batch(10..12), None).unwrap();
         assert_eq!(states(&conn), vec!["flushing"]);
         assert_exact(&conn, &tail, 12);
 
@@ -874,7 +874,7 @@ mod tests {
     #[test]
     fn the_statements_of_a_query_are_prepared_once() {
         let (mut conn, tail, clock) = migrated();
-        super::super::append(&mut conn, &clock, &tail, &batch(0..10), None).unwrap();
+        super::super::append(&mut conn, &clock, &tail, batch(0..10), None).unwrap();
         let tenant = TenantId::default();
         let range = parse(&[
             ("since", "2000-01-01T00:00:00Z"),
@@ -920,7 +920,7 @@ mod tests {
         let (mut conn, tail, clock) = migrated();
         // Eight runs of 4 events, flushed without merging: more than twice the fanout (3).
         for run in 0..8 {
-            super::super::append(&mut conn, &clock, &tail, &batch(run * 4..run * 4 + 4), None)
+            super::super::append(&mut conn, &clock, &tail, batch(run * 4..run * 4 + 4), None)
                 .unwrap();
             assert!(freeze(&mut conn, &tail).unwrap());
             while flush_chunk(&mut conn, &tail, 1000).unwrap() {}
