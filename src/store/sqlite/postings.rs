@@ -153,7 +153,6 @@ pub(super) fn posting_of(filter: &Filter) -> Option<PostingKey> {
     }
 }
 
-/// The postings of the events after the last flush, per tenant, in memory.
 /// A batch's postings gathered by key, per tenant with the batch's last `seq`: computed apart
 /// from the tail (beside the batch's insert and commit, on another thread), so that adding them
 /// holds the tail's lock only to merge one list per distinct key.
@@ -177,6 +176,7 @@ impl BatchPostings {
     }
 }
 
+/// The postings of the events after the last flush, per tenant, in memory.
 #[derive(Default)]
 pub(super) struct Tail {
     /// False until [`runs::load_tail`](super::runs::load_tail) has read the database.
