@@ -787,11 +787,13 @@ pub const POSTINGS_CTE: &str = "\
 /// SQL that takes a migrated SQLite database back to its schema before migration 0009: the
 /// per-field indexes and `event_data_index` instead of the postings (those of the flushed runs),
 /// checkpoints without the predecessor column of 0012, and users without the tenant of 0013 nor
-/// the tokens of 0014, the capture positions of 0015 nor the viewer sessions of 0016 (0011 runs
-/// again harmlessly: it copies the events into a table of their own).
+/// the tokens of 0014, the capture positions of 0015, the viewer sessions of 0016 nor the
+/// tenant numbers of 0017 (0011 runs again harmlessly: it copies the events into a table of
+/// their own, keyed by `(tenant, seq)` as before 0017, whose `key` column it leaves behind).
 pub fn pre_postings_schema_sql() -> String {
     format!(
-        "DROP TABLE ui_sessions; DROP TABLE capture_positions; DROP TABLE api_tokens; \
+        "DROP TABLE tenant_numbers; \
+         DROP TABLE ui_sessions; DROP TABLE capture_positions; DROP TABLE api_tokens; \
          ALTER TABLE users DROP COLUMN tenant; \
          DROP INDEX checkpoints_one_successor; \
          ALTER TABLE checkpoints DROP COLUMN predecessor_size; \

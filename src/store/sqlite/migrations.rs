@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// The migration files in order; file `000n_…` is migration n, `user_version` n once applied.
 /// A unit test checks this list against the folder.
-const FILES: [(&str, &str); 16] = [
+const FILES: [(&str, &str); 17] = [
     (
         "0001_events_and_users.sql",
         include_str!("../migrations/sqlite/0001_events_and_users.sql"),
@@ -84,6 +84,10 @@ const FILES: [(&str, &str); 16] = [
         "0016_ui_sessions.sql",
         include_str!("../migrations/sqlite/0016_ui_sessions.sql"),
     ),
+    (
+        "0017_events_keyed_by_tenant_and_seq.sql",
+        include_str!("../migrations/sqlite/0017_events_keyed_by_tenant_and_seq.sql"),
+    ),
 ];
 
 static STEPS: [M<'static>; FILES.len()] = [
@@ -103,6 +107,7 @@ static STEPS: [M<'static>; FILES.len()] = [
     M::up(FILES[13].1),
     M::up(FILES[14].1),
     M::up(FILES[15].1),
+    M::up(FILES[16].1),
 ];
 
 static MIGRATIONS: Migrations<'static> = Migrations::from_slice(&STEPS);

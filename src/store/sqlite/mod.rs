@@ -279,22 +279,54 @@ static SELECT_BY_KEY: LazyLock<String> = LazyLock::new(|| {
         *EVENT_COLUMNS
     )
 });
-/// Up to `limit` events of a tenant (`?1`) after a `seq` (`?2`), in order. The limit is
-/// written into the statement, not bound: SQLite prepares a statement whose `LIMIT` is a
-/// parameter again at every execution.
+/// The largest `seq` an event's `key` holds: its low 40 bits (migration 0017).
+const MAX_SEQ: i64 = (1 << 40) - 1;
+
+/// SQL for the `key` of a tenant's event (migration 0017), from the parameters holding the
+/// tenant and the `seq` (e.g. `"?1"`, `"?2"`): the tenant's number in the high bits, `seq` in
+/// the low 40. NULL for a tenant that has no number yet, which no row matches.
+fn key_of(tenant: &str, seq: &str) -> String {
+    format!("(((SELECT number FROM tenant_numbers WHERE tenant = {tenant}) << 40) | {seq})")
+}
+
+/// Up to `limit` events of a tenant (`?1`) after a `seq` (`?2`), in order: one range of the
+/// table's own B-tree. The limit is written into the statement, not bound: SQLite prepares a
+/// statement whose `LIMIT` is a parameter again at every execution.
 fn select_after(limit: u32) -> String {
     format!(
-        "SELECT {} FROM events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT {limit}",
-        *EVENT_COLUMNS
+        "SELECT {} FROM events WHERE key > {} AND key <= {} ORDER BY key LIMIT {limit}",
+        *EVENT_COLUMNS,
+        key_of("?1", "?2"),
+        key_of("?1", &MAX_SEQ.to_string())
     )
 }
 static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
-    let placeholders = vec!["?"; FIELDS.len()].join(", ");
+    let placeholders: Vec<String> = (1..=FIELDS.len()).map(|at| format!("?{at}")).collect();
+    let parameter = |name: &str| {
+        let at = FIELDS.iter().position(|field| field.name == name);
+        format!("?{}", at.expect("a declared field") + 1)
+    };
     format!(
-        "INSERT INTO events ({}) VALUES ({placeholders})",
-        *EVENT_COLUMNS
+        "INSERT INTO events (key, {}) VALUES ({}, {})",
+        *EVENT_COLUMNS,
+        key_of(&parameter("tenant"), &parameter("seq")),
+        placeholders.join(", ")
     )
 });
+
+/// Numbers the tenants of a batch that have none yet (migration 0017), before their first
+/// events are inserted.
+fn number_tenants(tx: &Transaction, batch: &[Submission]) -> Result<(), StoreError> {
+    let mut number = tx.prepare_cached(
+        "INSERT INTO tenant_numbers (tenant, number) \
+         SELECT ?1, (SELECT coalesce(max(number), 0) + 1 FROM tenant_numbers) \
+         WHERE NOT EXISTS (SELECT 1 FROM tenant_numbers WHERE tenant = ?1)",
+    )?;
+    for tenant in assemble::tenants(batch) {
+        number.execute([tenant.as_str()])?;
+    }
+    Ok(())
+}
 
 /// Inserts a batch's rows, one execution of one cached statement each: in-process, a row costs
 /// a bind and a step, so there is nothing to save by packing rows into one statement.
@@ -318,10 +350,12 @@ static ERASE_EVENT: LazyLock<(String, Vec<usize>)> = LazyLock::new(|| {
         .map(|(at, &i)| format!("{} = ?{}", FIELDS[i].name, at + 1))
         .collect();
     let sql = format!(
-        "UPDATE events SET {} WHERE tenant = ?{} AND seq = ?{}",
+        "UPDATE events SET {} WHERE key = {}",
         sets.join(", "),
-        columns.len() + 1,
-        columns.len() + 2
+        key_of(
+            &format!("?{}", columns.len() + 1),
+            &format!("?{}", columns.len() + 2)
+        )
     );
     (sql, columns)
 });
@@ -356,11 +390,13 @@ fn erase_events(
     Ok(forgotten)
 }
 
-/// A tenant's events from `seq` ?2 to ?3, both included.
+/// A tenant's (`?1`) events from `seq` ?2 to ?3, both included.
 static SELECT_RANGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {} FROM events WHERE tenant = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
-        *EVENT_COLUMNS
+        "SELECT {} FROM events WHERE key BETWEEN {} AND {} ORDER BY key",
+        *EVENT_COLUMNS,
+        key_of("?1", "?2"),
+        key_of("?1", "?3")
     )
 });
 
@@ -433,6 +469,15 @@ impl Sql {
         self.text.push('?');
         self.binds.push(value.into());
         self
+    }
+
+    /// Binds the `key` of `tenant`'s event `seq` (see [`key_of`]).
+    fn bind_key(&mut self, tenant: &TenantId, seq: i64) -> &mut Self {
+        self.push("(((SELECT number FROM tenant_numbers WHERE tenant = ")
+            .bind(tenant.as_str().to_owned())
+            .push(") << 40) | ")
+            .bind(seq)
+            .push(")")
     }
 }
 
@@ -515,34 +560,44 @@ fn push_conditions(sql: &mut Sql, query: &EventQuery) -> Result<(), StoreError> 
 
 fn build_query(prefix: &str, tenant: &TenantId, query: &EventQuery) -> Result<Sql, StoreError> {
     let mut sql = Sql::default();
-    // A time range is read through `events_occurred_at`, which is not in `seq` order: the page
-    // is then chosen by `seq` alone in a subquery and its rows read afterwards, so the sort
-    // holds `seq`s rather than whole rows (about 40 % less time for a page of 100).
-    let by_seq_first = query.since.is_some() || query.until.is_some();
-    sql.push(&format!(
-        "{prefix}SELECT {} FROM events WHERE tenant = ",
-        *EVENT_COLUMNS
-    ));
-    if by_seq_first {
-        sql.bind(tenant.as_str().to_owned())
-            .push(" AND seq IN (SELECT seq FROM events WHERE tenant = ");
-    }
-    sql.bind(tenant.as_str().to_owned());
-    push_conditions(&mut sql, query)?;
     let (after, direction) = match query.order {
         Order::Asc => (">", "ASC"),
         Order::Desc => ("<", "DESC"),
     };
+    sql.push(&format!(
+        "{prefix}SELECT {} FROM events WHERE ",
+        *EVENT_COLUMNS
+    ));
+    // A time range is read through `events_occurred_at`, which is not in `seq` order: the page
+    // is then chosen by `key` alone in a subquery, which that index covers, and its rows read
+    // afterwards, so the sort holds keys rather than whole rows (about 40 % less time for a
+    // page of 100). `+key` keeps the cursor from being read as a range of the table instead.
+    // Without one, the tenant's range of the table is read in order from the cursor on.
+    let by_key_first = query.since.is_some() || query.until.is_some();
+    let key = if by_key_first {
+        sql.push("key IN (SELECT key FROM events WHERE ");
+        "+key"
+    } else {
+        sql.push("key BETWEEN ")
+            .bind_key(tenant, 0)
+            .push(" AND ")
+            .bind_key(tenant, MAX_SEQ)
+            .push(" AND ");
+        "key"
+    };
+    sql.push("tenant = ").bind(tenant.as_str().to_owned());
+    push_conditions(&mut sql, query)?;
     if let Some(after_seq) = query.after {
-        sql.push(&format!(" AND seq {after} ")).bind(after_seq.0);
+        sql.push(&format!(" AND {key} {after} "))
+            .bind_key(tenant, after_seq.0);
     }
     // Written, not bound: see `select_after`.
     sql.push(&format!(
-        " ORDER BY seq {direction} LIMIT {}",
+        " ORDER BY key {direction} LIMIT {}",
         query.fetch_limit()
     ));
-    if by_seq_first {
-        sql.push(&format!(") ORDER BY seq {direction}"));
+    if by_key_first {
+        sql.push(&format!(") ORDER BY key {direction}"));
     }
     Ok(sql)
 }
@@ -635,6 +690,7 @@ fn append_in_transaction(
 ) -> Result<Vec<Appended>, StoreError> {
     // IMMEDIATE takes the write lock up front: the heads read below cannot change until commit.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    number_tenants(&tx, &batch)?;
     let mut heads = HashMap::new();
     for tenant in assemble::tenants(&batch) {
         if let Some(head) = read_head(&tx, &tenant)? {

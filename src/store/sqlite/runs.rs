@@ -589,8 +589,9 @@ impl EventCheck {
     pub fn new(query: &EventQuery) -> Result<Self, StoreError> {
         let mut sql = Sql::default();
         sql.push(&format!(
-            "SELECT {} FROM events WHERE tenant = ?1 AND seq = ?2",
-            *EVENT_COLUMNS
+            "SELECT {} FROM events WHERE key = {}",
+            *EVENT_COLUMNS,
+            super::key_of("?1", "?2")
         ));
         push_conditions(&mut sql, query)?;
         Ok(Self(sql))
