@@ -507,10 +507,19 @@ async fn a_deleted_row_is_caught(backend: Backend) {
 
 async fn swapped_rows_are_caught(backend: Backend) {
     let (app, _, _) = tamperable(backend).await;
-    app.db
-        .execute("UPDATE events SET seq = -1 WHERE seq = 6; UPDATE events SET seq = 6 WHERE seq = 7; UPDATE events SET seq = 7 WHERE seq = -1;")
-        .await
-        .unwrap();
+    let swap = match backend {
+        // SQLite's rowid holds `seq` in its low bits (migration 0017), checked: both move.
+        Backend::Sqlite => {
+            "UPDATE events SET key = key - seq + 1000000, seq = 1000000 WHERE seq = 6; \
+             UPDATE events SET key = key - 1, seq = 6 WHERE seq = 7; \
+             UPDATE events SET key = key - seq + 7, seq = 7 WHERE seq = 1000000;"
+        }
+        Backend::Postgres => {
+            "UPDATE events SET seq = -1 WHERE seq = 6; UPDATE events SET seq = 6 WHERE seq = 7; \
+             UPDATE events SET seq = 7 WHERE seq = -1;"
+        }
+    };
+    app.db.execute(swap).await.unwrap();
     expect_caught(&app, &[], 6, "seq 6:");
 }
 
