@@ -215,6 +215,77 @@ fn applied_by_sqlx(conn: &Connection) -> Result<Option<usize>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
+
+    /// Migration 0017 numbers every tenant that has events or a chain head, and copies every
+    /// event into the table keyed by its tenant's number and `seq`, whatever order the tenants'
+    /// events were recorded in.
+    #[test]
+    fn migration_17_keys_every_event_by_its_tenant_and_seq() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        MIGRATIONS.to_version(&mut conn, 16).unwrap();
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO events (tenant, seq, id, event_type, user_identity, occurred_at, \
+                 recorded_at, recorded_by, request_hash, leaf_hash, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, 't', 'u', 0, 0, 'r', x'00', x'00', x'00', x'00')",
+            )
+            .unwrap();
+        // Interleaved, as concurrent tenants append; `b` has no chain head (a head lost).
+        let rows = [("b", 1), ("a", 1), ("b", 2), ("a", 2), ("a", 3), ("b", 3)];
+        for (at, (tenant, seq)) in rows.iter().enumerate() {
+            insert.execute(params![tenant, seq, [at as u8]]).unwrap();
+        }
+        drop(insert);
+        conn.execute_batch(
+            "INSERT INTO chain_heads (tenant, seq, hash) VALUES ('a', 3, x'00'), ('c', 0, x'00')",
+        )
+        .unwrap();
+        MIGRATIONS.to_latest(&mut conn).unwrap();
+        let numbers: Vec<(String, i64)> = conn
+            .prepare("SELECT tenant, number FROM tenant_numbers ORDER BY number")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            numbers,
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 2),
+                ("c".to_owned(), 3)
+            ]
+        );
+        let keyed: Vec<(i64, String, i64, Vec<u8>)> = conn
+            .prepare("SELECT key, tenant, seq, id FROM events ORDER BY key")
+            .unwrap()
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected: Vec<(i64, String, i64, Vec<u8>)> = [1, 3, 4, 0, 2, 5]
+            .into_iter()
+            .map(|at: usize| {
+                let (tenant, seq) = rows[at];
+                let number = if tenant == "a" { 1 } else { 2 };
+                (number << 40 | seq, tenant.to_owned(), seq, vec![at as u8])
+            })
+            .collect();
+        assert_eq!(keyed, expected);
+        let astray = conn.execute(
+            "INSERT INTO events (key, tenant, seq, id, event_type, user_identity, occurred_at, \
+             recorded_at, recorded_by, request_hash, leaf_hash, prev_hash, hash) \
+             VALUES (1 << 40 | 7, 'a', 8, x'09', 't', 'u', 0, 0, 'r', x'00', x'00', x'00', x'00')",
+            [],
+        );
+        assert!(
+            astray.is_err(),
+            "the key's check holds `seq` to its low bits"
+        );
+    }
 
     #[test]
     fn the_embedded_list_is_the_migrations_folder() {
