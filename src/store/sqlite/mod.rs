@@ -473,11 +473,10 @@ impl Sql {
 
     /// Binds the `key` of `tenant`'s event `seq` (see [`key_of`]).
     fn bind_key(&mut self, tenant: &TenantId, seq: i64) -> &mut Self {
-        self.push("(((SELECT number FROM tenant_numbers WHERE tenant = ")
-            .bind(tenant.as_str().to_owned())
-            .push(") << 40) | ")
-            .bind(seq)
-            .push(")")
+        self.text.push_str(&key_of("?", "?"));
+        self.binds.push(tenant.as_str().to_owned().into());
+        self.binds.push(seq.into());
+        self
     }
 }
 
