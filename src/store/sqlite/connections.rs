@@ -374,6 +374,20 @@ mod tests {
         );
     }
 
+    /// Readers read the file, they do not map it (see `open_reader`).
+    #[test]
+    fn readers_do_not_map_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let location =
+            Location::parse(&format!("sqlite://{}", dir.path().join("a.db").display())).unwrap();
+        drop(location.open_writer().unwrap());
+        let reader = location.open_reader().unwrap();
+        let mapped: i64 = reader
+            .query_row("PRAGMA mmap_size", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mapped, 0);
+    }
+
     fn scratch() -> Threads {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();

@@ -275,6 +275,18 @@ mod tests {
             })
             .collect();
         assert_eq!(keyed, expected);
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes.len(),
+            4,
+            "id, idempotency_key, occurred_at and amends; no (tenant, seq): {indexes:?}"
+        );
         let astray = conn.execute(
             "INSERT INTO events (key, tenant, seq, id, event_type, user_identity, occurred_at, \
              recorded_at, recorded_by, request_hash, leaf_hash, prev_hash, hash) \

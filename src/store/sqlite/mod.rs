@@ -314,17 +314,15 @@ static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Numbers the tenants of a batch that have none yet (migration 0017), before their first
-/// events are inserted.
-fn number_tenants(tx: &Transaction, batch: &[Submission]) -> Result<(), StoreError> {
-    let mut number = tx.prepare_cached(
+/// Gives `tenant` the next number (migration 0017) unless it has one, before its first events
+/// are inserted.
+fn number_tenant(tx: &Transaction, tenant: &TenantId) -> Result<(), StoreError> {
+    tx.prepare_cached(
         "INSERT INTO tenant_numbers (tenant, number) \
          SELECT ?1, (SELECT coalesce(max(number), 0) + 1 FROM tenant_numbers) \
          WHERE NOT EXISTS (SELECT 1 FROM tenant_numbers WHERE tenant = ?1)",
-    )?;
-    for tenant in assemble::tenants(batch) {
-        number.execute([tenant.as_str()])?;
-    }
+    )?
+    .execute([tenant.as_str()])?;
     Ok(())
 }
 
@@ -689,11 +687,15 @@ fn append_in_transaction(
 ) -> Result<Vec<Appended>, StoreError> {
     // IMMEDIATE takes the write lock up front: the heads read below cannot change until commit.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    number_tenants(&tx, &batch)?;
     let mut heads = HashMap::new();
     for tenant in assemble::tenants(&batch) {
-        if let Some(head) = read_head(&tx, &tenant)? {
-            heads.insert(tenant, head);
+        match read_head(&tx, &tenant)? {
+            Some(head) => {
+                heads.insert(tenant, head);
+            }
+            // Its first append: a tenant with a head has a number (migration 0017 numbered
+            // every head, and a head is first written with the tenant's numbered events).
+            None => number_tenant(&tx, &tenant)?,
         }
     }
     let mut known = KeyIndex::new();
